@@ -1,0 +1,368 @@
+//! The quantizer: Δ = target − base (in f32) → f32 scales + packed b-bit codes.
+//!
+//! Codes and levels (docs/format.md): with b bits and L = 2^b − 1, code q ∈ [0, 2^b) stands for the odd
+//! level 2q − L, so 1 bit gives {−1, +1} (the sign, with sign(0) = +1), 2 bits {−3, −1, 1, 3} and 4 bits
+//! {−15 … 15}. A value x with scale s gets the nearest level to x/s (ties toward +∞), clamped to ±L.
+//!
+//! Scales: the mean |Δ| of the group (after optional clipping at k·σ, σ the group's RMS) for 1 bit,
+//! which is the L2-optimal scale for signs. For 2 and 4 bits the scale is the candidate
+//! f·mean|Δ|, f ∈ {0.05, 0.10, …, 2.00}, with the least squared error in the group. Explicit scales
+//! (from calibration) replace both.
+//!
+//! The work is streamed over each scale group in chunks, so memory stays at the output plus a small
+//! scratch buffer whatever the tensor size.
+
+use super::format::{matrix_of, scale_count, Granularity};
+use super::tensor::{load_delta, TensorData};
+
+const CHUNK: usize = 4096;
+const CANDIDATES: usize = 40;
+
+/// Quantizer settings for one tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuantSpec {
+    /// 1, 2 or 4.
+    pub bits: u32,
+    pub granularity: Granularity,
+    /// Clip Δ to ±k·σ before computing scales (None: off).
+    pub clip_sigma: Option<f32>,
+}
+
+/// A quantized tensor: its block is the scales (f32 LE) followed by `packed`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quantized {
+    pub scales: Vec<f32>,
+    pub packed: Vec<u8>,
+}
+
+impl Quantized {
+    pub fn to_block(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.scales.len() * 4 + self.packed.len());
+        for s in &self.scales {
+            out.extend_from_slice(&s.to_le_bytes());
+        }
+        out.extend_from_slice(&self.packed);
+        out
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum QuantizeError {
+    #[error("bits must be 1, 2 or 4, got {0}")]
+    Bits(u32),
+    #[error("{which} is {dtype}, only F32, F16 and BF16 can be quantized")]
+    Dtype {
+        which: &'static str,
+        dtype: crate::dtype::DType,
+    },
+    #[error("base shape {base:?} differs from fine-tune shape {target:?}")]
+    Shape { base: Vec<u64>, target: Vec<u64> },
+    #[error("non-finite delta at element {index} (base {base}, fine-tune {target}): NaN/Inf weights cannot be quantized")]
+    NonFinite {
+        index: usize,
+        base: f32,
+        target: f32,
+    },
+    #[error("{got} explicit scales given, {granularity} granularity needs {want}")]
+    ScaleCount {
+        got: usize,
+        want: u64,
+        granularity: Granularity,
+    },
+    #[error("explicit scale #{index} is {value}, scales must be finite")]
+    ScaleValue { index: usize, value: f32 },
+    #[error("clip must be a positive finite number of standard deviations, got {0}")]
+    Clip(f32),
+    #[error("tensor too large for this platform")]
+    TooLarge,
+}
+
+/// Level for code `q` with `bits` bits.
+#[inline(always)]
+pub(crate) fn level(q: u32, bits: u32) -> f32 {
+    (2 * q as i32 - ((1i32 << bits) - 1)) as f32
+}
+
+/// Code of the level nearest to `x / s` (ties toward +∞), clamped. 1 bit: the sign, sign(0) = +1.
+#[inline(always)]
+fn code_for(x: f32, s: f32, bits: u32) -> u32 {
+    if bits == 1 {
+        return u32::from(x >= 0.0);
+    }
+    let max = ((1u32 << bits) - 1) as f32;
+    if s == 0.0 {
+        // Any level reconstructs Δ = 0; +1 mirrors sign(0) = +1.
+        return 1 << (bits - 1);
+    }
+    let t = x / s;
+    let lvl = (2.0 * (t / 2.0).floor() + 1.0).clamp(-max, max);
+    ((lvl + max) / 2.0) as u32
+}
+
+/// Flat index ranges of the scale groups, in order; they partition `0..rows·cols`.
+pub(crate) fn groups(
+    rows: usize,
+    cols: usize,
+    g: Granularity,
+) -> impl Iterator<Item = (usize, usize)> {
+    let (per_row, width) = match g {
+        Granularity::Tensor => (1, rows * cols),
+        Granularity::Row => (1, cols),
+        Granularity::Group(n) => (cols.div_ceil(n as usize), n as usize),
+    };
+    let n_groups = match g {
+        Granularity::Tensor => 1,
+        _ => rows * per_row,
+    };
+    let row_len = match g {
+        Granularity::Tensor => rows * cols,
+        _ => cols,
+    };
+    (0..n_groups).map(move |k| {
+        let (r, j) = (k / per_row, k % per_row);
+        let start = r * row_len + j * width;
+        let end = (start + width).min(r * row_len + row_len);
+        (start, end)
+    })
+}
+
+/// Quantizes `target − base`. `scales`, when given, are used as they are (calibration).
+pub fn quantize(
+    base: &TensorData<'_>,
+    target: &TensorData<'_>,
+    spec: &QuantSpec,
+    scales: Option<&[f32]>,
+) -> Result<Quantized, QuantizeError> {
+    let bits = spec.bits;
+    if !matches!(bits, 1 | 2 | 4) {
+        return Err(QuantizeError::Bits(bits));
+    }
+    for (which, t) in [("base", base), ("fine-tune", target)] {
+        if !t.dtype.is_quantizable() {
+            return Err(QuantizeError::Dtype {
+                which,
+                dtype: t.dtype,
+            });
+        }
+    }
+    if base.shape != target.shape {
+        return Err(QuantizeError::Shape {
+            base: base.shape.to_vec(),
+            target: target.shape.to_vec(),
+        });
+    }
+    if let Some(k) = spec.clip_sigma {
+        if !(k.is_finite() && k > 0.0) {
+            return Err(QuantizeError::Clip(k));
+        }
+    }
+    let (rows, cols) = matrix_of(target.shape);
+    let n_scales = scale_count(rows, cols, spec.granularity).ok_or(QuantizeError::TooLarge)?;
+    let rows = usize::try_from(rows).map_err(|_| QuantizeError::TooLarge)?;
+    let cols = usize::try_from(cols).map_err(|_| QuantizeError::TooLarge)?;
+    let numel = target.numel();
+    if let Some(s) = scales {
+        if s.len() as u64 != n_scales {
+            return Err(QuantizeError::ScaleCount {
+                got: s.len(),
+                want: n_scales,
+                granularity: spec.granularity,
+            });
+        }
+        if let Some((index, &value)) = s.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(QuantizeError::ScaleValue { index, value });
+        }
+    }
+    let packed_len = numel
+        .checked_mul(bits as usize)
+        .ok_or(QuantizeError::TooLarge)?
+        .div_ceil(8);
+    let mut packed = vec![0u8; packed_len];
+    let mut out_scales = Vec::with_capacity(n_scales as usize);
+    let mut scratch = vec![0f32; CHUNK.min(numel.max(1))];
+
+    let mut q = GroupQuantizer {
+        base,
+        target,
+        bits,
+        scratch: &mut scratch,
+        packed: &mut packed,
+    };
+    for (k, (start, end)) in groups(rows, cols, spec.granularity).enumerate() {
+        let s = match scales {
+            Some(s) => {
+                q.write_codes(start, end, s[k])?;
+                s[k]
+            }
+            None if bits == 1 && spec.clip_sigma.is_none() => q.signs_and_mean(start, end)?,
+            None => {
+                let s = q.fit_scale(start, end, spec.clip_sigma)?;
+                q.write_codes(start, end, s)?;
+                s
+            }
+        };
+        out_scales.push(s);
+    }
+    Ok(Quantized {
+        scales: out_scales,
+        packed,
+    })
+}
+
+struct GroupQuantizer<'a, 'b> {
+    base: &'a TensorData<'a>,
+    target: &'a TensorData<'a>,
+    bits: u32,
+    scratch: &'b mut [f32],
+    packed: &'b mut [u8],
+}
+
+impl GroupQuantizer<'_, '_> {
+    /// Calls `f(first_index, deltas)` over `start..end` in chunks, checking every Δ is finite.
+    fn each_chunk(
+        &mut self,
+        start: usize,
+        end: usize,
+        mut f: impl FnMut(usize, &[f32], &mut [u8]),
+    ) -> Result<(), QuantizeError> {
+        let mut i = start;
+        while i < end {
+            let n = (end - i).min(self.scratch.len());
+            let buf = &mut self.scratch[..n];
+            load_delta(self.base, self.target, i, buf);
+            if let Some(j) = buf.iter().position(|d| !d.is_finite()) {
+                let idx = i + j;
+                return Err(QuantizeError::NonFinite {
+                    index: idx,
+                    base: crate::dtype::read_f32(self.base.dtype, self.base.bytes, idx)
+                        .unwrap_or(f32::NAN),
+                    target: crate::dtype::read_f32(self.target.dtype, self.target.bytes, idx)
+                        .unwrap_or(f32::NAN),
+                });
+            }
+            f(i, buf, self.packed);
+            i += n;
+        }
+        Ok(())
+    }
+
+    /// 1-bit fast path: one pass writes the signs and returns mean|Δ|.
+    fn signs_and_mean(&mut self, start: usize, end: usize) -> Result<f32, QuantizeError> {
+        let mut sum = 0f64;
+        self.each_chunk(start, end, |first, d, packed| {
+            let mut part = 0f32;
+            for (j, &x) in d.iter().enumerate() {
+                let i = first + j;
+                packed[i >> 3] |= u8::from(x >= 0.0) << (i & 7);
+                part += x.abs();
+            }
+            sum += f64::from(part);
+        })?;
+        Ok(mean(sum, end - start))
+    }
+
+    fn write_codes(&mut self, start: usize, end: usize, s: f32) -> Result<(), QuantizeError> {
+        let bits = self.bits;
+        self.each_chunk(start, end, |first, d, packed| {
+            for (j, &x) in d.iter().enumerate() {
+                let bit = (first + j) * bits as usize;
+                packed[bit >> 3] |= (code_for(x, s, bits) as u8) << (bit & 7);
+            }
+        })
+    }
+
+    fn fit_scale(
+        &mut self,
+        start: usize,
+        end: usize,
+        clip: Option<f32>,
+    ) -> Result<f32, QuantizeError> {
+        let n = end - start;
+        let limit = match clip {
+            Some(k) => {
+                let mut sq = 0f64;
+                self.each_chunk(start, end, |_, d, _| {
+                    sq += d.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
+                })?;
+                let sigma = if n == 0 { 0.0 } else { (sq / n as f64).sqrt() };
+                (f64::from(k) * sigma) as f32
+            }
+            None => f32::INFINITY,
+        };
+        let mut sum = 0f64;
+        self.each_chunk(start, end, |_, d, _| {
+            sum += d
+                .iter()
+                .map(|&x| f64::from(x.abs().min(limit)))
+                .sum::<f64>();
+        })?;
+        let m = mean(sum, n);
+        if self.bits == 1 || m == 0.0 {
+            return Ok(m);
+        }
+        let bits = self.bits;
+        let mut err = [0f64; CANDIDATES];
+        self.each_chunk(start, end, |_, d, _| {
+            for (c, e) in err.iter_mut().enumerate() {
+                let s = m * 0.05 * (c + 1) as f32;
+                let mut part = 0f32;
+                for &x in d {
+                    let r = s * level(code_for(x, s, bits), bits) - x;
+                    part += r * r;
+                }
+                *e += f64::from(part);
+            }
+        })?;
+        // First minimum wins, so the choice is deterministic.
+        let best = err
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f64::INFINITY),
+                |acc, (c, &e)| if e < acc.1 { (c, e) } else { acc },
+            )
+            .0;
+        Ok(m * 0.05 * (best + 1) as f32)
+    }
+}
+
+fn mean(sum: f64, n: usize) -> f32 {
+    if n == 0 {
+        0.0
+    } else {
+        (sum / n as f64) as f32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_levels() {
+        assert_eq!(code_for(0.0, 1.0, 1), 1);
+        assert_eq!(code_for(-0.0, 1.0, 1), 1);
+        assert_eq!(code_for(-1e-30, 1.0, 1), 0);
+        assert_eq!(level(1, 1), 1.0);
+        assert_eq!(level(0, 1), -1.0);
+        // 2 bits: levels -3,-1,1,3
+        assert_eq!(level(code_for(0.0, 1.0, 2), 2), 1.0);
+        assert_eq!(level(code_for(2.0, 1.0, 2), 2), 3.0); // tie between 1 and 3 goes up
+        assert_eq!(level(code_for(-2.0, 1.0, 2), 2), -1.0);
+        assert_eq!(level(code_for(100.0, 1.0, 2), 2), 3.0);
+        assert_eq!(level(code_for(-100.0, 1.0, 2), 2), -3.0);
+        assert_eq!(level(code_for(-4.5, 1.0, 4), 4), -5.0);
+        assert_eq!(level(code_for(1e30, 1e-30, 4), 4), 15.0);
+    }
+
+    #[test]
+    fn groups_partition_rows() {
+        let g: Vec<_> = groups(2, 5, Granularity::Group(2)).collect();
+        assert_eq!(g, vec![(0, 2), (2, 4), (4, 5), (5, 7), (7, 9), (9, 10)]);
+        let g: Vec<_> = groups(2, 5, Granularity::Row).collect();
+        assert_eq!(g, vec![(0, 5), (5, 10)]);
+        let g: Vec<_> = groups(2, 5, Granularity::Tensor).collect();
+        assert_eq!(g, vec![(0, 10)]);
+        assert_eq!(groups(0, 5, Granularity::Row).count(), 0);
+    }
+}

@@ -1,0 +1,11 @@
+//! zdn-protocol: the sans-IO core of zdn. Types and pure functions only — no sockets, no files, no
+//! async runtime — so everything here is tested with plain unit and property tests.
+
+pub mod bitdelta;
+pub mod dtype;
+pub mod glob;
+pub mod hash;
+pub mod safetensors;
+
+pub use dtype::DType;
+pub use hash::Hash;
