@@ -1,1 +1,12 @@
+//! zdn: fetch, verify, reconstruct and apply fine-tuned model deltas. This library is the `zdn`
+//! binary's engine; every command is a function here so tests and benchmarks call the same code.
 
+pub mod atomic_file;
+pub mod delta_apply;
+pub mod delta_encode;
+pub mod delta_eval;
+pub mod delta_inspect;
+pub mod mapped_file;
+pub mod model_file;
+pub mod progress;
+pub mod synthetic_model;

@@ -1,1 +1,333 @@
-fn main() {}
+//! The `zdn` command line.
+
+mod demo;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use zdn::delta_apply::{apply, ApplyJob};
+use zdn::delta_encode::{encode, EncodeJob, EncodeReport};
+use zdn::delta_eval::{eval, EvalJob, EvalReport};
+use zdn::delta_inspect::{inspect, InspectReport};
+use zdn_protocol::bitdelta::{EmbeddingPolicy, EncodeOptions, Granularity, QuantSpec, Selection, DEFAULT_ZSTD_LEVEL};
+use zdn_protocol::glob::Glob;
+
+/// zdn moves fine-tuned models as BitDelta files: one sign bit per weight plus a few scales, about
+/// 1/16 of the fp16 model, verified by BLAKE3 and reconstructed bit-exactly.
+#[derive(Parser, Debug)]
+#[command(name = "zdn", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Work with .bitdelta files offline: encode, inspect, apply, eval.
+    #[command(subcommand)]
+    Delta(DeltaCommand),
+    /// Run the main job end to end on a built-in default: install the real MiniLM base + fine-tune
+    /// pair (or generate one), encode its delta, apply it, and report size and error.
+    Demo(DemoArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum DeltaCommand {
+    /// Encode the difference between a base and its fine-tune as a .bitdelta file.
+    ///
+    /// By default every 2-D weight matrix is stored as signs + one scale per tensor (1 bit/weight);
+    /// embedding matrices keep the base's values (see --embeddings); other tensors (norms, biases,
+    /// integer tensors) are stored losslessly or marked unchanged. Example:
+    ///
+    ///   zdn delta encode --base base.safetensors --finetuned ft.safetensors -o ft.bitdelta --scale row
+    #[command(verbatim_doc_comment)]
+    Encode(EncodeArgs),
+    /// Show the tensors, encodings, sizes and compression ratios of a .bitdelta file.
+    Inspect {
+        /// The .bitdelta file.
+        delta: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the fine-tuned model: base + delta → safetensors. Bit-exact and deterministic.
+    Apply {
+        #[arg(long)]
+        base: PathBuf,
+        #[arg(long)]
+        delta: PathBuf,
+        /// Output safetensors file (written to a temporary file and renamed when complete).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Apply even if the base's BLAKE3 is not the one the delta was made from.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure how far base + delta is from the fine-tune: relative L2 error per tensor and in total.
+    Eval {
+        #[arg(long)]
+        base: PathBuf,
+        #[arg(long)]
+        finetuned: PathBuf,
+        #[arg(long)]
+        delta: PathBuf,
+        /// Print JSON (every tensor) instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct EncodeArgs {
+    /// The base model (safetensors).
+    #[arg(long)]
+    base: PathBuf,
+    /// The fine-tuned model (safetensors), same tensor names and shapes as the base.
+    #[arg(long)]
+    finetuned: PathBuf,
+    /// Output .bitdelta file.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Bits per quantized weight: 1 (signs), 2 or 4.
+    #[arg(long, default_value_t = 1, value_parser = parse_bits)]
+    bits: u32,
+    /// Elements sharing one scale: tensor, row, or group:N (N consecutive elements of a row).
+    #[arg(long, default_value = "tensor")]
+    scale: Granularity,
+    /// Clip deltas at K standard deviations before computing scales (off by default).
+    #[arg(long, value_name = "K")]
+    clip: Option<f32>,
+    /// Quantize tensors whose name matches (glob: * and ?); repeatable.
+    #[arg(long, value_name = "GLOB")]
+    include: Vec<String>,
+    /// Store tensors whose name matches losslessly (beats --include); repeatable.
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// Embedding matrices: keep the base's (base), store exactly (exact), or quantize.
+    #[arg(long, default_value = "base")]
+    embeddings: EmbeddingPolicy,
+    /// zstd level for losslessly stored tensors (1–22).
+    #[arg(long, default_value_t = DEFAULT_ZSTD_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
+    zstd_level: i32,
+    /// Model name recorded in the file (default: from the fine-tune's path).
+    #[arg(long)]
+    name: Option<String>,
+    /// Print a JSON report instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Working directory for the models and outputs.
+    #[arg(long, default_value = ".work/demo")]
+    dir: PathBuf,
+    /// Use a generated model instead of installing the real MiniLM pair.
+    #[arg(long)]
+    synthetic: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints a line to stdout; a closed pipe (`zdn … | head`) ends the program quietly instead of panicking.
+macro_rules! say {
+    ($($t:tt)*) => { emit(&format!($($t)*)) };
+}
+
+fn emit(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
+fn parse_bits(s: &str) -> Result<u32, String> {
+    match s {
+        "1" => Ok(1),
+        "2" => Ok(2),
+        "4" => Ok(4),
+        _ => Err(format!("bits must be 1, 2 or 4, got {s:?}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Delta(DeltaCommand::Encode(a)) => {
+            if let Some(k) = a.clip {
+                anyhow::ensure!(k.is_finite() && k > 0.0, "--clip must be a positive number of standard deviations, got {k}");
+            }
+            let job = EncodeJob {
+                base: a.base,
+                finetuned: a.finetuned,
+                output: a.output,
+                options: EncodeOptions {
+                    spec: QuantSpec { bits: a.bits, granularity: a.scale, clip_sigma: a.clip },
+                    zstd_level: a.zstd_level,
+                },
+                selection: Selection {
+                    include: a.include.iter().map(|g| Glob::new(g)).collect(),
+                    exclude: a.exclude.iter().map(|g| Glob::new(g)).collect(),
+                    embeddings: a.embeddings,
+                },
+                model_name: a.name,
+                progress: !a.json,
+            };
+            let report = encode(&job).context("delta encode failed")?;
+            if a.json {
+                say!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_encode(&report);
+            }
+        }
+        Command::Delta(DeltaCommand::Inspect { delta, json }) => {
+            let report = inspect(&delta)?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_inspect(&delta, &report);
+            }
+        }
+        Command::Delta(DeltaCommand::Apply { base, delta, output, force, json }) => {
+            let report = apply(&ApplyJob { base, delta, output, force, progress: !json }).context("delta apply failed")?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                if !report.base_verified {
+                    eprintln!("warning: the base was not verified against the delta's record");
+                }
+                say!(
+                    "wrote {} ({} tensors, {} bytes)",
+                    report.output.display(),
+                    report.tensors,
+                    report.bytes_written
+                );
+            }
+        }
+        Command::Delta(DeltaCommand::Eval { base, finetuned, delta, json }) => {
+            let report = eval(&EvalJob { base, finetuned, delta, progress: !json }).context("delta eval failed")?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_eval(&report);
+            }
+        }
+        Command::Demo(a) => run_demo(&a)?,
+    }
+    Ok(())
+}
+
+fn run_demo(a: &DemoArgs) -> anyhow::Result<()> {
+    let say = |s: &str| {
+        if !a.json {
+            say!("{s}");
+        }
+    };
+    say("zdn demo: encode a fine-tune as a BitDelta, apply it to the base, measure the result");
+    let pair = demo::obtain_pair(&a.dir, a.synthetic)?;
+    if let Some(why) = &pair.fallback_reason {
+        say(&format!("  using a generated model ({why})"));
+    } else {
+        say("  model: all-MiniLM-L6-v2 base + a real fine-tune of it (from PyPI packages)");
+    }
+    let report = demo::run(&a.dir, &pair, !a.json)?;
+    if a.json {
+        say!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let fine_bytes = std::fs::metadata(&pair.finetuned).map(|m| m.len()).unwrap_or(0);
+    say!("  fine-tune        {:>12} bytes  {}", fine_bytes, pair.finetuned.display());
+    print_encode(&report.encode);
+    say!(
+        "  applied          {} ({} tensors); deterministic: {}",
+        report.apply.output.display(),
+        report.apply.tensors,
+        if report.deterministic { "yes (two applies, same BLAKE3)" } else { "NO" }
+    );
+    print_eval(&report.eval);
+    anyhow::ensure!(report.deterministic, "apply was not deterministic");
+    Ok(())
+}
+
+fn print_encode(r: &EncodeReport) {
+    use std::collections::BTreeMap;
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in &r.tensors {
+        *counts.entry(t.encoding.name()).or_default() += 1;
+    }
+    let counts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    say!("  delta            {:>12} bytes  {}", r.file_bytes, r.output.display());
+    say!("  tensors          {}", counts.join(", "));
+    say!(
+        "  size             {:.3} bits/param; {:.1}x smaller than the fine-tune, {:.1}x smaller than fp16",
+        r.bits_per_param, r.ratio_vs_finetuned, r.ratio_vs_fp16
+    );
+    say!("  quantized        {} of {} parameters", r.n_quantized, r.n_params);
+    if !r.skipped_base_only.is_empty() {
+        say!("  skipped          base-only tensors: {}", r.skipped_base_only.join(", "));
+    }
+    if !r.finetune_only.is_empty() {
+        say!("  stored raw       tensors the base lacks: {}", r.finetune_only.join(", "));
+    }
+}
+
+fn print_inspect(path: &Path, r: &InspectReport) {
+    let m = &r.metadata;
+    say!("{}: .bitdelta v1, {} bytes, {} tensors", path.display(), r.file_bytes, r.n_tensors);
+    say!("  model            {}", m.model_name);
+    say!("  base BLAKE3      {}", if m.base_hash.is_zero() { "(not recorded)".into() } else { m.base_hash.to_hex() });
+    say!(
+        "  settings         {} bit, {} scales, clip {}, embeddings {}",
+        m.bits,
+        m.granularity,
+        if m.clip_sigma == 0.0 { "off".into() } else { format!("{}σ", m.clip_sigma) },
+        r.embeddings
+    );
+    say!(
+        "  size             {:.3} bits/param; {:.1}x vs the fine-tune's dtypes, {:.1}x vs fp16",
+        r.bits_per_param, r.ratio_vs_finetuned, r.ratio_vs_fp16
+    );
+    for t in &r.by_encoding {
+        say!("  {:<16} {:>4} tensors {:>12} params {:>12} bytes", t.encoding.name(), t.tensors, t.params, t.bytes);
+    }
+    say!("");
+    say!("{:<52} {:>5} {:>14} {:>9} {:>9} {:>11} {:>8}", "tensor", "dtype", "shape", "encoding", "scales", "bytes", "bits/p");
+    for t in &r.tensors {
+        let shape = format!("{:?}", t.shape);
+        say!(
+            "{:<52} {:>5} {:>14} {:>9} {:>9} {:>11} {:>8.3}",
+            t.name,
+            t.dtype.to_string(),
+            shape,
+            t.encoding.name(),
+            if t.encoding.bits().is_some() { t.granularity.to_string() } else { "-".into() },
+            t.bytes,
+            t.bits_per_param
+        );
+    }
+}
+
+fn print_eval(r: &EvalReport) {
+    say!(
+        "  weight error     ‖R−F‖/‖F‖ = {:.3e} (base alone: {:.3e}); share of the fine-tune's change not captured: {:.3} ({:.3} on quantized tensors)",
+        r.rel_error, r.base_rel_error, r.rel_delta_error, r.quantized_rel_delta_error
+    );
+    say!("  exact tensors    {} of {} reconstructed bit-exactly", r.exact_tensors, r.tensors.len());
+}

@@ -41,8 +41,8 @@ pub struct EncodedTensor {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EncodeError {
-    #[error("tensor {name:?}: {source}")]
-    Quantize { name: String, source: QuantizeError },
+    #[error("tensor {name:?}: {cause}")]
+    Quantize { name: String, cause: QuantizeError },
     #[error("tensor {name:?}: {problem}")]
     Lossless { name: String, problem: String },
     #[error("tensor {0:?}: the fine-tune's bytes do not match its shape and dtype")]
@@ -68,10 +68,10 @@ pub fn encode_tensor(
     };
     match (choice, base) {
         (Choice::Quantize, Some(b)) => {
-            let q = quantize(b, target, &opts.spec, scales).map_err(|source| {
+            let q = quantize(b, target, &opts.spec, scales).map_err(|cause| {
                 EncodeError::Quantize {
                     name: name.to_owned(),
-                    source,
+                    cause,
                 }
             })?;
             let encoding = Encoding::for_bits(opts.spec.bits).unwrap_or(Encoding::Sign1);
