@@ -98,7 +98,8 @@ impl Selection {
         let quantizable = target.0.is_quantizable()
             && matches!(base, Some((bd, bs)) if bd.is_quantizable() && bs == target.1);
         let same_layout = matches!(base, Some((bd, bs)) if bd == target.0 && bs == target.1);
-        if self.exclude.iter().any(|g| g.matches(name)) {
+        // Nothing to quantize in an empty tensor; it is recorded as unchanged or raw.
+        if self.exclude.iter().any(|g| g.matches(name)) || target.1.contains(&0) {
             return Choice::Exact;
         }
         if self.include.iter().any(|g| g.matches(name)) {
