@@ -2,6 +2,7 @@
 //! async runtime — so everything here is tested with plain unit and property tests.
 
 pub mod bitdelta;
+pub mod chunk;
 pub mod dtype;
 pub mod glob;
 pub mod hash;
