@@ -8,9 +8,15 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum AtomicFileError {
     #[error("cannot create output {path}: {cause}")]
-    Create { path: PathBuf, cause: std::io::Error },
+    Create {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error("cannot write output {path}: {cause}")]
-    Write { path: PathBuf, cause: std::io::Error },
+    Write {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
 }
 
 /// A buffered writer over a temporary file that becomes `path` on [`AtomicFile::commit`]. Dropped
@@ -27,17 +33,29 @@ impl AtomicFile {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
         };
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
             .suffix(".partial")
             .tempfile_in(&dir)
-            .map_err(|cause| AtomicFileError::Create { path: path.to_owned(), cause })?;
-        Ok(AtomicFile { path: path.to_owned(), writer: BufWriter::with_capacity(1 << 20, tmp) })
+            .map_err(|cause| AtomicFileError::Create {
+                path: path.to_owned(),
+                cause,
+            })?;
+        Ok(AtomicFile {
+            path: path.to_owned(),
+            writer: BufWriter::with_capacity(1 << 20, tmp),
+        })
     }
 
     fn werr(&self, cause: std::io::Error) -> AtomicFileError {
-        AtomicFileError::Write { path: self.path.clone(), cause }
+        AtomicFileError::Write {
+            path: self.path.clone(),
+            cause,
+        }
     }
 
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<(), AtomicFileError> {
@@ -59,7 +77,10 @@ impl AtomicFile {
     /// Flushes, fsyncs and renames into place.
     pub fn commit(self) -> Result<(), AtomicFileError> {
         let path = self.path.clone();
-        let werr = |cause| AtomicFileError::Write { path: path.clone(), cause };
+        let werr = |cause| AtomicFileError::Write {
+            path: path.clone(),
+            cause,
+        };
         let tmp = self.writer.into_inner().map_err(|e| werr(e.into_error()))?;
         tmp.as_file().sync_all().map_err(werr)?;
         tmp.persist(&path).map_err(|e| werr(e.error))?;

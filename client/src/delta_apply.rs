@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use zdn_protocol::bitdelta::{reconstruct, BitDeltaFile, FormatError, ReconstructError};
+use zdn_protocol::bitdelta::{
+    check_inputs, reconstruct, BitDeltaFile, FormatError, ReconstructError,
+};
 use zdn_protocol::safetensors::{encode_header, SafetensorsError, TensorLayout};
 use zdn_protocol::Hash;
 
@@ -41,7 +43,11 @@ pub enum DeltaApplyError {
     #[error("{path} is not a valid .bitdelta file: {cause}")]
     Format { path: PathBuf, cause: FormatError },
     #[error("the delta was made for base {expected}, but {path} has BLAKE3 {actual} (use --force to apply anyway)")]
-    WrongBase { path: PathBuf, expected: Hash, actual: Hash },
+    WrongBase {
+        path: PathBuf,
+        expected: Hash,
+        actual: Hash,
+    },
     #[error(transparent)]
     Reconstruct(#[from] ReconstructError),
     #[error("output header: {0}")]
@@ -52,19 +58,30 @@ pub enum DeltaApplyError {
 
 pub fn apply(job: &ApplyJob) -> Result<ApplyReport, DeltaApplyError> {
     let delta_map = MappedFile::open(&job.delta)?;
-    let delta = BitDeltaFile::parse(delta_map.bytes())
-        .map_err(|cause| DeltaApplyError::Format { path: job.delta.clone(), cause })?;
+    let delta =
+        BitDeltaFile::parse(delta_map.bytes()).map_err(|cause| DeltaApplyError::Format {
+            path: job.delta.clone(),
+            cause,
+        })?;
     let base = ModelFile::open(&job.base)?;
     let base_hash = base.file.blake3();
     let recorded = delta.meta.base_hash;
     let matches = recorded.is_zero() || recorded == base_hash;
     if !matches && !job.force {
-        return Err(DeltaApplyError::WrongBase { path: job.base.clone(), expected: recorded, actual: base_hash });
+        return Err(DeltaApplyError::WrongBase {
+            path: job.base.clone(),
+            expected: recorded,
+            actual: base_hash,
+        });
     }
     let layouts: Vec<TensorLayout> = delta
         .entries
         .iter()
-        .map(|e| TensorLayout { name: e.name.clone(), dtype: e.dtype, shape: e.shape.clone() })
+        .map(|e| TensorLayout {
+            name: e.name.clone(),
+            dtype: e.dtype,
+            shape: e.shape.clone(),
+        })
         .collect();
     let (header, _) = encode_header(&layouts, &BTreeMap::new())?;
     let total: u64 = delta.entries.iter().map(|e| e.byte_len()).sum();
@@ -77,6 +94,7 @@ pub fn apply(job: &ApplyJob) -> Result<ApplyReport, DeltaApplyError> {
         let b = base.get(&e.name);
         let bdata = b.map(|b| base.data(b));
         // byte_len is capped by the parser (MAX_TENSOR_BYTES).
+        check_inputs(e, delta.block(i), bdata.as_ref())?;
         buf.clear();
         buf.resize(e.byte_len() as usize, 0);
         reconstruct(e, delta.block(i), bdata.as_ref(), &mut buf)?;

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use zdn_protocol::bitdelta::{
-    assign_offsets, encode_prelude, encode_tensor, prelude_len, EncodeError, EncodeOptions, Encoding, IndexEntry,
-    Metadata, Selection,
+    assign_offsets, encode_prelude, encode_tensor, prelude_len, EncodeError, EncodeOptions,
+    Encoding, IndexEntry, Metadata, Selection,
 };
 use zdn_protocol::{DType, Hash};
 
@@ -59,9 +59,17 @@ pub enum DeltaEncodeError {
     #[error(transparent)]
     Model(#[from] ModelFileError),
     #[error("tensor {name:?}: base shape {base:?} differs from fine-tune shape {finetuned:?}")]
-    ShapeMismatch { name: String, base: Vec<u64>, finetuned: Vec<u64> },
+    ShapeMismatch {
+        name: String,
+        base: Vec<u64>,
+        finetuned: Vec<u64>,
+    },
     #[error("tensor {name:?}: base dtype {base} and fine-tune dtype {finetuned} are incompatible (only F32/F16/BF16 may differ)")]
-    DtypeMismatch { name: String, base: DType, finetuned: DType },
+    DtypeMismatch {
+        name: String,
+        base: DType,
+        finetuned: DType,
+    },
     #[error("the fine-tune {0} has no tensors")]
     Empty(PathBuf),
     #[error(transparent)]
@@ -90,7 +98,10 @@ pub fn encode(job: &EncodeJob) -> Result<EncodeReport, DeltaEncodeError> {
                     finetuned: t.shape.clone(),
                 })
             }
-            Some(b) if b.dtype != t.dtype && !(b.dtype.is_quantizable() && t.dtype.is_quantizable()) => {
+            Some(b)
+                if b.dtype != t.dtype
+                    && !(b.dtype.is_quantizable() && t.dtype.is_quantizable()) =>
+            {
                 return Err(DeltaEncodeError::DtypeMismatch {
                     name: t.name.clone(),
                     base: b.dtype,
@@ -122,7 +133,10 @@ pub fn encode(job: &EncodeJob) -> Result<EncodeReport, DeltaEncodeError> {
         granularity: spec.granularity,
         clip_sigma: spec.clip_sigma.unwrap_or(0.0),
         embeddings: job.selection.embeddings.code(),
-        model_name: job.model_name.clone().unwrap_or_else(|| default_name(&job.finetuned)),
+        model_name: job
+            .model_name
+            .clone()
+            .unwrap_or_else(|| default_name(&job.finetuned)),
     };
     let mut entries: Vec<IndexEntry> = fine
         .header
@@ -146,7 +160,11 @@ pub fn encode(job: &EncodeJob) -> Result<EncodeReport, DeltaEncodeError> {
         let b = base.get(&t.name);
         let bdata = b.map(|b| base.data(b));
         let tdata = fine.data(t);
-        let choice = job.selection.choose(&t.name, (t.dtype, &t.shape), bdata.as_ref().map(|b| (b.dtype, b.shape)));
+        let choice = job.selection.choose(
+            &t.name,
+            (t.dtype, &t.shape),
+            bdata.as_ref().map(|b| (b.dtype, b.shape)),
+        );
         let enc = encode_tensor(&t.name, choice, bdata.as_ref(), &tdata, &job.options, None)?;
         out.write_all(&enc.block)?;
         entry.encoding = enc.encoding;
@@ -169,7 +187,12 @@ pub fn encode(job: &EncodeJob) -> Result<EncodeReport, DeltaEncodeError> {
     progress.finish();
 
     let file_bytes = reserved as u64 + entries.iter().map(|e| e.length).sum::<u64>();
-    let fine_bytes: u64 = fine.header.tensors.iter().map(|t| t.range.len() as u64).sum();
+    let fine_bytes: u64 = fine
+        .header
+        .tensors
+        .iter()
+        .map(|t| t.range.len() as u64)
+        .sum();
     let fp16_bytes = meta.n_params * 2;
     Ok(EncodeReport {
         output: job.output.clone(),
@@ -204,7 +227,10 @@ pub(crate) fn ratio(a: f64, b: f64) -> f64 {
 }
 
 fn default_name(path: &Path) -> String {
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     // Model files are usually all called model.safetensors: the directory names the model.
     let name = match path.parent().and_then(|p| p.file_name()) {
         Some(dir) if stem == "model" => dir.to_string_lossy().into_owned(),

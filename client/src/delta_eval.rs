@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use zdn_protocol::bitdelta::{reconstruct, BitDeltaFile, Encoding};
+use zdn_protocol::bitdelta::{check_inputs, reconstruct, BitDeltaFile, Encoding};
 use zdn_protocol::dtype::read_f32;
 use zdn_protocol::DType;
 
@@ -99,22 +99,37 @@ pub enum DeltaEvalError {
     #[error("tensor {0:?} is in the delta but not in the fine-tune")]
     MissingInFinetune(String),
     #[error("tensor {name:?}: the fine-tune has {finetuned}{shape:?}, the delta {delta_dtype}{delta_shape:?}")]
-    Layout { name: String, finetuned: DType, shape: Vec<u64>, delta_dtype: DType, delta_shape: Vec<u64> },
+    Layout {
+        name: String,
+        finetuned: DType,
+        shape: Vec<u64>,
+        delta_dtype: DType,
+        delta_shape: Vec<u64>,
+    },
 }
 
 pub fn eval(job: &EvalJob) -> Result<EvalReport, DeltaEvalError> {
     let delta_map = MappedFile::open(&job.delta).map_err(DeltaApplyError::from)?;
-    let delta = BitDeltaFile::parse(delta_map.bytes())
-        .map_err(|cause| DeltaApplyError::Format { path: job.delta.clone(), cause })?;
+    let delta =
+        BitDeltaFile::parse(delta_map.bytes()).map_err(|cause| DeltaApplyError::Format {
+            path: job.delta.clone(),
+            cause,
+        })?;
     let base = ModelFile::open(&job.base).map_err(DeltaApplyError::from)?;
     let fine = ModelFile::open(&job.finetuned).map_err(DeltaApplyError::from)?;
-    let progress = Progress::new(delta.entries.iter().map(|e| e.byte_len()).sum(), "eval", job.progress);
+    let progress = Progress::new(
+        delta.entries.iter().map(|e| e.byte_len()).sum(),
+        "eval",
+        job.progress,
+    );
     let mut tensors = Vec::with_capacity(delta.entries.len());
     let mut total = ErrorSums::default();
     let mut quantized = ErrorSums::default();
     let mut buf = Vec::new();
     for (i, e) in delta.entries.iter().enumerate() {
-        let f = fine.get(&e.name).ok_or_else(|| DeltaEvalError::MissingInFinetune(e.name.clone()))?;
+        let f = fine
+            .get(&e.name)
+            .ok_or_else(|| DeltaEvalError::MissingInFinetune(e.name.clone()))?;
         if f.dtype != e.dtype || f.shape != e.shape {
             return Err(DeltaEvalError::Layout {
                 name: e.name.clone(),
@@ -126,20 +141,26 @@ pub fn eval(job: &EvalJob) -> Result<EvalReport, DeltaEvalError> {
         }
         let b = base.get(&e.name);
         let bdata = b.map(|b| base.data(b));
+        check_inputs(e, delta.block(i), bdata.as_ref()).map_err(DeltaApplyError::from)?;
         buf.clear();
         buf.resize(e.byte_len() as usize, 0);
         reconstruct(e, delta.block(i), bdata.as_ref(), &mut buf).map_err(DeltaApplyError::from)?;
         let fbytes = fine.data(f).bytes;
         let size = e.dtype.size();
-        let mismatched =
-            buf.chunks_exact(size).zip(fbytes.chunks_exact(size)).filter(|(a, b)| a != b).count() as u64;
+        let mismatched = buf
+            .chunks_exact(size)
+            .zip(fbytes.chunks_exact(size))
+            .filter(|(a, b)| a != b)
+            .count() as u64;
         let mut sums = ErrorSums::default();
         if e.dtype.is_quantizable() {
             let bd = bdata.filter(|b| b.dtype.is_quantizable() && b.shape == e.shape.as_slice());
             for j in 0..(e.numel() as usize) {
                 let r = f64::from(read_f32(e.dtype, &buf, j).unwrap_or(0.0));
                 let t = f64::from(read_f32(e.dtype, fbytes, j).unwrap_or(0.0));
-                let bv = bd.map_or(0.0, |b| f64::from(read_f32(b.dtype, b.bytes, j).unwrap_or(0.0)));
+                let bv = bd.map_or(0.0, |b| {
+                    f64::from(read_f32(b.dtype, b.bytes, j).unwrap_or(0.0))
+                });
                 sums.err_sq += (r - t) * (r - t);
                 sums.target_sq += t * t;
                 sums.delta_sq += (t - bv) * (t - bv);

@@ -45,8 +45,10 @@ pub struct TensorRow {
 
 pub fn inspect(path: &Path) -> Result<InspectReport, DeltaApplyError> {
     let map = MappedFile::open(path)?;
-    let f = BitDeltaFile::parse(map.bytes())
-        .map_err(|cause| DeltaApplyError::Format { path: path.to_owned(), cause })?;
+    let f = BitDeltaFile::parse(map.bytes()).map_err(|cause| DeltaApplyError::Format {
+        path: path.to_owned(),
+        cause,
+    })?;
     let file_bytes = f.file_len();
     let n_params: u64 = f.entries.iter().map(|e| e.numel()).sum();
     let own: u64 = f.entries.iter().map(|e| e.byte_len()).sum();
@@ -82,7 +84,8 @@ pub fn inspect(path: &Path) -> Result<InspectReport, DeltaApplyError> {
         .collect();
     Ok(InspectReport {
         file_bytes,
-        embeddings: EmbeddingPolicy::from_code(f.meta.embeddings).map_or("unknown", EmbeddingPolicy::name),
+        embeddings: EmbeddingPolicy::from_code(f.meta.embeddings)
+            .map_or("unknown", EmbeddingPolicy::name),
         metadata: f.meta.clone(),
         n_tensors: f.entries.len(),
         bits_per_param: ratio(file_bytes as f64 * 8.0, n_params as f64),

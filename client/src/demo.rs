@@ -47,7 +47,12 @@ pub fn obtain_pair(dir: &Path, synthetic: bool) -> anyhow::Result<Pair> {
     } else {
         match install_minilm(&dir.join("minilm")) {
             Ok((base, finetuned)) => {
-                return Ok(Pair { model: "minilm".into(), base, finetuned, fallback_reason: None })
+                return Ok(Pair {
+                    model: "minilm".into(),
+                    base,
+                    finetuned,
+                    fallback_reason: None,
+                })
             }
             Err(e) => format!("{e:#}"),
         }
@@ -57,7 +62,12 @@ pub fn obtain_pair(dir: &Path, synthetic: bool) -> anyhow::Result<Pair> {
     if !base.exists() || !finetuned.exists() {
         write_pair(&SyntheticSpec::small(), &base, &finetuned)?;
     }
-    Ok(Pair { model: "synthetic".into(), base, finetuned, fallback_reason: Some(reason) })
+    Ok(Pair {
+        model: "synthetic".into(),
+        base,
+        finetuned,
+        fallback_reason: Some(reason),
+    })
 }
 
 fn install_minilm(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
@@ -67,7 +77,10 @@ fn install_minilm(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let out = Command::new("bash").arg(&script).arg(dir).output()?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        anyhow::bail!("installing the MiniLM pair failed: {}", err.lines().last().unwrap_or("no output"));
+        anyhow::bail!(
+            "installing the MiniLM pair failed: {}",
+            err.lines().last().unwrap_or("no output")
+        );
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let find = |key: &str| {

@@ -11,7 +11,9 @@ use zdn::delta_apply::{apply, ApplyJob};
 use zdn::delta_encode::{encode, EncodeJob, EncodeReport};
 use zdn::delta_eval::{eval, EvalJob, EvalReport};
 use zdn::delta_inspect::{inspect, InspectReport};
-use zdn_protocol::bitdelta::{EmbeddingPolicy, EncodeOptions, Granularity, QuantSpec, Selection, DEFAULT_ZSTD_LEVEL};
+use zdn_protocol::bitdelta::{
+    EmbeddingPolicy, EncodeOptions, Granularity, QuantSpec, Selection, DEFAULT_ZSTD_LEVEL,
+};
 use zdn_protocol::glob::Glob;
 
 /// zdn moves fine-tuned models as BitDelta files: one sign bit per weight plus a few scales, about
@@ -172,14 +174,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Delta(DeltaCommand::Encode(a)) => {
             if let Some(k) = a.clip {
-                anyhow::ensure!(k.is_finite() && k > 0.0, "--clip must be a positive number of standard deviations, got {k}");
+                anyhow::ensure!(
+                    k.is_finite() && k > 0.0,
+                    "--clip must be a positive number of standard deviations, got {k}"
+                );
             }
             let job = EncodeJob {
                 base: a.base,
                 finetuned: a.finetuned,
                 output: a.output,
                 options: EncodeOptions {
-                    spec: QuantSpec { bits: a.bits, granularity: a.scale, clip_sigma: a.clip },
+                    spec: QuantSpec {
+                        bits: a.bits,
+                        granularity: a.scale,
+                        clip_sigma: a.clip,
+                    },
                     zstd_level: a.zstd_level,
                 },
                 selection: Selection {
@@ -205,8 +214,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print_inspect(&delta, &report);
             }
         }
-        Command::Delta(DeltaCommand::Apply { base, delta, output, force, json }) => {
-            let report = apply(&ApplyJob { base, delta, output, force, progress: !json }).context("delta apply failed")?;
+        Command::Delta(DeltaCommand::Apply {
+            base,
+            delta,
+            output,
+            force,
+            json,
+        }) => {
+            let report = apply(&ApplyJob {
+                base,
+                delta,
+                output,
+                force,
+                progress: !json,
+            })
+            .context("delta apply failed")?;
             if json {
                 say!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -221,8 +243,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Delta(DeltaCommand::Eval { base, finetuned, delta, json }) => {
-            let report = eval(&EvalJob { base, finetuned, delta, progress: !json }).context("delta eval failed")?;
+        Command::Delta(DeltaCommand::Eval {
+            base,
+            finetuned,
+            delta,
+            json,
+        }) => {
+            let report = eval(&EvalJob {
+                base,
+                finetuned,
+                delta,
+                progress: !json,
+            })
+            .context("delta eval failed")?;
             if json {
                 say!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -252,14 +285,24 @@ fn run_demo(a: &DemoArgs) -> anyhow::Result<()> {
         say!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    let fine_bytes = std::fs::metadata(&pair.finetuned).map(|m| m.len()).unwrap_or(0);
-    say!("  fine-tune        {:>12} bytes  {}", fine_bytes, pair.finetuned.display());
+    let fine_bytes = std::fs::metadata(&pair.finetuned)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    say!(
+        "  fine-tune        {:>12} bytes  {}",
+        fine_bytes,
+        pair.finetuned.display()
+    );
     print_encode(&report.encode);
     say!(
         "  applied          {} ({} tensors); deterministic: {}",
         report.apply.output.display(),
         report.apply.tensors,
-        if report.deterministic { "yes (two applies, same BLAKE3)" } else { "NO" }
+        if report.deterministic {
+            "yes (two applies, same BLAKE3)"
+        } else {
+            "NO"
+        }
     );
     print_eval(&report.eval);
     anyhow::ensure!(report.deterministic, "apply was not deterministic");
@@ -273,42 +316,89 @@ fn print_encode(r: &EncodeReport) {
         *counts.entry(t.encoding.name()).or_default() += 1;
     }
     let counts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
-    say!("  delta            {:>12} bytes  {}", r.file_bytes, r.output.display());
+    say!(
+        "  delta            {:>12} bytes  {}",
+        r.file_bytes,
+        r.output.display()
+    );
     say!("  tensors          {}", counts.join(", "));
     say!(
         "  size             {:.3} bits/param; {:.1}x smaller than the fine-tune, {:.1}x smaller than fp16",
         r.bits_per_param, r.ratio_vs_finetuned, r.ratio_vs_fp16
     );
-    say!("  quantized        {} of {} parameters", r.n_quantized, r.n_params);
+    say!(
+        "  quantized        {} of {} parameters",
+        r.n_quantized,
+        r.n_params
+    );
     if !r.skipped_base_only.is_empty() {
-        say!("  skipped          base-only tensors: {}", r.skipped_base_only.join(", "));
+        say!(
+            "  skipped          base-only tensors: {}",
+            r.skipped_base_only.join(", ")
+        );
     }
     if !r.finetune_only.is_empty() {
-        say!("  stored raw       tensors the base lacks: {}", r.finetune_only.join(", "));
+        say!(
+            "  stored raw       tensors the base lacks: {}",
+            r.finetune_only.join(", ")
+        );
     }
 }
 
 fn print_inspect(path: &Path, r: &InspectReport) {
     let m = &r.metadata;
-    say!("{}: .bitdelta v1, {} bytes, {} tensors", path.display(), r.file_bytes, r.n_tensors);
+    say!(
+        "{}: .bitdelta v1, {} bytes, {} tensors",
+        path.display(),
+        r.file_bytes,
+        r.n_tensors
+    );
     say!("  model            {}", m.model_name);
-    say!("  base BLAKE3      {}", if m.base_hash.is_zero() { "(not recorded)".into() } else { m.base_hash.to_hex() });
+    say!(
+        "  base BLAKE3      {}",
+        if m.base_hash.is_zero() {
+            "(not recorded)".into()
+        } else {
+            m.base_hash.to_hex()
+        }
+    );
     say!(
         "  settings         {} bit, {} scales, clip {}, embeddings {}",
         m.bits,
         m.granularity,
-        if m.clip_sigma == 0.0 { "off".into() } else { format!("{}σ", m.clip_sigma) },
+        if m.clip_sigma == 0.0 {
+            "off".into()
+        } else {
+            format!("{}σ", m.clip_sigma)
+        },
         r.embeddings
     );
     say!(
         "  size             {:.3} bits/param; {:.1}x vs the fine-tune's dtypes, {:.1}x vs fp16",
-        r.bits_per_param, r.ratio_vs_finetuned, r.ratio_vs_fp16
+        r.bits_per_param,
+        r.ratio_vs_finetuned,
+        r.ratio_vs_fp16
     );
     for t in &r.by_encoding {
-        say!("  {:<16} {:>4} tensors {:>12} params {:>12} bytes", t.encoding.name(), t.tensors, t.params, t.bytes);
+        say!(
+            "  {:<16} {:>4} tensors {:>12} params {:>12} bytes",
+            t.encoding.name(),
+            t.tensors,
+            t.params,
+            t.bytes
+        );
     }
     say!("");
-    say!("{:<52} {:>5} {:>14} {:>9} {:>9} {:>11} {:>8}", "tensor", "dtype", "shape", "encoding", "scales", "bytes", "bits/p");
+    say!(
+        "{:<52} {:>5} {:>14} {:>9} {:>9} {:>11} {:>8}",
+        "tensor",
+        "dtype",
+        "shape",
+        "encoding",
+        "scales",
+        "bytes",
+        "bits/p"
+    );
     for t in &r.tensors {
         let shape = format!("{:?}", t.shape);
         say!(
@@ -317,7 +407,11 @@ fn print_inspect(path: &Path, r: &InspectReport) {
             t.dtype.to_string(),
             shape,
             t.encoding.name(),
-            if t.encoding.bits().is_some() { t.granularity.to_string() } else { "-".into() },
+            if t.encoding.bits().is_some() {
+                t.granularity.to_string()
+            } else {
+                "-".into()
+            },
             t.bytes,
             t.bits_per_param
         );
@@ -329,5 +423,9 @@ fn print_eval(r: &EvalReport) {
         "  weight error     ‖R−F‖/‖F‖ = {:.3e} (base alone: {:.3e}); share of the fine-tune's change not captured: {:.3} ({:.3} on quantized tensors)",
         r.rel_error, r.base_rel_error, r.rel_delta_error, r.quantized_rel_delta_error
     );
-    say!("  exact tensors    {} of {} reconstructed bit-exactly", r.exact_tensors, r.tensors.len());
+    say!(
+        "  exact tensors    {} of {} reconstructed bit-exactly",
+        r.exact_tensors,
+        r.tensors.len()
+    );
 }

@@ -23,7 +23,10 @@ pub struct OpenError {
 
 impl MappedFile {
     pub fn open(path: &Path) -> Result<Self, OpenError> {
-        let err = |cause| OpenError { path: path.to_owned(), cause };
+        let err = |cause| OpenError {
+            path: path.to_owned(),
+            cause,
+        };
         let file = File::open(path).map_err(err)?;
         let meta = file.metadata().map_err(err)?;
         if meta.is_dir() {
@@ -38,7 +41,10 @@ impl MappedFile {
             // zdn never writes to its inputs and writes outputs to new files that are renamed into place.
             Some(unsafe { Mmap::map(&file) }.map_err(err)?)
         };
-        Ok(MappedFile { path: path.to_owned(), map })
+        Ok(MappedFile {
+            path: path.to_owned(),
+            map,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -68,7 +74,9 @@ impl MappedFile {
         // SAFETY: MADV_DONTNEED on a read-only, file-backed shared mapping only discards page-table
         // entries; later reads fault the same file contents back in. No slice into the map is
         // invalidated, because the bytes they observe do not change.
-        let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, range.start, end - range.start) };
+        let _ = unsafe {
+            map.unchecked_advise_range(UncheckedAdvice::DontNeed, range.start, end - range.start)
+        };
     }
 
     /// BLAKE3 of the whole file, releasing pages as it goes.

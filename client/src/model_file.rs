@@ -12,7 +12,10 @@ pub enum ModelFileError {
     #[error(transparent)]
     Open(#[from] OpenError),
     #[error("{path} is not a valid safetensors file: {cause}")]
-    Parse { path: String, cause: SafetensorsError },
+    Parse {
+        path: String,
+        cause: SafetensorsError,
+    },
 }
 
 #[derive(Debug)]
@@ -24,8 +27,10 @@ pub struct ModelFile {
 impl ModelFile {
     pub fn open(path: &Path) -> Result<Self, ModelFileError> {
         let file = MappedFile::open(path)?;
-        let header = safetensors::parse(file.bytes())
-            .map_err(|cause| ModelFileError::Parse { path: path.display().to_string(), cause })?;
+        let header = safetensors::parse(file.bytes()).map_err(|cause| ModelFileError::Parse {
+            path: path.display().to_string(),
+            cause,
+        })?;
         Ok(ModelFile { file, header })
     }
 
@@ -35,7 +40,11 @@ impl ModelFile {
 
     /// The bytes of a tensor of this file (its range was validated by the parser).
     pub fn data<'a>(&'a self, t: &'a TensorInfo) -> TensorData<'a> {
-        TensorData { dtype: t.dtype, shape: &t.shape, bytes: &self.file.bytes()[t.range.clone()] }
+        TensorData {
+            dtype: t.dtype,
+            shape: &t.shape,
+            bytes: &self.file.bytes()[t.range.clone()],
+        }
     }
 
     /// Drops the resident pages of a tensor once it has been used.

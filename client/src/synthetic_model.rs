@@ -66,14 +66,28 @@ impl SyntheticSpec {
     /// Tensors in file order.
     pub fn layouts(&self) -> Vec<TensorLayout> {
         let mut v = Vec::new();
-        let mut t = |name: String, shape: Vec<u64>| v.push(TensorLayout { name, dtype: self.dtype, shape });
+        let mut t = |name: String, shape: Vec<u64>| {
+            v.push(TensorLayout {
+                name,
+                dtype: self.dtype,
+                shape,
+            })
+        };
         let (h, m) = (self.hidden, self.intermediate);
-        t("embeddings.word_embeddings.weight".into(), vec![self.vocab, h]);
+        t(
+            "embeddings.word_embeddings.weight".into(),
+            vec![self.vocab, h],
+        );
         t("embeddings.LayerNorm.weight".into(), vec![h]);
         t("embeddings.LayerNorm.bias".into(), vec![h]);
         for l in 0..self.layers {
             let p = format!("encoder.layer.{l}");
-            for n in ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"] {
+            for n in [
+                "attention.self.query",
+                "attention.self.key",
+                "attention.self.value",
+                "attention.output.dense",
+            ] {
                 t(format!("{p}.{n}.weight"), vec![h, h]);
                 t(format!("{p}.{n}.bias"), vec![h]);
             }
@@ -98,7 +112,11 @@ pub enum SyntheticError {
 
 /// Writes the base to `base` and the fine-tune to `finetuned`. The fine-tune differs from the base in
 /// every tensor: linear weights by `delta_scale` × a heavy-tailed noise, the rest a little.
-pub fn write_pair(spec: &SyntheticSpec, base: &Path, finetuned: &Path) -> Result<(), SyntheticError> {
+pub fn write_pair(
+    spec: &SyntheticSpec,
+    base: &Path,
+    finetuned: &Path,
+) -> Result<(), SyntheticError> {
     if !spec.dtype.is_quantizable() {
         return Err(SyntheticError::Dtype(spec.dtype));
     }
@@ -121,7 +139,11 @@ pub fn write_pair(spec: &SyntheticSpec, base: &Path, finetuned: &Path) -> Result
             _ if l.name.ends_with("LayerNorm.weight") => (0.0, 0.02),
             _ => (0.02, 0.02 * spec.delta_scale),
         };
-        let offset = if l.name.ends_with("LayerNorm.weight") { 1.0 } else { 0.0 };
+        let offset = if l.name.ends_with("LayerNorm.weight") {
+            1.0
+        } else {
+            0.0
+        };
         let mut left = numel as usize;
         while left > 0 {
             let n = left.min(STEP);

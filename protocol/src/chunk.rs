@@ -35,7 +35,9 @@ impl Codec {
     }
 
     pub fn from_code(c: u8) -> Option<Self> {
-        [Codec::Raw, Codec::Zstd, Codec::Gzip].into_iter().find(|k| k.code() == c)
+        [Codec::Raw, Codec::Zstd, Codec::Gzip]
+            .into_iter()
+            .find(|k| k.code() == c)
     }
 }
 
@@ -65,7 +67,11 @@ pub enum ChunkError {
     #[error("chunk {id} does not decode: {problem}")]
     Corrupt { id: Hash, problem: String },
     #[error("chunk list: chunk #{index} starts at {offset}, expected {expected} (gap or overlap)")]
-    Coverage { index: usize, offset: u64, expected: u64 },
+    Coverage {
+        index: usize,
+        offset: u64,
+        expected: u64,
+    },
     #[error("chunk list covers {covered} bytes, the object has {len}")]
     Incomplete { covered: u64, len: u64 },
     #[error("chunk list: chunk #{0} is empty")]
@@ -74,11 +80,19 @@ pub enum ChunkError {
 
 /// Splits `0..object_len` into ranges of at most `chunk_size` bytes that start at every boundary in
 /// `boundaries` (sorted or not; out-of-range ones are ignored). Deterministic.
-pub fn plan(object_len: u64, boundaries: &[u64], chunk_size: u32) -> Result<Vec<Range<u64>>, ChunkError> {
+pub fn plan(
+    object_len: u64,
+    boundaries: &[u64],
+    chunk_size: u32,
+) -> Result<Vec<Range<u64>>, ChunkError> {
     if chunk_size == 0 || chunk_size > MAX_CHUNK_SIZE {
         return Err(ChunkError::ChunkSize(chunk_size));
     }
-    let mut cuts: Vec<u64> = boundaries.iter().copied().filter(|&b| b > 0 && b < object_len).collect();
+    let mut cuts: Vec<u64> = boundaries
+        .iter()
+        .copied()
+        .filter(|&b| b > 0 && b < object_len)
+        .collect();
     cuts.sort_unstable();
     cuts.dedup();
     cuts.push(object_len);
@@ -110,7 +124,10 @@ pub fn encode(data: &[u8], level: i32) -> (Codec, Vec<u8>, Hash) {
 pub fn decode(stored: &[u8], r: &ChunkRef) -> Result<Vec<u8>, ChunkError> {
     let actual = Hash::of(stored);
     if actual != r.id {
-        return Err(ChunkError::HashMismatch { expected: r.id, actual });
+        return Err(ChunkError::HashMismatch {
+            expected: r.id,
+            actual,
+        });
     }
     if r.len > MAX_CHUNK_SIZE {
         return Err(ChunkError::ChunkSize(r.len));
@@ -122,9 +139,15 @@ pub fn decode(stored: &[u8], r: &ChunkRef) -> Result<Vec<u8>, ChunkError> {
             let mut buf = vec![0u8; len];
             let got = zstd::bulk::decompress_to_buffer(stored, &mut buf).map_err(|e| {
                 if e.to_string().contains("Destination buffer is too small") {
-                    ChunkError::Inflates { id: r.id, len: r.len }
+                    ChunkError::Inflates {
+                        id: r.id,
+                        len: r.len,
+                    }
                 } else {
-                    ChunkError::Corrupt { id: r.id, problem: e.to_string() }
+                    ChunkError::Corrupt {
+                        id: r.id,
+                        problem: e.to_string(),
+                    }
                 }
             })?;
             buf.truncate(got);
@@ -133,7 +156,11 @@ pub fn decode(stored: &[u8], r: &ChunkRef) -> Result<Vec<u8>, ChunkError> {
         Codec::Gzip => gunzip_capped(stored, r)?,
     };
     if out.len() != len {
-        return Err(ChunkError::Length { id: r.id, got: out.len(), len: r.len });
+        return Err(ChunkError::Length {
+            id: r.id,
+            got: out.len(),
+            len: r.len,
+        });
     }
     Ok(out)
 }
@@ -143,9 +170,15 @@ fn gunzip_capped(stored: &[u8], r: &ChunkRef) -> Result<Vec<u8>, ChunkError> {
     let mut out = Vec::with_capacity(r.len as usize);
     // Read at most one byte past the declared length: enough to tell a bomb from an exact fit.
     let mut dec = flate2::read::GzDecoder::new(stored).take(u64::from(r.len) + 1);
-    dec.read_to_end(&mut out).map_err(|e| ChunkError::Corrupt { id: r.id, problem: e.to_string() })?;
+    dec.read_to_end(&mut out).map_err(|e| ChunkError::Corrupt {
+        id: r.id,
+        problem: e.to_string(),
+    })?;
     if out.len() > r.len as usize {
-        return Err(ChunkError::Inflates { id: r.id, len: r.len });
+        return Err(ChunkError::Inflates {
+            id: r.id,
+            len: r.len,
+        });
     }
     Ok(out)
 }
@@ -161,14 +194,24 @@ pub fn check_coverage(chunks: &[ChunkRef], object_len: u64) -> Result<(), ChunkE
             return Err(ChunkError::ChunkSize(c.len));
         }
         if c.offset != expected {
-            return Err(ChunkError::Coverage { index, offset: c.offset, expected });
+            return Err(ChunkError::Coverage {
+                index,
+                offset: c.offset,
+                expected,
+            });
         }
         expected = expected
             .checked_add(u64::from(c.len))
-            .ok_or(ChunkError::Incomplete { covered: u64::MAX, len: object_len })?;
+            .ok_or(ChunkError::Incomplete {
+                covered: u64::MAX,
+                len: object_len,
+            })?;
     }
     if expected != object_len {
-        return Err(ChunkError::Incomplete { covered: expected, len: object_len });
+        return Err(ChunkError::Incomplete {
+            covered: expected,
+            len: object_len,
+        });
     }
     Ok(())
 }
@@ -177,7 +220,9 @@ pub fn check_coverage(chunks: &[ChunkRef], object_len: u64) -> Result<(), ChunkE
 /// Empty for bytes that do not parse (such an object is chunked by size alone).
 pub fn safetensors_boundaries(bytes: &[u8]) -> Vec<u64> {
     match crate::safetensors::parse(bytes) {
-        Ok(h) => std::iter::once(h.data_start as u64).chain(h.tensors.iter().map(|t| t.range.start as u64)).collect(),
+        Ok(h) => std::iter::once(h.data_start as u64)
+            .chain(h.tensors.iter().map(|t| t.range.start as u64))
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -185,7 +230,12 @@ pub fn safetensors_boundaries(bytes: &[u8]) -> Vec<u64> {
 /// Natural boundaries of a `.bitdelta` object: the start of every non-empty block.
 pub fn bitdelta_boundaries(bytes: &[u8]) -> Vec<u64> {
     match crate::bitdelta::BitDeltaFile::parse(bytes) {
-        Ok(f) => f.entries.iter().filter(|e| e.length > 0).map(|e| e.offset).collect(),
+        Ok(f) => f
+            .entries
+            .iter()
+            .filter(|e| e.length > 0)
+            .map(|e| e.offset)
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
@@ -201,7 +251,12 @@ mod tests {
         for r in ranges {
             let piece = &data[r.start as usize..r.end as usize];
             let (codec, s, id) = encode(piece, 3);
-            rs.push(ChunkRef { id, offset: r.start, len: piece.len() as u32, codec });
+            rs.push(ChunkRef {
+                id,
+                offset: r.start,
+                len: piece.len() as u32,
+                codec,
+            });
             stored.push(s);
         }
         (rs, stored)
@@ -236,23 +291,48 @@ mod tests {
         let data = vec![0u8; 10_000];
         let (codec, stored, id) = encode(&data, 3);
         assert_eq!(codec, Codec::Zstd);
-        let r = ChunkRef { id, offset: 0, len: 10_000, codec };
+        let r = ChunkRef {
+            id,
+            offset: 0,
+            len: 10_000,
+            codec,
+        };
         assert_eq!(decode(&stored, &r).unwrap(), data);
         // Wrong hash: refused before decompression.
         let mut bad = stored.clone();
         bad[0] ^= 1;
-        assert!(matches!(decode(&bad, &r), Err(ChunkError::HashMismatch { .. })));
+        assert!(matches!(
+            decode(&bad, &r),
+            Err(ChunkError::HashMismatch { .. })
+        ));
         // A bomb: declared 100 bytes, inflates to 10 000.
-        let bomb = ChunkRef { len: 100, ..r.clone() };
-        assert!(matches!(decode(&stored, &bomb), Err(ChunkError::Inflates { .. })));
+        let bomb = ChunkRef {
+            len: 100,
+            ..r.clone()
+        };
+        assert!(matches!(
+            decode(&stored, &bomb),
+            Err(ChunkError::Inflates { .. })
+        ));
         // Declared longer than it is.
-        let short = ChunkRef { len: 20_000, ..r.clone() };
-        assert!(matches!(decode(&stored, &short), Err(ChunkError::Length { .. })));
+        let short = ChunkRef {
+            len: 20_000,
+            ..r.clone()
+        };
+        assert!(matches!(
+            decode(&stored, &short),
+            Err(ChunkError::Length { .. })
+        ));
         // Gzip bomb.
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         std::io::Write::write_all(&mut gz, &data).unwrap();
         let gz = gz.finish().unwrap();
-        let g = ChunkRef { id: Hash::of(&gz), offset: 0, len: 100, codec: Codec::Gzip };
+        let g = ChunkRef {
+            id: Hash::of(&gz),
+            offset: 0,
+            len: 100,
+            codec: Codec::Gzip,
+        };
         assert!(matches!(decode(&gz, &g), Err(ChunkError::Inflates { .. })));
         let g = ChunkRef { len: 10_000, ..g };
         assert_eq!(decode(&gz, &g).unwrap(), data);
@@ -260,12 +340,29 @@ mod tests {
 
     #[test]
     fn coverage_errors() {
-        let c = |offset, len| ChunkRef { id: Hash::ZERO, offset, len, codec: Codec::Raw };
+        let c = |offset, len| ChunkRef {
+            id: Hash::ZERO,
+            offset,
+            len,
+            codec: Codec::Raw,
+        };
         assert!(check_coverage(&[c(0, 5), c(5, 5)], 10).is_ok());
-        assert!(matches!(check_coverage(&[c(0, 5), c(6, 4)], 10), Err(ChunkError::Coverage { .. })));
-        assert!(matches!(check_coverage(&[c(0, 5), c(4, 6)], 10), Err(ChunkError::Coverage { .. })));
-        assert!(matches!(check_coverage(&[c(0, 5)], 10), Err(ChunkError::Incomplete { .. })));
-        assert!(matches!(check_coverage(&[c(0, 0), c(0, 10)], 10), Err(ChunkError::Empty(0))));
+        assert!(matches!(
+            check_coverage(&[c(0, 5), c(6, 4)], 10),
+            Err(ChunkError::Coverage { .. })
+        ));
+        assert!(matches!(
+            check_coverage(&[c(0, 5), c(4, 6)], 10),
+            Err(ChunkError::Coverage { .. })
+        ));
+        assert!(matches!(
+            check_coverage(&[c(0, 5)], 10),
+            Err(ChunkError::Incomplete { .. })
+        ));
+        assert!(matches!(
+            check_coverage(&[c(0, 0), c(0, 10)], 10),
+            Err(ChunkError::Empty(0))
+        ));
     }
 
     proptest! {

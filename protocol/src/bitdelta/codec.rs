@@ -68,12 +68,11 @@ pub fn encode_tensor(
     };
     match (choice, base) {
         (Choice::Quantize, Some(b)) => {
-            let q = quantize(b, target, &opts.spec, scales).map_err(|cause| {
-                EncodeError::Quantize {
+            let q =
+                quantize(b, target, &opts.spec, scales).map_err(|cause| EncodeError::Quantize {
                     name: name.to_owned(),
                     cause,
-                }
-            })?;
+                })?;
             let encoding = Encoding::for_bits(opts.spec.bits).unwrap_or(Encoding::Sign1);
             Ok(EncodedTensor {
                 encoding,
@@ -188,7 +187,7 @@ pub fn decode_model(
     let mut out = Vec::with_capacity(f.entries.len());
     for (i, e) in f.entries.iter().enumerate() {
         let b = base.iter().find(|b| b.name == e.name).map(|b| b.data);
-        // byte_len <= MAX_TENSOR_BYTES, checked by parse.
+        super::reconstruct::check_inputs(e, f.block(i), b.as_ref())?;
         let mut buf = vec![0u8; e.byte_len() as usize];
         reconstruct(e, f.block(i), b.as_ref(), &mut buf)?;
         out.push((e.name.clone(), buf));

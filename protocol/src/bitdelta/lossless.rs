@@ -28,6 +28,21 @@ pub fn encode(
     zstd::bulk::compress(&planes, level).map_err(|e| format!("zstd compression failed: {e}"))
 }
 
+/// Checks, from the zstd frame header alone, that a block declares exactly `len` decoded bytes.
+pub fn check_frame_size(block: &[u8], len: u64) -> Result<(), String> {
+    if block.is_empty() && len == 0 {
+        return Ok(());
+    }
+    match zstd::zstd_safe::get_frame_content_size(block) {
+        Ok(Some(n)) if n == len => Ok(()),
+        Ok(Some(n)) => Err(format!(
+            "lossless block declares {n} bytes, the tensor has {len}"
+        )),
+        Ok(None) => Err("lossless block does not declare its decoded size".to_owned()),
+        Err(_) => Err("lossless block is not a zstd frame".to_owned()),
+    }
+}
+
 /// Decodes a block into `out`, whose length is the tensor's exact byte size. A frame that would inflate
 /// past `out.len()` is refused without allocating more.
 pub fn decode(

@@ -46,8 +46,59 @@ pub enum ReconstructError {
     Block { name: String, got: usize, want: u64 },
 }
 
+/// Checks a tensor's inputs before anything is allocated for its output: the output size is then
+/// backed by real data (the base tensor's bytes, the block's packed codes, or a lossless frame that
+/// declares exactly that size), so a forged shape cannot make a caller allocate gigabytes.
+pub fn check_inputs<'b>(
+    entry: &IndexEntry,
+    block: &[u8],
+    base: Option<&'b TensorData<'b>>,
+) -> Result<Option<&'b TensorData<'b>>, ReconstructError> {
+    let name = || entry.name.clone();
+    if block.len() as u64 != entry.length {
+        return Err(ReconstructError::Block {
+            name: name(),
+            got: block.len(),
+            want: entry.length,
+        });
+    }
+    if entry.encoding == Encoding::Raw || entry.encoding == Encoding::Xor {
+        lossless::check_frame_size(block, entry.byte_len()).map_err(|problem| {
+            ReconstructError::Lossless {
+                name: name(),
+                problem,
+            }
+        })?;
+    }
+    if !entry.encoding.needs_base() {
+        return Ok(None);
+    }
+    let b = base.ok_or_else(|| ReconstructError::BaseMissing(name()))?;
+    if b.shape != entry.shape.as_slice() {
+        return Err(ReconstructError::BaseShape {
+            name: name(),
+            base: b.shape.to_vec(),
+            delta: entry.shape.clone(),
+        });
+    }
+    let dtype_ok = match entry.encoding.bits() {
+        Some(_) => b.dtype.is_quantizable(),
+        None => b.dtype == entry.dtype,
+    };
+    if !dtype_ok {
+        return Err(ReconstructError::BaseDtype {
+            name: name(),
+            base: b.dtype,
+            target: entry.dtype,
+            encoding: entry.encoding.name(),
+        });
+    }
+    Ok(Some(b))
+}
+
 /// Writes the reconstructed tensor of `entry` into `out` (exactly `entry.byte_len()` bytes).
 /// `block` is the entry's block; `base` the base tensor of the same name, if the model has it.
+/// Callers that allocate `out` from the index call [`check_inputs`] first.
 pub fn reconstruct(
     entry: &IndexEntry,
     block: &[u8],
@@ -62,38 +113,7 @@ pub fn reconstruct(
             want: entry.byte_len(),
         });
     }
-    if block.len() as u64 != entry.length {
-        return Err(ReconstructError::Block {
-            name: name(),
-            got: block.len(),
-            want: entry.length,
-        });
-    }
-    let base = if entry.encoding.needs_base() {
-        let b = base.ok_or_else(|| ReconstructError::BaseMissing(name()))?;
-        if b.shape != entry.shape.as_slice() {
-            return Err(ReconstructError::BaseShape {
-                name: name(),
-                base: b.shape.to_vec(),
-                delta: entry.shape.clone(),
-            });
-        }
-        let dtype_ok = match entry.encoding.bits() {
-            Some(_) => b.dtype.is_quantizable(),
-            None => b.dtype == entry.dtype,
-        };
-        if !dtype_ok {
-            return Err(ReconstructError::BaseDtype {
-                name: name(),
-                base: b.dtype,
-                target: entry.dtype,
-                encoding: entry.encoding.name(),
-            });
-        }
-        Some(b)
-    } else {
-        None
-    };
+    let base = check_inputs(entry, block, base)?;
     match (entry.encoding, base) {
         (Encoding::Unchanged | Encoding::Base, Some(b)) => {
             out.copy_from_slice(b.bytes);
