@@ -24,15 +24,28 @@ fn pair(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
             T::f32("word_embeddings.weight", &[50, 12], emb.clone()),
             T::f32("norm.weight", &[5], [1.0; 5]),
             T::f32("empty.weight", &[0, 4], []),
-            T { name: "position_ids".into(), dtype: DType::I64, shape: vec![7], bytes: pos },
+            T {
+                name: "position_ids".into(),
+                dtype: DType::I64,
+                shape: vec![7],
+                bytes: pos,
+            },
         ],
     );
     write_model(
         &fine,
         &[
-            T::f32("layer.weight", &[37, 13], w.iter().zip(&dw).map(|(a, b)| a + b)),
+            T::f32(
+                "layer.weight",
+                &[37, 13],
+                w.iter().zip(&dw).map(|(a, b)| a + b),
+            ),
             T::f32("layer.bias", &[37], values(37, 5, 0.1)),
-            T::f32("word_embeddings.weight", &[50, 12], emb.iter().map(|v| v * 1.001)),
+            T::f32(
+                "word_embeddings.weight",
+                &[50, 12],
+                emb.iter().map(|v| v * 1.001),
+            ),
             T::f32("norm.weight", &[5], [1.0; 5]),
             T::f32("empty.weight", &[0, 4], []),
             T::f32("head.weight", &[3, 4], values(12, 6, 1.0)),
@@ -46,17 +59,43 @@ fn encode_inspect_apply_eval_every_setting() {
     let dir = tmpdir();
     let (base, fine) = pair(dir.path());
     let mut last_err = f64::INFINITY;
-    for (bits, scale) in [("1", "tensor"), ("1", "row"), ("1", "group:5"), ("2", "group:5"), ("4", "group:5")] {
+    for (bits, scale) in [
+        ("1", "tensor"),
+        ("1", "row"),
+        ("1", "group:5"),
+        ("2", "group:5"),
+        ("4", "group:5"),
+    ] {
         let d = dir.path().join(format!("d{bits}{scale}.bitdelta"));
         let enc: Value = serde_json::from_str(&zdn_ok(&[
-            "delta", "encode", "--base", s(&base), "--finetuned", s(&fine), "-o", s(&d), "--bits", bits, "--scale", scale,
+            "delta",
+            "encode",
+            "--base",
+            s(&base),
+            "--finetuned",
+            s(&fine),
+            "-o",
+            s(&d),
+            "--bits",
+            bits,
+            "--scale",
+            scale,
             "--json",
         ]))
         .unwrap();
-        assert_eq!(enc["skipped_base_only"], serde_json::json!(["position_ids"]));
+        assert_eq!(
+            enc["skipped_base_only"],
+            serde_json::json!(["position_ids"])
+        );
         assert_eq!(enc["finetune_only"], serde_json::json!(["head.weight"]));
         let enc_of = |name: &str| {
-            enc["tensors"].as_array().unwrap().iter().find(|t| t["name"] == name).unwrap()["encoding"].clone()
+            enc["tensors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["name"] == name)
+                .unwrap()["encoding"]
+                .clone()
         };
         let want = match bits {
             "1" => "sign1",
@@ -70,30 +109,74 @@ fn encode_inspect_apply_eval_every_setting() {
         assert_eq!(enc_of("head.weight"), "raw");
         assert_eq!(enc_of("empty.weight"), "unchanged");
 
-        let insp: Value = serde_json::from_str(&zdn_ok(&["delta", "inspect", s(&d), "--json"])).unwrap();
+        let insp: Value =
+            serde_json::from_str(&zdn_ok(&["delta", "inspect", s(&d), "--json"])).unwrap();
         assert_eq!(insp["file_bytes"], enc["file_bytes"]);
         assert_eq!(insp["n_tensors"], 6);
         assert!(zdn_ok(&["delta", "inspect", s(&d)]).contains("layer.weight"));
 
         let out1 = dir.path().join("out1.safetensors");
         let out2 = dir.path().join("out2.safetensors");
-        zdn_ok(&["delta", "apply", "--base", s(&base), "--delta", s(&d), "-o", s(&out1)]);
-        zdn_ok(&["delta", "apply", "--base", s(&base), "--delta", s(&d), "-o", s(&out2)]);
-        assert_eq!(std::fs::read(&out1).unwrap(), std::fs::read(&out2).unwrap(), "apply is deterministic");
+        zdn_ok(&[
+            "delta",
+            "apply",
+            "--base",
+            s(&base),
+            "--delta",
+            s(&d),
+            "-o",
+            s(&out1),
+        ]);
+        zdn_ok(&[
+            "delta",
+            "apply",
+            "--base",
+            s(&base),
+            "--delta",
+            s(&d),
+            "-o",
+            s(&out2),
+        ]);
+        assert_eq!(
+            std::fs::read(&out1).unwrap(),
+            std::fs::read(&out2).unwrap(),
+            "apply is deterministic"
+        );
         for exact in ["layer.bias", "norm.weight", "head.weight", "empty.weight"] {
-            assert_eq!(tensor_bytes(&out1, exact), tensor_bytes(&fine, exact), "{exact} is lossless");
+            assert_eq!(
+                tensor_bytes(&out1, exact),
+                tensor_bytes(&fine, exact),
+                "{exact} is lossless"
+            );
         }
-        assert_eq!(tensor_bytes(&out1, "word_embeddings.weight"), tensor_bytes(&base, "word_embeddings.weight"));
+        assert_eq!(
+            tensor_bytes(&out1, "word_embeddings.weight"),
+            tensor_bytes(&base, "word_embeddings.weight")
+        );
         assert_eq!(tensor_bytes(&out1, "position_ids"), None);
 
         let ev: Value = serde_json::from_str(&zdn_ok(&[
-            "delta", "eval", "--base", s(&base), "--finetuned", s(&fine), "--delta", s(&d), "--json",
+            "delta",
+            "eval",
+            "--base",
+            s(&base),
+            "--finetuned",
+            s(&fine),
+            "--delta",
+            s(&d),
+            "--json",
         ]))
         .unwrap();
         let q = ev["quantized_rel_delta_error"].as_f64().unwrap();
-        assert!(q < 1.0, "{bits}-bit {scale}: quantized delta error {q} not better than the base");
+        assert!(
+            q < 1.0,
+            "{bits}-bit {scale}: quantized delta error {q} not better than the base"
+        );
         if scale == "group:5" {
-            assert!(q <= last_err, "more bits must not be worse: {q} > {last_err}");
+            assert!(
+                q <= last_err,
+                "more bits must not be worse: {q} > {last_err}"
+            );
             last_err = q;
         }
     }
@@ -101,7 +184,18 @@ fn encode_inspect_apply_eval_every_setting() {
     let a = dir.path().join("a.bitdelta");
     let b = dir.path().join("b.bitdelta");
     for p in [&a, &b] {
-        zdn_ok(&["delta", "encode", "--base", s(&base), "--finetuned", s(&fine), "-o", s(p), "--scale", "row"]);
+        zdn_ok(&[
+            "delta",
+            "encode",
+            "--base",
+            s(&base),
+            "--finetuned",
+            s(&fine),
+            "-o",
+            s(p),
+            "--scale",
+            "row",
+        ]);
     }
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 }
@@ -112,20 +206,62 @@ fn include_exclude_and_embedding_policies() {
     let (base, fine) = pair(dir.path());
     let d = dir.path().join("d.bitdelta");
     let enc: Value = serde_json::from_str(&zdn_ok(&[
-        "delta", "encode", "--base", s(&base), "--finetuned", s(&fine), "-o", s(&d), "--include", "*.bias",
-        "--exclude", "layer.w*", "--embeddings", "quantize", "--json",
+        "delta",
+        "encode",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&fine),
+        "-o",
+        s(&d),
+        "--include",
+        "*.bias",
+        "--exclude",
+        "layer.w*",
+        "--embeddings",
+        "quantize",
+        "--json",
     ]))
     .unwrap();
     let enc_of = |name: &str| {
-        enc["tensors"].as_array().unwrap().iter().find(|t| t["name"] == name).unwrap()["encoding"].clone()
+        enc["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()["encoding"]
+            .clone()
     };
     assert_eq!(enc_of("layer.bias"), "sign1");
     assert_eq!(enc_of("layer.weight"), "xor");
     assert_eq!(enc_of("word_embeddings.weight"), "sign1");
-    zdn_ok(&["delta", "encode", "--base", s(&base), "--finetuned", s(&fine), "-o", s(&d), "--embeddings", "exact"]);
+    zdn_ok(&[
+        "delta",
+        "encode",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&fine),
+        "-o",
+        s(&d),
+        "--embeddings",
+        "exact",
+    ]);
     let out = dir.path().join("o.safetensors");
-    zdn_ok(&["delta", "apply", "--base", s(&base), "--delta", s(&d), "-o", s(&out)]);
-    assert_eq!(tensor_bytes(&out, "word_embeddings.weight"), tensor_bytes(&fine, "word_embeddings.weight"));
+    zdn_ok(&[
+        "delta",
+        "apply",
+        "--base",
+        s(&base),
+        "--delta",
+        s(&d),
+        "-o",
+        s(&out),
+    ]);
+    assert_eq!(
+        tensor_bytes(&out, "word_embeddings.weight"),
+        tensor_bytes(&fine, "word_embeddings.weight")
+    );
 }
 
 #[test]
@@ -133,33 +269,66 @@ fn bad_delta_files_are_named_errors() {
     let dir = tmpdir();
     let (base, fine) = pair(dir.path());
     let d = dir.path().join("d.bitdelta");
-    zdn_ok(&["delta", "encode", "--base", s(&base), "--finetuned", s(&fine), "-o", s(&d)]);
+    zdn_ok(&[
+        "delta",
+        "encode",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&fine),
+        "-o",
+        s(&d),
+    ]);
     let good = std::fs::read(&d).unwrap();
     let bad = dir.path().join("bad.bitdelta");
     let out = dir.path().join("out.safetensors");
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (good[..good.len() - 3].to_vec(), "truncated"),
         (good[..10].to_vec(), "truncated"),
-        (b"garbage that is long enough to have a header".to_vec(), "not a .bitdelta file"),
-        ({
-            let mut g = good.clone();
-            g[8] = 9;
-            g
-        }, "unsupported .bitdelta version 9"),
-        ({
-            let mut g = good.clone();
-            g.extend_from_slice(b"xx");
-            g
-        }, "trailing bytes"),
+        (
+            b"garbage that is long enough to have a header".to_vec(),
+            "not a .bitdelta file",
+        ),
+        (
+            {
+                let mut g = good.clone();
+                g[8] = 9;
+                g
+            },
+            "unsupported .bitdelta version 9",
+        ),
+        (
+            {
+                let mut g = good.clone();
+                g.extend_from_slice(b"xx");
+                g
+            },
+            "trailing bytes",
+        ),
         (Vec::new(), "truncated"),
     ];
     for (bytes, needle) in cases {
         std::fs::write(&bad, &bytes).unwrap();
         zdn_err(&["delta", "inspect", s(&bad)], needle);
-        zdn_err(&["delta", "apply", "--base", s(&base), "--delta", s(&bad), "-o", s(&out)], needle);
+        zdn_err(
+            &[
+                "delta",
+                "apply",
+                "--base",
+                s(&base),
+                "--delta",
+                s(&bad),
+                "-o",
+                s(&out),
+            ],
+            needle,
+        );
         assert!(!out.exists());
     }
-    zdn_err(&["delta", "inspect", s(&dir.path().join("missing"))], "cannot read");
+    zdn_err(
+        &["delta", "inspect", s(&dir.path().join("missing"))],
+        "cannot read",
+    );
     zdn_err(&["delta", "inspect", s(dir.path())], "is a directory");
 }
 
@@ -169,7 +338,19 @@ fn bad_models_are_named_errors() {
     let (base, fine) = pair(dir.path());
     let d = dir.path().join("d.bitdelta");
     let enc = |b: &std::path::Path, f: &std::path::Path, needle: &str| {
-        zdn_err(&["delta", "encode", "--base", s(b), "--finetuned", s(f), "-o", s(&d)], needle);
+        zdn_err(
+            &[
+                "delta",
+                "encode",
+                "--base",
+                s(b),
+                "--finetuned",
+                s(f),
+                "-o",
+                s(&d),
+            ],
+            needle,
+        );
         assert!(!d.exists(), "no output after a failed encode");
     };
     // Bad header.
@@ -181,7 +362,10 @@ fn bad_models_are_named_errors() {
     enc(&base, &junk, "too short");
     // Shape and dtype mismatch.
     let other = dir.path().join("other.safetensors");
-    write_model(&other, &[T::f32("layer.weight", &[13, 37], values(481, 1, 1.0))]);
+    write_model(
+        &other,
+        &[T::f32("layer.weight", &[13, 37], values(481, 1, 1.0))],
+    );
     enc(&base, &other, "differs from fine-tune shape");
     let pos_f32 = dir.path().join("pos.safetensors");
     write_model(&pos_f32, &[T::f32("position_ids", &[7], values(7, 1, 1.0))]);
@@ -191,28 +375,90 @@ fn bad_models_are_named_errors() {
     let mut w = values(37 * 13, 1, 0.2);
     w[100] = f32::NAN;
     write_model(&nan, &[T::f32("layer.weight", &[37, 13], w.clone())]);
-    let e = zdn_err(&["delta", "encode", "--base", s(&base), "--finetuned", s(&nan), "-o", s(&d)], "layer.weight");
+    let e = zdn_err(
+        &[
+            "delta",
+            "encode",
+            "--base",
+            s(&base),
+            "--finetuned",
+            s(&nan),
+            "-o",
+            s(&d),
+        ],
+        "layer.weight",
+    );
     assert!(e.contains("element 100"), "{e}");
     w[100] = f32::INFINITY;
     write_model(&nan, &[T::f32("layer.weight", &[37, 13], w)]);
     enc(&base, &nan, "non-finite");
-    assert_eq!(files_in(dir.path()).iter().filter(|p| s(p).contains("partial")).count(), 0);
+    assert_eq!(
+        files_in(dir.path())
+            .iter()
+            .filter(|p| s(p).contains("partial"))
+            .count(),
+        0
+    );
     // Empty fine-tune.
     let empty = dir.path().join("empty.safetensors");
     write_model(&empty, &[]);
     enc(&base, &empty, "has no tensors");
     // Unwritable output.
     zdn_err(
-        &["delta", "encode", "--base", s(&base), "--finetuned", s(&fine), "-o", "/proc/zdn-cannot-write/x.bitdelta"],
+        &[
+            "delta",
+            "encode",
+            "--base",
+            s(&base),
+            "--finetuned",
+            s(&fine),
+            "-o",
+            "/proc/zdn-cannot-write/x.bitdelta",
+        ],
         "cannot create output",
     );
     // Bad option values.
-    let out = zdn(&["delta", "encode", "--base", s(&base), "--finetuned", s(&fine), "-o", s(&d), "--bits", "3"]);
+    let out = zdn(&[
+        "delta",
+        "encode",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&fine),
+        "-o",
+        s(&d),
+        "--bits",
+        "3",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bits must be 1, 2 or 4"));
-    let out = zdn(&["delta", "encode", "--base", s(&base), "--finetuned", s(&fine), "-o", s(&d), "--scale", "group:0"]);
+    let out = zdn(&[
+        "delta",
+        "encode",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&fine),
+        "-o",
+        s(&d),
+        "--scale",
+        "group:0",
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    zdn_err(&["delta", "encode", "--base", s(&base), "--finetuned", s(&fine), "-o", s(&d), "--clip=-1"], "--clip");
+    zdn_err(
+        &[
+            "delta",
+            "encode",
+            "--base",
+            s(&base),
+            "--finetuned",
+            s(&fine),
+            "-o",
+            s(&d),
+            "--clip=-1",
+        ],
+        "--clip",
+    );
 }
 
 #[test]
@@ -220,7 +466,16 @@ fn wrong_base_is_refused_unless_forced() {
     let dir = tmpdir();
     let (base, fine) = pair(dir.path());
     let d = dir.path().join("d.bitdelta");
-    zdn_ok(&["delta", "encode", "--base", s(&base), "--finetuned", s(&fine), "-o", s(&d)]);
+    zdn_ok(&[
+        "delta",
+        "encode",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&fine),
+        "-o",
+        s(&d),
+    ]);
     // Same layout, different values: a different base.
     let other = dir.path().join("other.safetensors");
     let mut bytes = std::fs::read(&base).unwrap();
@@ -228,22 +483,66 @@ fn wrong_base_is_refused_unless_forced() {
     bytes[last] ^= 1;
     std::fs::write(&other, &bytes).unwrap();
     let out = dir.path().join("o.safetensors");
-    zdn_err(&["delta", "apply", "--base", s(&other), "--delta", s(&d), "-o", s(&out)], "use --force");
+    zdn_err(
+        &[
+            "delta",
+            "apply",
+            "--base",
+            s(&other),
+            "--delta",
+            s(&d),
+            "-o",
+            s(&out),
+        ],
+        "use --force",
+    );
     assert!(!out.exists());
-    let r: Value =
-        serde_json::from_str(&zdn_ok(&["delta", "apply", "--base", s(&other), "--delta", s(&d), "-o", s(&out), "--force", "--json"]))
-            .unwrap();
+    let r: Value = serde_json::from_str(&zdn_ok(&[
+        "delta",
+        "apply",
+        "--base",
+        s(&other),
+        "--delta",
+        s(&d),
+        "-o",
+        s(&out),
+        "--force",
+        "--json",
+    ]))
+    .unwrap();
     assert_eq!(r["base_verified"], false);
     // A base missing a tensor the delta needs.
     let partial = dir.path().join("partial.safetensors");
     write_model(&partial, &[T::f32("layer.bias", &[37], values(37, 4, 0.1))]);
-    zdn_err(&["delta", "apply", "--base", s(&partial), "--delta", s(&d), "-o", s(&out), "--force"], "lacks");
+    zdn_err(
+        &[
+            "delta",
+            "apply",
+            "--base",
+            s(&partial),
+            "--delta",
+            s(&d),
+            "-o",
+            s(&out),
+            "--force",
+        ],
+        "lacks",
+    );
 }
 
 #[test]
 fn help_teaches() {
     let h = zdn_ok(&["delta", "encode", "--help"]);
-    for word in ["--bits", "--scale", "group:N", "--clip", "--include", "--exclude", "--embeddings", "Example"] {
+    for word in [
+        "--bits",
+        "--scale",
+        "group:N",
+        "--clip",
+        "--include",
+        "--exclude",
+        "--embeddings",
+        "Example",
+    ] {
         assert!(h.contains(word), "encode --help lacks {word}");
     }
     assert!(zdn_ok(&["--help"]).contains("demo"));

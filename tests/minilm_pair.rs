@@ -14,11 +14,26 @@ fn minilm() -> (PathBuf, PathBuf) {
     let dir = std::env::var_os("ZDN_MINILM_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("minilm"));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/fetch-minilm-pair.sh");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/fetch-minilm-pair.sh"
+    );
     let out = Command::new("bash").arg(script).arg(&dir).output().unwrap();
-    assert!(out.status.success(), "installing the MiniLM pair failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "installing the MiniLM pair failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let get = |k: &str| PathBuf::from(stdout.lines().find_map(|l| l.strip_prefix(k)).unwrap().trim());
+    let get = |k: &str| {
+        PathBuf::from(
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap()
+                .trim(),
+        )
+    };
     (get("base "), get("finetuned "))
 }
 
@@ -31,18 +46,48 @@ fn real_pair_round_trip() {
     for scale in ["tensor", "row"] {
         let d = dir.path().join(format!("{scale}.bitdelta"));
         let enc: Value = serde_json::from_str(&zdn_ok(&[
-            "delta", "encode", "--base", s(&base), "--finetuned", s(&fine), "-o", s(&d), "--scale", scale, "--json",
+            "delta",
+            "encode",
+            "--base",
+            s(&base),
+            "--finetuned",
+            s(&fine),
+            "-o",
+            s(&d),
+            "--scale",
+            scale,
+            "--json",
         ]))
         .unwrap();
-        assert_eq!(enc["skipped_base_only"], serde_json::json!(["embeddings.position_ids"]));
-        let n_sign = enc["tensors"].as_array().unwrap().iter().filter(|t| t["encoding"] == "sign1").count();
+        assert_eq!(
+            enc["skipped_base_only"],
+            serde_json::json!(["embeddings.position_ids"])
+        );
+        let n_sign = enc["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["encoding"] == "sign1")
+            .count();
         // 36 encoder linear weights + the pooler's dense layer.
         assert_eq!(n_sign, 37);
         let bytes = enc["file_bytes"].as_u64().unwrap();
-        assert!(bytes * 10 < fine_len, "delta {bytes} B is not under a tenth of the fine-tune's {fine_len} B");
+        assert!(
+            bytes * 10 < fine_len,
+            "delta {bytes} B is not under a tenth of the fine-tune's {fine_len} B"
+        );
 
         let out = dir.path().join("out.safetensors");
-        zdn_ok(&["delta", "apply", "--base", s(&base), "--delta", s(&d), "-o", s(&out)]);
+        zdn_ok(&[
+            "delta",
+            "apply",
+            "--base",
+            s(&base),
+            "--delta",
+            s(&d),
+            "-o",
+            s(&out),
+        ]);
         let fine_file = std::fs::read(&fine).unwrap();
         let header = zdn_protocol::safetensors::parse(&fine_file).unwrap();
         for t in enc["tensors"].as_array().unwrap() {
@@ -55,14 +100,27 @@ fn real_pair_round_trip() {
             }
         }
         let ev: Value = serde_json::from_str(&zdn_ok(&[
-            "delta", "eval", "--base", s(&base), "--finetuned", s(&fine), "--delta", s(&d), "--json",
+            "delta",
+            "eval",
+            "--base",
+            s(&base),
+            "--finetuned",
+            s(&fine),
+            "--delta",
+            s(&d),
+            "--json",
         ]))
         .unwrap();
         let q = ev["quantized_rel_delta_error"].as_f64().unwrap();
-        assert!(q < 1.0 && ev["rel_error"].as_f64().unwrap() < ev["base_rel_error"].as_f64().unwrap());
+        assert!(
+            q < 1.0 && ev["rel_error"].as_f64().unwrap() < ev["base_rel_error"].as_f64().unwrap()
+        );
         errors.push(q);
     }
-    assert!(errors[1] < errors[0], "per-row scales must beat per-tensor: {errors:?}");
+    assert!(
+        errors[1] < errors[0],
+        "per-row scales must beat per-tensor: {errors:?}"
+    );
 }
 
 #[test]

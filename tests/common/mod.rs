@@ -9,7 +9,10 @@ use zdn_protocol::safetensors::{encode_header, TensorLayout};
 use zdn_protocol::DType;
 
 pub fn zdn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zdn")).args(args).output().expect("run zdn")
+    Command::new(env!("CARGO_BIN_EXE_zdn"))
+        .args(args)
+        .output()
+        .expect("run zdn")
 }
 
 /// Runs zdn and asserts success, returning stdout.
@@ -28,8 +31,15 @@ pub fn zdn_ok(args: &[&str]) -> String {
 pub fn zdn_err(args: &[&str], needle: &str) -> String {
     let out = zdn(args);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "zdn {args:?} should fail; stderr: {err}");
-    assert!(err.contains(needle), "zdn {args:?}: stderr {err:?} lacks {needle:?}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "zdn {args:?} should fail; stderr: {err}"
+    );
+    assert!(
+        err.contains(needle),
+        "zdn {args:?}: stderr {err:?} lacks {needle:?}"
+    );
     assert!(!err.contains("panicked"), "zdn {args:?} panicked: {err}");
     err
 }
@@ -49,14 +59,23 @@ pub struct T {
 impl T {
     pub fn f32(name: &str, shape: &[u64], values: impl IntoIterator<Item = f32>) -> T {
         let bytes: Vec<u8> = values.into_iter().flat_map(f32::to_le_bytes).collect();
-        T { name: name.into(), dtype: DType::F32, shape: shape.to_vec(), bytes }
+        T {
+            name: name.into(),
+            dtype: DType::F32,
+            shape: shape.to_vec(),
+            bytes,
+        }
     }
 }
 
 pub fn write_model(path: &Path, tensors: &[T]) {
     let layouts: Vec<TensorLayout> = tensors
         .iter()
-        .map(|t| TensorLayout { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() })
+        .map(|t| TensorLayout {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+        })
         .collect();
     let (mut file, _) = encode_header(&layouts, &BTreeMap::new()).unwrap();
     for t in tensors {
@@ -69,7 +88,9 @@ pub fn write_model(path: &Path, tensors: &[T]) {
 pub fn values(n: usize, seed: u32, scale: f32) -> Vec<f32> {
     (0..n)
         .map(|i| {
-            let x = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed.wrapping_mul(40503));
+            let x = (i as u32)
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add(seed.wrapping_mul(40503));
             ((x >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * scale
         })
         .collect()
@@ -87,7 +108,10 @@ pub fn tensor_bytes(path: &Path, name: &str) -> Option<Vec<u8>> {
 }
 
 pub fn files_in(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     v.sort();
     v
 }
