@@ -231,7 +231,9 @@ pub fn matrix_of(shape: &[u64]) -> (u64, u64) {
     match shape {
         [] => (1, 1),
         [d] => (1, *d),
-        [d0, rest @ ..] => (*d0, rest.iter().product()),
+        // Saturating: with d0 = 0 the other dimensions are unbounded by the size checks (the tensor
+        // is empty), and their product may overflow; it is exact whenever it fits.
+        [d0, rest @ ..] => (*d0, rest.iter().fold(1u64, |a, &d| a.saturating_mul(d))),
     }
 }
 

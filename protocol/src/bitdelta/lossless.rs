@@ -28,12 +28,24 @@ pub fn encode(
     zstd::bulk::compress(&planes, level).map_err(|e| format!("zstd compression failed: {e}"))
 }
 
-/// Checks, from the zstd frame header alone, that a block declares exactly `len` decoded bytes.
+/// Most bytes one byte of a zstd frame can decode to: a block regenerates at most 128 KiB and takes at
+/// least 4 bytes (an RLE block: 3-byte header, 1 byte).
+const MAX_EXPANSION: u64 = 32 * 1024;
+
+/// Checks, from the zstd frame header alone, that a block declares exactly `len` decoded bytes, and
+/// that a frame of its length can decode to that many (so a forged header cannot make a caller
+/// allocate more than `MAX_EXPANSION` times the block).
 pub fn check_frame_size(block: &[u8], len: u64) -> Result<(), String> {
     if block.is_empty() && len == 0 {
         return Ok(());
     }
     match zstd::zstd_safe::get_frame_content_size(block) {
+        Ok(Some(n)) if n == len && n > (block.len() as u64).saturating_mul(MAX_EXPANSION) => {
+            Err(format!(
+                "lossless block of {} bytes cannot decode to the {n} bytes it declares",
+                block.len()
+            ))
+        }
         Ok(Some(n)) if n == len => Ok(()),
         Ok(Some(n)) => Err(format!(
             "lossless block declares {n} bytes, the tensor has {len}"
