@@ -17,6 +17,9 @@ use super::tensor::{load_delta, TensorData};
 
 const CHUNK: usize = 4096;
 const CANDIDATES: usize = 40;
+/// Chunks summed side by side in the 1-bit fast path (its loop is written out for eight).
+const LANES: usize = 8;
+const _: () = assert!(LANES == 8);
 
 /// Quantizer settings for one tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -180,12 +183,14 @@ pub fn quantize(
     let mut packed = vec![0u8; packed_len];
     let mut out_scales = Vec::with_capacity(n_scales as usize);
     let mut scratch = vec![0f32; CHUNK.min(numel.max(1))];
+    let mut batch = Vec::new();
 
     let mut q = GroupQuantizer {
         base,
         target,
         bits,
         scratch: &mut scratch,
+        batch: &mut batch,
         packed: &mut packed,
     };
     for (k, (start, end)) in groups(rows, cols, spec.granularity).enumerate() {
@@ -214,6 +219,8 @@ struct GroupQuantizer<'a, 'b> {
     target: &'a TensorData<'a>,
     bits: u32,
     scratch: &'b mut [f32],
+    /// [`LANES`] chunks of Δ for the 1-bit fast path (allocated on first use).
+    batch: &'b mut Vec<f32>,
     packed: &'b mut [u8],
 }
 
@@ -230,16 +237,7 @@ impl GroupQuantizer<'_, '_> {
             let n = (end - i).min(self.scratch.len());
             let buf = &mut self.scratch[..n];
             load_delta(self.base, self.target, i, buf);
-            if let Some(j) = buf.iter().position(|d| !d.is_finite()) {
-                let idx = i + j;
-                return Err(QuantizeError::NonFinite {
-                    index: idx,
-                    base: crate::dtype::read_f32(self.base.dtype, self.base.bytes, idx)
-                        .unwrap_or(f32::NAN),
-                    target: crate::dtype::read_f32(self.target.dtype, self.target.bytes, idx)
-                        .unwrap_or(f32::NAN),
-                });
-            }
+            check_finite(self.base, self.target, i, buf)?;
             f(i, buf, self.packed);
             i += n;
         }
@@ -247,13 +245,51 @@ impl GroupQuantizer<'_, '_> {
     }
 
     /// 1-bit fast path: one pass writes the signs and returns mean|Δ|.
+    ///
+    /// The sum is that of [`Self::each_chunk`]'s chunks, each summed in f32 in order and added in f64
+    /// in order. The chunks' f32 sums are independent, so whole chunks are summed [`LANES`] at a time,
+    /// side by side: the same additions, without each one waiting for the one before.
     fn signs_and_mean(&mut self, start: usize, end: usize) -> Result<f32, QuantizeError> {
+        let chunk = self.scratch.len();
         let mut sum = 0f64;
-        self.each_chunk(start, end, |first, d, packed| {
+        let mut i = start;
+        if end - start >= LANES * chunk {
+            let mut batch = std::mem::take(self.batch);
+            batch.resize(LANES * chunk, 0.0);
+            while end - i >= LANES * chunk {
+                load_delta(self.base, self.target, i, &mut batch);
+                let mut c = batch.chunks_exact(chunk);
+                let mut lane = || c.next().unwrap_or_default().iter();
+                let lanes = lane().zip(lane()).zip(lane()).zip(lane());
+                let lanes = lanes.zip(lane()).zip(lane()).zip(lane()).zip(lane());
+                let mut p = [0f32; LANES];
+                for (((((((a, b), c), d), e), f), g), h) in lanes {
+                    p[0] += a.abs();
+                    p[1] += b.abs();
+                    p[2] += c.abs();
+                    p[3] += d.abs();
+                    p[4] += e.abs();
+                    p[5] += f.abs();
+                    p[6] += g.abs();
+                    p[7] += h.abs();
+                }
+                // A NaN or infinite Δ makes its chunk's sum non-finite (as may an overflow of finite
+                // ones): only then is every Δ checked, which finds the first bad one if there is one.
+                if !p.iter().fold(true, |ok, x| ok & x.is_finite()) {
+                    check_finite(self.base, self.target, i, &batch)?;
+                }
+                for p in p {
+                    sum += f64::from(p);
+                }
+                pack_signs(i, &batch, self.packed);
+                i += LANES * chunk;
+            }
+            *self.batch = batch;
+        }
+        self.each_chunk(i, end, |first, d, packed| {
+            pack_signs(first, d, packed);
             let mut part = 0f32;
-            for (j, &x) in d.iter().enumerate() {
-                let i = first + j;
-                packed[i >> 3] |= u8::from(x >= 0.0) << (i & 7);
+            for &x in d {
                 part += x.abs();
             }
             sum += f64::from(part);
@@ -326,6 +362,51 @@ impl GroupQuantizer<'_, '_> {
     }
 }
 
+/// Errors with the first element of `d` (elements `first..` of the tensors) whose Δ is not finite.
+fn check_finite(
+    base: &TensorData<'_>,
+    target: &TensorData<'_>,
+    first: usize,
+    d: &[f32],
+) -> Result<(), QuantizeError> {
+    // A test that vectorises first; the position only when it fails.
+    if d.iter().fold(true, |ok, x| ok & x.is_finite()) {
+        return Ok(());
+    }
+    let idx = first + d.iter().position(|x| !x.is_finite()).unwrap_or(0);
+    Err(QuantizeError::NonFinite {
+        index: idx,
+        base: crate::dtype::read_f32(base.dtype, base.bytes, idx).unwrap_or(f32::NAN),
+        target: crate::dtype::read_f32(target.dtype, target.bytes, idx).unwrap_or(f32::NAN),
+    })
+}
+
+/// Sets bit `first + j` of `packed` for every `d[j] >= 0` (sign(0) = +1), whole bytes at a time where
+/// the elements start on a byte.
+fn pack_signs(first: usize, d: &[f32], packed: &mut [u8]) {
+    let head = ((8 - first % 8) % 8).min(d.len());
+    let (h, rest) = d.split_at(head);
+    for (j, &x) in h.iter().enumerate() {
+        let i = first + j;
+        packed[i >> 3] |= u8::from(x >= 0.0) << (i & 7);
+    }
+    let at = (first + head) / 8;
+    let mut bytes = rest.chunks_exact(8);
+    for (p, c) in packed[at..].iter_mut().zip(&mut bytes) {
+        let mut byte = 0u8;
+        for (k, &x) in c.iter().enumerate() {
+            byte |= u8::from(x >= 0.0) << k;
+        }
+        *p |= byte;
+    }
+    let tail = bytes.remainder();
+    let at = first + d.len() - tail.len();
+    for (j, &x) in tail.iter().enumerate() {
+        let i = at + j;
+        packed[i >> 3] |= u8::from(x >= 0.0) << (i & 7);
+    }
+}
+
 fn mean(sum: f64, n: usize) -> f32 {
     if n == 0 {
         0.0
@@ -353,6 +434,88 @@ mod tests {
         assert_eq!(level(code_for(-100.0, 1.0, 2), 2), -3.0);
         assert_eq!(level(code_for(-4.5, 1.0, 4), 4), -5.0);
         assert_eq!(level(code_for(1e30, 1e-30, 4), 4), 15.0);
+    }
+
+    /// The 1-bit fast path (several chunks summed side by side, signs packed a byte at a time) against
+    /// the definition written out element by element, on tensors long enough to use it.
+    #[test]
+    fn one_bit_fast_path_matches_definition() {
+        use crate::dtype::DType;
+        fn reference(d: &[f32]) -> (f32, Vec<u8>) {
+            let mut packed = vec![0u8; d.len().div_ceil(8)];
+            let mut sum = 0f64;
+            for (c, chunk) in d.chunks(CHUNK).enumerate() {
+                let mut part = 0f32;
+                for (j, &x) in chunk.iter().enumerate() {
+                    let i = c * CHUNK + j;
+                    packed[i >> 3] |= u8::from(x >= 0.0) << (i & 7);
+                    part += x.abs();
+                }
+                sum += f64::from(part);
+            }
+            (mean(sum, d.len()), packed)
+        }
+        let spec = QuantSpec {
+            bits: 1,
+            granularity: Granularity::Tensor,
+            clip_sigma: None,
+        };
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        for n in [
+            LANES * CHUNK,
+            2 * LANES * CHUNK + 3 * CHUNK + 77,
+            3 * LANES * CHUNK - 1,
+        ] {
+            let shape = [1u64, n as u64];
+            let b: Vec<f32> = (0..n).map(|_| next()).collect();
+            let mut t: Vec<f32> = b.iter().map(|v| v + 0.01 * next()).collect();
+            // Zero deltas, −0 deltas (sign +1) and a run of huge ones (chunk sums overflow to +inf).
+            t[5] = b[5];
+            let (b, t): (Vec<f32>, Vec<f32>) = b
+                .iter()
+                .zip(&t)
+                .enumerate()
+                .map(|(i, (&b, &t))| match i {
+                    9 => (0.0, -0.0),
+                    i if (CHUNK..CHUNK + 40).contains(&i) && n > LANES * CHUNK => (0.0, 3e38),
+                    _ => (b, t),
+                })
+                .unzip();
+            let bb: Vec<u8> = b.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let tb: Vec<u8> = t.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let base = TensorData::new(DType::F32, &shape, &bb).unwrap();
+            let target = TensorData::new(DType::F32, &shape, &tb).unwrap();
+            let d: Vec<f32> = b.iter().zip(&t).map(|(b, t)| t - b).collect();
+            let (scale, packed) = reference(&d);
+            let q = quantize(&base, &target, &spec, None).unwrap();
+            assert_eq!(q.scales.len(), 1);
+            assert_eq!(q.scales[0].to_bits(), scale.to_bits(), "n = {n}");
+            assert_eq!(q.packed, packed, "n = {n}");
+
+            // A NaN and an infinity: the first one is reported, wherever the batches fall.
+            for bad in [n - 1, LANES * CHUNK + 5, 3 * CHUNK + 1]
+                .into_iter()
+                .filter(|&i| i < n)
+            {
+                let mut tb = tb.clone();
+                tb[4 * bad..4 * bad + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+                let later = (bad + 2 * CHUNK).min(n - 1);
+                if later > bad {
+                    tb[4 * later..4 * later + 4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+                }
+                let target = TensorData::new(DType::F32, &shape, &tb).unwrap();
+                match quantize(&base, &target, &spec, None) {
+                    Err(QuantizeError::NonFinite { index, .. }) => assert_eq!(index, bad),
+                    other => panic!("n = {n}, bad = {bad}: {other:?}"),
+                }
+            }
+        }
     }
 
     #[test]
