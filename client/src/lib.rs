@@ -2,6 +2,7 @@
 //! binary's engine; every command is a function here so tests and benchmarks call the same code.
 
 pub mod atomic_file;
+pub mod config;
 pub mod delta_apply;
 pub mod delta_encode;
 pub mod delta_eval;
@@ -9,4 +10,5 @@ pub mod delta_inspect;
 pub mod mapped_file;
 pub mod model_file;
 pub mod progress;
+pub mod publisher_key;
 pub mod synthetic_model;

@@ -1,6 +1,7 @@
 //! The `zdn` command line.
 
 mod demo;
+mod store_cli;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,6 +22,8 @@ use zdn_protocol::glob::Glob;
 #[derive(Parser, Debug)]
 #[command(name = "zdn", version, about, long_about = None, propagate_version = true)]
 struct Cli {
+    #[command(flatten)]
+    location: store_cli::Location,
     #[command(subcommand)]
     command: Command,
 }
@@ -33,6 +36,8 @@ enum Command {
     /// Run the main job end to end on a built-in default: install the real MiniLM base + fine-tune
     /// pair (or generate one), encode its delta, apply it, and report size and error.
     Demo(DemoArgs),
+    #[command(flatten)]
+    Store(store_cli::StoreCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -162,7 +167,8 @@ fn parse_bits(s: &str) -> Result<u32, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -170,8 +176,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
+        Command::Store(c) => return store_cli::run(&cli.location, c),
         Command::Delta(DeltaCommand::Encode(a)) => {
             if let Some(k) = a.clip {
                 anyhow::ensure!(
@@ -264,7 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(a) => run_demo(&a)?,
     }
-    Ok(())
+    Ok(0)
 }
 
 fn run_demo(a: &DemoArgs) -> anyhow::Result<()> {
@@ -428,4 +435,15 @@ fn print_eval(r: &EvalReport) {
         r.exact_tensors,
         r.tensors.len()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks (duplicate names, bad defaults) over every subcommand.
+    #[test]
+    fn cli_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -6,6 +6,8 @@ pub mod chunk;
 pub mod dtype;
 pub mod glob;
 pub mod hash;
+pub mod manifest;
+pub mod object;
 pub mod safetensors;
 
 pub use dtype::DType;

@@ -1,0 +1,84 @@
+//! The key-value layer under [`super::ObjectStore`]: four column families, atomic batches, prefix
+//! scans. Two implementations: [`super::RocksBackend`] (the real one, on disk) and
+//! [`super::MemoryBackend`] (a test double with the same semantics).
+
+use super::StoreError;
+
+/// The column families of the store (DESIGN.md "Node").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Column {
+    /// Chunk id (32 bytes) → stored chunk bytes.
+    Chunks,
+    /// Manifest hash (32 bytes) → canonical signed manifest bytes.
+    Manifests,
+    /// `pin/<hash>` → empty; `name/<name>` → manifest hash.
+    Refs,
+    /// Manifest hash → download state (the manifest bytes of an object being fetched).
+    Partial,
+}
+
+impl Column {
+    pub const ALL: [Column; 4] = [
+        Column::Chunks,
+        Column::Manifests,
+        Column::Refs,
+        Column::Partial,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Column::Chunks => "chunks",
+            Column::Manifests => "manifests",
+            Column::Refs => "refs",
+            Column::Partial => "partial",
+        }
+    }
+}
+
+/// One write of a batch: `Some` puts, `None` deletes.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub column: Column,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+impl Write {
+    pub fn put(column: Column, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        Write {
+            column,
+            key: key.into(),
+            value: Some(value.into()),
+        }
+    }
+
+    pub fn delete(column: Column, key: impl Into<Vec<u8>>) -> Self {
+        Write {
+            column,
+            key: key.into(),
+            value: None,
+        }
+    }
+}
+
+/// What a storage engine must do for the store. All writes of one `write` call become visible
+/// together or not at all; `durable` means they (and every earlier write) survive a crash once the
+/// call returns.
+pub trait Backend: Send + Sync + 'static {
+    fn get(&self, column: Column, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    fn contains(&self, column: Column, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.get(column, key)?.is_some())
+    }
+
+    fn write(&self, batch: Vec<Write>, durable: bool) -> Result<(), StoreError>;
+
+    /// Calls `f(key, value)` for every key starting with `prefix`, in key order, until it returns
+    /// `false`.
+    fn scan(
+        &self,
+        column: Column,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
+}

@@ -1,0 +1,67 @@
+//! Errors of the store.
+
+use std::path::PathBuf;
+
+use zdn_protocol::chunk::ChunkError;
+use zdn_protocol::manifest::ManifestError;
+use zdn_protocol::object::ObjectError;
+use zdn_protocol::Hash;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store at {0} is in use by another zdn process (rocksdb lock held)")]
+    InUse(PathBuf),
+    #[error("storage engine: {0}")]
+    Engine(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0:?} is not a hash, a unique hash prefix (8+ hex digits) or the name of an object in the store")]
+    Unresolved(String),
+    #[error("no object {0} in the store")]
+    NotFound(Hash),
+    #[error("object {hash}: chunk {chunk} is missing from the store")]
+    MissingChunk { hash: Hash, chunk: Hash },
+    #[error("store entry {key} is corrupt: {problem}")]
+    Corrupt { key: String, problem: String },
+    #[error("object is {len} bytes, over the store's limit of {limit} bytes")]
+    TooLarge { len: u64, limit: u64 },
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+    #[error("manifest: {0}")]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
+    #[error("publisher {0} is not trusted (add it to trusted_publishers in the config)")]
+    Untrusted(String),
+    #[error("the base {0} of this delta is not in the store: add or import the base first")]
+    MissingBase(Hash),
+    #[error("the .bitdelta was made against base object {recorded}, but manifest {base} describes object {actual}")]
+    WrongBase {
+        base: Hash,
+        recorded: Hash,
+        actual: Hash,
+    },
+    #[error("{0} is a {1} manifest where a base was expected")]
+    NotABase(Hash, &'static str),
+    #[error("object hash mismatch for {hash}: manifest says {expected}, chunks give {actual}")]
+    ObjectHash {
+        hash: Hash,
+        expected: Hash,
+        actual: Hash,
+    },
+    #[error("the store's worker thread has stopped")]
+    WorkerGone,
+}
+
+impl StoreError {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}

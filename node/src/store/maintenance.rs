@@ -1,0 +1,260 @@
+//! `verify` (re-hash everything, report corruption) and `gc` (drop what no pin reaches).
+
+use std::collections::HashSet;
+
+use zdn_protocol::chunk::{self};
+use zdn_protocol::manifest::SignedManifest;
+use zdn_protocol::Hash;
+
+use super::backend::Column;
+use super::{ObjectStore, StoreError};
+
+/// One thing wrong in the store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum Problem {
+    /// A chunk whose stored bytes do not hash to its id (bit rot, a tampered file).
+    CorruptChunk { chunk: Hash, actual: Hash },
+    /// A manifest entry that does not decode, verify, or hash to its key.
+    CorruptManifest { key: String, error: String },
+    /// An object with a chunk missing from the store.
+    MissingChunk { object: Hash, chunk: Hash },
+    /// An object whose chunks are there but decode wrongly or hash to the wrong object hash.
+    BadObject { object: Hash, error: String },
+    /// A delta whose base manifest is not in the store.
+    MissingBase { object: Hash, base: Hash },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VerifyReport {
+    pub objects_checked: usize,
+    pub chunks_checked: usize,
+    pub bytes_checked: u64,
+    /// Chunks no manifest or partial download references (left by an interrupted add; `gc` removes
+    /// them). Not corruption.
+    pub unreferenced_chunks: usize,
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcReport {
+    pub manifests_removed: usize,
+    pub chunks_removed: usize,
+    pub stored_bytes_freed: u64,
+}
+
+impl ObjectStore {
+    /// Re-hashes chunks and objects. With `only`, checks that object (and its chunks); otherwise every
+    /// chunk in the store and every object.
+    pub fn verify(
+        &self,
+        only: Option<&Hash>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<VerifyReport, StoreError> {
+        let mut report = VerifyReport::default();
+        let mut manifests: Vec<SignedManifest> = Vec::new();
+        match only {
+            Some(h) => manifests.push(self.require_manifest(h)?),
+            None => {
+                for (k, v) in self.raw_manifests()? {
+                    let key = <[u8; 32]>::try_from(&k[..]).map(Hash::from_bytes);
+                    let key_text = key.map_or_else(|_| format!("{k:02x?}"), |h| h.to_hex());
+                    match (key, zdn_protocol::manifest::decode(&v)) {
+                        (Ok(key), Ok(m)) if m.hash() == key => manifests.push(m),
+                        (_, Ok(m)) => report.problems.push(Problem::CorruptManifest {
+                            key: key_text,
+                            error: format!("stored under the wrong key (hashes to {})", m.hash()),
+                        }),
+                        (_, Err(e)) => report.problems.push(Problem::CorruptManifest {
+                            key: key_text,
+                            error: e.to_string(),
+                        }),
+                    }
+                }
+            }
+        }
+
+        // Every chunk, or the chunks of the one object.
+        let mut corrupt: HashSet<Hash> = HashSet::new();
+        let mut referenced: HashSet<Hash> = manifests
+            .iter()
+            .flat_map(|m| m.manifest.chunk_ids())
+            .collect();
+        if only.is_none() {
+            for p in self.partials()? {
+                referenced.extend(p.manifest.chunk_ids());
+            }
+            self.backend().scan(Column::Chunks, b"", &mut |k, v| {
+                let id = match <[u8; 32]>::try_from(k) {
+                    Ok(a) => Hash::from_bytes(a),
+                    Err(_) => {
+                        report.problems.push(Problem::CorruptManifest {
+                            key: format!("chunk key {k:02x?}"),
+                            error: "not a 32-byte id".into(),
+                        });
+                        return true;
+                    }
+                };
+                let actual = Hash::of(v);
+                report.chunks_checked += 1;
+                report.bytes_checked += v.len() as u64;
+                progress(v.len() as u64);
+                if actual != id {
+                    corrupt.insert(id);
+                    report
+                        .problems
+                        .push(Problem::CorruptChunk { chunk: id, actual });
+                }
+                if !referenced.contains(&id) {
+                    report.unreferenced_chunks += 1;
+                }
+                true
+            })?;
+        }
+
+        for m in &manifests {
+            report.objects_checked += 1;
+            let object = m.hash();
+            if let Some(base) = m.manifest.base {
+                if self
+                    .backend()
+                    .get(Column::Manifests, base.as_bytes())?
+                    .is_none()
+                {
+                    report.problems.push(Problem::MissingBase { object, base });
+                }
+            }
+            let mut hasher = blake3::Hasher::new();
+            let mut broken = false;
+            for r in &m.manifest.chunks {
+                if corrupt.contains(&r.id) {
+                    broken = true;
+                    continue;
+                }
+                let Some(stored) = self.backend().get(Column::Chunks, r.id.as_bytes())? else {
+                    report.problems.push(Problem::MissingChunk {
+                        object,
+                        chunk: r.id,
+                    });
+                    broken = true;
+                    continue;
+                };
+                if only.is_some() {
+                    report.chunks_checked += 1;
+                    report.bytes_checked += stored.len() as u64;
+                    progress(stored.len() as u64);
+                }
+                match chunk::decode(&stored, r) {
+                    Ok(data) => {
+                        hasher.update(&data);
+                    }
+                    Err(e) => {
+                        if let chunk::ChunkError::HashMismatch { actual, .. } = e {
+                            report.problems.push(Problem::CorruptChunk {
+                                chunk: r.id,
+                                actual,
+                            });
+                            corrupt.insert(r.id);
+                        } else {
+                            report.problems.push(Problem::BadObject {
+                                object,
+                                error: e.to_string(),
+                            });
+                        }
+                        broken = true;
+                    }
+                }
+            }
+            if !broken {
+                let actual = Hash::from(hasher.finalize());
+                if actual != m.manifest.object_hash {
+                    report.problems.push(Problem::BadObject {
+                        object,
+                        error: format!(
+                            "object hashes to {actual}, manifest says {}",
+                            m.manifest.object_hash
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Removes every manifest that no pin reaches (a pinned delta keeps its base) and every chunk
+    /// that no remaining manifest or partial download references. Manifests go first, in a synced
+    /// batch, so a crash never leaves a visible object without its chunks.
+    pub fn gc(&self) -> Result<GcReport, StoreError> {
+        let manifests = self.manifests()?;
+        let mut keep: HashSet<Hash> = self.pins()?.into_iter().collect();
+        // A pinned delta keeps its base, transitively.
+        loop {
+            let before = keep.len();
+            for m in &manifests {
+                if keep.contains(&m.hash()) {
+                    if let Some(b) = m.manifest.base {
+                        keep.insert(b);
+                    }
+                }
+            }
+            if keep.len() == before {
+                break;
+            }
+        }
+        let mut report = GcReport::default();
+        let mut live: HashSet<Hash> = HashSet::new();
+        let mut drop_manifests = Vec::new();
+        for m in &manifests {
+            let h = m.hash();
+            if keep.contains(&h) {
+                live.extend(m.manifest.chunk_ids());
+            } else {
+                drop_manifests.push(super::Write::delete(
+                    Column::Manifests,
+                    h.as_bytes().to_vec(),
+                ));
+            }
+        }
+        for p in self.partials()? {
+            live.extend(p.manifest.chunk_ids());
+        }
+        // Names that pointed at a removed manifest go with it.
+        self.backend().scan(Column::Refs, b"name/", &mut |k, v| {
+            if let Ok(a) = <[u8; 32]>::try_from(v) {
+                if !keep.contains(&Hash::from_bytes(a)) {
+                    drop_manifests.push(super::Write::delete(Column::Refs, k.to_vec()));
+                }
+            }
+            true
+        })?;
+        report.manifests_removed = drop_manifests
+            .iter()
+            .filter(|w| w.column == Column::Manifests)
+            .count();
+        if !drop_manifests.is_empty() {
+            self.backend().write(drop_manifests, true)?;
+        }
+        let mut dead = Vec::new();
+        self.backend().scan(Column::Chunks, b"", &mut |k, v| {
+            if let Ok(a) = <[u8; 32]>::try_from(k) {
+                let id = Hash::from_bytes(a);
+                if !live.contains(&id) {
+                    dead.push(id);
+                    report.stored_bytes_freed += v.len() as u64;
+                }
+            }
+            true
+        })?;
+        report.chunks_removed = dead.len();
+        for part in dead.chunks(1024) {
+            self.delete_chunks(part, true)?;
+        }
+        Ok(report)
+    }
+}

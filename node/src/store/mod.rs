@@ -1,0 +1,28 @@
+//! The content-addressed store: chunks, signed manifests, refs (names and pins) and partial-download
+//! state, on rocksdb ([`RocksBackend`]) or in memory for tests ([`MemoryBackend`]).
+//!
+//! Crash safety rests on one ordering rule: an object's chunks are written first, then its manifest in
+//! a single synced batch. A manifest is what makes an object visible, so a crash at any point leaves
+//! either the object fully there or only unreferenced chunks, which `gc` reclaims and `verify` reports
+//! as such (not as corruption).
+
+mod actor;
+mod backend;
+mod error;
+mod ingest;
+mod maintenance;
+mod memory;
+mod objects;
+mod rocks;
+
+pub use actor::StoreHandle;
+pub use backend::{Backend, Column, Write};
+pub use error::StoreError;
+pub use ingest::{AddOptions, AddReport};
+pub use maintenance::{GcReport, Problem, VerifyReport};
+pub use memory::MemoryBackend;
+pub use objects::{ObjectInfo, ObjectStore, StoreLimits, TrustPolicy};
+pub use rocks::RocksBackend;
+
+#[cfg(test)]
+mod tests;
