@@ -62,8 +62,9 @@ impl Write {
 }
 
 /// What a storage engine must do for the store. All writes of one `write` call become visible
-/// together or not at all; `durable` means they (and every earlier write) survive a crash once the
-/// call returns.
+/// together or not at all. A `durable` write survives a crash once the call returns; a non-durable
+/// one may be lost in a crash until [`Backend::flush`] of its column returns (rocksdb writes it
+/// without the write-ahead log: chunk bytes are then written once, not twice).
 pub trait Backend: Send + Sync + 'static {
     fn get(&self, column: Column, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
@@ -72,6 +73,9 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     fn write(&self, batch: Vec<Write>, durable: bool) -> Result<(), StoreError>;
+
+    /// Makes every earlier write to `column` durable.
+    fn flush(&self, column: Column) -> Result<(), StoreError>;
 
     /// Calls `f(key, value)` for every key starting with `prefix`, in key order, until it returns
     /// `false`.

@@ -49,6 +49,10 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    fn flush(&self, _column: Column) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     fn scan(
         &self,
         column: Column,

@@ -139,8 +139,9 @@ impl ObjectStore {
         Ok(Some(v))
     }
 
-    /// Stores chunks whose ids the caller has checked. Not durable by itself: the manifest commit
-    /// that references them is. Returns the ids that were not there before.
+    /// Stores chunks whose ids the caller has checked. Not durable by itself (a crash may lose them):
+    /// [`Self::commit`] flushes them before the manifest that references them. Returns the ids that
+    /// were not there before.
     pub fn put_chunks(&self, chunks: Vec<(Hash, Vec<u8>)>) -> Result<Vec<Hash>, StoreError> {
         let mut batch = Vec::with_capacity(chunks.len());
         let mut new = Vec::new();
@@ -205,6 +206,9 @@ impl ObjectStore {
         if batch.is_empty() {
             return Ok(());
         }
+        // Chunks were written without the log: make them durable before the manifests that
+        // reference them (the crash-safety rule in docs/store.md).
+        self.backend.flush(Column::Chunks)?;
         self.backend.write(batch, true)
     }
 
