@@ -286,3 +286,50 @@ fn second_opener_gets_a_clear_error() {
     let e = ObjectStore::open(dir.path(), StoreLimits::default()).unwrap_err();
     assert!(matches!(e, StoreError::InUse(_)), "{e}");
 }
+
+#[test]
+fn a_decompression_bomb_is_refused_on_read_and_import() {
+    use zdn_protocol::chunk::{ChunkRef, Codec};
+    use zdn_protocol::manifest::Manifest;
+    // 64 MiB of zeros compress to a few KiB; the manifest claims 1000 bytes.
+    let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 3).unwrap();
+    let id = Hash::of(&bomb);
+    let m = Manifest {
+        kind: Kind::Base,
+        name: "bomb".into(),
+        version: String::new(),
+        created_at: 0,
+        base: None,
+        object_len: 1000,
+        object_hash: Hash::of(&[0u8; 1000]),
+        chunks: vec![ChunkRef {
+            id,
+            offset: 0,
+            len: 1000,
+            codec: Codec::Zstd,
+        }],
+        tensors: Vec::new(),
+        extra: Vec::new(),
+    }
+    .sign(&key())
+    .unwrap();
+    let (src, _d) = stores().remove(0);
+    src.put_chunks(vec![(id, bomb)]).unwrap();
+    src.commit(&m, true).unwrap();
+    let e = src.get_bytes(&m.hash()).unwrap_err();
+    assert!(e.to_string().contains("inflates"), "{e}");
+    assert!(!src.verify(None, &mut |_| {}).unwrap().is_clean());
+
+    let mut b = Vec::new();
+    bundle::export(&src, &[m.hash()], true, &mut b).unwrap();
+    for (dst, _dir) in stores() {
+        let trust = TrustPolicy {
+            trusted: Vec::new(),
+            any: true,
+        };
+        let e = bundle::import(&dst, &mut &b[..], &trust).unwrap_err();
+        assert!(e.to_string().contains("inflates"), "{e}");
+        assert!(dst.list().unwrap().is_empty());
+        assert_eq!(chunk_count(&dst), 0);
+    }
+}

@@ -217,3 +217,36 @@ proptest! {
         }
     }
 }
+
+/// A manifest that breaks a rule but carries a valid signature (a malicious publisher) is still
+/// refused, naming the rule.
+#[test]
+fn signed_but_invalid_manifests_are_refused() {
+    let k = key(4);
+    let good = sample(Kind::Base).sign(&k).unwrap();
+    let body_len = good.as_bytes().len() - 64;
+    let resign = |mut body: Vec<u8>| {
+        let mut msg = super::wire::SIGNING_CONTEXT.to_vec();
+        msg.extend_from_slice(&body);
+        body.extend_from_slice(&k.sign(&msg));
+        body
+    };
+    // The second chunk's offset: 78 (end of the chunk count) + 45 (first chunk) + 32 (its id).
+    let at = 78 + 45 + 32;
+    for (offset, what) in [(99u64, "overlap"), (101, "gap")] {
+        let mut body = good.as_bytes()[..body_len].to_vec();
+        body[at..at + 8].copy_from_slice(&offset.to_le_bytes());
+        let e = decode(&resign(body)).unwrap_err();
+        assert!(matches!(e, ManifestError::Chunks(_)), "{what}: {e}");
+    }
+    // Object length that the chunks do not cover.
+    let mut body = good.as_bytes()[..body_len].to_vec();
+    body[34..42].copy_from_slice(&1000u64.to_le_bytes());
+    assert!(matches!(
+        decode(&resign(body)),
+        Err(ManifestError::Chunks(_))
+    ));
+    // The unmodified body re-signed is the original.
+    let body = good.as_bytes()[..body_len].to_vec();
+    assert_eq!(decode(&resign(body)).unwrap(), good);
+}
