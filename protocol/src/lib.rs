@@ -9,6 +9,7 @@ pub mod hash;
 pub mod manifest;
 pub mod object;
 pub mod safetensors;
+pub mod wire;
 
 pub use dtype::DType;
 pub use hash::Hash;
