@@ -118,6 +118,8 @@ impl std::fmt::Display for DType {
 /// A quantizable element type: exact conversion to f32 and round-to-nearest-even conversion from it.
 pub(crate) trait FloatElem: Copy {
     const SIZE: usize;
+    /// The dtype this is (the runtime-selected kernels dispatch on it).
+    const DTYPE: DType;
     fn read(bytes: &[u8]) -> f32;
     /// Rounds `v` to this type with round-to-nearest-even; NaN becomes the canonical quiet NaN.
     fn write(v: f32, out: &mut [u8]);
@@ -132,6 +134,7 @@ pub(crate) struct BF16;
 
 impl FloatElem for F32 {
     const SIZE: usize = 4;
+    const DTYPE: DType = DType::F32;
     #[inline(always)]
     fn read(b: &[u8]) -> f32 {
         f32::from_le_bytes([b[0], b[1], b[2], b[3]])
@@ -149,6 +152,7 @@ impl FloatElem for F32 {
 
 impl FloatElem for F16 {
     const SIZE: usize = 2;
+    const DTYPE: DType = DType::F16;
     #[inline(always)]
     fn read(b: &[u8]) -> f32 {
         f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
@@ -166,6 +170,7 @@ impl FloatElem for F16 {
 
 impl FloatElem for BF16 {
     const SIZE: usize = 2;
+    const DTYPE: DType = DType::BF16;
     #[inline(always)]
     fn read(b: &[u8]) -> f32 {
         f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)

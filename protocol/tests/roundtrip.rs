@@ -987,3 +987,28 @@ fn golden_vectors_match_the_reference() {
     }
     assert!(quantized >= 16, "{quantized}");
 }
+
+/// Deltas near f32::MAX make the default 1-bit scale (mean |Δ|, summed in f32) overflow to +inf.
+/// The encoder must not write a block readers refuse: it stores the tensor losslessly instead.
+#[test]
+fn scale_overflow_falls_back_to_lossless() {
+    let n = 64usize;
+    let base: Vec<u8> = (0..n).flat_map(|_| 0.0f32.to_le_bytes()).collect();
+    let target: Vec<u8> = (0..n)
+        .flat_map(|i| (if i % 2 == 0 { 3.0e38f32 } else { -3.0e38 }).to_le_bytes())
+        .collect();
+    let b = Tensor::new("layer.weight", DType::F32, &[8, 8], base);
+    let t = Tensor::new("layer.weight", DType::F32, &[8, 8], target.clone());
+    let file = encode_model(
+        meta("overflow"),
+        &model(std::slice::from_ref(&b)),
+        &model(std::slice::from_ref(&t)),
+        &quantize_all(),
+        &opts(1, Granularity::Tensor, None),
+    )
+    .unwrap();
+    let parsed = BitDeltaFile::parse(&file).unwrap();
+    assert_eq!(parsed.entries[0].encoding, Encoding::Xor);
+    let decoded = decode_model(&file, &model(std::slice::from_ref(&b))).unwrap();
+    assert_eq!(decoded[0].1, target);
+}

@@ -11,6 +11,9 @@
 //!
 //! Build with `cargo build --release -p zdn` (the `rss` and `minilm` runs call the `zdn` binary next
 //! to this one). Results and how to read them: docs/benchmarks.md.
+//!
+//! The codec picks its kernel at run time (AVX2 + F16C where the CPU has them); `ZDN_KERNEL=portable`
+//! forces the portable one. Every table and the JSON name the kernel that ran.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs::File;
@@ -25,6 +28,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use half::{bf16, f16};
 use serde::Serialize;
 use zdn::synthetic_model::{write_pair, Rng, SyntheticSpec};
+use zdn_protocol::bitdelta::kernels::Kernel;
 use zdn_protocol::bitdelta::{
     encode_tensor, quantize, reconstruct, Choice, EncodeOptions, Encoding, Granularity, IndexEntry,
     QuantSpec, TensorData,
@@ -371,6 +375,8 @@ fn short_hash(bytes: &[u8]) -> String {
 
 #[derive(Debug, Clone, Serialize)]
 struct ApplyRow {
+    /// The codec kernel that ran (`Kernel::selected`).
+    kernel: &'static str,
     dtype: Dt,
     shape: Vec<u64>,
     scale: String,
@@ -424,6 +430,7 @@ fn bench_apply(a: &KernelArgs, say: bool) -> Result<Vec<ApplyRow>> {
             // Leave the reconstruction in `out` for the hash.
             reconstruct(&entry, &block, Some(&base), &mut out)?;
             let row = ApplyRow {
+                kernel: Kernel::selected().name(),
                 dtype: dt,
                 shape: p.shape.clone(),
                 scale: g.to_string(),
@@ -443,7 +450,10 @@ fn bench_apply(a: &KernelArgs, say: bool) -> Result<Vec<ApplyRow>> {
         }
     }
     if say {
-        println!("apply: reconstruct (1-bit) vs memcpy of the same output bytes, same run");
+        println!(
+            "apply: reconstruct (1-bit, kernel {}) vs memcpy of the same output bytes, same run",
+            Kernel::selected()
+        );
         println!(
             "{:<5} {:<12} {:<10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>8} {:>8}  {:<6} out hash",
             "dtype",
@@ -487,6 +497,8 @@ fn bench_apply(a: &KernelArgs, say: bool) -> Result<Vec<ApplyRow>> {
 
 #[derive(Debug, Clone, Serialize)]
 struct EncodeRow {
+    /// The codec kernel that ran (`Kernel::selected`).
+    kernel: &'static str,
     dtype: Dt,
     shape: Vec<u64>,
     /// Bytes of base + fine-tune.
@@ -531,6 +543,7 @@ fn bench_encode(a: &KernelArgs, say: bool) -> Result<Vec<EncodeRow>> {
         let block = enc().block;
         let in_bytes = (p.base.len() + p.fine.len()) as u64;
         rows.push(EncodeRow {
+            kernel: Kernel::selected().name(),
             dtype: dt,
             shape: p.shape.clone(),
             in_bytes,
@@ -547,7 +560,10 @@ fn bench_encode(a: &KernelArgs, say: bool) -> Result<Vec<EncodeRow>> {
         });
     }
     if say {
-        println!("encode: encode_tensor (1-bit, tensor scale) vs reading both inputs (u64 sum), same run");
+        println!(
+            "encode: encode_tensor (1-bit, tensor scale, kernel {}) vs reading both inputs (u64 sum), same run",
+            Kernel::selected()
+        );
         println!(
             "{:<5} {:<12} {:>9} {:>10} {:>9} {:>9} {:>7} {:>7} {:>8} {:>8}  {:<6} block hash",
             "dtype",
@@ -1164,6 +1180,9 @@ struct Machine {
     cores: usize,
     mem_total_kib: u64,
     build: &'static str,
+    /// The codec kernel in use (`ZDN_KERNEL=portable` forces the portable one) and those available.
+    kernel: &'static str,
+    kernels_available: Vec<&'static str>,
 }
 
 fn machine() -> Machine {
@@ -1191,5 +1210,11 @@ fn machine() -> Machine {
         } else {
             "release"
         },
+        kernel: Kernel::selected().name(),
+        kernels_available: Kernel::ALL
+            .into_iter()
+            .filter(|k| k.is_available())
+            .map(Kernel::name)
+            .collect(),
     }
 }

@@ -73,6 +73,16 @@ pub fn encode_tensor(
                     name: name.to_owned(),
                     cause,
                 })?;
+            if q.scales.iter().any(|s| !s.is_finite()) {
+                // A default scale can overflow f32 for deltas near f32::MAX; readers refuse a
+                // non-finite scale, so such a tensor is stored losslessly instead (format.md § 7.3).
+                return match same_layout {
+                    Some(b) => {
+                        lossless_block(name, Encoding::Xor, target, Some(b.bytes), opts.zstd_level)
+                    }
+                    None => lossless_block(name, Encoding::Raw, target, None, opts.zstd_level),
+                };
+            }
             let encoding = Encoding::for_bits(opts.spec.bits).unwrap_or(Encoding::Sign1);
             Ok(EncodedTensor {
                 encoding,

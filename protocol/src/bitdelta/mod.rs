@@ -3,6 +3,7 @@
 
 mod codec;
 mod format;
+pub mod kernels;
 mod lossless;
 mod quantize;
 mod reconstruct;

@@ -13,6 +13,7 @@
 //! scratch buffer whatever the tensor size.
 
 use super::format::{matrix_of, scale_count, Granularity};
+use super::kernels::{self, Kernel};
 use super::tensor::{load_delta, TensorData};
 
 const CHUNK: usize = 4096;
@@ -136,6 +137,18 @@ pub fn quantize(
     spec: &QuantSpec,
     scales: Option<&[f32]>,
 ) -> Result<Quantized, QuantizeError> {
+    quantize_with(Kernel::selected(), base, target, spec, scales)
+}
+
+/// [`quantize`] with the given kernel (the portable one where the CPU lacks it). Every kernel gives the
+/// same result.
+pub fn quantize_with(
+    kernel: Kernel,
+    base: &TensorData<'_>,
+    target: &TensorData<'_>,
+    spec: &QuantSpec,
+    scales: Option<&[f32]>,
+) -> Result<Quantized, QuantizeError> {
     let bits = spec.bits;
     if !matches!(bits, 1 | 2 | 4) {
         return Err(QuantizeError::Bits(bits));
@@ -186,6 +199,7 @@ pub fn quantize(
     let mut batch = Vec::new();
 
     let mut q = GroupQuantizer {
+        kernel,
         base,
         target,
         bits,
@@ -215,6 +229,7 @@ pub fn quantize(
 }
 
 struct GroupQuantizer<'a, 'b> {
+    kernel: Kernel,
     base: &'a TensorData<'a>,
     target: &'a TensorData<'a>,
     bits: u32,
@@ -236,7 +251,7 @@ impl GroupQuantizer<'_, '_> {
         while i < end {
             let n = (end - i).min(self.scratch.len());
             let buf = &mut self.scratch[..n];
-            load_delta(self.base, self.target, i, buf);
+            load(self.kernel, self.base, self.target, i, buf);
             check_finite(self.base, self.target, i, buf)?;
             f(i, buf, self.packed);
             i += n;
@@ -253,39 +268,62 @@ impl GroupQuantizer<'_, '_> {
         let chunk = self.scratch.len();
         let mut sum = 0f64;
         let mut i = start;
-        if end - start >= LANES * chunk {
-            let mut batch = std::mem::take(self.batch);
-            batch.resize(LANES * chunk, 0.0);
-            while end - i >= LANES * chunk {
-                load_delta(self.base, self.target, i, &mut batch);
-                let mut c = batch.chunks_exact(chunk);
-                let mut lane = || c.next().unwrap_or_default().iter();
-                let lanes = lane().zip(lane()).zip(lane()).zip(lane());
-                let lanes = lanes.zip(lane()).zip(lane()).zip(lane()).zip(lane());
-                let mut p = [0f32; LANES];
-                for (((((((a, b), c), d), e), f), g), h) in lanes {
-                    p[0] += a.abs();
-                    p[1] += b.abs();
-                    p[2] += c.abs();
-                    p[3] += d.abs();
-                    p[4] += e.abs();
-                    p[5] += f.abs();
-                    p[6] += g.abs();
-                    p[7] += h.abs();
+        // Δ of a whole batch, for the portable path and to find a non-finite Δ (allocated on use).
+        let mut batch = std::mem::take(self.batch);
+        while end - i >= LANES * chunk {
+            let (bs, ts) = (self.base.dtype.size(), self.target.dtype.size());
+            let n = LANES * chunk;
+            // From a byte boundary the batch's code bytes are its own, still zero.
+            let fast = if i % 8 == 0 {
+                kernels::sign1_batch(
+                    self.kernel,
+                    self.base.dtype,
+                    self.target.dtype,
+                    &self.base.bytes[i * bs..(i + n) * bs],
+                    &self.target.bytes[i * ts..(i + n) * ts],
+                    chunk,
+                    &mut self.packed[i / 8..(i + n) / 8],
+                )
+            } else {
+                None
+            };
+            let p = match fast {
+                Some(p) => p,
+                None => {
+                    batch.resize(n, 0.0);
+                    load_delta(self.base, self.target, i, &mut batch);
+                    let mut c = batch.chunks_exact(chunk);
+                    let mut lane = || c.next().unwrap_or_default().iter();
+                    let lanes = lane().zip(lane()).zip(lane()).zip(lane());
+                    let lanes = lanes.zip(lane()).zip(lane()).zip(lane()).zip(lane());
+                    let mut p = [0f32; LANES];
+                    for (((((((a, b), c), d), e), f), g), h) in lanes {
+                        p[0] += a.abs();
+                        p[1] += b.abs();
+                        p[2] += c.abs();
+                        p[3] += d.abs();
+                        p[4] += e.abs();
+                        p[5] += f.abs();
+                        p[6] += g.abs();
+                        p[7] += h.abs();
+                    }
+                    pack_signs(i, &batch, self.packed);
+                    p
                 }
-                // A NaN or infinite Δ makes its chunk's sum non-finite (as may an overflow of finite
-                // ones): only then is every Δ checked, which finds the first bad one if there is one.
-                if !p.iter().fold(true, |ok, x| ok & x.is_finite()) {
-                    check_finite(self.base, self.target, i, &batch)?;
-                }
-                for p in p {
-                    sum += f64::from(p);
-                }
-                pack_signs(i, &batch, self.packed);
-                i += LANES * chunk;
+            };
+            // A NaN or infinite Δ makes its chunk's sum non-finite (as may an overflow of finite
+            // ones): only then is every Δ checked, which finds the first bad one if there is one.
+            if !p.iter().fold(true, |ok, x| ok & x.is_finite()) {
+                batch.resize(n, 0.0);
+                load(self.kernel, self.base, self.target, i, &mut batch);
+                check_finite(self.base, self.target, i, &batch)?;
             }
-            *self.batch = batch;
+            for p in p {
+                sum += f64::from(p);
+            }
+            i += n;
         }
+        *self.batch = batch;
         self.each_chunk(i, end, |first, d, packed| {
             pack_signs(first, d, packed);
             let mut part = 0f32;
@@ -360,6 +398,31 @@ impl GroupQuantizer<'_, '_> {
             .0;
         Ok(m * 0.05 * (best + 1) as f32)
     }
+}
+
+/// `out[j] = Δ` of element `first + j`: the kernel's whole blocks of 8, then the portable code (all of
+/// it for the portable kernel). The same values either way.
+fn load(
+    kernel: Kernel,
+    base: &TensorData<'_>,
+    target: &TensorData<'_>,
+    first: usize,
+    out: &mut [f32],
+) {
+    let done = kernels::delta(
+        kernel,
+        base.dtype,
+        target.dtype,
+        base.bytes
+            .get(first * base.dtype.size()..)
+            .unwrap_or_default(),
+        target
+            .bytes
+            .get(first * target.dtype.size()..)
+            .unwrap_or_default(),
+        out,
+    );
+    load_delta(base, target, first + done, &mut out[done..]);
 }
 
 /// Errors with the first element of `d` (elements `first..` of the tensors) whose Δ is not finite.

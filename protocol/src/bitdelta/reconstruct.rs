@@ -5,6 +5,7 @@
 //! round-to-nearest-even into the target dtype; any NaN result is written as the canonical quiet NaN.
 
 use super::format::{matrix_of, scale_count, Encoding, Granularity, IndexEntry};
+use super::kernels::{self, GroupLayout, Kernel};
 use super::lossless;
 use super::quantize::{groups, level};
 use super::tensor::{Lanes, TensorData};
@@ -105,6 +106,18 @@ pub fn reconstruct(
     base: Option<&TensorData<'_>>,
     out: &mut [u8],
 ) -> Result<(), ReconstructError> {
+    reconstruct_with(Kernel::selected(), entry, block, base, out)
+}
+
+/// [`reconstruct`] with the given kernel (the portable one where the CPU lacks it). Every kernel
+/// writes the same bytes.
+pub fn reconstruct_with(
+    kernel: Kernel,
+    entry: &IndexEntry,
+    block: &[u8],
+    base: Option<&TensorData<'_>>,
+    out: &mut [u8],
+) -> Result<(), ReconstructError> {
     let name = || entry.name.clone();
     if out.len() as u64 != entry.byte_len() {
         return Err(ReconstructError::Output {
@@ -133,7 +146,7 @@ pub fn reconstruct(
                 problem,
             }),
         (enc, Some(b)) => match enc.bits() {
-            Some(bits) => reconstruct_quantized(entry, bits, block, b, out),
+            Some(bits) => reconstruct_quantized(kernel, entry, bits, block, b, out),
             None => Err(ReconstructError::BaseMissing(name())),
         },
         (_, None) => Err(ReconstructError::BaseMissing(name())),
@@ -141,6 +154,7 @@ pub fn reconstruct(
 }
 
 fn reconstruct_quantized(
+    kernel: Kernel,
     entry: &IndexEntry,
     bits: u32,
     block: &[u8],
@@ -174,6 +188,7 @@ fn reconstruct_quantized(
         }
     }
     let q = Quantized {
+        kernel,
         rows: rows as usize,
         cols: cols as usize,
         granularity: entry.granularity,
@@ -228,6 +243,7 @@ const FLIP: [[u32; 4]; 16] = {
 };
 
 struct Quantized<'a> {
+    kernel: Kernel,
     rows: usize,
     cols: usize,
     granularity: Granularity,
@@ -241,6 +257,39 @@ impl Quantized<'_> {
         let bits = self.bits;
         let mask = (1u32 << bits) - 1;
         let per_byte = 8 / bits as usize;
+        if bits == 1 {
+            let n = self.rows * self.cols;
+            let layout = match self.granularity {
+                Granularity::Tensor => GroupLayout {
+                    rows: 1,
+                    row_len: n,
+                    width: n,
+                },
+                Granularity::Row => GroupLayout {
+                    rows: self.rows,
+                    row_len: self.cols,
+                    width: self.cols,
+                },
+                Granularity::Group(w) => GroupLayout {
+                    rows: self.rows,
+                    row_len: self.cols,
+                    width: w as usize,
+                },
+            };
+            // The runtime-selected kernel, for the whole tensor in one call when its layout allows.
+            if kernels::sign1_apply_groups(
+                self.kernel,
+                B::DTYPE,
+                T::DTYPE,
+                base,
+                self.packed,
+                self.scales,
+                layout,
+                out,
+            ) {
+                return;
+            }
+        }
         for ((start, end), &s) in groups(self.rows, self.cols, self.granularity).zip(self.scales) {
             // s·level for every code: the same f32 product the definition names, computed once.
             let mut lut = [0f32; 16];
@@ -257,6 +306,23 @@ impl Quantized<'_> {
                 // lo = s·(−1) is exactly −hi: the sign bit of hi flipped where the code bit is 0, four
                 // elements per nibble of codes.
                 debug_assert_eq!(lo.to_bits(), (-hi).to_bits());
+                // The runtime-selected kernel takes the whole code bytes (none for the portable one);
+                // the code below does the rest.
+                let done = kernels::sign1_apply(
+                    self.kernel,
+                    B::DTYPE,
+                    T::DTYPE,
+                    b,
+                    &bytes[..(end - start) / 8],
+                    hi,
+                    o,
+                );
+                let (b, o, bytes) = (
+                    &b[done * B::SIZE..],
+                    &mut o[done * T::SIZE..],
+                    &bytes[done / 8..],
+                );
+                let start = start + done;
                 let hi_bits = hi.to_bits();
                 let add = |x: &mut [f32], byte: u8| {
                     let (l, h) = (&FLIP[usize::from(byte & 15)], &FLIP[usize::from(byte >> 4)]);

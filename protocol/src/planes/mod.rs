@@ -1,0 +1,721 @@
+//! Lossless compression of tensor weights: exponent bits apart from mantissa bits, entropy-coded.
+//!
+//! The exponent of trained weights takes few values (≈2.6 bits of entropy in 8) while the mantissa is
+//! nearly random. An encoding is a small header and blocks of at most [`DEFAULT_BLOCK_LEN`] input
+//! bytes; each block is coded in whichever of two modes is smaller:
+//!
+//! - **fields**: every element is a symbol (its top `a ≤ 12` bits: sign, exponent and the top
+//!   mantissa bits) coded with a canonical Huffman code of at most 12 bits, followed by its `r` low
+//!   bits raw. The encoder picks `r` per block. One table lookup decodes an element.
+//! - **planes**: the elements are split into byte planes ([`Layout`]: for floats, the whole exponent in
+//!   one plane) and each plane is stored raw, as one repeated byte, zstd-compressed or Huffman-coded.
+//!   This wins when mantissas are compressible (e.g. f32 upcast from bf16, whose low bytes are zero).
+//!
+//! Input whose length is not a multiple of the element size keeps its last `len mod size` bytes
+//! raw in the header (the *tail*). Output is deterministic. [`decode`] takes untrusted input: every
+//! length is checked before use, output is capped before anything is allocated, Huffman tables must
+//! form complete codes, and every stream must end exactly where its last value does.
+//! docs/lossless.md describes the byte layout and the measurements.
+
+mod format;
+mod huffman;
+mod layout;
+
+pub use layout::Layout;
+
+use crate::dtype::DType;
+use format::{
+    Cursor, Header, BLOCK_HEADER_LEN, CODEC_CONST, CODEC_HUFFMAN, CODEC_RAW, CODEC_ZSTD,
+    HEADER_LEN, MODE_FIELDS, MODE_PLANES,
+};
+use huffman::{MAX_SYMBOL_BITS, STREAMS};
+
+/// Default input bytes per block: 1 MiB.
+pub const DEFAULT_BLOCK_LEN: u32 = 1 << 20;
+/// Largest block accepted (encoder option and decoder check).
+pub const MAX_BLOCK_LEN: u32 = 16 << 20;
+
+/// What is wrong with an encoding (or, for the encoder, with its input or options).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanesError {
+    #[error("not a planes encoding: bad magic")]
+    BadMagic,
+    #[error("unsupported planes format version {0} (this reader knows 1)")]
+    Version(u8),
+    #[error("unknown dtype code {0}")]
+    UnknownDType(u8),
+    #[error("header flags are {0:#04x}; version 1 defines none")]
+    Flags(u8),
+    #[error("truncated: {what} needs {need} bytes, {left} left")]
+    Truncated {
+        what: &'static str,
+        need: usize,
+        left: usize,
+    },
+    #[error("decoded length {len} exceeds the cap of {max} bytes")]
+    TooLarge { len: u64, max: usize },
+    #[error("tail of {tail_len} bytes is invalid for {decoded_len} decoded bytes of {elem}-byte elements")]
+    TailLength {
+        tail_len: u8,
+        decoded_len: u64,
+        elem: usize,
+    },
+    #[error("block length {block_len} is 0, over {MAX_BLOCK_LEN} or not a multiple of the {dtype} element size")]
+    BlockLength { block_len: u32, dtype: DType },
+    #[error("header declares {declared} blocks, the decoded length needs {expected}")]
+    BlockCount { declared: u32, expected: u64 },
+    #[error("{blocks} blocks cannot fit in the {left} bytes left")]
+    BlocksMissing { blocks: u32, left: usize },
+    #[error("block {block}: unknown mode {mode}")]
+    UnknownMode { block: u64, mode: u8 },
+    #[error("block {block}: fields mode needs 1-, 2- or 4-byte elements, not {dtype}")]
+    FieldsDType { block: u64, dtype: DType },
+    #[error("block {block}: {raw_bits} raw bits is out of range for {dtype}")]
+    RawBits {
+        block: u64,
+        raw_bits: u8,
+        dtype: DType,
+    },
+    #[error("block {block}: {unused} bytes of its body are unused")]
+    BodyLength { block: u64, unused: usize },
+    #[error("block {block}: unknown layout {layout} (or not valid for {dtype})")]
+    UnknownLayout {
+        block: u64,
+        layout: u8,
+        dtype: DType,
+    },
+    #[error("block {block} plane {plane}: unknown codec {codec}")]
+    UnknownCodec { block: u64, plane: usize, codec: u8 },
+    #[error("block {block} plane {plane}: {codec} payload is {len} bytes, expected {expected}")]
+    PlaneLength {
+        block: u64,
+        plane: usize,
+        codec: &'static str,
+        len: usize,
+        expected: usize,
+    },
+    #[error("block {block} plane {plane}: zstd: {problem}")]
+    Zstd {
+        block: u64,
+        plane: usize,
+        problem: String,
+    },
+    #[error("block {block}: Huffman table: {problem}")]
+    CodeLengths { block: u64, problem: &'static str },
+    #[error("block {block} stream {stream}: {problem}")]
+    Stream {
+        block: u64,
+        stream: usize,
+        problem: &'static str,
+    },
+    #[error("{0} bytes after the last block")]
+    TrailingBytes(usize),
+    #[error("input of {0} bytes is too large to encode")]
+    InputTooLarge(usize),
+    #[error("zstd compression failed: {0}")]
+    ZstdEncode(String),
+}
+
+/// Which codings the encoder may use. Anything but `Auto` exists to measure baselines in the same
+/// container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// Per block, the smaller of fields mode and planes mode (field planes for floats, byte planes
+    /// otherwise, each plane with its smallest codec).
+    Auto,
+    /// Planes mode with the given layout and every plane zstd-compressed (a field layout for a
+    /// dtype it does not apply to falls back to byte planes).
+    PlanesZstd(Layout),
+}
+
+/// Encoder settings. `Default`: zstd level 3, 1 MiB blocks, [`Strategy::Auto`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncodeOptions {
+    pub zstd_level: i32,
+    /// Input bytes per block: a multiple of the element size, at most [`MAX_BLOCK_LEN`].
+    pub block_len: u32,
+    pub strategy: Strategy,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions {
+            zstd_level: 3,
+            block_len: DEFAULT_BLOCK_LEN,
+            strategy: Strategy::Auto,
+        }
+    }
+}
+
+/// How one block is coded (from [`inspect`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlockKind {
+    /// Huffman-coded top bits with `raw_bits` low bits raw.
+    Fields { raw_bits: u8 },
+    /// Byte planes and each plane's codec (`"raw"`, `"const"`, `"zstd"`, `"huffman"`).
+    Planes {
+        layout: Layout,
+        codecs: Vec<&'static str>,
+    },
+}
+
+/// What an encoding holds, read without decoding it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Info {
+    pub dtype: DType,
+    pub decoded_len: u64,
+    pub block_len: u32,
+    /// Each block's kind and encoded size (with its 5-byte block header).
+    pub blocks: Vec<(BlockKind, usize)>,
+}
+
+/// Encodes `bytes` (elements of `dtype`, little-endian) with default options and zstd `zstd_level`.
+pub fn encode(dtype: DType, bytes: &[u8], zstd_level: i32) -> Result<Vec<u8>, PlanesError> {
+    encode_with(
+        dtype,
+        bytes,
+        &EncodeOptions {
+            zstd_level,
+            ..EncodeOptions::default()
+        },
+    )
+}
+
+/// Encodes `bytes` (elements of `dtype`, little-endian) with `opts`.
+pub fn encode_with(
+    dtype: DType,
+    bytes: &[u8],
+    opts: &EncodeOptions,
+) -> Result<Vec<u8>, PlanesError> {
+    format::check_block_len(opts.block_len, dtype)?;
+    let elem = dtype.size();
+    let tail_len = bytes.len() % elem;
+    let (body, tail) = bytes.split_at(bytes.len() - tail_len);
+    let block_len = opts.block_len as usize;
+    let n_blocks = u32::try_from(body.len().div_ceil(block_len))
+        .map_err(|_| PlanesError::InputTooLarge(bytes.len()))?;
+    let header = Header {
+        dtype,
+        tail_len: tail_len as u8,
+        decoded_len: bytes.len() as u64,
+        block_len: opts.block_len,
+        n_blocks,
+    };
+    let mut out = Vec::with_capacity(HEADER_LEN + tail_len + body.len() / 2);
+    header.write(&mut out);
+    out.extend_from_slice(tail);
+    let mut enc = Encoder {
+        zstd: zstd::bulk::Compressor::new(opts.zstd_level)
+            .map_err(|e| PlanesError::ZstdEncode(e.to_string()))?,
+        scratch: Vec::new(),
+    };
+    for block in body.chunks(block_len) {
+        let (mode, body) = match opts.strategy {
+            Strategy::Auto => {
+                let layout = if Layout::FieldPlanes.applies_to(dtype) {
+                    Layout::FieldPlanes
+                } else {
+                    Layout::BytePlanes
+                };
+                let planes = enc.planes(dtype, layout, block, false)?;
+                match encode_fields(dtype, block) {
+                    Some(fields) if fields.len() < planes.len() => (MODE_FIELDS, fields),
+                    _ => (MODE_PLANES, planes),
+                }
+            }
+            Strategy::PlanesZstd(layout) => {
+                let layout = if layout.applies_to(dtype) {
+                    layout
+                } else {
+                    Layout::BytePlanes
+                };
+                (MODE_PLANES, enc.planes(dtype, layout, block, true)?)
+            }
+        };
+        out.push(mode);
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+    }
+    Ok(out)
+}
+
+struct Encoder {
+    zstd: zstd::bulk::Compressor<'static>,
+    scratch: Vec<u8>,
+}
+
+impl Encoder {
+    /// A planes-mode body: the layout, then each plane's codec, length and payload.
+    fn planes(
+        &mut self,
+        dtype: DType,
+        layout: Layout,
+        block: &[u8],
+        zstd_only: bool,
+    ) -> Result<Vec<u8>, PlanesError> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.resize(block.len(), 0);
+        layout::split(layout, dtype, block, &mut scratch);
+        let mut out = vec![layout.code()];
+        let n = block.len() / layout.planes(dtype);
+        for plane in scratch.chunks(n.max(1)) {
+            self.plane(plane, zstd_only, &mut out)?;
+        }
+        self.scratch = scratch;
+        Ok(out)
+    }
+
+    /// Appends one plane with its smallest codec (ties: raw, const, Huffman, zstd), or zstd only.
+    fn plane(
+        &mut self,
+        plane: &[u8],
+        zstd_only: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), PlanesError> {
+        let mut zstd = |plane: &[u8]| {
+            self.zstd
+                .compress(plane)
+                .map_err(|e| PlanesError::ZstdEncode(e.to_string()))
+        };
+        let (codec, payload): (u8, Vec<u8>) = if zstd_only {
+            (CODEC_ZSTD, zstd(plane)?)
+        } else if let Some(&first) = plane.first().filter(|&&f| plane.iter().all(|&b| b == f)) {
+            (CODEC_CONST, vec![first])
+        } else {
+            let z = zstd(plane)?;
+            let mut counts = [0u64; 256];
+            for &b in plane {
+                counts[usize::from(b)] += 1;
+            }
+            let huff = huffman::code_lengths(&counts).map(|lengths| {
+                let est = huffman::coded_bits(&counts, &lengths).div_ceil(8) as usize
+                    + huffman::table_bytes(&lengths)
+                    + 4 * STREAMS;
+                (est, lengths)
+            });
+            match huff {
+                Some((est, lengths)) if est < plane.len() && est <= z.len() => {
+                    let mut h = Vec::with_capacity(est + 8);
+                    huffman::encode_section(&lengths, plane, 1, 0, &mut h);
+                    (CODEC_HUFFMAN, h)
+                }
+                _ if z.len() < plane.len() => (CODEC_ZSTD, z),
+                _ => (CODEC_RAW, plane.to_vec()),
+            }
+        };
+        out.push(codec);
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&payload);
+        Ok(())
+    }
+}
+
+/// A fields-mode body (raw bit count, then a Huffman section), with the raw bit count that makes it
+/// smallest; `None` for elements wider than 4 bytes or a block with a single symbol at every split.
+fn encode_fields(dtype: DType, block: &[u8]) -> Option<Vec<u8>> {
+    let width = dtype.size();
+    if width > 4 {
+        return None;
+    }
+    let w = 8 * width as u32;
+    let r_min = w.saturating_sub(MAX_SYMBOL_BITS);
+    let n = block.len() / width;
+    let mut counts = vec![0u64; 1 << (w - r_min)];
+    match width {
+        1 => block.iter().for_each(|&b| counts[usize::from(b)] += 1),
+        2 => block
+            .chunks_exact(2)
+            .for_each(|c| counts[usize::from(u16::from_le_bytes([c[0], c[1]]) >> r_min)] += 1),
+        _ => block.chunks_exact(4).for_each(|c| {
+            counts[(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) >> r_min) as usize] += 1
+        }),
+    }
+    // Try every split: merge the histogram one bit at a time.
+    let mut best: Option<(u64, u32, Vec<u8>)> = None;
+    for r in r_min..w {
+        if r > r_min {
+            counts = counts.chunks(2).map(|p| p.iter().sum()).collect();
+        }
+        if let Some(lengths) = huffman::code_lengths(&counts) {
+            let bits = huffman::coded_bits(&counts, &lengths) + n as u64 * u64::from(r);
+            let cost = bits.div_ceil(8) + huffman::table_bytes(&lengths) as u64;
+            if best.as_ref().is_none_or(|b| cost < b.0) {
+                best = Some((cost, r, lengths));
+            }
+        }
+    }
+    let (cost, r, lengths) = best?;
+    let mut out = Vec::with_capacity(cost as usize + 1 + 4 * STREAMS + 8);
+    out.push(r as u8);
+    huffman::encode_section(&lengths, block, width, r, &mut out);
+    Some(out)
+}
+
+/// Decodes an encoding, refusing one that would decode to more than `max_output_len` bytes before
+/// allocating anything.
+pub fn decode(encoded: &[u8], max_output_len: usize) -> Result<Vec<u8>, PlanesError> {
+    let mut out = Vec::new();
+    decode_into(encoded, max_output_len, &mut out)?;
+    Ok(out)
+}
+
+/// [`decode`] into `out` (cleared first; its capacity is reused). On error `out` holds unspecified
+/// bytes.
+pub fn decode_into(
+    encoded: &[u8],
+    max_output_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), PlanesError> {
+    out.clear();
+    let mut cur = Cursor::new(encoded);
+    let h = Header::read(&mut cur)?;
+    let total = usize::try_from(h.decoded_len)
+        .ok()
+        .filter(|&t| t <= max_output_len)
+        .ok_or(PlanesError::TooLarge {
+            len: h.decoded_len,
+            max: max_output_len,
+        })?;
+    let tail = cur.bytes(usize::from(h.tail_len), "tail")?;
+    let fits = (h.n_blocks as usize)
+        .checked_mul(BLOCK_HEADER_LEN)
+        .is_some_and(|b| b <= cur.remaining());
+    if !fits {
+        return Err(PlanesError::BlocksMissing {
+            blocks: h.n_blocks,
+            left: cur.remaining(),
+        });
+    }
+    out.resize(total, 0);
+    let body_len = total - tail.len();
+    let (body, out_tail) = out.split_at_mut(body_len);
+    out_tail.copy_from_slice(tail);
+    let mut dec = Decoder {
+        zstd: None,
+        scratch: Vec::new(),
+    };
+    for (i, block) in body.chunks_mut(h.block_len as usize).enumerate() {
+        dec.block(&mut cur, h.dtype, block, i as u64)?;
+    }
+    if cur.remaining() != 0 {
+        return Err(PlanesError::TrailingBytes(cur.remaining()));
+    }
+    Ok(())
+}
+
+/// Reads the header and block headers of an encoding without decoding the blocks.
+pub fn inspect(encoded: &[u8]) -> Result<Info, PlanesError> {
+    let mut cur = Cursor::new(encoded);
+    let h = Header::read(&mut cur)?;
+    cur.bytes(usize::from(h.tail_len), "tail")?;
+    let mut blocks = Vec::new();
+    for block in 0..u64::from(h.n_blocks) {
+        let mode = cur.u8("block mode")?;
+        let len = cur.u32("block body length")? as usize;
+        let mut b = Cursor::new(cur.bytes(len, "block body")?);
+        let kind = match mode {
+            MODE_FIELDS => BlockKind::Fields {
+                raw_bits: b.u8("raw bits")?,
+            },
+            MODE_PLANES => {
+                let code = b.u8("layout")?;
+                let layout = Layout::from_code(code)
+                    .filter(|l| l.applies_to(h.dtype))
+                    .ok_or(PlanesError::UnknownLayout {
+                        block,
+                        layout: code,
+                        dtype: h.dtype,
+                    })?;
+                let mut codecs = Vec::new();
+                for plane in 0..layout.planes(h.dtype) {
+                    let codec = b.u8("plane codec")?;
+                    let plen = b.u32("plane length")? as usize;
+                    b.bytes(plen, "plane payload")?;
+                    codecs.push(codec_name(codec).ok_or(PlanesError::UnknownCodec {
+                        block,
+                        plane,
+                        codec,
+                    })?);
+                }
+                BlockKind::Planes { layout, codecs }
+            }
+            mode => return Err(PlanesError::UnknownMode { block, mode }),
+        };
+        blocks.push((kind, len + BLOCK_HEADER_LEN));
+    }
+    Ok(Info {
+        dtype: h.dtype,
+        decoded_len: h.decoded_len,
+        block_len: h.block_len,
+        blocks,
+    })
+}
+
+fn codec_name(codec: u8) -> Option<&'static str> {
+    match codec {
+        CODEC_RAW => Some("raw"),
+        CODEC_CONST => Some("const"),
+        CODEC_ZSTD => Some("zstd"),
+        CODEC_HUFFMAN => Some("huffman"),
+        _ => None,
+    }
+}
+
+struct Decoder {
+    /// Created on the first zstd plane.
+    zstd: Option<zstd::bulk::Decompressor<'static>>,
+    scratch: Vec<u8>,
+}
+
+impl Decoder {
+    /// Decodes the next block from `cur` into `out` (its exact decoded size).
+    fn block(
+        &mut self,
+        cur: &mut Cursor<'_>,
+        dtype: DType,
+        out: &mut [u8],
+        block: u64,
+    ) -> Result<(), PlanesError> {
+        let mode = cur.u8("block mode")?;
+        let len = cur.u32("block body length")? as usize;
+        let mut b = Cursor::new(cur.bytes(len, "block body")?);
+        match mode {
+            MODE_FIELDS => fields(&mut b, dtype, out, block)?,
+            MODE_PLANES => self.planes(&mut b, dtype, out, block)?,
+            mode => return Err(PlanesError::UnknownMode { block, mode }),
+        }
+        if b.remaining() != 0 {
+            return Err(PlanesError::BodyLength {
+                block,
+                unused: b.remaining(),
+            });
+        }
+        Ok(())
+    }
+
+    fn planes(
+        &mut self,
+        b: &mut Cursor<'_>,
+        dtype: DType,
+        out: &mut [u8],
+        block: u64,
+    ) -> Result<(), PlanesError> {
+        let code = b.u8("layout")?;
+        let layout = Layout::from_code(code)
+            .filter(|l| l.applies_to(dtype))
+            .ok_or(PlanesError::UnknownLayout {
+                block,
+                layout: code,
+                dtype,
+            })?;
+        if layout == Layout::Bytes || dtype.size() == 1 {
+            return self.plane(b, out, block, 0);
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.resize(out.len(), 0);
+        let n = out.len() / dtype.size();
+        let mut result = Ok(());
+        for (plane, dst) in scratch.chunks_mut(n.max(1)).enumerate() {
+            result = self.plane(b, dst, block, plane);
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_ok() {
+            layout::merge(layout, dtype, &scratch, out);
+        }
+        self.scratch = scratch;
+        result
+    }
+
+    /// Decodes one plane into `dst` (its exact size).
+    fn plane(
+        &mut self,
+        b: &mut Cursor<'_>,
+        dst: &mut [u8],
+        block: u64,
+        plane: usize,
+    ) -> Result<(), PlanesError> {
+        let codec = b.u8("plane codec")?;
+        let len = b.u32("plane length")? as usize;
+        let payload = b.bytes(len, "plane payload")?;
+        let length_err = |codec, expected| PlanesError::PlaneLength {
+            block,
+            plane,
+            codec,
+            len,
+            expected,
+        };
+        match codec {
+            CODEC_RAW if len == dst.len() => dst.copy_from_slice(payload),
+            CODEC_RAW => return Err(length_err("raw", dst.len())),
+            CODEC_CONST => match payload {
+                [v] => dst.fill(*v),
+                _ => return Err(length_err("const", 1)),
+            },
+            CODEC_ZSTD => {
+                let zstd_err = |problem: String| PlanesError::Zstd {
+                    block,
+                    plane,
+                    problem,
+                };
+                let z = match &mut self.zstd {
+                    Some(z) => z,
+                    None => self.zstd.insert(
+                        zstd::bulk::Decompressor::new().map_err(|e| zstd_err(e.to_string()))?,
+                    ),
+                };
+                let got = z
+                    .decompress_to_buffer(payload, dst)
+                    .map_err(|e| zstd_err(e.to_string()))?;
+                if got != dst.len() {
+                    return Err(zstd_err(format!(
+                        "decodes to {got} bytes, the plane has {}",
+                        dst.len()
+                    )));
+                }
+            }
+            CODEC_HUFFMAN => {
+                let mut h = Cursor::new(payload);
+                let sec = huffman::parse_section(&mut h, 8, block)?;
+                if h.remaining() != 0 {
+                    return Err(PlanesError::BodyLength {
+                        block,
+                        unused: h.remaining(),
+                    });
+                }
+                huffman::decode_section::<1>(&sec, 0, dst, block)?;
+            }
+            codec => {
+                return Err(PlanesError::UnknownCodec {
+                    block,
+                    plane,
+                    codec,
+                })
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decodes a fields-mode body into `out`.
+fn fields(b: &mut Cursor<'_>, dtype: DType, out: &mut [u8], block: u64) -> Result<(), PlanesError> {
+    let width = dtype.size();
+    if width > 4 {
+        return Err(PlanesError::FieldsDType { block, dtype });
+    }
+    let w = 8 * width as u32;
+    let raw_bits = b.u8("raw bits")?;
+    let r = u32::from(raw_bits);
+    if r >= w || w - r > MAX_SYMBOL_BITS {
+        return Err(PlanesError::RawBits {
+            block,
+            raw_bits,
+            dtype,
+        });
+    }
+    let sec = huffman::parse_section(b, w - r, block)?;
+    match width {
+        1 => huffman::decode_section::<1>(&sec, r, out, block),
+        2 => huffman::decode_section::<2>(&sec, r, out, block),
+        _ => huffman::decode_section::<4>(&sec, r, out, block),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A bf16 tensor with a weight-like distribution (deterministic).
+    fn weights_bf16(n: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut out = Vec::with_capacity(2 * n);
+        for _ in 0..n {
+            // Sum of uniforms ≈ Gaussian.
+            let mut s = 0.0f32;
+            for _ in 0..4 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                s += (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            }
+            out.extend_from_slice(&half::bf16::from_f32(s * 0.05).to_le_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn weights_compress_in_fields_mode() {
+        let data = weights_bf16(100_000);
+        let enc = encode(DType::BF16, &data, 3).unwrap();
+        assert!(
+            enc.len() * 10 < data.len() * 7,
+            "{} of {}",
+            enc.len(),
+            data.len()
+        );
+        let info = inspect(&enc).unwrap();
+        assert!(matches!(info.blocks[0].0, BlockKind::Fields { .. }));
+        assert_eq!(decode(&enc, data.len()).unwrap(), data);
+    }
+
+    #[test]
+    fn upcast_f32_uses_const_planes() {
+        let data: Vec<u8> = weights_bf16(10_000)
+            .chunks_exact(2)
+            .flat_map(|c| [0, 0, c[0], c[1]])
+            .collect();
+        let enc = encode(DType::F32, &data, 3).unwrap();
+        let info = inspect(&enc).unwrap();
+        let BlockKind::Planes { codecs, .. } = &info.blocks[0].0 else {
+            panic!("{info:?}");
+        };
+        assert_eq!(codecs[2..], ["const", "const"]);
+        assert_eq!(decode(&enc, data.len()).unwrap(), data);
+    }
+
+    #[test]
+    fn tails_empty_inputs_and_caps() {
+        for len in [0usize, 1, 3, 5] {
+            let data: Vec<u8> = (0..len as u8).collect();
+            let enc = encode(DType::F32, &data, 3).unwrap();
+            assert_eq!(decode(&enc, len).unwrap(), data);
+        }
+        let data = weights_bf16(1000);
+        let enc = encode(DType::BF16, &data, 3).unwrap();
+        assert_eq!(
+            decode(&enc, data.len() - 1),
+            Err(PlanesError::TooLarge {
+                len: data.len() as u64,
+                max: data.len() - 1
+            })
+        );
+    }
+
+    #[test]
+    fn baselines_round_trip() {
+        let data = weights_bf16(50_000);
+        for layout in [Layout::Bytes, Layout::BytePlanes, Layout::FieldPlanes] {
+            let opts = EncodeOptions {
+                strategy: Strategy::PlanesZstd(layout),
+                block_len: 4096,
+                ..EncodeOptions::default()
+            };
+            let enc = encode_with(DType::BF16, &data, &opts).unwrap();
+            assert_eq!(decode(&enc, data.len()).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        let opts = EncodeOptions {
+            block_len: 3,
+            ..EncodeOptions::default()
+        };
+        assert!(matches!(
+            encode_with(DType::BF16, &[0; 8], &opts),
+            Err(PlanesError::BlockLength { .. })
+        ));
+    }
+}
