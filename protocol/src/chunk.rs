@@ -23,6 +23,9 @@ pub enum Codec {
     Zstd,
     /// Accepted on input (e.g. from HTTP seeds); zdn itself writes zstd.
     Gzip,
+    /// The lossless float codec of [`crate::planes`] (exponents Huffman-coded apart from mantissas);
+    /// self-describing, used for chunks that lie inside one float tensor of a base model.
+    Planes,
 }
 
 impl Codec {
@@ -31,11 +34,12 @@ impl Codec {
             Codec::Raw => 0,
             Codec::Zstd => 1,
             Codec::Gzip => 2,
+            Codec::Planes => 3,
         }
     }
 
     pub fn from_code(c: u8) -> Option<Self> {
-        [Codec::Raw, Codec::Zstd, Codec::Gzip]
+        [Codec::Raw, Codec::Zstd, Codec::Gzip, Codec::Planes]
             .into_iter()
             .find(|k| k.code() == c)
     }
@@ -119,6 +123,33 @@ pub fn encode(data: &[u8], level: i32) -> (Codec, Vec<u8>, Hash) {
     (codec, stored, id)
 }
 
+/// Like [`encode`], for a chunk that holds whole elements of one tensor of `dtype`: a float dtype
+/// also tries the [`crate::planes`] codec and keeps whichever of raw, zstd and planes is smallest
+/// (ties go to the earlier of zstd, planes). Deterministic.
+pub fn encode_elements(
+    data: &[u8],
+    level: i32,
+    dtype: Option<crate::DType>,
+) -> (Codec, Vec<u8>, Hash) {
+    use crate::DType;
+    let (mut codec, mut stored) = match zstd::bulk::compress(data, level) {
+        Ok(z) if z.len() < data.len() => (Codec::Zstd, z),
+        _ => (Codec::Raw, data.to_vec()),
+    };
+    if let Some(d @ (DType::F32 | DType::F16 | DType::BF16)) = dtype {
+        if data.len() % d.size() == 0 {
+            if let Ok(p) = crate::planes::encode(d, data, level) {
+                if p.len() < stored.len() {
+                    codec = Codec::Planes;
+                    stored = p;
+                }
+            }
+        }
+    }
+    let id = Hash::of(&stored);
+    (codec, stored, id)
+}
+
 /// Verifies a stored chunk against its reference and returns the uncompressed bytes. The hash is
 /// checked first; decompression never writes more than `r.len` bytes.
 pub fn decode(stored: &[u8], r: &ChunkRef) -> Result<Vec<u8>, ChunkError> {
@@ -154,6 +185,16 @@ pub fn decode(stored: &[u8], r: &ChunkRef) -> Result<Vec<u8>, ChunkError> {
             buf
         }
         Codec::Gzip => gunzip_capped(stored, r)?,
+        Codec::Planes => crate::planes::decode(stored, len).map_err(|e| match e {
+            crate::planes::PlanesError::TooLarge { .. } => ChunkError::Inflates {
+                id: r.id,
+                len: r.len,
+            },
+            other => ChunkError::Corrupt {
+                id: r.id,
+                problem: other.to_string(),
+            },
+        })?,
     };
     if out.len() != len {
         return Err(ChunkError::Length {
@@ -284,6 +325,48 @@ mod tests {
         let (rb, _) = refs(&b, &pa);
         assert_eq!(ra[1].id, rb[1].id);
         assert_ne!(ra[0].id, rb[0].id);
+    }
+
+    #[test]
+    fn float_chunks_use_planes_when_smaller_and_round_trip() {
+        // bf16 weights ~ N(0, 0.04): planes beats zstd on them.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let data: Vec<u8> = (0..100_000)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let u = ((x >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0;
+                let v = (u * u * u * 0.1) as f32;
+                ((v.to_bits() >> 16) as u16).to_le_bytes()
+            })
+            .collect();
+        let (codec, stored, id) = encode_elements(&data, 3, Some(crate::DType::BF16));
+        assert_eq!(codec, Codec::Planes);
+        let (_, zstd_stored, _) = encode(&data, 3);
+        assert!(stored.len() < zstd_stored.len());
+        let r = ChunkRef {
+            id,
+            offset: 0,
+            len: data.len() as u32,
+            codec,
+        };
+        assert_eq!(decode(&stored, &r).unwrap(), data);
+        // Declared shorter than it decodes: refused as a bomb, not truncated.
+        let short = ChunkRef {
+            len: 1000,
+            ..r.clone()
+        };
+        assert!(matches!(
+            decode(&stored, &short),
+            Err(ChunkError::Inflates { .. })
+        ));
+        // Not a float tensor: plain zstd/raw.
+        assert_ne!(
+            encode_elements(&data, 3, Some(crate::DType::I64)).0,
+            Codec::Planes
+        );
+        assert_ne!(encode_elements(&data, 3, None).0, Codec::Planes);
     }
 
     #[test]

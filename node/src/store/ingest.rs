@@ -3,9 +3,9 @@
 use std::ops::Range;
 
 use zdn_protocol::chunk::{self, ChunkRef, DEFAULT_CHUNK_SIZE};
-use zdn_protocol::manifest::{Kind, Manifest, PublisherKey, SignedManifest};
+use zdn_protocol::manifest::{Kind, Manifest, PublisherKey, SignedManifest, TensorEntry};
 use zdn_protocol::object;
-use zdn_protocol::Hash;
+use zdn_protocol::{DType, Hash};
 
 use super::{ObjectStore, StoreError};
 
@@ -68,13 +68,30 @@ struct Compressed {
     stored: Vec<u8>,
 }
 
-fn compress(bytes: &[u8], ranges: &[Range<u64>], level: i32) -> Vec<Compressed> {
+/// The dtype of the tensor a chunk lies in, when it holds whole elements of one tensor (then a float
+/// tensor's chunk can use the planes codec).
+fn element_dtype(tensors: &[TensorEntry], r: &Range<u64>) -> Option<DType> {
+    let t = tensors
+        .iter()
+        .find(|t| t.offset <= r.start && r.end <= t.offset.saturating_add(t.len))?;
+    let dtype = DType::from_code(t.dtype)?;
+    let size = dtype.size() as u64;
+    ((r.start - t.offset) % size == 0 && (r.end - r.start) % size == 0).then_some(dtype)
+}
+
+fn compress(
+    bytes: &[u8],
+    ranges: &[Range<u64>],
+    level: i32,
+    tensors: &[TensorEntry],
+) -> Vec<Compressed> {
     ranges
         .iter()
         .map(|r| {
             // Ranges come from `chunk::plan` over `bytes.len()`: in bounds and ≤ MAX_CHUNK_SIZE.
             let data = &bytes[r.start as usize..r.end as usize];
-            let (codec, stored, id) = chunk::encode(data, level);
+            let (codec, stored, id) =
+                chunk::encode_elements(data, level, element_dtype(tensors, r));
             Compressed {
                 r: ChunkRef {
                     id,
@@ -89,16 +106,21 @@ fn compress(bytes: &[u8], ranges: &[Range<u64>], level: i32) -> Vec<Compressed> 
 }
 
 /// Compresses a window of chunks on all cores; output in object order (deterministic).
-fn compress_window(bytes: &[u8], ranges: &[Range<u64>], level: i32) -> Vec<Compressed> {
+fn compress_window(
+    bytes: &[u8],
+    ranges: &[Range<u64>],
+    level: i32,
+    tensors: &[TensorEntry],
+) -> Vec<Compressed> {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     if threads < 2 || ranges.len() < 2 {
-        return compress(bytes, ranges, level);
+        return compress(bytes, ranges, level, tensors);
     }
     let per = ranges.len().div_ceil(threads);
     std::thread::scope(|s| {
         let jobs: Vec<_> = ranges
             .chunks(per)
-            .map(|part| s.spawn(move || compress(bytes, part, level)))
+            .map(|part| s.spawn(move || compress(bytes, part, level, tensors)))
             .collect();
         jobs.into_iter()
             .flat_map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
@@ -180,7 +202,12 @@ impl ObjectStore {
             // Hash the whole object beside the compression.
             let hasher = s.spawn(|| Hash::from(blake3::hash(bytes)));
             for window in ranges.chunks(WINDOW) {
-                let compressed = compress_window(bytes, window, opts.zstd_level);
+                // Only a base model's tensors are plain element arrays (a delta's blocks are not).
+                let typed: &[TensorEntry] = match opts.kind {
+                    Kind::Base => &layout.tensors,
+                    Kind::Delta => &[],
+                };
+                let compressed = compress_window(bytes, window, opts.zstd_level, typed);
                 let mut batch = Vec::new();
                 for c in compressed {
                     report.stored_bytes += c.stored.len() as u64;
