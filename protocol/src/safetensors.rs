@@ -85,6 +85,51 @@ fn tensor_err(name: &str, problem: impl Into<String>) -> SafetensorsError {
     }
 }
 
+/// The header's top-level entries in file order. serde_json's maps keep the last of two equal keys;
+/// a header that names a tensor twice is ambiguous, so it is refused here instead.
+fn parse_entries(json: &[u8]) -> Result<Vec<(String, serde_json::Value)>, SafetensorsError> {
+    struct Entries(Vec<(String, serde_json::Value)>);
+
+    impl<'de> serde::Deserialize<'de> for Entries {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Entries;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Entries, A::Error> {
+                    let mut out: Vec<(String, serde_json::Value)> = Vec::new();
+                    let mut seen = std::collections::HashSet::new();
+                    while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+                        if !seen.insert(k.clone()) {
+                            return Err(serde::de::Error::custom(format!(
+                                "duplicate key {k:?} in the header"
+                            )));
+                        }
+                        out.push((k, v));
+                    }
+                    Ok(Entries(out))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+
+    // Distinguish "not an object" from malformed JSON, as before.
+    let value: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| SafetensorsError::Json(e.to_string()))?;
+    if !value.is_object() {
+        return Err(SafetensorsError::NotAnObject);
+    }
+    serde_json::from_slice::<Entries>(json)
+        .map(|e| e.0)
+        .map_err(|e| SafetensorsError::Json(e.to_string()))
+}
+
 /// Parses and validates the header of a whole safetensors file held in `file` (e.g. a memory map).
 /// Every tensor's byte range is checked against its dtype, shape and the file size.
 pub fn parse(file: &[u8]) -> Result<SafetensorsHeader, SafetensorsError> {
@@ -104,14 +149,12 @@ pub fn parse(file: &[u8]) -> Result<SafetensorsHeader, SafetensorsError> {
             len: header_len,
             file_len: file.len(),
         })?;
-    let json: serde_json::Value = serde_json::from_slice(&file[8..data_start])
-        .map_err(|e| SafetensorsError::Json(e.to_string()))?;
-    let obj = json.as_object().ok_or(SafetensorsError::NotAnObject)?;
+    let obj = parse_entries(&file[8..data_start])?;
     let data_len = file.len() - data_start;
 
     let mut metadata = BTreeMap::new();
     let mut tensors = Vec::with_capacity(obj.len());
-    for (name, v) in obj {
+    for (name, v) in &obj {
         if name == "__metadata__" {
             let m = v.as_object().ok_or(SafetensorsError::Metadata)?;
             for (k, v) in m {
@@ -289,6 +332,26 @@ mod tests {
         f.extend_from_slice(json.as_bytes());
         f.resize(f.len() + data_len, 0);
         f
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let t = r#"{"dtype":"F32","shape":[1],"data_offsets":[0,4]}"#;
+        let f = file_with_header(&format!(r#"{{"a":{t},"a":{t}}}"#), 4);
+        let e = parse(&f).unwrap_err();
+        assert!(e.to_string().contains("duplicate key \"a\""), "{e}");
+        let m = r#"{"k":"v"}"#;
+        let f = file_with_header(
+            &format!(r#"{{"__metadata__":{m},"a":{t},"__metadata__":{m}}}"#),
+            4,
+        );
+        assert!(parse(&f).unwrap_err().to_string().contains("duplicate"));
+        let f = file_with_header(&format!(r#"{{"a":{t}}}"#), 4);
+        assert_eq!(parse(&f).unwrap().tensors.len(), 1);
+        assert!(matches!(
+            parse(&file_with_header("[1]", 0)),
+            Err(SafetensorsError::NotAnObject)
+        ));
     }
 
     #[test]
