@@ -10,6 +10,7 @@ pub mod manifest;
 pub mod object;
 pub mod planes;
 pub mod safetensors;
+pub mod soup;
 pub mod wire;
 
 pub use dtype::DType;
