@@ -227,9 +227,14 @@ impl ObjectStore {
     /// Every manifest in the store, in hash order. A stored manifest that no longer decodes is an
     /// error naming it (run `verify`).
     pub fn manifests(&self) -> Result<Vec<SignedManifest>, StoreError> {
+        self.decode_column(Column::Manifests)
+    }
+
+    /// Decodes every manifest stored in `column` (manifests or partial downloads), in hash order.
+    fn decode_column(&self, column: Column) -> Result<Vec<SignedManifest>, StoreError> {
         let mut out = Vec::new();
         let mut err = None;
-        self.backend.scan(Column::Manifests, b"", &mut |k, v| {
+        self.backend.scan(column, b"", &mut |k, v| {
             match hash_from_key(k).and_then(|h| decode_stored(&h, v)) {
                 Ok(m) => out.push(m),
                 Err(e) => err = Some(e),
@@ -344,19 +349,7 @@ impl ObjectStore {
     }
 
     pub fn partials(&self) -> Result<Vec<SignedManifest>, StoreError> {
-        let mut out = Vec::new();
-        let mut err = None;
-        self.backend.scan(Column::Partial, b"", &mut |k, v| {
-            match hash_from_key(k).and_then(|h| decode_stored(&h, v)) {
-                Ok(m) => out.push(m),
-                Err(e) => err = Some(e),
-            }
-            err.is_none()
-        })?;
-        match err {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        self.decode_column(Column::Partial)
     }
 
     pub fn abandon_partial(&self, hash: &Hash) -> Result<(), StoreError> {
