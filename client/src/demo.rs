@@ -1,11 +1,17 @@
-//! `zdn demo`: the main job end to end on a built-in default. Today (offline): install the real
-//! MiniLM base + fine-tune pair (or generate a model when that is impossible), encode the delta,
-//! inspect it, apply it to the base, check the output is deterministic and measure its error.
+//! `zdn demo`: the main job end to end on a built-in default. Install the real MiniLM base +
+//! fine-tune pair (or generate a model when that is impossible), encode the delta, publish base and
+//! delta in a "datacenter" store (signed manifests), carry them to a "field" store that trusts only
+//! that publisher (a bundle file for now: the network is issue 5), fetch them there verified, apply
+//! the delta, check the output is deterministic and measure its error.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use zdn_node::bundle;
+use zdn_node::store::{AddOptions, ObjectStore, StoreLimits, TrustPolicy};
 use zdn_protocol::bitdelta::{EncodeOptions, Selection};
+use zdn_protocol::manifest::Kind;
+use zdn_protocol::Hash;
 
 use zdn::delta_apply::{apply, ApplyJob, ApplyReport};
 use zdn::delta_encode::{encode, EncodeJob, EncodeReport};
@@ -26,6 +32,22 @@ pub struct DemoReport {
     pub apply: ApplyReport,
     pub deterministic: bool,
     pub eval: EvalReport,
+    pub publish: PublishReport,
+}
+
+/// The publish → carry → fetch hop between two stores.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PublishReport {
+    pub base_manifest: Hash,
+    pub delta_manifest: Hash,
+    pub publisher: Hash,
+    /// Bundle with base and delta (a station with nothing).
+    pub bundle_bytes: u64,
+    /// Bundle with only the delta (a station that has the base).
+    pub delta_bundle_bytes: u64,
+    /// The field side's fetched delta has the same BLAKE3 as the published one, and applying it
+    /// to the fetched base gives the same bytes as the datacenter's apply.
+    pub verified: bool,
 }
 
 /// Where the pair came from.
@@ -114,6 +136,7 @@ pub fn run(dir: &Path, pair: &Pair, progress: bool) -> anyhow::Result<DemoReport
         progress,
     };
     let applied = apply(&job(&out1))?;
+    let publish = publish_and_fetch(dir, &pair.base, &delta, &out1, progress)?;
     apply(&job(&out2))?;
     let deterministic = MappedFile::open(&out1)?.blake3() == MappedFile::open(&out2)?.blake3();
     std::fs::remove_file(&out2)?;
@@ -131,5 +154,83 @@ pub fn run(dir: &Path, pair: &Pair, progress: bool) -> anyhow::Result<DemoReport
         apply: applied,
         deterministic,
         eval,
+        publish,
+    })
+}
+
+/// Publishes base and delta in a datacenter store, carries them as bundles to a field store that
+/// trusts only the datacenter's key, fetches both there (every chunk and object hash verified),
+/// applies the delta and compares with the datacenter's result `applied`.
+fn publish_and_fetch(
+    dir: &Path,
+    base: &Path,
+    delta: &Path,
+    applied: &Path,
+    progress: bool,
+) -> anyhow::Result<PublishReport> {
+    let dc_dir = dir.join("datacenter");
+    let field_dir = dir.join("field");
+    for d in [&dc_dir, &field_dir] {
+        if d.exists() {
+            std::fs::remove_dir_all(d)?;
+        }
+    }
+    let key = zdn::publisher_key::generate(&dc_dir.join("publisher.key"), true)?;
+    let dc = ObjectStore::open(&dc_dir.join("store"), StoreLimits::default())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut o = AddOptions::new(Kind::Base, "demo-base");
+    o.created_at = now;
+    let (bm, _) = dc.add(MappedFile::open(base)?.bytes(), &o, &key)?;
+    let mut o = AddOptions::new(Kind::Delta, "demo-delta");
+    o.created_at = now;
+    o.base = Some(bm.hash());
+    let (dm, _) = dc.add(MappedFile::open(delta)?.bytes(), &o, &key)?;
+
+    let full = dir.join("carry.zdnb");
+    let only_delta = dir.join("carry-delta.zdnb");
+    let mut f = zdn::atomic_file::AtomicFile::create(&full)?;
+    let full_report = bundle::export(&dc, &[dm.hash()], true, &mut f)?;
+    f.commit()?;
+    let mut f = zdn::atomic_file::AtomicFile::create(&only_delta)?;
+    let delta_report = bundle::export(&dc, &[dm.hash()], false, &mut f)?;
+    f.commit()?;
+    drop(dc);
+
+    let field = ObjectStore::open(&field_dir.join("store"), StoreLimits::default())?;
+    let trust = TrustPolicy {
+        trusted: vec![key.public()],
+        any: false,
+    };
+    let mut r = std::io::BufReader::new(std::fs::File::open(&full)?);
+    bundle::import(&field, &mut r, &trust)?;
+    let fetched_base = dir.join("field-base.safetensors");
+    let fetched_delta = dir.join("field-delta.bitdelta");
+    for (hash, path) in [(bm.hash(), &fetched_base), (dm.hash(), &fetched_delta)] {
+        let mut f = zdn::atomic_file::AtomicFile::create(path)?;
+        field.read_object(&hash, &mut f, &mut |_| {})?;
+        f.commit()?;
+    }
+    let field_out = dir.join("field-applied.safetensors");
+    apply(&ApplyJob {
+        base: fetched_base.clone(),
+        delta: fetched_delta.clone(),
+        output: field_out.clone(),
+        force: false,
+        progress,
+    })?;
+    let verified = MappedFile::open(&fetched_delta)?.blake3() == MappedFile::open(delta)?.blake3()
+        && MappedFile::open(&field_out)?.blake3() == MappedFile::open(applied)?.blake3();
+    for p in [&fetched_base, &field_out] {
+        std::fs::remove_file(p)?;
+    }
+    Ok(PublishReport {
+        base_manifest: bm.hash(),
+        delta_manifest: dm.hash(),
+        publisher: Hash::from_bytes(key.public()),
+        bundle_bytes: full_report.bytes,
+        delta_bundle_bytes: delta_report.bytes,
+        verified,
     })
 }
