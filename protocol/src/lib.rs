@@ -11,6 +11,7 @@ pub mod object;
 pub mod planes;
 pub mod safetensors;
 pub mod soup;
+pub mod sync;
 pub mod wire;
 
 pub use dtype::DType;
