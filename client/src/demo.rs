@@ -1,8 +1,10 @@
 //! `zdn demo`: the main job end to end on a built-in default. Install the real MiniLM base +
 //! fine-tune pair (or generate a model when that is impossible), encode the delta, publish base and
-//! delta in a "datacenter" store (signed manifests), carry them to a "field" store that trusts only
-//! that publisher (a bundle file for now: the network is issue 5), fetch them there verified, apply
-//! the delta, check the output is deterministic and measure its error.
+//! delta in a "datacenter" store (signed manifests), carry the base to a "field" store that trusts
+//! only that publisher as a bundle (a USB disk), fetch the delta over libp2p from a datacenter node
+//! to a field node through a 1 Mbps link (shaped in the process by token buckets: delay, loss and
+//! outages are issue 6), verify everything, apply the delta, check the output is deterministic and
+//! measure its error.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,6 +50,69 @@ pub struct PublishReport {
     /// The field side's fetched delta has the same BLAKE3 as the published one, and applying it
     /// to the fetched base gives the same bytes as the datacenter's apply.
     pub verified: bool,
+    /// The shaped link's rate, bytes per second.
+    pub link_rate: u64,
+    /// Chunk bytes that crossed the link for the delta.
+    pub network_bytes: u64,
+    pub network_seconds: f64,
+    pub delta_object_bytes: u64,
+}
+
+/// 1 Mbps, a satellite link's rate.
+pub const DEMO_LINK_RATE: u64 = 125_000;
+
+/// Serves `dc_store` from a datacenter node and fetches `hash` into `field_store` through a field
+/// node, both in this process over loopback TCP, the link capped at `rate` bytes/s each way.
+fn fetch_over_network(
+    dc_store: ObjectStore,
+    field_store: ObjectStore,
+    hash: Hash,
+    trust: TrustPolicy,
+    rate: u64,
+) -> anyhow::Result<zdn_node::net::FetchReport> {
+    use zdn_node::net::{fetch, FetchOptions, Keypair, Node, NodeConfig, Profile};
+    use zdn_node::store::StoreHandle;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (stop_dc, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut c = NodeConfig::new(Keypair::generate_ed25519(), Profile::Datacenter);
+        c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
+        c.mdns = Some(false);
+        c.max_upload_rate = Some(rate);
+        let dc = Node::spawn(c, StoreHandle::spawn(dc_store)?, async move {
+            let _ = rx.await;
+        })
+        .await?;
+        let addr = dc
+            .handle
+            .listen_addrs()
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("the datacenter node has no address"))?;
+        let (stop_field, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut c = NodeConfig::new(Keypair::generate_ed25519(), Profile::Field);
+        c.mdns = Some(false);
+        c.trust = trust;
+        c.max_download_rate = Some(rate);
+        let field = Node::spawn(c, StoreHandle::spawn(field_store)?, async move {
+            let _ = rx.await;
+        })
+        .await?;
+        let opts = FetchOptions {
+            peers: vec![addr],
+            fetch_base: false,
+            ..Default::default()
+        };
+        let r = fetch(&field.handle, hash, &opts, &mut |_| {}).await;
+        let _ = stop_field.send(());
+        let _ = stop_dc.send(());
+        let _ = field.task.await;
+        let _ = dc.task.await;
+        Ok(r?)
+    })
 }
 
 /// Where the pair came from.
@@ -190,21 +255,27 @@ fn publish_and_fetch(
 
     let full = dir.join("carry.zdnb");
     let only_delta = dir.join("carry-delta.zdnb");
+    let only_base = dir.join("carry-base.zdnb");
     let mut f = zdn::atomic_file::AtomicFile::create(&full)?;
     let full_report = bundle::export(&dc, &[dm.hash()], true, &mut f)?;
     f.commit()?;
     let mut f = zdn::atomic_file::AtomicFile::create(&only_delta)?;
     let delta_report = bundle::export(&dc, &[dm.hash()], false, &mut f)?;
     f.commit()?;
-    drop(dc);
+    let mut f = zdn::atomic_file::AtomicFile::create(&only_base)?;
+    bundle::export(&dc, &[bm.hash()], false, &mut f)?;
+    f.commit()?;
 
+    // The base travels on a disk; the delta over the (shaped) network.
     let field = ObjectStore::open(&field_dir.join("store"), StoreLimits::default())?;
     let trust = TrustPolicy {
         trusted: vec![key.public()],
         any: false,
     };
-    let mut r = std::io::BufReader::new(std::fs::File::open(&full)?);
+    let mut r = std::io::BufReader::new(std::fs::File::open(&only_base)?);
     bundle::import(&field, &mut r, &trust)?;
+    let net = fetch_over_network(dc, field, dm.hash(), trust, DEMO_LINK_RATE)?;
+    let field = ObjectStore::open(&field_dir.join("store"), StoreLimits::default())?;
     let fetched_base = dir.join("field-base.safetensors");
     let fetched_delta = dir.join("field-delta.bitdelta");
     for (hash, path) in [(bm.hash(), &fetched_base), (dm.hash(), &fetched_delta)] {
@@ -232,5 +303,9 @@ fn publish_and_fetch(
         bundle_bytes: full_report.bytes,
         delta_bundle_bytes: delta_report.bytes,
         verified,
+        link_rate: DEMO_LINK_RATE,
+        network_bytes: net.bytes_received,
+        network_seconds: net.seconds,
+        delta_object_bytes: net.object_len,
     })
 }

@@ -3,12 +3,14 @@
 
 pub mod atomic_file;
 pub mod config;
+pub mod control;
 pub mod delta_apply;
 pub mod delta_encode;
 pub mod delta_eval;
 pub mod delta_inspect;
 pub mod mapped_file;
 pub mod model_file;
+pub mod node_service;
 pub mod progress;
 pub mod publisher_key;
 pub mod synthetic_model;

@@ -31,21 +31,21 @@ pub struct Location {
 }
 
 impl Location {
-    fn home(&self) -> PathBuf {
+    pub(crate) fn home(&self) -> PathBuf {
         self.home.clone().unwrap_or_else(default_home)
     }
 
-    fn config(&self) -> anyhow::Result<Config> {
+    pub(crate) fn config(&self) -> anyhow::Result<Config> {
         Ok(Config::load(&self.home().join("config.toml"))?)
     }
 
-    fn key_path(&self) -> PathBuf {
+    pub(crate) fn key_path(&self) -> PathBuf {
         self.home().join("publisher.key")
     }
 
-    fn open(&self, config: &Config) -> anyhow::Result<ObjectStore> {
-        let dir = self
-            .store
+    /// The store directory: --store, $ZDN_STORE, the config's `store`, else <home>/store.
+    pub(crate) fn store_dir(&self, config: &Config) -> PathBuf {
+        self.store
             .clone()
             .or_else(|| {
                 std::env::var_os("ZDN_STORE")
@@ -53,7 +53,11 @@ impl Location {
                     .map(PathBuf::from)
             })
             .or_else(|| config.store.clone())
-            .unwrap_or_else(|| self.home().join("store"));
+            .unwrap_or_else(|| self.home().join("store"))
+    }
+
+    pub(crate) fn open(&self, config: &Config) -> anyhow::Result<ObjectStore> {
+        let dir = self.store_dir(config);
         let limits = StoreLimits {
             max_object_size: config.max_object_size,
         };
@@ -187,7 +191,7 @@ fn load_or_create_key(loc: &Location) -> anyhow::Result<PublisherKey> {
     }
 }
 
-fn trust(loc: &Location, config: &Config, any: bool) -> anyhow::Result<TrustPolicy> {
+pub(crate) fn trust(loc: &Location, config: &Config, any: bool) -> anyhow::Result<TrustPolicy> {
     let mut trusted = config.trusted_keys().map_err(anyhow::Error::msg)?;
     if let Ok(k) = publisher_key::load(&loc.key_path()) {
         trusted.push(k.public());

@@ -137,7 +137,7 @@ pub fn encode_elements(
         _ => (Codec::Raw, data.to_vec()),
     };
     if let Some(d @ (DType::F32 | DType::F16 | DType::BF16)) = dtype {
-        if data.len() % d.size() == 0 {
+        if data.len().is_multiple_of(d.size()) {
             if let Ok(p) = crate::planes::encode(d, data, level) {
                 if p.len() < stored.len() {
                     codec = Codec::Planes;

@@ -179,7 +179,7 @@ fn quantized(
     let numel = (rows * cols) as usize;
     let used = numel * bits as usize;
     let mut codes: Vec<u8> = (0..used.div_ceil(8)).map(|_| rng.next() as u8).collect();
-    if used % 8 != 0 {
+    if !used.is_multiple_of(8) {
         if let Some(last) = codes.last_mut() {
             *last &= (1u8 << (used % 8)) - 1;
         }

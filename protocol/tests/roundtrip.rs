@@ -232,7 +232,7 @@ fn ref_reconstruct(
         return Err(format!("scale #{k} not finite"));
     }
     let used = numel * bits as usize;
-    if used % 8 != 0 && packed[packed.len() - 1] >> (used % 8) != 0 {
+    if !used.is_multiple_of(8) && packed[packed.len() - 1] >> (used % 8) != 0 {
         return Err("padding".into());
     }
     let mut out = Vec::with_capacity(numel * target.size());

@@ -74,6 +74,13 @@ pub trait Backend: Send + Sync + 'static {
 
     fn write(&self, batch: Vec<Write>, durable: bool) -> Result<(), StoreError>;
 
+    /// Writes a batch that must survive the process being killed (not necessarily a power cut):
+    /// chunks of a network download, so a restarted fetch does not download them again. The
+    /// default is a fully durable write.
+    fn write_logged(&self, batch: Vec<Write>) -> Result<(), StoreError> {
+        self.write(batch, true)
+    }
+
     /// Makes every earlier write to `column` durable.
     fn flush(&self, column: Column) -> Result<(), StoreError>;
 

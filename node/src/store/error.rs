@@ -58,7 +58,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         StoreError::Io {
             what: what.into(),
             source,

@@ -76,7 +76,8 @@ fn element_dtype(tensors: &[TensorEntry], r: &Range<u64>) -> Option<DType> {
         .find(|t| t.offset <= r.start && r.end <= t.offset.saturating_add(t.len))?;
     let dtype = DType::from_code(t.dtype)?;
     let size = dtype.size() as u64;
-    ((r.start - t.offset) % size == 0 && (r.end - r.start) % size == 0).then_some(dtype)
+    ((r.start - t.offset).is_multiple_of(size) && (r.end - r.start).is_multiple_of(size))
+        .then_some(dtype)
 }
 
 fn compress(

@@ -158,6 +158,22 @@ impl ObjectStore {
         Ok(new)
     }
 
+    /// Stores verified chunks of a download so that they survive the process being killed (the
+    /// write-ahead log is used, unlike [`Self::put_chunks`]): resume never fetches them again.
+    pub fn put_chunks_logged(&self, chunks: Vec<(Hash, Vec<u8>)>) -> Result<usize, StoreError> {
+        let mut batch = Vec::with_capacity(chunks.len());
+        for (id, bytes) in chunks {
+            if !self.has_chunk(&id)? {
+                batch.push(Write::put(Column::Chunks, id.as_bytes().to_vec(), bytes));
+            }
+        }
+        let n = batch.len();
+        if n > 0 {
+            self.backend.write_logged(batch)?;
+        }
+        Ok(n)
+    }
+
     /// Removes chunks (used to undo a failed add or import, and by gc).
     pub fn delete_chunks(&self, ids: &[Hash], durable: bool) -> Result<(), StoreError> {
         if ids.is_empty() {
@@ -350,6 +366,14 @@ impl ObjectStore {
 
     pub fn partials(&self) -> Result<Vec<SignedManifest>, StoreError> {
         self.decode_column(Column::Partial)
+    }
+
+    /// The manifest of a download in progress, if `hash` is one.
+    pub fn partial(&self, hash: &Hash) -> Result<Option<SignedManifest>, StoreError> {
+        self.backend
+            .get(Column::Partial, hash.as_bytes())?
+            .map(|b| decode_stored(hash, &b))
+            .transpose()
     }
 
     pub fn abandon_partial(&self, hash: &Hash) -> Result<(), StoreError> {

@@ -126,6 +126,22 @@ impl Backend for RocksBackend {
         self.db.write_opt(b, &o).map_err(engine)
     }
 
+    fn write_logged(&self, batch: Vec<Write>) -> Result<(), StoreError> {
+        let mut b = WriteBatch::default();
+        for w in batch {
+            let cf = self.cf(w.column)?;
+            match w.value {
+                Some(v) => b.put_cf(cf, w.key, v),
+                None => b.delete_cf(cf, w.key),
+            }
+        }
+        // Logged but not synced: the write-ahead log reaches the OS before this returns, so a
+        // killed process loses nothing; a power cut may lose the tail, which is refetched.
+        self.db
+            .write_opt(b, &WriteOptions::default())
+            .map_err(engine)
+    }
+
     fn flush(&self, column: Column) -> Result<(), StoreError> {
         self.db.flush_cf(self.cf(column)?).map_err(engine)
     }

@@ -274,7 +274,7 @@ impl GroupQuantizer<'_, '_> {
             let (bs, ts) = (self.base.dtype.size(), self.target.dtype.size());
             let n = LANES * chunk;
             // From a byte boundary the batch's code bytes are its own, still zero.
-            let fast = if i % 8 == 0 {
+            let fast = if i.is_multiple_of(8) {
                 kernels::sign1_batch(
                     self.kernel,
                     self.base.dtype,

@@ -178,7 +178,7 @@ fn reconstruct_quantized(
     }
     let numel = (rows * cols) as usize;
     let used_bits = numel * bits as usize;
-    if used_bits % 8 != 0 {
+    if !used_bits.is_multiple_of(8) {
         if let Some(&last) = packed.last() {
             if last >> (used_bits % 8) != 0 {
                 return Err(ReconstructError::Padding {

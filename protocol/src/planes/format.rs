@@ -108,7 +108,7 @@ impl Header {
 /// A block holds a whole number of elements and at most [`super::MAX_BLOCK_LEN`] bytes.
 pub(crate) fn check_block_len(block_len: u32, dtype: DType) -> Result<(), PlanesError> {
     let elem = dtype.size() as u32;
-    if block_len == 0 || block_len > super::MAX_BLOCK_LEN || block_len % elem != 0 {
+    if block_len == 0 || block_len > super::MAX_BLOCK_LEN || !block_len.is_multiple_of(elem) {
         return Err(PlanesError::BlockLength { block_len, dtype });
     }
     Ok(())

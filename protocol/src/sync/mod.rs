@@ -1,7 +1,11 @@
 //! Sans-IO pieces of synchronisation (issue 5): no clock, no sockets — callers pass the time in, so
-//! the node and a discrete-event simulation drive the same code. For now the bandwidth limiter; the
-//! chunk scheduler comes next.
+//! the node and a discrete-event simulation drive the same code: the multi-source chunk scheduler and
+//! the bandwidth limiter.
 
+mod scheduler;
 mod token_bucket;
 
+pub use scheduler::{
+    Assignment, Failure, Holdings, PeerStats, Received, SchedulerConfig, SyncScheduler,
+};
 pub use token_bucket::{TokenBucket, TokenBucketError};

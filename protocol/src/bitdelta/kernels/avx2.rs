@@ -225,8 +225,8 @@ pub(super) fn sign1_apply_groups(
         let fits = || {
             let n = l.rows.checked_mul(l.row_len)?;
             let ok = l.width > 0
-                && l.row_len % 8 == 0
-                && (l.width % 8 == 0 || l.width >= l.row_len)
+                && l.row_len.is_multiple_of(8)
+                && (l.width.is_multiple_of(8) || l.width >= l.row_len)
                 && base.len() == n.checked_mul(B::SIZE)?
                 && out.len() == n.checked_mul(T::SIZE)?
                 && signs.len() == n / 8
@@ -488,7 +488,7 @@ pub(super) fn sign1_batch(
         packed: &mut [u8],
     ) -> Option<[f32; 8]> {
         let n = chunk.checked_mul(8)?;
-        let ok = chunk % BLOCK == 0
+        let ok = chunk.is_multiple_of(BLOCK)
             && base.len() == n.checked_mul(B::SIZE)?
             && target.len() == n.checked_mul(T::SIZE)?
             && packed.len() == chunk;

@@ -1,0 +1,206 @@
+//! Serving the chunk protocol (`/zdn/chunk/1`): one request per stream, answered from the store.
+//!
+//! Limits, so a peer cannot take the node down: a request frame is at most
+//! [`MAX_REQUEST_LEN`] bytes and must arrive within the progress timeout; at most
+//! [`MAX_STREAMS`] streams are served at once and [`MAX_QUEUED_PER_PEER`] per peer (more are reset
+//! before anything is read); chunk bodies go out one at a time per peer, so a transfer cut off mid-way wastes at
+//! most one chunk per peer, and a slow reader holds only its own slot.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use zdn_protocol::wire::{ChunkBitmap, Request, Response, MAX_REQUEST_LEN};
+
+use crate::store::StoreHandle;
+
+use super::config::Fault;
+use super::frame::FrameIo;
+use super::handle::Traffic;
+use super::rate_limit::RateLimiter;
+
+/// Streams served at once, all peers together.
+pub const MAX_STREAMS: usize = 512;
+/// Streams one peer may have open (waiting or being served); more are reset.
+pub const MAX_QUEUED_PER_PEER: usize = 96;
+
+#[derive(Clone)]
+struct PeerSlots {
+    /// One chunk body at a time.
+    serve: Arc<Semaphore>,
+    queue: Arc<Semaphore>,
+}
+
+pub(crate) struct ChunkServer {
+    pub store: StoreHandle,
+    pub progress_timeout: Duration,
+    pub limiter: Option<Arc<RateLimiter>>,
+    pub traffic: Arc<Traffic>,
+    pub fault: Option<Fault>,
+}
+
+impl ChunkServer {
+    pub async fn run(
+        self,
+        mut incoming: libp2p_stream::IncomingStreams,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let this = Arc::new(self);
+        let global = Arc::new(Semaphore::new(MAX_STREAMS));
+        let slots: Mutex<HashMap<PeerId, PeerSlots>> = Mutex::new(HashMap::new());
+        let mut tasks = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                next = incoming.next() => {
+                    let Some((peer, stream)) = next else { break };
+                    let Ok(permit) = global.clone().try_acquire_owned() else {
+                        // Over the global cap: dropping the stream resets it; the peer retries.
+                        continue;
+                    };
+                    let peer_slots = {
+                        let Ok(mut map) = slots.lock() else { break };
+                        if map.len() > 1024 {
+                            map.retain(|_, s| Arc::strong_count(&s.serve) > 1);
+                        }
+                        map.entry(peer)
+                            .or_insert_with(|| PeerSlots {
+                                serve: Arc::new(Semaphore::new(1)),
+                                queue: Arc::new(Semaphore::new(MAX_QUEUED_PER_PEER)),
+                            })
+                            .clone()
+                    };
+                    // A peer's streams beyond its share are reset at once, before anything is
+                    // read: one peer cannot use up the node-wide cap.
+                    let Ok(queued) = peer_slots.queue.clone().try_acquire_owned() else {
+                        continue;
+                    };
+                    let this = this.clone();
+                    tasks.spawn(async move {
+                        let _permits = (permit, queued);
+                        this.serve(stream, peer_slots).await;
+                    });
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        tasks.abort_all();
+    }
+
+    fn io(&self) -> FrameIo {
+        FrameIo {
+            progress_timeout: self.progress_timeout,
+            limiter: None,
+        }
+    }
+
+    /// Answers one request. Errors end the stream: the peer sees a reset and its scheduler
+    /// decides what to do; nothing here can fail the node.
+    async fn serve(&self, mut stream: Stream, slots: PeerSlots) {
+        let Ok(request) = self
+            .io()
+            .read(&mut stream, "request", MAX_REQUEST_LEN, &mut |_| {})
+            .await
+        else {
+            return;
+        };
+        let Ok(request) = Request::decode(&request) else {
+            return;
+        };
+        let response = match request {
+            Request::GetManifest(h) => self
+                .store
+                .call(move |s| {
+                    Ok(match s.manifest(&h)? {
+                        Some(m) => Some(m),
+                        None => s.partial(&h)?,
+                    })
+                })
+                .await
+                .ok()
+                .flatten()
+                .map_or(Response::NotFound(h), |m| {
+                    Response::Manifest(m.as_bytes().to_vec())
+                }),
+            Request::GetHave(h) => self
+                .store
+                .call(move |s| {
+                    if let Some(m) = s.manifest(&h)? {
+                        return Ok(Some(ChunkBitmap::full(m.manifest.chunks.len() as u32)));
+                    }
+                    let Some(m) = s.partial(&h)? else {
+                        return Ok(None);
+                    };
+                    let mut held = ChunkBitmap::new(m.manifest.chunks.len() as u32);
+                    for (i, c) in m.manifest.chunks.iter().enumerate() {
+                        if s.has_chunk(&c.id)? {
+                            held.set(i as u32);
+                        }
+                    }
+                    Ok(Some(held))
+                })
+                .await
+                .ok()
+                .flatten()
+                .map_or(Response::NotFound(h), |held| Response::Have {
+                    object: h,
+                    held,
+                }),
+            Request::GetChunk { id, .. } => {
+                // One body at a time per peer: wait for the peer's previous chunk to finish.
+                let Ok(_serving) = slots.serve.clone().acquire_owned().await else {
+                    return;
+                };
+                let stored = self.store.call(move |s| s.chunk(&id)).await.ok().flatten();
+                let Some(mut stored) = stored else {
+                    let _ = self
+                        .io()
+                        .write(&mut stream, "response", &Response::NotFound(id).encode())
+                        .await;
+                    return;
+                };
+                match self.fault {
+                    Some(Fault::CorruptChunks) => {
+                        if let Some(b) = stored.last_mut() {
+                            *b ^= 0x5a;
+                        }
+                    }
+                    Some(Fault::StallChunks) => {
+                        let body = Response::Chunk { id, stored }.encode();
+                        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+                        frame.extend_from_slice(&body[..body.len() / 2]);
+                        let _ = stream.write_all(&frame).await;
+                        let _ = stream.flush().await;
+                        futures::future::pending::<()>().await;
+                        return;
+                    }
+                    Some(Fault::BogusAnnouncements) | None => {}
+                }
+                let n = stored.len() as u64;
+                let body = Response::Chunk { id, stored }.encode();
+                let io = FrameIo {
+                    limiter: self.limiter.clone(),
+                    ..self.io()
+                };
+                if io.write(&mut stream, "response", &body).await.is_ok() {
+                    self.traffic
+                        .chunk_bytes_served
+                        .fetch_add(n, Ordering::Relaxed);
+                    self.traffic.chunks_served.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = stream.close().await;
+                return;
+            }
+        };
+        let _ = self
+            .io()
+            .write(&mut stream, "response", &response.encode())
+            .await;
+        let _ = stream.close().await;
+    }
+}

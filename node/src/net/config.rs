@@ -1,0 +1,80 @@
+//! [`NodeConfig`]: everything a node needs to start.
+
+use libp2p::{identity::Keypair, Multiaddr};
+use zdn_protocol::glob::Glob;
+
+use crate::store::TrustPolicy;
+
+use super::profile::Profile;
+
+/// Fault injection for tests of peer misbehaviour (hidden from `--help`): the node serves bad
+/// data on purpose so the other side's defences can be tested with real processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Flip a byte in every chunk served.
+    CorruptChunks,
+    /// Send half of every chunk, then stall forever.
+    StallChunks,
+    /// Instead of each announcement, gossip a burst of invalid ones (garbage, and the manifest with
+    /// its signature broken).
+    BogusAnnouncements,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "corrupt-chunks" => Ok(Fault::CorruptChunks),
+            "stall-chunks" => Ok(Fault::StallChunks),
+            "bogus-announcements" => Ok(Fault::BogusAnnouncements),
+            _ => Err(format!("unknown fault {s:?}")),
+        }
+    }
+}
+
+/// Start new deltas announced by gossip automatically when the publisher is trusted, the name
+/// matches and the base is in the store.
+#[derive(Clone, Debug)]
+pub struct AutoFetchRule {
+    /// Publisher key; `None` = any trusted publisher.
+    pub publisher: Option<[u8; 32]>,
+    pub name: Glob,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub keypair: Keypair,
+    pub listen: Vec<Multiaddr>,
+    pub profile: Profile,
+    /// `None` = the profile's default.
+    pub mdns: Option<bool>,
+    /// Which publishers' manifests this node accepts and forwards.
+    pub trust: TrustPolicy,
+    /// Peers to connect to at start (and to fetch from).
+    pub peers: Vec<Multiaddr>,
+    /// Bytes per second, whole node, each direction.
+    pub max_upload_rate: Option<u64>,
+    pub max_download_rate: Option<u64>,
+    pub auto_fetch: Vec<AutoFetchRule>,
+    /// Most peers connected at once; more are refused.
+    pub max_peers: usize,
+    pub fault: Option<Fault>,
+}
+
+impl NodeConfig {
+    pub fn new(keypair: Keypair, profile: Profile) -> Self {
+        NodeConfig {
+            keypair,
+            listen: Vec::new(),
+            profile,
+            mdns: None,
+            trust: TrustPolicy::default(),
+            peers: Vec::new(),
+            max_upload_rate: None,
+            max_download_rate: None,
+            auto_fetch: Vec::new(),
+            max_peers: 256,
+            fault: None,
+        }
+    }
+}

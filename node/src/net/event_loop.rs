@@ -1,0 +1,468 @@
+//! The node's event loop: the one task that owns the libp2p `Swarm`. It answers [`Command`]s from
+//! handles, validates gossip before anything is forwarded, dials what mDNS finds, and keeps the
+//! per-peer facts `zdn peers` shows.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{gossipsub, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use zdn_protocol::manifest::{self, SignedManifest};
+
+use crate::store::{StoreHandle, TrustPolicy};
+
+use super::behaviour::{NodeBehaviour, NodeBehaviourEvent, ANNOUNCE_TOPIC, MAX_GOSSIP_LEN};
+use super::chunk_server::ChunkServer;
+use super::config::NodeConfig;
+use super::handle::{Command, NodeHandle, PeerInfo, Traffic};
+use super::rate_limit::RateLimiter;
+use super::NetError;
+
+/// Invalid announcements after which a peer is disconnected and refused for the node's lifetime.
+const MAX_INVALID_ANNOUNCEMENTS: u32 = 3;
+/// How long an announcement waits for a subscribed peer before the caller is told it failed.
+const ANNOUNCE_PATIENCE: Duration = Duration::from_secs(120);
+const COMMAND_QUEUE: usize = 64;
+const EVENT_QUEUE: usize = 64;
+
+/// What the node tells the program about the network.
+#[derive(Debug, Clone)]
+pub enum NodeEvent {
+    /// A valid manifest from a trusted publisher arrived by gossip.
+    Announced {
+        manifest: Box<SignedManifest>,
+        from: PeerId,
+    },
+    /// A peer was disconnected and is refused from now on (invalid announcements).
+    Banned { peer: PeerId, reason: String },
+}
+
+/// A started node: its handle, its events, and the task to await for a clean stop.
+#[derive(Debug)]
+pub struct Node {
+    pub handle: NodeHandle,
+    pub events: mpsc::Receiver<NodeEvent>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    /// Builds the swarm, starts listening and dialing, and spawns the event loop and the chunk
+    /// server. Both stop when `shutdown` completes.
+    pub async fn spawn(
+        config: NodeConfig,
+        store: StoreHandle,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Node, NetError> {
+        let tuning = config.profile.tuning();
+        let mdns_on = config.mdns.unwrap_or(tuning.mdns);
+        let t = tuning.clone();
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| NetError::Config(format!("tcp transport: {e}")))?
+            .with_quic_config(|mut q| {
+                q.max_idle_timeout = u32::try_from(t.quic_max_idle.as_millis()).unwrap_or(60_000);
+                q.keep_alive_interval = t.quic_keep_alive;
+                q
+            })
+            .with_behaviour(|key| {
+                NodeBehaviour::new(key, &t, mdns_on)
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            })
+            .map_err(|e| NetError::Config(format!("behaviour: {e}")))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(t.idle_connection_timeout))
+            .build();
+
+        let topic = gossipsub::IdentTopic::new(ANNOUNCE_TOPIC);
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic)
+            .map_err(|e| NetError::Config(format!("gossip subscribe: {e}")))?;
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Listen {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                })?;
+        }
+
+        let limiter = |r: Option<u64>| -> Result<Option<Arc<RateLimiter>>, NetError> {
+            r.map(|r| {
+                RateLimiter::new(r)
+                    .map(Arc::new)
+                    .map_err(|e| NetError::Config(format!("rate limit: {e}")))
+            })
+            .transpose()
+        };
+        let traffic = Arc::new(Traffic::default());
+        let mut control = swarm.behaviour().stream.new_control();
+        let incoming = control
+            .accept(super::handle::CHUNK_STREAM)
+            .map_err(|e| NetError::Config(format!("chunk protocol: {e}")))?;
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+        let handle = NodeHandle {
+            commands: cmd_tx,
+            control,
+            local: *swarm.local_peer_id(),
+            store: store.clone(),
+            trust: config.trust.clone(),
+            tuning: tuning.clone(),
+            download_limit: limiter(config.max_download_rate)?,
+            traffic: traffic.clone(),
+        };
+        let server = ChunkServer {
+            store,
+            progress_timeout: tuning.progress_timeout,
+            limiter: limiter(config.max_upload_rate)?,
+            traffic,
+            fault: config.fault,
+        };
+        for addr in config.peers {
+            // Dial errors at start are not fatal (a seeder may come up later); fetches re-dial.
+            let _ = swarm.dial(addr);
+        }
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let server_task = tokio::spawn(server.run(incoming, stop_rx));
+
+        let event_loop = EventLoop {
+            swarm,
+            topic,
+            trust: config.trust,
+            expect_listen: !config.listen.is_empty(),
+            listen_addrs: Vec::new(),
+            listen_waiters: Vec::new(),
+            pending_dials: HashMap::new(),
+            waiting_for_peer: HashMap::new(),
+            rtts: HashMap::new(),
+            addrs: HashMap::new(),
+            invalid: HashMap::new(),
+            banned: HashSet::new(),
+            pending_announce: Vec::new(),
+            events: ev_tx,
+            max_peers: config.max_peers,
+            fault: config.fault,
+        };
+        let task = tokio::spawn(async move {
+            event_loop.run(cmd_rx, shutdown).await;
+            let _ = stop_tx.send(true);
+            let _ = server_task.await;
+        });
+        Ok(Node {
+            handle,
+            events: ev_rx,
+            task,
+        })
+    }
+}
+
+type DialReply = oneshot::Sender<Result<PeerId, NetError>>;
+type PendingAnnouncement = (Vec<u8>, Instant, oneshot::Sender<Result<(), NetError>>);
+
+struct EventLoop {
+    swarm: Swarm<NodeBehaviour>,
+    topic: gossipsub::IdentTopic,
+    trust: TrustPolicy,
+    expect_listen: bool,
+    listen_addrs: Vec<Multiaddr>,
+    listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
+    pending_dials: HashMap<ConnectionId, (Multiaddr, DialReply)>,
+    /// Dials that found one to the same peer under way: answered when that one ends.
+    waiting_for_peer: HashMap<PeerId, Vec<(Multiaddr, DialReply)>>,
+    rtts: HashMap<PeerId, Duration>,
+    addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    invalid: HashMap<PeerId, u32>,
+    banned: HashSet<PeerId>,
+    pending_announce: Vec<PendingAnnouncement>,
+    events: mpsc::Sender<NodeEvent>,
+    max_peers: usize,
+    fault: Option<super::config::Fault>,
+}
+
+impl EventLoop {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        tokio::pin!(shutdown);
+        let mut retry = tokio::time::interval(Duration::from_secs(1));
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                cmd = commands.recv() => match cmd {
+                    Some(c) => self.on_command(c),
+                    None => break,
+                },
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                _ = retry.tick(), if !self.pending_announce.is_empty() => self.retry_announcements(),
+            }
+        }
+        // Close connections politely so peers see a clean end rather than a timeout.
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in peers {
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+    }
+
+    fn on_command(&mut self, c: Command) {
+        match c {
+            Command::Dial { addr, reply } => self.dial(addr, reply),
+            Command::Peers { reply } => {
+                let peers = self
+                    .swarm
+                    .connected_peers()
+                    .map(|p| PeerInfo {
+                        peer: p.to_string(),
+                        addresses: self
+                            .addrs
+                            .get(p)
+                            .map(|a| a.iter().map(|a| a.to_string()).collect())
+                            .unwrap_or_default(),
+                        rtt_ms: self
+                            .rtts
+                            .get(p)
+                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    })
+                    .collect();
+                let _ = reply.send(peers);
+            }
+            Command::ListenAddrs { reply } => {
+                if self.listen_addrs.is_empty() && self.expect_listen {
+                    self.listen_waiters.push(reply);
+                } else {
+                    let _ = reply.send(self.listen_addrs.clone());
+                }
+            }
+            Command::Announce { manifest, reply } => {
+                if manifest.len() > MAX_GOSSIP_LEN {
+                    let _ = reply.send(Err(NetError::Announce(format!(
+                        "manifest of {} bytes is over the {MAX_GOSSIP_LEN}-byte gossip limit; peers can still fetch it by hash",
+                        manifest.len()
+                    ))));
+                    return;
+                }
+                let deadline = Instant::now() + ANNOUNCE_PATIENCE;
+                if self.fault == Some(super::config::Fault::BogusAnnouncements) {
+                    for i in 0u8..10 {
+                        let garbage = blake3::hash(&[i]).as_bytes().repeat(4);
+                        let (tx, _) = oneshot::channel();
+                        self.pending_announce.push((garbage, deadline, tx));
+                    }
+                    let mut broken = manifest;
+                    if let Some(b) = broken.last_mut() {
+                        *b ^= 1;
+                    }
+                    self.pending_announce.push((broken, deadline, reply));
+                } else {
+                    self.pending_announce.push((manifest, deadline, reply));
+                }
+                self.retry_announcements();
+            }
+        }
+    }
+
+    fn dial(&mut self, addr: Multiaddr, reply: DialReply) {
+        let peer = addr.iter().find_map(|p| match p {
+            Protocol::P2p(id) => Some(id),
+            _ => None,
+        });
+        if let Some(p) = peer {
+            if self.swarm.is_connected(&p) {
+                let _ = reply.send(Ok(p));
+                return;
+            }
+        }
+        let opts = match peer {
+            Some(p) => DialOpts::peer_id(p).addresses(vec![addr.clone()]).build(),
+            None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+        };
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.pending_dials.insert(id, (addr, reply));
+            }
+            Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) if peer.is_some() => {
+                if let Some(p) = peer {
+                    self.waiting_for_peer
+                        .entry(p)
+                        .or_default()
+                        .push((addr, reply));
+                }
+            }
+            Err(e) => {
+                let _ = reply.send(Err(NetError::Dial {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                }));
+            }
+        }
+    }
+
+    fn retry_announcements(&mut self) {
+        let now = Instant::now();
+        let pending = std::mem::take(&mut self.pending_announce);
+        for (data, deadline, reply) in pending {
+            match self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .publish(self.topic.clone(), data.clone())
+            {
+                Ok(_) | Err(gossipsub::PublishError::Duplicate) => {
+                    let _ = reply.send(Ok(()));
+                }
+                Err(gossipsub::PublishError::NoPeersSubscribedToTopic) if now < deadline => {
+                    self.pending_announce.push((data, deadline, reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(NetError::Announce(e.to_string())));
+                }
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, ev: SwarmEvent<NodeBehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address
+                    .clone()
+                    .with_p2p(*self.swarm.local_peer_id())
+                    .unwrap_or(address);
+                self.listen_addrs.push(full);
+                for w in self.listen_waiters.drain(..) {
+                    let _ = w.send(self.listen_addrs.clone());
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                if let Some((_, reply)) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Ok(peer_id));
+                }
+                for (_, reply) in self.waiting_for_peer.remove(&peer_id).unwrap_or_default() {
+                    let _ = reply.send(Ok(peer_id));
+                }
+                let too_many = self.swarm.connected_peers().count() > self.max_peers;
+                if self.banned.contains(&peer_id) || too_many {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                let addr = endpoint.get_remote_address().clone();
+                let list = self.addrs.entry(peer_id).or_default();
+                if !list.contains(&addr) {
+                    list.push(addr);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.addrs.remove(&peer_id);
+                self.rtts.remove(&peer_id);
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                if let Some(p) = peer_id {
+                    if !self.swarm.is_connected(&p) {
+                        for (addr, reply) in self.waiting_for_peer.remove(&p).unwrap_or_default() {
+                            let _ = reply.send(Err(NetError::Dial {
+                                addr: addr.to_string(),
+                                reason: error.to_string(),
+                            }));
+                        }
+                    }
+                }
+                if let Some((addr, reply)) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Err(NetError::Dial {
+                        addr: addr.to_string(),
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => {
+                self.rtts.insert(peer, rtt);
+            }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    if !self.swarm.is_connected(&peer) && !self.banned.contains(&peer) {
+                        let _ = self
+                            .swarm
+                            .dial(DialOpts::peer_id(peer).addresses(vec![addr]).build());
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => self.on_gossip(propagation_source, message_id, message),
+            _ => {}
+        }
+    }
+
+    /// Checks an announcement before it may travel further: a manifest that decodes, whose
+    /// signature verifies, from a trusted publisher. Anything else is rejected (not forwarded)
+    /// and counted against the peer that sent it.
+    fn on_gossip(&mut self, from: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        let verdict = if message.data.len() > MAX_GOSSIP_LEN {
+            Err("over the size limit".to_string())
+        } else {
+            manifest::decode(&message.data)
+                .map_err(|e| e.to_string())
+                .and_then(|m| self.trust.check(&m).map(|()| m).map_err(|e| e.to_string()))
+        };
+        let acceptance = match verdict {
+            Ok(m) => {
+                // A full queue means the program is not keeping up: the announcement is still
+                // forwarded, the program just does not act on it.
+                let _ = self.events.try_send(NodeEvent::Announced {
+                    manifest: Box::new(m),
+                    from,
+                });
+                gossipsub::MessageAcceptance::Accept
+            }
+            Err(why) => {
+                let n = self.invalid.entry(from).or_default();
+                *n += 1;
+                if *n >= MAX_INVALID_ANNOUNCEMENTS && self.banned.insert(from) {
+                    let _ = self.swarm.disconnect_peer_id(from);
+                    let _ = self.events.try_send(NodeEvent::Banned {
+                        peer: from,
+                        reason: format!("{n} invalid announcements, last: {why}"),
+                    });
+                }
+                gossipsub::MessageAcceptance::Reject
+            }
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &from, acceptance);
+    }
+}
