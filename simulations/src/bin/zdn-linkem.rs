@@ -4,6 +4,7 @@
 //! ```text
 //! zdn-linkem up NAME [--rate 1mbit] [--delay 300ms] [--jitter 0ms] [--loss 0.01]
 //!                    [--queue BYTES] [--outage 10s-40s]... [--subnet K] [--secs N] [--seed S]
+//!                    [--stats-every 10s]
 //!     make netns NAME-a (10.201.K.1) and NAME-b (10.201.K.2) joined through this process;
 //!     the settings apply to each direction; runs until SIGINT/SIGTERM or --secs, then removes
 //!     the namespaces and prints per-direction counters as JSON. Needs root and /dev/net/tun.
@@ -11,6 +12,8 @@
 //! zdn-linkem udp-blast TO BITS_PER_S SECS SIZE
 //! zdn-linkem udp-echo BIND SECS
 //! zdn-linkem udp-ping TO COUNT          print the round trips (ms) as JSON
+//! zdn-linkem tcp-sink BIND              receive one TCP connection; print bytes and seconds
+//! zdn-linkem tcp-send TO BYTES          send BYTES over one TCP connection (the bulk reference)
 //! ```
 
 use std::net::UdpSocket;
@@ -81,6 +84,7 @@ fn up(mut it: impl Iterator<Item = String>) -> Result<(), String> {
     let mut subnet = 1u8;
     let mut secs = None;
     let mut seed = 1u64;
+    let mut stats_every: Option<Duration> = None;
     while let Some(a) = it.next() {
         match a.as_str() {
             "--rate" => spec.rate_bps = arg(&mut it, "--rate", parse_rate)?,
@@ -156,8 +160,23 @@ fn up(mut it: impl Iterator<Item = String>) -> Result<(), String> {
     println!("a {} {}", pair.ns_a, pair.addr_a);
     println!("b {} {}", pair.ns_b, pair.addr_b);
     println!("ready");
+    let mut next_stats = stats_every;
     while !STOP.load(Ordering::Relaxed) && secs.is_none_or(|s| epoch.elapsed() < s) {
         std::thread::sleep(Duration::from_millis(50));
+        if let (Some(at), Some(every)) = (next_stats, stats_every) {
+            if epoch.elapsed() >= at {
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "{{\"t\":{:.1},\"a_to_b\":{},\"b_to_a\":{}}}",
+                    epoch.elapsed().as_secs_f64(),
+                    ab.to_json(),
+                    ba.to_json()
+                );
+                let _ = std::io::stdout().flush();
+                next_stats = Some(at + every);
+            }
+        }
     }
     stop.store(true, Ordering::Relaxed);
     for t in threads {
@@ -260,6 +279,42 @@ fn udp_ping(to: &str, count: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// Receives one TCP connection's bytes; prints the byte count and the seconds from accept to end.
+fn tcp_sink(bind: &str) -> Result<(), String> {
+    use std::io::Read as _;
+    let l = std::net::TcpListener::bind(bind).map_err(|e| e.to_string())?;
+    let (mut s, _) = l.accept().map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    println!(
+        "{{\"bytes\":{total},\"seconds\":{}}}",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Sends `bytes` zero bytes over one TCP connection.
+fn tcp_send(to: &str, bytes: u64) -> Result<(), String> {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect(to).map_err(|e| e.to_string())?;
+    let buf = vec![0u8; 1 << 16];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        s.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
 fn main() {
     let mut it = std::env::args().skip(1);
     let r = match it.next().as_deref() {
@@ -282,6 +337,11 @@ fn main() {
         Some("udp-ping") => (|| {
             let to = it.next().ok_or("TO")?;
             udp_ping(&to, arg(&mut it, "COUNT", |s| s.parse::<u32>().map_err(|_| format!("bad count {s:?}")))?)
+        })(),
+        Some("tcp-sink") => (|| tcp_sink(&it.next().ok_or("BIND")?))(),
+        Some("tcp-send") => (|| {
+            let to = it.next().ok_or("TO")?;
+            tcp_send(&to, arg(&mut it, "BYTES", |s| s.parse::<u64>().map_err(|_| format!("bad byte count {s:?}")))?)
         })(),
         _ => Err("usage: zdn-linkem up NAME [options] | udp-sink | udp-blast | udp-echo | udp-ping (see the source header)".to_string()),
     };
