@@ -121,6 +121,7 @@ pub trait ControlHandler: Send + Sync + 'static {
 /// Binds the control socket in `store_dir`, replacing a stale one left by a killed node (but not
 /// one a live node answers on).
 pub async fn bind(store_dir: &Path) -> Result<UnixListener, ControlError> {
+    std::fs::create_dir_all(store_dir)?;
     let path = socket_path(store_dir);
     if is_running(&path).await {
         return Err(ControlError::Protocol(format!(

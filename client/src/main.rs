@@ -357,7 +357,7 @@ fn run_demo(a: &DemoArgs) -> anyhow::Result<()> {
         p.delta_bundle_bytes
     );
     say!(
-        "  network          delta fetched by a field node from a datacenter node over libp2p (TCP+Noise+Yamux, loopback), link shaped to {} kbit/s in the process (no delay/loss emulation yet): {} bytes in {:.1} s = {:.0} kbit/s, {:.1}% of the link",
+        "  network          delta fetched by a field node from a datacenter node over libp2p (TCP+Noise+Yamux, loopback), link shaped to {} kbit/s in the process (rate only, token bucket with a 0.25 s burst; no delay/loss emulation yet): {} bytes in {:.1} s = {:.0} kbit/s, {:.1}% of the link",
         p.link_rate * 8 / 1000,
         p.network_bytes,
         p.network_seconds,

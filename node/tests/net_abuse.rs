@@ -54,7 +54,8 @@ async fn node(
 async fn raw(abuser: &Node, peer: libp2p_identity_peer::PeerId, bytes: &[u8]) -> Option<Vec<u8>> {
     let mut s = abuser.handle.open_chunk_stream(peer).await.ok()?;
     s.write_all(bytes).await.ok()?;
-    s.flush().await.ok()?;
+    // End our side: the node answers what it has and then sees the end of the requests.
+    s.close().await.ok()?;
     let mut out = Vec::new();
     match tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await {
         Ok(Ok(_)) => Some(out),

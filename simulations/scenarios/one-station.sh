@@ -38,10 +38,12 @@ t1=$(date +%s.%N)
 
 link ref 42
 ip netns exec ref-b "$T/zdn-linkem" tcp-sink 10.201.42.2:9000 > "$work/tcp.json" &
+sink=$!
 sleep 0.5
 payload=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes_received"])' "$work/fetch.json")
 ip netns exec ref-a "$T/zdn-linkem" tcp-send 10.201.42.2:9000 "$payload"
-wait %3 2>/dev/null || sleep 2
+wait "$sink"
+cp "$work/fetch.json" "${OUT:-/dev/null}" 2>/dev/null || true
 
 python3 - "$work/fetch.json" "$work/tcp.json" "$t0" "$t1" "$RATE" "$OUTAGES" <<'PY'
 import json, re, sys

@@ -28,6 +28,8 @@ use super::rate_limit::RateLimiter;
 pub const MAX_STREAMS: usize = 512;
 /// Streams one peer may have open (waiting or being served); more are reset.
 pub const MAX_QUEUED_PER_PEER: usize = 96;
+/// How long a stream may sit between two requests.
+const REQUEST_IDLE: Duration = Duration::from_secs(300);
 
 #[derive(Clone)]
 struct PeerSlots {
@@ -102,16 +104,31 @@ impl ChunkServer {
     /// Answers one request. Errors end the stream: the peer sees a reset and its scheduler
     /// decides what to do; nothing here can fail the node.
     async fn serve(&self, mut stream: Stream, slots: PeerSlots) {
-        let Ok(request) = self
-            .io()
-            .read(&mut stream, "request", MAX_REQUEST_LEN, &mut |_| {})
-            .await
-        else {
-            return;
+        // A stream carries any number of requests, answered in order (a fetch pipelines its chunk
+        // requests on one stream). Between requests the peer may be quiet for a while.
+        let wait = FrameIo {
+            progress_timeout: self.progress_timeout.max(REQUEST_IDLE),
+            limiter: None,
         };
-        let Ok(request) = Request::decode(&request) else {
-            return;
-        };
+        loop {
+            let Ok(request) = wait
+                .read(&mut stream, "request", MAX_REQUEST_LEN, &mut |_| {})
+                .await
+            else {
+                break;
+            };
+            let Ok(request) = Request::decode(&request) else {
+                break;
+            };
+            if !self.answer(&mut stream, request, &slots).await {
+                break;
+            }
+        }
+        let _ = stream.close().await;
+    }
+
+    /// Answers one request; `false` when the stream is no longer usable.
+    async fn answer(&self, stream: &mut Stream, request: Request, slots: &PeerSlots) -> bool {
         let response = match request {
             Request::GetManifest(h) => self
                 .store
@@ -154,15 +171,15 @@ impl ChunkServer {
             Request::GetChunk { id, .. } => {
                 // One body at a time per peer: wait for the peer's previous chunk to finish.
                 let Ok(_serving) = slots.serve.clone().acquire_owned().await else {
-                    return;
+                    return false;
                 };
                 let stored = self.store.call(move |s| s.chunk(&id)).await.ok().flatten();
                 let Some(mut stored) = stored else {
-                    let _ = self
+                    return self
                         .io()
-                        .write(&mut stream, "response", &Response::NotFound(id).encode())
-                        .await;
-                    return;
+                        .write(stream, "response", &Response::NotFound(id).encode())
+                        .await
+                        .is_ok();
                 };
                 match self.fault {
                     Some(Fault::CorruptChunks) => {
@@ -177,7 +194,7 @@ impl ChunkServer {
                         let _ = stream.write_all(&frame).await;
                         let _ = stream.flush().await;
                         futures::future::pending::<()>().await;
-                        return;
+                        return false;
                     }
                     Some(Fault::BogusAnnouncements) | None => {}
                 }
@@ -187,20 +204,19 @@ impl ChunkServer {
                     limiter: self.limiter.clone(),
                     ..self.io()
                 };
-                if io.write(&mut stream, "response", &body).await.is_ok() {
-                    self.traffic
-                        .chunk_bytes_served
-                        .fetch_add(n, Ordering::Relaxed);
-                    self.traffic.chunks_served.fetch_add(1, Ordering::Relaxed);
+                if io.write(stream, "response", &body).await.is_err() {
+                    return false;
                 }
-                let _ = stream.close().await;
-                return;
+                self.traffic
+                    .chunk_bytes_served
+                    .fetch_add(n, Ordering::Relaxed);
+                self.traffic.chunks_served.fetch_add(1, Ordering::Relaxed);
+                return true;
             }
         };
-        let _ = self
-            .io()
-            .write(&mut stream, "response", &response.encode())
-            .await;
-        let _ = stream.close().await;
+        self.io()
+            .write(stream, "response", &response.encode())
+            .await
+            .is_ok()
     }
 }

@@ -8,13 +8,13 @@
 //! come from elsewhere. Chunks are stored as they arrive (logged writes), so a killed fetch
 //! resumes where it stopped and never downloads a verified chunk again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use zdn_protocol::chunk::{self, ChunkRef};
 use zdn_protocol::manifest::{self, Kind, SignedManifest};
@@ -22,6 +22,7 @@ use zdn_protocol::sync::{Failure, Holdings, Received, SchedulerConfig, SyncSched
 use zdn_protocol::wire::{ChunkBitmap, Request, Response, MAX_STORED_CHUNK};
 use zdn_protocol::Hash;
 
+use super::chunk_pipe::{ChunkPipe, Outcome, PipeResult};
 use super::error::FetchError;
 use super::frame::FrameIo;
 use super::handle::{NodeHandle, CHUNK_STREAM};
@@ -84,15 +85,6 @@ pub struct FetchReport {
     pub peers: Vec<PeerReport>,
     /// The base fetched first, for a delta whose base was missing.
     pub base: Option<Box<FetchReport>>,
-}
-
-enum Outcome {
-    Chunk(Vec<u8>),
-    NotFound,
-    Busy(Duration),
-    Io,
-    /// The peer answered something other than the chunk asked for.
-    Wrong,
 }
 
 /// Fetches `hash` (and, for a delta, its base when missing) into the node's store.
@@ -369,38 +361,32 @@ async fn transfer(
 
     let t0 = Instant::now();
     let received0 = node.traffic.chunk_bytes_received.load(Ordering::Relaxed);
-    let mut tasks: JoinSet<(PeerId, u32, Outcome)> = JoinSet::new();
-    let mut running: BTreeMap<(PeerId, u32), AbortHandle> = BTreeMap::new();
+    let (results_tx, mut results) = mpsc::unbounded_channel::<PipeResult>();
+    let mut pipes: HashMap<PeerId, ChunkPipe> = HashMap::new();
+    // Requests handed to each peer's pipe and not yet answered.
+    let mut outstanding: HashMap<PeerId, usize> = HashMap::new();
     let mut banned: Vec<PeerId> = Vec::new();
     let mut last_progress = Instant::now() - Duration::from_secs(1);
-    let chunk_max = 1 + 32 + MAX_STORED_CHUNK;
     let name = m.manifest.name.clone();
 
     while !sched.is_complete() {
         let now = t0.elapsed();
         for a in sched.next_requests(now) {
-            let r = distinct[a.chunk as usize].clone();
-            let node2 = node.clone();
-            let h = tasks.spawn(async move {
-                let req = Request::GetChunk {
-                    object: hash,
-                    id: r.id,
-                };
-                let outcome = match ask(&node2, a.peer, &req, chunk_max).await {
-                    Ok(Response::Chunk { id, stored }) if id == r.id => Outcome::Chunk(stored),
-                    Ok(Response::Chunk { .. }) => Outcome::Wrong,
-                    Ok(Response::NotFound(_)) => Outcome::NotFound,
-                    Ok(Response::Busy { retry_after_ms }) => {
-                        Outcome::Busy(Duration::from_millis(retry_after_ms.min(60_000).into()))
-                    }
-                    Ok(_) => Outcome::Wrong,
-                    Err(_) => Outcome::Io,
-                };
-                (a.peer, a.chunk, outcome)
+            let id = distinct[a.chunk as usize].id;
+            let pipe = pipes.entry(a.peer).or_insert_with(|| {
+                ChunkPipe::spawn(node.clone(), a.peer, hash, results_tx.clone())
             });
-            running.insert((a.peer, a.chunk), h);
+            if !pipe.send(a.chunk, id) {
+                // That pipe ended (its stream broke): a fresh one for this and later requests.
+                *pipe = ChunkPipe::spawn(node.clone(), a.peer, hash, results_tx.clone());
+                if !pipe.send(a.chunk, id) {
+                    sched.on_failed(&a.peer, a.chunk, Failure::Io, now);
+                    continue;
+                }
+            }
+            *outstanding.entry(a.peer).or_default() += 1;
         }
-        if tasks.is_empty() {
+        if outstanding.values().all(|&n| n == 0) {
             let reason = if sched.peer_count() == 0 {
                 if banned.is_empty() {
                     "every peer failed or went away".to_string()
@@ -426,14 +412,14 @@ async fn transfer(
             }
         }
         // Wake at least once a second: the end game looks for late requests by time.
-        let joined = tokio::time::timeout(Duration::from_secs(1), tasks.join_next()).await;
-        let Ok(Some(joined)) = joined else {
+        let Ok(Some((peer, ci, outcome))) =
+            tokio::time::timeout(Duration::from_secs(1), results.recv()).await
+        else {
             continue;
         };
-        let Ok((peer, ci, outcome)) = joined else {
-            continue; // aborted (a cancelled duplicate)
-        };
-        running.remove(&(peer, ci));
+        if let Some(n) = outstanding.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+        }
         let now = t0.elapsed();
         let r = &distinct[ci as usize];
         match outcome {
@@ -446,24 +432,15 @@ async fn transfer(
                     if !banned.contains(&peer) {
                         banned.push(peer);
                     }
-                    let ids: Vec<(PeerId, u32)> = running
-                        .keys()
-                        .filter(|(p, _)| *p == peer)
-                        .copied()
-                        .collect();
-                    for k in ids {
-                        if let Some(h) = running.remove(&k) {
-                            h.abort();
-                        }
+                    if let Some(p) = pipes.remove(&peer) {
+                        p.abort();
                     }
+                    outstanding.remove(&peer);
                     continue;
                 }
-                if let Received::New { cancel } = sched.on_received(&peer, ci, now) {
-                    for p in cancel {
-                        if let Some(h) = running.remove(&(p, ci)) {
-                            h.abort();
-                        }
-                    }
+                // A duplicate still in another peer's pipe arrives later and is dropped as
+                // already done: at most one per peer (the scheduler's end-game rule).
+                if let Received::New { .. } = sched.on_received(&peer, ci, now) {
                     let id = r.id;
                     node.store
                         .call(move |s| s.put_chunks_logged(vec![(id, stored)]))
@@ -478,6 +455,10 @@ async fn transfer(
                 if !banned.contains(&peer) {
                     banned.push(peer);
                 }
+                if let Some(p) = pipes.remove(&peer) {
+                    p.abort();
+                }
+                outstanding.remove(&peer);
             }
         }
         if last_progress.elapsed() >= Duration::from_millis(200) || sched.is_complete() {
@@ -492,7 +473,7 @@ async fn transfer(
             });
         }
     }
-    tasks.abort_all();
+    drop(pipes);
 
     // Every chunk verified; now the whole object against the signed hash, then make it visible.
     let m2 = m.clone();

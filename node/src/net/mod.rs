@@ -9,6 +9,7 @@
 //! - [`fetch()`] drives the sans-IO `SyncScheduler` over real streams and the store.
 
 mod behaviour;
+mod chunk_pipe;
 mod chunk_server;
 mod config;
 mod error;

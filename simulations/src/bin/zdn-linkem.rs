@@ -121,6 +121,7 @@ fn up(mut it: impl Iterator<Item = String>) -> Result<(), String> {
                     s.parse().map_err(|_| format!("bad seed {s:?}"))
                 })?
             }
+            "--stats-every" => stats_every = Some(arg(&mut it, "--stats-every", parse_duration)?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
