@@ -550,3 +550,39 @@ fn bogus_announcements_get_the_sender_banned_and_honest_gossip_still_works() {
     publisher.stop();
     bogus.stop();
 }
+
+#[test]
+fn fetch_through_a_running_node_on_a_fresh_home() {
+    let p = publish(1);
+    let seeder = NodeProc::start(p.home.path(), &[]);
+    // A home with nothing in it yet: the node creates the store, its key and the control socket.
+    let field = tmpdir();
+    let node = NodeProc::start(field.path(), &["--trust", &p.key]);
+    let status = json(&ok(field.path(), &["status", "--json"]));
+    assert_eq!(status["listen"][0], node.addr.as_str(), "{status}");
+    assert_eq!(status["objects"].as_array().unwrap().len(), 0);
+    // The store is the node's now: `zdn fetch` goes through its control socket.
+    let r = json(&ok(
+        field.path(),
+        &["fetch", &p.delta, "--peer", &seeder.addr, "--json"],
+    ));
+    assert_eq!(r["hash"], p.delta.as_str());
+    let peers = json(&ok(field.path(), &["peers", "--json"]));
+    let seeder_id = seeder.addr.rsplit('/').next().unwrap();
+    assert!(
+        peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["peer"] == seeder_id),
+        "{peers}"
+    );
+    node.stop();
+    let got = field.path().join("d");
+    ok(field.path(), &["get", &p.delta, "-o", s(&got)]);
+    assert_eq!(
+        std::fs::read(&got).unwrap(),
+        std::fs::read(&p.delta_file).unwrap()
+    );
+    seeder.stop();
+}
