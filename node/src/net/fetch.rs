@@ -309,6 +309,25 @@ fn holdings(held: &ChunkBitmap, positions: &[u32], distinct: usize) -> Option<Ho
     Some(Holdings::Some(b))
 }
 
+/// A peer sent bad data: banned for this transfer, its pipe closed, its requests back in the pool.
+fn ban(
+    sched: &mut SyncScheduler<PeerId>,
+    banned: &mut Vec<PeerId>,
+    pipes: &mut HashMap<PeerId, ChunkPipe>,
+    outstanding: &mut HashMap<PeerId, usize>,
+    peer: PeerId,
+    chunk: u32,
+) {
+    sched.on_corrupt(&peer, chunk);
+    if !banned.contains(&peer) {
+        banned.push(peer);
+    }
+    if let Some(p) = pipes.remove(&peer) {
+        p.abort();
+    }
+    outstanding.remove(&peer);
+}
+
 async fn transfer(
     node: &NodeHandle,
     m: &SignedManifest,
@@ -428,14 +447,14 @@ async fn transfer(
                     && stored.len() <= MAX_STORED_CHUNK
                     && chunk::decode(&stored, r).is_ok();
                 if !valid {
-                    sched.on_corrupt(&peer, ci);
-                    if !banned.contains(&peer) {
-                        banned.push(peer);
-                    }
-                    if let Some(p) = pipes.remove(&peer) {
-                        p.abort();
-                    }
-                    outstanding.remove(&peer);
+                    ban(
+                        &mut sched,
+                        &mut banned,
+                        &mut pipes,
+                        &mut outstanding,
+                        peer,
+                        ci,
+                    );
                     continue;
                 }
                 // A duplicate still in another peer's pipe arrives later and is dropped as
@@ -450,16 +469,14 @@ async fn transfer(
             Outcome::NotFound => sched.on_failed(&peer, ci, Failure::NotFound, now),
             Outcome::Busy(d) => sched.on_failed(&peer, ci, Failure::Busy(d), now),
             Outcome::Io => sched.on_failed(&peer, ci, Failure::Io, now),
-            Outcome::Wrong => {
-                sched.on_corrupt(&peer, ci);
-                if !banned.contains(&peer) {
-                    banned.push(peer);
-                }
-                if let Some(p) = pipes.remove(&peer) {
-                    p.abort();
-                }
-                outstanding.remove(&peer);
-            }
+            Outcome::Wrong => ban(
+                &mut sched,
+                &mut banned,
+                &mut pipes,
+                &mut outstanding,
+                peer,
+                ci,
+            ),
         }
         if last_progress.elapsed() >= Duration::from_millis(200) || sched.is_complete() {
             last_progress = Instant::now();

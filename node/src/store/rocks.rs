@@ -57,6 +57,18 @@ impl RocksBackend {
         &self.path
     }
 
+    fn batch(&self, writes: Vec<Write>) -> Result<WriteBatch, StoreError> {
+        let mut b = WriteBatch::default();
+        for w in writes {
+            let cf = self.cf(w.column)?;
+            match w.value {
+                Some(v) => b.put_cf(cf, w.key, v),
+                None => b.delete_cf(cf, w.key),
+            }
+        }
+        Ok(b)
+    }
+
     fn cf(&self, column: Column) -> Result<&rocksdb::ColumnFamily, StoreError> {
         self.db
             .cf_handle(column.name())
@@ -106,14 +118,7 @@ impl Backend for RocksBackend {
     }
 
     fn write(&self, batch: Vec<Write>, durable: bool) -> Result<(), StoreError> {
-        let mut b = WriteBatch::default();
-        for w in batch {
-            let cf = self.cf(w.column)?;
-            match w.value {
-                Some(v) => b.put_cf(cf, w.key, v),
-                None => b.delete_cf(cf, w.key),
-            }
-        }
+        let b = self.batch(batch)?;
         let mut o = WriteOptions::default();
         if durable {
             // A synced write fsyncs the write-ahead log, and with it every earlier logged write.
@@ -127,14 +132,7 @@ impl Backend for RocksBackend {
     }
 
     fn write_logged(&self, batch: Vec<Write>) -> Result<(), StoreError> {
-        let mut b = WriteBatch::default();
-        for w in batch {
-            let cf = self.cf(w.column)?;
-            match w.value {
-                Some(v) => b.put_cf(cf, w.key, v),
-                None => b.delete_cf(cf, w.key),
-            }
-        }
+        let b = self.batch(batch)?;
         // Logged but not synced: the write-ahead log reaches the OS before this returns, so a
         // killed process loses nothing; a power cut may lose the tail, which is refetched.
         self.db
