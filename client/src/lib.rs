@@ -8,6 +8,7 @@ pub mod delta_apply;
 pub mod delta_encode;
 pub mod delta_eval;
 pub mod delta_inspect;
+pub mod demo_link;
 pub mod mapped_file;
 pub mod model_file;
 pub mod node_service;

@@ -356,13 +356,21 @@ fn run_demo(a: &DemoArgs) -> anyhow::Result<()> {
         p.bundle_bytes,
         p.delta_bundle_bytes
     );
+    say!("  link             {}", p.link);
     say!(
-        "  network          delta fetched by a field node from a datacenter node over libp2p (TCP+Noise+Yamux, loopback), link shaped to {} kbit/s in the process (rate only, token bucket with a 0.25 s burst; no delay/loss emulation yet): {} bytes in {:.1} s = {:.0} kbit/s, {:.1}% of the link",
-        p.link_rate * 8 / 1000,
+        "  network          the field node fetched the delta from the datacenter node over libp2p (TCP+Noise+Yamux): {} chunk bytes in {:.1} s = {:.0} kbit/s, {:.0}% of the link{}",
         p.network_bytes,
         p.network_seconds,
         p.network_bytes as f64 * 8.0 / 1000.0 / p.network_seconds.max(1e-9),
-        100.0 * p.network_bytes as f64 / (p.link_rate as f64 * p.network_seconds.max(1e-9))
+        100.0 * p.network_bytes as f64 / (p.link_rate as f64 * p.network_seconds.max(1e-9)),
+        if p.link_ip_bytes_down > 0 {
+            format!(
+                "; the link carried {} IP bytes down and {} up (headers, handshakes, requests included)",
+                p.link_ip_bytes_down, p.link_ip_bytes_up
+            )
+        } else {
+            String::new()
+        }
     );
     say!(
         "  verified         every chunk and object hash checked; field apply identical to the datacenter's: {}",
