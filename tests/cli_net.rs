@@ -586,3 +586,88 @@ fn fetch_through_a_running_node_on_a_fresh_home() {
     );
     seeder.stop();
 }
+
+/// "HH:MM:SS-HH:MM:SS" (UTC) opening `delay` from now and lasting an hour.
+fn window_from_now(delay: Duration) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let fmt = |t: u64| {
+        let t = t % 86_400;
+        format!("{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
+    };
+    let start = now + delay.as_secs();
+    format!("{}-{}", fmt(start), fmt(start + 3600))
+}
+
+#[test]
+fn sync_window_holds_the_fetch_until_it_opens() {
+    let p = publish(1);
+    let seeder = NodeProc::start(p.home.path(), &[]);
+    let field = tmpdir();
+    let window = window_from_now(Duration::from_secs(5));
+    let t0 = Instant::now();
+    let r = json(&ok(
+        field.path(),
+        &[
+            "fetch",
+            &p.delta,
+            "--peer",
+            &seeder.addr,
+            "--trust",
+            &p.key,
+            "--sync-window",
+            &window,
+            "--json",
+        ],
+    ));
+    let waited = t0.elapsed();
+    assert_eq!(r["hash"], p.delta.as_str());
+    // Seconds are whole: the window opens 4–5 s after it was computed.
+    assert!(waited >= Duration::from_secs(3), "did not wait: {waited:?}");
+    // A malformed window is refused up front.
+    let (code, _, err) = run(
+        field.path(),
+        &[
+            "fetch",
+            &p.delta,
+            "--peer",
+            &seeder.addr,
+            "--sync-window",
+            "25:00-26:00",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("sync window"), "{err}");
+    seeder.stop();
+}
+
+#[test]
+fn node_runs_from_a_config_file() {
+    let p = publish(1);
+    let seeder = NodeProc::start(p.home.path(), &[]);
+    let field = tmpdir();
+    let cfg = field.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "profile = \"field\"\npeers = [\"{}\"]\ntrusted_publishers = [\"{}\"]\nauto_fetch = [\"fine*\"]\nmax_rate = \"8Mbit\"\nmdns = false\n",
+            seeder.addr, p.key
+        ),
+    )
+    .unwrap();
+    let node = NodeProc::start(field.path(), &["--config", s(&cfg)]);
+    let st = json(&ok(field.path(), &["status", "--json"]));
+    assert_eq!(st["profile"], "field", "{st}");
+    // The peer from the file was dialed, and the trust from the file applies to fetches.
+    let r = json(&ok(field.path(), &["fetch", &p.base, "--json"]));
+    assert_eq!(r["hash"], p.base.as_str(), "{r}");
+    node.stop();
+    // A file with an unknown key is refused with its name.
+    std::fs::write(&cfg, "profil = \"field\"\n").unwrap();
+    let (code, _, err) = run(field.path(), &["node", "run", "--config", s(&cfg)]);
+    assert_eq!(code, 1);
+    assert!(err.contains("node.toml") && err.contains("profil"), "{err}");
+    seeder.stop();
+}

@@ -11,6 +11,7 @@ pub mod delta_inspect;
 pub mod demo_link;
 pub mod mapped_file;
 pub mod model_file;
+pub mod node_config;
 pub mod node_service;
 pub mod progress;
 pub mod publisher_key;

@@ -10,12 +10,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use zdn::atomic_file::AtomicFile;
 use zdn::config::Config;
 use zdn::control::{self, ControlRequest};
+use zdn::node_config::NodeFile;
 use zdn::node_service::{exit, exit_code, NodeService};
 use zdn_node::net::{
     AutoFetchRule, Fault, FetchOptions, FetchReport, Keypair, Multiaddr, Node, NodeConfig, Profile,
 };
 use zdn_node::store::{StoreHandle, TrustPolicy};
 use zdn_protocol::glob::Glob;
+use zdn_protocol::sync::SyncWindows;
 use zdn_protocol::Hash;
 
 use crate::store_cli::{trust, Location};
@@ -54,16 +56,33 @@ pub struct NetArgs {
     /// Accept any publisher whose signature verifies.
     #[arg(long)]
     trust_any: bool,
-    /// Network profile: datacenter, field (satellite link) or edge (site LAN).
-    #[arg(long, default_value = "datacenter")]
-    profile: Profile,
+    /// Network profile: datacenter (default), field (satellite link) or edge (site LAN).
+    #[arg(long)]
+    profile: Option<Profile>,
+    /// Only use the link inside this window of the day, UTC (HH:MM-HH:MM, may wrap midnight);
+    /// repeatable. Outside every window nothing new is requested; transfers resume inside one.
+    #[arg(long = "sync-window", value_name = "HH:MM-HH:MM")]
+    sync_windows: Vec<String>,
     /// Turn mDNS discovery on the local network off (it is on for field and edge).
     #[arg(long)]
     no_mdns: bool,
 }
 
+impl NetArgs {
+    fn profile(&self) -> Profile {
+        self.profile.unwrap_or(Profile::Datacenter)
+    }
+
+    fn windows(&self) -> anyhow::Result<SyncWindows> {
+        Ok(SyncWindows::parse(&self.sync_windows)?)
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct RunArgs {
+    /// Settings file (see docs/network.md); flags add to its lists and override its values.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Address to listen on; repeatable. Default: TCP and QUIC on port 4801, all interfaces.
     #[arg(long = "listen", value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
@@ -180,7 +199,7 @@ async fn start(
     let dir = loc.store_dir(config);
     let keypair = node_key(&dir)?;
     let store = StoreHandle::spawn(loc.open(config)?)?;
-    let mut c = NodeConfig::new(keypair, net.profile);
+    let mut c = NodeConfig::new(keypair, net.profile());
     c.trust = trust_policy(loc, config, net)?;
     if !listen.is_empty() {
         // A serving node connects at start; a fetch dials its peers itself.
@@ -202,7 +221,8 @@ async fn start(
     let (log_tx, log) = tokio::sync::mpsc::unbounded_channel();
     let service = Arc::new(NodeService {
         handle: node.handle,
-        profile: net.profile,
+        profile: net.profile(),
+        sync_windows: net.windows()?,
         transfers: Default::default(),
         auto_fetch,
         log: log_tx,
@@ -238,8 +258,57 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// Adds `node.toml`'s settings to the command line's.
+fn merge(a: &mut RunArgs, f: NodeFile) -> anyhow::Result<()> {
+    let addrs = |list: Vec<String>, what: &str| -> anyhow::Result<Vec<Multiaddr>> {
+        list.iter()
+            .map(|s| s.parse().with_context(|| format!("{what} {s:?}")))
+            .collect()
+    };
+    if a.listen.is_empty() {
+        a.listen = addrs(f.listen, "listen")?;
+    }
+    a.net.peers.extend(addrs(f.peers, "peers")?);
+    for k in f.trusted_publishers {
+        a.net.trust.push(
+            k.parse()
+                .with_context(|| format!("trusted_publishers {k:?}"))?,
+        );
+    }
+    a.auto_fetch.extend(f.auto_fetch);
+    a.net.sync_windows.extend(f.sync_windows);
+    if a.net.profile.is_none() {
+        a.net.profile = f
+            .profile
+            .map(|p| p.parse())
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+    }
+    if a.net.max_rate.is_none() {
+        a.net.max_rate = f
+            .max_rate
+            .map(|r| parse_rate(&r))
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+    }
+    if a.max_upload_rate.is_none() {
+        a.max_upload_rate = f
+            .max_upload_rate
+            .map(|r| parse_rate(&r))
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+    }
+    if f.mdns == Some(false) {
+        a.net.no_mdns = true;
+    }
+    Ok(())
+}
+
 pub fn run_node(loc: &Location, cmd: NodeCommand) -> anyhow::Result<u8> {
-    let NodeCommand::Run(a) = cmd;
+    let NodeCommand::Run(mut a) = cmd;
+    if let Some(path) = a.config.clone() {
+        merge(&mut a, NodeFile::load(&path)?)?;
+    }
     let config = loc.config()?;
     let rules = a
         .auto_fetch
@@ -338,7 +407,14 @@ fn bar(json: bool) -> ProgressBar {
 fn show_progress(b: &ProgressBar, p: &zdn_node::net::FetchProgress) {
     b.set_length(p.total_bytes);
     b.set_position(p.done_bytes);
-    b.set_message(format!("{} ({} peers)", p.name, p.peers));
+    if p.waiting_for_window_s > 0 {
+        b.set_message(format!(
+            "{} waiting {} s for the next sync window",
+            p.name, p.waiting_for_window_s
+        ));
+    } else {
+        b.set_message(format!("{} ({} peers)", p.name, p.peers));
+    }
 }
 
 pub fn run_fetch(loc: &Location, a: FetchArgs) -> anyhow::Result<u8> {
@@ -377,6 +453,7 @@ pub fn run_fetch(loc: &Location, a: FetchArgs) -> anyhow::Result<u8> {
             let opts = FetchOptions {
                 peers: a.net.peers.clone(),
                 fetch_base: !a.no_base,
+                sync_windows: a.net.windows()?,
                 ..Default::default()
             };
             let mut on_progress = |p: &zdn_node::net::FetchProgress| show_progress(&b, p);

@@ -10,6 +10,7 @@ use zdn_node::net::{
 };
 use zdn_node::net::{AutoFetchRule, Multiaddr};
 use zdn_protocol::manifest::Kind;
+use zdn_protocol::sync::SyncWindows;
 use zdn_protocol::Hash;
 
 use crate::control::{ControlHandler, ControlLine, ControlRequest};
@@ -39,6 +40,8 @@ pub struct NodeService {
     pub profile: Profile,
     pub transfers: Mutex<BTreeMap<String, FetchProgress>>,
     pub auto_fetch: Vec<AutoFetchRule>,
+    /// When this node may use its link (applies to every fetch it runs).
+    pub sync_windows: SyncWindows,
     /// Lines for the node's log (stdout of `zdn node run`).
     pub log: mpsc::UnboundedSender<String>,
 }
@@ -110,7 +113,10 @@ impl NodeService {
             let svc = self.clone();
             let hash = manifest.hash();
             tokio::spawn(async move {
-                let opts = FetchOptions::default();
+                let opts = FetchOptions {
+                    sync_windows: svc.sync_windows.clone(),
+                    ..Default::default()
+                };
                 let line = match svc.fetch(hash, &opts, &mut |_| {}).await {
                     Ok(r) => format!(
                         "auto-fetch: fetched {} {hash}: {} bytes received in {:.1} s from {} peers",
@@ -235,6 +241,7 @@ impl ControlHandler for NodeService {
                 let opts = FetchOptions {
                     peers: addrs,
                     fetch_base,
+                    sync_windows: self.sync_windows.clone(),
                     ..Default::default()
                 };
                 match self

@@ -18,7 +18,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use zdn_protocol::chunk::{self, ChunkRef};
 use zdn_protocol::manifest::{self, Kind, SignedManifest};
-use zdn_protocol::sync::{Failure, Holdings, Received, SchedulerConfig, SyncScheduler};
+use zdn_protocol::sync::{
+    Failure, Holdings, Received, SchedulerConfig, SyncScheduler, SyncWindows,
+};
 use zdn_protocol::wire::{ChunkBitmap, Request, Response, MAX_STORED_CHUNK};
 use zdn_protocol::Hash;
 
@@ -35,6 +37,8 @@ pub struct FetchOptions {
     /// Fetch a missing base of a delta first (else fail with [`FetchError::MissingBase`]).
     pub fetch_base: bool,
     pub scheduler: SchedulerConfig,
+    /// When the link may be used (UTC); empty = always. Outside them nothing new is requested.
+    pub sync_windows: SyncWindows,
 }
 
 impl Default for FetchOptions {
@@ -43,6 +47,7 @@ impl Default for FetchOptions {
             peers: Vec::new(),
             fetch_base: true,
             scheduler: SchedulerConfig::default(),
+            sync_windows: SyncWindows::default(),
         }
     }
 }
@@ -55,6 +60,9 @@ pub struct FetchProgress {
     pub total_bytes: u64,
     pub received_bytes: u64,
     pub peers: usize,
+    /// Seconds until the next sync window opens; 0 while transferring.
+    #[serde(default)]
+    pub waiting_for_window_s: u32,
 }
 
 /// One peer's part in a transfer.
@@ -110,6 +118,13 @@ pub async fn fetch(
             base: None,
         });
     }
+    wait_for_window(&opts.sync_windows, &mut |w| {
+        progress(&FetchProgress {
+            waiting_for_window_s: w,
+            ..Default::default()
+        })
+    })
+    .await;
     let peers = connect(node, &opts.peers).await?;
     let m = obtain_manifest(node, hash, &peers).await?;
 
@@ -129,6 +144,25 @@ pub async fn fetch(
     report.seconds = t0.elapsed().as_secs_f64();
     report.base = base_report;
     Ok(report)
+}
+
+/// The current second of the day, UTC.
+fn second_of_day() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| (d.as_secs() % 86_400) as u32)
+}
+
+/// Sleeps until a sync window is open, reporting the wait now and then.
+async fn wait_for_window(w: &SyncWindows, report: &mut (dyn FnMut(u32) + Send)) {
+    loop {
+        let wait = w.wait(second_of_day());
+        if wait == 0 {
+            return;
+        }
+        report(wait);
+        tokio::time::sleep(Duration::from_secs(u64::from(wait.min(30)))).await;
+    }
 }
 
 /// Dials the given peers and adds those already connected. Fails only when there is nobody.
@@ -390,7 +424,27 @@ async fn transfer(
 
     while !sched.is_complete() {
         let now = t0.elapsed();
-        for a in sched.next_requests(now) {
+        let window_open = opts.sync_windows.is_open(second_of_day());
+        if !window_open && outstanding.values().all(|&n| n == 0) {
+            // Outside every window: what was asked has arrived; wait for the next one.
+            let wait = opts.sync_windows.wait(second_of_day());
+            progress(&FetchProgress {
+                name: name.clone(),
+                done_bytes: sched.done_bytes(),
+                total_bytes: sched.total_bytes(),
+                received_bytes: 0,
+                peers: sched.peer_count(),
+                waiting_for_window_s: wait,
+            });
+            tokio::time::sleep(Duration::from_secs(u64::from(wait.clamp(1, 30)))).await;
+            continue;
+        }
+        let assignments = if window_open {
+            sched.next_requests(now)
+        } else {
+            Vec::new()
+        };
+        for a in assignments {
             let id = distinct[a.chunk as usize].id;
             let pipe = pipes.entry(a.peer).or_insert_with(|| {
                 ChunkPipe::spawn(node.clone(), a.peer, hash, results_tx.clone())
@@ -487,6 +541,7 @@ async fn transfer(
                 received_bytes: node.traffic.chunk_bytes_received.load(Ordering::Relaxed)
                     - received0,
                 peers: sched.peer_count(),
+                waiting_for_window_s: 0,
             });
         }
     }

@@ -4,8 +4,10 @@
 
 mod scheduler;
 mod token_bucket;
+mod window;
 
 pub use scheduler::{
     Assignment, Failure, Holdings, PeerStats, Received, SchedulerConfig, SyncScheduler,
 };
 pub use token_bucket::{TokenBucket, TokenBucketError};
+pub use window::{SyncWindow, SyncWindows, WindowError};
