@@ -67,6 +67,18 @@ mod libp2p_identity_peer {
     pub use zdn_node::net::PeerId;
 }
 
+/// Resident memory of this process, KiB (Linux).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn frame(body: &[u8]) -> Vec<u8> {
     let mut f = (body.len() as u32).to_le_bytes().to_vec();
     f.extend_from_slice(body);
@@ -89,7 +101,13 @@ async fn abused_node_stays_up_and_serves_honest_fetches() {
     let (abuser, _stop_abuser) = node(&tmp.path().join("abuser"), false, vec![]).await;
     let peer = abuser.handle.dial(addr.clone()).await.unwrap();
 
-    // A frame length over the request cap: closed without an answer, nothing allocated.
+    let rss_before = rss_kib();
+    // Frame lengths over the request cap (4 GiB claimed, 100 times): closed without an answer,
+    // nothing allocated.
+    for _ in 0..100 {
+        let r = raw(&abuser, peer, &u32::MAX.to_le_bytes()).await;
+        assert!(r.as_ref().is_none_or(|b| b.is_empty()), "{r:?}");
+    }
     let r = raw(&abuser, peer, &u32::MAX.to_le_bytes()).await;
     assert!(r.as_ref().is_none_or(|b| b.is_empty()), "{r:?}");
     // A malformed request: closed without an answer.
@@ -131,6 +149,10 @@ async fn abused_node_stays_up_and_serves_honest_fetches() {
     .expect("fetch finished")
     .unwrap();
     assert_eq!(report.object_len, safetensors(1 << 20).len() as u64);
+    // Memory stayed bounded: the process (three nodes, a 1 MiB object) grew by far less than
+    // one of the lengths it was offered.
+    let grown = rss_kib().saturating_sub(rss_before);
+    assert!(grown < 128 * 1024, "RSS grew by {grown} KiB under abuse");
     let got = honest
         .handle
         .store()

@@ -3,12 +3,14 @@
 # through the emulated satellite link; then, through a fresh link with the same settings, a plain
 # TCP bulk transfer of the same number of bytes as the reference. Goodput = payload bytes ÷
 # (link rate × seconds the link was up during the transfer). Needs root.
-#   BASE=models/.../model.safetensors DELTA=x.bitdelta [RATE=1mbit DELAY=300ms LOSS=0.01
+#   BASE=models/.../model.safetensors [DELTA=x.bitdelta] [RATE=1mbit DELAY=300ms LOSS=0.01
 #   OUTAGES="20s-50s 80s-110s"] simulations/scenarios/one-station.sh
 set -euo pipefail
 T=${TARGET:-target/debug}
 RATE=${RATE:-1mbit}; DELAY=${DELAY:-300ms}; LOSS=${LOSS:-0.01}; OUTAGES=${OUTAGES:-}
-: "${BASE:?BASE=path of the base safetensors}" "${DELTA:?DELTA=path of the .bitdelta}"
+: "${BASE:?BASE=path of the base safetensors}"
+# Without DELTA the base itself crosses the link (e.g. a large generated object).
+DELTA=${DELTA:-}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 outage_args=(); for o in $OUTAGES; do outage_args+=(--outage "$o"); done
@@ -20,11 +22,16 @@ link() { # name subnet
 z() { "$T/zdn" --home "$@"; }
 
 # Publish base + delta at the datacenter; carry the base to the station on "a disk".
-z "$work/dc" add "$BASE" --name base > /dev/null
-delta=$(z "$work/dc" add "$DELTA" --base base --name delta --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["hash"])')
+hash_of() { python3 -c 'import json,sys; print(json.load(sys.stdin)["hash"])'; }
+base=$(z "$work/dc" add "$BASE" --name base --json | hash_of)
 key=$(z "$work/dc" key show)
-z "$work/dc" export base -o "$work/base.zdnb" > /dev/null
-z "$work/field" import "$work/base.zdnb" --trust-any > /dev/null
+if [ -n "$DELTA" ]; then
+  delta=$(z "$work/dc" add "$DELTA" --base base --name delta --json | hash_of)
+  z "$work/dc" export base -o "$work/base.zdnb" > /dev/null
+  z "$work/field" import "$work/base.zdnb" --trust-any > /dev/null
+else
+  delta=$base
+fi
 
 link sat 41
 ip netns exec sat-a "$T/zdn" --home "$work/dc" node run --profile datacenter --no-mdns \
