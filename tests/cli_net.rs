@@ -561,12 +561,26 @@ fn fetch_through_a_running_node_on_a_fresh_home() {
     let status = json(&ok(field.path(), &["status", "--json"]));
     assert_eq!(status["listen"][0], node.addr.as_str(), "{status}");
     assert_eq!(status["objects"].as_array().unwrap().len(), 0);
-    // The store is the node's now: `zdn fetch` goes through its control socket.
+    // The store is the node's now: `zdn fetch` goes through its control socket, and the node
+    // writes -o.
+    let out = field.path().join("via-node.bitdelta");
     let r = json(&ok(
         field.path(),
-        &["fetch", &p.delta, "--peer", &seeder.addr, "--json"],
+        &[
+            "fetch",
+            &p.delta,
+            "--peer",
+            &seeder.addr,
+            "-o",
+            s(&out),
+            "--json",
+        ],
     ));
     assert_eq!(r["hash"], p.delta.as_str());
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&p.delta_file).unwrap()
+    );
     let peers = json(&ok(field.path(), &["peers", "--json"]));
     let seeder_id = seeder.addr.rsplit('/').next().unwrap();
     assert!(

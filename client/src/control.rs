@@ -28,6 +28,11 @@ pub enum ControlRequest {
         peers: Vec<String>,
         fetch_base: bool,
     },
+    /// Write an object from the node's store to a file (verified, atomic).
+    Get {
+        hash: String,
+        output: String,
+    },
 }
 
 /// One line from the node: progress (`progress` set) or the final reply.

@@ -438,7 +438,7 @@ pub fn run_fetch(loc: &Location, a: FetchArgs) -> anyhow::Result<u8> {
                 }
             };
             let fetching = control::request(&socket, &req, &mut on_progress);
-            tokio::select! {
+            let r = tokio::select! {
                 r = fetching => {
                     let line = r?;
                     match (line.ok, line.result) {
@@ -447,6 +447,23 @@ pub fn run_fetch(loc: &Location, a: FetchArgs) -> anyhow::Result<u8> {
                     }
                 }
                 _ = shutdown_signal() => Err(("interrupted (the node goes on fetching)".into(), exit::INTERRUPTED)),
+            };
+            match (&r, &a.output) {
+                (Ok(_), Some(out)) => {
+                    // The node owns the store: it writes the file (an absolute path, same machine).
+                    let path = std::path::absolute(out)?;
+                    let req = ControlRequest::Get {
+                        hash: a.hash.to_hex(),
+                        output: path.to_string_lossy().into_owned(),
+                    };
+                    let line = control::request(&socket, &req, &mut |_| {}).await?;
+                    if !line.ok {
+                        Err((line.error.unwrap_or_default(), 1))
+                    } else {
+                        r
+                    }
+                }
+                _ => r,
             }
         } else {
             let mut s = start(loc, &config, &a.net, Vec::new(), None, Vec::new(), None).await?;
@@ -496,11 +513,7 @@ pub fn run_fetch(loc: &Location, a: FetchArgs) -> anyhow::Result<u8> {
                 } else {
                     print_report(&r);
                     if let Some(o) = &a.output {
-                        if control::is_running(&socket).await {
-                            eprintln!("note: -o is not written when a node runs on this store; use `zdn get` after stopping it");
-                        } else {
-                            out!("wrote {}", o.display());
-                        }
+                        out!("wrote {}", o.display());
                     }
                 }
                 anyhow::Ok(0)

@@ -222,6 +222,31 @@ impl ControlHandler for NodeService {
                 .await;
                 reply(r, 1)
             }
+            ControlRequest::Get { hash, output } => {
+                let r = async {
+                    let hash = self.resolve(hash).await?;
+                    let path = std::path::PathBuf::from(&output);
+                    self.handle
+                        .store()
+                        .call(move |s| {
+                            let io = |e: crate::atomic_file::AtomicFileError| {
+                                zdn_node::store::StoreError::io(
+                                    "writing the output",
+                                    std::io::Error::other(e),
+                                )
+                            };
+                            let mut f =
+                                crate::atomic_file::AtomicFile::create(&path).map_err(io)?;
+                            s.read_object(&hash, &mut f, &mut |_| {})?;
+                            f.commit().map_err(io)
+                        })
+                        .await
+                        .map_err(|e| format!("writing {output}: {e}"))?;
+                    Ok(serde_json::json!({ "wrote": output }))
+                }
+                .await;
+                reply(r, 1)
+            }
             ControlRequest::Fetch {
                 hash,
                 peers,
