@@ -120,6 +120,14 @@ fn publish(layers: u32) -> Published {
     }
 }
 
+/// Asserts that `home`'s store holds object `hash` with exactly the bytes of `file`.
+fn assert_object(home: &Path, hash: &str, file: &Path) {
+    let got = home.join("object-check");
+    ok(home, &["get", hash, "-o", s(&got)]);
+    assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(file).unwrap());
+    std::fs::remove_file(&got).unwrap();
+}
+
 /// A running `zdn node run`, killed on drop.
 struct NodeProc {
     child: Child,
@@ -331,12 +339,7 @@ fn corrupt_seeder_is_banned_and_the_fetch_completes_from_the_other() {
         liar_report.is_some_and(|x| x["banned"] == true),
         "liar not banned: {r}"
     );
-    let got = field.path().join("b");
-    ok(field.path(), &["get", &p.base, "-o", s(&got)]);
-    assert_eq!(
-        std::fs::read(&got).unwrap(),
-        std::fs::read(&p.base_file).unwrap()
-    );
+    assert_object(field.path(), &p.base, &p.base_file);
     // Both nodes stay up.
     honest.stop();
     liar.stop();
@@ -421,12 +424,7 @@ fn killed_fetch_resumes_without_downloading_verified_chunks_again() {
     ));
     let resumed = r["chunks_resumed"].as_u64().unwrap();
     assert!(resumed > 0, "nothing was kept from the killed run: {r}");
-    let got = field.path().join("b");
-    ok(field.path(), &["get", &p.base, "-o", s(&got)]);
-    assert_eq!(
-        std::fs::read(&got).unwrap(),
-        std::fs::read(&p.base_file).unwrap()
-    );
+    assert_object(field.path(), &p.base, &p.base_file);
 
     // Bytes the seeder sent over both runs: at most the object's stored bytes plus one chunk
     // per peer (the chunk in flight when the fetch was killed).
@@ -486,12 +484,7 @@ fn gossip_announcement_auto_fetches_the_delta_from_two_seeders() {
         .iter()
         .any(|o| o["hash"] == p.delta.as_str()));
     node.stop();
-    let got = field.path().join("d");
-    ok(field.path(), &["get", &p.delta, "-o", s(&got)]);
-    assert_eq!(
-        std::fs::read(&got).unwrap(),
-        std::fs::read(&p.delta_file).unwrap()
-    );
+    assert_object(field.path(), &p.delta, &p.delta_file);
     publisher.stop();
     seeder2.stop();
 }
@@ -592,12 +585,7 @@ fn fetch_through_a_running_node_on_a_fresh_home() {
         "{peers}"
     );
     node.stop();
-    let got = field.path().join("d");
-    ok(field.path(), &["get", &p.delta, "-o", s(&got)]);
-    assert_eq!(
-        std::fs::read(&got).unwrap(),
-        std::fs::read(&p.delta_file).unwrap()
-    );
+    assert_object(field.path(), &p.delta, &p.delta_file);
     seeder.stop();
 }
 

@@ -13,9 +13,11 @@
 //! mdns = true
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use zdn_protocol::sync::SyncWindows;
+
+use crate::config::ConfigError;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,26 +33,14 @@ pub struct NodeFile {
     pub mdns: Option<bool>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum NodeFileError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-}
-
 impl NodeFile {
     /// Reads and checks `path` (a missing file is an error: it was named explicitly).
-    pub fn load(path: &Path) -> Result<Self, NodeFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| NodeFileError::Read {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        let invalid = |message: String| NodeFileError::Invalid {
+        let invalid = |message: String| ConfigError::Parse {
             path: path.to_path_buf(),
             message,
         };

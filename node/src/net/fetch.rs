@@ -495,22 +495,19 @@ async fn transfer(
         }
         let now = t0.elapsed();
         let r = &distinct[ci as usize];
+        // A chunk that does not hash to its id or decode to its length counts as a wrong answer.
+        let outcome = match outcome {
+            Outcome::Chunk(stored)
+                if Hash::of(&stored) != r.id
+                    || stored.len() > MAX_STORED_CHUNK
+                    || chunk::decode(&stored, r).is_err() =>
+            {
+                Outcome::Wrong
+            }
+            o => o,
+        };
         match outcome {
             Outcome::Chunk(stored) => {
-                let valid = Hash::of(&stored) == r.id
-                    && stored.len() <= MAX_STORED_CHUNK
-                    && chunk::decode(&stored, r).is_ok();
-                if !valid {
-                    ban(
-                        &mut sched,
-                        &mut banned,
-                        &mut pipes,
-                        &mut outstanding,
-                        peer,
-                        ci,
-                    );
-                    continue;
-                }
                 // A duplicate still in another peer's pipe arrives later and is dropped as
                 // already done: at most one per peer (the scheduler's end-game rule).
                 if let Received::New { .. } = sched.on_received(&peer, ci, now) {
