@@ -128,6 +128,41 @@ fn assert_object(home: &Path, hash: &str, file: &Path) {
     std::fs::remove_file(&got).unwrap();
 }
 
+/// A field station that fetched the base from `publisher` and now runs a node connected to
+/// `publisher` and `other`, auto-fetching deltas named `fine*`.
+fn field_station(
+    p: &Published,
+    publisher: &NodeProc,
+    other: &NodeProc,
+) -> (tempfile::TempDir, NodeProc) {
+    let field = tmpdir();
+    ok(
+        field.path(),
+        &[
+            "fetch",
+            &p.base,
+            "--peer",
+            &publisher.addr,
+            "--trust",
+            &p.key,
+        ],
+    );
+    let node = NodeProc::start(
+        field.path(),
+        &[
+            "--peer",
+            &publisher.addr,
+            "--peer",
+            &other.addr,
+            "--trust",
+            &p.key,
+            "--auto-fetch",
+            "fine*",
+        ],
+    );
+    (field, node)
+}
+
 /// A running `zdn node run`, killed on drop.
 struct NodeProc {
     child: Child,
@@ -448,31 +483,7 @@ fn gossip_announcement_auto_fetches_the_delta_from_two_seeders() {
     let seeder2 = NodeProc::start(second.path(), &[]);
 
     // The field node has the base already (fetched earlier) and auto-fetches deltas.
-    let field = tmpdir();
-    ok(
-        field.path(),
-        &[
-            "fetch",
-            &p.base,
-            "--peer",
-            &publisher.addr,
-            "--trust",
-            &p.key,
-        ],
-    );
-    let mut node = NodeProc::start(
-        field.path(),
-        &[
-            "--peer",
-            &publisher.addr,
-            "--peer",
-            &seeder2.addr,
-            "--trust",
-            &p.key,
-            "--auto-fetch",
-            "fine*",
-        ],
-    );
+    let (field, mut node) = field_station(&p, &publisher, &seeder2);
     // Announce through the publisher's running node (its control socket).
     ok(p.home.path(), &["announce", &p.delta]);
     let l = node.wait_for("auto-fetch: ", Duration::from_secs(120));
@@ -495,31 +506,7 @@ fn bogus_announcements_get_the_sender_banned_and_honest_gossip_still_works() {
     let bogus_home = second_seeder(&p);
     let publisher = NodeProc::start(p.home.path(), &[]);
     let bogus = NodeProc::start(bogus_home.path(), &["--fault", "bogus-announcements"]);
-    let field = tmpdir();
-    ok(
-        field.path(),
-        &[
-            "fetch",
-            &p.base,
-            "--peer",
-            &publisher.addr,
-            "--trust",
-            &p.key,
-        ],
-    );
-    let mut node = NodeProc::start(
-        field.path(),
-        &[
-            "--peer",
-            &publisher.addr,
-            "--peer",
-            &bogus.addr,
-            "--trust",
-            &p.key,
-            "--auto-fetch",
-            "fine*",
-        ],
-    );
+    let (field, mut node) = field_station(&p, &publisher, &bogus);
     // Garbage and a manifest with a broken signature, through the bogus node.
     let (code, _, err) = run(bogus_home.path(), &["announce", &p.delta]);
     assert_eq!(code, 0, "{err}");
