@@ -201,7 +201,8 @@ async fn start(
     let store = StoreHandle::spawn(loc.open(config)?)?;
     let mut c = NodeConfig::new(keypair, net.profile());
     c.trust = trust_policy(loc, config, net)?;
-    if !listen.is_empty() {
+    let listen_given = !listen.is_empty();
+    if listen_given {
         // A serving node connects at start; a fetch dials its peers itself.
         c.peers = net.peers.clone();
     }
@@ -223,6 +224,11 @@ async fn start(
         handle: node.handle,
         profile: net.profile(),
         sync_windows: net.windows()?,
+        known_peers: if listen_given {
+            net.peers.clone()
+        } else {
+            Vec::new()
+        },
         transfers: Default::default(),
         auto_fetch,
         log: log_tx,

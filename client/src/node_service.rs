@@ -42,6 +42,9 @@ pub struct NodeService {
     pub auto_fetch: Vec<AutoFetchRule>,
     /// When this node may use its link (applies to every fetch it runs).
     pub sync_windows: SyncWindows,
+    /// The peers it was configured with: every fetch it runs (re)dials them, so a fetch right
+    /// after start waits for those connections instead of finding none.
+    pub known_peers: Vec<Multiaddr>,
     /// Lines for the node's log (stdout of `zdn node run`).
     pub log: mpsc::UnboundedSender<String>,
 }
@@ -114,6 +117,7 @@ impl NodeService {
             let hash = manifest.hash();
             tokio::spawn(async move {
                 let opts = FetchOptions {
+                    peers: svc.known_peers.clone(),
                     sync_windows: svc.sync_windows.clone(),
                     ..Default::default()
                 };
@@ -263,6 +267,7 @@ impl ControlHandler for NodeService {
                         Err(e) => return reply(Err(format!("--peer {p:?}: {e}")), 1),
                     }
                 }
+                addrs.extend(self.known_peers.iter().cloned());
                 let opts = FetchOptions {
                     peers: addrs,
                     fetch_base,
