@@ -660,3 +660,20 @@ fn node_runs_from_a_config_file() {
     assert!(err.contains("node.toml") && err.contains("profil"), "{err}");
     seeder.stop();
 }
+
+#[test]
+fn fetch_over_quic() {
+    let p = publish(1);
+    let mut seeder = NodeProc::start(p.home.path(), &["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"]);
+    let quic = seeder.wait_for("listening /ip4/127.0.0.1/udp/", Duration::from_secs(30));
+    let quic = quic.trim_start_matches("listening ").to_string();
+    assert!(quic.contains("/quic-v1/p2p/"), "{quic}");
+    let field = tmpdir();
+    ok(
+        field.path(),
+        &["fetch", &p.delta, "--peer", &quic, "--trust", &p.key],
+    );
+    assert_object(field.path(), &p.delta, &p.delta_file);
+    assert_object(field.path(), &p.base, &p.base_file);
+    seeder.stop();
+}

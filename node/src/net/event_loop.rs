@@ -90,13 +90,15 @@ impl Node {
             .gossipsub
             .subscribe(&topic)
             .map_err(|e| NetError::Config(format!("gossip subscribe: {e}")))?;
+        let mut listeners = HashSet::new();
         for addr in &config.listen {
-            swarm
+            let id = swarm
                 .listen_on(addr.clone())
                 .map_err(|e| NetError::Listen {
                     addr: addr.to_string(),
                     reason: e.to_string(),
                 })?;
+            listeners.insert(id);
         }
 
         let limiter = |r: Option<u64>| -> Result<Option<Arc<RateLimiter>>, NetError> {
@@ -142,7 +144,7 @@ impl Node {
             swarm,
             topic,
             trust: config.trust,
-            expect_listen: !config.listen.is_empty(),
+            silent_listeners: listeners,
             listen_addrs: Vec::new(),
             listen_waiters: Vec::new(),
             pending_dials: HashMap::new(),
@@ -176,7 +178,8 @@ struct EventLoop {
     swarm: Swarm<NodeBehaviour>,
     topic: gossipsub::IdentTopic,
     trust: TrustPolicy,
-    expect_listen: bool,
+    /// Listeners that have not reported an address yet: `listen_addrs` waits for all of them.
+    silent_listeners: HashSet<libp2p::core::transport::ListenerId>,
     listen_addrs: Vec<Multiaddr>,
     listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
     pending_dials: HashMap<ConnectionId, (Multiaddr, DialReply)>,
@@ -242,7 +245,7 @@ impl EventLoop {
                 let _ = reply.send(peers);
             }
             Command::ListenAddrs { reply } => {
-                if self.listen_addrs.is_empty() && self.expect_listen {
+                if !self.silent_listeners.is_empty() {
                     self.listen_waiters.push(reply);
                 } else {
                     let _ = reply.send(self.listen_addrs.clone());
@@ -338,14 +341,28 @@ impl EventLoop {
 
     fn on_swarm_event(&mut self, ev: SwarmEvent<NodeBehaviourEvent>) {
         match ev {
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr {
+                address,
+                listener_id,
+            } => {
                 let full = address
                     .clone()
                     .with_p2p(*self.swarm.local_peer_id())
                     .unwrap_or(address);
                 self.listen_addrs.push(full);
-                for w in self.listen_waiters.drain(..) {
-                    let _ = w.send(self.listen_addrs.clone());
+                self.silent_listeners.remove(&listener_id);
+                if self.silent_listeners.is_empty() {
+                    for w in self.listen_waiters.drain(..) {
+                        let _ = w.send(self.listen_addrs.clone());
+                    }
+                }
+            }
+            SwarmEvent::ListenerClosed { listener_id, .. } => {
+                // A listener that failed before reporting must not hold the waiters forever.
+                if self.silent_listeners.remove(&listener_id) && self.silent_listeners.is_empty() {
+                    for w in self.listen_waiters.drain(..) {
+                        let _ = w.send(self.listen_addrs.clone());
+                    }
                 }
             }
             SwarmEvent::ConnectionEstablished {
