@@ -339,6 +339,16 @@ impl EventLoop {
         }
     }
 
+    /// Once every listener has an address (or has closed), the `listen_addrs` waiters get them.
+    fn listener_reported(&mut self, id: libp2p::core::transport::ListenerId) {
+        self.silent_listeners.remove(&id);
+        if self.silent_listeners.is_empty() {
+            for w in self.listen_waiters.drain(..) {
+                let _ = w.send(self.listen_addrs.clone());
+            }
+        }
+    }
+
     fn on_swarm_event(&mut self, ev: SwarmEvent<NodeBehaviourEvent>) {
         match ev {
             SwarmEvent::NewListenAddr {
@@ -350,21 +360,10 @@ impl EventLoop {
                     .with_p2p(*self.swarm.local_peer_id())
                     .unwrap_or(address);
                 self.listen_addrs.push(full);
-                self.silent_listeners.remove(&listener_id);
-                if self.silent_listeners.is_empty() {
-                    for w in self.listen_waiters.drain(..) {
-                        let _ = w.send(self.listen_addrs.clone());
-                    }
-                }
+                self.listener_reported(listener_id);
             }
-            SwarmEvent::ListenerClosed { listener_id, .. } => {
-                // A listener that failed before reporting must not hold the waiters forever.
-                if self.silent_listeners.remove(&listener_id) && self.silent_listeners.is_empty() {
-                    for w in self.listen_waiters.drain(..) {
-                        let _ = w.send(self.listen_addrs.clone());
-                    }
-                }
-            }
+            // A listener that failed before reporting must not hold the waiters forever.
+            SwarmEvent::ListenerClosed { listener_id, .. } => self.listener_reported(listener_id),
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
