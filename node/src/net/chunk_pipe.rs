@@ -5,7 +5,8 @@
 //! round trip — 600 ms on a satellite link. With one stream the scheduler's window alone decides
 //! how many requests are outstanding.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::AsyncReadExt;
@@ -46,9 +47,10 @@ impl ChunkPipe {
         peer: PeerId,
         object: Hash,
         results: mpsc::UnboundedSender<PipeResult>,
+        received: Arc<AtomicU64>,
     ) -> ChunkPipe {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(node, peer, object, rx, results)).abort_handle();
+        let task = tokio::spawn(run(node, peer, object, rx, results, received)).abort_handle();
         ChunkPipe { requests: tx, task }
     }
 
@@ -74,6 +76,7 @@ async fn run(
     object: Hash,
     mut requests: mpsc::UnboundedReceiver<(u32, Hash)>,
     results: mpsc::UnboundedSender<PipeResult>,
+    received: Arc<AtomicU64>,
 ) {
     let (order_tx, mut order_rx) = mpsc::unbounded_channel::<(u32, Hash)>();
     if let Ok(stream) = node.control.clone().open_stream(peer, CHUNK_STREAM).await {
@@ -100,9 +103,11 @@ async fn run(
             while let Some((ci, want)) = order_rx.recv().await {
                 let body = rio
                     .read(&mut rd, "response", 1 + 32 + MAX_STORED_CHUNK, &mut |n| {
+                        // The node's total and this transfer's own count.
                         traffic
                             .chunk_bytes_received
                             .fetch_add(n as u64, Ordering::Relaxed);
+                        received.fetch_add(n as u64, Ordering::Relaxed);
                     })
                     .await;
                 let outcome = match body.as_deref().map(Response::decode) {

@@ -9,7 +9,8 @@
 //! resumes where it stopped and never downloads a verified chunk again.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
@@ -193,7 +194,7 @@ async fn connect(node: &NodeHandle, addrs: &[Multiaddr]) -> Result<Vec<PeerId>, 
     }
 }
 
-/// One request on a fresh stream; the response frame may be at most `max` bytes.
+/// One request (a manifest or a have-bitmap) on a stream of its own; the response frame may be at most `max` bytes.
 async fn ask(
     node: &NodeHandle,
     peer: PeerId,
@@ -216,13 +217,9 @@ async fn ask(
         limiter: node.download_limit.clone(),
         ..io
     };
-    let traffic = node.traffic.clone();
+    // Manifests and have-bitmaps: not chunk bytes, not counted as such.
     let body = io
-        .read(&mut stream, "response", max, &mut |n| {
-            traffic
-                .chunk_bytes_received
-                .fetch_add(n as u64, Ordering::Relaxed);
-        })
+        .read(&mut stream, "response", max, &mut |_| {})
         .await
         .map_err(|e| e.to_string())?;
     Response::decode(&body).map_err(|e| e.to_string())
@@ -419,7 +416,8 @@ async fn transfer(
     }
 
     let t0 = Instant::now();
-    let received0 = node.traffic.chunk_bytes_received.load(Ordering::Relaxed);
+    // This transfer's own count (other fetches of the same node may run meanwhile).
+    let received = Arc::new(AtomicU64::new(0));
     let (results_tx, mut results) = mpsc::unbounded_channel::<PipeResult>();
     let mut pipes: HashMap<PeerId, ChunkPipe> = HashMap::new();
     // Requests handed to each peer's pipe and not yet answered.
@@ -453,11 +451,23 @@ async fn transfer(
         for a in assignments {
             let id = distinct[a.chunk as usize].id;
             let pipe = pipes.entry(a.peer).or_insert_with(|| {
-                ChunkPipe::spawn(node.clone(), a.peer, hash, results_tx.clone())
+                ChunkPipe::spawn(
+                    node.clone(),
+                    a.peer,
+                    hash,
+                    results_tx.clone(),
+                    received.clone(),
+                )
             });
             if !pipe.send(a.chunk, id) {
                 // That pipe ended (its stream broke): a fresh one for this and later requests.
-                *pipe = ChunkPipe::spawn(node.clone(), a.peer, hash, results_tx.clone());
+                *pipe = ChunkPipe::spawn(
+                    node.clone(),
+                    a.peer,
+                    hash,
+                    results_tx.clone(),
+                    received.clone(),
+                );
                 if !pipe.send(a.chunk, id) {
                     sched.on_failed(&a.peer, a.chunk, Failure::Io, now);
                     continue;
@@ -541,8 +551,7 @@ async fn transfer(
                 name: name.clone(),
                 done_bytes: sched.done_bytes(),
                 total_bytes: sched.total_bytes(),
-                received_bytes: node.traffic.chunk_bytes_received.load(Ordering::Relaxed)
-                    - received0,
+                received_bytes: received.load(Ordering::Relaxed),
                 peers: sched.peer_count(),
                 waiting_for_window_s: 0,
             });
@@ -608,7 +617,7 @@ async fn transfer(
         already_present: false,
         chunks: distinct.len(),
         chunks_resumed: resumed,
-        bytes_received: node.traffic.chunk_bytes_received.load(Ordering::Relaxed) - received0,
+        bytes_received: received.load(Ordering::Relaxed),
         seconds: 0.0,
         peers: peer_reports,
         base: None,
