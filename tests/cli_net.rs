@@ -346,12 +346,19 @@ fn second_seeder(p: &Published) -> tempfile::TempDir {
     other
 }
 
+/// The publisher's node and a second seeder of the same objects (started with `second_args`,
+/// e.g. a fault), with the second seeder's home.
+fn two_seeders(p: &Published, second_args: &[&str]) -> (tempfile::TempDir, NodeProc, NodeProc) {
+    let home = second_seeder(p);
+    let publisher = NodeProc::start(p.home.path(), &[]);
+    let second = NodeProc::start(home.path(), second_args);
+    (home, publisher, second)
+}
+
 #[test]
 fn corrupt_seeder_is_banned_and_the_fetch_completes_from_the_other() {
     let p = publish(2);
-    let liar_home = second_seeder(&p);
-    let honest = NodeProc::start(p.home.path(), &[]);
-    let liar = NodeProc::start(liar_home.path(), &["--fault", "corrupt-chunks"]);
+    let (_liar_home, honest, liar) = two_seeders(&p, &["--fault", "corrupt-chunks"]);
     let field = tmpdir();
     let r = json(&ok(
         field.path(),
@@ -383,9 +390,7 @@ fn corrupt_seeder_is_banned_and_the_fetch_completes_from_the_other() {
 #[test]
 fn stalled_seeder_does_not_stop_the_fetch() {
     let p = publish(1);
-    let staller_home = second_seeder(&p);
-    let honest = NodeProc::start(p.home.path(), &[]);
-    let staller = NodeProc::start(staller_home.path(), &["--fault", "stall-chunks"]);
+    let (_staller_home, honest, staller) = two_seeders(&p, &["--fault", "stall-chunks"]);
     let field = tmpdir();
     let t0 = Instant::now();
     ok(
@@ -478,9 +483,7 @@ fn killed_fetch_resumes_without_downloading_verified_chunks_again() {
 #[test]
 fn gossip_announcement_auto_fetches_the_delta_from_two_seeders() {
     let p = publish(2);
-    let second = second_seeder(&p);
-    let publisher = NodeProc::start(p.home.path(), &[]);
-    let seeder2 = NodeProc::start(second.path(), &[]);
+    let (_second, publisher, seeder2) = two_seeders(&p, &[]);
 
     // The field node has the base already (fetched earlier) and auto-fetches deltas.
     let (field, mut node) = field_station(&p, &publisher, &seeder2);
@@ -503,9 +506,7 @@ fn gossip_announcement_auto_fetches_the_delta_from_two_seeders() {
 #[test]
 fn bogus_announcements_get_the_sender_banned_and_honest_gossip_still_works() {
     let p = publish(1);
-    let bogus_home = second_seeder(&p);
-    let publisher = NodeProc::start(p.home.path(), &[]);
-    let bogus = NodeProc::start(bogus_home.path(), &["--fault", "bogus-announcements"]);
+    let (bogus_home, publisher, bogus) = two_seeders(&p, &["--fault", "bogus-announcements"]);
     let (field, mut node) = field_station(&p, &publisher, &bogus);
     // Garbage and a manifest with a broken signature, through the bogus node.
     let (code, _, err) = run(bogus_home.path(), &["announce", &p.delta]);

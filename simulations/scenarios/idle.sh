@@ -7,14 +7,13 @@ set -euo pipefail
 T=${TARGET:-target/debug}
 SECS=${SECS:-600}
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+. "$(dirname "$0")/common.sh"
 "$T/zdn-linkem" up idle --subnet 31 --rate 1mbit --delay 300ms --stats-every 10s \
   --secs $((SECS + 20)) > "$work/link.out" &
-until grep -q '^ready' "$work/link.out" 2>/dev/null; do sleep 0.2; done
+wait_for "$work/link.out" ready
 ip netns exec idle-a "$T/zdn" --home "$work/dc" node run --profile datacenter --no-mdns \
   --listen /ip4/10.201.31.1/tcp/4801 > "$work/dc.out" &
-until grep -q '^listening' "$work/dc.out" 2>/dev/null; do sleep 0.2; done
-addr=$(grep -m1 '^listening' "$work/dc.out" | cut -d' ' -f2)
+addr=$(listen_addr "$work/dc.out")
 ip netns exec idle-b "$T/zdn" --home "$work/field" node run --profile field --no-mdns \
   --listen /ip4/10.201.31.2/tcp/4801 --peer "$addr" > "$work/field.out" &
 sleep "$SECS"

@@ -12,12 +12,12 @@ RATE=${RATE:-1mbit}; DELAY=${DELAY:-300ms}; LOSS=${LOSS:-0.01}; OUTAGES=${OUTAGE
 # Without DELTA the base itself crosses the link (e.g. a large generated object).
 DELTA=${DELTA:-}
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+. "$(dirname "$0")/common.sh"
 outage_args=(); for o in $OUTAGES; do outage_args+=(--outage "$o"); done
 link() { # name subnet
   "$T/zdn-linkem" up "$1" --subnet "$2" --rate "$RATE" --delay "$DELAY" --loss "$LOSS" \
     "${outage_args[@]}" --secs 3600 > "$work/$1.out" &
-  until grep -q '^ready' "$work/$1.out" 2>/dev/null; do sleep 0.2; done
+  wait_for "$work/$1.out" ready
 }
 z() { "$T/zdn" --home "$@"; }
 
@@ -36,8 +36,7 @@ fi
 link sat 41
 ip netns exec sat-a "$T/zdn" --home "$work/dc" node run --profile datacenter --no-mdns \
   --listen /ip4/10.201.41.1/tcp/4801 > "$work/dc.out" &
-until grep -q '^listening' "$work/dc.out" 2>/dev/null; do sleep 0.2; done
-addr=$(grep -m1 '^listening' "$work/dc.out" | cut -d' ' -f2)
+addr=$(listen_addr "$work/dc.out")
 t0=$(date +%s.%N)
 ip netns exec sat-b "$T/zdn" --home "$work/field" fetch "$delta" --peer "$addr" --trust "$key" \
   --profile field --no-mdns --json > "$work/fetch.json"

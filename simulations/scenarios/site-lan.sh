@@ -9,7 +9,7 @@ T=${TARGET:-target/debug}
 : "${BASE:?BASE=path of the base safetensors}"
 DELTA=${DELTA:-}
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+. "$(dirname "$0")/common.sh"
 z() { "$T/zdn" --home "$@"; }
 hash_of() { python3 -c 'import json,sys; print(json.load(sys.stdin)["hash"])'; }
 
@@ -25,17 +25,15 @@ fi
 
 "$T/zdn-linkem" up lan --subnet 51 --rate 1mbit --delay 300ms --loss 0.01 --stats-every 5s \
   --secs 3600 > "$work/link.out" &
-until grep -q '^ready' "$work/link.out" 2>/dev/null; do sleep 0.2; done
+wait_for "$work/link.out" ready
 ip netns exec lan-a "$T/zdn" --home "$work/dc" node run --profile datacenter --no-mdns \
   --listen /ip4/10.201.51.1/tcp/4801 > "$work/dc.out" &
-until grep -q '^listening' "$work/dc.out" 2>/dev/null; do sleep 0.2; done
-dc=$(grep -m1 '^listening' "$work/dc.out" | cut -d' ' -f2)
+dc=$(listen_addr "$work/dc.out")
 # The station listens on the site network (loopback of its namespace) and reaches the datacenter
 # over the satellite.
 ip netns exec lan-b "$T/zdn" --home "$work/station" node run --profile field --no-mdns \
   --listen /ip4/127.0.0.1/tcp/4802 --peer "$dc" --trust "$key" > "$work/station.out" &
-until grep -q '^listening' "$work/station.out" 2>/dev/null; do sleep 0.2; done
-station=$(grep -m1 '^listening' "$work/station.out" | cut -d' ' -f2)
+station=$(listen_addr "$work/station.out")
 t0=$(date +%s)
 ip netns exec lan-b "$T/zdn" --home "$work/station" fetch "$object" --json > "$work/station.json"
 t1=$(date +%s)
