@@ -199,3 +199,63 @@ async fn write_line(
     s.push('\n');
     w.write_all(s.as_bytes()).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Echo;
+    impl ControlHandler for Echo {
+        async fn handle(
+            &self,
+            req: ControlRequest,
+            _progress: mpsc::Sender<serde_json::Value>,
+        ) -> ControlLine {
+            ControlLine {
+                ok: true,
+                result: serde_json::to_value(req).ok(),
+                ..Default::default()
+            }
+        }
+    }
+
+    async fn raw(path: &Path, bytes: &[u8]) -> String {
+        let mut s = UnixStream::connect(path).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let _ = s.shutdown().await;
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out).await;
+        out
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_errors_not_crashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = bind(dir.path()).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(run(listener, Arc::new(Echo), async {
+            let _ = stopped.await;
+        }));
+        let path = socket_path(dir.path());
+        // Malformed JSON and an unknown operation: an error reply naming the problem.
+        for bad in [&b"{not json\n"[..], b"{\"op\":\"format-disk\"}\n"] {
+            let reply: ControlLine = serde_json::from_str(raw(&path, bad).await.trim()).unwrap();
+            assert!(!reply.ok && reply.error.unwrap().contains("bad request"));
+        }
+        // Truncated (no newline, then end of input): an error reply too.
+        let reply: ControlLine =
+            serde_json::from_str(raw(&path, b"{\"op\":\"sta").await.trim()).unwrap();
+        assert!(!reply.ok && reply.error.unwrap().contains("EOF while parsing"));
+        // Oversized (over MAX_LINE): refused before parsing, the connection just closes.
+        assert_eq!(raw(&path, &vec![b'x'; MAX_LINE + 10]).await, "");
+        // A second node on the same store is refused while this one answers.
+        assert!(bind(dir.path()).await.is_err());
+        // And a good request still works.
+        let line = request(&path, &ControlRequest::Status, &mut |_| {})
+            .await
+            .unwrap();
+        assert!(line.ok);
+        let _ = stop.send(());
+        server.await.unwrap();
+    }
+}
