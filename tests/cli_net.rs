@@ -80,6 +80,20 @@ fn publish(layers: u32) -> Published {
             s(&delta_file),
         ],
     );
+    // A quality report signed into the delta's manifest (a fixture: its numbers are not measured on
+    // this generated model; tests/quality.rs measures the real pair).
+    let quality = home.path().join("quality.json");
+    std::fs::write(
+        &quality,
+        serde_json::json!({
+            "metric": zdn::embed_eval::METRIC, "corpus": "lee.cor", "corpus_blake3": "00".repeat(32),
+            "sentences": 148, "delta": {"mean": 0.9998, "min": 0.9994, "p5": 0.9997},
+            "base": {"mean": 0.9753, "min": 0.9497, "p5": 0.9601},
+            "delta_bytes": 1, "finetuned_bytes": 2
+        })
+        .to_string(),
+    )
+    .unwrap();
     let chunk = CHUNK.to_string();
     let rb = json(&ok(
         home.path(),
@@ -104,6 +118,8 @@ fn publish(layers: u32) -> Published {
             "fine",
             "--chunk-size",
             &chunk,
+            "--quality",
+            s(&quality),
             "--json",
         ],
     ));
@@ -278,6 +294,8 @@ fn fetch_from_a_node_verified_base_first_then_apply() {
     ));
     assert_eq!(r["kind"], "delta");
     assert_eq!(r["base"]["hash"], p.base.as_str());
+    // The publisher's signed quality report arrives with the manifest.
+    assert_eq!(r["quality"]["delta"]["mean"], 0.9998);
     assert_eq!(
         std::fs::read(&out).unwrap(),
         std::fs::read(&p.delta_file).unwrap()

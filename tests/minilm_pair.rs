@@ -4,38 +4,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use common::*;
 use serde_json::Value;
-
-fn minilm() -> (PathBuf, PathBuf) {
-    let dir = std::env::var_os("ZDN_MINILM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("minilm"));
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../scripts/fetch-minilm-pair.sh"
-    );
-    let out = Command::new("bash").arg(script).arg(&dir).output().unwrap();
-    assert!(
-        out.status.success(),
-        "installing the MiniLM pair failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let get = |k: &str| {
-        PathBuf::from(
-            stdout
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .unwrap()
-                .trim(),
-        )
-    };
-    (get("base "), get("finetuned "))
-}
 
 #[test]
 fn real_pair_round_trip() {

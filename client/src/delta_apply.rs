@@ -64,16 +64,10 @@ pub fn apply(job: &ApplyJob) -> Result<ApplyReport, DeltaApplyError> {
             cause,
         })?;
     let base = ModelFile::open(&job.base)?;
-    let base_hash = base.file.blake3();
-    let recorded = delta.meta.base_hash;
-    let matches = recorded.is_zero() || recorded == base_hash;
-    if !matches && !job.force {
-        return Err(DeltaApplyError::WrongBase {
-            path: job.base.clone(),
-            expected: recorded,
-            actual: base_hash,
-        });
-    }
+    let BaseCheck {
+        base_hash,
+        verified: base_verified,
+    } = check_base(&delta, &base, job.force)?;
     let layouts: Vec<TensorLayout> = delta
         .entries
         .iter()
@@ -112,6 +106,36 @@ pub fn apply(job: &ApplyJob) -> Result<ApplyReport, DeltaApplyError> {
         tensors: delta.entries.len(),
         bytes_written: header.len() as u64 + total,
         base_hash,
-        base_verified: matches && !recorded.is_zero(),
+        base_verified,
+    })
+}
+
+/// The base's BLAKE3 and whether it is the base the delta records.
+#[derive(Debug, Clone, Copy)]
+pub struct BaseCheck {
+    pub base_hash: Hash,
+    /// False when the delta records no base, or `force` let a different base through.
+    pub verified: bool,
+}
+
+/// Refuses a base other than the one the delta was made for, unless `force`.
+pub fn check_base(
+    delta: &BitDeltaFile<'_>,
+    base: &ModelFile,
+    force: bool,
+) -> Result<BaseCheck, DeltaApplyError> {
+    let base_hash = base.file.blake3();
+    let recorded = delta.meta.base_hash;
+    let matches = recorded.is_zero() || recorded == base_hash;
+    if !matches && !force {
+        return Err(DeltaApplyError::WrongBase {
+            path: base.file.path().to_path_buf(),
+            expected: recorded,
+            actual: base_hash,
+        });
+    }
+    Ok(BaseCheck {
+        base_hash,
+        verified: matches && !recorded.is_zero(),
     })
 }

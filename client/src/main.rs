@@ -2,6 +2,8 @@
 
 mod demo;
 mod node_cli;
+mod quality_cli;
+mod soup_cli;
 mod store_cli;
 
 use std::path::{Path, PathBuf};
@@ -65,6 +67,16 @@ enum Command {
     },
     /// Announce an object (hash, prefix or name) by gossip through the running node.
     Announce { object: String },
+    /// DeltaSoup: mix deltas of one base into a recipe, or aggregate contributed deltas robustly.
+    #[command(subcommand)]
+    Soup(soup_cli::SoupCommand),
+    /// Measure a delta on a real model: cosine of the delta-applied model's sentence embeddings to
+    /// the fine-tune's on held-out text, with the base's as the floor (BERT encoders on candle).
+    ///
+    ///   zdn eval --base base/model.safetensors --finetuned ft/model.safetensors \
+    ///            --delta ft.bitdelta --corpus lee.cor
+    #[command(verbatim_doc_comment)]
+    Eval(quality_cli::EvalArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -80,7 +92,8 @@ enum DeltaCommand {
     Encode(EncodeArgs),
     /// Show the tensors, encodings, sizes and compression ratios of a .bitdelta file.
     Inspect {
-        /// The .bitdelta file.
+        /// The .bitdelta file, or a delta in the store (hash, prefix or name): then the quality
+        /// report its manifest carries is shown too.
         delta: PathBuf,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -90,6 +103,8 @@ enum DeltaCommand {
     Apply {
         #[arg(long)]
         base: PathBuf,
+        /// The .bitdelta file; when no such file exists, a soup recipe in the store (hash, prefix
+        /// or name), built from its component deltas there.
         #[arg(long)]
         delta: PathBuf,
         /// Output safetensors file (written to a temporary file and renamed when complete).
@@ -113,6 +128,13 @@ enum DeltaCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Fit a delta's scales so the applied model's hidden states match the fine-tune's on a
+    /// calibration corpus (BitDelta's scale distillation; signs kept, same file size). Example:
+    ///
+    ///   zdn delta calibrate --base base/model.safetensors --finetuned ft/model.safetensors \
+    ///       --delta ft.bitdelta --corpus background.txt --exclude-corpus heldout.txt -o ft.cal.bitdelta
+    #[command(verbatim_doc_comment)]
+    Calibrate(quality_cli::CalibrateArgs),
 }
 
 #[derive(Args, Debug)]
@@ -211,6 +233,20 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status { json } => return node_cli::run_status(&cli.location, json, false),
         Command::Peers { json } => return node_cli::run_status(&cli.location, json, true),
         Command::Announce { object } => return node_cli::run_announce(&cli.location, object),
+        Command::Soup(c) => return soup_cli::run(&cli.location, c),
+        Command::Delta(DeltaCommand::Apply {
+            base,
+            delta,
+            output,
+            force,
+            json,
+        }) if !delta.exists() => {
+            // Not a file: a soup recipe in the store (docs/soup.md).
+            let object = delta.to_string_lossy();
+            return soup_cli::apply_recipe(&cli.location, &object, base, output, force, json);
+        }
+        Command::Eval(a) => return quality_cli::run_eval(a),
+        Command::Delta(DeltaCommand::Calibrate(a)) => return quality_cli::run_calibrate(a),
         Command::Delta(DeltaCommand::Encode(a)) => {
             if let Some(k) = a.clip {
                 anyhow::ensure!(
@@ -246,11 +282,45 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
         }
         Command::Delta(DeltaCommand::Inspect { delta, json }) => {
-            let report = inspect(&delta)?;
-            if json {
-                say!("{}", serde_json::to_string_pretty(&report)?);
+            // A file, else an object of the store (whose manifest may carry a quality report).
+            let looks_like_path = delta.components().count() > 1
+                || delta.extension().is_some_and(|e| e == "bitdelta");
+            let (path, quality, _tmp) = if delta.exists() || looks_like_path {
+                (delta, None, None)
             } else {
-                print_inspect(&delta, &report);
+                let (tmp, m) = store_cli::object_to_temp(&cli.location, &delta.to_string_lossy())
+                    .with_context(|| {
+                    format!(
+                        "{} is neither a file nor an object of the store",
+                        delta.display()
+                    )
+                })?;
+                (
+                    tmp.path().to_path_buf(),
+                    node_cli::quality_note(&m.manifest.extra),
+                    Some(tmp),
+                )
+            };
+            let report = inspect(&path)?;
+            if json {
+                let mut v = serde_json::to_value(&report)?;
+                if let (Some(o), Some(q)) = (v.as_object_mut(), &quality) {
+                    o.insert("quality".into(), q.clone());
+                }
+                say!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_inspect(&path, &report);
+                if let Some(q) = quality {
+                    say!(
+                        "quality (signed in the manifest): mean cosine {} (min {}, p5 {}) to the fine-tune on {} sentences of {}; base alone {}",
+                        q["delta"]["mean"],
+                        q["delta"]["min"],
+                        q["delta"]["p5"],
+                        q["sentences"],
+                        q["corpus"].as_str().unwrap_or("?"),
+                        q["base"]["mean"]
+                    );
+                }
             }
         }
         Command::Delta(DeltaCommand::Apply {

@@ -515,7 +515,7 @@ pub fn run_fetch(loc: &Location, a: FetchArgs) -> anyhow::Result<u8> {
         match result {
             Ok(r) => {
                 if a.json {
-                    out!("{}", serde_json::to_string_pretty(&r)?);
+                    out!("{}", serde_json::to_string_pretty(&report_json(&r)?)?);
                 } else {
                     print_report(&r);
                     if let Some(o) = &a.output {
@@ -530,6 +530,26 @@ pub fn run_fetch(loc: &Location, a: FetchArgs) -> anyhow::Result<u8> {
             }
         }
     })
+}
+
+/// The fetch report as JSON, with the manifest's quality report (a JSON note) as an object.
+fn report_json(r: &FetchReport) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(r)?;
+    if let (Some(obj), Some(q)) = (v.as_object_mut(), quality_note(&r.notes)) {
+        obj.insert("quality".into(), q);
+    }
+    if let (Some(b), Some(obj)) = (&r.base, v.as_object_mut()) {
+        obj.insert("base".into(), report_json(b)?);
+    }
+    Ok(v)
+}
+
+/// The `quality` note of a manifest, parsed (signed JSON written by `zdn add --quality`).
+pub fn quality_note(notes: &[(String, String)]) -> Option<serde_json::Value> {
+    notes
+        .iter()
+        .find(|(k, _)| k == "quality")
+        .and_then(|(_, v)| serde_json::from_str(v).ok())
 }
 
 fn print_report(r: &FetchReport) {
@@ -568,6 +588,15 @@ fn print_report(r: &FetchReport) {
             } else {
                 ""
             }
+        );
+    }
+    if let Some(q) = quality_note(&r.notes) {
+        out!(
+            "  quality (signed by the publisher): mean cosine {} to the fine-tune on {} sentences of {} (base alone {})",
+            q["delta"]["mean"],
+            q["sentences"],
+            q["corpus"].as_str().unwrap_or("?"),
+            q["base"]["mean"]
         );
     }
 }

@@ -15,6 +15,8 @@ use zdn_node::bundle;
 use zdn_node::store::{AddOptions, ObjectStore, StoreLimits, TrustPolicy};
 use zdn_protocol::bitdelta::MAGIC as BITDELTA_MAGIC;
 use zdn_protocol::manifest::{Kind, PublisherKey};
+use zdn_protocol::soup::recipe::RECIPE_MAGIC;
+use zdn_protocol::soup::Recipe;
 use zdn_protocol::Hash;
 
 /// Where things are: shared by every store command.
@@ -84,7 +86,8 @@ pub enum StoreCommand {
     /// Manage the publisher key that signs your manifests.
     #[command(subcommand)]
     Key(KeyCommand),
-    /// Add a base model (.safetensors) or a delta (.bitdelta) to the store; prints its manifest hash.
+    /// Add a base model (.safetensors), a delta (.bitdelta) or a soup recipe to the store; prints its
+    /// manifest hash.
     ///
     /// The file is split into chunks at tensor boundaries (so an unchanged tensor is stored once
     /// across versions), each compressed with zstd and named by its BLAKE3; a manifest listing them is
@@ -166,6 +169,10 @@ pub struct AddArgs {
     /// Do not pin the object (a later `gc` removes it).
     #[arg(long)]
     no_pin: bool,
+    /// Record a quality report in the (signed) manifest: the JSON `zdn eval --json` prints. Shown by
+    /// `zdn delta inspect OBJ` and `zdn fetch`.
+    #[arg(long, value_name = "REPORT.json")]
+    quality: Option<PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -174,7 +181,7 @@ macro_rules! out {
     ($($t:tt)*) => { crate::emit(&format!($($t)*)) };
 }
 
-fn load_or_create_key(loc: &Location) -> anyhow::Result<PublisherKey> {
+pub(crate) fn load_or_create_key(loc: &Location) -> anyhow::Result<PublisherKey> {
     let path = loc.key_path();
     match publisher_key::load(&path) {
         Ok(k) => Ok(k),
@@ -200,7 +207,7 @@ pub(crate) fn trust(loc: &Location, config: &Config, any: bool) -> anyhow::Resul
 }
 
 /// The creation time to record: `SOURCE_DATE_EPOCH` when set (reproducible builds), else now.
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     if let Some(t) = std::env::var("SOURCE_DATE_EPOCH")
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -400,6 +407,8 @@ fn add(loc: &Location, config: &Config, a: AddArgs) -> anyhow::Result<()> {
     let bytes = file.bytes();
     let kind = if bytes.starts_with(BITDELTA_MAGIC) {
         Kind::Delta
+    } else if bytes.starts_with(RECIPE_MAGIC) {
+        Kind::Soup
     } else {
         Kind::Base
     };
@@ -409,6 +418,12 @@ fn add(loc: &Location, config: &Config, a: AddArgs) -> anyhow::Result<()> {
         (None, Kind::Delta) => anyhow::bail!(
             "{} is a .bitdelta: say which base it applies to with --base HASH|NAME",
             a.file.display()
+        ),
+        // A recipe names its base itself.
+        (None, Kind::Soup) => Some(
+            Recipe::decode(bytes)
+                .with_context(|| format!("{} is not a valid soup recipe", a.file.display()))?
+                .base(),
         ),
         (None, Kind::Base) => None,
     };
@@ -427,7 +442,10 @@ fn add(loc: &Location, config: &Config, a: AddArgs) -> anyhow::Result<()> {
         chunk_size: a.chunk_size.unwrap_or(config.chunk_size),
         zstd_level: a.zstd_level.unwrap_or(config.zstd_level),
         created_at: now(),
-        extra: Vec::new(),
+        extra: match &a.quality {
+            Some(p) => vec![("quality".to_owned(), quality_note(p)?)],
+            None => Vec::new(),
+        },
         pin: !a.no_pin,
     };
     let (_, r) = store
@@ -450,6 +468,37 @@ fn add(loc: &Location, config: &Config, a: AddArgs) -> anyhow::Result<()> {
     }
     std::io::stdout().flush().ok();
     Ok(())
+}
+
+/// An object of the store copied (verified) to a temporary file, with its manifest.
+pub fn object_to_temp(
+    loc: &Location,
+    what: &str,
+) -> anyhow::Result<(
+    tempfile::NamedTempFile,
+    zdn_protocol::manifest::SignedManifest,
+)> {
+    let config = loc.config()?;
+    let store = loc.open(&config)?;
+    let hash = store.resolve(what)?;
+    let mut tmp = tempfile::NamedTempFile::new()?;
+    let m = store
+        .read_object(&hash, tmp.as_file_mut(), &mut |_| {})
+        .with_context(|| format!("reading {hash}"))?;
+    Ok((tmp, m))
+}
+
+/// A `zdn eval --json` report, checked and re-serialised compactly for a manifest note.
+fn quality_note(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the quality report {}", path.display()))?;
+    let r: zdn::embed_eval::QualityReport = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a quality report (the JSON `zdn eval --json` prints)",
+            path.display()
+        )
+    })?;
+    Ok(serde_json::to_string(&r)?)
 }
 
 fn file_stem(p: &Path) -> String {

@@ -1,12 +1,13 @@
 //! What the store needs to know about an object before chunking it: that it is what it claims to be
-//! (a safetensors base model or a `.bitdelta`), its tensor index, and where chunk cuts should fall so
-//! unchanged tensors give identical chunks across versions.
+//! (a safetensors base model, a `.bitdelta` or a soup recipe), its tensor index, and where chunk cuts
+//! should fall so unchanged tensors give identical chunks across versions.
 
 use crate::bitdelta::{BitDeltaFile, FormatError};
 use crate::chunk::{self, ChunkError};
 use crate::hash::Hash;
 use crate::manifest::{Kind, TensorEntry};
 use crate::safetensors::{self, SafetensorsError};
+use crate::soup::{Recipe, RecipeError};
 
 /// The layout of one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +26,8 @@ pub enum ObjectError {
     Safetensors(#[from] SafetensorsError),
     #[error("not a valid .bitdelta file: {0}")]
     BitDelta(#[from] FormatError),
+    #[error("not a valid soup recipe: {0}")]
+    Recipe(#[from] RecipeError),
     #[error(transparent)]
     Chunk(#[from] ChunkError),
 }
@@ -68,6 +71,15 @@ pub fn layout(kind: Kind, bytes: &[u8]) -> Result<ObjectLayout, ObjectError> {
                 tensors,
                 boundaries: chunk::bitdelta_boundaries(bytes),
                 delta_base_object: Some(f.meta.base_hash),
+            })
+        }
+        Kind::Soup => {
+            // A recipe is small and has no tensors: one chunk.
+            Recipe::decode(bytes)?;
+            Ok(ObjectLayout {
+                tensors: Vec::new(),
+                boundaries: Vec::new(),
+                delta_base_object: None,
             })
         }
     }

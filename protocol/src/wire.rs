@@ -359,10 +359,10 @@ impl Announcement {
                 problem: "name is not UTF-8",
             })?
             .to_string();
-        if (kind == Kind::Delta) != base.is_some() {
+        if (kind != Kind::Base) != base.is_some() {
             return Err(WireError::Invalid {
                 what: WHAT,
-                problem: "a delta names its base, a base does not",
+                problem: "a delta or soup names its base, a base does not",
             });
         }
         Ok(Announcement {

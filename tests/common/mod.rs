@@ -115,3 +115,59 @@ pub fn files_in(dir: &Path) -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// The real MiniLM pair (base, fine-tune), installed from PyPI by scripts/fetch-minilm-pair.sh
+/// (idempotent; cached under target/tmp or $ZDN_MINILM_DIR).
+pub fn minilm() -> (PathBuf, PathBuf) {
+    let dir = std::env::var_os("ZDN_MINILM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("minilm"));
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/fetch-minilm-pair.sh"
+    );
+    let out = Command::new("bash").arg(script).arg(&dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "installing the MiniLM pair failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let get = |k: &str| {
+        PathBuf::from(
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap()
+                .trim(),
+        )
+    };
+    (get("base "), get("finetuned "))
+}
+
+/// The Lee corpus (held-out, calibration), installed from PyPI by scripts/fetch-corpus.sh into the
+/// MiniLM directory (idempotent).
+pub fn lee_corpus() -> (PathBuf, PathBuf) {
+    let dir = std::env::var_os("ZDN_MINILM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("minilm"))
+        .join("corpus");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/fetch-corpus.sh");
+    let out = Command::new("bash").arg(script).arg(&dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "installing the Lee corpus failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let get = |k: &str| {
+        PathBuf::from(
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap()
+                .trim(),
+        )
+    };
+    (get("heldout "), get("calibration "))
+}

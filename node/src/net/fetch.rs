@@ -94,6 +94,9 @@ pub struct FetchReport {
     pub peers: Vec<PeerReport>,
     /// The base fetched first, for a delta whose base was missing.
     pub base: Option<Box<FetchReport>>,
+    /// The manifest's signed notes (e.g. `quality`: the delta's measured quality report, JSON).
+    #[serde(default)]
+    pub notes: Vec<(String, String)>,
 }
 
 /// Fetches `hash` (and, for a delta, its base when missing) into the node's store.
@@ -117,6 +120,7 @@ pub async fn fetch(
             seconds: 0.0,
             peers: Vec::new(),
             base: None,
+            notes: m.manifest.extra.clone(),
         });
     }
     wait_for_window(&opts.sync_windows, &mut |w| {
@@ -130,7 +134,7 @@ pub async fn fetch(
     let m = obtain_manifest(node, hash, &peers).await?;
 
     let mut base_report = None;
-    if let (Kind::Delta, Some(base)) = (m.manifest.kind, m.manifest.base) {
+    if let (Kind::Delta | Kind::Soup, Some(base)) = (m.manifest.kind, m.manifest.base) {
         let have_base = node.store.call(move |s| s.manifest(&base)).await?.is_some();
         if !have_base {
             if !opts.fetch_base {
@@ -621,5 +625,6 @@ async fn transfer(
         seconds: 0.0,
         peers: peer_reports,
         base: None,
+        notes: m.manifest.extra.clone(),
     })
 }

@@ -45,6 +45,10 @@ pub enum StoreError {
         recorded: Hash,
         actual: Hash,
     },
+    #[error("the soup recipe names base {recorded}, but the object is being added with base {}", given.map_or_else(|| "(none)".to_string(), |g| g.to_string()))]
+    SoupBase { recorded: Hash, given: Option<Hash> },
+    #[error("soup component {component} {problem}")]
+    SoupComponent { component: Hash, problem: String },
     #[error("{0} is a {1} manifest where a base was expected")]
     NotABase(Hash, &'static str),
     #[error("object hash mismatch for {hash}: manifest says {expected}, chunks give {actual}")]

@@ -4,7 +4,8 @@ use std::ops::Range;
 
 use zdn_protocol::chunk::{self, ChunkRef, DEFAULT_CHUNK_SIZE};
 use zdn_protocol::manifest::{Kind, Manifest, PublisherKey, SignedManifest, TensorEntry};
-use zdn_protocol::object;
+use zdn_protocol::object::{self, ObjectError};
+use zdn_protocol::soup::Recipe;
 use zdn_protocol::{DType, Hash};
 
 use super::{ObjectStore, StoreError};
@@ -130,6 +131,43 @@ fn compress_window(
 }
 
 impl ObjectStore {
+    /// A soup recipe added here must name `base` (a base model in the store), and every component
+    /// must be a delta in the store made against that base.
+    fn check_soup(&self, bytes: &[u8], base: Option<Hash>) -> Result<(), StoreError> {
+        let recipe = Recipe::decode(bytes).map_err(ObjectError::from)?;
+        let recorded = recipe.base();
+        if base != Some(recorded) {
+            return Err(StoreError::SoupBase {
+                recorded,
+                given: base,
+            });
+        }
+        let bm = self
+            .manifest(&recorded)?
+            .ok_or(StoreError::MissingBase(recorded))?;
+        if bm.manifest.kind != Kind::Base {
+            return Err(StoreError::NotABase(recorded, bm.manifest.kind.as_str()));
+        }
+        for c in recipe.components() {
+            let problem = match self.manifest(&c.delta)? {
+                None => "is not in the store".to_string(),
+                Some(m) if m.manifest.kind != Kind::Delta => {
+                    format!("is a {} object, not a delta", m.manifest.kind.as_str())
+                }
+                Some(m) if m.manifest.base != Some(recorded) => format!(
+                    "is a delta of another base ({})",
+                    m.manifest.base.unwrap_or(Hash::ZERO)
+                ),
+                Some(_) => continue,
+            };
+            return Err(StoreError::SoupComponent {
+                component: c.delta,
+                problem,
+            });
+        }
+        Ok(())
+    }
+
     /// Adds `bytes` as an object. Chunks first, then the signed manifest in one synced batch; on any
     /// error the chunks this call wrote are removed again, so the store is as it was.
     pub fn add(
@@ -183,6 +221,9 @@ impl ObjectStore {
                 }
             }
         }
+        if opts.kind == Kind::Soup {
+            self.check_soup(bytes, opts.base)?;
+        }
         let ranges = chunk::plan(len, &layout.boundaries, opts.chunk_size)?;
 
         let mut object_hash = None;
@@ -206,7 +247,7 @@ impl ObjectStore {
                 // Only a base model's tensors are plain element arrays (a delta's blocks are not).
                 let typed: &[TensorEntry] = match opts.kind {
                     Kind::Base => &layout.tensors,
-                    Kind::Delta => &[],
+                    Kind::Delta | Kind::Soup => &[],
                 };
                 let compressed = compress_window(bytes, window, opts.zstd_level, typed);
                 let mut batch = Vec::new();

@@ -1,9 +1,9 @@
-//! Manifests: the signed description of one stored object (a base model or a `.bitdelta`), whose
-//! BLAKE3 hash is the name users type.
+//! Manifests: the signed description of one stored object (a base model, a `.bitdelta` or a soup
+//! recipe), whose BLAKE3 hash is the name users type.
 //!
 //! A manifest lists the object's chunks (so a receiver can fetch and verify them one by one), the hash
 //! of the whole object, the tensor index (so a reader can find a tensor without the whole object), for a
-//! delta the manifest hash of its base, and the publisher's ed25519 key and signature. The encoding is
+//! delta or a soup the manifest hash of its base, and the publisher's ed25519 key and signature. The encoding is
 //! canonical (see [`wire`]): the same manifest always gives the same bytes and so the same hash.
 
 mod signing;
@@ -23,6 +23,9 @@ pub enum Kind {
     Base,
     /// A `.bitdelta` against the base named by [`Manifest::base`].
     Delta,
+    /// A soup recipe ([`crate::soup::Recipe`]): weighted component deltas of the base named by
+    /// [`Manifest::base`].
+    Soup,
 }
 
 impl Kind {
@@ -30,11 +33,12 @@ impl Kind {
         match self {
             Kind::Base => 0,
             Kind::Delta => 1,
+            Kind::Soup => 2,
         }
     }
 
     pub fn from_code(c: u8) -> Option<Self> {
-        [Kind::Base, Kind::Delta]
+        [Kind::Base, Kind::Delta, Kind::Soup]
             .into_iter()
             .find(|k| k.code() == c)
     }
@@ -43,6 +47,7 @@ impl Kind {
         match self {
             Kind::Base => "base",
             Kind::Delta => "delta",
+            Kind::Soup => "soup",
         }
     }
 }
@@ -67,7 +72,7 @@ pub struct Manifest {
     pub version: String,
     /// Seconds since the Unix epoch, as the publisher's clock said.
     pub created_at: u64,
-    /// Manifest hash of the base (deltas only).
+    /// Manifest hash of the base (deltas and soups; a base model has none).
     pub base: Option<Hash>,
     /// Length of the whole object in bytes.
     pub object_len: u64,

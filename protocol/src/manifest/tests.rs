@@ -12,7 +12,7 @@ fn sample(kind: Kind) -> Manifest {
         name: "minilm-rohan".into(),
         version: "1.0".into(),
         created_at: 1_790_000_000,
-        base: (kind == Kind::Delta).then(|| Hash::of(b"base manifest")),
+        base: (kind != Kind::Base).then(|| Hash::of(b"base manifest")),
         object_len: 300,
         object_hash: Hash::of(b"object"),
         chunks: vec![
@@ -42,7 +42,7 @@ fn sample(kind: Kind) -> Manifest {
 
 #[test]
 fn round_trip_and_hash_is_deterministic() {
-    for kind in [Kind::Base, Kind::Delta] {
+    for kind in [Kind::Base, Kind::Delta, Kind::Soup] {
         let a = sample(kind).sign(&key(7)).unwrap();
         let b = sample(kind).sign(&key(7)).unwrap();
         assert_eq!(a.as_bytes(), b.as_bytes());
@@ -72,6 +72,66 @@ fn golden_manifest_hash() {
         "127c7afbb49c5b5fbdf55ef16306638ee3a332c5c289d61dca316d72fef4e494"
     );
 }
+
+/// A soup manifest: the object is a recipe (one chunk, no tensors). Kind code 2; base required.
+fn soup_sample() -> Manifest {
+    let recipe = crate::soup::Recipe::new(
+        Hash::of(b"base manifest"),
+        1,
+        crate::bitdelta::Granularity::Row,
+        vec![
+            crate::soup::Component {
+                delta: Hash::of(b"d1"),
+                weight: 0.6,
+            },
+            crate::soup::Component {
+                delta: Hash::of(b"d2"),
+                weight: 0.4,
+            },
+        ],
+    )
+    .unwrap()
+    .encode();
+    Manifest {
+        kind: Kind::Soup,
+        name: "minilm-soup".into(),
+        version: String::new(),
+        created_at: 1_790_000_000,
+        base: Some(Hash::of(b"base manifest")),
+        object_len: recipe.len() as u64,
+        object_hash: Hash::of(&recipe),
+        chunks: vec![ChunkRef {
+            id: Hash::of(&recipe),
+            offset: 0,
+            len: recipe.len() as u32,
+            codec: Codec::Raw,
+        }],
+        tensors: Vec::new(),
+        extra: Vec::new(),
+    }
+}
+
+/// Golden vector of a soup manifest (kind code 2): a few hundred bytes in all.
+#[test]
+fn golden_soup_manifest() {
+    assert_eq!(Kind::Soup.code(), 2);
+    assert_eq!(Kind::from_code(2), Some(Kind::Soup));
+    assert_eq!(Kind::from_code(3), None);
+    let s = soup_sample().sign(&key(7)).unwrap();
+    assert_eq!(s.as_bytes()[5], 2);
+    assert_eq!(s.as_bytes().len(), SOUP_GOLDEN_LEN);
+    assert_eq!(s.hash().to_hex(), SOUP_GOLDEN_HASH);
+    assert_eq!(decode(s.as_bytes()).unwrap(), s);
+    let mut m = soup_sample();
+    m.base = None;
+    assert!(matches!(
+        m.sign(&key(7)),
+        Err(ManifestError::Field { field: "base", .. })
+    ));
+}
+
+const SOUP_GOLDEN_LEN: usize = 253;
+const SOUP_GOLDEN_HASH: &str = "cd44f9cad531a8d0f0ba870bf23ba6d4e937e3c646a6c778a65ff73854e7d2e1";
 
 #[test]
 fn any_changed_byte_is_refused() {

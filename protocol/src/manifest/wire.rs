@@ -3,7 +3,7 @@
 //! `decode(bytes)` succeeding means `encode(decode(bytes)) == bytes`.
 //!
 //! ```text
-//! "ZDNM" | version u8 = 1 | kind u8 | name str16 | version str16 | created_at u64
+//! "ZDNM" | version u8 = 1 | kind u8 (0 base, 1 delta, 2 soup) | name str16 | version str16 | created_at u64
 //! | has_base u8 (0|1) [ base 32 ] | object_len u64 | object_hash 32
 //! | n_chunks u32 | n × ( id 32 | offset u64 | len u32 | codec u8 )
 //! | n_tensors u32 | n × ( name str16 | dtype u8 | ndim u8 | ndim × u64 | offset u64 | len u64 )
@@ -102,6 +102,7 @@ pub(super) fn validate(m: &Manifest) -> Result<(), ManifestError> {
     check_str("version", &m.version, MAX_VERSION, true)?;
     match (m.kind, m.base) {
         (Kind::Delta, None) => return Err(field("base", "a delta must name its base")),
+        (Kind::Soup, None) => return Err(field("base", "a soup must name its base")),
         (Kind::Base, Some(_)) => return Err(field("base", "a base model has no base")),
         _ => {}
     }

@@ -32,10 +32,12 @@
 //! contributor's data, so the selected *set of tensors* does not depend on the order either.
 
 mod krum;
+pub mod recipe;
 #[cfg(test)]
 mod tests;
 
 pub use krum::{krum, KrumAccumulator};
+pub use recipe::{Component, Recipe, RecipeError};
 
 /// Why an aggregation was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
