@@ -101,26 +101,6 @@ fn family(
     (base_path, deltas)
 }
 
-fn json(out: &str) -> Value {
-    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
-
-fn at(home: &Path, args: &[&str]) -> Vec<String> {
-    let mut v = vec!["--home".to_string(), s(home).to_string()];
-    v.extend(args.iter().map(|a| a.to_string()));
-    v
-}
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let v = at(home, args);
-    zdn_ok(&v.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
-fn err(home: &Path, args: &[&str], needle: &str) -> String {
-    let v = at(home, args);
-    zdn_err(&v.iter().map(String::as_str).collect::<Vec<_>>(), needle)
-}
-
 /// Applies `delta` (a file, or a soup in the store of `home`) to `base`; returns the output path.
 fn apply(home: &Path, base: &Path, delta: &str, out: &Path) -> PathBuf {
     ok(

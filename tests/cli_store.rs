@@ -40,27 +40,6 @@ fn models(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (base, fine, delta)
 }
 
-fn json(out: &str) -> Value {
-    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
-
-/// `zdn --home H args…`
-fn at(home: &Path, args: &[&str]) -> Vec<String> {
-    let mut v = vec!["--home".to_string(), s(home).to_string()];
-    v.extend(args.iter().map(|a| a.to_string()));
-    v
-}
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let v = at(home, args);
-    zdn_ok(&v.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
-fn err(home: &Path, args: &[&str], needle: &str) -> String {
-    let v = at(home, args);
-    zdn_err(&v.iter().map(String::as_str).collect::<Vec<_>>(), needle)
-}
-
 fn ls(home: &Path) -> Vec<Value> {
     json(&ok(home, &["ls", "--json"]))
         .as_array()

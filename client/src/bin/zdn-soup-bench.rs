@@ -213,7 +213,8 @@ fn main() -> Result<()> {
             let contributors: Vec<Vec<Vec<f32>>> = deltas
                 .iter()
                 .map(|d| {
-                    let s = cli.noise * rms(d);
+                    let r = rms(d);
+                    let s = cli.noise * r;
                     let honest = |rng: &mut Rng| {
                         d.iter().map(|x| x + s * rng.normal()).collect::<Vec<f32>>()
                     };
@@ -222,7 +223,7 @@ fn main() -> Result<()> {
                         v.push(match attack {
                             "sign-flip" => honest(&mut rng).iter().map(|x| -x).collect(),
                             "scale100" => honest(&mut rng).iter().map(|x| 100.0 * x).collect(),
-                            "random" => d.iter().map(|_| 10.0 * rms(d) * rng.normal()).collect(),
+                            "random" => d.iter().map(|_| 10.0 * r * rng.normal()).collect(),
                             "collude" => d.iter().map(|x| -3.0 * x).collect(),
                             _ => honest(&mut rng)
                                 .iter()
