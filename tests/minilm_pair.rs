@@ -99,6 +99,7 @@ fn demo_runs_on_a_generated_model() {
     let out = zdn_ok(&["demo", "--synthetic", "--dir", s(dir.path())]);
     assert!(out.contains("deterministic: yes"), "{out}");
     assert!(out.contains("generated model"), "{out}");
+    assert!(out.contains("quality          not measured"), "{out}");
     assert!(
         out.contains("field apply identical to the datacenter's: yes"),
         "{out}"

