@@ -136,32 +136,23 @@ pub fn apply_delta(
         // Checked before the output is allocated (byte_len is capped by the parser).
         check_inputs(e, delta.block(i), bdata.as_ref())?;
         let dims: Vec<usize> = e.shape.iter().map(|&d| d as usize).collect();
-        let err = |source| CandleApplyError::Candle {
-            name: e.name.clone(),
-            source,
-        };
         // Float tensors on the CPU are reconstructed straight into the vector the tensor takes
         // over: one write of every byte instead of three (zero-fill, reconstruct, copy).
+        let mut fill = |out: &mut [u8]| reconstruct(e, delta.block(i), bdata.as_ref(), out);
         let t = match (e.dtype, device) {
             (DType::F32, Device::Cpu) if LITTLE_ENDIAN => {
-                let mut v = vec![0f32; e.numel() as usize];
-                reconstruct(e, delta.block(i), bdata.as_ref(), as_bytes_mut(&mut v))?;
-                Tensor::from_vec(v, dims, device).map_err(err)?
+                in_place(&e.name, 0f32, e.numel(), dims, &mut fill)?
             }
             (DType::F16, Device::Cpu) if LITTLE_ENDIAN => {
-                let mut v = vec![half::f16::ZERO; e.numel() as usize];
-                reconstruct(e, delta.block(i), bdata.as_ref(), as_bytes_mut(&mut v))?;
-                Tensor::from_vec(v, dims, device).map_err(err)?
+                in_place(&e.name, half::f16::ZERO, e.numel(), dims, &mut fill)?
             }
             (DType::BF16, Device::Cpu) if LITTLE_ENDIAN => {
-                let mut v = vec![half::bf16::ZERO; e.numel() as usize];
-                reconstruct(e, delta.block(i), bdata.as_ref(), as_bytes_mut(&mut v))?;
-                Tensor::from_vec(v, dims, device).map_err(err)?
+                in_place(&e.name, half::bf16::ZERO, e.numel(), dims, &mut fill)?
             }
             _ => {
                 buf.clear();
                 buf.resize(e.byte_len() as usize, 0);
-                reconstruct(e, delta.block(i), bdata.as_ref(), &mut buf)?;
+                fill(&mut buf)?;
                 tensor_from_bytes(&e.name, e.dtype, &e.shape, &buf, device)?
             }
         };
@@ -170,6 +161,22 @@ pub fn apply_delta(
     Ok(AppliedModel {
         tensors,
         base: check,
+    })
+}
+
+/// A CPU tensor of `numel` floats that `fill` writes in place (the vector becomes the tensor's storage).
+fn in_place<T: PlainFloat + candle_core::WithDType>(
+    name: &str,
+    zero: T,
+    numel: u64,
+    dims: Vec<usize>,
+    fill: &mut dyn FnMut(&mut [u8]) -> Result<(), ReconstructError>,
+) -> Result<Tensor, CandleApplyError> {
+    let mut v = vec![zero; numel as usize];
+    fill(as_bytes_mut(&mut v))?;
+    Tensor::from_vec(v, dims, &Device::Cpu).map_err(|source| CandleApplyError::Candle {
+        name: name.to_owned(),
+        source,
     })
 }
 

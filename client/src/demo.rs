@@ -171,18 +171,7 @@ pub fn obtain_pair(dir: &Path, synthetic: bool) -> anyhow::Result<Pair> {
 }
 
 fn install_minilm(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-    std::fs::create_dir_all(dir)?;
-    let script = dir.join("fetch-minilm-pair.sh");
-    std::fs::write(&script, FETCH_SCRIPT)?;
-    let out = Command::new("bash").arg(&script).arg(dir).output()?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        anyhow::bail!(
-            "installing the MiniLM pair failed: {}",
-            err.lines().last().unwrap_or("no output")
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = run_install_script(dir, "fetch-minilm-pair.sh", FETCH_SCRIPT, "the MiniLM pair")?;
     let find = |key: &str| {
         stdout
             .lines()
@@ -190,6 +179,27 @@ fn install_minilm(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
             .ok_or_else(|| anyhow::anyhow!("the install script printed no {key:?} line"))
     };
     Ok((find("base ")?, find("finetuned ")?))
+}
+
+/// Writes one of the embedded install scripts into `dir` and runs it on `dir`; returns its stdout.
+fn run_install_script(
+    dir: &Path,
+    name: &str,
+    contents: &str,
+    what: &str,
+) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir)?;
+    let script = dir.join(name);
+    std::fs::write(&script, contents)?;
+    let out = Command::new("bash").arg(&script).arg(dir).output()?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        anyhow::bail!(
+            "installing {what} failed: {}",
+            err.lines().last().unwrap_or("no output")
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Runs the offline pipeline on `pair` inside `dir`.
@@ -252,17 +262,7 @@ pub fn run(dir: &Path, pair: &Pair, progress: bool) -> anyhow::Result<DemoReport
 /// Installs the held-out corpus (gensim's lee.cor, from PyPI) and runs the sentence-embedding eval.
 fn measure_quality(dir: &Path, pair: &Pair, delta: &Path) -> anyhow::Result<QualityReport> {
     let cdir = dir.join("minilm").join("corpus");
-    std::fs::create_dir_all(&cdir)?;
-    let script = cdir.join("fetch-corpus.sh");
-    std::fs::write(&script, CORPUS_SCRIPT)?;
-    let out = Command::new("bash").arg(&script).arg(&cdir).output()?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        anyhow::bail!(
-            "installing the corpus failed: {}",
-            err.lines().last().unwrap_or("no output")
-        );
-    }
+    run_install_script(&cdir, "fetch-corpus.sh", CORPUS_SCRIPT, "the corpus")?;
     Ok(quality(&QualityJob {
         base: pair.base.clone(),
         finetuned: pair.finetuned.clone(),
