@@ -19,6 +19,7 @@ use zdn_protocol::bitdelta::{
     EmbeddingPolicy, EncodeOptions, Granularity, QuantSpec, Selection, DEFAULT_ZSTD_LEVEL,
 };
 use zdn_protocol::glob::Glob;
+use zdn_protocol::manifest::Kind;
 
 /// zdn moves fine-tuned models as BitDelta files: one sign bit per weight plus a few scales, about
 /// 1/16 of the fp16 model, verified by BLAKE3 and reconstructed bit-exactly.
@@ -90,10 +91,12 @@ enum DeltaCommand {
     ///   zdn delta encode --base base.safetensors --finetuned ft.safetensors -o ft.bitdelta --scale row
     #[command(verbatim_doc_comment)]
     Encode(EncodeArgs),
-    /// Show the tensors, encodings, sizes and compression ratios of a .bitdelta file.
+    /// Show the tensors, encodings, sizes and compression ratios of a .bitdelta file (or what a
+    /// soup recipe mixes).
     Inspect {
         /// The .bitdelta file, or a delta in the store (hash, prefix or name): then the quality
-        /// report its manifest carries is shown too.
+        /// report its manifest carries is shown too. A soup (in the store, or a recipe file) shows
+        /// its base, quantization and weighted components.
         delta: PathBuf,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -286,6 +289,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let looks_like_path = delta.components().count() > 1
                 || delta.extension().is_some_and(|e| e == "bitdelta");
             let (path, quality, _tmp) = if delta.exists() || looks_like_path {
+                if is_recipe_file(&delta) {
+                    let bytes = std::fs::read(&delta)
+                        .with_context(|| format!("reading {}", delta.display()))?;
+                    soup_cli::inspect_recipe(&cli.location, &bytes, None, json)?;
+                    return Ok(0);
+                }
                 (delta, None, None)
             } else {
                 let (tmp, m) = store_cli::object_to_temp(&cli.location, &delta.to_string_lossy())
@@ -295,6 +304,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         delta.display()
                     )
                 })?;
+                if m.manifest.kind == Kind::Soup {
+                    let bytes = std::fs::read(tmp.path())?;
+                    soup_cli::inspect_recipe(&cli.location, &bytes, Some(&m), json)?;
+                    return Ok(0);
+                }
                 (
                     tmp.path().to_path_buf(),
                     node_cli::quality_note(&m.manifest.extra),
@@ -581,6 +595,16 @@ fn print_eval(r: &EvalReport) {
         r.exact_tensors,
         r.tensors.len()
     );
+}
+
+/// A file that starts like a soup recipe (`ZDNS`), which `delta inspect` describes as such.
+fn is_recipe_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == zdn_protocol::soup::recipe::RECIPE_MAGIC
 }
 
 #[cfg(test)]

@@ -541,6 +541,14 @@ fn report_json(r: &FetchReport) -> anyhow::Result<serde_json::Value> {
     if let (Some(b), Some(obj)) = (&r.base, v.as_object_mut()) {
         obj.insert("base".into(), report_json(b)?);
     }
+    if let Some(obj) = v.as_object_mut() {
+        let components = r
+            .components
+            .iter()
+            .map(report_json)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        obj.insert("components".into(), components.into());
+    }
     Ok(v)
 }
 
@@ -558,8 +566,22 @@ fn print_report(r: &FetchReport) {
     }
     if r.already_present {
         out!("{} {} is already in the store", r.name, r.hash);
-        return;
+    } else {
+        print_transfer(r);
     }
+    if !r.components.is_empty() {
+        out!(
+            "soup {} needs {} component deltas:",
+            r.name,
+            r.components.len()
+        );
+        for c in &r.components {
+            print_report(c);
+        }
+    }
+}
+
+fn print_transfer(r: &FetchReport) {
     let rate = if r.seconds > 0.0 {
         r.bytes_received as f64 / r.seconds
     } else {

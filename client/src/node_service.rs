@@ -90,7 +90,8 @@ impl NodeService {
                 m.object_len,
                 &manifest.publisher_hex()[..16]
             ));
-            let wanted = m.kind == Kind::Delta
+            // A soup (a recipe of a few hundred bytes) brings its missing components with it.
+            let wanted = matches!(m.kind, Kind::Delta | Kind::Soup)
                 && self.auto_fetch.iter().any(|r| {
                     r.publisher.is_none_or(|p| p == manifest.publisher) && r.name.matches(&m.name)
                 });

@@ -6,6 +6,9 @@
 //! least recently used deltas are dropped from memory and re-read from disk on their next use. A
 //! re-read delta must have the BLAKE3 it had when it was added, so a file changed behind our back is an
 //! error, not a silently different model.
+//!
+//! A profile can also be a soup recipe from the store ([`ProfileSet::add_soup`]): it is built once
+//! from its component deltas into a `.bitdelta` and held like the others.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,9 +17,12 @@ use candle_core::Device;
 use zdn_protocol::bitdelta::{BitDeltaFile, FormatError};
 use zdn_protocol::Hash;
 
+use zdn_node::store::ObjectStore;
+
 use crate::candle_apply::{apply_delta, AppliedModel, CandleApplyError};
 use crate::delta_apply::check_base;
 use crate::model_file::{ModelFile, ModelFileError};
+use crate::soup_build::{build, load_recipe, BuildJob, SoupBuildError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileSetError {
@@ -47,6 +53,11 @@ pub enum ProfileSetError {
     Duplicate(String),
     #[error(transparent)]
     Apply(#[from] CandleApplyError),
+    #[error("building soup profile {name:?}: {cause}")]
+    Soup {
+        name: String,
+        cause: Box<SoupBuildError>,
+    },
 }
 
 #[derive(Debug)]
@@ -71,6 +82,7 @@ pub struct ProfileStats {
 #[derive(Debug)]
 pub struct ProfileSet {
     base: ModelFile,
+    base_path: PathBuf,
     device: Device,
     budget: u64,
     resident: u64,
@@ -91,6 +103,7 @@ impl ProfileSet {
     ) -> Result<Self, ProfileSetError> {
         Ok(ProfileSet {
             base: ModelFile::open(base)?,
+            base_path: base.to_path_buf(),
             device,
             budget,
             resident: 0,
@@ -125,6 +138,42 @@ impl ProfileSet {
             last_used: self.tick,
         });
         Ok(())
+    }
+
+    /// Adds a soup profile from recipe `soup` in `store`: the soup is built from its component
+    /// deltas (read from the store, every hash verified) against this set's base into
+    /// `dir/soup-<hash>.bitdelta` (the same bytes as `zdn soup mix -o`), then held like any other
+    /// delta. Returns the built file's path.
+    pub fn add_soup(
+        &mut self,
+        name: &str,
+        store: &ObjectStore,
+        soup: &Hash,
+        dir: &Path,
+    ) -> Result<PathBuf, ProfileSetError> {
+        if self.profiles.iter().any(|p| p.name == name) {
+            return Err(ProfileSetError::Duplicate(name.to_owned()));
+        }
+        let soup_err = |cause| ProfileSetError::Soup {
+            name: name.to_owned(),
+            cause: Box::new(cause),
+        };
+        let recipe = load_recipe(store, soup).map_err(soup_err)?;
+        let path = dir.join(format!("soup-{}.bitdelta", soup.to_hex()));
+        build(
+            store,
+            &recipe,
+            &BuildJob {
+                base_file: Some(self.base_path.clone()),
+                output: path.clone(),
+                model_name: name.to_owned(),
+                verify_base: !self.force,
+                progress: false,
+            },
+        )
+        .map_err(soup_err)?;
+        self.add(name, &path)?;
+        Ok(path)
     }
 
     /// Profile `name`'s weights, in the delta's tensor order, on the set's device.
@@ -236,41 +285,11 @@ mod tests {
     use super::*;
     use crate::candle_apply::write_safetensors;
     use crate::delta_apply::{apply, ApplyJob};
-    use crate::delta_encode::{encode, EncodeJob};
-    use crate::synthetic_model::{write_pair, SyntheticSpec};
-    use zdn_protocol::bitdelta::{EncodeOptions, Selection};
-    use zdn_protocol::DType;
+    use crate::soup_build::fixture::{deltas_of_one_base, soup_store};
 
     /// Three fine-tunes of one base (different seeds change only the fine-tune's deltas).
     fn three_profiles(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
-        let mut deltas = Vec::new();
-        let base = dir.join("base.st");
-        for seed in 0..3u64 {
-            let spec = SyntheticSpec {
-                dtype: DType::F32,
-                layers: 2,
-                hidden: 32,
-                intermediate: 64,
-                vocab: 50,
-                delta_scale: 0.01 * (seed + 1) as f32,
-                seed: 5,
-            };
-            let f = dir.join(format!("ft{seed}.st"));
-            write_pair(&spec, &base, &f).unwrap();
-            let d = dir.join(format!("ft{seed}.bitdelta"));
-            encode(&EncodeJob {
-                base: base.clone(),
-                finetuned: f,
-                output: d.clone(),
-                options: EncodeOptions::default(),
-                selection: Selection::default(),
-                model_name: None,
-                progress: false,
-            })
-            .unwrap();
-            deltas.push(d);
-        }
-        (base, deltas)
+        deltas_of_one_base(dir, 3)
     }
 
     #[test]
@@ -311,6 +330,74 @@ mod tests {
         assert_eq!(s.materialised, 4);
         assert_eq!(s.loads, 3 + 3);
         assert!(set.resident_bytes() <= 2 * len + len / 2);
+    }
+
+    /// A recipe of two profiles' deltas, from a store, gives the same weights as `zdn delta apply`
+    /// of the soup built by `zdn soup mix -o`.
+    #[test]
+    fn soup_profile_from_a_recipe_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = soup_store(dir.path());
+        let (store, base, deltas, soup, recipe) =
+            (&f.store, &f.base_file, &f.delta_files, f.soup, &f.recipe);
+        let h0 = f.deltas[0];
+        let len = std::fs::metadata(&deltas[0]).unwrap().len();
+        let mut set = ProfileSet::new(base, Device::Cpu, 4 * len, false).unwrap();
+        set.add("a", &deltas[0]).unwrap();
+        let built = set.add_soup("mix", store, &soup, dir.path()).unwrap();
+        assert!(set.is_resident("mix"));
+        let m = set.materialise("mix").unwrap();
+        let ours = dir.path().join("soup-ours.st");
+        write_safetensors(&m.tensors, &ours).unwrap();
+
+        // The same soup built the way `zdn soup mix -o` builds it, then applied by the CLI path.
+        let reference = dir.path().join("reference.bitdelta");
+        build(
+            store,
+            recipe,
+            &BuildJob {
+                base_file: None,
+                output: reference.clone(),
+                model_name: "mix".into(),
+                verify_base: true,
+                progress: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read(&built).unwrap(),
+            std::fs::read(&reference).unwrap()
+        );
+        let cli = dir.path().join("soup-cli.st");
+        apply(&ApplyJob {
+            base: base.clone(),
+            delta: reference,
+            output: cli.clone(),
+            force: false,
+            progress: false,
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(&ours).unwrap(), std::fs::read(&cli).unwrap());
+        // The soup differs from both of its components.
+        let a = set.materialise("a").unwrap();
+        let a_path = dir.path().join("a.st");
+        write_safetensors(&a.tensors, &a_path).unwrap();
+        assert_ne!(
+            std::fs::read(&a_path).unwrap(),
+            std::fs::read(&ours).unwrap()
+        );
+
+        // A name twice, a delta that is not a soup, an unknown hash: clear errors.
+        assert!(matches!(
+            set.add_soup("mix", store, &soup, dir.path()),
+            Err(ProfileSetError::Duplicate(_))
+        ));
+        let e = set.add_soup("x", store, &h0, dir.path()).unwrap_err();
+        assert!(e.to_string().contains("not a soup recipe"), "{e}");
+        let e = set
+            .add_soup("y", store, &Hash::of(b"nothing"), dir.path())
+            .unwrap_err();
+        assert!(e.to_string().contains("no object"), "{e}");
     }
 
     #[test]

@@ -150,3 +150,162 @@ pub fn build(
     })?;
     Ok(report)
 }
+
+/// A store holding a synthetic base, two of its deltas and a soup of them (0.25/0.75), for tests.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use std::path::{Path, PathBuf};
+
+    use zdn_node::store::{AddOptions, ObjectStore};
+    use zdn_protocol::bitdelta::{EncodeOptions, Granularity, Selection};
+    use zdn_protocol::manifest::{Kind, PublisherKey};
+    use zdn_protocol::soup::{Component, Recipe};
+    use zdn_protocol::{DType, Hash};
+
+    use crate::delta_encode::{encode, EncodeJob};
+    use crate::synthetic_model::{write_pair, SyntheticSpec};
+
+    pub struct SoupStore {
+        pub store: ObjectStore,
+        pub base_file: PathBuf,
+        pub delta_files: Vec<PathBuf>,
+        pub base: Hash,
+        pub deltas: Vec<Hash>,
+        pub soup: Hash,
+        pub recipe: Recipe,
+    }
+
+    /// `n` fine-tunes of one synthetic base (each seed moves the weights differently), encoded.
+    pub fn deltas_of_one_base(dir: &Path, n: u64) -> (PathBuf, Vec<PathBuf>) {
+        let base = dir.join("base.st");
+        let mut deltas = Vec::new();
+        for seed in 0..n {
+            let spec = SyntheticSpec {
+                dtype: DType::F32,
+                layers: 2,
+                hidden: 32,
+                intermediate: 64,
+                vocab: 50,
+                delta_scale: 0.01 * (seed + 1) as f32,
+                seed: 5,
+            };
+            let f = dir.join(format!("ft{seed}.st"));
+            write_pair(&spec, &base, &f).unwrap();
+            let d = dir.join(format!("ft{seed}.bitdelta"));
+            encode(&EncodeJob {
+                base: base.clone(),
+                finetuned: f,
+                output: d.clone(),
+                options: EncodeOptions::default(),
+                selection: Selection::default(),
+                model_name: None,
+                progress: false,
+            })
+            .unwrap();
+            deltas.push(d);
+        }
+        (base, deltas)
+    }
+
+    pub fn soup_store(dir: &Path) -> SoupStore {
+        let (base_file, delta_files) = deltas_of_one_base(dir, 3);
+        let store = ObjectStore::in_memory();
+        let key = PublisherKey::from_seed(&[7; 32]);
+        let add = |path: &Path, kind: Kind, name: &str, base: Option<Hash>| {
+            let mut o = AddOptions::new(kind, name);
+            o.base = base;
+            let bytes = std::fs::read(path).unwrap();
+            store.add(&bytes, &o, &key).unwrap().0.hash()
+        };
+        let base = add(&base_file, Kind::Base, "base", None);
+        let deltas = vec![
+            add(&delta_files[0], Kind::Delta, "a", Some(base)),
+            add(&delta_files[2], Kind::Delta, "c", Some(base)),
+        ];
+        let recipe = Recipe::new(
+            base,
+            1,
+            Granularity::Row,
+            vec![
+                Component {
+                    delta: deltas[0],
+                    weight: 0.25,
+                },
+                Component {
+                    delta: deltas[1],
+                    weight: 0.75,
+                },
+            ],
+        )
+        .unwrap();
+        let mut o = AddOptions::new(Kind::Soup, "mix");
+        o.base = Some(base);
+        let soup = store.add(&recipe.encode(), &o, &key).unwrap().0.hash();
+        SoupStore {
+            store,
+            base_file,
+            delta_files,
+            base,
+            deltas,
+            soup,
+            recipe,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use zdn_node::bundle;
+    use zdn_node::store::{Column, Problem, Write};
+
+    use super::fixture::soup_store;
+
+    #[test]
+    fn the_store_follows_a_soups_components() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = soup_store(dir.path());
+        let m = f.store.require_manifest(&f.soup).unwrap();
+        assert_eq!(f.store.recipe(&m).unwrap(), f.recipe);
+        let mut want = vec![f.base];
+        want.extend(&f.deltas);
+        assert_eq!(f.store.dependencies(&m).unwrap(), want);
+        // A delta is not a soup.
+        let dm = f.store.require_manifest(&f.deltas[0]).unwrap();
+        assert!(f.store.recipe(&dm).is_err());
+        assert_eq!(f.store.dependencies(&dm).unwrap(), vec![f.base]);
+
+        // Only the soup pinned: gc keeps its components and base.
+        for h in [f.base, f.deltas[0], f.deltas[1]] {
+            f.store.set_pin(&h, false).unwrap();
+        }
+        let g = f.store.gc().unwrap();
+        assert_eq!(g.manifests_removed, 0);
+        assert!(f.store.verify(None, &mut |_| {}).unwrap().is_clean());
+
+        // A component gone from under the soup: verify says which; export refuses.
+        f.store
+            .backend()
+            .write(
+                vec![Write::delete(
+                    Column::Manifests,
+                    f.deltas[1].as_bytes().to_vec(),
+                )],
+                true,
+            )
+            .unwrap();
+        let v = f.store.verify(None, &mut |_| {}).unwrap();
+        assert_eq!(
+            v.problems,
+            vec![Problem::MissingComponent {
+                object: f.soup,
+                component: f.deltas[1],
+            }]
+        );
+        let mut out = Vec::new();
+        let e = bundle::export(&f.store, &[f.soup], true, &mut out).unwrap_err();
+        assert!(e.to_string().contains(&f.deltas[1].to_string()), "{e}");
+        // Without dependencies the recipe alone exports.
+        let mut out = Vec::new();
+        bundle::export(&f.store, &[f.soup], false, &mut out).unwrap();
+    }
+}

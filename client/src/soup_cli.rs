@@ -437,3 +437,106 @@ pub fn apply_recipe(
     }
     Ok(0)
 }
+
+#[derive(Debug, serde::Serialize)]
+struct RecipeComponent {
+    delta: Hash,
+    weight: f32,
+    /// The component's name, when it is in the local store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    present: bool,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct RecipeReport {
+    kind: &'static str,
+    /// Manifest hash of the soup object (when inspected from the store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash: Option<Hash>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    base: Hash,
+    base_present: bool,
+    bits: u32,
+    scale: String,
+    recipe_bytes: usize,
+    components: Vec<RecipeComponent>,
+}
+
+/// `zdn delta inspect` of a soup recipe (a store object, or a recipe file): what it mixes and
+/// whether this store has it all. `manifest` is the soup's manifest when it came from the store.
+pub fn inspect_recipe(
+    loc: &Location,
+    bytes: &[u8],
+    manifest: Option<&zdn_protocol::manifest::SignedManifest>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let recipe = Recipe::decode(bytes).context("not a valid soup recipe")?;
+    let config = loc.config()?;
+    // Names come from the local store when there is one; a recipe file needs none.
+    let store = if loc.store_dir(&config).exists() {
+        Some(loc.open(&config)?)
+    } else {
+        None
+    };
+    let lookup = |h: &Hash| -> anyhow::Result<Option<String>> {
+        Ok(match &store {
+            Some(s) => s.manifest(h)?.map(|m| m.manifest.name),
+            None => None,
+        })
+    };
+    let mut components = Vec::with_capacity(recipe.components().len());
+    for c in recipe.components() {
+        let name = lookup(&c.delta)?;
+        components.push(RecipeComponent {
+            delta: c.delta,
+            weight: c.weight,
+            present: name.is_some(),
+            name,
+        });
+    }
+    let report = RecipeReport {
+        kind: "soup",
+        hash: manifest.map(|m| m.hash()),
+        name: manifest.map(|m| m.manifest.name.clone()),
+        base: recipe.base(),
+        base_present: lookup(&recipe.base())?.is_some(),
+        bits: recipe.bits(),
+        scale: recipe.granularity().to_string(),
+        recipe_bytes: bytes.len(),
+        components,
+    };
+    if json {
+        out!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    out!(
+        "soup recipe{}: {} bytes, {} components of base {}{}; re-quantized to {} bit(s), {} scales",
+        report
+            .name
+            .as_ref()
+            .map_or_else(String::new, |n| format!(" {n:?}")),
+        report.recipe_bytes,
+        report.components.len(),
+        report.base,
+        if report.base_present {
+            ""
+        } else {
+            " (not in this store)"
+        },
+        report.bits,
+        report.scale
+    );
+    for c in &report.components {
+        out!(
+            "  {:>9.4} × {} {}",
+            c.weight,
+            c.delta,
+            c.name
+                .as_ref()
+                .map_or_else(|| "(not in this store)".to_string(), |n| format!("{n:?}"))
+        );
+    }
+    Ok(())
+}

@@ -127,13 +127,15 @@ pub enum StoreCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Write objects (with the bases they need) into one bundle file, e.g. for a USB disk.
+    /// Write objects (with the bases and soup components they need) into one bundle file, e.g.
+    /// for a USB disk.
     Export {
         #[arg(required = true)]
         objects: Vec<String>,
         #[arg(short, long)]
         output: PathBuf,
-        /// Leave out the bases of deltas (the receiver already has them).
+        /// Leave out what the objects need (a delta's base; a soup's base and component deltas):
+        /// the receiver already has them. Import checks they are there.
         #[arg(long)]
         no_base: bool,
     },

@@ -7,12 +7,13 @@
 //!   2 chunk     payload = id (32) | stored chunk bytes        (id = BLAKE3 of the stored bytes)
 //!   255 end     payload = record count u64 | BLAKE3 of every byte before this record (32)
 //! ```
-//! Manifests come first (bases before their deltas), then each chunk once. The end record makes a
+//! Manifests come first (each after what it needs: bases before deltas, component deltas before
+//! soups), then each chunk once. The end record makes a
 //! truncated or spliced bundle detectable. `import` checks everything (chunk ids, signatures, trust,
 //! coverage, object hashes) before a single manifest is committed, and removes the chunks it wrote
 //! when anything fails, so the store is left as it was.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 
 use zdn_protocol::chunk::MAX_CHUNK_SIZE;
@@ -127,21 +128,33 @@ pub fn export(
     with_bases: bool,
     out: &mut dyn Write,
 ) -> Result<BundleReport, BundleError> {
-    // Bases first, each manifest once.
+    // Each manifest once, after everything it needs (bases before deltas, components before soups).
     let mut order: Vec<SignedManifest> = Vec::new();
     let mut seen = HashSet::new();
+    let mut waiting: HashMap<Hash, SignedManifest> = HashMap::new();
     for root in roots {
-        let mut chain = vec![store.require_manifest(root)?];
-        while let Some(b) = chain.last().and_then(|m| m.manifest.base) {
-            if !with_bases || seen.contains(&b) {
-                break;
+        // Depth-first, post-order, with an explicit stack (`true`: its dependencies are out).
+        let mut stack = vec![(*root, false)];
+        while let Some((h, ready)) = stack.pop() {
+            if ready {
+                if let Some(m) = waiting.remove(&h) {
+                    order.push(m);
+                }
+                continue;
             }
-            chain.push(store.require_manifest(&b)?);
-        }
-        for m in chain.into_iter().rev() {
-            if seen.insert(m.hash()) {
-                order.push(m);
+            if !seen.insert(h) {
+                continue;
             }
+            let m = store.require_manifest(&h)?;
+            stack.push((h, true));
+            if with_bases {
+                for d in store.dependencies(&m)?.into_iter().rev() {
+                    if !seen.contains(&d) {
+                        stack.push((d, false));
+                    }
+                }
+            }
+            waiting.insert(h, m);
         }
     }
 
@@ -337,11 +350,23 @@ fn import_inner(
     let in_bundle: HashSet<Hash> = manifests.iter().map(SignedManifest::hash).collect();
     for m in &manifests {
         let object = m.hash();
-        if let Some(b) = m.manifest.base {
-            if !in_bundle.contains(&b) && store.manifest(&b)?.is_none() {
+        let deps = store.dependencies(m).map_err(|e| BundleError::Object {
+            object,
+            error: Box::new(e),
+        })?;
+        for d in deps {
+            if !in_bundle.contains(&d) && store.manifest(&d)?.is_none() {
+                let error = if m.manifest.base == Some(d) {
+                    StoreError::MissingBase(d)
+                } else {
+                    StoreError::SoupComponent {
+                        component: d,
+                        problem: "is neither in the bundle nor in the store".into(),
+                    }
+                };
                 return Err(BundleError::Object {
                     object,
-                    error: Box::new(StoreError::MissingBase(b)),
+                    error: Box::new(error),
                 });
             }
         }
@@ -351,8 +376,12 @@ fn import_inner(
         })?;
         report.manifests.push(object);
     }
-    // Bases before deltas, all in one synced batch.
-    manifests.sort_by_key(|m| m.manifest.kind != Kind::Base);
+    // Bases, then deltas, then soups, all in one synced batch.
+    manifests.sort_by_key(|m| match m.manifest.kind {
+        Kind::Base => 0,
+        Kind::Delta => 1,
+        Kind::Soup => 2,
+    });
     store.commit_many(&manifests, true)?;
     Ok(report)
 }

@@ -8,6 +8,9 @@ use std::process::{Command, Output};
 use zdn_protocol::safetensors::{encode_header, TensorLayout};
 use zdn_protocol::DType;
 
+pub mod node_proc;
+pub mod soup_family;
+
 pub fn zdn(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_zdn"))
         .args(args)

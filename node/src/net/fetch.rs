@@ -94,13 +94,42 @@ pub struct FetchReport {
     pub peers: Vec<PeerReport>,
     /// The base fetched first, for a delta whose base was missing.
     pub base: Option<Box<FetchReport>>,
+    /// A soup's component deltas, fetched after the recipe (those already present included).
+    #[serde(default)]
+    pub components: Vec<FetchReport>,
     /// The manifest's signed notes (e.g. `quality`: the delta's measured quality report, JSON).
     #[serde(default)]
     pub notes: Vec<(String, String)>,
 }
 
-/// Fetches `hash` (and, for a delta, its base when missing) into the node's store.
+/// Fetches `hash` into the node's store: for a delta or a soup its base first when missing, for a
+/// soup then its component deltas. A soup already present still gets its missing components, so a
+/// fetch interrupted between the recipe and a component completes when run again.
 pub async fn fetch(
+    node: &NodeHandle,
+    hash: Hash,
+    opts: &FetchOptions,
+    progress: &mut (dyn FnMut(&FetchProgress) + Send),
+) -> Result<FetchReport, FetchError> {
+    let t0 = Instant::now();
+    let mut report = fetch_object(node, hash, opts, progress).await?;
+    if report.kind == Kind::Soup {
+        let m = node.store.call(move |s| s.require_manifest(&hash)).await?;
+        let base = m.manifest.base;
+        let deps = node.store.call(move |s| s.dependencies(&m)).await?;
+        for d in deps.into_iter().filter(|d| Some(*d) != base) {
+            let r = Box::pin(fetch(node, d, opts, progress)).await?;
+            report.components.push(r);
+        }
+        if !report.already_present || report.components.iter().any(|c| !c.already_present) {
+            report.seconds = t0.elapsed().as_secs_f64();
+        }
+    }
+    Ok(report)
+}
+
+/// Fetches the object itself (after its base, for a delta or a soup).
+async fn fetch_object(
     node: &NodeHandle,
     hash: Hash,
     opts: &FetchOptions,
@@ -120,6 +149,7 @@ pub async fn fetch(
             seconds: 0.0,
             peers: Vec::new(),
             base: None,
+            components: Vec::new(),
             notes: m.manifest.extra.clone(),
         });
     }
@@ -625,6 +655,7 @@ async fn transfer(
         seconds: 0.0,
         peers: peer_reports,
         base: None,
+        components: Vec::new(),
         notes: m.manifest.extra.clone(),
     })
 }

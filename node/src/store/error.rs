@@ -37,7 +37,7 @@ pub enum StoreError {
     Chunk(#[from] ChunkError),
     #[error("publisher {0} is not trusted (add it to trusted_publishers in the config)")]
     Untrusted(String),
-    #[error("the base {0} of this delta is not in the store: add or import the base first")]
+    #[error("the base {0} is not in the store: add or import the base first")]
     MissingBase(Hash),
     #[error("the .bitdelta was made against base object {recorded}, but manifest {base} describes object {actual}")]
     WrongBase {
@@ -49,6 +49,8 @@ pub enum StoreError {
     SoupBase { recorded: Hash, given: Option<Hash> },
     #[error("soup component {component} {problem}")]
     SoupComponent { component: Hash, problem: String },
+    #[error("{0} is a {1} object, not a soup recipe")]
+    NotASoup(Hash, &'static str),
     #[error("{0} is a {1} manifest where a base was expected")]
     NotABase(Hash, &'static str),
     #[error("object hash mismatch for {hash}: manifest says {expected}, chunks give {actual}")]

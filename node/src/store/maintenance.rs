@@ -1,9 +1,9 @@
 //! `verify` (re-hash everything, report corruption) and `gc` (drop what no pin reaches).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use zdn_protocol::chunk::{self};
-use zdn_protocol::manifest::SignedManifest;
+use zdn_protocol::manifest::{Kind, SignedManifest};
 use zdn_protocol::Hash;
 
 use super::backend::Column;
@@ -23,6 +23,8 @@ pub enum Problem {
     BadObject { object: Hash, error: String },
     /// A delta whose base manifest is not in the store.
     MissingBase { object: Hash, base: Hash },
+    /// A soup whose component delta is not in the store.
+    MissingComponent { object: Hash, component: Hash },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -130,6 +132,23 @@ impl ObjectStore {
                     report.problems.push(Problem::MissingBase { object, base });
                 }
             }
+            if m.manifest.kind == Kind::Soup {
+                // An unreadable recipe is reported by the object check below.
+                if let Ok(recipe) = self.recipe(m) {
+                    for c in recipe.components() {
+                        if self
+                            .backend()
+                            .get(Column::Manifests, c.delta.as_bytes())?
+                            .is_none()
+                        {
+                            report.problems.push(Problem::MissingComponent {
+                                object,
+                                component: c.delta,
+                            });
+                        }
+                    }
+                }
+            }
             let mut hasher = blake3::Hasher::new();
             let mut broken = false;
             for r in &m.manifest.chunks {
@@ -193,18 +212,17 @@ impl ObjectStore {
     pub fn gc(&self) -> Result<GcReport, StoreError> {
         let manifests = self.manifests()?;
         let mut keep: HashSet<Hash> = self.pins()?.into_iter().collect();
-        // A pinned delta keeps its base, transitively.
-        loop {
-            let before = keep.len();
-            for m in &manifests {
-                if keep.contains(&m.hash()) {
-                    if let Some(b) = m.manifest.base {
-                        keep.insert(b);
-                    }
+        // A pinned delta keeps its base and a pinned soup its components, transitively. A soup whose
+        // recipe cannot be read stops gc: what it needs is unknown, so nothing is removed.
+        let by_hash: HashMap<Hash, &SignedManifest> =
+            manifests.iter().map(|m| (m.hash(), m)).collect();
+        let mut todo: Vec<Hash> = keep.iter().copied().collect();
+        while let Some(h) = todo.pop() {
+            let Some(m) = by_hash.get(&h) else { continue };
+            for d in self.dependencies(m)? {
+                if keep.insert(d) {
+                    todo.push(d);
                 }
-            }
-            if keep.len() == before {
-                break;
             }
         }
         let mut report = GcReport::default();

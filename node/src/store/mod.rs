@@ -8,6 +8,7 @@
 
 mod actor;
 mod backend;
+mod dependencies;
 mod error;
 mod ingest;
 mod maintenance;

@@ -114,7 +114,9 @@ impl ObjectStore {
         self.limits
     }
 
-    pub(super) fn backend(&self) -> &dyn Backend {
+    /// The raw key-value backend, below every check of this type: for the store's own modules and
+    /// for tests that damage a store on purpose.
+    pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
     }
 
