@@ -1,6 +1,7 @@
 //! The `zdn` command line.
 
 mod demo;
+mod fetch_report;
 mod node_cli;
 mod quality_cli;
 mod soup_cli;
@@ -297,7 +298,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 })?;
                 (
                     tmp.path().to_path_buf(),
-                    node_cli::quality_note(&m.manifest.extra),
+                    fetch_report::quality_note(&m.manifest.extra),
                     Some(tmp),
                 )
             };

@@ -20,6 +20,7 @@ use zdn_protocol::glob::Glob;
 use zdn_protocol::sync::SyncWindows;
 use zdn_protocol::Hash;
 
+use crate::fetch_report::{print_report, report_json};
 use crate::store_cli::{trust, Location};
 
 macro_rules! out {
@@ -46,6 +47,17 @@ pub struct NetArgs {
     /// A peer to connect to (multiaddr, ideally ending in /p2p/<peer id>); repeatable.
     #[arg(long = "peer", value_name = "MULTIADDR")]
     peers: Vec<Multiaddr>,
+    /// A DHT entry point (multiaddr ending in /p2p/<peer id>): objects no connected peer has
+    /// are looked up in the DHT through it; repeatable. `--peer` addresses serve as well.
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    bootstrap: Vec<Multiaddr>,
+    /// Turn the DHT (Kademlia: provider records, lookups) off.
+    #[arg(long)]
+    no_dht: bool,
+    /// An address others can reach this node at (public IP, port forward): told to peers and
+    /// put in its DHT provider records; repeatable.
+    #[arg(long = "external-address", value_name = "MULTIADDR")]
+    external_addresses: Vec<Multiaddr>,
     /// Cap on transfer rate, each direction, bytes per second: 125000, 500k, 2M, or bits with
     /// a `bit` suffix (1Mbit = 125000 bytes/s).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
@@ -207,6 +219,9 @@ async fn start(
         c.peers = net.peers.clone();
     }
     c.listen = listen;
+    c.bootstrap = net.bootstrap.clone();
+    c.dht = !net.no_dht;
+    c.external_addresses = net.external_addresses.clone();
     c.max_download_rate = net.max_rate;
     c.max_upload_rate = upload.or(net.max_rate);
     c.auto_fetch = auto_fetch.clone();
@@ -275,6 +290,10 @@ fn merge(a: &mut RunArgs, f: NodeFile) -> anyhow::Result<()> {
         a.listen = addrs(f.listen, "listen")?;
     }
     a.net.peers.extend(addrs(f.peers, "peers")?);
+    a.net.bootstrap.extend(addrs(f.bootstrap, "bootstrap")?);
+    a.net
+        .external_addresses
+        .extend(addrs(f.external_addresses, "external_addresses")?);
     for k in f.trusted_publishers {
         a.net.trust.push(
             k.parse()
@@ -306,6 +325,9 @@ fn merge(a: &mut RunArgs, f: NodeFile) -> anyhow::Result<()> {
     }
     if f.mdns == Some(false) {
         a.net.no_mdns = true;
+    }
+    if f.dht == Some(false) {
+        a.net.no_dht = true;
     }
     Ok(())
 }
@@ -530,75 +552,6 @@ pub fn run_fetch(loc: &Location, a: FetchArgs) -> anyhow::Result<u8> {
             }
         }
     })
-}
-
-/// The fetch report as JSON, with the manifest's quality report (a JSON note) as an object.
-fn report_json(r: &FetchReport) -> anyhow::Result<serde_json::Value> {
-    let mut v = serde_json::to_value(r)?;
-    if let (Some(obj), Some(q)) = (v.as_object_mut(), quality_note(&r.notes)) {
-        obj.insert("quality".into(), q);
-    }
-    if let (Some(b), Some(obj)) = (&r.base, v.as_object_mut()) {
-        obj.insert("base".into(), report_json(b)?);
-    }
-    Ok(v)
-}
-
-/// The `quality` note of a manifest, parsed (signed JSON written by `zdn add --quality`).
-pub fn quality_note(notes: &[(String, String)]) -> Option<serde_json::Value> {
-    notes
-        .iter()
-        .find(|(k, _)| k == "quality")
-        .and_then(|(_, v)| serde_json::from_str(v).ok())
-}
-
-fn print_report(r: &FetchReport) {
-    if let Some(b) = &r.base {
-        print_report(b);
-    }
-    if r.already_present {
-        out!("{} {} is already in the store", r.name, r.hash);
-        return;
-    }
-    let rate = if r.seconds > 0.0 {
-        r.bytes_received as f64 / r.seconds
-    } else {
-        0.0
-    };
-    out!(
-        "fetched {} {} ({} {} bytes): {} chunks ({} already here), {} bytes received in {:.1} s ({:.0} B/s), verified",
-        r.kind.as_str(),
-        r.hash,
-        r.name,
-        r.object_len,
-        r.chunks,
-        r.chunks_resumed,
-        r.bytes_received,
-        r.seconds,
-        rate
-    );
-    for p in &r.peers {
-        out!(
-            "  peer {} {} chunks, {} bytes{}",
-            p.peer,
-            p.chunks,
-            p.bytes,
-            if p.banned {
-                " (banned: sent corrupt data)"
-            } else {
-                ""
-            }
-        );
-    }
-    if let Some(q) = quality_note(&r.notes) {
-        out!(
-            "  quality (signed by the publisher): mean cosine {} to the fine-tune on {} sentences of {} (base alone {})",
-            q["delta"]["mean"],
-            q["sentences"],
-            q["corpus"].as_str().unwrap_or("?"),
-            q["base"]["mean"]
-        );
-    }
 }
 
 pub fn run_status(loc: &Location, json: bool, peers_only: bool) -> anyhow::Result<u8> {

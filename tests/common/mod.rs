@@ -8,6 +8,8 @@ use std::process::{Command, Output};
 use zdn_protocol::safetensors::{encode_header, TensorLayout};
 use zdn_protocol::DType;
 
+pub mod net;
+
 pub fn zdn(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_zdn"))
         .args(args)
