@@ -109,3 +109,44 @@ fn fetch_finds_the_publisher_through_a_bootstrap_node_by_provider_records() {
     assert_eq!(b.stop()["chunks_served"], 0);
     assert!(a.stop()["chunks_served"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn field_publisher_is_found_by_the_external_address_in_its_record() {
+    let p = publish(1);
+    let b_home = tmpdir();
+    let b = NodeProc::start(b_home.path(), &[]);
+    // A field node is a DHT client: no server has it in its routing table, so its provider
+    // records are useful only with the address they carry.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let mut f = NodeProc::start_on(
+        p.home.path(),
+        &listen,
+        &[
+            "--profile",
+            "field",
+            "--external-address",
+            &listen,
+            "--bootstrap",
+            &b.addr,
+        ],
+    );
+    wait_provided(&mut f, &[&p.base]);
+    let f_id = f.addr.rsplit('/').next().unwrap().to_string();
+
+    let c = tmpdir();
+    let r = json(&ok(
+        c.path(),
+        &[
+            "fetch", &p.base, "--peer", &b.addr, "--trust", &p.key, "--json",
+        ],
+    ));
+    assert_eq!(part(&r, &f_id).unwrap()["from_dht"], true, "{r}");
+    assert_object(c.path(), &p.base, &p.base_file);
+    b.stop();
+    f.stop();
+}

@@ -54,10 +54,6 @@ pub struct NetArgs {
     /// Turn the DHT (Kademlia: provider records, lookups) off.
     #[arg(long)]
     no_dht: bool,
-    /// An address others can reach this node at (public IP, port forward): told to peers and
-    /// put in its DHT provider records; repeatable.
-    #[arg(long = "external-address", value_name = "MULTIADDR")]
-    external_addresses: Vec<Multiaddr>,
     /// Cap on transfer rate, each direction, bytes per second: 125000, 500k, 2M, or bits with
     /// a `bit` suffix (1Mbit = 125000 bytes/s).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
@@ -103,6 +99,11 @@ pub struct RunArgs {
     /// Cap on upload rate only (bytes per second, as --max-rate).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     max_upload_rate: Option<u64>,
+    /// An address others can reach this node at (public IP, port forward): told to peers and
+    /// put in its DHT provider records; repeatable. A field node publishes provider records only
+    /// with one (it is a DHT client: nobody could dial it from its records otherwise).
+    #[arg(long = "external-address", value_name = "MULTIADDR")]
+    external_addresses: Vec<Multiaddr>,
     /// Fetch announced deltas whose name matches (glob) from trusted publishers, when their
     /// base is here; repeatable.
     #[arg(long = "auto-fetch", value_name = "GLOB")]
@@ -199,15 +200,29 @@ struct Started {
     log: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
-async fn start(
-    loc: &Location,
-    config: &Config,
-    net: &NetArgs,
+/// What only a node that serves (`zdn node run`) has; a fetch without a running node has none.
+#[derive(Default)]
+struct Serving {
     listen: Vec<Multiaddr>,
     upload: Option<u64>,
     auto_fetch: Vec<AutoFetchRule>,
     fault: Option<Fault>,
+    external_addresses: Vec<Multiaddr>,
+}
+
+async fn start(
+    loc: &Location,
+    config: &Config,
+    net: &NetArgs,
+    serving: Serving,
 ) -> anyhow::Result<Started> {
+    let Serving {
+        listen,
+        upload,
+        auto_fetch,
+        fault,
+        external_addresses,
+    } = serving;
     let dir = loc.store_dir(config);
     let keypair = node_key(&dir)?;
     let store = StoreHandle::spawn(loc.open(config)?)?;
@@ -221,7 +236,7 @@ async fn start(
     c.listen = listen;
     c.bootstrap = net.bootstrap.clone();
     c.dht = !net.no_dht;
-    c.external_addresses = net.external_addresses.clone();
+    c.external_addresses = external_addresses;
     c.max_download_rate = net.max_rate;
     c.max_upload_rate = upload.or(net.max_rate);
     c.auto_fetch = auto_fetch.clone();
@@ -291,8 +306,7 @@ fn merge(a: &mut RunArgs, f: NodeFile) -> anyhow::Result<()> {
     }
     a.net.peers.extend(addrs(f.peers, "peers")?);
     a.net.bootstrap.extend(addrs(f.bootstrap, "bootstrap")?);
-    a.net
-        .external_addresses
+    a.external_addresses
         .extend(addrs(f.external_addresses, "external_addresses")?);
     for k in f.trusted_publishers {
         a.net.trust.push(
@@ -357,16 +371,14 @@ pub fn run_node(loc: &Location, cmd: NodeCommand) -> anyhow::Result<u8> {
     runtime()?.block_on(async {
         let dir = loc.store_dir(&config);
         let listener = control::bind(&dir).await?;
-        let mut s = start(
-            loc,
-            &config,
-            &a.net,
+        let serving = Serving {
             listen,
-            a.max_upload_rate,
-            rules,
-            a.fault,
-        )
-        .await?;
+            upload: a.max_upload_rate,
+            auto_fetch: rules,
+            fault: a.fault,
+            external_addresses: a.external_addresses.clone(),
+        };
+        let mut s = start(loc, &config, &a.net, serving).await?;
         out!("peer {}", s.service.handle.peer_id());
         for addr in s.service.handle.listen_addrs().await? {
             out!("listening {addr}");
@@ -494,7 +506,7 @@ pub fn run_fetch(loc: &Location, a: FetchArgs) -> anyhow::Result<u8> {
                 _ => r,
             }
         } else {
-            let mut s = start(loc, &config, &a.net, Vec::new(), None, Vec::new(), None).await?;
+            let mut s = start(loc, &config, &a.net, Serving::default()).await?;
             let opts = FetchOptions {
                 peers: a.net.peers.clone(),
                 fetch_base: !a.no_base,
