@@ -3,6 +3,7 @@
 mod demo;
 mod fetch_report;
 mod node_cli;
+mod node_key;
 mod quality_cli;
 mod soup_cli;
 mod store_cli;

@@ -1,7 +1,7 @@
 //! The network commands of the `zdn` binary: `node run`, `fetch`, `status`, `peers`, `announce`.
 
-use std::io::{IsTerminal, Write as _};
-use std::path::{Path, PathBuf};
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -13,7 +13,7 @@ use zdn::control::{self, ControlRequest};
 use zdn::node_config::NodeFile;
 use zdn::node_service::{exit, exit_code, NodeService};
 use zdn_node::net::{
-    AutoFetchRule, Fault, FetchOptions, FetchReport, Keypair, Multiaddr, Node, NodeConfig, Profile,
+    AutoFetchRule, Fault, FetchOptions, FetchReport, Multiaddr, Node, NodeConfig, Profile,
 };
 use zdn_node::store::{StoreHandle, TrustPolicy};
 use zdn_protocol::glob::Glob;
@@ -21,6 +21,7 @@ use zdn_protocol::sync::SyncWindows;
 use zdn_protocol::Hash;
 
 use crate::fetch_report::{print_report, report_json};
+use crate::node_key::node_key;
 use crate::store_cli::{trust, Location};
 
 macro_rules! out {
@@ -155,35 +156,6 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         return Err(format!("rate {s:?} is out of range"));
     }
     Ok(bytes as u64)
-}
-
-/// This store's libp2p identity (`<store>/node.key`, 32 secret bytes, mode 0600), created on
-/// first use, so the peer id stays the same across restarts.
-fn node_key(store_dir: &Path) -> anyhow::Result<Keypair> {
-    std::fs::create_dir_all(store_dir)
-        .with_context(|| format!("creating {}", store_dir.display()))?;
-    let path = store_dir.join("node.key");
-    let mut secret = match std::fs::read(&path) {
-        Ok(b) => <[u8; 32]>::try_from(b.as_slice())
-            .map_err(|_| anyhow::anyhow!("{}: not a 32-byte node key", path.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut b = [0u8; 32];
-            getrandom::getrandom(&mut b)
-                .map_err(|e| anyhow::anyhow!("generating the node key: {e}"))?;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            f.write_all(&b)?;
-            f.sync_all()?;
-            b
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    Keypair::ed25519_from_bytes(&mut secret).context("node key")
 }
 
 fn trust_policy(loc: &Location, config: &Config, net: &NetArgs) -> anyhow::Result<TrustPolicy> {
