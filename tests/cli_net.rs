@@ -1,147 +1,16 @@
 //! End-to-end tests of the network (issue 5): real `zdn node run` processes talking libp2p over
 //! loopback, `zdn fetch` verifying every byte, a corrupt seeder banned, a killed fetch resumed,
-//! gossip with auto-fetch, and bad requests that must not hurt a node.
+//! a seeder killed and restarted mid-transfer re-dialed, gossip with auto-fetch, and bad requests
+//! that must not hurt a node. The DHT: tests/cli_kad.rs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::node_proc::NodeProc;
+use common::net::*;
 use common::*;
-use serde_json::Value;
-use zdn::synthetic_model::{write_pair, SyntheticSpec};
-
-const CHUNK: u64 = 64 * 1024;
-
-fn json(out: &str) -> Value {
-    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
-
-fn args(home: &Path, a: &[&str]) -> Vec<String> {
-    let mut v = vec!["--home".to_string(), s(home).to_string()];
-    v.extend(a.iter().map(|x| x.to_string()));
-    v
-}
-
-fn ok(home: &Path, a: &[&str]) -> String {
-    let v = args(home, a);
-    zdn_ok(&v.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
-/// Runs zdn and returns (exit code, stdout, stderr).
-fn run(home: &Path, a: &[&str]) -> (i32, String, String) {
-    let out = zdn(&args(home, a).iter().map(String::as_str).collect::<Vec<_>>());
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// A publisher home with a base and a delta added in small chunks. Returns (base hash, delta
-/// hash, publisher key, base stored bytes, the files).
-struct Published {
-    home: tempfile::TempDir,
-    base: String,
-    delta: String,
-    key: String,
-    base_stored: u64,
-    base_file: PathBuf,
-    delta_file: PathBuf,
-    fine_file: PathBuf,
-}
-
-fn publish(layers: u32) -> Published {
-    let home = tmpdir();
-    let base_file = home.path().join("base.safetensors");
-    let fine_file = home.path().join("fine.safetensors");
-    let delta_file = home.path().join("fine.bitdelta");
-    let spec = SyntheticSpec {
-        layers,
-        vocab: 4000,
-        seed: 11,
-        ..SyntheticSpec::small()
-    };
-    write_pair(&spec, &base_file, &fine_file).unwrap();
-    ok(
-        home.path(),
-        &[
-            "delta",
-            "encode",
-            "--base",
-            s(&base_file),
-            "--finetuned",
-            s(&fine_file),
-            "-o",
-            s(&delta_file),
-        ],
-    );
-    // A quality report signed into the delta's manifest (a fixture: its numbers are not measured on
-    // this generated model; tests/quality.rs measures the real pair).
-    let quality = home.path().join("quality.json");
-    std::fs::write(
-        &quality,
-        serde_json::json!({
-            "metric": zdn::embed_eval::METRIC, "corpus": "lee.cor", "corpus_blake3": "00".repeat(32),
-            "sentences": 148, "delta": {"mean": 0.9998, "min": 0.9994, "p5": 0.9997},
-            "base": {"mean": 0.9753, "min": 0.9497, "p5": 0.9601},
-            "delta_bytes": 1, "finetuned_bytes": 2
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let chunk = CHUNK.to_string();
-    let rb = json(&ok(
-        home.path(),
-        &[
-            "add",
-            s(&base_file),
-            "--name",
-            "base",
-            "--chunk-size",
-            &chunk,
-            "--json",
-        ],
-    ));
-    let rd = json(&ok(
-        home.path(),
-        &[
-            "add",
-            s(&delta_file),
-            "--base",
-            "base",
-            "--name",
-            "fine",
-            "--chunk-size",
-            &chunk,
-            "--quality",
-            s(&quality),
-            "--json",
-        ],
-    ));
-    let key = ok(home.path(), &["key", "show"]).trim().to_string();
-    Published {
-        base: rb["hash"].as_str().unwrap().to_string(),
-        delta: rd["hash"].as_str().unwrap().to_string(),
-        key,
-        base_stored: rb["stored_bytes"].as_u64().unwrap(),
-        home,
-        base_file,
-        delta_file,
-        fine_file,
-    }
-}
-
-/// Asserts that `home`'s store holds object `hash` with exactly the bytes of `file`.
-fn assert_object(home: &Path, hash: &str, file: &Path) {
-    let got = home.join("object-check");
-    ok(home, &["get", hash, "-o", s(&got)]);
-    assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(file).unwrap());
-    std::fs::remove_file(&got).unwrap();
-}
 
 /// A field station that fetched the base from `publisher` and now runs a node connected to
 /// `publisher` and `other`, auto-fetching deltas named `fine*`.
@@ -363,7 +232,7 @@ fn killed_fetch_resumes_without_downloading_verified_chunks_again() {
     // ~1.5 MB/s so the fetch takes several seconds and can be killed midway.
     let seeder = NodeProc::start(p.home.path(), &["--max-upload-rate", "1500k"]);
     let field = tmpdir();
-    let a = args(
+    let a = at(
         field.path(),
         &[
             "fetch",
@@ -616,4 +485,73 @@ fn fetch_over_quic() {
     assert_object(field.path(), &p.delta, &p.delta_file);
     assert_object(field.path(), &p.base, &p.base_file);
     seeder.stop();
+}
+
+#[test]
+fn seeder_killed_and_restarted_mid_transfer_is_redialed_and_the_fetch_completes() {
+    let p = publish(2);
+    // ~1.5 MB/s so the transfer takes several seconds and the seeder can be killed midway.
+    let rate = ["--max-upload-rate", "1500k"];
+    let seeder = NodeProc::start(p.home.path(), &rate);
+    let listen = seeder.addr.split("/p2p/").next().unwrap().to_string();
+    let field = tmpdir();
+    let a = at(
+        field.path(),
+        &[
+            "fetch",
+            &p.base,
+            "--peer",
+            &seeder.addr,
+            "--trust",
+            &p.key,
+            "--json",
+        ],
+    );
+    let fetch = Command::new(env!("CARGO_BIN_EXE_zdn"))
+        .args(&a)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    // SIGKILL: no goodbye on the connection, the store as a crash leaves it. Down for longer
+    // than the scheduler's own retries last (about 7 s of back-off before it drops a peer), so
+    // only a re-dial can save the transfer.
+    drop(seeder);
+    std::thread::sleep(Duration::from_secs(10));
+    // Same home (same peer id), same port.
+    let seeder = NodeProc::start_on(p.home.path(), &listen, &rate);
+    let out = wait_with_deadline(fetch, Duration::from_secs(180));
+    assert!(
+        out.status.success(),
+        "the fetch did not survive the restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json(&String::from_utf8_lossy(&out.stdout));
+    eprintln!("{}", r["peers"]);
+    let peer = &r["peers"][0];
+    assert!(
+        peer["reconnects"].as_u64().unwrap() >= 1,
+        "no re-dial recorded: {r}"
+    );
+    assert!(r["chunks_resumed"].as_u64().unwrap() == 0, "{r}");
+    assert_object(field.path(), &p.base, &p.base_file);
+    seeder.stop();
+}
+
+/// Waits for a child (stdout and stderr piped) to exit; kills it and panics after `limit`.
+fn wait_with_deadline(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    let end = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > end {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
 }

@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use common::node_proc::NodeProc;
+use common::net::NodeProc;
 use common::soup_family::*;
 use common::*;
 

@@ -1,7 +1,9 @@
 //! The `zdn` command line.
 
 mod demo;
+mod fetch_report;
 mod node_cli;
+mod node_key;
 mod quality_cli;
 mod soup_cli;
 mod store_cli;
@@ -311,7 +313,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
                 (
                     tmp.path().to_path_buf(),
-                    node_cli::quality_note(&m.manifest.extra),
+                    fetch_report::quality_note(&m.manifest.extra),
                     Some(tmp),
                 )
             };

@@ -1,7 +1,7 @@
 //! The network commands of the `zdn` binary: `node run`, `fetch`, `status`, `peers`, `announce`.
 
-use std::io::{IsTerminal, Write as _};
-use std::path::{Path, PathBuf};
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -13,13 +13,15 @@ use zdn::control::{self, ControlRequest};
 use zdn::node_config::NodeFile;
 use zdn::node_service::{exit, exit_code, NodeService};
 use zdn_node::net::{
-    AutoFetchRule, Fault, FetchOptions, FetchReport, Keypair, Multiaddr, Node, NodeConfig, Profile,
+    AutoFetchRule, Fault, FetchOptions, FetchReport, Multiaddr, Node, NodeConfig, Profile,
 };
 use zdn_node::store::{StoreHandle, TrustPolicy};
 use zdn_protocol::glob::Glob;
 use zdn_protocol::sync::SyncWindows;
 use zdn_protocol::Hash;
 
+use crate::fetch_report::{print_report, report_json};
+use crate::node_key::node_key;
 use crate::store_cli::{trust, Location};
 
 macro_rules! out {
@@ -46,6 +48,13 @@ pub struct NetArgs {
     /// A peer to connect to (multiaddr, ideally ending in /p2p/<peer id>); repeatable.
     #[arg(long = "peer", value_name = "MULTIADDR")]
     peers: Vec<Multiaddr>,
+    /// A DHT entry point (multiaddr ending in /p2p/<peer id>): objects no connected peer has
+    /// are looked up in the DHT through it; repeatable. `--peer` addresses serve as well.
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    bootstrap: Vec<Multiaddr>,
+    /// Turn the DHT (Kademlia: provider records, lookups) off.
+    #[arg(long)]
+    no_dht: bool,
     /// Cap on transfer rate, each direction, bytes per second: 125000, 500k, 2M, or bits with
     /// a `bit` suffix (1Mbit = 125000 bytes/s).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
@@ -91,6 +100,11 @@ pub struct RunArgs {
     /// Cap on upload rate only (bytes per second, as --max-rate).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     max_upload_rate: Option<u64>,
+    /// An address others can reach this node at (public IP, port forward): told to peers and
+    /// put in its DHT provider records; repeatable. A field node publishes provider records only
+    /// with one (it is a DHT client: nobody could dial it from its records otherwise).
+    #[arg(long = "external-address", value_name = "MULTIADDR")]
+    external_addresses: Vec<Multiaddr>,
     /// Fetch announced deltas whose name matches (glob) from trusted publishers, when their
     /// base is here; repeatable.
     #[arg(long = "auto-fetch", value_name = "GLOB")]
@@ -144,35 +158,6 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
-/// This store's libp2p identity (`<store>/node.key`, 32 secret bytes, mode 0600), created on
-/// first use, so the peer id stays the same across restarts.
-fn node_key(store_dir: &Path) -> anyhow::Result<Keypair> {
-    std::fs::create_dir_all(store_dir)
-        .with_context(|| format!("creating {}", store_dir.display()))?;
-    let path = store_dir.join("node.key");
-    let mut secret = match std::fs::read(&path) {
-        Ok(b) => <[u8; 32]>::try_from(b.as_slice())
-            .map_err(|_| anyhow::anyhow!("{}: not a 32-byte node key", path.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut b = [0u8; 32];
-            getrandom::getrandom(&mut b)
-                .map_err(|e| anyhow::anyhow!("generating the node key: {e}"))?;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            f.write_all(&b)?;
-            f.sync_all()?;
-            b
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    Keypair::ed25519_from_bytes(&mut secret).context("node key")
-}
-
 fn trust_policy(loc: &Location, config: &Config, net: &NetArgs) -> anyhow::Result<TrustPolicy> {
     let mut t = trust(loc, config, net.trust_any)?;
     t.trusted.extend(net.trust.iter().map(|h| *h.as_bytes()));
@@ -187,15 +172,29 @@ struct Started {
     log: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
-async fn start(
-    loc: &Location,
-    config: &Config,
-    net: &NetArgs,
+/// What only a node that serves (`zdn node run`) has; a fetch without a running node has none.
+#[derive(Default)]
+struct Serving {
     listen: Vec<Multiaddr>,
     upload: Option<u64>,
     auto_fetch: Vec<AutoFetchRule>,
     fault: Option<Fault>,
+    external_addresses: Vec<Multiaddr>,
+}
+
+async fn start(
+    loc: &Location,
+    config: &Config,
+    net: &NetArgs,
+    serving: Serving,
 ) -> anyhow::Result<Started> {
+    let Serving {
+        listen,
+        upload,
+        auto_fetch,
+        fault,
+        external_addresses,
+    } = serving;
     let dir = loc.store_dir(config);
     let keypair = node_key(&dir)?;
     let store = StoreHandle::spawn(loc.open(config)?)?;
@@ -207,6 +206,9 @@ async fn start(
         c.peers = net.peers.clone();
     }
     c.listen = listen;
+    c.bootstrap = net.bootstrap.clone();
+    c.dht = !net.no_dht;
+    c.external_addresses = external_addresses;
     c.max_download_rate = net.max_rate;
     c.max_upload_rate = upload.or(net.max_rate);
     c.auto_fetch = auto_fetch.clone();
@@ -275,6 +277,9 @@ fn merge(a: &mut RunArgs, f: NodeFile) -> anyhow::Result<()> {
         a.listen = addrs(f.listen, "listen")?;
     }
     a.net.peers.extend(addrs(f.peers, "peers")?);
+    a.net.bootstrap.extend(addrs(f.bootstrap, "bootstrap")?);
+    a.external_addresses
+        .extend(addrs(f.external_addresses, "external_addresses")?);
     for k in f.trusted_publishers {
         a.net.trust.push(
             k.parse()
@@ -307,6 +312,9 @@ fn merge(a: &mut RunArgs, f: NodeFile) -> anyhow::Result<()> {
     if f.mdns == Some(false) {
         a.net.no_mdns = true;
     }
+    if f.dht == Some(false) {
+        a.net.no_dht = true;
+    }
     Ok(())
 }
 
@@ -335,16 +343,14 @@ pub fn run_node(loc: &Location, cmd: NodeCommand) -> anyhow::Result<u8> {
     runtime()?.block_on(async {
         let dir = loc.store_dir(&config);
         let listener = control::bind(&dir).await?;
-        let mut s = start(
-            loc,
-            &config,
-            &a.net,
+        let serving = Serving {
             listen,
-            a.max_upload_rate,
-            rules,
-            a.fault,
-        )
-        .await?;
+            upload: a.max_upload_rate,
+            auto_fetch: rules,
+            fault: a.fault,
+            external_addresses: a.external_addresses.clone(),
+        };
+        let mut s = start(loc, &config, &a.net, serving).await?;
         out!("peer {}", s.service.handle.peer_id());
         for addr in s.service.handle.listen_addrs().await? {
             out!("listening {addr}");
@@ -472,7 +478,7 @@ pub fn run_fetch(loc: &Location, a: FetchArgs) -> anyhow::Result<u8> {
                 _ => r,
             }
         } else {
-            let mut s = start(loc, &config, &a.net, Vec::new(), None, Vec::new(), None).await?;
+            let mut s = start(loc, &config, &a.net, Serving::default()).await?;
             let opts = FetchOptions {
                 peers: a.net.peers.clone(),
                 fetch_base: !a.no_base,
@@ -530,97 +536,6 @@ pub fn run_fetch(loc: &Location, a: FetchArgs) -> anyhow::Result<u8> {
             }
         }
     })
-}
-
-/// The fetch report as JSON, with the manifest's quality report (a JSON note) as an object.
-fn report_json(r: &FetchReport) -> anyhow::Result<serde_json::Value> {
-    let mut v = serde_json::to_value(r)?;
-    if let (Some(obj), Some(q)) = (v.as_object_mut(), quality_note(&r.notes)) {
-        obj.insert("quality".into(), q);
-    }
-    if let (Some(b), Some(obj)) = (&r.base, v.as_object_mut()) {
-        obj.insert("base".into(), report_json(b)?);
-    }
-    if let Some(obj) = v.as_object_mut() {
-        let components = r
-            .components
-            .iter()
-            .map(report_json)
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        obj.insert("components".into(), components.into());
-    }
-    Ok(v)
-}
-
-/// The `quality` note of a manifest, parsed (signed JSON written by `zdn add --quality`).
-pub fn quality_note(notes: &[(String, String)]) -> Option<serde_json::Value> {
-    notes
-        .iter()
-        .find(|(k, _)| k == "quality")
-        .and_then(|(_, v)| serde_json::from_str(v).ok())
-}
-
-fn print_report(r: &FetchReport) {
-    if let Some(b) = &r.base {
-        print_report(b);
-    }
-    if r.already_present {
-        out!("{} {} is already in the store", r.name, r.hash);
-    } else {
-        print_transfer(r);
-    }
-    if !r.components.is_empty() {
-        out!(
-            "soup {} needs {} component deltas:",
-            r.name,
-            r.components.len()
-        );
-        for c in &r.components {
-            print_report(c);
-        }
-    }
-}
-
-fn print_transfer(r: &FetchReport) {
-    let rate = if r.seconds > 0.0 {
-        r.bytes_received as f64 / r.seconds
-    } else {
-        0.0
-    };
-    out!(
-        "fetched {} {} ({} {} bytes): {} chunks ({} already here), {} bytes received in {:.1} s ({:.0} B/s), verified",
-        r.kind.as_str(),
-        r.hash,
-        r.name,
-        r.object_len,
-        r.chunks,
-        r.chunks_resumed,
-        r.bytes_received,
-        r.seconds,
-        rate
-    );
-    for p in &r.peers {
-        out!(
-            "  peer {} {} chunks, {} bytes{}",
-            p.peer,
-            p.chunks,
-            p.bytes,
-            if p.banned {
-                " (banned: sent corrupt data)"
-            } else {
-                ""
-            }
-        );
-    }
-    if let Some(q) = quality_note(&r.notes) {
-        out!(
-            "  quality (signed by the publisher): mean cosine {} to the fine-tune on {} sentences of {} (base alone {})",
-            q["delta"]["mean"],
-            q["sentences"],
-            q["corpus"].as_str().unwrap_or("?"),
-            q["base"]["mean"]
-        );
-    }
 }
 
 pub fn run_status(loc: &Location, json: bool, peers_only: bool) -> anyhow::Result<u8> {

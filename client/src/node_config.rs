@@ -5,12 +5,15 @@
 //! profile = "field"                          # datacenter | field | edge
 //! listen = ["/ip4/0.0.0.0/tcp/4801", "/ip4/0.0.0.0/udp/4801/quic-v1"]
 //! peers = ["/ip4/203.0.113.5/tcp/4801/p2p/12D3KooW..."]
+//! bootstrap = ["/ip4/198.51.100.7/tcp/4801/p2p/12D3KooW..."]  # DHT entry points
+//! external_addresses = ["/ip4/203.0.113.9/tcp/4801"]           # where others can reach us
 //! trusted_publishers = ["<64 hex digits>"]  # besides config.toml's and your own key
 //! auto_fetch = ["minilm-*"]                  # fetch announced deltas whose name matches
 //! max_rate = "1Mbit"                         # each direction (125000, 500k, 2M, 1Mbit)
 //! max_upload_rate = "200k"
 //! sync_windows = ["01:00-05:00"]             # UTC; no transfers outside them
 //! mdns = true
+//! dht = true                                 # Kademlia provider records and lookups
 //! ```
 
 use std::path::Path;
@@ -25,12 +28,15 @@ pub struct NodeFile {
     pub profile: Option<String>,
     pub listen: Vec<String>,
     pub peers: Vec<String>,
+    pub bootstrap: Vec<String>,
+    pub external_addresses: Vec<String>,
     pub trusted_publishers: Vec<String>,
     pub auto_fetch: Vec<String>,
     pub max_rate: Option<String>,
     pub max_upload_rate: Option<String>,
     pub sync_windows: Vec<String>,
     pub mdns: Option<bool>,
+    pub dht: Option<bool>,
 }
 
 impl NodeFile {
@@ -60,11 +66,13 @@ mod tests {
         let p = dir.path().join("node.toml");
         std::fs::write(
             &p,
-            "profile = \"field\"\nsync_windows = [\"01:00-05:00\"]\nmax_rate = \"1Mbit\"\nauto_fetch = [\"m*\"]\n",
+            "profile = \"field\"\nsync_windows = [\"01:00-05:00\"]\nmax_rate = \"1Mbit\"\nauto_fetch = [\"m*\"]\nbootstrap = [\"/ip4/10.0.0.1/tcp/4801\"]\ndht = false\n",
         )
         .unwrap();
         let f = NodeFile::load(&p).unwrap();
         assert_eq!(f.profile.as_deref(), Some("field"));
+        assert_eq!(f.bootstrap, vec!["/ip4/10.0.0.1/tcp/4801"]);
+        assert_eq!(f.dht, Some(false));
         assert_eq!(f.sync_windows, vec!["01:00-05:00"]);
         std::fs::write(&p, "profil = \"field\"\n").unwrap();
         assert!(NodeFile::load(&p)

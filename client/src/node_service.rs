@@ -81,6 +81,10 @@ impl NodeService {
                     let _ = self.log.send(format!("banned {peer}: {reason}"));
                     continue;
                 }
+                NodeEvent::Provided { hash } => {
+                    let _ = self.log.send(format!("provided {hash} in the DHT"));
+                    continue;
+                }
             };
             let m = &manifest.manifest;
             let _ = self.log.send(format!(

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use zdn_protocol::safetensors::{encode_header, TensorLayout};
 use zdn_protocol::DType;
 
-pub mod node_proc;
+pub mod net;
 pub mod soup_family;
 
 pub fn zdn(args: &[&str]) -> Output {

@@ -1,5 +1,6 @@
 //! The libp2p behaviours a zdn node runs, combined, and how a profile configures them.
 
+use libp2p::kad::{self, store::MemoryStore};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{gossipsub, identify, identity, mdns, ping};
@@ -21,6 +22,7 @@ pub struct NodeBehaviour {
     pub ping: ping::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub kad: Toggle<kad::Behaviour<MemoryStore>>,
     pub stream: libp2p_stream::Behaviour,
 }
 
@@ -31,7 +33,13 @@ impl std::fmt::Debug for NodeBehaviour {
 }
 
 impl NodeBehaviour {
-    pub fn new(key: &identity::Keypair, t: &Tuning, mdns_on: bool) -> Result<Self, NetError> {
+    /// `dht`: `None` = no Kademlia; `Some(server)` = Kademlia in server or client mode.
+    pub fn new(
+        key: &identity::Keypair,
+        t: &Tuning,
+        mdns_on: bool,
+        dht: Option<bool>,
+    ) -> Result<Self, NetError> {
         let identify = identify::Behaviour::new(
             identify::Config::new(IDENTIFY_VERSION.into(), key.public())
                 .with_interval(t.identify_interval)
@@ -76,6 +84,9 @@ impl NodeBehaviour {
             ping,
             gossipsub,
             mdns: mdns.into(),
+            kad: dht
+                .map(|server| super::dht::behaviour(key.public().to_peer_id(), &t.dht, server))
+                .into(),
             stream: libp2p_stream::Behaviour::new(),
         })
     }

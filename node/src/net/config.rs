@@ -50,8 +50,16 @@ pub struct NodeConfig {
     pub mdns: Option<bool>,
     /// Which publishers' manifests this node accepts and forwards.
     pub trust: TrustPolicy,
-    /// Peers to connect to at start (and to fetch from).
+    /// Peers to connect to at start (and to fetch from); those with a `/p2p/` id are also DHT
+    /// entry points.
     pub peers: Vec<Multiaddr>,
+    /// DHT entry points (`/p2p/` id required): added to the routing table and dialed at start.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Run Kademlia (provider records, lookups).
+    pub dht: bool,
+    /// Addresses others can reach this node at (a public IP, a port forward): told to peers and
+    /// put in its DHT provider records.
+    pub external_addresses: Vec<Multiaddr>,
     /// Bytes per second, whole node, each direction.
     pub max_upload_rate: Option<u64>,
     pub max_download_rate: Option<u64>,
@@ -70,6 +78,9 @@ impl NodeConfig {
             mdns: None,
             trust: TrustPolicy::default(),
             peers: Vec::new(),
+            bootstrap: Vec::new(),
+            dht: true,
+            external_addresses: Vec::new(),
             max_upload_rate: None,
             max_download_rate: None,
             auto_fetch: Vec::new(),

@@ -11,16 +11,18 @@ use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{gossipsub, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{gossipsub, identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use zdn_protocol::manifest::{self, SignedManifest};
+use zdn_protocol::Hash;
 
 use crate::store::{StoreHandle, TrustPolicy};
 
 use super::behaviour::{NodeBehaviour, NodeBehaviourEvent, ANNOUNCE_TOPIC, MAX_GOSSIP_LEN};
 use super::chunk_server::ChunkServer;
 use super::config::NodeConfig;
+use super::dht::{Dht, DhtNews};
 use super::handle::{Command, NodeHandle, PeerInfo, Traffic};
 use super::rate_limit::RateLimiter;
 use super::NetError;
@@ -31,6 +33,9 @@ const MAX_INVALID_ANNOUNCEMENTS: u32 = 3;
 const ANNOUNCE_PATIENCE: Duration = Duration::from_secs(120);
 const COMMAND_QUEUE: usize = 64;
 const EVENT_QUEUE: usize = 64;
+/// Addresses remembered per peer for re-dials, and peers remembered.
+const DIALABLE_PER_PEER: usize = 4;
+const DIALABLE_PEERS: usize = 4096;
 
 /// What the node tells the program about the network.
 #[derive(Debug, Clone)]
@@ -42,6 +47,8 @@ pub enum NodeEvent {
     },
     /// A peer was disconnected and is refused from now on (invalid announcements).
     Banned { peer: PeerId, reason: String },
+    /// This node's provider record for an object reached the DHT.
+    Provided { hash: Hash },
 }
 
 /// A started node: its handle, its events, and the task to await for a clean stop.
@@ -62,6 +69,10 @@ impl Node {
     ) -> Result<Node, NetError> {
         let tuning = config.profile.tuning();
         let mdns_on = config.mdns.unwrap_or(tuning.mdns);
+        // A node that does not listen cannot answer DHT queries: a client whatever the profile.
+        let dht = config
+            .dht
+            .then_some(tuning.dht.server && !config.listen.is_empty());
         let t = tuning.clone();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
             .with_tokio()
@@ -77,7 +88,7 @@ impl Node {
                 q
             })
             .with_behaviour(|key| {
-                NodeBehaviour::new(key, &t, mdns_on)
+                NodeBehaviour::new(key, &t, mdns_on, dht)
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .map_err(|e| NetError::Config(format!("behaviour: {e}")))?
@@ -133,9 +144,26 @@ impl Node {
             traffic,
             fault: config.fault,
         };
-        for addr in config.peers {
+        for a in &config.external_addresses {
+            swarm.add_external_address(a.clone());
+        }
+        // Provider records help only if those who find them can dial this node: it listens, and
+        // DHT servers have it in their routing tables (a server) or it has an external address.
+        // A field client behind NAT publishing daily would pay for records nobody can use.
+        let publish = !config.listen.is_empty()
+            && (dht == Some(true) || !config.external_addresses.is_empty());
+        let mut dht = Dht::new(tuning.dht.max_publishing, publish);
+        for addr in config.peers.iter().chain(&config.bootstrap) {
+            if let Some(p) = peer_of(addr) {
+                dht.add_address(&mut swarm, p, addr);
+            }
             // Dial errors at start are not fatal (a seeder may come up later); fetches re-dial.
-            let _ = swarm.dial(addr);
+            let _ = swarm.dial(addr.clone());
+        }
+        // Every object held complete is announced in the DHT (once a peer is known).
+        let held = handle.store.call(|s| s.list()).await?;
+        for o in held {
+            dht.provide(&mut swarm, o.hash);
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let server_task = tokio::spawn(server.run(incoming, stop_rx));
@@ -149,6 +177,8 @@ impl Node {
             listen_waiters: Vec::new(),
             pending_dials: HashMap::new(),
             waiting_for_peer: HashMap::new(),
+            dht,
+            dialable: HashMap::new(),
             rtts: HashMap::new(),
             addrs: HashMap::new(),
             invalid: HashMap::new(),
@@ -182,9 +212,13 @@ struct EventLoop {
     silent_listeners: HashSet<libp2p::core::transport::ListenerId>,
     listen_addrs: Vec<Multiaddr>,
     listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
-    pending_dials: HashMap<ConnectionId, (Multiaddr, DialReply)>,
+    /// Dials asked for by handles, with what to call them in an error.
+    pending_dials: HashMap<ConnectionId, (String, DialReply)>,
     /// Dials that found one to the same peer under way: answered when that one ends.
-    waiting_for_peer: HashMap<PeerId, Vec<(Multiaddr, DialReply)>>,
+    waiting_for_peer: HashMap<PeerId, Vec<(String, DialReply)>>,
+    dht: Dht,
+    /// Addresses this node reached each peer at (for re-dials after a connection is lost).
+    dialable: HashMap<PeerId, Vec<Multiaddr>>,
     rtts: HashMap<PeerId, Duration>,
     addrs: HashMap<PeerId, Vec<Multiaddr>>,
     invalid: HashMap<PeerId, u32>,
@@ -224,7 +258,39 @@ impl EventLoop {
 
     fn on_command(&mut self, c: Command) {
         match c {
-            Command::Dial { addr, reply } => self.dial(addr, reply),
+            Command::Dial { addr, reply } => {
+                let peer = peer_of(&addr);
+                if let Some(p) = peer {
+                    self.dht.add_address(&mut self.swarm, p, &addr);
+                }
+                let opts = match peer {
+                    Some(p) => DialOpts::peer_id(p).addresses(vec![addr.clone()]).build(),
+                    None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+                };
+                self.dial(peer, opts, addr.to_string(), reply)
+            }
+            Command::Redial { peer, reply } => {
+                if self.banned.contains(&peer) {
+                    let _ = reply.send(Err(NetError::Dial {
+                        addr: peer.to_string(),
+                        reason: "banned".into(),
+                    }));
+                    return;
+                }
+                let addrs = self.dialable.get(&peer).cloned().unwrap_or_default();
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(addrs)
+                    .extend_addresses_through_behaviour()
+                    .build();
+                self.dial(Some(peer), opts, peer.to_string(), reply)
+            }
+            Command::IsConnected { peer, reply } => {
+                let _ = reply.send(self.swarm.is_connected(&peer));
+            }
+            Command::Provide { hash } => self.dht.provide(&mut self.swarm, hash),
+            Command::FindProviders { hash, reply } => {
+                self.dht.find_providers(&mut self.swarm, hash, reply)
+            }
             Command::Peers { reply } => {
                 let peers = self
                     .swarm
@@ -279,41 +345,45 @@ impl EventLoop {
         }
     }
 
-    fn dial(&mut self, addr: Multiaddr, reply: DialReply) {
-        let peer = addr.iter().find_map(|p| match p {
-            Protocol::P2p(id) => Some(id),
-            _ => None,
-        });
+    /// Dials (unless already connected to `peer`); `reply` gets the outcome.
+    fn dial(&mut self, peer: Option<PeerId>, opts: DialOpts, label: String, reply: DialReply) {
         if let Some(p) = peer {
             if self.swarm.is_connected(&p) {
                 let _ = reply.send(Ok(p));
                 return;
             }
         }
-        let opts = match peer {
-            Some(p) => DialOpts::peer_id(p).addresses(vec![addr.clone()]).build(),
-            None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
-        };
         let id = opts.connection_id();
         match self.swarm.dial(opts) {
             Ok(()) => {
-                self.pending_dials.insert(id, (addr, reply));
+                self.pending_dials.insert(id, (label, reply));
             }
             Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) if peer.is_some() => {
                 if let Some(p) = peer {
                     self.waiting_for_peer
                         .entry(p)
                         .or_default()
-                        .push((addr, reply));
+                        .push((label, reply));
                 }
             }
             Err(e) => {
                 let _ = reply.send(Err(NetError::Dial {
-                    addr: addr.to_string(),
+                    addr: label,
                     reason: e.to_string(),
                 }));
             }
         }
+    }
+
+    /// Remembers where a peer was reached, for re-dials.
+    fn remember_dialable(&mut self, peer: PeerId, addr: Multiaddr) {
+        if !self.dialable.contains_key(&peer) && self.dialable.len() >= DIALABLE_PEERS {
+            return;
+        }
+        let list = self.dialable.entry(peer).or_default();
+        list.retain(|a| a != &addr);
+        list.insert(0, addr);
+        list.truncate(DIALABLE_PER_PEER);
     }
 
     fn retry_announcements(&mut self) {
@@ -376,6 +446,10 @@ impl EventLoop {
                 for (_, reply) in self.waiting_for_peer.remove(&peer_id).unwrap_or_default() {
                     let _ = reply.send(Ok(peer_id));
                 }
+                self.dht.on_dial_result(&self.swarm, peer_id);
+                if endpoint.is_dialer() {
+                    self.remember_dialable(peer_id, endpoint.get_remote_address().clone());
+                }
                 let too_many = self.swarm.connected_peers().count() > self.max_peers;
                 if self.banned.contains(&peer_id) || too_many {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
@@ -404,15 +478,16 @@ impl EventLoop {
                     if !self.swarm.is_connected(&p) {
                         for (addr, reply) in self.waiting_for_peer.remove(&p).unwrap_or_default() {
                             let _ = reply.send(Err(NetError::Dial {
-                                addr: addr.to_string(),
+                                addr,
                                 reason: error.to_string(),
                             }));
                         }
                     }
+                    self.dht.on_dial_result(&self.swarm, p);
                 }
                 if let Some((addr, reply)) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Err(NetError::Dial {
-                        addr: addr.to_string(),
+                        addr,
                         reason: error.to_string(),
                     }));
                 }
@@ -423,6 +498,28 @@ impl EventLoop {
                 ..
             })) => {
                 self.rtts.insert(peer, rtt);
+            }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                let local_peer = self
+                    .addrs
+                    .get(&peer_id)
+                    .is_some_and(|a| a.iter().any(super::dht::is_loopback));
+                self.dht
+                    .on_identify(&mut self.swarm, peer_id, &info, local_peer);
+            }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Kad(ev)) => {
+                let news = self.dht.on_event(&mut self.swarm, &self.banned, ev);
+                // Only into the first half of the queue: a start-up that publishes thousands of
+                // objects must not crowd out an announcement.
+                if let Some(DhtNews::Provided(hash)) = news {
+                    if self.events.capacity() > EVENT_QUEUE / 2 {
+                        let _ = self.events.try_send(NodeEvent::Provided { hash });
+                    }
+                }
             }
             SwarmEvent::Behaviour(NodeBehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
@@ -481,4 +578,12 @@ impl EventLoop {
             .gossipsub
             .report_message_validation_result(&id, &from, acceptance);
     }
+}
+
+/// The peer id at the end of an address (`/p2p/<id>`), if any.
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
 }

@@ -18,17 +18,19 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use zdn_protocol::chunk::{self, ChunkRef};
-use zdn_protocol::manifest::{self, Kind, SignedManifest};
+use zdn_protocol::manifest::{Kind, SignedManifest};
 use zdn_protocol::sync::{
     Failure, Holdings, Received, SchedulerConfig, SyncScheduler, SyncWindows,
 };
-use zdn_protocol::wire::{ChunkBitmap, Request, Response, MAX_STORED_CHUNK};
+use zdn_protocol::wire::{ChunkBitmap, MAX_STORED_CHUNK};
 use zdn_protocol::Hash;
 
 use super::chunk_pipe::{ChunkPipe, Outcome, PipeResult};
 use super::error::FetchError;
-use super::frame::FrameIo;
-use super::handle::{NodeHandle, CHUNK_STREAM};
+use super::fetch_manifest::obtain_manifest;
+use super::fetch_peers::{holdings_of, Sources};
+use super::handle::NodeHandle;
+use super::redial::Redialer;
 
 /// What to fetch from and how.
 #[derive(Clone, Debug)]
@@ -73,6 +75,12 @@ pub struct PeerReport {
     pub chunks: u64,
     pub bytes: u64,
     pub banned: bool,
+    /// Found through the DHT (a provider record), not given or connected.
+    #[serde(default)]
+    pub from_dht: bool,
+    /// Times its connection was lost during the transfer and re-dialed successfully.
+    #[serde(default)]
+    pub reconnects: u32,
 }
 
 /// What a fetch did.
@@ -160,8 +168,25 @@ async fn fetch_object(
         })
     })
     .await;
-    let peers = connect(node, &opts.peers).await?;
-    let m = obtain_manifest(node, hash, &peers).await?;
+    let mut src = Sources::connect(node, &opts.peers).await?;
+    let m = match obtain_manifest(node, hash, &src.peers).await {
+        // Nobody here has it (or nobody is here): ask the DHT who does.
+        Err(FetchError::NotFound { .. }) => {
+            src.ask_dht(node, hash).await?;
+            if src.peers.is_empty() {
+                return Err(src.no_peers());
+            }
+            obtain_manifest(node, hash, &src.peers).await?
+        }
+        r => r?,
+    };
+    if src.peers.is_empty() {
+        // A download in progress gave the manifest; the chunks need someone.
+        src.ask_dht(node, hash).await?;
+        if src.peers.is_empty() {
+            return Err(src.no_peers());
+        }
+    }
 
     let mut base_report = None;
     if let (Kind::Delta | Kind::Soup, Some(base)) = (m.manifest.kind, m.manifest.base) {
@@ -175,7 +200,7 @@ async fn fetch_object(
         }
     }
 
-    let mut report = transfer(node, &m, &peers, opts, progress).await?;
+    let mut report = transfer(node, &m, src, opts, progress).await?;
     report.seconds = t0.elapsed().as_secs_f64();
     report.base = base_report;
     Ok(report)
@@ -197,147 +222,6 @@ async fn wait_for_window(w: &SyncWindows, report: &mut (dyn FnMut(u32) + Send)) 
         }
         report(wait);
         tokio::time::sleep(Duration::from_secs(u64::from(wait.min(30)))).await;
-    }
-}
-
-/// Dials the given peers and adds those already connected. Fails only when there is nobody.
-async fn connect(node: &NodeHandle, addrs: &[Multiaddr]) -> Result<Vec<PeerId>, FetchError> {
-    let mut peers = Vec::new();
-    let mut last_err = None;
-    for a in addrs {
-        match node.dial(a.clone()).await {
-            Ok(p) => {
-                if !peers.contains(&p) {
-                    peers.push(p)
-                }
-            }
-            Err(e) => last_err = Some(e),
-        }
-    }
-    for p in node.peers().await? {
-        if let Ok(id) = p.peer.parse::<PeerId>() {
-            if !peers.contains(&id) {
-                peers.push(id);
-            }
-        }
-    }
-    match (peers.is_empty(), last_err) {
-        (false, _) => Ok(peers),
-        (true, Some(e)) => Err(e.into()),
-        (true, None) => Err(FetchError::NoPeers),
-    }
-}
-
-/// One request (a manifest or a have-bitmap) on a stream of its own; the response frame may be at most `max` bytes.
-async fn ask(
-    node: &NodeHandle,
-    peer: PeerId,
-    req: &Request,
-    max: usize,
-) -> Result<Response, String> {
-    let mut control = node.control.clone();
-    let mut stream = control
-        .open_stream(peer, CHUNK_STREAM)
-        .await
-        .map_err(|e| e.to_string())?;
-    let io = FrameIo {
-        progress_timeout: node.tuning.progress_timeout,
-        limiter: None,
-    };
-    io.write(&mut stream, "request", &req.encode())
-        .await
-        .map_err(|e| e.to_string())?;
-    let io = FrameIo {
-        limiter: node.download_limit.clone(),
-        ..io
-    };
-    // Manifests and have-bitmaps: not chunk bytes, not counted as such.
-    let body = io
-        .read(&mut stream, "response", max, &mut |_| {})
-        .await
-        .map_err(|e| e.to_string())?;
-    Response::decode(&body).map_err(|e| e.to_string())
-}
-
-/// The manifest named `hash`: from a download in progress here, else from the first peer that
-/// gives one that hashes to `hash`, verifies and is from a trusted publisher.
-async fn obtain_manifest(
-    node: &NodeHandle,
-    hash: Hash,
-    peers: &[PeerId],
-) -> Result<SignedManifest, FetchError> {
-    if let Some(m) = node.store.call(move |s| s.partial(&hash)).await? {
-        return Ok(m);
-    }
-    let mut untrusted = None;
-    let mut problems = Vec::new();
-    for &p in peers {
-        let max = 1 + manifest::MAX_MANIFEST_LEN;
-        let bytes = match ask(node, p, &Request::GetManifest(hash), max).await {
-            Ok(Response::Manifest(b)) => b,
-            Ok(Response::NotFound(_)) => continue,
-            Ok(other) => {
-                problems.push(format!("{p}: unexpected answer {}", answer_name(&other)));
-                continue;
-            }
-            Err(e) => {
-                problems.push(format!("{p}: {e}"));
-                continue;
-            }
-        };
-        if Hash::of(&bytes) != hash {
-            problems.push(format!("{p}: sent a manifest that does not hash to {hash}"));
-            continue;
-        }
-        let m = match manifest::decode(&bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                problems.push(format!("{p}: invalid manifest: {e}"));
-                continue;
-            }
-        };
-        if node.trust.check(&m).is_err() {
-            untrusted = Some(m.publisher_hex());
-            continue;
-        }
-        let limit = node.store.call(|s| Ok(s.limits())).await?;
-        if m.manifest.object_len > limit.max_object_size {
-            return Err(FetchError::Verification(format!(
-                "object of {} bytes is over this store's {}-byte limit",
-                m.manifest.object_len, limit.max_object_size
-            )));
-        }
-        chunk::check_coverage(&m.manifest.chunks, m.manifest.object_len)
-            .map_err(|e| FetchError::Verification(format!("manifest {hash}: {e}")))?;
-        let stored = m.clone();
-        node.store.call(move |s| s.begin_partial(&stored)).await?;
-        return Ok(m);
-    }
-    if let Some(publisher) = untrusted {
-        return Err(FetchError::Untrusted { hash, publisher });
-    }
-    if !problems.is_empty() && problems.len() == peers.len() {
-        return Err(FetchError::Incomplete {
-            hash,
-            done: 0,
-            total: 0,
-            reason: format!("no peer gave a valid manifest: {}", problems.join("; ")),
-        });
-    }
-    Err(FetchError::NotFound {
-        what: "manifest",
-        hash,
-        peers: peers.len(),
-    })
-}
-
-fn answer_name(r: &Response) -> &'static str {
-    match r {
-        Response::Manifest(_) => "manifest",
-        Response::Chunk { .. } => "chunk",
-        Response::Have { .. } => "have",
-        Response::NotFound(_) => "not-found",
-        Response::Busy { .. } => "busy",
     }
 }
 
@@ -396,7 +280,7 @@ fn ban(
 async fn transfer(
     node: &NodeHandle,
     m: &SignedManifest,
-    peers: &[PeerId],
+    mut src: Sources,
     opts: &FetchOptions,
     progress: &mut (dyn FnMut(&FetchProgress) + Send),
 ) -> Result<FetchReport, FetchError> {
@@ -424,28 +308,25 @@ async fn transfer(
     }
 
     let have_max = 1 + 32 + 4 + positions.len().div_ceil(8);
-    // Every peer at once: on a 600 ms link, one after another would cost two round trips each.
-    let request = &Request::GetHave(hash);
-    let answers = futures::future::join_all(
-        peers
-            .iter()
-            .map(|&p| async move { (p, ask(node, p, request, have_max).await) }),
-    )
-    .await;
-    for (p, answer) in answers {
-        if let Ok(Response::Have { object, held }) = answer {
-            if object == hash {
-                if let Some(h) = holdings(&held, &positions, distinct.len()) {
-                    sched.add_peer(p, h);
-                }
-            }
+    let add = |sched: &mut SyncScheduler<PeerId>, p: PeerId, held: &ChunkBitmap| {
+        if let Some(h) = holdings(held, &positions, distinct.len()) {
+            sched.add_peer(p, h);
+        }
+    };
+    for (p, held) in holdings_of(node, hash, &src.peers, have_max).await {
+        add(&mut sched, p, &held);
+    }
+    if sched.peer_count() == 0 && !sched.is_complete() {
+        let new = src.ask_dht(node, hash).await?;
+        for (p, held) in holdings_of(node, hash, &new, have_max).await {
+            add(&mut sched, p, &held);
         }
     }
     if sched.peer_count() == 0 && !sched.is_complete() {
         return Err(FetchError::NotFound {
             what: "object",
             hash,
-            peers: peers.len(),
+            peers: src.peers.len(),
         });
     }
 
@@ -457,6 +338,9 @@ async fn transfer(
     // Requests handed to each peer's pipe and not yet answered.
     let mut outstanding: HashMap<PeerId, usize> = HashMap::new();
     let mut banned: Vec<PeerId> = Vec::new();
+    let mut redial = Redialer::new(node.clone(), hash, have_max);
+    // Chunks and bytes of peers lost and re-added (the scheduler starts them afresh).
+    let mut carried: HashMap<PeerId, (u64, u64)> = HashMap::new();
     let mut last_progress = Instant::now() - Duration::from_secs(1);
     let name = m.manifest.name.clone();
 
@@ -524,21 +408,36 @@ async fn transfer(
                     tokio::time::sleep(at.saturating_sub(now)).await;
                     continue;
                 }
+                // A lost peer may come back: wait for its re-dial below.
+                _ if redial.pending() > 0 => {}
                 _ => {
+                    // Those here cannot finish it: the DHT may know others (once).
+                    let new = src.ask_dht(node, hash).await?;
+                    if !new.is_empty() {
+                        for (p, held) in holdings_of(node, hash, &new, have_max).await {
+                            add(&mut sched, p, &held);
+                        }
+                        continue;
+                    }
                     return Err(FetchError::Incomplete {
                         hash,
                         done: sched.done_count(),
                         total: sched.chunk_count(),
                         reason,
-                    })
+                    });
                 }
             }
         }
         // Wake at least once a second: the end game looks for late requests by time.
-        let Ok(Some((peer, ci, outcome))) =
-            tokio::time::timeout(Duration::from_secs(1), results.recv()).await
-        else {
-            continue;
+        let (peer, ci, outcome) = tokio::select! {
+            Some(r) = results.recv() => r,
+            Some((p, held)) = redial.next(), if redial.pending() > 0 => {
+                if let Some(held) = held {
+                    add(&mut sched, p, &held);
+                }
+                continue;
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
         };
         if let Some(n) = outstanding.get_mut(&peer) {
             *n = n.saturating_sub(1);
@@ -569,7 +468,24 @@ async fn transfer(
             }
             Outcome::NotFound => sched.on_failed(&peer, ci, Failure::NotFound, now),
             Outcome::Busy(d) => sched.on_failed(&peer, ci, Failure::Busy(d), now),
-            Outcome::Io => sched.on_failed(&peer, ci, Failure::Io, now),
+            Outcome::Io => {
+                let before = sched.peer_stats(&peer);
+                sched.on_failed(&peer, ci, Failure::Io, now);
+                if let Some(st) = before {
+                    // Dropped for failing too often, or its connection is gone: its requests
+                    // go elsewhere, and a re-dial may bring it back.
+                    let dropped = sched.peer_stats(&peer).is_none();
+                    if dropped || !node.is_connected(peer).await.unwrap_or(true) {
+                        sched.remove_peer(&peer);
+                        pipes.remove(&peer);
+                        outstanding.remove(&peer);
+                        let c = carried.entry(peer).or_default();
+                        c.0 += st.chunks;
+                        c.1 += st.bytes;
+                        redial.lost(peer, st.chunks > 0);
+                    }
+                }
+            }
             Outcome::Wrong => ban(
                 &mut sched,
                 &mut banned,
@@ -620,26 +536,28 @@ async fn transfer(
             e => FetchError::Store(e),
         })?;
 
-    let mut peer_reports: Vec<PeerReport> = peers
+    let _ = node.provide(hash).await;
+
+    let mut peer_reports: Vec<PeerReport> = src
+        .peers
         .iter()
         .filter_map(|p| {
-            let s = sched.peer_stats(p);
+            let now = sched.peer_stats(p).map(|s| (s.chunks, s.bytes));
+            let before = carried.get(p).copied();
             let banned = banned.contains(p);
-            match s {
-                Some(s) => Some(PeerReport {
-                    peer: p.to_string(),
-                    chunks: s.chunks,
-                    bytes: s.bytes,
-                    banned,
-                }),
-                None if banned => Some(PeerReport {
-                    peer: p.to_string(),
-                    chunks: 0,
-                    bytes: 0,
-                    banned,
-                }),
-                None => None,
+            if now.is_none() && before.is_none() && !banned {
+                return None;
             }
+            let (c0, b0) = now.unwrap_or_default();
+            let (c1, b1) = before.unwrap_or_default();
+            Some(PeerReport {
+                peer: p.to_string(),
+                chunks: c0 + c1,
+                bytes: b0 + b1,
+                banned,
+                from_dht: src.from_dht.contains(p),
+                reconnects: redial.reconnects(p),
+            })
         })
         .collect();
     peer_reports.sort_by_key(|p| std::cmp::Reverse(p.bytes));

@@ -9,6 +9,7 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use zdn_protocol::wire::CHUNK_PROTOCOL;
+use zdn_protocol::Hash;
 
 use crate::store::{StoreHandle, TrustPolicy};
 
@@ -31,6 +32,22 @@ pub(crate) enum Command {
     Dial {
         addr: Multiaddr,
         reply: oneshot::Sender<Result<PeerId, NetError>>,
+    },
+    /// Dial a peer by id, at the addresses it was reached at before (and those kad or mDNS know).
+    Redial {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<PeerId, NetError>>,
+    },
+    IsConnected {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
+    /// Publish a provider record for an object now held complete.
+    Provide { hash: Hash },
+    /// Ask the DHT who provides an object; the reply lists those now connected.
+    FindProviders {
+        hash: Hash,
+        reply: oneshot::Sender<Vec<PeerId>>,
     },
     Peers {
         reply: oneshot::Sender<Vec<PeerInfo>>,
@@ -101,6 +118,38 @@ impl NodeHandle {
     /// Connects to `addr` and returns the peer's id once the connection is up.
     pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, NetError> {
         self.ask(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    /// Connects again to a peer this node was connected to (the addresses it dialed then).
+    pub async fn redial(&self, peer: PeerId) -> Result<PeerId, NetError> {
+        self.ask(|reply| Command::Redial { peer, reply }).await?
+    }
+
+    pub async fn is_connected(&self, peer: PeerId) -> Result<bool, NetError> {
+        self.ask(|reply| Command::IsConnected { peer, reply }).await
+    }
+
+    /// Announces in the DHT that this node holds `hash` complete (queued; no-op without DHT).
+    pub async fn provide(&self, hash: Hash) -> Result<(), NetError> {
+        self.commands
+            .send(Command::Provide { hash })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// The providers of `hash` the DHT knows, dialed; empty when none answered in time (the
+    /// profile's query timeout, plus time for the dials).
+    pub async fn find_providers(&self, hash: Hash) -> Result<Vec<PeerId>, NetError> {
+        let patience = self.tuning.dht.query_timeout + std::time::Duration::from_secs(30);
+        match tokio::time::timeout(
+            patience,
+            self.ask(|reply| Command::FindProviders { hash, reply }),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Ok(Vec::new()),
+        }
     }
 
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, NetError> {

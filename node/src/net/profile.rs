@@ -53,6 +53,35 @@ pub struct Tuning {
     pub progress_timeout: Duration,
     /// mDNS on by default (a field site's LAN).
     pub mdns: bool,
+    pub dht: DhtTuning,
+    /// Re-dial of a peer lost during a transfer: first wait, doubling up to `redial_max_wait`,
+    /// at most `redial_attempts` tries before the transfer goes on without it.
+    pub redial_first_wait: Duration,
+    pub redial_max_wait: Duration,
+    pub redial_attempts: u32,
+}
+
+/// Kademlia settings (see `dht.rs` and docs/network.md). Every periodic timer is here, so the
+/// test below can check that a field node has none that fires more than once a day.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DhtTuning {
+    /// Answer others' DHT queries and store their provider records (a node that is reachable
+    /// and on a cheap link). A client only asks, and publishes its own records.
+    pub server: bool,
+    /// Re-run the bootstrap query this often; `None` = only when a new peer enters the table.
+    pub periodic_bootstrap: Option<Duration>,
+    /// Re-publish this node's provider records this often.
+    pub provider_republish: Duration,
+    /// How long this node keeps provider records others publish to it.
+    pub provider_ttl: Duration,
+    /// A whole query (several round trips to several peers).
+    pub query_timeout: Duration,
+    /// One request-response on a DHT stream.
+    pub substream_timeout: Duration,
+    /// Requests in flight per query (Kademlia's α).
+    pub parallelism: usize,
+    /// Provider publications in flight at once (start-up publishes every object held).
+    pub max_publishing: usize,
 }
 
 impl Profile {
@@ -76,6 +105,19 @@ impl Profile {
                 gossip_lazy: 6,
                 progress_timeout: Duration::from_secs(30),
                 mdns: false,
+                dht: DhtTuning {
+                    server: true,
+                    periodic_bootstrap: Some(Duration::from_secs(5 * 60)),
+                    provider_republish: Duration::from_secs(12 * 3600),
+                    provider_ttl: Duration::from_secs(48 * 3600),
+                    query_timeout: Duration::from_secs(60),
+                    substream_timeout: Duration::from_secs(10),
+                    parallelism: 3,
+                    max_publishing: 8,
+                },
+                redial_first_wait: Duration::from_secs(1),
+                redial_max_wait: Duration::from_secs(15),
+                redial_attempts: 6,
             },
             Profile::Field | Profile::Edge => Tuning {
                 idle_connection_timeout: Duration::from_secs(300),
@@ -96,6 +138,25 @@ impl Profile {
                     Duration::from_secs(30)
                 },
                 mdns: true,
+                // A client: no inbound DHT traffic at all (nobody's queries, nobody's records),
+                // and no periodic bootstrap. What remains is a bootstrap when a new peer enters
+                // the routing table, one provider publication per object a day, and the lookups
+                // of its own fetches. Timeouts survive 800 ms round trips and queueing behind
+                // a transfer.
+                dht: DhtTuning {
+                    server: false,
+                    periodic_bootstrap: None,
+                    provider_republish: Duration::from_secs(24 * 3600),
+                    provider_ttl: Duration::from_secs(72 * 3600),
+                    query_timeout: Duration::from_secs(120),
+                    substream_timeout: Duration::from_secs(30),
+                    parallelism: 2,
+                    max_publishing: 2,
+                },
+                // Satellite outages last minutes: keep trying for about five.
+                redial_first_wait: Duration::from_secs(2),
+                redial_max_wait: Duration::from_secs(60),
+                redial_attempts: if self == Profile::Field { 10 } else { 6 },
             },
         }
     }
@@ -117,6 +178,39 @@ mod tests {
         assert!(t.gossip_heartbeat > d.gossip_heartbeat);
         assert!(t.mesh_n_low <= t.mesh_n && t.mesh_n <= t.mesh_n_high);
         assert!(t.mesh_outbound_min <= t.mesh_n / 2);
+    }
+
+    #[test]
+    fn field_dht_has_no_short_periodic_timers() {
+        for p in [Profile::Field, Profile::Edge] {
+            let d = p.tuning().dht;
+            assert!(
+                !d.server,
+                "{p:?}: a client, so others' queries cost it nothing"
+            );
+            assert_eq!(d.periodic_bootstrap, None, "{p:?}");
+            assert!(
+                d.provider_republish >= Duration::from_secs(24 * 3600),
+                "{p:?}"
+            );
+            // Records published to datacenter servers outlive one missed republication.
+            assert!(Profile::Datacenter.tuning().dht.provider_ttl > d.provider_republish);
+            // A query and each of its requests outlast several 800 ms round trips.
+            assert!(d.substream_timeout >= Duration::from_secs(20));
+            assert!(d.query_timeout >= Duration::from_secs(100));
+        }
+        let t = Profile::Field.tuning();
+        assert!(t.redial_attempts >= 8);
+        let mut wait = Duration::ZERO;
+        let mut w = t.redial_first_wait;
+        for _ in 0..t.redial_attempts {
+            wait += w;
+            w = (w * 2).min(t.redial_max_wait);
+        }
+        assert!(
+            wait >= Duration::from_secs(180),
+            "re-dials give up after {wait:?}"
+        );
     }
 
     #[test]

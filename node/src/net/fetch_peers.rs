@@ -1,0 +1,136 @@
+//! Who a fetch asks: the peers it was given, those connected, providers found in the DHT, and
+//! what each of them holds.
+
+use libp2p::{Multiaddr, PeerId};
+use zdn_protocol::wire::{ChunkBitmap, Request, Response};
+use zdn_protocol::Hash;
+
+use super::error::{FetchError, NetError};
+use super::frame::FrameIo;
+use super::handle::{NodeHandle, CHUNK_STREAM};
+
+/// The peers a fetch asks, and where they came from.
+pub(super) struct Sources {
+    pub peers: Vec<PeerId>,
+    /// Those found through the DHT.
+    pub from_dht: Vec<PeerId>,
+    asked_dht: bool,
+    /// Why the last given address could not be dialed (reported when nobody has the object).
+    dial_error: Option<NetError>,
+}
+
+impl Sources {
+    /// Dials the given peers and adds those already connected.
+    pub async fn connect(node: &NodeHandle, addrs: &[Multiaddr]) -> Result<Self, FetchError> {
+        let mut peers = Vec::new();
+        let mut dial_error = None;
+        for a in addrs {
+            match node.dial(a.clone()).await {
+                Ok(p) => {
+                    if !peers.contains(&p) {
+                        peers.push(p)
+                    }
+                }
+                Err(e) => dial_error = Some(e),
+            }
+        }
+        for p in node.peers().await? {
+            if let Ok(id) = p.peer.parse::<PeerId>() {
+                if !peers.contains(&id) {
+                    peers.push(id);
+                }
+            }
+        }
+        Ok(Sources {
+            peers,
+            from_dht: Vec::new(),
+            asked_dht: false,
+            dial_error,
+        })
+    }
+
+    /// Asks the DHT who provides `hash` (once per fetch); returns the providers it connected to
+    /// that were not among the peers yet, now added.
+    pub async fn ask_dht(
+        &mut self,
+        node: &NodeHandle,
+        hash: Hash,
+    ) -> Result<Vec<PeerId>, FetchError> {
+        if std::mem::replace(&mut self.asked_dht, true) {
+            return Ok(Vec::new());
+        }
+        let mut new = Vec::new();
+        for p in node.find_providers(hash).await? {
+            if p != node.local && !self.peers.contains(&p) {
+                self.peers.push(p);
+                self.from_dht.push(p);
+                new.push(p);
+            }
+        }
+        Ok(new)
+    }
+
+    /// The error for "nobody to ask": the dial failure if there was one.
+    pub fn no_peers(&mut self) -> FetchError {
+        match self.dial_error.take() {
+            Some(e) => e.into(),
+            None => FetchError::NoPeers,
+        }
+    }
+}
+
+/// What each of `peers` holds of object `hash` (those that answer with a have-bitmap), asked
+/// all at once: on a 600 ms link, one after another would cost two round trips each.
+pub(super) async fn holdings_of(
+    node: &NodeHandle,
+    hash: Hash,
+    peers: &[PeerId],
+    have_max: usize,
+) -> Vec<(PeerId, ChunkBitmap)> {
+    let request = &Request::GetHave(hash);
+    let answers = futures::future::join_all(
+        peers
+            .iter()
+            .map(|&p| async move { (p, ask(node, p, request, have_max).await) }),
+    )
+    .await;
+    answers
+        .into_iter()
+        .filter_map(|(p, a)| match a {
+            Ok(Response::Have { object, held }) if object == hash => Some((p, held)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One request (a manifest or a have-bitmap) on a stream of its own; the response frame may be
+/// at most `max` bytes.
+pub(super) async fn ask(
+    node: &NodeHandle,
+    peer: PeerId,
+    req: &Request,
+    max: usize,
+) -> Result<Response, String> {
+    let mut control = node.control.clone();
+    let mut stream = control
+        .open_stream(peer, CHUNK_STREAM)
+        .await
+        .map_err(|e| e.to_string())?;
+    let io = FrameIo {
+        progress_timeout: node.tuning.progress_timeout,
+        limiter: None,
+    };
+    io.write(&mut stream, "request", &req.encode())
+        .await
+        .map_err(|e| e.to_string())?;
+    let io = FrameIo {
+        limiter: node.download_limit.clone(),
+        ..io
+    };
+    // Manifests and have-bitmaps: not chunk bytes, not counted as such.
+    let body = io
+        .read(&mut stream, "response", max, &mut |_| {})
+        .await
+        .map_err(|e| e.to_string())?;
+    Response::decode(&body).map_err(|e| e.to_string())
+}
