@@ -132,6 +132,20 @@ impl TokenBatch {
     }
 }
 
+/// The linear sublayers of one encoder layer as `(name, [out, in])`: `encoder.layer.L.{name}.weight`
+/// is `[out, in]` and its `.bias` is `[out]`. One list for the weight checks, the matrices
+/// calibration and quantization work on, and the synthetic models of the tests.
+pub fn layer_linears<T: Copy>(hidden: T, intermediate: T) -> [(&'static str, [T; 2]); 6] {
+    [
+        ("attention.self.query", [hidden, hidden]),
+        ("attention.self.key", [hidden, hidden]),
+        ("attention.self.value", [hidden, hidden]),
+        ("attention.output.dense", [hidden, hidden]),
+        ("intermediate.dense", [intermediate, hidden]),
+        ("output.dense", [hidden, intermediate]),
+    ]
+}
+
 /// The weights of a BERT encoder by their Hugging Face names (an optional `bert.` prefix is accepted),
 /// in f32. Values may be graph nodes (for calibration).
 #[derive(Debug, Clone)]
@@ -171,14 +185,7 @@ impl BertWeights {
     pub fn linear_names(cfg: &BertConfig) -> Vec<String> {
         let mut v = Vec::new();
         for l in 0..cfg.num_hidden_layers {
-            for n in [
-                "attention.self.query",
-                "attention.self.key",
-                "attention.self.value",
-                "attention.output.dense",
-                "intermediate.dense",
-                "output.dense",
-            ] {
+            for (n, _) in layer_linears(cfg.hidden_size, cfg.intermediate_size) {
                 v.push(format!("encoder.layer.{l}.{n}.weight"));
             }
         }
@@ -216,23 +223,10 @@ impl BertWeights {
         )?;
         for l in 0..cfg.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
-            for n in [
-                "attention.self.query",
-                "attention.self.key",
-                "attention.self.value",
-                "attention.output.dense",
-            ] {
-                self.get(&format!("{p}.{n}.weight"), &[h, h])?;
-                self.get(&format!("{p}.{n}.bias"), &[h])?;
+            for (n, [out, inp]) in layer_linears(h, cfg.intermediate_size) {
+                self.get(&format!("{p}.{n}.weight"), &[out, inp])?;
+                self.get(&format!("{p}.{n}.bias"), &[out])?;
             }
-            self.get(
-                &format!("{p}.intermediate.dense.weight"),
-                &[cfg.intermediate_size, h],
-            )?;
-            self.get(
-                &format!("{p}.output.dense.weight"),
-                &[h, cfg.intermediate_size],
-            )?;
         }
         Ok(())
     }
@@ -433,14 +427,9 @@ mod tests {
         t("embeddings.LayerNorm.bias".into(), vec![h], 0.0);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
-            for n in [
-                "attention.self.query",
-                "attention.self.key",
-                "attention.self.value",
-                "attention.output.dense",
-            ] {
-                t(format!("{p}.{n}.weight"), vec![h, h], 0.0);
-                t(format!("{p}.{n}.bias"), vec![h], 0.0);
+            for (n, [out, inp]) in layer_linears(h, cfg.intermediate_size) {
+                t(format!("{p}.{n}.weight"), vec![out, inp], 0.0);
+                t(format!("{p}.{n}.bias"), vec![out], 0.0);
             }
             t(
                 format!("{p}.attention.output.LayerNorm.weight"),
@@ -448,22 +437,6 @@ mod tests {
                 1.0,
             );
             t(format!("{p}.attention.output.LayerNorm.bias"), vec![h], 0.0);
-            t(
-                format!("{p}.intermediate.dense.weight"),
-                vec![cfg.intermediate_size, h],
-                0.0,
-            );
-            t(
-                format!("{p}.intermediate.dense.bias"),
-                vec![cfg.intermediate_size],
-                0.0,
-            );
-            t(
-                format!("{p}.output.dense.weight"),
-                vec![h, cfg.intermediate_size],
-                0.0,
-            );
-            t(format!("{p}.output.dense.bias"), vec![h], 0.0);
             t(format!("{p}.output.LayerNorm.weight"), vec![h], 1.0);
             t(format!("{p}.output.LayerNorm.bias"), vec![h], 0.0);
         }

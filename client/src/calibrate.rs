@@ -20,7 +20,7 @@ use zdn_protocol::DType;
 use crate::atomic_file::AtomicFile;
 use crate::bert::{BertError, BertWeights};
 use crate::candle_apply::{apply_delta, tensor_from_bytes, CandleApplyError};
-use crate::embed_eval::{bert_weights, model_side_file, QualityError};
+use crate::embed_eval::{bert_weights, QualityError};
 use crate::mapped_file::MappedFile;
 use crate::model_file::ModelFile;
 use crate::progress::Progress;
@@ -209,9 +209,10 @@ pub fn calibrate(job: &CalibrateJob) -> Result<CalibrateReport, CalibrateError> 
     let started = Instant::now();
     let device = Device::Cpu;
     let q = |e: QualityError| CalibrateError::Quality(e);
-    let embedder = SentenceEmbedder::open(
-        &model_side_file(&job.base, job.config.as_ref(), "config.json"),
-        &model_side_file(&job.base, job.tokenizer.as_ref(), "tokenizer.json"),
+    let embedder = SentenceEmbedder::beside(
+        &job.base,
+        job.config.as_ref(),
+        job.tokenizer.as_ref(),
         device.clone(),
     )
     .map_err(|e| q(e.into()))?;

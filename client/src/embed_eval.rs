@@ -1,7 +1,7 @@
 //! `zdn eval`: how close the delta-applied model's sentence embeddings are to the fine-tune's, on
 //! held-out text, with the base model's closeness beside it as the floor.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::Device;
 use zdn_protocol::bitdelta::BitDeltaFile;
@@ -108,16 +108,6 @@ pub struct QualityReport {
     pub finetuned_bytes: u64,
 }
 
-/// The files of a model beside its weights (`config.json`, `tokenizer.json`), or those given.
-pub fn model_side_file(weights: &Path, given: Option<&PathBuf>, name: &str) -> PathBuf {
-    given.cloned().unwrap_or_else(|| {
-        weights
-            .parent()
-            .unwrap_or_else(|| Path::new("."))
-            .join(name)
-    })
-}
-
 /// Loads a safetensors model as BERT weights on `device`.
 pub fn bert_weights(
     model: &ModelFile,
@@ -130,9 +120,10 @@ pub fn bert_weights(
 
 pub fn quality(job: &QualityJob) -> Result<QualityReport, QualityError> {
     let device = Device::Cpu;
-    let embedder = SentenceEmbedder::open(
-        &model_side_file(&job.base, job.config.as_ref(), "config.json"),
-        &model_side_file(&job.base, job.tokenizer.as_ref(), "tokenizer.json"),
+    let embedder = SentenceEmbedder::beside(
+        &job.base,
+        job.config.as_ref(),
+        job.tokenizer.as_ref(),
         device.clone(),
     )?;
     let mut sentences = read_sentences(&job.corpus)?;

@@ -1,7 +1,7 @@
 //! Sentence embeddings of a BERT model: the tokenizer of the model's `tokenizer.json` (read by the
 //! `tokenizers` crate), the candle forward pass of [`crate::bert`], batching.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use tokenizers::Tokenizer;
@@ -39,6 +39,29 @@ pub struct SentenceEmbedder {
 }
 
 impl SentenceEmbedder {
+    /// Opens the model whose weights are at `weights`: its `config.json` and `tokenizer.json` are
+    /// the given paths, or the files of those names beside the weights.
+    pub fn beside(
+        weights: &Path,
+        config: Option<&PathBuf>,
+        tokenizer: Option<&PathBuf>,
+        device: Device,
+    ) -> Result<Self, EmbedderError> {
+        let side = |given: Option<&PathBuf>, name: &str| {
+            given.cloned().unwrap_or_else(|| {
+                weights
+                    .parent()
+                    .unwrap_or_else(|| Path::new("."))
+                    .join(name)
+            })
+        };
+        Self::open(
+            &side(config, "config.json"),
+            &side(tokenizer, "tokenizer.json"),
+            device,
+        )
+    }
+
     /// Reads `config.json` and `tokenizer.json`.
     pub fn open(config: &Path, tokenizer: &Path, device: Device) -> Result<Self, EmbedderError> {
         let cfg = BertConfig::from_file(config)?;

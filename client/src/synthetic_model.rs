@@ -82,19 +82,10 @@ impl SyntheticSpec {
         t("embeddings.LayerNorm.bias".into(), vec![h]);
         for l in 0..self.layers {
             let p = format!("encoder.layer.{l}");
-            for n in [
-                "attention.self.query",
-                "attention.self.key",
-                "attention.self.value",
-                "attention.output.dense",
-            ] {
-                t(format!("{p}.{n}.weight"), vec![h, h]);
-                t(format!("{p}.{n}.bias"), vec![h]);
+            for (n, [out, inp]) in crate::bert::layer_linears(h, m) {
+                t(format!("{p}.{n}.weight"), vec![out, inp]);
+                t(format!("{p}.{n}.bias"), vec![out]);
             }
-            t(format!("{p}.intermediate.dense.weight"), vec![m, h]);
-            t(format!("{p}.intermediate.dense.bias"), vec![m]);
-            t(format!("{p}.output.dense.weight"), vec![h, m]);
-            t(format!("{p}.output.dense.bias"), vec![h]);
         }
         v
     }
