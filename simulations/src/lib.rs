@@ -8,6 +8,7 @@
 pub mod bulk;
 pub mod forwarder;
 pub mod netns;
+pub mod scenario;
 pub mod shaper;
 pub mod tun;
 pub mod units;
