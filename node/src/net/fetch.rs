@@ -402,16 +402,33 @@ async fn transfer(
             .map(|&p| async move { (p, ask(node, p, request, have_max).await) }),
     )
     .await;
+    let mut problems = Vec::new();
     for (p, answer) in answers {
-        if let Ok(Response::Have { object, held }) = answer {
-            if object == hash {
+        match answer {
+            Ok(Response::Have { object, held }) if object == hash => {
                 if let Some(h) = holdings(&held, &positions, distinct.len()) {
                     sched.add_peer(p, h);
                 }
             }
+            Ok(Response::NotFound(_)) => {}
+            Ok(other) => problems.push(format!("{p}: unexpected answer {}", answer_name(&other))),
+            Err(e) => problems.push(format!("{p}: {e}")),
         }
     }
     if sched.peer_count() == 0 && !sched.is_complete() {
+        // A peer that could not be asked is not a peer without the object: say why (exit 4, run
+        // again) instead of "not found".
+        if !problems.is_empty() {
+            return Err(FetchError::Incomplete {
+                hash,
+                done: 0,
+                total: distinct.len(),
+                reason: format!(
+                    "no peer answered which chunks it has: {}",
+                    problems.join("; ")
+                ),
+            });
+        }
         return Err(FetchError::NotFound {
             what: "object",
             hash,
