@@ -313,16 +313,31 @@ async fn transfer(
             sched.add_peer(p, h);
         }
     };
-    for (p, held) in holdings_of(node, hash, &src.peers, have_max).await {
+    // A peer that could not be asked is not a peer without the object: the reasons are kept.
+    let mut problems = Vec::new();
+    for (p, held) in holdings_of(node, hash, &src.peers, have_max, &mut problems).await {
         add(&mut sched, p, &held);
     }
     if sched.peer_count() == 0 && !sched.is_complete() {
         let new = src.ask_dht(node, hash).await?;
-        for (p, held) in holdings_of(node, hash, &new, have_max).await {
+        for (p, held) in holdings_of(node, hash, &new, have_max, &mut problems).await {
             add(&mut sched, p, &held);
         }
     }
     if sched.peer_count() == 0 && !sched.is_complete() {
+        // A peer that could not be asked is not a peer without the object: say why (exit 4, run
+        // again) instead of "not found".
+        if !problems.is_empty() {
+            return Err(FetchError::Incomplete {
+                hash,
+                done: 0,
+                total: distinct.len(),
+                reason: format!(
+                    "no peer answered which chunks it has: {}",
+                    problems.join("; ")
+                ),
+            });
+        }
         return Err(FetchError::NotFound {
             what: "object",
             hash,
@@ -414,7 +429,9 @@ async fn transfer(
                     // Those here cannot finish it: the DHT may know others (once).
                     let new = src.ask_dht(node, hash).await?;
                     if !new.is_empty() {
-                        for (p, held) in holdings_of(node, hash, &new, have_max).await {
+                        for (p, held) in
+                            holdings_of(node, hash, &new, have_max, &mut Vec::new()).await
+                        {
                             add(&mut sched, p, &held);
                         }
                         continue;

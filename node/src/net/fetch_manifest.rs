@@ -82,7 +82,7 @@ pub(super) async fn obtain_manifest(
     })
 }
 
-fn answer_name(r: &Response) -> &'static str {
+pub(super) fn answer_name(r: &Response) -> &'static str {
     match r {
         Response::Manifest(_) => "manifest",
         Response::Chunk { .. } => "chunk",

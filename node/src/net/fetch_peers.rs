@@ -6,6 +6,7 @@ use zdn_protocol::wire::{ChunkBitmap, Request, Response};
 use zdn_protocol::Hash;
 
 use super::error::{FetchError, NetError};
+use super::fetch_manifest::answer_name;
 use super::frame::FrameIo;
 use super::handle::{NodeHandle, CHUNK_STREAM};
 
@@ -80,12 +81,14 @@ impl Sources {
 }
 
 /// What each of `peers` holds of object `hash` (those that answer with a have-bitmap), asked
-/// all at once: on a 600 ms link, one after another would cost two round trips each.
+/// all at once: on a 600 ms link, one after another would cost two round trips each. Peers that
+/// could not be asked, or answered wrongly, are added to `problems` with the reason.
 pub(super) async fn holdings_of(
     node: &NodeHandle,
     hash: Hash,
     peers: &[PeerId],
     have_max: usize,
+    problems: &mut Vec<String>,
 ) -> Vec<(PeerId, ChunkBitmap)> {
     let request = &Request::GetHave(hash);
     let answers = futures::future::join_all(
@@ -94,13 +97,16 @@ pub(super) async fn holdings_of(
             .map(|&p| async move { (p, ask(node, p, request, have_max).await) }),
     )
     .await;
-    answers
-        .into_iter()
-        .filter_map(|(p, a)| match a {
-            Ok(Response::Have { object, held }) if object == hash => Some((p, held)),
-            _ => None,
-        })
-        .collect()
+    let mut held = Vec::new();
+    for (p, a) in answers {
+        match a {
+            Ok(Response::Have { object, held: h }) if object == hash => held.push((p, h)),
+            Ok(Response::NotFound(_)) => {}
+            Ok(other) => problems.push(format!("{p}: unexpected answer {}", answer_name(&other))),
+            Err(e) => problems.push(format!("{p}: {e}")),
+        }
+    }
+    held
 }
 
 /// One request (a manifest or a have-bitmap) on a stream of its own; the response frame may be

@@ -21,52 +21,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zdn_simulations::{spawn_direction, DirectionStats, LinkSpec, NetnsPair, Outage, Shaper};
+use zdn_simulations::units::{parse_duration, parse_outage, parse_rate};
+use zdn_simulations::{bulk, spawn_direction, DirectionStats, LinkSpec, NetnsPair, Shaper};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let v: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    let secs = match unit {
-        "ms" => v / 1000.0,
-        "s" => v,
-        "m" | "min" => v * 60.0,
-        "h" => v * 3600.0,
-        _ => return Err(format!("bad duration unit in {s:?}")),
-    };
-    if !(secs.is_finite() && secs >= 0.0) {
-        return Err(format!("bad duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-fn parse_rate(s: &str) -> Result<u64, String> {
-    let l = s.to_ascii_lowercase();
-    let (num, mult) = if let Some(n) = l.strip_suffix("gbit") {
-        (n, 1e9)
-    } else if let Some(n) = l.strip_suffix("mbit") {
-        (n, 1e6)
-    } else if let Some(n) = l.strip_suffix("kbit") {
-        (n, 1e3)
-    } else {
-        (l.strip_suffix("bit").unwrap_or(&l), 1.0)
-    };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("bad rate {s:?} (e.g. 1mbit)"))?;
-    let r = v * mult;
-    if !(r.is_finite() && r >= 1.0) {
-        return Err(format!("bad rate {s:?}"));
-    }
-    Ok(r as u64)
 }
 
 fn arg<T>(
@@ -101,13 +62,7 @@ fn up(mut it: impl Iterator<Item = String>) -> Result<(), String> {
                 })?
             }
             "--outage" => {
-                let o = arg(&mut it, "--outage", |s| {
-                    let (a, b) = s.split_once('-').ok_or(format!("outage {s:?}: FROM-TO"))?;
-                    Ok(Outage {
-                        from: parse_duration(a)?,
-                        to: parse_duration(b)?,
-                    })
-                })?;
+                let o = arg(&mut it, "--outage", parse_outage)?;
                 spec.outages.push(o);
             }
             "--subnet" => {
@@ -282,38 +237,14 @@ fn udp_ping(to: &str, count: u32) -> Result<(), String> {
 
 /// Receives one TCP connection's bytes; prints the byte count and the seconds from accept to end.
 fn tcp_sink(bind: &str) -> Result<(), String> {
-    use std::io::Read as _;
-    let l = std::net::TcpListener::bind(bind).map_err(|e| e.to_string())?;
-    let (mut s, _) = l.accept().map_err(|e| e.to_string())?;
-    let t0 = Instant::now();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut total = 0u64;
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => total += n as u64,
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    println!(
-        "{{\"bytes\":{total},\"seconds\":{}}}",
-        t0.elapsed().as_secs_f64()
-    );
+    let r = bulk::tcp_sink(bind, Duration::from_secs(3600)).map_err(|e| e.to_string())?;
+    println!("{}", r.to_json());
     Ok(())
 }
 
 /// Sends `bytes` zero bytes over one TCP connection.
 fn tcp_send(to: &str, bytes: u64) -> Result<(), String> {
-    use std::io::Write as _;
-    let mut s = std::net::TcpStream::connect(to).map_err(|e| e.to_string())?;
-    let buf = vec![0u8; 1 << 16];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        s.write_all(&buf[..n]).map_err(|e| e.to_string())?;
-        left -= n as u64;
-    }
-    Ok(())
+    bulk::tcp_send(to, bytes).map_err(|e| e.to_string())
 }
 
 fn main() {
