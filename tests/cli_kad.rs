@@ -139,12 +139,7 @@ fn field_publisher_is_found_by_the_external_address_in_its_record() {
     let f_id = f.addr.rsplit('/').next().unwrap().to_string();
 
     let c = tmpdir();
-    let r = json(&ok(
-        c.path(),
-        &[
-            "fetch", &p.base, "--peer", &b.addr, "--trust", &p.key, "--json",
-        ],
-    ));
+    let r = json(&ok(c.path(), &fetch_json_args(&p.base, &b.addr, &p.key)));
     assert_eq!(part(&r, &f_id).unwrap()["from_dht"], true, "{r}");
     assert_object(c.path(), &p.base, &p.base_file);
     b.stop();

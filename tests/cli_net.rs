@@ -102,15 +102,7 @@ fn fetch_from_a_node_verified_base_first_then_apply() {
     // A second fetch transfers nothing.
     let again = json(&ok(
         field.path(),
-        &[
-            "fetch",
-            &p.delta,
-            "--peer",
-            &seeder.addr,
-            "--trust",
-            &p.key,
-            "--json",
-        ],
+        &fetch_json_args(&p.delta, &seeder.addr, &p.key),
     ));
     assert_eq!(again["already_present"], true);
 
@@ -234,15 +226,7 @@ fn killed_fetch_resumes_without_downloading_verified_chunks_again() {
     let field = tmpdir();
     let a = at(
         field.path(),
-        &[
-            "fetch",
-            &p.base,
-            "--peer",
-            &seeder.addr,
-            "--trust",
-            &p.key,
-            "--json",
-        ],
+        &fetch_json_args(&p.base, &seeder.addr, &p.key),
     );
     let mut first = Command::new(env!("CARGO_BIN_EXE_zdn"))
         .args(&a)
@@ -260,15 +244,7 @@ fn killed_fetch_resumes_without_downloading_verified_chunks_again() {
 
     let r = json(&ok(
         field.path(),
-        &[
-            "fetch",
-            &p.base,
-            "--peer",
-            &seeder.addr,
-            "--trust",
-            &p.key,
-            "--json",
-        ],
+        &fetch_json_args(&p.base, &seeder.addr, &p.key),
     ));
     let resumed = r["chunks_resumed"].as_u64().unwrap();
     assert!(resumed > 0, "nothing was kept from the killed run: {r}");
@@ -497,15 +473,7 @@ fn seeder_killed_and_restarted_mid_transfer_is_redialed_and_the_fetch_completes(
     let field = tmpdir();
     let a = at(
         field.path(),
-        &[
-            "fetch",
-            &p.base,
-            "--peer",
-            &seeder.addr,
-            "--trust",
-            &p.key,
-            "--json",
-        ],
+        &fetch_json_args(&p.base, &seeder.addr, &p.key),
     );
     let fetch = Command::new(env!("CARGO_BIN_EXE_zdn"))
         .args(&a)

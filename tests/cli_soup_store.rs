@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use common::net::NodeProc;
+use common::net::{fetch_json_args, NodeProc};
 use common::soup_family::*;
 use common::*;
 
@@ -62,12 +62,7 @@ fn fetching_a_soup_brings_its_components_and_another_mix_costs_only_its_recipe()
     let want = apply(&publ, &base, "ab", &dir.join("want.safetensors"));
     let node = NodeProc::start(&publ, &[]);
 
-    let r = json(&ok(
-        &field,
-        &[
-            "fetch", &ab, "--peer", &node.addr, "--trust", &key, "--json",
-        ],
-    ));
+    let r = json(&ok(&field, &fetch_json_args(&ab, &node.addr, &key)));
     assert_eq!(r["kind"], "soup", "{r}");
     assert_eq!(r["base"]["kind"], "base", "{r}");
     let comps = r["components"].as_array().unwrap();
@@ -87,12 +82,7 @@ fn fetching_a_soup_brings_its_components_and_another_mix_costs_only_its_recipe()
     assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&want).unwrap());
 
     // A second mix of the same components: only its recipe crosses the link.
-    let r = json(&ok(
-        &field,
-        &[
-            "fetch", &ba, "--peer", &node.addr, "--trust", &key, "--json",
-        ],
-    ));
+    let r = json(&ok(&field, &fetch_json_args(&ba, &node.addr, &key)));
     let received = r["bytes_received"].as_u64().unwrap();
     assert!(received > 0 && received < 1024, "{r}");
     assert!(r["base"].is_null(), "{r}");

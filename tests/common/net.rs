@@ -24,6 +24,11 @@ pub fn run(home: &Path, a: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `zdn fetch HASH --peer PEER --trust KEY --json`: the arguments most network tests fetch with.
+pub fn fetch_json_args<'a>(hash: &'a str, peer: &'a str, key: &'a str) -> [&'a str; 7] {
+    ["fetch", hash, "--peer", peer, "--trust", key, "--json"]
+}
+
 /// A publisher home with a base and a delta added in small chunks. Returns (base hash, delta
 /// hash, publisher key, base stored bytes, the files).
 pub struct Published {
