@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use zdn_node::store::{ObjectStore, StoreError};
 use zdn_protocol::bitdelta::{EncodeOptions, DEFAULT_ZSTD_LEVEL};
 use zdn_protocol::manifest::Kind;
-use zdn_protocol::soup::{Recipe, RecipeError};
+use zdn_protocol::soup::Recipe;
 use zdn_protocol::Hash;
 
 use crate::soup_combine::{combine, CombineError, CombineInput, CombineJob, CombineReport};
@@ -32,8 +32,6 @@ pub enum SoupBuildError {
     Store(Box<StoreError>),
     #[error("{0} is a {1} object, not a soup recipe")]
     NotASoup(Hash, &'static str),
-    #[error("soup {hash}: {cause}")]
-    Recipe { hash: Hash, cause: RecipeError },
     #[error("cannot create a temporary directory in {dir}: {cause}")]
     TempDir { dir: PathBuf, cause: std::io::Error },
     #[error("cannot write {path}: {cause}")]
@@ -65,13 +63,10 @@ pub fn load_recipe(store: &ObjectStore, hash: &Hash) -> Result<Recipe, SoupBuild
     if m.manifest.kind != Kind::Soup {
         return Err(SoupBuildError::NotASoup(*hash, m.manifest.kind.as_str()));
     }
-    let bytes = store
-        .get_bytes(hash)
-        .map_err(|cause| SoupBuildError::Read {
-            hash: *hash,
-            cause: Box::new(cause),
-        })?;
-    Recipe::decode(&bytes).map_err(|cause| SoupBuildError::Recipe { hash: *hash, cause })
+    store.recipe(&m).map_err(|cause| SoupBuildError::Read {
+        hash: *hash,
+        cause: Box::new(cause),
+    })
 }
 
 /// The directory an output is written in (temporary files go beside it, on the same disk).
