@@ -181,6 +181,9 @@ fn run_hop(
         .args(["fetch", &hash.to_hex(), "--peer", &addr, "--trust"])
         .arg(publisher.to_hex())
         .args(["--profile", "field", "--no-mdns", "--json"])
+        // The station knows its link's rate: the paced UDP lane keeps it full.
+        .arg("--link-rate")
+        .arg(format!("{}bit", demo_link().rate_bps))
         .output()
         .context("running zdn fetch at the field station")?;
     let wall = t0.elapsed().as_secs_f64();

@@ -96,6 +96,20 @@ fn print_transfer(r: &FetchReport) {
             p.bytes
         );
     }
+    if let Some(l) = &r.paced {
+        let stopped = l
+            .stopped
+            .as_deref()
+            .map(|s| format!("; stopped: {s}"))
+            .unwrap_or_default();
+        out!(
+            "  paced lane: {} chunks in {} session(s), {} datagrams ({} duplicates){stopped}",
+            l.chunks,
+            l.sessions,
+            l.datagrams,
+            l.duplicates
+        );
+    }
     if let Some(q) = quality_note(&r.notes) {
         out!(
             "  quality (signed by the publisher): mean cosine {} to the fine-tune on {} sentences of {} (base alone {})",

@@ -59,6 +59,13 @@ pub struct NetArgs {
     /// a `bit` suffix (1Mbit = 125000 bytes/s).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     max_rate: Option<u64>,
+    /// This site's link rate (same units as --max-rate, e.g. 1Mbit for a satellite terminal).
+    /// Fetches then ask peers to send chunks over zdn's paced UDP lane at exactly this rate,
+    /// which keeps a lossy, long-delay link full through loss and outages (TCP leaves it idle
+    /// part of the time); what the lane cannot bring comes over the usual streams. Set it to
+    /// the rate you pay for, not more: above the link's rate the excess is dropped at the link.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    link_rate: Option<u64>,
     /// Trust this publisher key (64 hex digits) besides your own and the config's; repeatable.
     #[arg(long = "trust", value_name = "KEY")]
     trust: Vec<Hash>,
@@ -210,6 +217,7 @@ async fn start(
     c.dht = !net.no_dht;
     c.external_addresses = external_addresses;
     c.max_download_rate = net.max_rate;
+    c.link_rate = net.link_rate;
     c.max_upload_rate = upload.or(net.max_rate);
     c.auto_fetch = auto_fetch.clone();
     c.fault = fault;
@@ -292,6 +300,13 @@ fn merge(a: &mut RunArgs, f: NodeFile) -> anyhow::Result<()> {
         a.net.profile = f
             .profile
             .map(|p| p.parse())
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+    }
+    if a.net.link_rate.is_none() {
+        a.net.link_rate = f
+            .link_rate
+            .map(|r| parse_rate(&r))
             .transpose()
             .map_err(anyhow::Error::msg)?;
     }

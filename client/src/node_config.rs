@@ -10,6 +10,7 @@
 //! trusted_publishers = ["<64 hex digits>"]  # besides config.toml's and your own key
 //! auto_fetch = ["minilm-*"]                  # fetch announced deltas whose name matches
 //! max_rate = "1Mbit"                         # each direction (125000, 500k, 2M, 1Mbit)
+//! link_rate = "1Mbit"                        # the site's link: fetch over the paced UDP lane
 //! max_upload_rate = "200k"
 //! sync_windows = ["01:00-05:00"]             # UTC; no transfers outside them
 //! mdns = true
@@ -33,6 +34,7 @@ pub struct NodeFile {
     pub trusted_publishers: Vec<String>,
     pub auto_fetch: Vec<String>,
     pub max_rate: Option<String>,
+    pub link_rate: Option<String>,
     pub max_upload_rate: Option<String>,
     pub sync_windows: Vec<String>,
     pub mdns: Option<bool>,

@@ -8,6 +8,7 @@ pub mod glob;
 pub mod hash;
 pub mod manifest;
 pub mod object;
+pub mod paced;
 pub mod planes;
 pub mod safetensors;
 pub mod soup;

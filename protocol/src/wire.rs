@@ -98,6 +98,27 @@ impl ChunkBitmap {
     pub fn count(&self) -> u32 {
         self.bits.iter().map(|b| b.count_ones()).sum()
     }
+
+    /// The bitmap's bytes: bit i of byte i/8 = item i.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bits
+    }
+
+    /// A bitmap of `n` items from its bytes; refused unless there are exactly ⌈n/8⌉ of them and
+    /// no bit is set past `n` (one encoding per bitmap).
+    pub fn from_bytes(n: u32, bits: &[u8]) -> Result<Self, WireError> {
+        exact(bits, (n as usize).div_ceil(8), "bitmap")?;
+        if !n.is_multiple_of(8) && bits.last().is_some_and(|&l| l >> (n % 8) != 0) {
+            return Err(WireError::Invalid {
+                what: "bitmap",
+                problem: "bits set past its length",
+            });
+        }
+        Ok(ChunkBitmap {
+            n,
+            bits: bits.to_vec(),
+        })
+    }
 }
 
 /// A small signed-manifest announcement for gossip.
@@ -259,17 +280,10 @@ impl Response {
                 let n = u32::from_le_bytes([n[0], n[1], n[2], n[3]]);
                 let bytes = (n as usize).div_ceil(8);
                 exact(b, 37 + bytes, WHAT)?;
-                let bits = b[37..].to_vec();
                 // Bits past n must be zero: one encoding per bitmap.
-                if n % 8 != 0 && bits.last().is_some_and(|&l| l >> (n % 8) != 0) {
-                    return Err(WireError::Invalid {
-                        what: "have bitmap",
-                        problem: "bits set past the chunk count",
-                    });
-                }
                 Ok(Response::Have {
                     object,
-                    held: ChunkBitmap { n, bits },
+                    held: ChunkBitmap::from_bytes(n, &b[37..])?,
                 })
             }
             4 => {

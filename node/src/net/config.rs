@@ -63,6 +63,10 @@ pub struct NodeConfig {
     /// Bytes per second, whole node, each direction.
     pub max_upload_rate: Option<u64>,
     pub max_download_rate: Option<u64>,
+    /// The rate of this node's own link (bytes per second, IP bytes), when known: fetches then
+    /// ask peers for chunks over the paced lane at exactly that rate, shared by the fetches
+    /// running at once.
+    pub link_rate: Option<u64>,
     pub auto_fetch: Vec<AutoFetchRule>,
     /// Most peers connected at once; more are refused.
     pub max_peers: usize,
@@ -83,6 +87,7 @@ impl NodeConfig {
             external_addresses: Vec::new(),
             max_upload_rate: None,
             max_download_rate: None,
+            link_rate: None,
             auto_fetch: Vec::new(),
             max_peers: 256,
             fault: None,

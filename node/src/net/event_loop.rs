@@ -24,6 +24,7 @@ use super::chunk_server::ChunkServer;
 use super::config::NodeConfig;
 use super::dht::{Dht, DhtNews};
 use super::handle::{Command, NodeHandle, PeerInfo, Traffic};
+use super::paced_server::PacedServer;
 use super::rate_limit::RateLimiter;
 use super::NetError;
 
@@ -125,6 +126,9 @@ impl Node {
         let incoming = control
             .accept(super::handle::CHUNK_STREAM)
             .map_err(|e| NetError::Config(format!("chunk protocol: {e}")))?;
+        let paced_incoming = control
+            .accept(super::paced_receive::PACED_STREAM)
+            .map_err(|e| NetError::Config(format!("paced protocol: {e}")))?;
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
         let handle = NodeHandle {
@@ -136,6 +140,17 @@ impl Node {
             tuning: tuning.clone(),
             download_limit: limiter(config.max_download_rate)?,
             traffic: traffic.clone(),
+            paced: config
+                .link_rate
+                .map(|r| Arc::new(super::paced_receive::PacedLane::new(r.saturating_mul(8)))),
+        };
+        let paced_server = PacedServer {
+            commands: handle.commands.downgrade(),
+            store: store.clone(),
+            progress_timeout: tuning.progress_timeout,
+            max_rate_bps: config.max_upload_rate.map(|r| r.saturating_mul(8)),
+            traffic: traffic.clone(),
+            fault: config.fault,
         };
         let server = ChunkServer {
             store,
@@ -166,6 +181,7 @@ impl Node {
             dht.provide(&mut swarm, o.hash);
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let paced_task = tokio::spawn(paced_server.run(paced_incoming, stop_rx.clone()));
         let server_task = tokio::spawn(server.run(incoming, stop_rx));
 
         let event_loop = EventLoop {
@@ -192,6 +208,7 @@ impl Node {
             event_loop.run(cmd_rx, shutdown).await;
             let _ = stop_tx.send(true);
             let _ = server_task.await;
+            let _ = paced_task.await;
         });
         Ok(Node {
             handle,

@@ -17,19 +17,20 @@ use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use zdn_protocol::chunk::{self, ChunkRef};
+use zdn_protocol::chunk;
 use zdn_protocol::manifest::{Kind, SignedManifest};
-use zdn_protocol::sync::{
-    Failure, Holdings, Received, SchedulerConfig, SyncScheduler, SyncWindows,
-};
+use zdn_protocol::sync::{Failure, Received, SchedulerConfig, SyncScheduler, SyncWindows};
 use zdn_protocol::wire::{ChunkBitmap, MAX_STORED_CHUNK};
 use zdn_protocol::Hash;
 
 use super::chunk_pipe::{ChunkPipe, Outcome, PipeResult};
 use super::error::FetchError;
+use super::fetch_chunks::{distinct_chunks, holdings};
 use super::fetch_manifest::obtain_manifest;
+use super::fetch_paced::paced_phase;
 use super::fetch_peers::{holdings_of, Sources};
 use super::handle::NodeHandle;
+use super::paced_receive::PacedReport;
 use super::redial::Redialer;
 
 /// What to fetch from and how.
@@ -108,6 +109,9 @@ pub struct FetchReport {
     /// The manifest's signed notes (e.g. `quality`: the delta's measured quality report, JSON).
     #[serde(default)]
     pub notes: Vec<(String, String)>,
+    /// What the paced lane brought, when the node knows its link's rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paced: Option<PacedReport>,
 }
 
 /// Fetches `hash` into the node's store: for a delta or a soup its base first when missing, for a
@@ -159,6 +163,7 @@ async fn fetch_object(
             base: None,
             components: Vec::new(),
             notes: m.manifest.extra.clone(),
+            paced: None,
         });
     }
     wait_for_window(&opts.sync_windows, &mut |w| {
@@ -225,39 +230,6 @@ async fn wait_for_window(w: &SyncWindows, report: &mut (dyn FnMut(u32) + Send)) 
     }
 }
 
-/// The distinct chunks of a manifest (an object may repeat a chunk), in first-seen order, and
-/// for each manifest position the index of its distinct chunk.
-fn distinct_chunks(m: &SignedManifest) -> (Vec<ChunkRef>, Vec<u32>) {
-    let mut index: HashMap<Hash, u32> = HashMap::new();
-    let mut distinct = Vec::new();
-    let mut positions = Vec::with_capacity(m.manifest.chunks.len());
-    for r in &m.manifest.chunks {
-        let i = *index.entry(r.id).or_insert_with(|| {
-            distinct.push(r.clone());
-            (distinct.len() - 1) as u32
-        });
-        positions.push(i);
-    }
-    (distinct, positions)
-}
-
-/// A peer's have-bitmap over manifest positions, as holdings over distinct chunks.
-fn holdings(held: &ChunkBitmap, positions: &[u32], distinct: usize) -> Option<Holdings> {
-    if held.len() as usize != positions.len() {
-        return None;
-    }
-    if held.count() == held.len() {
-        return Some(Holdings::All);
-    }
-    let mut b = ChunkBitmap::new(distinct as u32);
-    for (pos, &d) in positions.iter().enumerate() {
-        if held.get(pos as u32) {
-            b.set(d);
-        }
-    }
-    Some(Holdings::Some(b))
-}
-
 /// A peer sent bad data: banned for this transfer, its pipe closed, its requests back in the pool.
 fn ban(
     sched: &mut SyncScheduler<PeerId>,
@@ -313,10 +285,32 @@ async fn transfer(
             sched.add_peer(p, h);
         }
     };
+    // This transfer's own count (other fetches of the same node may run meanwhile).
+    let received = Arc::new(AtomicU64::new(0));
+    // A node that knows its link's rate asks for the chunks over the paced lane first; what it
+    // does not bring, the chunk streams below fetch.
+    let mut carried: HashMap<PeerId, (u64, u64)> = HashMap::new();
+    let paced = match node.paced.clone() {
+        Some(lane) if !sched.is_complete() => {
+            let r = paced_phase(
+                node, lane, m, &distinct, &mut sched, &src.peers, &received, progress,
+            )
+            .await?;
+            if let Some(r) = &r {
+                if let Some(p) = src.peers.iter().find(|p| p.to_string() == r.peer) {
+                    carried.insert(*p, (r.chunks, r.payload_bytes));
+                }
+            }
+            r
+        }
+        _ => None,
+    };
     // A peer that could not be asked is not a peer without the object: the reasons are kept.
     let mut problems = Vec::new();
-    for (p, held) in holdings_of(node, hash, &src.peers, have_max, &mut problems).await {
-        add(&mut sched, p, &held);
+    if !sched.is_complete() {
+        for (p, held) in holdings_of(node, hash, &src.peers, have_max, &mut problems).await {
+            add(&mut sched, p, &held);
+        }
     }
     if sched.peer_count() == 0 && !sched.is_complete() {
         let new = src.ask_dht(node, hash).await?;
@@ -346,16 +340,14 @@ async fn transfer(
     }
 
     let t0 = Instant::now();
-    // This transfer's own count (other fetches of the same node may run meanwhile).
-    let received = Arc::new(AtomicU64::new(0));
     let (results_tx, mut results) = mpsc::unbounded_channel::<PipeResult>();
     let mut pipes: HashMap<PeerId, ChunkPipe> = HashMap::new();
     // Requests handed to each peer's pipe and not yet answered.
     let mut outstanding: HashMap<PeerId, usize> = HashMap::new();
     let mut banned: Vec<PeerId> = Vec::new();
     let mut redial = Redialer::new(node.clone(), hash, have_max);
-    // Chunks and bytes of peers lost and re-added (the scheduler starts them afresh).
-    let mut carried: HashMap<PeerId, (u64, u64)> = HashMap::new();
+    // `carried`: chunks and bytes of peers lost and re-added (the scheduler starts them afresh),
+    // and of the paced lane.
     let mut last_progress = Instant::now() - Duration::from_secs(1);
     let name = m.manifest.name.clone();
 
@@ -592,5 +584,6 @@ async fn transfer(
         base: None,
         components: Vec::new(),
         notes: m.manifest.extra.clone(),
+        paced,
     })
 }

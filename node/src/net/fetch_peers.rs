@@ -7,7 +7,7 @@ use zdn_protocol::Hash;
 
 use super::error::{FetchError, NetError};
 use super::fetch_manifest::answer_name;
-use super::frame::FrameIo;
+use super::frame::{FrameError, FrameIo};
 use super::handle::{NodeHandle, CHUNK_STREAM};
 
 /// The peers a fetch asks, and where they came from.
@@ -109,26 +109,59 @@ pub(super) async fn holdings_of(
     held
 }
 
+/// Tries of one request whose connection broke under it before an answer came.
+const ASK_TRIES: u32 = 3;
+
 /// One request (a manifest or a have-bitmap) on a stream of its own; the response frame may be
-/// at most `max` bytes.
+/// at most `max` bytes. A request whose stream or connection broke before the answer (a
+/// connection closing as the request went out, a link that dropped) is asked again, after a
+/// short wait and a re-dial when the peer is no longer connected, up to [`ASK_TRIES`] times in
+/// all; a wrong or stalled answer is not.
 pub(super) async fn ask(
     node: &NodeHandle,
     peer: PeerId,
     req: &Request,
     max: usize,
 ) -> Result<Response, String> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match ask_once(node, peer, req, max).await {
+            Ok(r) => return Ok(r),
+            Err((e, broken)) if !broken || tries >= ASK_TRIES => return Err(e),
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(tries))).await;
+                if !node.is_connected(peer).await.unwrap_or(true) {
+                    let _ = node.redial(peer).await;
+                }
+            }
+        }
+    }
+}
+
+/// One try; the error says whether the stream broke (worth another try).
+async fn ask_once(
+    node: &NodeHandle,
+    peer: PeerId,
+    req: &Request,
+    max: usize,
+) -> Result<Response, (String, bool)> {
+    let broke = |e: FrameError| {
+        let broken = matches!(e, FrameError::Io { .. } | FrameError::Truncated { .. });
+        (e.to_string(), broken)
+    };
     let mut control = node.control.clone();
     let mut stream = control
         .open_stream(peer, CHUNK_STREAM)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| (e.to_string(), true))?;
     let io = FrameIo {
         progress_timeout: node.tuning.progress_timeout,
         limiter: None,
     };
     io.write(&mut stream, "request", &req.encode())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(broke)?;
     let io = FrameIo {
         limiter: node.download_limit.clone(),
         ..io
@@ -137,6 +170,6 @@ pub(super) async fn ask(
     let body = io
         .read(&mut stream, "response", max, &mut |_| {})
         .await
-        .map_err(|e| e.to_string())?;
-    Response::decode(&body).map_err(|e| e.to_string())
+        .map_err(broke)?;
+    Response::decode(&body).map_err(|e| (e.to_string(), false))
 }

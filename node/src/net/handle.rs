@@ -80,6 +80,7 @@ pub struct NodeHandle {
     pub(crate) tuning: Tuning,
     pub(crate) download_limit: Option<Arc<RateLimiter>>,
     pub(crate) traffic: Arc<Traffic>,
+    pub(crate) paced: Option<Arc<super::paced_receive::PacedLane>>,
 }
 
 impl std::fmt::Debug for NodeHandle {

@@ -8,6 +8,9 @@
 //!   ([`frame`]).
 //! - [`fetch()`] drives the sans-IO `SyncScheduler` over real streams and the store; it asks the
 //!   DHT for providers when no connected peer has the object, and re-dials a peer lost midway.
+//! - The paced lane (`/zdn/paced/1` + UDP, `zdn_protocol::paced`): a node given its link's rate
+//!   (`NodeConfig::link_rate`) has chunks sent to it as datagrams paced at that rate, which keeps a
+//!   lossy satellite link full; every node serves it (`paced_server.rs`).
 //! - The DHT (`dht.rs`): provider records per manifest hash, our own protocol name, server or
 //!   client by profile.
 
@@ -19,10 +22,14 @@ mod dht;
 mod error;
 mod event_loop;
 mod fetch;
+mod fetch_chunks;
 mod fetch_manifest;
+mod fetch_paced;
 mod fetch_peers;
 pub mod frame;
 mod handle;
+mod paced_receive;
+mod paced_server;
 mod profile;
 mod rate_limit;
 mod redial;
@@ -35,6 +42,8 @@ pub use error::{FetchError, NetError};
 pub use event_loop::{Node, NodeEvent};
 pub use fetch::{fetch, FetchOptions, FetchProgress, FetchReport, PeerReport};
 pub use handle::{NodeHandle, PeerInfo, Traffic};
+pub use paced_receive::{PacedLane, PacedReport};
+pub use paced_server::{MAX_SESSIONS as MAX_PACED_SESSIONS, SILENCE as PACED_SILENCE};
 pub use profile::{DhtTuning, Profile, Tuning};
 pub use rate_limit::RateLimiter;
 

@@ -206,6 +206,11 @@ impl<P: Ord + Clone> SyncScheduler<P> {
         }
     }
 
+    /// Whether `chunk` is done (received and verified, or held before).
+    pub fn is_done(&self, chunk: u32) -> bool {
+        matches!(self.state.get(chunk as usize), Some(ChunkState::Done))
+    }
+
     /// Resume: the store already holds `chunk`, verified. Out-of-range indices are ignored.
     pub fn mark_done(&mut self, chunk: u32) {
         let Some(st) = self.state.get(chunk as usize).copied() else {

@@ -1,0 +1,170 @@
+//! The paced-lane phase of a fetch: before the chunk streams, a node that knows its link's rate
+//! asks a peer to send the missing chunks over the paced lane ([`super::paced_receive`]), session
+//! after session (each at most 64 MiB), and verifies and stores each chunk as it completes. It
+//! gives the rest to the chunk streams when a peer does not offer the lane or has none of the
+//! chunks (the next peer is asked), when a session goes silent, or when a chunk fails verification
+//! (a datagram can be forged by anyone on the path, so that is not proof against the peer: the
+//! lane stops, and the chunk streams, where a wrong chunk does ban its sender, take over).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::PeerId;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use zdn_protocol::chunk::{self, ChunkRef};
+use zdn_protocol::manifest::SignedManifest;
+use zdn_protocol::sync::SyncScheduler;
+use zdn_protocol::wire::{ChunkBitmap, MAX_STORED_CHUNK};
+use zdn_protocol::Hash;
+
+use super::error::FetchError;
+use super::fetch::FetchProgress;
+use super::handle::NodeHandle;
+use super::paced_receive::{session, PacedLane, PacedReport, SessionEnd};
+
+/// Runs the lane until it has brought every chunk or cannot bring more; `None` when no peer
+/// offered it anything.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn paced_phase(
+    node: &NodeHandle,
+    lane: Arc<PacedLane>,
+    m: &SignedManifest,
+    distinct: &[ChunkRef],
+    sched: &mut SyncScheduler<PeerId>,
+    peers: &[PeerId],
+    received: &Arc<AtomicU64>,
+    progress: &mut (dyn FnMut(&FetchProgress) + Send),
+) -> Result<Option<PacedReport>, FetchError> {
+    let hash = m.hash();
+    let mut best: Option<PacedReport> = None;
+    let mut last_progress = Instant::now() - Duration::from_secs(1);
+    'peers: for &peer in peers {
+        let mut report = PacedReport {
+            peer: peer.to_string(),
+            ..PacedReport::default()
+        };
+        loop {
+            let mut wanted = ChunkBitmap::new(distinct.len() as u32);
+            let mut any = false;
+            for i in 0..distinct.len() as u32 {
+                if !sched.is_done(i) {
+                    wanted.set(i);
+                    any = true;
+                }
+            }
+            if !any {
+                break;
+            }
+            let (tx, mut rx) = mpsc::unbounded_channel::<(u32, Vec<u8>)>();
+            let chunks_before = report.chunks;
+            let mut bad = None;
+            let mut counts = PacedReport::default();
+            let end = {
+                let sess = session(
+                    node,
+                    lane.clone(),
+                    (peer, hash, wanted),
+                    &tx,
+                    received,
+                    &mut counts,
+                );
+                tokio::pin!(sess);
+                loop {
+                    tokio::select! {
+                        r = &mut sess => break r,
+                        Some((ci, stored)) = rx.recv() => {
+                            match take_chunk(node, distinct, sched, ci, stored).await? {
+                                Some(n) => report.chunks += n,
+                                None => { bad = Some(ci); break Err(String::new()); }
+                            }
+                        }
+                    }
+                    if last_progress.elapsed() >= Duration::from_millis(200) {
+                        last_progress = Instant::now();
+                        progress(&FetchProgress {
+                            name: m.manifest.name.clone(),
+                            done_bytes: sched.done_bytes(),
+                            total_bytes: sched.total_bytes(),
+                            received_bytes: received.load(Ordering::Relaxed),
+                            peers: 1,
+                            waiting_for_window_s: 0,
+                        });
+                    }
+                }
+            };
+            drop(tx);
+            report.sessions += counts.sessions;
+            report.datagrams += counts.datagrams;
+            report.duplicates += counts.duplicates;
+            report.payload_bytes += counts.payload_bytes;
+            // Chunks that completed as the session ended.
+            while bad.is_none() {
+                let Ok((ci, stored)) = rx.try_recv() else {
+                    break;
+                };
+                match take_chunk(node, distinct, sched, ci, stored).await? {
+                    Some(n) => report.chunks += n,
+                    None => bad = Some(ci),
+                }
+            }
+            if let Some(ci) = bad {
+                report.stopped = Some(format!(
+                    "chunk {ci} failed verification; the chunk streams fetch the rest"
+                ));
+                best = Some(report);
+                break 'peers;
+            }
+            match end {
+                Ok(SessionEnd::Complete) if report.chunks > chunks_before => continue,
+                Ok(SessionEnd::Complete) => break,
+                Ok(SessionEnd::NotFound) => {
+                    report.stopped = Some("the peer has none of the chunks".into());
+                    break;
+                }
+                Err(e) => {
+                    report.stopped = Some(e);
+                    break;
+                }
+            }
+        }
+        let done = (0..distinct.len() as u32).all(|i| sched.is_done(i));
+        if report.sessions > 0 || best.is_none() {
+            best = Some(report);
+        }
+        if done {
+            break;
+        }
+    }
+    Ok(best.filter(|r| r.sessions > 0))
+}
+
+/// Verifies and stores one chunk from the lane: `Some(1)` when it is new and good, `Some(0)` when
+/// it was here already, `None` when it does not hash to its id or decode to its length.
+async fn take_chunk(
+    node: &NodeHandle,
+    distinct: &[ChunkRef],
+    sched: &mut SyncScheduler<PeerId>,
+    ci: u32,
+    stored: Vec<u8>,
+) -> Result<Option<u64>, FetchError> {
+    let Some(r) = distinct.get(ci as usize) else {
+        return Ok(None);
+    };
+    if Hash::of(&stored) != r.id
+        || stored.len() > MAX_STORED_CHUNK
+        || chunk::decode(&stored, r).is_err()
+    {
+        return Ok(None);
+    }
+    if sched.is_done(ci) {
+        return Ok(Some(0));
+    }
+    let id = r.id;
+    node.store
+        .call(move |s| s.put_chunks_logged(vec![(id, stored)]))
+        .await?;
+    sched.mark_done(ci);
+    Ok(Some(1))
+}

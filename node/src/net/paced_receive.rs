@@ -1,0 +1,256 @@
+//! The receiving side of the paced lane (`zdn_protocol::paced`): used by [`super::fetch()`] when the
+//! node knows its link's rate (`--link-rate`). It asks one peer for the missing chunks, answers
+//! the datagrams with acknowledgements every 40 ms that carry the rate wanted (the node's link rate
+//! shared by its sessions), and hands each chunk whose packets are all here to the fetch, which
+//! verifies it before storing it. What the lane does not bring (a peer without it, a session that
+//! goes silent, a chunk that fails verification) is left to the chunk streams.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::AsyncReadExt;
+use libp2p::{PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use zdn_protocol::paced::{
+    Control, PacedReceiver, PacedRequest, PacedResponse, DATA_HEADER, MAX_PACED_RESPONSE,
+    MAX_PAYLOAD, PACED_PROTOCOL,
+};
+use zdn_protocol::wire::ChunkBitmap;
+use zdn_protocol::Hash;
+
+use super::frame::FrameIo;
+use super::handle::NodeHandle;
+use super::paced_server::peer_path;
+
+pub(crate) const PACED_STREAM: StreamProtocol = StreamProtocol::new(PACED_PROTOCOL);
+
+/// Payload per datagram: a 1500-byte IPv4 packet less 20 (IP), 8 (UDP) and 4 (packet number).
+const PAYLOAD_V4: u16 = 1464;
+/// The same for IPv6 (40-byte header).
+const PAYLOAD_V6: u16 = 1444;
+const ACK_EVERY: Duration = Duration::from_millis(40);
+/// An ack goes out this often even when nothing arrived (through an outage, so the sender
+/// hears from us the moment the link returns).
+const ACK_IDLE: Duration = Duration::from_millis(500);
+const HELLO_EVERY: Duration = Duration::from_millis(250);
+/// A session that brings nothing for this long is given up (the chunk streams take over).
+const IDLE_LIMIT: Duration = Duration::from_secs(120);
+/// ... and sooner when not one datagram has come (UDP blocked on the way, say).
+const FIRST_DATA_LIMIT: Duration = Duration::from_secs(15);
+
+/// The node's link, shared by its sessions.
+#[derive(Debug)]
+pub struct PacedLane {
+    /// The link's rate, IP bits per second.
+    pub rate_bps: u64,
+    active: AtomicUsize,
+}
+
+impl PacedLane {
+    pub fn new(rate_bps: u64) -> Self {
+        PacedLane {
+            rate_bps,
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    /// This session's share of the link now.
+    fn share(&self) -> u64 {
+        self.rate_bps / self.active.load(Ordering::Relaxed).max(1) as u64
+    }
+}
+
+/// What the paced lane did in one fetch.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PacedReport {
+    pub peer: String,
+    pub sessions: u32,
+    /// Chunks it brought that verified.
+    pub chunks: u64,
+    /// Datagrams received, and of those carrying a packet already here.
+    pub datagrams: u64,
+    pub duplicates: u64,
+    /// Payload bytes received, duplicates included.
+    pub payload_bytes: u64,
+    /// Why it stopped before every chunk, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+}
+
+/// How one session ended.
+pub(crate) enum SessionEnd {
+    /// Every chunk of the session arrived.
+    Complete,
+    /// The peer has none of the chunks asked for.
+    NotFound,
+}
+
+/// Counts this session in the lane's share while it lives.
+struct Active(Arc<PacedLane>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn random_token() -> [u8; 8] {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish().to_le_bytes()
+}
+
+/// One session: asks `peer` for the `wanted` chunks of `object`; each chunk whose packets are all
+/// here goes to `chunks` as (index among the object's distinct chunks, stored bytes). Ends when
+/// the session is complete; an error says why it stopped early.
+pub(crate) async fn session(
+    node: &NodeHandle,
+    lane: Arc<PacedLane>,
+    (peer, object, wanted): (PeerId, Hash, ChunkBitmap),
+    chunks: &mpsc::UnboundedSender<(u32, Vec<u8>)>,
+    received: &AtomicU64,
+    report: &mut PacedReport,
+) -> Result<SessionEnd, String> {
+    let (ip, _) = peer_path(&node.commands, peer)
+        .await
+        .ok_or("no address for the peer")?;
+    let (bind, payload) = match ip {
+        IpAddr::V4(_) => ("0.0.0.0:0", PAYLOAD_V4),
+        IpAddr::V6(_) => ("[::]:0", PAYLOAD_V6),
+    };
+    let bind: SocketAddr = bind.parse().map_err(|_| "bind address")?;
+    let socket = UdpSocket::bind(bind)
+        .await
+        .map_err(|e| format!("UDP bind: {e}"))?;
+    let port = socket.local_addr().map_err(|e| e.to_string())?.port();
+    let token = random_token();
+    lane.active.fetch_add(1, Ordering::Relaxed);
+    let _active = Active(lane.clone());
+    let req = PacedRequest {
+        object,
+        token,
+        rate_bps: lane.share(),
+        payload,
+        udp_port: port,
+        wanted: wanted.clone(),
+    };
+    let stream = node
+        .control
+        .clone()
+        .open_stream(peer, PACED_STREAM)
+        .await
+        .map_err(|e| format!("the peer does not offer the paced lane: {e}"))?;
+    let (mut rd, mut wr) = stream.split();
+    let io = FrameIo {
+        progress_timeout: node.tuning.progress_timeout,
+        limiter: None,
+    };
+    io.write(&mut wr, "paced request", &req.encode())
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = io
+        .read(&mut rd, "paced response", MAX_PACED_RESPONSE, &mut |_| {})
+        .await
+        .map_err(|e| e.to_string())?;
+    let (udp_port, payload, layout) =
+        match PacedResponse::decode(&body).map_err(|e| e.to_string())? {
+            PacedResponse::NotFound(_) => return Ok(SessionEnd::NotFound),
+            PacedResponse::Busy { retry_after_ms } => {
+                return Err(format!(
+                    "the peer is busy (retry after {retry_after_ms} ms)"
+                ))
+            }
+            PacedResponse::Ready {
+                udp_port,
+                payload,
+                chunks,
+            } => (udp_port, payload, chunks),
+        };
+    let mut rx = PacedReceiver::new(layout, payload, &wanted).map_err(|e| e.to_string())?;
+    socket
+        .connect(SocketAddr::new(ip, udp_port))
+        .await
+        .map_err(|e| format!("UDP connect: {e}"))?;
+    report.sessions += 1;
+
+    let hello = Control::Hello { token }.encode();
+    let _ = socket.send(&hello).await;
+    let mut buf = vec![0u8; usize::from(MAX_PAYLOAD) + 8];
+    let mut tick = tokio::time::interval(ACK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = Instant::now();
+    let mut last_data: Option<Instant> = None;
+    let mut last_ack = started;
+    let mut last_hello = started;
+    let mut fresh = false;
+    let result = loop {
+        if rx.is_complete() {
+            break Ok(SessionEnd::Complete);
+        }
+        tokio::select! {
+            r = socket.recv(&mut buf) => {
+                // An error here is an ICMP answer to an earlier send (the port closed): go on, the
+                // idle limit decides.
+                let Ok(n) = r else { continue };
+                let Ok(done) = rx.on_data(&buf[..n]) else { continue };
+                let got = n.saturating_sub(DATA_HEADER) as u64;
+                received.fetch_add(got, Ordering::Relaxed);
+                node.traffic.chunk_bytes_received.fetch_add(got, Ordering::Relaxed);
+                last_data = Some(Instant::now());
+                fresh = true;
+                for (c, bytes) in done {
+                    if chunks.send((c.chunk, bytes)).is_err() {
+                        return Err("the fetch stopped".into());
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if last_data.is_none() && now - last_hello >= HELLO_EVERY {
+                    let _ = socket.send(&hello).await;
+                    last_hello = now;
+                }
+                if fresh || now - last_ack >= ACK_IDLE {
+                    let _ = socket.send(&rx.ack(token, lane.share()).encode()).await;
+                    last_ack = now;
+                    fresh = false;
+                }
+                match last_data {
+                    None if now - started > FIRST_DATA_LIMIT => {
+                        break Err(format!(
+                            "no datagram arrived within {} s (UDP blocked on the way?)",
+                            FIRST_DATA_LIMIT.as_secs()
+                        ));
+                    }
+                    Some(t) if now - t > IDLE_LIMIT => {
+                        break Err(format!("no data for {} s", IDLE_LIMIT.as_secs()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    if rx.is_complete() {
+        // Said three times: a lost Done only costs the sender's silence timeout.
+        let done = Control::Done { token }.encode();
+        for _ in 0..3 {
+            let _ = socket.send(&done).await;
+        }
+    }
+    let s = rx.stats();
+    report.datagrams += u64::from(s.received) + s.duplicates;
+    report.duplicates += s.duplicates;
+    report.payload_bytes += s.payload_bytes;
+    result
+}

@@ -1,0 +1,103 @@
+//! End-to-end tests of the paced lane (`--link-rate`): real `zdn` processes on loopback, chunks
+//! sent as paced UDP datagrams and verified before they are stored; a seeder whose datagrams carry
+//! corrupt chunks makes the lane stop and the chunk streams finish (and ban it). The lane on a
+//! lossy satellite link with outages: simulations/ (`zdn-sim`, docs/field.md).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Instant;
+
+use common::net::*;
+use common::*;
+
+#[test]
+fn fetch_over_the_paced_lane_is_verified_and_paced() {
+    let p = publish(2);
+    let seeder = NodeProc::start(p.home.path(), &[]);
+    let field = tmpdir();
+    // 40 Mbit/s: the base (17 MB stored) and the delta.
+    let mut a = fetch_json_args(&p.delta, &seeder.addr, &p.key).to_vec();
+    a.extend(["--link-rate", "40Mbit"]);
+    let r = json(&ok(field.path(), &a));
+    for (what, r) in [("delta", &r), ("base", &r["base"])] {
+        let lane = &r["paced"];
+        assert!(lane.is_object(), "{what}: no paced lane in {r}");
+        assert_eq!(
+            lane["chunks"], r["chunks"],
+            "{what}: the lane brought every chunk: {r}"
+        );
+        assert!(lane.get("stopped").is_none(), "{what}: {lane}");
+        assert!(lane["sessions"].as_u64().unwrap() >= 1);
+        // Every datagram's payload counted; on loopback nothing is lost, so nothing is repeated.
+        assert_eq!(lane["duplicates"], 0, "{what}: {lane}");
+    }
+    assert_object(field.path(), &p.delta, &p.delta_file);
+    assert_object(field.path(), &p.base, &p.base_file);
+    let verify = run(field.path(), &["verify"]);
+    assert_eq!(verify.0, 0, "{}", verify.1);
+
+    // Paced, not blasted: at 2 Mbit/s the delta takes at least its serialisation time (its base
+    // comes on a disk, a bundle). The lane's IP bytes are the payload plus 32 bytes a datagram.
+    let slow = tmpdir();
+    let bundle = field.path().join("base.zdnb");
+    ok(field.path(), &["export", &p.base, "-o", s(&bundle)]);
+    ok(slow.path(), &["import", s(&bundle), "--trust-any"]);
+    let stored = r["bytes_received"].as_u64().unwrap();
+    let t = Instant::now();
+    let mut a = fetch_json_args(&p.delta, &seeder.addr, &p.key).to_vec();
+    a.extend(["--link-rate", "2Mbit"]);
+    let r2 = json(&ok(slow.path(), &a));
+    let took = t.elapsed().as_secs_f64();
+    let wire_floor = stored as f64 * 8.0 / 2e6;
+    eprintln!("2 Mbit/s: {stored} bytes in {took:.2} s (payload alone {wire_floor:.2} s)");
+    assert!(
+        took >= wire_floor,
+        "{stored} bytes at 2 Mbit/s in {took:.2} s"
+    );
+    assert_eq!(r2["paced"]["chunks"], r2["chunks"], "{r2}");
+    assert_object(slow.path(), &p.delta, &p.delta_file);
+    seeder.stop();
+}
+
+#[test]
+fn corrupt_paced_data_stops_the_lane_and_the_streams_finish() {
+    let p = publish(2);
+    let other = tmpdir();
+    let bundle = p.home.path().join("all.zdnb");
+    ok(p.home.path(), &["export", &p.delta, "-o", s(&bundle)]);
+    ok(other.path(), &["import", s(&bundle), "--trust-any"]);
+    let honest = NodeProc::start(p.home.path(), &[]);
+    let liar = NodeProc::start(other.path(), &["--fault", "corrupt-chunks"]);
+    let field = tmpdir();
+    let r = json(&ok(
+        field.path(),
+        &[
+            "fetch",
+            &p.base,
+            "--peer",
+            &liar.addr,
+            "--peer",
+            &honest.addr,
+            "--trust",
+            &p.key,
+            "--link-rate",
+            "40Mbit",
+            "--json",
+        ],
+    ));
+    let lane = &r["paced"];
+    assert!(
+        lane["stopped"]
+            .as_str()
+            .is_some_and(|s| s.contains("failed verification")),
+        "{r}"
+    );
+    let liar_id = liar.addr.rsplit('/').next().unwrap();
+    assert_eq!(lane["peer"], liar_id, "{r}");
+    assert_object(field.path(), &p.base, &p.base_file);
+    let verify = run(field.path(), &["verify"]);
+    assert_eq!(verify.0, 0, "{}", verify.1);
+    honest.stop();
+    liar.stop();
+}
