@@ -68,6 +68,8 @@ pub struct PublishReport {
     /// Chunk bytes that crossed the link for the delta.
     pub network_bytes: u64,
     pub network_seconds: f64,
+    /// How the chunks came: the paced lane, or libp2p streams.
+    pub network_path: String,
     pub delta_object_bytes: u64,
 }
 
@@ -387,6 +389,13 @@ fn publish_and_fetch(
         link_ip_bytes_up: ip_up,
         network_bytes: net.bytes_received,
         network_seconds: net.seconds,
+        network_path: match &net.paced {
+            Some(l) if l.chunks > 0 => format!(
+                "zdn's paced UDP lane at the link's rate, asked for over libp2p ({} datagrams, {} of them repeats)",
+                l.datagrams, l.duplicates
+            ),
+            _ => "libp2p (TCP+Noise+Yamux)".to_string(),
+        },
         delta_object_bytes: net.object_len,
     })
 }

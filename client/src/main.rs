@@ -452,7 +452,8 @@ fn run_demo(a: &DemoArgs) -> anyhow::Result<()> {
     );
     say!("  link             {}", p.link);
     say!(
-        "  network          the field node fetched the delta from the datacenter node over libp2p (TCP+Noise+Yamux): {} chunk bytes in {:.1} s = {:.0} kbit/s, {:.0}% of the link{}",
+        "  network          the field node fetched the delta from the datacenter node over {}: {} chunk bytes in {:.1} s = {:.0} kbit/s, {:.0}% of the link{}",
+        p.network_path,
         p.network_bytes,
         p.network_seconds,
         p.network_bytes as f64 * 8.0 / 1000.0 / p.network_seconds.max(1e-9),
