@@ -138,14 +138,6 @@ fn fetch_from_a_node_verified_base_first_then_apply() {
 }
 
 /// Copies the publisher's objects into a second seeder's store through a bundle.
-fn second_seeder(p: &Published) -> tempfile::TempDir {
-    let other = tmpdir();
-    let bundle = p.home.path().join("all.zdnb");
-    ok(p.home.path(), &["export", &p.delta, "-o", s(&bundle)]);
-    ok(other.path(), &["import", s(&bundle), "--trust-any"]);
-    other
-}
-
 /// The publisher's node and a second seeder of the same objects (started with `second_args`,
 /// e.g. a fault), with the second seeder's home.
 fn two_seeders(p: &Published, second_args: &[&str]) -> (tempfile::TempDir, NodeProc, NodeProc) {

@@ -63,10 +63,7 @@ fn fetch_over_the_paced_lane_is_verified_and_paced() {
 #[test]
 fn corrupt_paced_data_stops_the_lane_and_the_streams_finish() {
     let p = publish(2);
-    let other = tmpdir();
-    let bundle = p.home.path().join("all.zdnb");
-    ok(p.home.path(), &["export", &p.delta, "-o", s(&bundle)]);
-    ok(other.path(), &["import", s(&bundle), "--trust-any"]);
+    let other = second_seeder(&p);
     let honest = NodeProc::start(p.home.path(), &[]);
     let liar = NodeProc::start(other.path(), &["--fault", "corrupt-chunks"]);
     let field = tmpdir();

@@ -123,6 +123,15 @@ pub fn publish(layers: u32) -> Published {
     }
 }
 
+/// A second home holding the publisher's base and delta (carried as a bundle).
+pub fn second_seeder(p: &Published) -> tempfile::TempDir {
+    let other = tmpdir();
+    let bundle = p.home.path().join("all.zdnb");
+    ok(p.home.path(), &["export", &p.delta, "-o", s(&bundle)]);
+    ok(other.path(), &["import", s(&bundle), "--trust-any"]);
+    other
+}
+
 /// Asserts that `home`'s store holds object `hash` with exactly the bytes of `file`.
 pub fn assert_object(home: &Path, hash: &str, file: &Path) {
     let got = home.join("object-check");

@@ -96,6 +96,31 @@ fn refuses_what_breaks_the_rules() {
     let big = MAX_STORED_CHUNK as u32;
     let many: Vec<_> = (0..70).map(|i| (i, big)).collect();
     assert!(PacedResponse::decode(&ready(many)).is_err());
+    // Over the caps, before anything else is looked at.
+    let too_long = |n: usize| vec![1u8; n + 1];
+    assert!(matches!(
+        PacedRequest::decode(&too_long(MAX_PACED_REQUEST)),
+        Err(WireError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        PacedResponse::decode(&too_long(MAX_PACED_RESPONSE)),
+        Err(WireError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        Control::decode(&too_long(MAX_CONTROL_LEN)),
+        Err(WireError::TooLarge { .. })
+    ));
+    // Truncated at every length.
+    let ack = Control::Ack {
+        token: [0; 8],
+        rate_bps: 1,
+        cumulative: 3,
+        ranges: vec![(5, 2)],
+    }
+    .encode();
+    for n in 0..ack.len() {
+        assert!(Control::decode(&ack[..n]).is_err());
+    }
     // A payload size outside the bounds.
     let mut req = PacedRequest {
         object: Hash::ZERO,
