@@ -129,11 +129,10 @@ pub(crate) async fn paced_phase(
                 }
             }
         }
-        let done = (0..distinct.len() as u32).all(|i| sched.is_done(i));
         if report.sessions > 0 || best.is_none() {
             best = Some(report);
         }
-        if done {
+        if sched.is_complete() {
             break;
         }
     }
