@@ -138,15 +138,6 @@ fn fetch_from_a_node_verified_base_first_then_apply() {
 }
 
 /// Copies the publisher's objects into a second seeder's store through a bundle.
-/// The publisher's node and a second seeder of the same objects (started with `second_args`,
-/// e.g. a fault), with the second seeder's home.
-fn two_seeders(p: &Published, second_args: &[&str]) -> (tempfile::TempDir, NodeProc, NodeProc) {
-    let home = second_seeder(p);
-    let publisher = NodeProc::start(p.home.path(), &[]);
-    let second = NodeProc::start(home.path(), second_args);
-    (home, publisher, second)
-}
-
 #[test]
 fn corrupt_seeder_is_banned_and_the_fetch_completes_from_the_other() {
     let p = publish(2);

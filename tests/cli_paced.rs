@@ -63,9 +63,7 @@ fn fetch_over_the_paced_lane_is_verified_and_paced() {
 #[test]
 fn corrupt_paced_data_stops_the_lane_and_the_streams_finish() {
     let p = publish(2);
-    let other = second_seeder(&p);
-    let honest = NodeProc::start(p.home.path(), &[]);
-    let liar = NodeProc::start(other.path(), &["--fault", "corrupt-chunks"]);
+    let (_liar_home, honest, liar) = two_seeders(&p, &["--fault", "corrupt-chunks"]);
     let field = tmpdir();
     let r = json(&ok(
         field.path(),

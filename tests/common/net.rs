@@ -132,6 +132,15 @@ pub fn second_seeder(p: &Published) -> tempfile::TempDir {
     other
 }
 
+/// The publisher's node and a second seeder of the same objects (started with `second_args`,
+/// e.g. a fault), with the second seeder's home.
+pub fn two_seeders(p: &Published, second_args: &[&str]) -> (tempfile::TempDir, NodeProc, NodeProc) {
+    let home = second_seeder(p);
+    let publisher = NodeProc::start(p.home.path(), &[]);
+    let second = NodeProc::start(home.path(), second_args);
+    (home, publisher, second)
+}
+
 /// Asserts that `home`'s store holds object `hash` with exactly the bytes of `file`.
 pub fn assert_object(home: &Path, hash: &str, file: &Path) {
     let got = home.join("object-check");
