@@ -344,18 +344,10 @@ fn fetch_through_a_running_node_on_a_fresh_home() {
     seeder.stop();
 }
 
-/// "HH:MM:SS-HH:MM:SS" (UTC) opening `delay` from now and lasting an hour.
+/// A sync window opening `delay` from now and lasting an hour.
 fn window_from_now(delay: Duration) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let fmt = |t: u64| {
-        let t = t % 86_400;
-        format!("{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
-    };
-    let start = now + delay.as_secs();
-    format!("{}-{}", fmt(start), fmt(start + 3600))
+    let d = delay.as_secs() as i64;
+    sync_window(d, d + 3600)
 }
 
 #[test]
@@ -488,21 +480,4 @@ fn seeder_killed_and_restarted_mid_transfer_is_redialed_and_the_fetch_completes(
     assert!(r["chunks_resumed"].as_u64().unwrap() == 0, "{r}");
     assert_object(field.path(), &p.base, &p.base_file);
     seeder.stop();
-}
-
-/// Waits for a child (stdout and stderr piped) to exit; kills it and panics after `limit`.
-fn wait_with_deadline(mut child: std::process::Child, limit: Duration) -> std::process::Output {
-    let end = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > end {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "still running after {limit:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.wait_with_output().unwrap()
 }

@@ -6,7 +6,8 @@
 
 mod common;
 
-use std::time::Instant;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::net::*;
 use common::*;
@@ -95,4 +96,77 @@ fn corrupt_paced_data_stops_the_lane_and_the_streams_finish() {
     assert_eq!(verify.0, 0, "{}", verify.1);
     honest.stop();
     liar.stop();
+}
+
+#[test]
+fn a_seeder_restarted_mid_lane_is_asked_again_and_the_lane_finishes() {
+    let p = publish(2);
+    let seeder = NodeProc::start(p.home.path(), &[]);
+    let listen = seeder.addr.split("/p2p/").next().unwrap().to_string();
+    let field = tmpdir();
+    // The base (17 MB stored) at 8 Mbit/s: about 17 s, so the seeder can be killed midway.
+    let mut a = at(
+        field.path(),
+        &fetch_json_args(&p.base, &seeder.addr, &p.key),
+    );
+    a.extend(["--link-rate".into(), "8Mbit".into()]);
+    let fetch = Command::new(env!("CARGO_BIN_EXE_zdn"))
+        .args(&a)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    // SIGKILL, down for 8 s (as a link outage or a crash would leave it), then back on the same
+    // home (same peer id) and port, with a new UDP port for the lane.
+    drop(seeder);
+    std::thread::sleep(Duration::from_secs(8));
+    let seeder = NodeProc::start_on(p.home.path(), &listen, &[]);
+    let out = wait_with_deadline(fetch, Duration::from_secs(180));
+    assert!(
+        out.status.success(),
+        "the fetch did not survive the restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json(&String::from_utf8_lossy(&out.stdout));
+    let lane = &r["paced"];
+    // The lane itself brought every chunk: asked again, not handed to the chunk streams.
+    assert_eq!(lane["chunks"], r["chunks"], "{r}");
+    assert!(lane.get("stopped").is_none(), "{lane}");
+    assert!(lane["resumes"].as_u64().unwrap() >= 1, "{lane}");
+    assert!(lane["sessions"].as_u64().unwrap() >= 2, "{lane}");
+    assert_object(field.path(), &p.base, &p.base_file);
+    seeder.stop();
+}
+
+#[test]
+fn the_lane_stops_when_the_sync_window_closes_and_resumes_in_the_next() {
+    let p = publish(2);
+    let seeder = NodeProc::start(p.home.path(), &[]);
+    let field = tmpdir();
+    // A window that closes 5 s from now and the next one 10 s from now; the base (17 MB stored)
+    // takes about 17 s at 8 Mbit/s, so the gap falls in the middle of it.
+    let (now_w, next_w) = (sync_window(-60, 5), sync_window(10, 3600));
+    let mut a = fetch_json_args(&p.base, &seeder.addr, &p.key).to_vec();
+    a.extend([
+        "--link-rate",
+        "8Mbit",
+        "--sync-window",
+        &now_w,
+        "--sync-window",
+        &next_w,
+    ]);
+    let t = Instant::now();
+    let r = json(&ok(field.path(), &a));
+    let took = t.elapsed().as_secs_f64();
+    let lane = &r["paced"];
+    assert_eq!(lane["chunks"], r["chunks"], "{r}");
+    assert!(lane["sessions"].as_u64().unwrap() >= 2, "{lane}");
+    // Nothing crossed in the gap: the payload's time on the link plus the gap (4 s at least,
+    // whole seconds) is a floor. Without the pause this took the payload's time plus ~1 s.
+    let wire = r["bytes_received"].as_u64().unwrap() as f64 * 8.0 / 8e6;
+    eprintln!("{took:.1} s for {wire:.1} s of payload at 8 Mbit/s");
+    assert!(took >= wire + 4.0, "{took:.1} s, payload alone {wire:.1} s");
+    assert_object(field.path(), &p.base, &p.base_file);
+    seeder.stop();
 }

@@ -102,8 +102,14 @@ fn print_transfer(r: &FetchReport) {
             .as_deref()
             .map(|s| format!("; stopped: {s}"))
             .unwrap_or_default();
+        let resumed = match (&l.last_silence, l.resumes) {
+            (Some(why), n) if n > 0 => {
+                format!("; the peer went silent, asked again {n} time(s) (last: {why})")
+            }
+            _ => String::new(),
+        };
         out!(
-            "  paced lane: {} chunks in {} session(s), {} datagrams ({} duplicates){stopped}",
+            "  paced lane: {} chunks in {} session(s), {} datagrams ({} duplicates){resumed}{stopped}",
             l.chunks,
             l.sessions,
             l.datagrams,

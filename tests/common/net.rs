@@ -223,3 +223,33 @@ impl Drop for NodeProc {
         let _ = self.child.wait();
     }
 }
+
+/// Waits for a child (stdout and stderr piped) to exit; kills it and panics after `limit`.
+pub fn wait_with_deadline(mut child: Child, limit: Duration) -> std::process::Output {
+    let end = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > end {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A sync window "HH:MM:SS-HH:MM:SS" (UTC) from `from` to `to` seconds from now (negative: ago).
+pub fn sync_window(from: i64, to: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let fmt = |t: i64| {
+        let t = t.rem_euclid(86_400);
+        format!("{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
+    };
+    format!("{}-{}", fmt(now + from), fmt(now + to))
+}

@@ -212,14 +212,14 @@ async fn fetch_object(
 }
 
 /// The current second of the day, UTC.
-fn second_of_day() -> u32 {
+pub(super) fn second_of_day() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| (d.as_secs() % 86_400) as u32)
 }
 
 /// Sleeps until a sync window is open, reporting the wait now and then.
-async fn wait_for_window(w: &SyncWindows, report: &mut (dyn FnMut(u32) + Send)) {
+pub(super) async fn wait_for_window(w: &SyncWindows, report: &mut (dyn FnMut(u32) + Send)) {
     loop {
         let wait = w.wait(second_of_day());
         if wait == 0 {
@@ -293,7 +293,14 @@ async fn transfer(
     let paced = match node.paced.clone() {
         Some(lane) if !sched.is_complete() => {
             let r = paced_phase(
-                node, lane, m, &distinct, &mut sched, &src.peers, &received, progress,
+                node,
+                lane,
+                m,
+                &distinct,
+                &mut sched,
+                &src.peers,
+                (&received, &opts.sync_windows),
+                progress,
             )
             .await?;
             if let Some(r) = &r {

@@ -2,9 +2,12 @@
 //! asks a peer to send the missing chunks over the paced lane ([`super::paced_receive`]), session
 //! after session (each at most 64 MiB), and verifies and stores each chunk as it completes. It
 //! gives the rest to the chunk streams when a peer does not offer the lane or has none of the
-//! chunks (the next peer is asked), when a session goes silent, or when a chunk fails verification
-//! (a datagram can be forged by anyone on the path, so that is not proof against the peer: the
-//! lane stops, and the chunk streams, where a wrong chunk does ban its sender, take over).
+//! chunks (the next peer is asked), when a chunk fails verification (a datagram can be forged by
+//! anyone on the path, so that is not proof against the peer: the lane stops, and the chunk
+//! streams, where a wrong chunk does ban its sender, take over), or when a peer that served the
+//! lane stays silent longer than the profile's outage patience. Until then a silent peer (a link
+//! outage, a restart) is re-dialed and asked again for what is still missing: the chunks that
+//! arrived are in the store, so a field station rides out a 30-minute outage in one fetch.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,14 +18,14 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use zdn_protocol::chunk::{self, ChunkRef};
 use zdn_protocol::manifest::SignedManifest;
-use zdn_protocol::sync::SyncScheduler;
+use zdn_protocol::sync::{SyncScheduler, SyncWindows};
 use zdn_protocol::wire::{ChunkBitmap, MAX_STORED_CHUNK};
 use zdn_protocol::Hash;
 
 use super::error::FetchError;
-use super::fetch::FetchProgress;
+use super::fetch::{wait_for_window, FetchProgress};
 use super::handle::NodeHandle;
-use super::paced_receive::{session, PacedLane, PacedReport, SessionEnd};
+use super::paced_receive::{session, PacedLane, PacedReport, SessionEnd, SessionError};
 
 /// Runs the lane until it has brought every chunk or cannot bring more; `None` when no peer
 /// offered it anything.
@@ -34,7 +37,7 @@ pub(crate) async fn paced_phase(
     distinct: &[ChunkRef],
     sched: &mut SyncScheduler<PeerId>,
     peers: &[PeerId],
-    received: &Arc<AtomicU64>,
+    (received, windows): (&Arc<AtomicU64>, &SyncWindows),
     progress: &mut (dyn FnMut(&FetchProgress) + Send),
 ) -> Result<Option<PacedReport>, FetchError> {
     let hash = m.hash();
@@ -45,6 +48,9 @@ pub(crate) async fn paced_phase(
             peer: peer.to_string(),
             ..PacedReport::default()
         };
+        // When this peer last sent lane data, and the wait before asking a silent peer again.
+        let mut last_heard: Option<Instant> = None;
+        let mut wait = node.tuning.redial_first_wait;
         loop {
             let mut wanted = ChunkBitmap::new(distinct.len() as u32);
             let mut any = false;
@@ -57,6 +63,19 @@ pub(crate) async fn paced_phase(
             if !any {
                 break;
             }
+            // Outside every sync window the lane sends nothing: wait for the next one.
+            let name = &m.manifest.name;
+            wait_for_window(windows, &mut |w| {
+                progress(&FetchProgress {
+                    name: name.clone(),
+                    done_bytes: sched.done_bytes(),
+                    total_bytes: sched.total_bytes(),
+                    received_bytes: received.load(Ordering::Relaxed),
+                    peers: 0,
+                    waiting_for_window_s: w,
+                })
+            })
+            .await;
             let (tx, mut rx) = mpsc::unbounded_channel::<(u32, Vec<u8>)>();
             let chunks_before = report.chunks;
             let mut bad = None;
@@ -68,6 +87,7 @@ pub(crate) async fn paced_phase(
                     (peer, hash, wanted),
                     &tx,
                     received,
+                    windows,
                     &mut counts,
                 );
                 tokio::pin!(sess);
@@ -77,7 +97,7 @@ pub(crate) async fn paced_phase(
                         Some((ci, stored)) = rx.recv() => {
                             match take_chunk(node, distinct, sched, ci, stored).await? {
                                 Some(n) => report.chunks += n,
-                                None => { bad = Some(ci); break Err(String::new()); }
+                                None => { bad = Some(ci); break Err(SessionError::fatal("")); }
                             }
                         }
                     }
@@ -99,6 +119,10 @@ pub(crate) async fn paced_phase(
             report.datagrams += counts.datagrams;
             report.duplicates += counts.duplicates;
             report.payload_bytes += counts.payload_bytes;
+            if counts.datagrams > 0 {
+                last_heard = Some(Instant::now());
+                wait = node.tuning.redial_first_wait;
+            }
             // Chunks that completed as the session ended.
             while bad.is_none() {
                 let Ok((ci, stored)) = rx.try_recv() else {
@@ -119,12 +143,29 @@ pub(crate) async fn paced_phase(
             match end {
                 Ok(SessionEnd::Complete) if report.chunks > chunks_before => continue,
                 Ok(SessionEnd::Complete) => break,
+                // The sync window closed: the sender was told to stop; wait, then the rest.
+                Ok(SessionEnd::WindowClosed) => continue,
                 Ok(SessionEnd::NotFound) => {
                     report.stopped = Some("the peer has none of the chunks".into());
                     break;
                 }
+                Err(SessionError {
+                    reason,
+                    silent: true,
+                }) if last_heard
+                    .is_some_and(|t| t.elapsed() + wait < node.tuning.outage_patience) =>
+                {
+                    // A peer that served the lane went quiet: wait, re-dial, ask for the rest.
+                    report.resumes += 1;
+                    report.last_silence = Some(reason);
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(node.tuning.redial_max_wait);
+                    if !node.is_connected(peer).await.unwrap_or(false) {
+                        let _ = node.redial(peer).await;
+                    }
+                }
                 Err(e) => {
-                    report.stopped = Some(e);
+                    report.stopped = Some(e.reason);
                     break;
                 }
             }

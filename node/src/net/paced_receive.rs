@@ -22,9 +22,11 @@ use zdn_protocol::paced::{
     Control, PacedReceiver, PacedRequest, PacedResponse, DATA_HEADER, MAX_PACED_RESPONSE,
     MAX_PAYLOAD, PACED_PROTOCOL,
 };
+use zdn_protocol::sync::SyncWindows;
 use zdn_protocol::wire::ChunkBitmap;
 use zdn_protocol::Hash;
 
+use super::fetch::second_of_day;
 use super::frame::FrameIo;
 use super::handle::NodeHandle;
 use super::paced_server::peer_path;
@@ -44,6 +46,8 @@ const HELLO_EVERY: Duration = Duration::from_millis(250);
 const IDLE_LIMIT: Duration = Duration::from_secs(120);
 /// ... and sooner when not one datagram has come (UDP blocked on the way, say).
 const FIRST_DATA_LIMIT: Duration = Duration::from_secs(15);
+/// ICMP "port unreachable" answers in a row that end a session.
+const PORT_CLOSED_AFTER: u32 = 3;
 
 /// The node's link, shared by its sessions.
 #[derive(Debug)]
@@ -79,6 +83,13 @@ pub struct PacedReport {
     pub duplicates: u64,
     /// Payload bytes received, duplicates included.
     pub payload_bytes: u64,
+    /// Times the peer had gone silent (an outage, a restart) and was asked again for the rest;
+    /// through a long outage, one per try.
+    #[serde(default)]
+    pub resumes: u32,
+    /// Why it went silent the last time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_silence: Option<String>,
     /// Why it stopped before every chunk, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
@@ -90,6 +101,33 @@ pub(crate) enum SessionEnd {
     Complete,
     /// The peer has none of the chunks asked for.
     NotFound,
+    /// The sync window closed: the sender was told to stop.
+    WindowClosed,
+}
+
+/// Why a session stopped early.
+#[derive(Debug)]
+pub(crate) struct SessionError {
+    pub reason: String,
+    /// The peer or the link went quiet (an outage, a restart, a busy peer): asking again later
+    /// may work. Otherwise (an answer that does not parse, a local failure) it will not.
+    pub silent: bool,
+}
+
+impl SessionError {
+    pub fn silent(reason: impl Into<String>) -> Self {
+        SessionError {
+            reason: reason.into(),
+            silent: true,
+        }
+    }
+
+    pub fn fatal(reason: impl Into<String>) -> Self {
+        SessionError {
+            reason: reason.into(),
+            silent: false,
+        }
+    }
 }
 
 /// Counts this session in the lane's share while it lives.
@@ -120,20 +158,26 @@ pub(crate) async fn session(
     (peer, object, wanted): (PeerId, Hash, ChunkBitmap),
     chunks: &mpsc::UnboundedSender<(u32, Vec<u8>)>,
     received: &AtomicU64,
+    windows: &SyncWindows,
     report: &mut PacedReport,
-) -> Result<SessionEnd, String> {
+) -> Result<SessionEnd, SessionError> {
     let (ip, _) = peer_path(&node.commands, peer)
         .await
-        .ok_or("no address for the peer")?;
+        .ok_or_else(|| SessionError::silent("not connected to the peer"))?;
     let (bind, payload) = match ip {
         IpAddr::V4(_) => ("0.0.0.0:0", PAYLOAD_V4),
         IpAddr::V6(_) => ("[::]:0", PAYLOAD_V6),
     };
-    let bind: SocketAddr = bind.parse().map_err(|_| "bind address")?;
+    let bind: SocketAddr = bind
+        .parse()
+        .map_err(|_| SessionError::fatal("bind address"))?;
     let socket = UdpSocket::bind(bind)
         .await
-        .map_err(|e| format!("UDP bind: {e}"))?;
-    let port = socket.local_addr().map_err(|e| e.to_string())?.port();
+        .map_err(|e| SessionError::fatal(format!("UDP bind: {e}")))?;
+    let port = socket
+        .local_addr()
+        .map_err(|e| SessionError::fatal(e.to_string()))?
+        .port();
     let token = random_token();
     lane.active.fetch_add(1, Ordering::Relaxed);
     let _active = Active(lane.clone());
@@ -150,7 +194,12 @@ pub(crate) async fn session(
         .clone()
         .open_stream(peer, PACED_STREAM)
         .await
-        .map_err(|e| format!("the peer does not offer the paced lane: {e}"))?;
+        .map_err(|e| match e {
+            libp2p_stream::OpenStreamError::UnsupportedProtocol(_) => {
+                SessionError::fatal(format!("the peer does not offer the paced lane: {e}"))
+            }
+            e => SessionError::silent(format!("opening the paced lane: {e}")),
+        })?;
     let (mut rd, mut wr) = stream.split();
     let io = FrameIo {
         progress_timeout: node.tuning.progress_timeout,
@@ -158,18 +207,18 @@ pub(crate) async fn session(
     };
     io.write(&mut wr, "paced request", &req.encode())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| SessionError::silent(e.to_string()))?;
     let body = io
         .read(&mut rd, "paced response", MAX_PACED_RESPONSE, &mut |_| {})
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| SessionError::silent(e.to_string()))?;
     let (udp_port, payload, layout) =
-        match PacedResponse::decode(&body).map_err(|e| e.to_string())? {
+        match PacedResponse::decode(&body).map_err(|e| SessionError::fatal(e.to_string()))? {
             PacedResponse::NotFound(_) => return Ok(SessionEnd::NotFound),
             PacedResponse::Busy { retry_after_ms } => {
-                return Err(format!(
+                return Err(SessionError::silent(format!(
                     "the peer is busy (retry after {retry_after_ms} ms)"
-                ))
+                )))
             }
             PacedResponse::Ready {
                 udp_port,
@@ -177,11 +226,12 @@ pub(crate) async fn session(
                 chunks,
             } => (udp_port, payload, chunks),
         };
-    let mut rx = PacedReceiver::new(layout, payload, &wanted).map_err(|e| e.to_string())?;
+    let mut rx = PacedReceiver::new(layout, payload, &wanted)
+        .map_err(|e| SessionError::fatal(e.to_string()))?;
     socket
         .connect(SocketAddr::new(ip, udp_port))
         .await
-        .map_err(|e| format!("UDP connect: {e}"))?;
+        .map_err(|e| SessionError::fatal(format!("UDP connect: {e}")))?;
     report.sessions += 1;
 
     let hello = Control::Hello { token }.encode();
@@ -194,15 +244,25 @@ pub(crate) async fn session(
     let mut last_ack = started;
     let mut last_hello = started;
     let mut fresh = false;
+    // Receive errors in a row: ICMP answers to our acks, the peer's port is closed.
+    let mut refused = 0u32;
     let result = loop {
         if rx.is_complete() {
             break Ok(SessionEnd::Complete);
         }
         tokio::select! {
             r = socket.recv(&mut buf) => {
-                // An error here is an ICMP answer to an earlier send (the port closed): go on, the
-                // idle limit decides.
-                let Ok(n) = r else { continue };
+                // An error here is an ICMP answer to an earlier send. One may be stale; a run
+                // of them means the sender is gone (it restarted, or gave up on us during an
+                // outage): end the session, the fetch asks again.
+                let Ok(n) = r else {
+                    refused += 1;
+                    if refused >= PORT_CLOSED_AFTER {
+                        break Err(SessionError::silent("the peer's UDP port is closed"));
+                    }
+                    continue;
+                };
+                refused = 0;
                 let Ok(done) = rx.on_data(&buf[..n]) else { continue };
                 let got = n.saturating_sub(DATA_HEADER) as u64;
                 received.fetch_add(got, Ordering::Relaxed);
@@ -211,12 +271,15 @@ pub(crate) async fn session(
                 fresh = true;
                 for (c, bytes) in done {
                     if chunks.send((c.chunk, bytes)).is_err() {
-                        return Err("the fetch stopped".into());
+                        return Err(SessionError::fatal("the fetch stopped"));
                     }
                 }
             }
             _ = tick.tick() => {
                 let now = Instant::now();
+                if !windows.is_open(second_of_day()) {
+                    break Ok(SessionEnd::WindowClosed);
+                }
                 if last_data.is_none() && now - last_hello >= HELLO_EVERY {
                     let _ = socket.send(&hello).await;
                     last_hello = now;
@@ -228,21 +291,25 @@ pub(crate) async fn session(
                 }
                 match last_data {
                     None if now - started > FIRST_DATA_LIMIT => {
-                        break Err(format!(
+                        break Err(SessionError::silent(format!(
                             "no datagram arrived within {} s (UDP blocked on the way?)",
                             FIRST_DATA_LIMIT.as_secs()
-                        ));
+                        )));
                     }
                     Some(t) if now - t > IDLE_LIMIT => {
-                        break Err(format!("no data for {} s", IDLE_LIMIT.as_secs()));
+                        break Err(SessionError::silent(format!(
+                            "no data for {} s",
+                            IDLE_LIMIT.as_secs()
+                        )));
                     }
                     _ => {}
                 }
             }
         }
     };
-    if rx.is_complete() {
-        // Said three times: a lost Done only costs the sender's silence timeout.
+    if rx.is_complete() || matches!(result, Ok(SessionEnd::WindowClosed)) {
+        // Done also stops a sender outside the sync window. Said three times: a lost Done only
+        // costs the sender's silence timeout.
         let done = Control::Done { token }.encode();
         for _ in 0..3 {
             let _ = socket.send(&done).await;

@@ -55,10 +55,13 @@ pub struct Tuning {
     pub mdns: bool,
     pub dht: DhtTuning,
     /// Re-dial of a peer lost during a transfer: first wait, doubling up to `redial_max_wait`,
-    /// at most `redial_attempts` tries before the transfer goes on without it.
+    /// tried until the peer has been gone `outage_patience`, then the transfer goes on without it.
     pub redial_first_wait: Duration,
     pub redial_max_wait: Duration,
-    pub redial_attempts: u32,
+    /// How long a transfer waits for a peer that went silent (a link outage, a seeder restart)
+    /// before it gives up on it. What arrived is in the store either way; this decides whether
+    /// one `zdn fetch` rides the outage out or stops (exit status 4) for a later run to resume.
+    pub outage_patience: Duration,
 }
 
 /// Kademlia settings (see `dht.rs` and docs/network.md). Every periodic timer is here, so the
@@ -117,7 +120,7 @@ impl Profile {
                 },
                 redial_first_wait: Duration::from_secs(1),
                 redial_max_wait: Duration::from_secs(15),
-                redial_attempts: 6,
+                outage_patience: Duration::from_secs(60),
             },
             Profile::Field | Profile::Edge => Tuning {
                 idle_connection_timeout: Duration::from_secs(300),
@@ -153,10 +156,16 @@ impl Profile {
                     parallelism: 2,
                     max_publishing: 2,
                 },
-                // Satellite outages last minutes: keep trying for about five.
+                // Satellite outages last seconds to half an hour (a pass, a storm): a field
+                // transfer waits 45 minutes, trying once a minute at most (a failed dial is a
+                // few SYNs). A site-LAN device's peer is near: 10 minutes.
                 redial_first_wait: Duration::from_secs(2),
                 redial_max_wait: Duration::from_secs(60),
-                redial_attempts: if self == Profile::Field { 10 } else { 6 },
+                outage_patience: if self == Profile::Field {
+                    Duration::from_secs(45 * 60)
+                } else {
+                    Duration::from_secs(10 * 60)
+                },
             },
         }
     }
@@ -199,18 +208,13 @@ mod tests {
             assert!(d.substream_timeout >= Duration::from_secs(20));
             assert!(d.query_timeout >= Duration::from_secs(100));
         }
+        // A field transfer outlasts a 30-minute outage, and after it re-dials within a minute.
         let t = Profile::Field.tuning();
-        assert!(t.redial_attempts >= 8);
-        let mut wait = Duration::ZERO;
-        let mut w = t.redial_first_wait;
-        for _ in 0..t.redial_attempts {
-            wait += w;
-            w = (w * 2).min(t.redial_max_wait);
+        assert!(t.outage_patience > Duration::from_secs(30 * 60));
+        assert!(t.redial_max_wait <= Duration::from_secs(60));
+        for p in [Profile::Edge, Profile::Datacenter] {
+            assert!(p.tuning().outage_patience < t.outage_patience, "{p:?}");
         }
-        assert!(
-            wait >= Duration::from_secs(180),
-            "re-dials give up after {wait:?}"
-        );
     }
 
     #[test]

@@ -95,12 +95,17 @@ impl Redialer {
     }
 }
 
-/// Waits, dials, asks for the have-bitmap; up to the profile's number of tries.
+/// Waits, dials, asks for the have-bitmap; until the profile's outage patience runs out.
 async fn redial(node: NodeHandle, peer: PeerId, object: Hash, have_max: usize) -> Back {
     let t = node.tuning.clone();
+    let give_up = tokio::time::Instant::now() + t.outage_patience;
     let mut wait = t.redial_first_wait;
-    for _ in 0..t.redial_attempts {
-        tokio::time::sleep(wait).await;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= give_up {
+            break;
+        }
+        tokio::time::sleep(wait.min(give_up - now)).await;
         wait = (wait * 2).min(t.redial_max_wait);
         if node.redial(peer).await.is_err() {
             continue;
