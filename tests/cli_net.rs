@@ -450,12 +450,7 @@ fn seeder_killed_and_restarted_mid_transfer_is_redialed_and_the_fetch_completes(
         field.path(),
         &fetch_json_args(&p.base, &seeder.addr, &p.key),
     );
-    let fetch = Command::new(env!("CARGO_BIN_EXE_zdn"))
-        .args(&a)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let fetch = spawn_zdn(&a);
     std::thread::sleep(Duration::from_millis(2500));
     // SIGKILL: no goodbye on the connection, the store as a crash leaves it. Down for longer
     // than the scheduler's own retries last (about 7 s of back-off before it drops a peer), so

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::net::*;
@@ -110,12 +109,7 @@ fn a_seeder_restarted_mid_lane_is_asked_again_and_the_lane_finishes() {
         &fetch_json_args(&p.base, &seeder.addr, &p.key),
     );
     a.extend(["--link-rate".into(), "8Mbit".into()]);
-    let fetch = Command::new(env!("CARGO_BIN_EXE_zdn"))
-        .args(&a)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let fetch = spawn_zdn(&a);
     std::thread::sleep(Duration::from_secs(4));
     // SIGKILL, down for 8 s (as a link outage or a crash would leave it), then back on the same
     // home (same peer id) and port, with a new UDP port for the lane.

@@ -224,6 +224,16 @@ impl Drop for NodeProc {
     }
 }
 
+/// Starts `zdn ARGS` in the background with stdout and stderr piped (for [`wait_with_deadline`]).
+pub fn spawn_zdn(args: &[String]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_zdn"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Waits for a child (stdout and stderr piped) to exit; kills it and panics after `limit`.
 pub fn wait_with_deadline(mut child: Child, limit: Duration) -> std::process::Output {
     let end = Instant::now() + limit;
