@@ -164,3 +164,51 @@ fn the_lane_stops_when_the_sync_window_closes_and_resumes_in_the_next() {
     assert_object(field.path(), &p.base, &p.base_file);
     seeder.stop();
 }
+
+#[test]
+fn a_dead_seeder_hands_the_lane_to_the_next_peer_not_after_the_outage_patience() {
+    let p = publish(2);
+    let (_home, survivor, doomed) = two_seeders(&p, &[]);
+    let field = tmpdir();
+    // A field fetch (45 minutes of outage patience for its last peer), the doomed seeder asked
+    // first. The base (17 MB stored) at 8 Mbit/s takes about 17 s.
+    let a = at(
+        field.path(),
+        &[
+            "fetch",
+            &p.base,
+            "--peer",
+            &doomed.addr,
+            "--peer",
+            &survivor.addr,
+            "--trust",
+            &p.key,
+            "--profile",
+            "field",
+            "--no-mdns",
+            "--link-rate",
+            "8Mbit",
+            "--json",
+        ],
+    );
+    let t = Instant::now();
+    let fetch = spawn_zdn(&a);
+    std::thread::sleep(Duration::from_secs(4));
+    drop(doomed); // SIGKILL, never back
+                  // Not the last peer: the lane hands over to the other at once instead of waiting for it.
+    let out = wait_with_deadline(fetch, Duration::from_secs(240));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let took = t.elapsed();
+    let r = json(&String::from_utf8_lossy(&out.stdout));
+    eprintln!("{took:?}: {}", r["paced"]);
+    // The lane went on with the survivor (not the chunk streams, and not after 45 minutes).
+    let survivor_id = survivor.addr.rsplit('/').next().unwrap();
+    assert_eq!(r["paced"]["peer"], survivor_id, "{r}");
+    assert!(r["paced"].get("stopped").is_none(), "{r}");
+    assert_object(field.path(), &p.base, &p.base_file);
+    survivor.stop();
+}

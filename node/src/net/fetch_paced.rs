@@ -43,7 +43,15 @@ pub(crate) async fn paced_phase(
     let hash = m.hash();
     let mut best: Option<PacedReport> = None;
     let mut last_progress = Instant::now() - Duration::from_secs(1);
-    'peers: for &peer in peers {
+    'peers: for (n, &peer) in peers.iter().enumerate() {
+        // Only the last peer is waited for through an outage; with others left, a silent peer
+        // hands over to the next at once (a dead seeder must not hold the fetch while another
+        // could serve it).
+        let patience = if n + 1 == peers.len() {
+            node.tuning.outage_patience
+        } else {
+            Duration::ZERO
+        };
         let mut report = PacedReport {
             peer: peer.to_string(),
             ..PacedReport::default()
@@ -152,9 +160,7 @@ pub(crate) async fn paced_phase(
                 Err(SessionError {
                     reason,
                     silent: true,
-                }) if last_heard
-                    .is_some_and(|t| t.elapsed() + wait < node.tuning.outage_patience) =>
-                {
+                }) if last_heard.is_some_and(|t| t.elapsed() + wait < patience) => {
                     // A peer that served the lane went quiet: wait, re-dial, ask for the rest.
                     report.resumes += 1;
                     report.last_silence = Some(reason);
