@@ -309,9 +309,12 @@ impl EventLoop {
                 self.dht.find_providers(&mut self.swarm, hash, reply)
             }
             Command::Peers { reply } => {
+                // A banned peer that connects again is disconnected as soon as the connection is
+                // up, but it is listed as connected until the close completes: never a peer.
                 let peers = self
                     .swarm
                     .connected_peers()
+                    .filter(|p| !self.banned.contains(p))
                     .map(|p| PeerInfo {
                         peer: p.to_string(),
                         addresses: self
