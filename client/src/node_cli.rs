@@ -412,6 +412,7 @@ pub fn run_node(loc: &Location, cmd: NodeCommand) -> anyhow::Result<u8> {
                 "chunk_bytes_served": t.chunk_bytes_served.load(Relaxed),
                 "chunks_served": t.chunks_served.load(Relaxed),
                 "chunk_bytes_received": t.chunk_bytes_received.load(Relaxed),
+                "paced_refused": t.paced_refused.load(Relaxed),
             })
         );
         anyhow::Ok(0)

@@ -169,6 +169,7 @@ impl NodeService {
                 "chunk_bytes_served": t.chunk_bytes_served.load(Relaxed),
                 "chunks_served": t.chunks_served.load(Relaxed),
                 "chunk_bytes_received": t.chunk_bytes_received.load(Relaxed),
+                "paced_refused": t.paced_refused.load(Relaxed),
             },
         }))
     }

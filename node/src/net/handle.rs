@@ -13,9 +13,9 @@ use zdn_protocol::Hash;
 
 use crate::store::{StoreHandle, TrustPolicy};
 
-use super::profile::Tuning;
-use super::rate_limit::RateLimiter;
-use super::NetError;
+use crate::net::profile::Tuning;
+use crate::net::rate_limit::RateLimiter;
+use crate::net::NetError;
 
 pub(crate) const CHUNK_STREAM: StreamProtocol = StreamProtocol::new(CHUNK_PROTOCOL);
 
@@ -67,6 +67,9 @@ pub struct Traffic {
     pub chunk_bytes_served: std::sync::atomic::AtomicU64,
     pub chunk_bytes_received: std::sync::atomic::AtomicU64,
     pub chunks_served: std::sync::atomic::AtomicU64,
+    /// Paced-lane datagrams that did not open under their session's key (forged, corrupted,
+    /// replayed): dropped, never acted on.
+    pub paced_refused: std::sync::atomic::AtomicU64,
 }
 
 /// A cloneable handle to a running node.
@@ -80,7 +83,7 @@ pub struct NodeHandle {
     pub(crate) tuning: Tuning,
     pub(crate) download_limit: Option<Arc<RateLimiter>>,
     pub(crate) traffic: Arc<Traffic>,
-    pub(crate) paced: Option<Arc<super::paced_receive::PacedLane>>,
+    pub(crate) paced: Option<Arc<crate::net::paced::session::PacedLane>>,
 }
 
 impl std::fmt::Debug for NodeHandle {

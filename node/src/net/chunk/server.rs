@@ -11,18 +11,18 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{AsyncWriteExt, StreamExt};
+use futures::AsyncWriteExt;
 use libp2p::{PeerId, Stream};
 use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
 use zdn_protocol::wire::{ChunkBitmap, Request, Response, MAX_REQUEST_LEN};
 
 use crate::store::StoreHandle;
 
-use super::config::Fault;
-use super::frame::FrameIo;
-use super::handle::Traffic;
-use super::rate_limit::RateLimiter;
+use crate::net::accept::{accept_loop, StreamLimits};
+use crate::net::config::Fault;
+use crate::net::frame::FrameIo;
+use crate::net::handle::Traffic;
+use crate::net::rate_limit::RateLimiter;
 
 /// Streams served at once, all peers together.
 pub const MAX_STREAMS: usize = 512;
@@ -30,13 +30,6 @@ pub const MAX_STREAMS: usize = 512;
 pub const MAX_QUEUED_PER_PEER: usize = 96;
 /// How long a stream may sit between two requests.
 const REQUEST_IDLE: Duration = Duration::from_secs(300);
-
-#[derive(Clone)]
-struct PeerSlots {
-    /// One chunk body at a time.
-    serve: Arc<Semaphore>,
-    queue: Arc<Semaphore>,
-}
 
 pub(crate) struct ChunkServer {
     pub store: StoreHandle,
@@ -47,51 +40,31 @@ pub(crate) struct ChunkServer {
 }
 
 impl ChunkServer {
-    pub async fn run(
-        self,
-        mut incoming: libp2p_stream::IncomingStreams,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    pub async fn run(self, incoming: libp2p_stream::IncomingStreams, stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
-        let global = Arc::new(Semaphore::new(MAX_STREAMS));
-        let slots: Mutex<HashMap<PeerId, PeerSlots>> = Mutex::new(HashMap::new());
-        let mut tasks = JoinSet::new();
-        loop {
-            tokio::select! {
-                _ = stop.changed() => break,
-                next = incoming.next() => {
-                    let Some((peer, stream)) = next else { break };
-                    let Ok(permit) = global.clone().try_acquire_owned() else {
-                        // Over the global cap: dropping the stream resets it; the peer retries.
-                        continue;
-                    };
-                    let peer_slots = {
-                        let Ok(mut map) = slots.lock() else { break };
-                        if map.len() > 1024 {
-                            map.retain(|_, s| Arc::strong_count(&s.serve) > 1);
-                        }
-                        map.entry(peer)
-                            .or_insert_with(|| PeerSlots {
-                                serve: Arc::new(Semaphore::new(1)),
-                                queue: Arc::new(Semaphore::new(MAX_QUEUED_PER_PEER)),
-                            })
-                            .clone()
-                    };
-                    // A peer's streams beyond its share are reset at once, before anything is
-                    // read: one peer cannot use up the node-wide cap.
-                    let Ok(queued) = peer_slots.queue.clone().try_acquire_owned() else {
-                        continue;
-                    };
-                    let this = this.clone();
-                    tasks.spawn(async move {
-                        let _permits = (permit, queued);
-                        this.serve(stream, peer_slots).await;
-                    });
+        // One chunk body at a time per peer.
+        let bodies: Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>> = Arc::default();
+        let limits = StreamLimits {
+            total: MAX_STREAMS,
+            per_peer: MAX_QUEUED_PER_PEER,
+        };
+        accept_loop(incoming, stop, limits, move |peer, stream, admitted| {
+            let serve = {
+                let mut map = bodies.lock().unwrap_or_else(|e| e.into_inner());
+                if map.len() > MAX_STREAMS {
+                    map.retain(|_, s| Arc::strong_count(s) > 1);
                 }
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                map.entry(peer)
+                    .or_insert_with(|| Arc::new(Semaphore::new(1)))
+                    .clone()
+            };
+            let this = this.clone();
+            async move {
+                let _admitted = admitted;
+                this.serve(stream, serve).await;
             }
-        }
-        tasks.abort_all();
+        })
+        .await;
     }
 
     fn io(&self) -> FrameIo {
@@ -103,7 +76,7 @@ impl ChunkServer {
 
     /// Answers one request. Errors end the stream: the peer sees a reset and its scheduler
     /// decides what to do; nothing here can fail the node.
-    async fn serve(&self, mut stream: Stream, slots: PeerSlots) {
+    async fn serve(&self, mut stream: Stream, serving: Arc<Semaphore>) {
         // A stream carries any number of requests, answered in order (a fetch pipelines its chunk
         // requests on one stream). Between requests the peer may be quiet for a while.
         let wait = FrameIo {
@@ -120,7 +93,7 @@ impl ChunkServer {
             let Ok(request) = Request::decode(&request) else {
                 break;
             };
-            if !self.answer(&mut stream, request, &slots).await {
+            if !self.answer(&mut stream, request, &serving).await {
                 break;
             }
         }
@@ -128,7 +101,12 @@ impl ChunkServer {
     }
 
     /// Answers one request; `false` when the stream is no longer usable.
-    async fn answer(&self, stream: &mut Stream, request: Request, slots: &PeerSlots) -> bool {
+    async fn answer(
+        &self,
+        stream: &mut Stream,
+        request: Request,
+        serving: &Arc<Semaphore>,
+    ) -> bool {
         let response = match request {
             Request::GetManifest(h) => self
                 .store
@@ -170,7 +148,7 @@ impl ChunkServer {
                 }),
             Request::GetChunk { id, .. } => {
                 // One body at a time per peer: wait for the peer's previous chunk to finish.
-                let Ok(_serving) = slots.serve.clone().acquire_owned().await else {
+                let Ok(_serving) = serving.clone().acquire_owned().await else {
                     return false;
                 };
                 let stored = self.store.call(move |s| s.chunk(&id)).await.ok().flatten();

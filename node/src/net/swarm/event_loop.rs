@@ -1,253 +1,67 @@
 //! The node's event loop: the one task that owns the libp2p `Swarm`. It answers [`Command`]s from
 //! handles, validates gossip before anything is forwarded, dials what mDNS finds, and keeps the
-//! per-peer facts `zdn peers` shows.
+//! per-peer facts `zdn peers` shows. [`super::spawn`] builds it.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{gossipsub, identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{gossipsub, identify, mdns, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use zdn_protocol::manifest::{self, SignedManifest};
-use zdn_protocol::Hash;
+use zdn_protocol::manifest;
 
-use crate::store::{StoreHandle, TrustPolicy};
+use crate::net::handle::{Command, PeerInfo};
+use crate::net::NetError;
+use crate::store::TrustPolicy;
 
-use super::behaviour::{NodeBehaviour, NodeBehaviourEvent, ANNOUNCE_TOPIC, MAX_GOSSIP_LEN};
-use super::chunk_server::ChunkServer;
-use super::config::NodeConfig;
+use super::behaviour::{NodeBehaviour, NodeBehaviourEvent, MAX_GOSSIP_LEN};
 use super::dht::{Dht, DhtNews};
-use super::handle::{Command, NodeHandle, PeerInfo, Traffic};
-use super::paced_server::PacedServer;
-use super::rate_limit::RateLimiter;
-use super::NetError;
+use super::spawn::NodeEvent;
 
 /// Invalid announcements after which a peer is disconnected and refused for the node's lifetime.
 const MAX_INVALID_ANNOUNCEMENTS: u32 = 3;
 /// How long an announcement waits for a subscribed peer before the caller is told it failed.
 const ANNOUNCE_PATIENCE: Duration = Duration::from_secs(120);
-const COMMAND_QUEUE: usize = 64;
-const EVENT_QUEUE: usize = 64;
+pub(super) const EVENT_QUEUE: usize = 64;
 /// Addresses remembered per peer for re-dials, and peers remembered.
 const DIALABLE_PER_PEER: usize = 4;
 const DIALABLE_PEERS: usize = 4096;
 
-/// What the node tells the program about the network.
-#[derive(Debug, Clone)]
-pub enum NodeEvent {
-    /// A valid manifest from a trusted publisher arrived by gossip.
-    Announced {
-        manifest: Box<SignedManifest>,
-        from: PeerId,
-    },
-    /// A peer was disconnected and is refused from now on (invalid announcements).
-    Banned { peer: PeerId, reason: String },
-    /// This node's provider record for an object reached the DHT.
-    Provided { hash: Hash },
-}
+pub(super) type DialReply = oneshot::Sender<Result<PeerId, NetError>>;
+pub(super) type PendingAnnouncement = (Vec<u8>, Instant, oneshot::Sender<Result<(), NetError>>);
 
-/// A started node: its handle, its events, and the task to await for a clean stop.
-#[derive(Debug)]
-pub struct Node {
-    pub handle: NodeHandle,
-    pub events: mpsc::Receiver<NodeEvent>,
-    pub task: tokio::task::JoinHandle<()>,
-}
-
-impl Node {
-    /// Builds the swarm, starts listening and dialing, and spawns the event loop and the chunk
-    /// server. Both stop when `shutdown` completes.
-    pub async fn spawn(
-        config: NodeConfig,
-        store: StoreHandle,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<Node, NetError> {
-        let tuning = config.profile.tuning();
-        let mdns_on = config.mdns.unwrap_or(tuning.mdns);
-        // A node that does not listen cannot answer DHT queries: a client whatever the profile.
-        let dht = config
-            .dht
-            .then_some(tuning.dht.server && !config.listen.is_empty());
-        let t = tuning.clone();
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| NetError::Config(format!("tcp transport: {e}")))?
-            .with_quic_config(|mut q| {
-                q.max_idle_timeout = u32::try_from(t.quic_max_idle.as_millis()).unwrap_or(60_000);
-                q.keep_alive_interval = t.quic_keep_alive;
-                q
-            })
-            .with_behaviour(|key| {
-                NodeBehaviour::new(key, &t, mdns_on, dht)
-                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-            })
-            .map_err(|e| NetError::Config(format!("behaviour: {e}")))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(t.idle_connection_timeout))
-            .build();
-
-        let topic = gossipsub::IdentTopic::new(ANNOUNCE_TOPIC);
-        swarm
-            .behaviour_mut()
-            .gossipsub
-            .subscribe(&topic)
-            .map_err(|e| NetError::Config(format!("gossip subscribe: {e}")))?;
-        let mut listeners = HashSet::new();
-        for addr in &config.listen {
-            let id = swarm
-                .listen_on(addr.clone())
-                .map_err(|e| NetError::Listen {
-                    addr: addr.to_string(),
-                    reason: e.to_string(),
-                })?;
-            listeners.insert(id);
-        }
-
-        let limiter = |r: Option<u64>| -> Result<Option<Arc<RateLimiter>>, NetError> {
-            r.map(|r| {
-                RateLimiter::new(r)
-                    .map(Arc::new)
-                    .map_err(|e| NetError::Config(format!("rate limit: {e}")))
-            })
-            .transpose()
-        };
-        let traffic = Arc::new(Traffic::default());
-        let mut control = swarm.behaviour().stream.new_control();
-        let incoming = control
-            .accept(super::handle::CHUNK_STREAM)
-            .map_err(|e| NetError::Config(format!("chunk protocol: {e}")))?;
-        let paced_incoming = control
-            .accept(super::paced_receive::PACED_STREAM)
-            .map_err(|e| NetError::Config(format!("paced protocol: {e}")))?;
-        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
-        let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
-        let handle = NodeHandle {
-            commands: cmd_tx,
-            control,
-            local: *swarm.local_peer_id(),
-            store: store.clone(),
-            trust: config.trust.clone(),
-            tuning: tuning.clone(),
-            download_limit: limiter(config.max_download_rate)?,
-            traffic: traffic.clone(),
-            paced: config
-                .link_rate
-                .map(|r| Arc::new(super::paced_receive::PacedLane::new(r.saturating_mul(8)))),
-        };
-        let paced_server = PacedServer {
-            commands: handle.commands.downgrade(),
-            store: store.clone(),
-            progress_timeout: tuning.progress_timeout,
-            max_rate_bps: config.max_upload_rate.map(|r| r.saturating_mul(8)),
-            traffic: traffic.clone(),
-            fault: config.fault,
-        };
-        let server = ChunkServer {
-            store,
-            progress_timeout: tuning.progress_timeout,
-            limiter: limiter(config.max_upload_rate)?,
-            traffic,
-            fault: config.fault,
-        };
-        for a in &config.external_addresses {
-            swarm.add_external_address(a.clone());
-        }
-        // Provider records help only if those who find them can dial this node: it listens, and
-        // DHT servers have it in their routing tables (a server) or it has an external address.
-        // A field client behind NAT publishing daily would pay for records nobody can use.
-        let publish = !config.listen.is_empty()
-            && (dht == Some(true) || !config.external_addresses.is_empty());
-        let mut dht = Dht::new(tuning.dht.max_publishing, publish);
-        for addr in config.peers.iter().chain(&config.bootstrap) {
-            if let Some(p) = peer_of(addr) {
-                dht.add_address(&mut swarm, p, addr);
-            }
-            // Dial errors at start are not fatal (a seeder may come up later); fetches re-dial.
-            let _ = swarm.dial(addr.clone());
-        }
-        // Every object held complete is announced in the DHT (once a peer is known).
-        let held = handle.store.call(|s| s.list()).await?;
-        for o in held {
-            dht.provide(&mut swarm, o.hash);
-        }
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let paced_task = tokio::spawn(paced_server.run(paced_incoming, stop_rx.clone()));
-        let server_task = tokio::spawn(server.run(incoming, stop_rx));
-
-        let event_loop = EventLoop {
-            swarm,
-            topic,
-            trust: config.trust,
-            silent_listeners: listeners,
-            listen_addrs: Vec::new(),
-            listen_waiters: Vec::new(),
-            pending_dials: HashMap::new(),
-            waiting_for_peer: HashMap::new(),
-            dht,
-            dialable: HashMap::new(),
-            rtts: HashMap::new(),
-            addrs: HashMap::new(),
-            invalid: HashMap::new(),
-            banned: HashSet::new(),
-            pending_announce: Vec::new(),
-            events: ev_tx,
-            max_peers: config.max_peers,
-            fault: config.fault,
-        };
-        let task = tokio::spawn(async move {
-            event_loop.run(cmd_rx, shutdown).await;
-            let _ = stop_tx.send(true);
-            let _ = server_task.await;
-            let _ = paced_task.await;
-        });
-        Ok(Node {
-            handle,
-            events: ev_rx,
-            task,
-        })
-    }
-}
-
-type DialReply = oneshot::Sender<Result<PeerId, NetError>>;
-type PendingAnnouncement = (Vec<u8>, Instant, oneshot::Sender<Result<(), NetError>>);
-
-struct EventLoop {
-    swarm: Swarm<NodeBehaviour>,
-    topic: gossipsub::IdentTopic,
-    trust: TrustPolicy,
+pub(super) struct EventLoop {
+    pub(super) swarm: Swarm<NodeBehaviour>,
+    pub(super) topic: gossipsub::IdentTopic,
+    pub(super) trust: TrustPolicy,
     /// Listeners that have not reported an address yet: `listen_addrs` waits for all of them.
-    silent_listeners: HashSet<libp2p::core::transport::ListenerId>,
-    listen_addrs: Vec<Multiaddr>,
-    listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
+    pub(super) silent_listeners: HashSet<libp2p::core::transport::ListenerId>,
+    pub(super) listen_addrs: Vec<Multiaddr>,
+    pub(super) listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
     /// Dials asked for by handles, with what to call them in an error.
-    pending_dials: HashMap<ConnectionId, (String, DialReply)>,
+    pub(super) pending_dials: HashMap<ConnectionId, (String, DialReply)>,
     /// Dials that found one to the same peer under way: answered when that one ends.
-    waiting_for_peer: HashMap<PeerId, Vec<(String, DialReply)>>,
-    dht: Dht,
+    pub(super) waiting_for_peer: HashMap<PeerId, Vec<(String, DialReply)>>,
+    pub(super) dht: Dht,
     /// Addresses this node reached each peer at (for re-dials after a connection is lost).
-    dialable: HashMap<PeerId, Vec<Multiaddr>>,
-    rtts: HashMap<PeerId, Duration>,
-    addrs: HashMap<PeerId, Vec<Multiaddr>>,
-    invalid: HashMap<PeerId, u32>,
-    banned: HashSet<PeerId>,
-    pending_announce: Vec<PendingAnnouncement>,
-    events: mpsc::Sender<NodeEvent>,
-    max_peers: usize,
-    fault: Option<super::config::Fault>,
+    pub(super) dialable: HashMap<PeerId, Vec<Multiaddr>>,
+    pub(super) rtts: HashMap<PeerId, Duration>,
+    pub(super) addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    pub(super) invalid: HashMap<PeerId, u32>,
+    pub(super) banned: HashSet<PeerId>,
+    pub(super) pending_announce: Vec<PendingAnnouncement>,
+    pub(super) events: mpsc::Sender<NodeEvent>,
+    pub(super) max_peers: usize,
+    pub(super) fault: Option<crate::net::config::Fault>,
 }
 
 impl EventLoop {
-    async fn run(
+    pub(super) async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
         shutdown: impl Future<Output = ()> + Send,
@@ -346,7 +160,7 @@ impl EventLoop {
                     return;
                 }
                 let deadline = Instant::now() + ANNOUNCE_PATIENCE;
-                if self.fault == Some(super::config::Fault::BogusAnnouncements) {
+                if self.fault == Some(crate::net::config::Fault::BogusAnnouncements) {
                     for i in 0u8..10 {
                         let garbage = blake3::hash(&[i]).as_bytes().repeat(4);
                         let (tx, _) = oneshot::channel();
@@ -527,7 +341,7 @@ impl EventLoop {
                 let local_peer = self
                     .addrs
                     .get(&peer_id)
-                    .is_some_and(|a| a.iter().any(super::dht::is_loopback));
+                    .is_some_and(|a| a.iter().any(crate::net::swarm::dht::is_loopback));
                 self.dht
                     .on_identify(&mut self.swarm, peer_id, &info, local_peer);
             }
@@ -601,7 +415,7 @@ impl EventLoop {
 }
 
 /// The peer id at the end of an address (`/p2p/<id>`), if any.
-fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+pub(super) fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     addr.iter().find_map(|p| match p {
         Protocol::P2p(id) => Some(id),
         _ => None,

@@ -1,5 +1,5 @@
 //! The paced-lane phase of a fetch: before the chunk streams, a node that knows its link's rate
-//! asks a peer to send the missing chunks over the paced lane ([`super::paced_receive`]), session
+//! asks a peer to send the missing chunks over the paced lane ([`crate::net::paced::session`]), session
 //! after session (each at most 64 MiB), and verifies and stores each chunk as it completes. It
 //! gives the rest to the chunk streams when a peer does not offer the lane or has none of the
 //! chunks (the next peer is asked), when a chunk fails verification (a datagram can be forged by
@@ -22,10 +22,10 @@ use zdn_protocol::sync::{SyncScheduler, SyncWindows};
 use zdn_protocol::wire::{ChunkBitmap, MAX_STORED_CHUNK};
 use zdn_protocol::Hash;
 
-use super::error::FetchError;
-use super::fetch::{wait_for_window, FetchProgress};
-use super::handle::NodeHandle;
-use super::paced_receive::{session, PacedLane, PacedReport, SessionEnd, SessionError};
+use crate::net::error::FetchError;
+use crate::net::fetch::{wait_for_window, FetchProgress};
+use crate::net::handle::NodeHandle;
+use crate::net::paced::session::{session, PacedLane, PacedReport, SessionEnd, SessionError};
 
 /// Runs the lane until it has brought every chunk or cannot bring more; `None` when no peer
 /// offered it anything.

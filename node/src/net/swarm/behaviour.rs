@@ -5,8 +5,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{gossipsub, identify, identity, mdns, ping};
 
-use super::profile::Tuning;
-use super::NetError;
+use crate::net::profile::Tuning;
+use crate::net::NetError;
 
 /// Gossip topic for signed manifests of new objects.
 pub const ANNOUNCE_TOPIC: &str = "/zdn/announce/1";
@@ -85,7 +85,9 @@ impl NodeBehaviour {
             gossipsub,
             mdns: mdns.into(),
             kad: dht
-                .map(|server| super::dht::behaviour(key.public().to_peer_id(), &t.dht, server))
+                .map(|server| {
+                    crate::net::swarm::dht::behaviour(key.public().to_peer_id(), &t.dht, server)
+                })
                 .into(),
             stream: libp2p_stream::Behaviour::new(),
         })

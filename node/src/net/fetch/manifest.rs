@@ -6,9 +6,9 @@ use zdn_protocol::manifest::{self, SignedManifest};
 use zdn_protocol::wire::{Request, Response};
 use zdn_protocol::Hash;
 
-use super::error::FetchError;
-use super::fetch_peers::ask;
-use super::handle::NodeHandle;
+use crate::net::error::FetchError;
+use crate::net::fetch::peers::ask;
+use crate::net::handle::NodeHandle;
 
 /// The manifest named `hash`: from a download in progress here, else from the first peer that
 /// gives one that hashes to `hash`, verifies and is from a trusted publisher.

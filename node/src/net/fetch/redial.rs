@@ -14,8 +14,8 @@ use tokio::task::JoinSet;
 use zdn_protocol::wire::{ChunkBitmap, Request, Response};
 use zdn_protocol::Hash;
 
-use super::fetch_peers::ask;
-use super::handle::NodeHandle;
+use crate::net::fetch::peers::ask;
+use crate::net::handle::NodeHandle;
 
 /// A re-dial's outcome: the peer and, if it came back, what it holds.
 pub(super) type Back = (PeerId, Option<ChunkBitmap>);

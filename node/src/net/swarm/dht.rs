@@ -22,8 +22,8 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
 use tokio::sync::oneshot;
 use zdn_protocol::Hash;
 
-use super::behaviour::NodeBehaviour;
-use super::profile::DhtTuning;
+use crate::net::profile::DhtTuning;
+use crate::net::swarm::behaviour::NodeBehaviour;
 
 /// The DHT's protocol: ours, not the public IPFS one.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/zdn/kad/1.0.0");

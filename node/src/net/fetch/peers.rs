@@ -5,10 +5,10 @@ use libp2p::{Multiaddr, PeerId};
 use zdn_protocol::wire::{ChunkBitmap, Request, Response};
 use zdn_protocol::Hash;
 
-use super::error::{FetchError, NetError};
-use super::fetch_manifest::answer_name;
-use super::frame::{FrameError, FrameIo};
-use super::handle::{NodeHandle, CHUNK_STREAM};
+use crate::net::error::{FetchError, NetError};
+use crate::net::fetch::manifest::answer_name;
+use crate::net::frame::{FrameError, FrameIo};
+use crate::net::handle::{NodeHandle, CHUNK_STREAM};
 
 /// The peers a fetch asks, and where they came from.
 pub(super) struct Sources {

@@ -16,8 +16,8 @@ use tokio::task::AbortHandle;
 use zdn_protocol::wire::{Request, Response, MAX_STORED_CHUNK};
 use zdn_protocol::Hash;
 
-use super::frame::FrameIo;
-use super::handle::{NodeHandle, CHUNK_STREAM};
+use crate::net::frame::FrameIo;
+use crate::net::handle::{NodeHandle, CHUNK_STREAM};
 
 /// What became of one chunk request.
 #[derive(Debug)]

@@ -1,12 +1,10 @@
-//! The receiving side of the paced lane (`zdn_protocol::paced`): used by [`super::fetch()`] when the
+//! The receiving side of the paced lane (`zdn_protocol::paced`): used by [`crate::net::fetch()`] when the
 //! node knows its link's rate (`--link-rate`). It asks one peer for the missing chunks, answers
 //! the datagrams with acknowledgements every 40 ms that carry the rate wanted (the node's link rate
 //! shared by its sessions), and hands each chunk whose packets are all here to the fetch, which
 //! verifies it before storing it. What the lane does not bring (a peer without it, a session that
 //! goes silent, a chunk that fails verification) is left to the chunk streams.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,24 +17,25 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use zdn_protocol::paced::{
-    Control, PacedReceiver, PacedRequest, PacedResponse, DATA_HEADER, MAX_PACED_RESPONSE,
-    MAX_PAYLOAD, PACED_PROTOCOL,
+    FromSender, PacedReceiver, PacedRequest, PacedResponse, ReceiverSeal, ToReceiver, ToSender,
+    MAX_PACED_RESPONSE, MAX_PAYLOAD, PACED_PROTOCOL, SEAL_OVERHEAD,
 };
 use zdn_protocol::sync::SyncWindows;
 use zdn_protocol::wire::ChunkBitmap;
 use zdn_protocol::Hash;
 
-use super::fetch::second_of_day;
-use super::frame::FrameIo;
-use super::handle::NodeHandle;
-use super::paced_server::peer_path;
+use crate::net::fetch::second_of_day;
+use crate::net::frame::FrameIo;
+use crate::net::handle::NodeHandle;
+use crate::net::paced::server::peer_path;
 
 pub(crate) const PACED_STREAM: StreamProtocol = StreamProtocol::new(PACED_PROTOCOL);
 
-/// Payload per datagram: a 1500-byte IPv4 packet less 20 (IP), 8 (UDP) and 4 (packet number).
-const PAYLOAD_V4: u16 = 1464;
+/// Payload per datagram: a 1500-byte IPv4 packet less 20 (IP), 8 (UDP), 4 (packet number) and
+/// 16 (authentication tag).
+const PAYLOAD_V4: u16 = 1448;
 /// The same for IPv6 (40-byte header).
-const PAYLOAD_V6: u16 = 1444;
+const PAYLOAD_V6: u16 = 1428;
 const ACK_EVERY: Duration = Duration::from_millis(40);
 /// An ack goes out this often even when nothing arrived (through an outage, so the sender
 /// hears from us the moment the link returns).
@@ -139,16 +138,6 @@ impl Drop for Active {
     }
 }
 
-fn random_token() -> [u8; 8] {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish().to_le_bytes()
-}
-
 /// One session: asks `peer` for the `wanted` chunks of `object`; each chunk whose packets are all
 /// here goes to `chunks` as (index among the object's distinct chunks, stored bytes). Ends when
 /// the session is complete; an error says why it stopped early.
@@ -174,19 +163,12 @@ pub(crate) async fn session(
     let socket = UdpSocket::bind(bind)
         .await
         .map_err(|e| SessionError::fatal(format!("UDP bind: {e}")))?;
-    let port = socket
-        .local_addr()
-        .map_err(|e| SessionError::fatal(e.to_string()))?
-        .port();
-    let token = random_token();
     lane.active.fetch_add(1, Ordering::Relaxed);
     let _active = Active(lane.clone());
     let req = PacedRequest {
         object,
-        token,
         rate_bps: lane.share(),
         payload,
-        udp_port: port,
         wanted: wanted.clone(),
     };
     let stream = node
@@ -212,7 +194,7 @@ pub(crate) async fn session(
         .read(&mut rd, "paced response", MAX_PACED_RESPONSE, &mut |_| {})
         .await
         .map_err(|e| SessionError::silent(e.to_string()))?;
-    let (udp_port, payload, layout) =
+    let (udp_port, payload, key, layout) =
         match PacedResponse::decode(&body).map_err(|e| SessionError::fatal(e.to_string()))? {
             PacedResponse::NotFound(_) => return Ok(SessionEnd::NotFound),
             PacedResponse::Busy { retry_after_ms } => {
@@ -220,11 +202,18 @@ pub(crate) async fn session(
                     "the peer is busy (retry after {retry_after_ms} ms)"
                 )))
             }
+            PacedResponse::Ended(r) => {
+                return Err(SessionError::fatal(format!(
+                    "the peer ended a session it had not started ({})",
+                    r.as_str()
+                )))
+            }
             PacedResponse::Ready {
                 udp_port,
                 payload,
+                key,
                 chunks,
-            } => (udp_port, payload, chunks),
+            } => (udp_port, payload, key, chunks),
         };
     let mut rx = PacedReceiver::new(layout, payload, &wanted)
         .map_err(|e| SessionError::fatal(e.to_string()))?;
@@ -233,10 +222,31 @@ pub(crate) async fn session(
         .await
         .map_err(|e| SessionError::fatal(format!("UDP connect: {e}")))?;
     report.sessions += 1;
+    // The sender says on the stream when it stops first (or the stream ends with the connection).
+    let ended = async move {
+        let forever = FrameIo {
+            progress_timeout: Duration::from_secs(u64::from(u32::MAX)),
+            limiter: None,
+        };
+        match forever.read(&mut rd, "paced end", 16, &mut |_| {}).await {
+            Ok(b) => match PacedResponse::decode(&b) {
+                Ok(PacedResponse::Ended(r)) => r.as_str().to_owned(),
+                _ => "the peer sent something unexpected on the lane's stream".to_owned(),
+            },
+            Err(e) => format!("the lane's stream ended: {e}"),
+        }
+    };
+    tokio::pin!(ended);
 
-    let hello = Control::Hello { token }.encode();
-    let _ = socket.send(&hello).await;
-    let mut buf = vec![0u8; usize::from(MAX_PAYLOAD) + 8];
+    let mut seal = ReceiverSeal::new(&key);
+    let mut out = Vec::with_capacity(usize::from(MAX_PAYLOAD));
+    let mut send = |socket: &UdpSocket, seal: &mut ReceiverSeal, msg: &ToSender| {
+        if seal.seal(msg, &mut out) {
+            let _ = socket.try_send(&out);
+        }
+    };
+    send(&socket, &mut seal, &ToSender::Hello);
+    let mut buf = vec![0u8; usize::from(MAX_PAYLOAD) + SEAL_OVERHEAD + 8];
     let mut tick = tokio::time::interval(ACK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = Instant::now();
@@ -251,6 +261,7 @@ pub(crate) async fn session(
             break Ok(SessionEnd::Complete);
         }
         tokio::select! {
+            why = &mut ended => break Err(SessionError::silent(format!("the peer ended the session: {why}"))),
             r = socket.recv(&mut buf) => {
                 // An error here is an ICMP answer to an earlier send. One may be stale; a run
                 // of them means the sender is gone (it restarted, or gave up on us during an
@@ -263,13 +274,28 @@ pub(crate) async fn session(
                     continue;
                 };
                 refused = 0;
-                let Ok(done) = rx.on_data(&buf[..n]) else { continue };
-                let got = n.saturating_sub(DATA_HEADER) as u64;
+                let (seq, bytes) = match seal.open(&mut buf[..n]) {
+                    Ok(FromSender::Data { seq, payload }) => (seq, payload),
+                    Ok(FromSender::Control(ToReceiver::Challenge { nonce })) => {
+                        send(&socket, &mut seal, &ToSender::Response { nonce });
+                        continue;
+                    }
+                    Err(_) => {
+                        node.traffic.paced_refused.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                };
+                let got = bytes.len() as u64;
+                let Ok(arrival) = rx.on_data(seq, bytes) else { continue };
                 received.fetch_add(got, Ordering::Relaxed);
                 node.traffic.chunk_bytes_received.fetch_add(got, Ordering::Relaxed);
+                if !arrival.new {
+                    continue;
+                }
+                // Only a packet not here before is progress (a replayed one is not).
                 last_data = Some(Instant::now());
                 fresh = true;
-                for (c, bytes) in done {
+                for (c, bytes) in arrival.completed {
                     if chunks.send((c.chunk, bytes)).is_err() {
                         return Err(SessionError::fatal("the fetch stopped"));
                     }
@@ -281,11 +307,11 @@ pub(crate) async fn session(
                     break Ok(SessionEnd::WindowClosed);
                 }
                 if last_data.is_none() && now - last_hello >= HELLO_EVERY {
-                    let _ = socket.send(&hello).await;
+                    send(&socket, &mut seal, &ToSender::Hello);
                     last_hello = now;
                 }
                 if fresh || now - last_ack >= ACK_IDLE {
-                    let _ = socket.send(&rx.ack(token, lane.share()).encode()).await;
+                    send(&socket, &mut seal, &rx.ack(lane.share()));
                     last_ack = now;
                     fresh = false;
                 }
@@ -308,13 +334,13 @@ pub(crate) async fn session(
         }
     };
     if rx.is_complete() || matches!(result, Ok(SessionEnd::WindowClosed)) {
-        // Done also stops a sender outside the sync window. Said three times: a lost Done only
-        // costs the sender's silence timeout.
-        let done = Control::Done { token }.encode();
+        // Done also stops a sender outside the sync window. Said three times; closing the stream
+        // (below, when `wr` is dropped) ends the session at the sender in any case.
         for _ in 0..3 {
-            let _ = socket.send(&done).await;
+            send(&socket, &mut seal, &ToSender::Done);
         }
     }
+    let _ = futures::AsyncWriteExt::close(&mut wr).await;
     let s = rx.stats();
     report.datagrams += u64::from(s.received) + s.duplicates;
     report.duplicates += s.duplicates;
