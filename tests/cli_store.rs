@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-use zdn::synthetic_model::{write_pair, SyntheticSpec};
+use zdn::model::synthetic::{write_pair, SyntheticSpec};
 
 fn spec(seed: u64) -> SyntheticSpec {
     SyntheticSpec {

@@ -106,7 +106,7 @@ fn demo_runs_on_a_generated_model() {
     );
     // As root the delta crosses the packet-level emulator (two processes, two namespaces): the
     // CI-sized satellite run; elsewhere the demo says why not and shapes the rate in the process.
-    match zdn::demo_link::unavailable() {
+    match zdn::demo::link::unavailable() {
         None => assert!(out.contains("emulated satellite link"), "{out}"),
         Some(why) => assert!(out.contains(&why), "{out}"),
     }

@@ -9,9 +9,9 @@ use std::path::Path;
 use candle_core::Device;
 use common::*;
 use serde_json::Value;
-use zdn::embed_eval::bert_weights;
-use zdn::model_file::ModelFile;
-use zdn::sentence_embedder::{row_cosines, SentenceEmbedder};
+use zdn::model::file::ModelFile;
+use zdn::quality::embedder::{row_cosines, SentenceEmbedder};
+use zdn::quality::eval::bert_weights;
 
 fn model_dir(weights: &Path) -> &Path {
     weights.parent().unwrap()
@@ -271,7 +271,7 @@ fn quality_report_travels_in_the_manifest() {
     let h = s(&home).to_owned();
     zdn_ok(&["--home", &h, "add", s(&b), "--name", "m"]);
     let report = serde_json::json!({
-        "metric": zdn::embed_eval::METRIC, "corpus": "lee.cor",
+        "metric": zdn::quality::eval::METRIC, "corpus": "lee.cor",
         "corpus_blake3": "0c5dd802c2c49366d3c6b1a3c59d4c5e3d2f5fbb7e3c1b0a9f8e7d6c5b4a3928",
         "sentences": 148, "delta": {"mean": 0.9998, "min": 0.9994, "p5": 0.9997},
         "base": {"mean": 0.9753, "min": 0.9497, "p5": 0.9601},

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use zdn::synthetic_model::{write_pair, SyntheticSpec};
+use zdn::model::synthetic::{write_pair, SyntheticSpec};
 
 use super::*;
 
@@ -73,7 +73,7 @@ pub fn publish(layers: u32) -> Published {
     std::fs::write(
         &quality,
         serde_json::json!({
-            "metric": zdn::embed_eval::METRIC, "corpus": "lee.cor", "corpus_blake3": "00".repeat(32),
+            "metric": zdn::quality::eval::METRIC, "corpus": "lee.cor", "corpus_blake3": "00".repeat(32),
             "sentences": 148, "delta": {"mean": 0.9998, "min": 0.9994, "p5": 0.9997},
             "base": {"mean": 0.9753, "min": 0.9497, "p5": 0.9601},
             "delta_bytes": 1, "finetuned_bytes": 2

@@ -27,7 +27,7 @@ use anyhow::{ensure, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use half::{bf16, f16};
 use serde::Serialize;
-use zdn::synthetic_model::{write_pair, Rng, SyntheticSpec};
+use zdn::model::synthetic::{write_pair, Rng, SyntheticSpec};
 use zdn_protocol::bitdelta::kernels::Kernel;
 use zdn_protocol::bitdelta::{
     encode_tensor, quantize, reconstruct, Choice, EncodeOptions, Encoding, Granularity, IndexEntry,
@@ -842,7 +842,7 @@ fn bench_rss(a: &RssArgs, say: bool) -> Result<RssReport> {
     let output = a.dir.join("applied.safetensors");
     // Reuse a kept pair only if both files hold exactly this spec's tensors.
     let same = |p: &Path| {
-        zdn::model_file::ModelFile::open(p).is_ok_and(|m| {
+        zdn::model::file::ModelFile::open(p).is_ok_and(|m| {
             m.header.tensors.len() == layouts.len()
                 && m.header
                     .tensors
@@ -1095,7 +1095,7 @@ fn bench_minilm(a: &MinilmArgs, say: bool) -> Result<MinilmReport> {
     r.file_copy_fsync_s = (0..a.runs.max(1))
         .map(|_| file_copy_time(&base, &a.minilm_dir.join("copy.tmp")))
         .try_fold(f64::INFINITY, |m, t| t.map(|t| m.min(t)))?;
-    let model = zdn::model_file::ModelFile::open(&base)?;
+    let model = zdn::model::file::ModelFile::open(&base)?;
     r.largest_tensor_bytes = model
         .header
         .tensors

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use half::{bf16, f16};
-use zdn::mapped_file::MappedFile;
+use zdn::fs::mapped_file::MappedFile;
 use zdn_protocol::dtype::read_f32;
 use zdn_protocol::planes::{self, BlockKind, EncodeOptions, Layout, Strategy};
 use zdn_protocol::DType;

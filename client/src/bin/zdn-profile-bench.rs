@@ -18,12 +18,12 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::Parser;
 use serde::Serialize;
-use zdn::candle_apply::apply_delta;
-use zdn::delta_encode::{encode, EncodeJob};
-use zdn::mapped_file::MappedFile;
-use zdn::model_file::ModelFile;
-use zdn::profile_set::ProfileSet;
-use zdn::synthetic_model::{write_pair, SyntheticSpec};
+use zdn::delta::encode::{encode, EncodeJob};
+use zdn::device::apply::apply_delta;
+use zdn::device::fine_tunes::ProfileSet;
+use zdn::fs::mapped_file::MappedFile;
+use zdn::model::file::ModelFile;
+use zdn::model::synthetic::{write_pair, SyntheticSpec};
 use zdn_protocol::bitdelta::{BitDeltaFile, EncodeOptions, Granularity, QuantSpec, Selection};
 
 #[derive(Parser, Debug)]

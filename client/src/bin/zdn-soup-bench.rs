@@ -25,12 +25,12 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use serde::Serialize;
-use zdn::bert::BertWeights;
-use zdn::embed_eval::bert_weights;
-use zdn::model_file::ModelFile;
-use zdn::sentence_corpus::read_sentences;
-use zdn::sentence_embedder::{row_cosines, SentenceEmbedder};
-use zdn::synthetic_model::Rng;
+use zdn::model::file::ModelFile;
+use zdn::model::synthetic::Rng;
+use zdn::quality::bert::BertWeights;
+use zdn::quality::corpus::read_sentences;
+use zdn::quality::embedder::{row_cosines, SentenceEmbedder};
+use zdn::quality::eval::bert_weights;
 use zdn_protocol::dtype::read_f32;
 use zdn_protocol::soup;
 

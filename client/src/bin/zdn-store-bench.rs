@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use zdn::mapped_file::MappedFile;
-use zdn::synthetic_model::{write_pair, SyntheticSpec};
+use zdn::fs::mapped_file::MappedFile;
+use zdn::model::synthetic::{write_pair, SyntheticSpec};
 use zdn_node::store::{AddOptions, ObjectStore, StoreLimits};
 use zdn_protocol::manifest::{Kind, PublisherKey};
 

@@ -1,0 +1,5 @@
+//! Files: outputs written atomically, inputs memory-mapped page by page, progress bars.
+
+pub mod atomic_file;
+pub mod mapped_file;
+pub mod progress;
