@@ -3,11 +3,14 @@
 pub mod args;
 pub mod delta;
 pub mod demo;
+pub mod fetch;
 pub mod fetch_report;
 pub mod node;
 pub mod output;
 pub mod quality;
+pub mod session;
 pub mod soup;
+pub mod status;
 pub mod store;
 
 use std::process::ExitCode;
@@ -50,7 +53,7 @@ pub enum Command {
     ///
     ///   zdn fetch 3f1c...e9 --peer /ip4/198.51.100.7/tcp/4801/p2p/12D3KooW... -o ft.bitdelta
     #[command(verbatim_doc_comment)]
-    Fetch(node::FetchArgs),
+    Fetch(fetch::FetchArgs),
     /// What the running node has, who it is connected to, transfers in progress (JSON).
     Status {
         #[arg(long)]
@@ -94,10 +97,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Store(c) => store::run(loc, c),
         Command::Node(c) => node::run_node(loc, c),
-        Command::Fetch(a) => node::run_fetch(loc, a),
-        Command::Status { json } => node::run_status(loc, json, false),
-        Command::Peers { json } => node::run_status(loc, json, true),
-        Command::Announce { object } => node::run_announce(loc, object),
+        Command::Fetch(a) => fetch::run_fetch(loc, a),
+        Command::Status { json } => status::run_status(loc, json, false),
+        Command::Peers { json } => status::run_status(loc, json, true),
+        Command::Announce { object } => status::run_announce(loc, object),
         Command::Soup(c) => soup::run(loc, c),
         Command::Eval(a) => quality::run_eval(a),
         Command::Delta(c) => delta::run(loc, c),

@@ -1,6 +1,6 @@
 //! The demo's network hop over the packet-level satellite-link emulator: the datacenter node and
 //! the field station run as separate `zdn` processes in two network namespaces joined through
-//! zdn-simulations' forwarder (1 Mbit/s, 300 ms each way, 0.5 % loss), so real TCP runs over real
+//! zdn-linkem's forwarder (1 Mbit/s, 300 ms each way, 0.5 % loss), so real TCP runs over real
 //! delay and loss. Needs root, `ip` and /dev/net/tun; [`available`] says whether they are there.
 
 use std::io::{BufRead, BufReader};
@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use zdn_linkem::{spawn_direction, DirectionStats, LinkSpec, NetnsPair, Shaper};
 use zdn_node::net::FetchReport;
 use zdn_protocol::Hash;
-use zdn_simulations::{spawn_direction, DirectionStats, LinkSpec, NetnsPair, Shaper};
 
 /// The link the demo emulates, each direction.
 pub fn demo_link() -> LinkSpec {

@@ -1,13 +1,14 @@
-//! `ProfileSet`: multi-profile serving. One base model held once (memory-mapped), N fine-tuned
-//! profiles held as their packed `.bitdelta` bytes (1 bit per quantized weight, about 1/32 of f32),
-//! and profile k's weights materialised on request as candle tensors.
+//! `FineTuneSet`: several fine-tunes of one base on one device. The base model is held once
+//! (memory-mapped), N fine-tunes are held as their packed `.bitdelta` bytes (1 bit per quantized
+//! weight, about 1/32 of f32), and fine-tune k's weights are materialised on request as candle
+//! tensors.
 //!
 //! Resident deltas are bounded by a memory budget: when adding or reloading one would exceed it, the
 //! least recently used deltas are dropped from memory and re-read from disk on their next use. A
 //! re-read delta must have the BLAKE3 it had when it was added, so a file changed behind our back is an
 //! error, not a silently different model.
 //!
-//! A profile can also be a soup recipe from the store ([`ProfileSet::add_soup`]): it is built once
+//! A fine-tune can also be a soup recipe from the store ([`FineTuneSet::add_soup`]): it is built once
 //! from its component deltas into a `.bitdelta` and held like the others.
 
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ use crate::model::file::{ModelFile, ModelFileError};
 use crate::soup::build::{build, load_recipe, BuildJob, SoupBuildError};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProfileSetError {
+pub enum FineTuneSetError {
     #[error(transparent)]
     Base(#[from] ModelFileError),
     #[error("{path}: {source}")]
@@ -47,13 +48,13 @@ pub enum ProfileSetError {
         len: u64,
         budget: u64,
     },
-    #[error("no profile {0:?}")]
+    #[error("no fine-tune {0:?} in the set")]
     Unknown(String),
-    #[error("a profile named {0:?} is already in the set")]
+    #[error("a fine-tune named {0:?} is already in the set")]
     Duplicate(String),
     #[error(transparent)]
     Apply(#[from] CandleApplyError),
-    #[error("building soup profile {name:?}: {cause}")]
+    #[error("building soup fine-tune {name:?}: {cause}")]
     Soup {
         name: String,
         cause: Box<SoupBuildError>,
@@ -61,7 +62,7 @@ pub enum ProfileSetError {
 }
 
 #[derive(Debug)]
-struct Profile {
+struct FineTune {
     name: String,
     path: PathBuf,
     hash: Hash,
@@ -72,7 +73,7 @@ struct Profile {
 
 /// Counters of what the set did (for tests and the switch benchmark).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ProfileStats {
+pub struct FineTuneSetStats {
     /// Deltas read from disk (first add and every reload after an eviction).
     pub loads: u64,
     pub evictions: u64,
@@ -80,19 +81,19 @@ pub struct ProfileStats {
 }
 
 #[derive(Debug)]
-pub struct ProfileSet {
+pub struct FineTuneSet {
     base: ModelFile,
     base_path: PathBuf,
     device: Device,
     budget: u64,
     resident: u64,
-    profiles: Vec<Profile>,
+    fine_tunes: Vec<FineTune>,
     tick: u64,
     force: bool,
-    stats: ProfileStats,
+    stats: FineTuneSetStats,
 }
 
-impl ProfileSet {
+impl FineTuneSet {
     /// A set over the base at `base`; resident deltas are kept within `budget` bytes. With `force`,
     /// deltas made for another base are accepted.
     pub fn new(
@@ -100,27 +101,27 @@ impl ProfileSet {
         device: Device,
         budget: u64,
         force: bool,
-    ) -> Result<Self, ProfileSetError> {
-        Ok(ProfileSet {
+    ) -> Result<Self, FineTuneSetError> {
+        Ok(FineTuneSet {
             base: ModelFile::open(base)?,
             base_path: base.to_path_buf(),
             device,
             budget,
             resident: 0,
-            profiles: Vec::new(),
+            fine_tunes: Vec::new(),
             tick: 0,
             force,
-            stats: ProfileStats::default(),
+            stats: FineTuneSetStats::default(),
         })
     }
 
-    /// Adds a profile from a `.bitdelta` file: read, parsed, checked against the base, kept resident.
-    pub fn add(&mut self, name: &str, delta: &Path) -> Result<(), ProfileSetError> {
-        if self.profiles.iter().any(|p| p.name == name) {
-            return Err(ProfileSetError::Duplicate(name.to_owned()));
+    /// Adds a fine-tune from a `.bitdelta` file: read, parsed, checked against the base, kept resident.
+    pub fn add(&mut self, name: &str, delta: &Path) -> Result<(), FineTuneSetError> {
+        if self.fine_tunes.iter().any(|p| p.name == name) {
+            return Err(FineTuneSetError::Duplicate(name.to_owned()));
         }
         let bytes = self.read(delta)?;
-        let f = BitDeltaFile::parse(&bytes).map_err(|cause| ProfileSetError::Format {
+        let f = BitDeltaFile::parse(&bytes).map_err(|cause| FineTuneSetError::Format {
             path: delta.to_path_buf(),
             cause,
         })?;
@@ -129,7 +130,7 @@ impl ProfileSet {
         self.make_room(len, delta)?;
         self.tick += 1;
         self.resident += len;
-        self.profiles.push(Profile {
+        self.fine_tunes.push(FineTune {
             name: name.to_owned(),
             path: delta.to_path_buf(),
             hash: Hash::of(&bytes),
@@ -140,7 +141,7 @@ impl ProfileSet {
         Ok(())
     }
 
-    /// Adds a soup profile from recipe `soup` in `store`: the soup is built from its component
+    /// Adds a soup fine-tune from recipe `soup` in `store`: the soup is built from its component
     /// deltas (read from the store, every hash verified) against this set's base into
     /// `dir/soup-<hash>.bitdelta` (the same bytes as `zdn soup mix -o`), then held like any other
     /// delta. Returns the built file's path.
@@ -150,11 +151,11 @@ impl ProfileSet {
         store: &ObjectStore,
         soup: &Hash,
         dir: &Path,
-    ) -> Result<PathBuf, ProfileSetError> {
-        if self.profiles.iter().any(|p| p.name == name) {
-            return Err(ProfileSetError::Duplicate(name.to_owned()));
+    ) -> Result<PathBuf, FineTuneSetError> {
+        if self.fine_tunes.iter().any(|p| p.name == name) {
+            return Err(FineTuneSetError::Duplicate(name.to_owned()));
         }
-        let soup_err = |cause| ProfileSetError::Soup {
+        let soup_err = |cause| FineTuneSetError::Soup {
             name: name.to_owned(),
             cause: Box::new(cause),
         };
@@ -176,36 +177,36 @@ impl ProfileSet {
         Ok(path)
     }
 
-    /// Profile `name`'s weights, in the delta's tensor order, on the set's device.
-    pub fn materialise(&mut self, name: &str) -> Result<AppliedModel, ProfileSetError> {
+    /// FineTune `name`'s weights, in the delta's tensor order, on the set's device.
+    pub fn materialise(&mut self, name: &str) -> Result<AppliedModel, FineTuneSetError> {
         let k = self
-            .profiles
+            .fine_tunes
             .iter()
             .position(|p| p.name == name)
-            .ok_or_else(|| ProfileSetError::Unknown(name.to_owned()))?;
-        let bytes = match self.profiles[k].bytes.clone() {
+            .ok_or_else(|| FineTuneSetError::Unknown(name.to_owned()))?;
+        let bytes = match self.fine_tunes[k].bytes.clone() {
             Some(b) => b,
             None => {
                 let (path, len, then) = {
-                    let p = &self.profiles[k];
+                    let p = &self.fine_tunes[k];
                     (p.path.clone(), p.len, p.hash)
                 };
                 let b = self.read(&path)?;
                 let now = Hash::of(&b);
                 if now != then {
-                    return Err(ProfileSetError::Changed { path, then, now });
+                    return Err(FineTuneSetError::Changed { path, then, now });
                 }
                 self.make_room(len, &path)?;
                 self.resident += len;
                 let b = Arc::new(b);
-                self.profiles[k].bytes = Some(b.clone());
+                self.fine_tunes[k].bytes = Some(b.clone());
                 b
             }
         };
         self.tick += 1;
-        self.profiles[k].last_used = self.tick;
-        let f = BitDeltaFile::parse(&bytes).map_err(|cause| ProfileSetError::Format {
-            path: self.profiles[k].path.clone(),
+        self.fine_tunes[k].last_used = self.tick;
+        let f = BitDeltaFile::parse(&bytes).map_err(|cause| FineTuneSetError::Format {
+            path: self.fine_tunes[k].path.clone(),
             cause,
         })?;
         let model = apply_delta(&self.base, &f, &self.device, self.force)?;
@@ -214,7 +215,7 @@ impl ProfileSet {
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.profiles.iter().map(|p| p.name.as_str())
+        self.fine_tunes.iter().map(|p| p.name.as_str())
     }
 
     /// Bytes of deltas held in memory now.
@@ -223,30 +224,30 @@ impl ProfileSet {
     }
 
     pub fn is_resident(&self, name: &str) -> bool {
-        self.profiles
+        self.fine_tunes
             .iter()
             .any(|p| p.name == name && p.bytes.is_some())
     }
 
-    pub fn stats(&self) -> ProfileStats {
+    pub fn stats(&self) -> FineTuneSetStats {
         self.stats
     }
 
-    fn read(&mut self, path: &Path) -> Result<Vec<u8>, ProfileSetError> {
+    fn read(&mut self, path: &Path) -> Result<Vec<u8>, FineTuneSetError> {
         let len = std::fs::metadata(path)
-            .map_err(|source| ProfileSetError::Read {
+            .map_err(|source| FineTuneSetError::Read {
                 path: path.to_path_buf(),
                 source,
             })?
             .len();
         if len > self.budget {
-            return Err(ProfileSetError::OverBudget {
+            return Err(FineTuneSetError::OverBudget {
                 path: path.to_path_buf(),
                 len,
                 budget: self.budget,
             });
         }
-        let b = std::fs::read(path).map_err(|source| ProfileSetError::Read {
+        let b = std::fs::read(path).map_err(|source| FineTuneSetError::Read {
             path: path.to_path_buf(),
             source,
         })?;
@@ -255,9 +256,9 @@ impl ProfileSet {
     }
 
     /// Evicts least recently used deltas until `len` more bytes fit in the budget.
-    fn make_room(&mut self, len: u64, path: &Path) -> Result<(), ProfileSetError> {
+    fn make_room(&mut self, len: u64, path: &Path) -> Result<(), FineTuneSetError> {
         if len > self.budget {
-            return Err(ProfileSetError::OverBudget {
+            return Err(FineTuneSetError::OverBudget {
                 path: path.to_path_buf(),
                 len,
                 budget: self.budget,
@@ -265,7 +266,7 @@ impl ProfileSet {
         }
         while self.resident + len > self.budget {
             let Some(victim) = self
-                .profiles
+                .fine_tunes
                 .iter_mut()
                 .filter(|p| p.bytes.is_some())
                 .min_by_key(|p| p.last_used)
@@ -288,17 +289,17 @@ mod tests {
     use crate::soup::build::fixture::{deltas_of_one_base, soup_store};
 
     /// Three fine-tunes of one base (different seeds change only the fine-tune's deltas).
-    fn three_profiles(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
+    fn three_fine_tunes(dir: &Path) -> (PathBuf, Vec<PathBuf>) {
         deltas_of_one_base(dir, 3)
     }
 
     #[test]
     fn lru_within_budget_and_same_bytes_as_apply() {
         let dir = tempfile::tempdir().unwrap();
-        let (base, deltas) = three_profiles(dir.path());
+        let (base, deltas) = three_fine_tunes(dir.path());
         let len = std::fs::metadata(&deltas[0]).unwrap().len();
         // Room for two deltas, not three.
-        let mut set = ProfileSet::new(&base, Device::Cpu, 2 * len + len / 2, false).unwrap();
+        let mut set = FineTuneSet::new(&base, Device::Cpu, 2 * len + len / 2, false).unwrap();
         for (i, d) in deltas.iter().enumerate() {
             set.add(&format!("p{i}"), d).unwrap();
         }
@@ -332,17 +333,17 @@ mod tests {
         assert!(set.resident_bytes() <= 2 * len + len / 2);
     }
 
-    /// A recipe of two profiles' deltas, from a store, gives the same weights as `zdn delta apply`
+    /// A recipe of two fine_tunes' deltas, from a store, gives the same weights as `zdn delta apply`
     /// of the soup built by `zdn soup mix -o`.
     #[test]
-    fn soup_profile_from_a_recipe_in_the_store() {
+    fn soup_fine_tune_from_a_recipe_in_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let f = soup_store(dir.path());
         let (store, base, deltas, soup, recipe) =
             (&f.store, &f.base_file, &f.delta_files, f.soup, &f.recipe);
         let h0 = f.deltas[0];
         let len = std::fs::metadata(&deltas[0]).unwrap().len();
-        let mut set = ProfileSet::new(base, Device::Cpu, 4 * len, false).unwrap();
+        let mut set = FineTuneSet::new(base, Device::Cpu, 4 * len, false).unwrap();
         set.add("a", &deltas[0]).unwrap();
         let built = set.add_soup("mix", store, &soup, dir.path()).unwrap();
         assert!(set.is_resident("mix"));
@@ -390,7 +391,7 @@ mod tests {
         // A name twice, a delta that is not a soup, an unknown hash: clear errors.
         assert!(matches!(
             set.add_soup("mix", store, &soup, dir.path()),
-            Err(ProfileSetError::Duplicate(_))
+            Err(FineTuneSetError::Duplicate(_))
         ));
         let e = set.add_soup("x", store, &h0, dir.path()).unwrap_err();
         assert!(e.to_string().contains("not a soup recipe"), "{e}");
@@ -403,32 +404,32 @@ mod tests {
     #[test]
     fn changed_file_and_bad_inputs_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (base, deltas) = three_profiles(dir.path());
+        let (base, deltas) = three_fine_tunes(dir.path());
         let len = std::fs::metadata(&deltas[0]).unwrap().len();
-        let mut set = ProfileSet::new(&base, Device::Cpu, len + len / 2, false).unwrap();
+        let mut set = FineTuneSet::new(&base, Device::Cpu, len + len / 2, false).unwrap();
         set.add("a", &deltas[0]).unwrap();
         assert!(matches!(
             set.add("a", &deltas[1]),
-            Err(ProfileSetError::Duplicate(_))
+            Err(FineTuneSetError::Duplicate(_))
         ));
         set.add("b", &deltas[1]).unwrap(); // evicts a
         std::fs::copy(&deltas[2], &deltas[0]).unwrap();
         let e = set.materialise("a").unwrap_err();
-        assert!(matches!(e, ProfileSetError::Changed { .. }), "{e}");
+        assert!(matches!(e, FineTuneSetError::Changed { .. }), "{e}");
         assert!(matches!(
             set.materialise("zzz"),
-            Err(ProfileSetError::Unknown(_))
+            Err(FineTuneSetError::Unknown(_))
         ));
-        let mut tiny = ProfileSet::new(&base, Device::Cpu, 10, false).unwrap();
+        let mut tiny = FineTuneSet::new(&base, Device::Cpu, 10, false).unwrap();
         assert!(matches!(
             tiny.add("x", &deltas[1]),
-            Err(ProfileSetError::OverBudget { .. })
+            Err(FineTuneSetError::OverBudget { .. })
         ));
         let junk = dir.path().join("junk.bitdelta");
         std::fs::write(&junk, b"BITDELTA but not really").unwrap();
         assert!(matches!(
             set.add("j", &junk),
-            Err(ProfileSetError::Format { .. })
+            Err(FineTuneSetError::Format { .. })
         ));
     }
 }

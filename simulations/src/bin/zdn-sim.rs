@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use zdn_simulations::bulk;
+use zdn_linkem::bulk;
+use zdn_linkem::units::parse_duration;
 use zdn_simulations::scenario::{self, RunOptions, Scenario};
-use zdn_simulations::units::parse_duration;
 
 /// Scenario runner for zdn's field conditions (issue 6): starts real `zdn` nodes in network
 /// namespaces joined by emulated links (rate, delay, jitter, loss, outages, queue), publishes

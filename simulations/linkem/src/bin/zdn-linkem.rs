@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zdn_simulations::units::{parse_duration, parse_outage, parse_rate};
-use zdn_simulations::{bulk, spawn_direction, DirectionStats, LinkSpec, NetnsPair, Shaper};
+use zdn_linkem::units::{parse_duration, parse_outage, parse_bits_per_sec};
+use zdn_linkem::{bulk, spawn_direction, DirectionStats, LinkSpec, NetnsPair, Shaper};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -48,7 +48,7 @@ fn up(mut it: impl Iterator<Item = String>) -> Result<(), String> {
     let mut stats_every: Option<Duration> = None;
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--rate" => spec.rate_bps = arg(&mut it, "--rate", parse_rate)?,
+            "--rate" => spec.rate_bps = arg(&mut it, "--rate", parse_bits_per_sec)?,
             "--delay" => spec.delay = arg(&mut it, "--delay", parse_duration)?,
             "--jitter" => spec.jitter = arg(&mut it, "--jitter", parse_duration)?,
             "--loss" => {
@@ -257,7 +257,7 @@ fn main() {
         })(),
         Some("udp-blast") => (|| {
             let to = it.next().ok_or("TO")?;
-            let bps = arg(&mut it, "BITS_PER_S", parse_rate)?;
+            let bps = arg(&mut it, "BITS_PER_S", parse_bits_per_sec)?;
             let secs = arg(&mut it, "SECS", parse_duration)?;
             let size = arg(&mut it, "SIZE", |s| s.parse::<usize>().map_err(|_| format!("bad size {s:?}")))?;
             udp_blast(&to, bps, secs, size.clamp(1, 1472))

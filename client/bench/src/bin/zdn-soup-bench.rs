@@ -16,7 +16,7 @@
 //! and the mean cosine of the resulting model's sentence embeddings to the fine-tune's on held-out
 //! sentences (gensim's `lee.cor`). The other tensors are the fine-tune's.
 //!
-//! `cargo build --release -p zdn --bin zdn-soup-bench && target/release/zdn-soup-bench`
+//! `cargo build --release -p zdn-bench --bin zdn-soup-bench && target/release/zdn-soup-bench`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;

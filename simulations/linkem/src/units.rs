@@ -31,7 +31,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A link rate in bits per second: `1mbit`, `512kbit`, `1gbit` or a plain number of bits.
-pub fn parse_rate(s: &str) -> Result<u64, String> {
+pub fn parse_bits_per_sec(s: &str) -> Result<u64, String> {
     let l = s.trim().to_ascii_lowercase();
     let (num, mult) = if let Some(n) = l.strip_suffix("gbit") {
         (n, 1e9)
@@ -118,12 +118,12 @@ mod tests {
 
     #[test]
     fn rates() {
-        assert_eq!(parse_rate("1mbit"), Ok(1_000_000));
-        assert_eq!(parse_rate("512kbit"), Ok(512_000));
-        assert_eq!(parse_rate("2Mbit"), Ok(2_000_000));
-        assert_eq!(parse_rate("9600"), Ok(9600));
-        assert!(parse_rate("0").is_err());
-        assert!(parse_rate("fast").is_err());
+        assert_eq!(parse_bits_per_sec("1mbit"), Ok(1_000_000));
+        assert_eq!(parse_bits_per_sec("512kbit"), Ok(512_000));
+        assert_eq!(parse_bits_per_sec("2Mbit"), Ok(2_000_000));
+        assert_eq!(parse_bits_per_sec("9600"), Ok(9600));
+        assert!(parse_bits_per_sec("0").is_err());
+        assert!(parse_bits_per_sec("fast").is_err());
     }
 
     #[test]

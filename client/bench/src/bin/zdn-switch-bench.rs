@@ -1,18 +1,17 @@
-//! `zdn-profile-bench`: apply on candle tensors and profile switches, as ratios to a memcpy of the same
+//! `zdn-switch-bench`: apply on candle tensors and fine-tune switches, as ratios to a memcpy of the same
 //! weights measured in the same run (issue 7).
 //!
 //! * `apply`  — `candle_apply::apply_delta` (the whole model, base + delta → CPU tensors) vs a
 //!   `copy_from_slice` of the same number of bytes;
-//! * `switch` — `ProfileSet::materialise` alternating between two profiles whose deltas are resident,
+//! * `switch` — `FineTuneSet::materialise` alternating between two fine-tunes whose deltas are resident,
 //!   vs the same memcpy; and with a budget that holds one delta (every switch re-reads from disk).
 //!
 //! Inputs: the MiniLM pair under `models/` when present (two deltas: 1-bit per-tensor and per-row), else
-//! a generated MiniLM-sized pair. Build with `cargo build --release -p zdn --bin zdn-profile-bench`.
+//! a generated MiniLM-sized pair. Build with `cargo build --release -p zdn-bench --bin zdn-switch-bench`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::Device;
@@ -20,23 +19,24 @@ use clap::Parser;
 use serde::Serialize;
 use zdn::delta::encode::{encode, EncodeJob};
 use zdn::device::apply::apply_delta;
-use zdn::device::fine_tunes::ProfileSet;
+use zdn::device::fine_tunes::FineTuneSet;
 use zdn::fs::mapped_file::MappedFile;
 use zdn::model::file::ModelFile;
 use zdn::model::synthetic::{write_pair, SyntheticSpec};
+use zdn_bench::timing::median_ms;
 use zdn_protocol::bitdelta::{BitDeltaFile, EncodeOptions, Granularity, QuantSpec, Selection};
 
 #[derive(Parser, Debug)]
 #[command(
-    name = "zdn-profile-bench",
-    about = "Candle apply and profile switch vs memcpy"
+    name = "zdn-switch-bench",
+    about = "Candle apply and fine-tune switch vs memcpy"
 )]
 struct Cli {
     /// Directory with the MiniLM pair (fetch-minilm-pair.sh); a generated pair when absent.
     #[arg(long, default_value = "models")]
     models: PathBuf,
     /// Scratch directory for deltas.
-    #[arg(long, default_value = ".work/profile-bench")]
+    #[arg(long, default_value = ".work/switch-bench")]
     dir: PathBuf,
     /// Timed repetitions (the median is reported).
     #[arg(long, default_value_t = 9)]
@@ -58,24 +58,6 @@ struct Report {
     switch_reload_ms: f64,
     switch_reload_over_memcpy: f64,
     threads: usize,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
-    f(); // warm-up
-    median(
-        (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect(),
-    )
 }
 
 fn encode_delta(base: &Path, fine: &Path, out: &Path, g: Granularity) -> Result<()> {
@@ -132,11 +114,11 @@ fn main() -> Result<()> {
     let weight_bytes: u64 = delta.entries.iter().map(|e| e.byte_len()).sum();
     let src = vec![1u8; weight_bytes as usize];
     let mut dst = vec![0u8; weight_bytes as usize];
-    let memcpy_ms = time(cli.reps, || {
+    let memcpy_ms = median_ms(cli.reps, || {
         dst.copy_from_slice(black_box(&src));
         black_box(&dst);
     });
-    let apply_ms = time(cli.reps, || {
+    let apply_ms = median_ms(cli.reps, || {
         black_box(apply_delta(&bm, &delta, &Device::Cpu, false).unwrap());
     });
 
@@ -144,21 +126,21 @@ fn main() -> Result<()> {
         std::fs::metadata(&d[0])?.len(),
         std::fs::metadata(&d[1])?.len(),
     ];
-    let mut set = ProfileSet::new(&base, Device::Cpu, lens[0] + lens[1], false)?;
+    let mut set = FineTuneSet::new(&base, Device::Cpu, lens[0] + lens[1], false)?;
     set.add("tensor", &d[0])?;
     set.add("row", &d[1])?;
     let mut k = 0usize;
-    let switch_resident_ms = time(cli.reps, || {
+    let switch_resident_ms = median_ms(cli.reps, || {
         k += 1;
         black_box(set.materialise(["tensor", "row"][k % 2]).unwrap());
     });
     let loads = set.stats().loads;
     assert_eq!(loads, 2, "both deltas stay resident");
     // A budget for one delta: every switch evicts the other and re-reads (and re-hashes) from disk.
-    let mut small = ProfileSet::new(&base, Device::Cpu, lens[0].max(lens[1]), false)?;
+    let mut small = FineTuneSet::new(&base, Device::Cpu, lens[0].max(lens[1]), false)?;
     small.add("tensor", &d[0])?;
     small.add("row", &d[1])?;
-    let switch_reload_ms = time(cli.reps, || {
+    let switch_reload_ms = median_ms(cli.reps, || {
         k += 1;
         black_box(small.materialise(["tensor", "row"][k % 2]).unwrap());
     });
@@ -188,11 +170,11 @@ fn main() -> Result<()> {
             r.apply_ms, r.apply_over_memcpy
         );
         println!(
-            "| profile switch, deltas resident | {:.2} | {:.2} |",
+            "| fine-tune switch, deltas resident | {:.2} | {:.2} |",
             r.switch_resident_ms, r.switch_resident_over_memcpy
         );
         println!(
-            "| profile switch, delta re-read from disk | {:.2} | {:.2} |",
+            "| fine-tune switch, delta re-read from disk | {:.2} | {:.2} |",
             r.switch_reload_ms, r.switch_reload_over_memcpy
         );
     }

@@ -7,11 +7,12 @@
 //! byte-for-byte, and decoding all tensors is timed on one thread, best and median of N rounds.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use half::{bf16, f16};
 use zdn::fs::mapped_file::MappedFile;
+use zdn_bench::timing::mb_per_sec;
 use zdn_protocol::dtype::read_f32;
 use zdn_protocol::planes::{self, BlockKind, EncodeOptions, Layout, Strategy};
 use zdn_protocol::DType;
@@ -88,10 +89,6 @@ struct Row {
     kinds: String,
 }
 
-fn mbps(bytes: usize, d: Duration) -> f64 {
-    bytes as f64 / d.as_secs_f64().max(1e-9) / 1e6
-}
-
 /// Block kinds of a set of encodings, e.g. "fields r=5: 40, planes [huffman raw]: 2".
 fn kinds(encodings: &[Vec<u8>]) -> anyhow::Result<String> {
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
@@ -146,9 +143,9 @@ fn measure(
     Ok(Row {
         method,
         encoded: encodings.iter().map(Vec::len).sum(),
-        encode_mbps: mbps(raw, encode_time),
-        decode_best: mbps(raw, times[0]),
-        decode_median: mbps(raw, times[times.len() / 2]),
+        encode_mbps: mb_per_sec(raw, encode_time),
+        decode_best: mb_per_sec(raw, times[0]),
+        decode_median: mb_per_sec(raw, times[times.len() / 2]),
         kinds: kinds(&encodings)?,
     })
 }

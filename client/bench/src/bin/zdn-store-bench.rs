@@ -8,11 +8,12 @@
 //! disk, so `durable write ÷ BLAKE3` is the ceiling of `ingest ÷ BLAKE3` here.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use zdn::fs::mapped_file::MappedFile;
 use zdn::model::synthetic::{write_pair, SyntheticSpec};
+use zdn_bench::timing::{best_median, mb_per_sec};
 use zdn_node::store::{AddOptions, ObjectStore, StoreLimits};
 use zdn_protocol::manifest::{Kind, PublisherKey};
 
@@ -46,15 +47,6 @@ fn parse_args() -> anyhow::Result<Args> {
     }
     anyhow::ensure!(a.rounds > 0, "--rounds must be at least 1");
     Ok(a)
-}
-
-fn best_median(mut v: Vec<Duration>) -> (Duration, Duration) {
-    v.sort();
-    (v[0], v[v.len() / 2])
-}
-
-fn mbps(bytes: usize, d: Duration) -> f64 {
-    bytes as f64 / d.as_secs_f64() / 1e6
 }
 
 fn main() -> anyhow::Result<()> {
@@ -131,18 +123,18 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "blake3      best {:>8.1} MB/s  median {:>8.1} MB/s  (one thread, blake3::hash)",
-        mbps(bytes.len(), hb),
-        mbps(bytes.len(), hm)
+        mb_per_sec(bytes.len(), hb),
+        mb_per_sec(bytes.len(), hm)
     );
     println!(
         "ingest      best {:>8.1} MB/s  median {:>8.1} MB/s  (ObjectStore::add into rocksdb)",
-        mbps(bytes.len(), ab),
-        mbps(bytes.len(), am)
+        mb_per_sec(bytes.len(), ab),
+        mb_per_sec(bytes.len(), am)
     );
     println!(
         "write+sync  best {:>8.1} MB/s  median {:>8.1} MB/s  (the same bytes to one file, fsync)",
-        mbps(bytes.len(), wb),
-        mbps(bytes.len(), wm)
+        mb_per_sec(bytes.len(), wb),
+        mb_per_sec(bytes.len(), wm)
     );
     println!(
         "ratio       ingest ÷ blake3 throughput: best {:.3}, median {:.3}  (goal ≥ 0.5)",
