@@ -114,20 +114,9 @@ fn bad_scenarios_are_refused_with_a_reason() {
     }
 }
 
-fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ok = root
-        && Path::new("/dev/net/tun").exists()
-        && Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("skipping: scenarios need root, `ip netns` and /dev/net/tun");
-    }
-    ok
-}
+#[path = "../../tests/support/src/require.rs"]
+mod require;
+use require::{require, Need};
 
 /// `target/<profile>/zdn`: this test runs as `target/<profile>/deps/scenario-<hash>`.
 fn zdn_binary() -> Option<PathBuf> {
@@ -138,18 +127,13 @@ fn zdn_binary() -> Option<PathBuf> {
 
 #[test]
 fn ci_short_scenario_runs_real_nodes_end_to_end() {
-    if !can_run() {
+    if !require(Need::Netns, "ci_short_scenario_runs_real_nodes_end_to_end") {
         return;
     }
-    let Some(zdn) = zdn_binary() else {
-        // CI runs `cargo test --workspace`, which builds zdn: there it must be found.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "no zdn binary next to the test's target directory"
-        );
-        eprintln!("skipping: build zdn first (`cargo build -p zdn`, or `cargo test --workspace`)");
-        return;
-    };
+    // `cargo test --workspace` (the README's test command) builds zdn before any test runs.
+    let zdn = zdn_binary().expect(
+        "no zdn binary next to the test's target directory: build it first (`cargo build -p zdn`)",
+    );
     let out = std::env::temp_dir().join(format!("zdn-sim-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let run = Command::new(SIM)

@@ -1,7 +1,7 @@
 //! The emulator is faithful (issue 6): with real namespaces, TUN devices and UDP traffic through
 //! `zdn-linkem up`, the measured rate is within 2 % of the set rate, the added delay within 5 ms
 //! of the set delay, and loss within statistical bounds. Needs root, `ip` and /dev/net/tun: where
-//! they are missing the tests say so and pass without measuring (they cannot run there).
+//! they are missing the tests fail, unless skipped explicitly (`ZDN_TEST_SKIP=netns`, counted).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
@@ -10,20 +10,9 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_zdn-linkem");
 
-fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ok = root
-        && std::path::Path::new("/dev/net/tun").exists()
-        && Command::new("ip")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("skipping: the link emulator needs root, `ip` and /dev/net/tun");
-    }
-    ok
-}
+#[path = "../../../tests/support/src/require.rs"]
+mod require;
+use require::{require, Need};
 
 struct Link {
     child: Child,
@@ -124,7 +113,7 @@ mod serde_json_lite {
 
 #[test]
 fn rate_is_within_two_percent() {
-    if !can_run() {
+    if !require(Need::Netns, "rate_is_within_two_percent") {
         return;
     }
     let link = Link::up(
@@ -152,7 +141,7 @@ fn rate_is_within_two_percent() {
 
 #[test]
 fn delay_is_within_five_ms() {
-    if !can_run() {
+    if !require(Need::Netns, "delay_is_within_five_ms") {
         return;
     }
     let link = Link::up("lkdelay", 12, &["--rate", "100mbit", "--delay", "150ms"]);
@@ -171,7 +160,7 @@ fn delay_is_within_five_ms() {
 
 #[test]
 fn loss_is_within_statistical_bounds() {
-    if !can_run() {
+    if !require(Need::Netns, "loss_is_within_statistical_bounds") {
         return;
     }
     let link = Link::up(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use zdn_linkem::shaper::LinkSpec;
-use zdn_linkem::units::{parse_duration, parse_outage, parse_bits_per_sec, parse_size};
+use zdn_linkem::units::{parse_bits_per_sec, parse_duration, parse_outage, parse_size};
 
 use super::error::ScenarioError;
 

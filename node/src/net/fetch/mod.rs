@@ -11,7 +11,7 @@
 pub(crate) mod chunks;
 pub(crate) mod manifest;
 pub(crate) mod peers;
-mod redial;
+pub(crate) mod redial;
 mod transfer;
 mod window;
 

@@ -8,6 +8,7 @@
 //! peer that accepts connections but never serves cannot keep a transfer alive forever.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use libp2p::PeerId;
 use tokio::task::JoinSet;
@@ -16,6 +17,7 @@ use zdn_protocol::Hash;
 
 use crate::net::fetch::peers::ask;
 use crate::net::handle::NodeHandle;
+use crate::net::profile::Tuning;
 
 /// A re-dial's outcome: the peer and, if it came back, what it holds.
 pub(super) type Back = (PeerId, Option<ChunkBitmap>);
@@ -95,18 +97,53 @@ impl Redialer {
     }
 }
 
+/// The waits between tries to reach a peer that went away or silent: the profile's first wait,
+/// doubling up to its maximum (a failed dial costs bytes on a metered link), from the first again
+/// once the peer answers. Shared by the re-dial of a lost peer and the paced lane's silent peer.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    first: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(t: &Tuning) -> Self {
+        Backoff {
+            first: t.redial_first_wait,
+            max: t.redial_max_wait,
+            next: t.redial_first_wait,
+        }
+    }
+
+    /// The wait before the next try (the one after doubles).
+    pub fn next_wait(&mut self) -> Duration {
+        let w = self.next;
+        self.next = (self.next * 2).min(self.max);
+        w
+    }
+
+    /// The wait the next try would take, without taking it.
+    pub fn peek(&self) -> Duration {
+        self.next
+    }
+
+    /// The peer answered: from the first wait again.
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
 /// Waits, dials, asks for the have-bitmap; until the profile's outage patience runs out.
 async fn redial(node: NodeHandle, peer: PeerId, object: Hash, have_max: usize) -> Back {
-    let t = node.tuning.clone();
-    let give_up = tokio::time::Instant::now() + t.outage_patience;
-    let mut wait = t.redial_first_wait;
+    let give_up = tokio::time::Instant::now() + node.tuning.outage_patience;
+    let mut backoff = Backoff::new(&node.tuning);
     loop {
         let now = tokio::time::Instant::now();
         if now >= give_up {
             break;
         }
-        tokio::time::sleep(wait.min(give_up - now)).await;
-        wait = (wait * 2).min(t.redial_max_wait);
+        tokio::time::sleep(backoff.next_wait().min(give_up - now)).await;
         if node.redial(peer).await.is_err() {
             continue;
         }
@@ -119,4 +156,25 @@ async fn redial(node: NodeHandle, peer: PeerId, object: Hash, have_max: usize) -
         }
     }
     (peer, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::Profile;
+
+    #[test]
+    fn waits_double_to_the_maximum_and_start_again_after_an_answer() {
+        let t = Profile::Field.tuning();
+        let mut b = Backoff::new(&t);
+        let first = b.next_wait();
+        assert_eq!(first, t.redial_first_wait);
+        assert_eq!(b.next_wait(), first * 2);
+        for _ in 0..20 {
+            assert!(b.next_wait() <= t.redial_max_wait);
+        }
+        assert_eq!(b.peek(), t.redial_max_wait);
+        b.reset();
+        assert_eq!(b.next_wait(), first);
+    }
 }

@@ -21,7 +21,7 @@ use zdn_protocol::Hash;
 use crate::net::chunk::pipe::{ChunkPipe, Outcome, PipeResult};
 use crate::net::error::FetchError;
 use crate::net::handle::NodeHandle;
-use crate::net::paced::phase::paced_phase;
+use crate::net::paced::phase::LanePhase;
 use crate::net::paced::session::PacedReport;
 
 use super::chunks::{distinct_chunks, holdings};
@@ -374,17 +374,16 @@ impl Transfer<'_> {
         if self.sched.is_complete() {
             return Ok(None);
         }
-        let r = paced_phase(
-            self.node,
+        let phase = LanePhase {
+            node: self.node,
             lane,
-            self.m,
-            &self.distinct,
-            &mut self.sched,
-            &src.peers,
-            (&self.received, &opts.sync_windows),
-            progress,
-        )
-        .await?;
+            m: self.m,
+            distinct: &self.distinct,
+            sched: &mut self.sched,
+            received: &self.received,
+            windows: &opts.sync_windows,
+        };
+        let r = phase.run(&src.peers, progress).await?;
         if let Some(r) = &r {
             if let Some(p) = src.peers.iter().find(|p| p.to_string() == r.peer) {
                 self.carried.insert(*p, (r.chunks, r.payload_bytes));

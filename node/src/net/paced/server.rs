@@ -300,7 +300,6 @@ impl PacedServer {
         let mut last_heard: Option<Instant> = None;
         let mut sent_bytes = 0u64;
         let mut out = Vec::with_capacity(usize::from(u16::MAX));
-        let mut inbox = vec![0u8; MAX_CONTROL_LEN + SEAL_OVERHEAD + 1];
         loop {
             // Every turn, however high the rate: the stop signal, the stream, the receiver's
             // datagrams, the deadlines.
@@ -310,41 +309,10 @@ impl PacedServer {
             if !matches!(closed.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
                 return EndReason::Complete;
             }
-            for _ in 0..READS_PER_TURN {
-                let Ok((n, from)) = s.socket.try_recv_from(&mut inbox) else {
-                    break;
-                };
-                let now = t0.elapsed();
-                let Ok(msg) = s.seal.open(&mut inbox[..n]) else {
-                    self.traffic.paced_refused.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                last_heard = Some(Instant::now());
-                let action = match msg {
-                    ToSender::Response { nonce } => {
-                        path.on_response(from, nonce);
-                        PathAction::Nothing
-                    }
-                    msg => {
-                        match msg {
-                            ToSender::Ack {
-                                rate_bps,
-                                cumulative,
-                                ranges,
-                            } => s.tx.on_ack(now, self.cap(rate_bps), cumulative, &ranges),
-                            ToSender::Done => return EndReason::Complete,
-                            _ => {}
-                        }
-                        path.on_datagram(from, n, now, fresh_nonce)
-                    }
-                };
-                if let PathAction::Challenge { to, nonce } = action {
-                    if s.seal
-                        .seal_control(&ToReceiver::Challenge { nonce }, &mut out)
-                    {
-                        let _ = s.socket.send_to(&out, to).await;
-                    }
-                }
+            match self.read_control(&mut s, &mut path, t0).await {
+                Some(Heard::Done) => return EndReason::Complete,
+                Some(Heard::Something) => last_heard = Some(Instant::now()),
+                None => {}
             }
             if sent_bytes > s.budget {
                 return EndReason::Budget;
@@ -397,6 +365,65 @@ impl PacedServer {
                 _ = s.socket.readable() => {}
             }
         }
+    }
+}
+
+/// What the control datagrams of one turn said.
+enum Heard {
+    /// At least one opened (the receiver is there).
+    Something,
+    /// The receiver said Done.
+    Done,
+}
+
+impl PacedServer {
+    /// Reads the control datagrams waiting (at most [`READS_PER_TURN`]): acknowledgements feed the
+    /// sender, responses validate their address, and every other address that sends a sealed
+    /// datagram is challenged. What does not open is counted and dropped.
+    async fn read_control(
+        &self,
+        s: &mut Session,
+        path: &mut PathValidator<SocketAddr>,
+        t0: Instant,
+    ) -> Option<Heard> {
+        let mut heard = None;
+        let mut inbox = [0u8; MAX_CONTROL_LEN + SEAL_OVERHEAD + 1];
+        let mut out = Vec::new();
+        for _ in 0..READS_PER_TURN {
+            let Ok((n, from)) = s.socket.try_recv_from(&mut inbox) else {
+                break;
+            };
+            let now = t0.elapsed();
+            let Ok(msg) = s.seal.open(&mut inbox[..n]) else {
+                self.traffic.paced_refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            heard = Some(Heard::Something);
+            let action = match msg {
+                ToSender::Response { nonce } => {
+                    path.on_response(from, nonce);
+                    PathAction::Nothing
+                }
+                ToSender::Done => return Some(Heard::Done),
+                ToSender::Ack {
+                    rate_bps,
+                    cumulative,
+                    ranges,
+                } => {
+                    s.tx.on_ack(now, self.cap(rate_bps), cumulative, &ranges);
+                    path.on_datagram(from, n, now, fresh_nonce)
+                }
+                ToSender::Hello => path.on_datagram(from, n, now, fresh_nonce),
+            };
+            if let PathAction::Challenge { to, nonce } = action {
+                if s.seal
+                    .seal_control(&ToReceiver::Challenge { nonce }, &mut out)
+                {
+                    let _ = s.socket.send_to(&out, to).await;
+                }
+            }
+        }
+        heard
     }
 }
 

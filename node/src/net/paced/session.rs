@@ -150,6 +150,71 @@ pub(crate) async fn session(
     windows: &SyncWindows,
     report: &mut PacedReport,
 ) -> Result<SessionEnd, SessionError> {
+    lane.active.fetch_add(1, Ordering::Relaxed);
+    let _active = Active(lane.clone());
+    let opened = match open(node, &lane, peer, object, &wanted).await? {
+        Opening::Ready(o) => o,
+        Opening::NotFound => return Ok(SessionEnd::NotFound),
+    };
+    report.sessions += 1;
+    let Opened {
+        socket,
+        rx,
+        seal,
+        rd,
+        mut wr,
+    } = *opened;
+    let mut run = Receiving {
+        node,
+        lane: &lane,
+        socket,
+        seal,
+        rx,
+        out: Vec::with_capacity(usize::from(MAX_PAYLOAD)),
+    };
+    let result = run.receive(rd, chunks, received, windows).await;
+    if run.rx.is_complete() || matches!(result, Ok(SessionEnd::WindowClosed)) {
+        // Done also stops a sender outside the sync window. Said three times; closing the stream
+        // (below) ends the session at the sender in any case.
+        for _ in 0..3 {
+            run.send(&ToSender::Done);
+        }
+    }
+    let _ = futures::AsyncWriteExt::close(&mut wr).await;
+    let s = run.rx.stats();
+    report.datagrams += u64::from(s.received) + s.duplicates;
+    report.duplicates += s.duplicates;
+    report.payload_bytes += s.payload_bytes;
+    result
+}
+
+type StreamRead = futures::io::ReadHalf<libp2p::Stream>;
+type StreamWrite = futures::io::WriteHalf<libp2p::Stream>;
+
+/// A session the sender agreed to: its socket (connected to the sender's port), the receiver's
+/// state, the keys, and the stream it lives on.
+struct Opened {
+    socket: UdpSocket,
+    rx: PacedReceiver,
+    seal: ReceiverSeal,
+    rd: StreamRead,
+    wr: StreamWrite,
+}
+
+enum Opening {
+    Ready(Box<Opened>),
+    /// The peer has none of the chunks asked for.
+    NotFound,
+}
+
+/// Asks `peer` on a new lane stream for the `wanted` chunks of `object` and checks its answer.
+async fn open(
+    node: &NodeHandle,
+    lane: &PacedLane,
+    peer: PeerId,
+    object: Hash,
+    wanted: &ChunkBitmap,
+) -> Result<Opening, SessionError> {
     let (ip, _) = peer_path(&node.commands, peer)
         .await
         .ok_or_else(|| SessionError::silent("not connected to the peer"))?;
@@ -163,8 +228,6 @@ pub(crate) async fn session(
     let socket = UdpSocket::bind(bind)
         .await
         .map_err(|e| SessionError::fatal(format!("UDP bind: {e}")))?;
-    lane.active.fetch_add(1, Ordering::Relaxed);
-    let _active = Active(lane.clone());
     let req = PacedRequest {
         object,
         rate_bps: lane.share(),
@@ -196,7 +259,7 @@ pub(crate) async fn session(
         .map_err(|e| SessionError::silent(e.to_string()))?;
     let (udp_port, payload, key, layout) =
         match PacedResponse::decode(&body).map_err(|e| SessionError::fatal(e.to_string()))? {
-            PacedResponse::NotFound(_) => return Ok(SessionEnd::NotFound),
+            PacedResponse::NotFound(_) => return Ok(Opening::NotFound),
             PacedResponse::Busy { retry_after_ms } => {
                 return Err(SessionError::silent(format!(
                     "the peer is busy (retry after {retry_after_ms} ms)"
@@ -215,135 +278,195 @@ pub(crate) async fn session(
                 chunks,
             } => (udp_port, payload, key, chunks),
         };
-    let mut rx = PacedReceiver::new(layout, payload, &wanted)
+    let rx = PacedReceiver::new(layout, payload, wanted)
         .map_err(|e| SessionError::fatal(e.to_string()))?;
     socket
         .connect(SocketAddr::new(ip, udp_port))
         .await
         .map_err(|e| SessionError::fatal(format!("UDP connect: {e}")))?;
-    report.sessions += 1;
-    // The sender says on the stream when it stops first (or the stream ends with the connection).
-    let ended = async move {
-        let forever = FrameIo {
-            progress_timeout: Duration::from_secs(u64::from(u32::MAX)),
-            limiter: None,
-        };
-        match forever.read(&mut rd, "paced end", 16, &mut |_| {}).await {
-            Ok(b) => match PacedResponse::decode(&b) {
-                Ok(PacedResponse::Ended(r)) => r.as_str().to_owned(),
-                _ => "the peer sent something unexpected on the lane's stream".to_owned(),
-            },
-            Err(e) => format!("the lane's stream ended: {e}"),
-        }
-    };
-    tokio::pin!(ended);
+    Ok(Opening::Ready(Box::new(Opened {
+        socket,
+        rx,
+        seal: ReceiverSeal::new(&key),
+        rd,
+        wr,
+    })))
+}
 
-    let mut seal = ReceiverSeal::new(&key);
-    let mut out = Vec::with_capacity(usize::from(MAX_PAYLOAD));
-    let mut send = |socket: &UdpSocket, seal: &mut ReceiverSeal, msg: &ToSender| {
-        if seal.seal(msg, &mut out) {
-            let _ = socket.try_send(&out);
-        }
-    };
-    send(&socket, &mut seal, &ToSender::Hello);
-    let mut buf = vec![0u8; usize::from(MAX_PAYLOAD) + SEAL_OVERHEAD + 8];
-    let mut tick = tokio::time::interval(ACK_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let started = Instant::now();
-    let mut last_data: Option<Instant> = None;
-    let mut last_ack = started;
-    let mut last_hello = started;
-    let mut fresh = false;
-    // Receive errors in a row: ICMP answers to our acks, the peer's port is closed.
-    let mut refused = 0u32;
-    let result = loop {
-        if rx.is_complete() {
-            break Ok(SessionEnd::Complete);
-        }
-        tokio::select! {
-            why = &mut ended => break Err(SessionError::silent(format!("the peer ended the session: {why}"))),
-            r = socket.recv(&mut buf) => {
-                // An error here is an ICMP answer to an earlier send. One may be stale; a run
-                // of them means the sender is gone (it restarted, or gave up on us during an
-                // outage): end the session, the fetch asks again.
-                let Ok(n) = r else {
-                    refused += 1;
-                    if refused >= PORT_CLOSED_AFTER {
-                        break Err(SessionError::silent("the peer's UDP port is closed"));
-                    }
-                    continue;
-                };
-                refused = 0;
-                let (seq, bytes) = match seal.open(&mut buf[..n]) {
-                    Ok(FromSender::Data { seq, payload }) => (seq, payload),
-                    Ok(FromSender::Control(ToReceiver::Challenge { nonce })) => {
-                        send(&socket, &mut seal, &ToSender::Response { nonce });
-                        continue;
-                    }
-                    Err(_) => {
-                        node.traffic.paced_refused.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                };
-                let got = bytes.len() as u64;
-                let Ok(arrival) = rx.on_data(seq, bytes) else { continue };
-                received.fetch_add(got, Ordering::Relaxed);
-                node.traffic.chunk_bytes_received.fetch_add(got, Ordering::Relaxed);
-                if !arrival.new {
-                    continue;
-                }
-                // Only a packet not here before is progress (a replayed one is not).
-                last_data = Some(Instant::now());
-                fresh = true;
-                for (c, bytes) in arrival.completed {
-                    if chunks.send((c.chunk, bytes)).is_err() {
-                        return Err(SessionError::fatal("the fetch stopped"));
-                    }
-                }
-            }
-            _ = tick.tick() => {
-                let now = Instant::now();
-                if !windows.is_open(second_of_day()) {
-                    break Ok(SessionEnd::WindowClosed);
-                }
-                if last_data.is_none() && now - last_hello >= HELLO_EVERY {
-                    send(&socket, &mut seal, &ToSender::Hello);
-                    last_hello = now;
-                }
-                if fresh || now - last_ack >= ACK_IDLE {
-                    send(&socket, &mut seal, &rx.ack(lane.share()));
-                    last_ack = now;
-                    fresh = false;
-                }
-                match last_data {
-                    None if now - started > FIRST_DATA_LIMIT => {
-                        break Err(SessionError::silent(format!(
-                            "no datagram arrived within {} s (UDP blocked on the way?)",
-                            FIRST_DATA_LIMIT.as_secs()
-                        )));
-                    }
-                    Some(t) if now - t > IDLE_LIMIT => {
-                        break Err(SessionError::silent(format!(
-                            "no data for {} s",
-                            IDLE_LIMIT.as_secs()
-                        )));
-                    }
-                    _ => {}
-                }
-            }
-        }
-    };
-    if rx.is_complete() || matches!(result, Ok(SessionEnd::WindowClosed)) {
-        // Done also stops a sender outside the sync window. Said three times; closing the stream
-        // (below, when `wr` is dropped) ends the session at the sender in any case.
-        for _ in 0..3 {
-            send(&socket, &mut seal, &ToSender::Done);
+/// A session receiving: its socket, keys and receiver state.
+struct Receiving<'a> {
+    node: &'a NodeHandle,
+    lane: &'a PacedLane,
+    socket: UdpSocket,
+    seal: ReceiverSeal,
+    rx: PacedReceiver,
+    out: Vec<u8>,
+}
+
+impl Receiving<'_> {
+    /// Seals and sends a control message (a lost one is like one lost on the link).
+    fn send(&mut self, msg: &ToSender) {
+        if self.seal.seal(msg, &mut self.out) {
+            let _ = self.socket.try_send(&self.out);
         }
     }
-    let _ = futures::AsyncWriteExt::close(&mut wr).await;
-    let s = rx.stats();
-    report.datagrams += u64::from(s.received) + s.duplicates;
-    report.duplicates += s.duplicates;
-    report.payload_bytes += s.payload_bytes;
-    result
+
+    /// Receives until the session is complete, the sync window closes, the sender ends it, or it
+    /// goes quiet.
+    async fn receive(
+        &mut self,
+        mut rd: StreamRead,
+        chunks: &mpsc::UnboundedSender<(u32, Vec<u8>)>,
+        received: &AtomicU64,
+        windows: &SyncWindows,
+    ) -> Result<SessionEnd, SessionError> {
+        // The sender says on the stream when it stops first (or the stream ends with the
+        // connection).
+        let ended = async move {
+            let forever = FrameIo {
+                progress_timeout: Duration::from_secs(u64::from(u32::MAX)),
+                limiter: None,
+            };
+            match forever.read(&mut rd, "paced end", 16, &mut |_| {}).await {
+                Ok(b) => match PacedResponse::decode(&b) {
+                    Ok(PacedResponse::Ended(r)) => r.as_str().to_owned(),
+                    _ => "the peer sent something unexpected on the lane's stream".to_owned(),
+                },
+                Err(e) => format!("the lane's stream ended: {e}"),
+            }
+        };
+        tokio::pin!(ended);
+        self.send(&ToSender::Hello);
+        let mut buf = vec![0u8; usize::from(MAX_PAYLOAD) + SEAL_OVERHEAD + 8];
+        let mut tick = tokio::time::interval(ACK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut clock = Clock::new();
+        // Receive errors in a row: ICMP answers to our acks, the peer's port is closed.
+        let mut refused = 0u32;
+        loop {
+            if self.rx.is_complete() {
+                return Ok(SessionEnd::Complete);
+            }
+            tokio::select! {
+                why = &mut ended => {
+                    return Err(SessionError::silent(format!("the peer ended the session: {why}")));
+                }
+                r = self.socket.recv(&mut buf) => {
+                    // An error here is an ICMP answer to an earlier send. One may be stale; a
+                    // run of them means the sender is gone (it restarted, or gave up on us
+                    // during an outage): end the session, the fetch asks again.
+                    let Ok(n) = r else {
+                        refused += 1;
+                        if refused >= PORT_CLOSED_AFTER {
+                            return Err(SessionError::silent("the peer's UDP port is closed"));
+                        }
+                        continue;
+                    };
+                    refused = 0;
+                    self.on_datagram(&mut buf[..n], chunks, received, &mut clock)?;
+                }
+                _ = tick.tick() => {
+                    if !windows.is_open(second_of_day()) {
+                        return Ok(SessionEnd::WindowClosed);
+                    }
+                    self.on_tick(&mut clock)?;
+                }
+            }
+        }
+    }
+
+    /// One datagram from the sender: a packet (its chunks handed on when complete), a challenge
+    /// (answered), or something that does not open (counted, dropped).
+    fn on_datagram(
+        &mut self,
+        datagram: &mut [u8],
+        chunks: &mpsc::UnboundedSender<(u32, Vec<u8>)>,
+        received: &AtomicU64,
+        clock: &mut Clock,
+    ) -> Result<(), SessionError> {
+        let (seq, bytes) = match self.seal.open(datagram) {
+            Ok(FromSender::Data { seq, payload }) => (seq, payload),
+            Ok(FromSender::Control(ToReceiver::Challenge { nonce })) => {
+                self.send(&ToSender::Response { nonce });
+                return Ok(());
+            }
+            Err(_) => {
+                self.node
+                    .traffic
+                    .paced_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        };
+        let got = bytes.len() as u64;
+        let Ok(arrival) = self.rx.on_data(seq, bytes) else {
+            return Ok(());
+        };
+        received.fetch_add(got, Ordering::Relaxed);
+        self.node
+            .traffic
+            .chunk_bytes_received
+            .fetch_add(got, Ordering::Relaxed);
+        if !arrival.new {
+            return Ok(());
+        }
+        // Only a packet not here before is progress (a replayed one is not).
+        clock.last_data = Some(Instant::now());
+        clock.fresh = true;
+        for (c, bytes) in arrival.completed {
+            if chunks.send((c.chunk, bytes)).is_err() {
+                return Err(SessionError::fatal("the fetch stopped"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every 40 ms: Hellos until data comes, acknowledgements, and the silence limits.
+    fn on_tick(&mut self, clock: &mut Clock) -> Result<(), SessionError> {
+        let now = Instant::now();
+        if clock.last_data.is_none() && now - clock.last_hello >= HELLO_EVERY {
+            self.send(&ToSender::Hello);
+            clock.last_hello = now;
+        }
+        if clock.fresh || now - clock.last_ack >= ACK_IDLE {
+            let ack = self.rx.ack(self.lane.share());
+            self.send(&ack);
+            clock.last_ack = now;
+            clock.fresh = false;
+        }
+        match clock.last_data {
+            None if now - clock.started > FIRST_DATA_LIMIT => Err(SessionError::silent(format!(
+                "no datagram arrived within {} s (UDP blocked on the way?)",
+                FIRST_DATA_LIMIT.as_secs()
+            ))),
+            Some(t) if now - t > IDLE_LIMIT => Err(SessionError::silent(format!(
+                "no data for {} s",
+                IDLE_LIMIT.as_secs()
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// When things last happened in a receiving session.
+struct Clock {
+    started: Instant,
+    last_data: Option<Instant>,
+    last_ack: Instant,
+    last_hello: Instant,
+    /// New data since the last acknowledgement.
+    fresh: bool,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let now = Instant::now();
+        Clock {
+            started: now,
+            last_data: None,
+            last_ack: now,
+            last_hello: now,
+            fresh: false,
+        }
+    }
 }

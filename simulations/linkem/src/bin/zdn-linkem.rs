@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use zdn_linkem::units::{parse_duration, parse_outage, parse_bits_per_sec};
+use zdn_linkem::units::{parse_bits_per_sec, parse_duration, parse_outage};
 use zdn_linkem::{bulk, spawn_direction, DirectionStats, LinkSpec, NetnsPair, Shaper};
 
 static STOP: AtomicBool = AtomicBool::new(false);

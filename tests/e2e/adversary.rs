@@ -3,12 +3,10 @@
 //! to the node) does what an attacker would, and the node must not do what it wants.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::net::*;
+use crate::common::net::*;
 use zdn_protocol::paced::{PacedResponse, ToSender, MAX_PAYLOAD};
 use zdn_protocol::Hash;
 use zdn_test_support::adversary::{CountingSocket, Hostile, Sealer};

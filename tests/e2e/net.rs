@@ -4,13 +4,11 @@
 //! that must not hurt a node. The DHT: tests/cli_kad.rs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::net::*;
-use common::*;
+use crate::common::net::*;
+use crate::common::*;
 
 /// A field station that fetched the base from `publisher` and now runs a node connected to
 /// `publisher` and `other`, auto-fetching deltas named `fine*`.

@@ -1,9 +1,7 @@
 //! End-to-end tests of `zdn delta …` on small generated models: the real binary, real files.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use zdn_protocol::DType;
 

@@ -2,13 +2,11 @@
 //! with the real binary on a real rocksdb store, including SIGKILL during `add` and a full disk.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use zdn::model::synthetic::{write_pair, SyntheticSpec};
 

@@ -2,12 +2,10 @@
 //! binary on small generated models and a real store.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::soup_family::*;
-use common::*;
+use crate::common::soup_family::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn tensor(path: &Path, name: &str) -> Vec<f32> {

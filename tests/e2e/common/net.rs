@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use zdn::model::synthetic::{write_pair, SyntheticSpec};
 
-use super::*;
+use crate::common::*;
 
 /// Chunk size of the published objects: small, so an object has many chunks.
 pub const CHUNK: u64 = 64 * 1024;

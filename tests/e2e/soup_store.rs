@@ -5,13 +5,11 @@
 //! describes a recipe.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::path::Path;
 
-use common::net::{fetch_json_args, NodeProc};
-use common::soup_family::*;
-use common::*;
+use crate::common::net::{fetch_json_args, NodeProc};
+use crate::common::soup_family::*;
+use crate::common::*;
 
 /// A publisher home with a base, two deltas `ft-a`/`ft-b` and the soups `ab` (0.6/0.4) and `ba`
 /// (0.3/0.7). Returns (base file, soup ab hash, soup ba hash).

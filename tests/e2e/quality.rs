@@ -2,12 +2,10 @@
 //! (sentence-embedding cosine on held-out text) and `zdn delta calibrate` (scale distillation).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::Path;
 
+use crate::common::*;
 use candle_core::Device;
-use common::*;
 use serde_json::Value;
 use zdn::model::file::ModelFile;
 use zdn::quality::embedder::{row_cosines, SentenceEmbedder};
@@ -23,7 +21,7 @@ fn model_dir(weights: &Path) -> &Path {
 fn embeddings_match_an_independent_reference() {
     let (base, fine) = minilm();
     let reference: Value =
-        serde_json::from_str(include_str!("vectors/minilm_reference.json")).unwrap();
+        serde_json::from_str(include_str!("../vectors/minilm_reference.json")).unwrap();
     let dir = model_dir(&base);
     let emb = SentenceEmbedder::open(
         &dir.join("config.json"),
@@ -173,10 +171,19 @@ fn eval_and_calibrate_on_the_real_pair() {
             assert_eq!(ba, bc, "{}", e.name);
         }
     }
-    // Calibrated on other text, it is still far better than the base on the held-out sentences.
+    // Calibrated on other text, it is closer to the fine-tune than the uncalibrated delta on the
+    // held-out sentences (never seen by the calibration).
+    let r1 = eval_json(&base, &fine, &delta, &heldout, "48");
     let r2 = eval_json(&base, &fine, &cal, &heldout, "48");
     assert_eq!(r2["sentences"], 48);
-    assert!(r2["delta"]["mean"].as_f64().unwrap() > 0.998);
+    let (uncal, calibrated) = (
+        r1["delta"]["mean"].as_f64().unwrap(),
+        r2["delta"]["mean"].as_f64().unwrap(),
+    );
+    assert!(
+        calibrated > uncal,
+        "held-out cosine: calibrated {calibrated} vs uncalibrated {uncal}"
+    );
 }
 
 #[test]

@@ -4,12 +4,10 @@
 //! lossy satellite link with outages: simulations/ (`zdn-sim`, docs/field.md).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::net::*;
-use common::*;
+use crate::common::net::*;
+use crate::common::*;
 
 #[test]
 fn fetch_over_the_paced_lane_is_verified_and_paced() {

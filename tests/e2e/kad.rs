@@ -2,13 +2,11 @@
 //! a fetch that knows only a bootstrap node finds the publisher through the provider records.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::net::*;
-use common::*;
+use crate::common::net::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// Waits until `node` has logged `provided <hash> in the DHT` for every hash in `hashes`.
