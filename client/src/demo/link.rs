@@ -1,7 +1,7 @@
 //! The demo's network hop over the packet-level satellite-link emulator: the datacenter node and
 //! the field station run as separate `zdn` processes in two network namespaces joined through
 //! zdn-linkem's forwarder (1 Mbit/s, 300 ms each way, 0.5 % loss), so real TCP runs over real
-//! delay and loss. Needs root, `ip` and /dev/net/tun; [`available`] says whether they are there.
+//! delay and loss. Needs root, `ip` and /dev/net/tun; [`unavailable`] says what is missing.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -1,15 +1,15 @@
 //! The network: a rust-libp2p node that serves the store's objects and fetches others'.
 //!
-//! - [`swarm`]: [`Node::spawn`] builds the swarm (TCP+Noise+Yamux and QUIC; identify, ping,
+//! - `swarm/`: [`Node::spawn`] builds the swarm (TCP+Noise+Yamux and QUIC; identify, ping,
 //!   gossipsub, mDNS, Kademlia, libp2p-stream), starts the servers and runs the swarm in one
 //!   event-loop task; [`NodeHandle`] is how everything else talks to it. The DHT: provider records
 //!   per manifest hash, our own protocol name, server or client by profile.
-//! - [`chunk`]: the chunk protocol (`/zdn/chunk/1`, messages in `zdn_protocol::wire`) on raw
+//! - `chunk/`: the chunk protocol (`/zdn/chunk/1`, messages in `zdn_protocol::wire`) on raw
 //!   streams, with caps checked before reading and progress timeouts instead of whole-response
 //!   deadlines ([`frame`]).
 //! - [`fetch()`] drives the sans-IO `SyncScheduler` over real streams and the store; it asks the
 //!   DHT for providers when no connected peer has the object, and re-dials a peer lost midway.
-//! - [`paced`]: the paced lane (`/zdn/paced/2` + sealed UDP datagrams): a node given its link's
+//! - `paced/`: the paced lane (`/zdn/paced/2` + sealed UDP datagrams): a node given its link's
 //!   rate (`NodeConfig::link_rate`) has chunks sent to it as datagrams paced at that rate, which
 //!   keeps a lossy satellite link full; every node serves it.
 

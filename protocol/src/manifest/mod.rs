@@ -4,7 +4,7 @@
 //! A manifest lists the object's chunks (so a receiver can fetch and verify them one by one), the hash
 //! of the whole object, the tensor index (so a reader can find a tensor without the whole object), for a
 //! delta or a soup the manifest hash of its base, and the publisher's ed25519 key and signature. The encoding is
-//! canonical (see [`wire`]): the same manifest always gives the same bytes and so the same hash.
+//! canonical (see `wire.rs`): the same manifest always gives the same bytes and so the same hash.
 
 mod signing;
 mod wire;

@@ -11,9 +11,9 @@
 //! BLAKE3 against the signed manifest before storing it, as on the TCP path.
 //!
 //! Every datagram is sealed (ChaCha20-Poly1305) under a key the sender sends in `Ready` over the
-//! authenticated libp2p stream ([`seal`]): a datagram from anyone else opens to nothing and is
+//! authenticated libp2p stream ([`SenderSeal`], [`ReceiverSeal`]): a datagram from anyone else opens to nothing and is
 //! dropped, so no one on the path can forge an Ack, a Done or a chunk byte, or read what is sent.
-//! Data goes only to an address that proved it receives: it answered a challenge ([`path`]); a
+//! Data goes only to an address that proved it receives: it answered a challenge ([`PathValidator`]); a
 //! forged source address draws at most one challenge no bigger than what was sent in its name.
 //! The session lives as long as the libp2p stream that opened it.
 //!

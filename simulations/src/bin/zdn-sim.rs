@@ -25,8 +25,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a scenario file; write <out>/<name>.json (bytes per node over time, fetch times,
-    /// goodput, the plain-TCP reference) and <out>/<name>.png (cumulative bytes per node,
+    /// Run a scenario file; write OUT/NAME.json (bytes per node over time, fetch times,
+    /// goodput, the plain-TCP reference) and OUT/NAME.png (cumulative bytes per node,
     /// outages shaded). Exit status: 0 every fetch completed and verified, 2 one did not (the
     /// report says which), 1 the scenario could not run. Example:
     ///

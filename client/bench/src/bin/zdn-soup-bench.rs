@@ -42,7 +42,7 @@ use zdn_protocol::soup;
 struct Cli {
     #[arg(long, default_value = "models")]
     models: PathBuf,
-    /// Held-out text (default: <models>/corpus/lee.cor, from scripts/fetch-corpus.sh).
+    /// Held-out text (default: MODELS/corpus/lee.cor, from scripts/fetch-corpus.sh).
     #[arg(long)]
     corpus: Option<PathBuf>,
     /// Contributors.
