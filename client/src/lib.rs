@@ -5,6 +5,7 @@ pub mod atomic_file;
 pub mod bert;
 pub mod calibrate;
 pub mod candle_apply;
+pub mod compute_device;
 pub mod config;
 pub mod control;
 pub mod delta_apply;
@@ -12,6 +13,9 @@ pub mod delta_encode;
 pub mod delta_eval;
 pub mod delta_inspect;
 pub mod demo_link;
+pub mod device_apply;
+#[cfg(feature = "cuda")]
+pub mod device_profile_set;
 pub mod embed_eval;
 pub mod mapped_file;
 pub mod model_file;

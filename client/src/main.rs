@@ -13,10 +13,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use zdn::delta_apply::{apply, ApplyJob};
+use zdn::compute_device::ComputeDevice;
+use zdn::delta_apply::ApplyJob;
 use zdn::delta_encode::{encode, EncodeJob, EncodeReport};
 use zdn::delta_eval::{eval, EvalJob, EvalReport};
 use zdn::delta_inspect::{inspect, InspectReport};
+use zdn::device_apply::apply_on;
 use zdn_protocol::bitdelta::{
     EmbeddingPolicy, EncodeOptions, Granularity, QuantSpec, Selection, DEFAULT_ZSTD_LEVEL,
 };
@@ -118,6 +120,10 @@ enum DeltaCommand {
         /// Apply even if the base's BLAKE3 is not the one the delta was made from.
         #[arg(long)]
         force: bool,
+        /// Where to reconstruct: cpu, or cuda:N (NVIDIA GPU N, in a zdn built with --features
+        /// cuda). The output is the same bytes.
+        #[arg(long, default_value = "cpu", value_name = "cpu|cuda:N")]
+        device: ComputeDevice,
         #[arg(long)]
         json: bool,
     },
@@ -244,9 +250,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             delta,
             output,
             force,
+            device,
             json,
         }) if !delta.exists() => {
             // Not a file: a soup recipe in the store (docs/soup.md).
+            anyhow::ensure!(
+                device == ComputeDevice::Cpu,
+                "--device {device}: {} is not a file, and a soup recipe from the store is applied \
+                 on the CPU only (build it into a file with `zdn soup mix -o FILE`, then apply that \
+                 file with --device)",
+                delta.display()
+            );
             let object = delta.to_string_lossy();
             return soup_cli::apply_recipe(&cli.location, &object, base, output, force, json);
         }
@@ -344,28 +358,37 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             delta,
             output,
             force,
+            device,
             json,
         }) => {
-            let report = apply(&ApplyJob {
+            let job = ApplyJob {
                 base,
                 delta,
                 output,
                 force,
                 progress: !json,
-            })
-            .context("delta apply failed")?;
+            };
+            let report = apply_on(&job, device).context("delta apply failed")?;
             if json {
                 say!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                if !report.base_verified {
+                let r = &report.apply;
+                if !r.base_verified {
                     eprintln!("warning: the base was not verified against the delta's record");
                 }
                 say!(
                     "wrote {} ({} tensors, {} bytes)",
-                    report.output.display(),
-                    report.tensors,
-                    report.bytes_written
+                    r.output.display(),
+                    r.tensors,
+                    r.bytes_written
                 );
+                if let Some(name) = &report.device_name {
+                    say!(
+                        "{} ({name}): {} quantized tensors reconstructed on the GPU",
+                        report.device,
+                        report.tensors_on_device
+                    );
+                }
             }
         }
         Command::Delta(DeltaCommand::Eval {

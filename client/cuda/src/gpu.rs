@@ -364,7 +364,13 @@ mod tests {
         let e = Gpu::open(usize::MAX).err();
         if driver_present() {
             assert!(
-                matches!(e, Some(GpuError::NoDevice { ordinal: usize::MAX, .. })),
+                matches!(
+                    e,
+                    Some(GpuError::NoDevice {
+                        ordinal: usize::MAX,
+                        ..
+                    })
+                ),
                 "{e:?}"
             );
         } else {
