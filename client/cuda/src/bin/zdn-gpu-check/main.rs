@@ -100,11 +100,8 @@ fn main() -> ExitCode {
         }
     };
     let mut s = Summary::default();
-    let commit = option_env!("ZDN_GIT_COMMIT").unwrap_or("unknown");
-    println!(
-        "zdn-gpu-check (zdn-cuda {}, commit {commit})",
-        env!("CARGO_PKG_VERSION")
-    );
+    // The commit it was built from is in target-gpu/COMMIT (scripts/gpu-check.sh prints it).
+    println!("zdn-gpu-check (zdn-cuda {})", env!("CARGO_PKG_VERSION"));
     if !driver_present() {
         eprintln!("no CUDA driver (libcuda.so) on this machine: nothing to check");
         return ExitCode::from(1);
