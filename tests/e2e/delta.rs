@@ -545,3 +545,103 @@ fn help_teaches() {
     }
     assert!(zdn_ok(&["--help"]).contains("demo"));
 }
+
+/// `zdn delta apply --device`: `cpu` writes the default's bytes; `cuda:0` writes them too on a GPU
+/// machine with a zdn built with `--features cuda`, and elsewhere fails clearly (no driver, or the
+/// feature not built) before creating the output; a value that is no device is a usage error.
+#[test]
+fn apply_on_a_device() {
+    let dir = tmpdir();
+    let (base, fine) = pair(dir.path());
+    let d = dir.path().join("d.bitdelta");
+    zdn_ok(&[
+        "delta",
+        "encode",
+        "--base",
+        s(&base),
+        "--finetuned",
+        s(&fine),
+        "-o",
+        s(&d),
+        "--bits",
+        "2",
+        "--scale",
+        "group:5",
+    ]);
+    let apply = |device: Option<&str>, out: &std::path::Path| {
+        let mut args = vec![
+            "delta",
+            "apply",
+            "--base",
+            s(&base),
+            "--delta",
+            s(&d),
+            "-o",
+            s(out),
+        ];
+        if let Some(dev) = device {
+            args.extend(["--device", dev, "--json"]);
+        }
+        zdn(&args)
+    };
+    let reference = dir.path().join("ref.safetensors");
+    assert!(apply(None, &reference).status.success());
+    let cpu = dir.path().join("cpu.safetensors");
+    let out = apply(Some("cpu"), &cpu);
+    assert!(out.status.success());
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (r["device"].as_str(), r["tensors_on_device"].as_u64()),
+        (Some("cpu"), Some(0))
+    );
+    assert_eq!(
+        std::fs::read(&cpu).unwrap(),
+        std::fs::read(&reference).unwrap()
+    );
+
+    let gpu = dir.path().join("gpu.safetensors");
+    #[cfg(feature = "cuda")]
+    let gpu_here = zdn_cuda::gpu::driver_present();
+    #[cfg(not(feature = "cuda"))]
+    let gpu_here = false;
+    if gpu_here {
+        let out = apply(Some("cuda:0"), &gpu);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        // layer.weight is the one quantized tensor.
+        assert_eq!(r["tensors_on_device"], 1);
+        assert_eq!(
+            std::fs::read(&gpu).unwrap(),
+            std::fs::read(&reference).unwrap()
+        );
+    } else {
+        let why = if cfg!(feature = "cuda") {
+            "no CUDA driver found"
+        } else {
+            "built without GPU support"
+        };
+        zdn_err(
+            &[
+                "delta",
+                "apply",
+                "--base",
+                s(&base),
+                "--delta",
+                s(&d),
+                "-o",
+                s(&gpu),
+                "--device",
+                "cuda:0",
+            ],
+            why,
+        );
+        assert!(!gpu.exists());
+    }
+    let bad = apply(Some("gpu0"), &gpu);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("expected cpu or cuda:N"));
+}

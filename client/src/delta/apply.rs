@@ -4,11 +4,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use zdn_protocol::bitdelta::{
-    check_inputs, reconstruct, BitDeltaFile, FormatError, ReconstructError,
+    check_inputs, reconstruct, BitDeltaFile, FormatError, IndexEntry, ReconstructError, TensorData,
 };
 use zdn_protocol::safetensors::{encode_header, SafetensorsError, TensorLayout};
 use zdn_protocol::Hash;
 
+use crate::device::compute::DeviceError;
 use crate::fs::atomic_file::{AtomicFile, AtomicFileError};
 use crate::fs::mapped_file::{MappedFile, OpenError};
 use crate::fs::progress::Progress;
@@ -54,9 +55,26 @@ pub enum DeltaApplyError {
     Header(#[from] SafetensorsError),
     #[error(transparent)]
     Output(#[from] AtomicFileError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
 }
 
+/// Reconstructs one tensor: `(entry, block, base, out)` as [`reconstruct`] takes them.
+pub type TensorFn<'a> = dyn FnMut(&IndexEntry, &[u8], Option<&TensorData<'_>>, &mut [u8]) -> Result<(), DeltaApplyError>
+    + 'a;
+
 pub fn apply(job: &ApplyJob) -> Result<ApplyReport, DeltaApplyError> {
+    apply_with(job, &mut |e, block, base, out| {
+        Ok(reconstruct(e, block, base, out)?)
+    })
+}
+
+/// [`apply`] with each tensor reconstructed by `tensor` (the CPU reference, or a GPU: the same
+/// bytes), after the same checks.
+pub fn apply_with(
+    job: &ApplyJob,
+    tensor: &mut TensorFn<'_>,
+) -> Result<ApplyReport, DeltaApplyError> {
     let delta_map = MappedFile::open(&job.delta)?;
     let delta =
         BitDeltaFile::parse(delta_map.bytes()).map_err(|cause| DeltaApplyError::Format {
@@ -91,7 +109,7 @@ pub fn apply(job: &ApplyJob) -> Result<ApplyReport, DeltaApplyError> {
         check_inputs(e, delta.block(i), bdata.as_ref())?;
         buf.clear();
         buf.resize(e.byte_len() as usize, 0);
-        reconstruct(e, delta.block(i), bdata.as_ref(), &mut buf)?;
+        tensor(e, delta.block(i), bdata.as_ref(), &mut buf)?;
         out.write_all(&buf)?;
         if let Some(b) = b {
             base.release(b);

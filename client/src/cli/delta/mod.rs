@@ -11,6 +11,8 @@ use clap::Subcommand;
 
 use crate::cli::args::Location;
 use crate::cli::{quality, soup};
+use crate::delta::apply::ApplyJob;
+use crate::device::compute::ComputeDevice;
 
 #[derive(Subcommand, Debug)]
 pub enum DeltaCommand {
@@ -48,6 +50,10 @@ pub enum DeltaCommand {
         /// Apply even if the base's BLAKE3 is not the one the delta was made from.
         #[arg(long)]
         force: bool,
+        /// Where to reconstruct: cpu, or cuda:N (NVIDIA GPU N, in a zdn built with --features
+        /// cuda). The output is the same bytes.
+        #[arg(long, default_value = "cpu", value_name = "cpu|cuda:N")]
+        device: ComputeDevice,
         #[arg(long)]
         json: bool,
     },
@@ -82,8 +88,16 @@ pub fn run(loc: &Location, c: DeltaCommand) -> anyhow::Result<u8> {
             delta,
             output,
             force,
+            device,
             json,
         } if !delta.exists() => {
+            anyhow::ensure!(
+                device == ComputeDevice::Cpu,
+                "--device {device}: {} is not a file, and a soup recipe from the store is applied \
+                 on the CPU only (build it into a file with `zdn soup mix -o FILE`, then apply that \
+                 file with --device)",
+                delta.display()
+            );
             let object = delta.to_string_lossy();
             soup::apply_recipe(loc, &object, base, output, force, json)
         }
@@ -92,8 +106,19 @@ pub fn run(loc: &Location, c: DeltaCommand) -> anyhow::Result<u8> {
             delta,
             output,
             force,
+            device,
             json,
-        } => apply::run(base, delta, output, force, json),
+        } => apply::run(
+            ApplyJob {
+                base,
+                delta,
+                output,
+                force,
+                progress: !json,
+            },
+            device,
+            json,
+        ),
         DeltaCommand::Eval {
             base,
             finetuned,
