@@ -198,6 +198,8 @@ pub fn run_node(loc: &Location, cmd: NodeCommand) -> anyhow::Result<u8> {
                 "chunks_served": t.chunks_served.load(Relaxed),
                 "chunk_bytes_received": t.chunk_bytes_received.load(Relaxed),
                 "paced_refused": t.paced_refused.load(Relaxed),
+                "streams_dropped": t.streams_dropped.load(Relaxed),
+                "asks_retried": t.asks_retried.load(Relaxed),
             })
         );
         anyhow::Ok(0)

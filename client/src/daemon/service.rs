@@ -170,6 +170,8 @@ impl NodeService {
                 "chunks_served": t.chunks_served.load(Relaxed),
                 "chunk_bytes_received": t.chunk_bytes_received.load(Relaxed),
                 "paced_refused": t.paced_refused.load(Relaxed),
+                "streams_dropped": t.streams_dropped.load(Relaxed),
+                "asks_retried": t.asks_retried.load(Relaxed),
             },
         }))
     }

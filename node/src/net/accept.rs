@@ -7,10 +7,11 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
 use libp2p::{PeerId, Stream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+
+use crate::net::streams::Incoming;
 
 /// How many streams a server takes at once.
 #[derive(Debug, Clone, Copy)]
@@ -67,7 +68,7 @@ impl Admission {
 /// Accepts streams until `stop` changes or the swarm goes away, serving each admitted one in a
 /// task of its own with `serve`; on stop, the tasks are aborted and awaited.
 pub(crate) async fn accept_loop<F, Fut>(
-    mut incoming: libp2p_stream::IncomingStreams,
+    mut incoming: Incoming,
     mut stop: watch::Receiver<bool>,
     limits: StreamLimits,
     serve: F,

@@ -70,13 +70,18 @@ pub struct Traffic {
     /// Paced-lane datagrams that did not open under their session's key (forged, corrupted,
     /// replayed): dropped, never acted on.
     pub paced_refused: std::sync::atomic::AtomicU64,
+    /// Manifest or have requests asked again because their stream or connection broke before the
+    /// answer (a link that dropped; each is re-dialed first when the peer is gone).
+    pub asks_retried: std::sync::atomic::AtomicU64,
+    /// Inbound streams reset because their protocol's queue was full (a flood of stream opens).
+    pub streams_dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A cloneable handle to a running node.
 #[derive(Clone)]
 pub struct NodeHandle {
     pub(crate) commands: mpsc::Sender<Command>,
-    pub(crate) control: libp2p_stream::Control,
+    pub(crate) control: crate::net::streams::StreamControl,
     pub(crate) local: PeerId,
     pub(crate) store: StoreHandle,
     pub(crate) trust: TrustPolicy,

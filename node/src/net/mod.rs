@@ -23,6 +23,7 @@ mod handle;
 mod paced;
 mod profile;
 mod rate_limit;
+mod streams;
 mod swarm;
 
 pub use chunk::server::{MAX_QUEUED_PER_PEER, MAX_STREAMS};
@@ -37,6 +38,7 @@ pub use paced::server::{
 pub use paced::session::{PacedLane, PacedReport};
 pub use profile::{DhtTuning, Profile, Tuning};
 pub use rate_limit::RateLimiter;
+pub use streams::{OpenStreamError, StreamControl, INBOUND_QUEUE};
 pub use swarm::behaviour::{ANNOUNCE_TOPIC, MAX_GOSSIP_LEN};
 pub use swarm::dht::KAD_PROTOCOL;
 pub use swarm::spawn::{Node, NodeEvent};

@@ -23,6 +23,7 @@ use crate::net::config::Fault;
 use crate::net::frame::FrameIo;
 use crate::net::handle::Traffic;
 use crate::net::rate_limit::RateLimiter;
+use crate::net::streams::Incoming;
 
 /// Streams served at once, all peers together.
 pub const MAX_STREAMS: usize = 512;
@@ -40,7 +41,7 @@ pub(crate) struct ChunkServer {
 }
 
 impl ChunkServer {
-    pub async fn run(self, incoming: libp2p_stream::IncomingStreams, stop: watch::Receiver<bool>) {
+    pub async fn run(self, incoming: Incoming, stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
         // One chunk body at a time per peer.
         let bodies: Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>> = Arc::default();

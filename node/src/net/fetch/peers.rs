@@ -130,6 +130,9 @@ pub(super) async fn ask(
             Ok(r) => return Ok(r),
             Err((e, broken)) if !broken || tries >= ASK_TRIES => return Err(e),
             Err(_) => {
+                node.traffic
+                    .asks_retried
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(tries))).await;
                 if !node.is_connected(peer).await.unwrap_or(true) {
                     let _ = node.redial(peer).await;
@@ -150,7 +153,7 @@ async fn ask_once(
         let broken = matches!(e, FrameError::Io { .. } | FrameError::Truncated { .. });
         (e.to_string(), broken)
     };
-    let mut control = node.control.clone();
+    let control = node.control.clone();
     let mut stream = control
         .open_stream(peer, CHUNK_STREAM)
         .await

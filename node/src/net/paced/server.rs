@@ -40,6 +40,7 @@ use crate::net::config::Fault;
 use crate::net::fetch::chunks::distinct_chunks;
 use crate::net::frame::FrameIo;
 use crate::net::handle::{Command, PeerInfo, Traffic};
+use crate::net::streams::Incoming;
 
 /// Sessions served at once, all peers together.
 pub const MAX_SESSIONS: usize = 8;
@@ -119,7 +120,7 @@ impl Drop for Slot {
 }
 
 impl PacedServer {
-    pub async fn run(self, incoming: libp2p_stream::IncomingStreams, stop: watch::Receiver<bool>) {
+    pub async fn run(self, incoming: Incoming, stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let sessions = Arc::new(Mutex::new(Sessions::default()));
         let stop_all = stop.clone();

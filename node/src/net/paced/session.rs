@@ -28,6 +28,7 @@ use crate::net::fetch::second_of_day;
 use crate::net::frame::FrameIo;
 use crate::net::handle::NodeHandle;
 use crate::net::paced::server::peer_path;
+use crate::net::streams::OpenStreamError;
 
 pub(crate) const PACED_STREAM: StreamProtocol = StreamProtocol::new(PACED_PROTOCOL);
 
@@ -240,7 +241,7 @@ async fn open(
         .open_stream(peer, PACED_STREAM)
         .await
         .map_err(|e| match e {
-            libp2p_stream::OpenStreamError::UnsupportedProtocol(_) => {
+            OpenStreamError::UnsupportedProtocol(_) => {
                 SessionError::fatal(format!("the peer does not offer the paced lane: {e}"))
             }
             e => SessionError::silent(format!("opening the paced lane: {e}")),

@@ -23,7 +23,7 @@ pub struct NodeBehaviour {
     pub gossipsub: gossipsub::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub kad: Toggle<kad::Behaviour<MemoryStore>>,
-    pub stream: libp2p_stream::Behaviour,
+    pub stream: crate::net::streams::StreamBehaviour,
 }
 
 impl std::fmt::Debug for NodeBehaviour {
@@ -39,6 +39,7 @@ impl NodeBehaviour {
         t: &Tuning,
         mdns_on: bool,
         dht: Option<bool>,
+        stream: crate::net::streams::StreamBehaviour,
     ) -> Result<Self, NetError> {
         let identify = identify::Behaviour::new(
             identify::Config::new(IDENTIFY_VERSION.into(), key.public())
@@ -89,7 +90,7 @@ impl NodeBehaviour {
                     crate::net::swarm::dht::behaviour(key.public().to_peer_id(), &t.dht, server)
                 })
                 .into(),
-            stream: libp2p_stream::Behaviour::new(),
+            stream,
         })
     }
 }

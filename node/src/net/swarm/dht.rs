@@ -345,6 +345,7 @@ impl Dht {
         }
         let opts = DialOpts::peer_id(p)
             .condition(PeerCondition::DisconnectedAndNotDialing)
+            .allocate_new_port()
             .build();
         match swarm.dial(opts) {
             Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {

@@ -95,8 +95,14 @@ impl EventLoop {
                     self.dht.add_address(&mut self.swarm, p, &addr);
                 }
                 let opts = match peer {
-                    Some(p) => DialOpts::peer_id(p).addresses(vec![addr.clone()]).build(),
-                    None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+                    Some(p) => DialOpts::peer_id(p)
+                        .addresses(vec![addr.clone()])
+                        .allocate_new_port()
+                        .build(),
+                    None => DialOpts::unknown_peer_id()
+                        .address(addr.clone())
+                        .allocate_new_port()
+                        .build(),
                 };
                 self.dial(peer, opts, addr.to_string(), reply)
             }
@@ -112,6 +118,7 @@ impl EventLoop {
                 let opts = DialOpts::peer_id(peer)
                     .addresses(addrs)
                     .extend_addresses_through_behaviour()
+                    .allocate_new_port()
                     .build();
                 self.dial(Some(peer), opts, peer.to_string(), reply)
             }
@@ -358,9 +365,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(NodeBehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
                     if !self.swarm.is_connected(&peer) && !self.banned.contains(&peer) {
-                        let _ = self
-                            .swarm
-                            .dial(DialOpts::peer_id(peer).addresses(vec![addr]).build());
+                        let _ = self.swarm.dial(new_port_dial(peer, addr));
                     }
                 }
             }
@@ -412,6 +417,17 @@ impl EventLoop {
             .gossipsub
             .report_message_validation_result(&id, &from, acceptance);
     }
+}
+
+/// A dial from a fresh local port. Dialing from the listening port (libp2p's default) collides
+/// with a connection of the same four addresses still in TIME_WAIT after a restart (the dial fails
+/// with "address already in use" for up to a minute); zdn has no use for the listening port as the
+/// source (no hole punching).
+pub(super) fn new_port_dial(peer: PeerId, addr: Multiaddr) -> DialOpts {
+    DialOpts::peer_id(peer)
+        .addresses(vec![addr])
+        .allocate_new_port()
+        .build()
 }
 
 /// The peer id at the end of an address (`/p2p/<id>`), if any.

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use libp2p::core::transport::ListenerId;
+use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{gossipsub, noise, tcp, yamux, PeerId, Swarm};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -19,12 +20,13 @@ use crate::net::paced::server::PacedServer;
 use crate::net::paced::session::{PacedLane, PACED_STREAM};
 use crate::net::profile::Tuning;
 use crate::net::rate_limit::RateLimiter;
+use crate::net::streams::{streams, Incoming, StreamBehaviour};
 use crate::net::NetError;
 use crate::store::StoreHandle;
 
 use super::behaviour::{NodeBehaviour, ANNOUNCE_TOPIC};
 use super::dht::Dht;
-use super::event_loop::{peer_of, EventLoop, EVENT_QUEUE};
+use super::event_loop::{new_port_dial, peer_of, EventLoop, EVENT_QUEUE};
 
 const COMMAND_QUEUE: usize = 64;
 
@@ -63,7 +65,12 @@ impl Node {
         let dht_server = config
             .dht
             .then_some(tuning.dht.server && !config.listen.is_empty());
-        let mut swarm = build_swarm(&config, &tuning, dht_server)?;
+        let traffic = Arc::new(Traffic::default());
+        let (stream_behaviour, control, incoming) = streams(
+            &[CHUNK_STREAM, PACED_STREAM],
+            traffic.streams_dropped.clone(),
+        );
+        let mut swarm = build_swarm(&config, &tuning, dht_server, stream_behaviour)?;
         let topic = gossipsub::IdentTopic::new(ANNOUNCE_TOPIC);
         swarm
             .behaviour_mut()
@@ -72,12 +79,11 @@ impl Node {
             .map_err(|e| NetError::Config(format!("gossip subscribe: {e}")))?;
         let listeners = listen(&mut swarm, &config)?;
 
-        let traffic = Arc::new(Traffic::default());
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
         let handle = NodeHandle {
             commands: cmd_tx,
-            control: swarm.behaviour().stream.new_control(),
+            control,
             local: *swarm.local_peer_id(),
             store: store.clone(),
             trust: config.trust.clone(),
@@ -88,7 +94,7 @@ impl Node {
                 .link_rate
                 .map(|r| Arc::new(PacedLane::new(r.saturating_mul(8)))),
         };
-        let servers = Servers::start(&config, &tuning, &handle, store, traffic)?;
+        let servers = Servers::start(&config, &tuning, &handle, (store, traffic), incoming)?;
         let dht = start_dht(&mut swarm, &config, &tuning, dht_server, &handle).await?;
 
         let event_loop = EventLoop {
@@ -128,6 +134,7 @@ fn build_swarm(
     config: &NodeConfig,
     tuning: &Tuning,
     dht_server: Option<bool>,
+    stream: StreamBehaviour,
 ) -> Result<Swarm<NodeBehaviour>, NetError> {
     let mdns_on = config.mdns.unwrap_or(tuning.mdns);
     let t = tuning.clone();
@@ -146,7 +153,7 @@ fn build_swarm(
                 q
             })
             .with_behaviour(|key| {
-                NodeBehaviour::new(key, &t, mdns_on, dht_server)
+                NodeBehaviour::new(key, &t, mdns_on, dht_server, stream)
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .map_err(|e| NetError::Config(format!("behaviour: {e}")))?
@@ -197,16 +204,13 @@ impl Servers {
         config: &NodeConfig,
         tuning: &Tuning,
         handle: &NodeHandle,
-        store: StoreHandle,
-        traffic: Arc<Traffic>,
+        (store, traffic): (StoreHandle, Arc<Traffic>),
+        incoming: Vec<Incoming>,
     ) -> Result<Servers, NetError> {
-        let mut control = handle.control.clone();
-        let chunk_streams = control
-            .accept(CHUNK_STREAM)
-            .map_err(|e| NetError::Config(format!("chunk protocol: {e}")))?;
-        let paced_streams = control
-            .accept(PACED_STREAM)
-            .map_err(|e| NetError::Config(format!("paced protocol: {e}")))?;
+        let mut incoming = incoming.into_iter();
+        let (Some(chunk_streams), Some(paced_streams)) = (incoming.next(), incoming.next()) else {
+            return Err(NetError::Config("stream protocols".into()));
+        };
         let paced = PacedServer {
             commands: handle.commands.downgrade(),
             store: store.clone(),
@@ -253,11 +257,19 @@ async fn start_dht(
         && (dht_server == Some(true) || !config.external_addresses.is_empty());
     let mut dht = Dht::new(tuning.dht.max_publishing, publish);
     for addr in config.peers.iter().chain(&config.bootstrap) {
-        if let Some(p) = peer_of(addr) {
-            dht.add_address(swarm, p, addr);
-        }
         // Dial errors at start are not fatal (a seeder may come up later); fetches re-dial.
-        let _ = swarm.dial(addr.clone());
+        let _ = match peer_of(addr) {
+            Some(p) => {
+                dht.add_address(swarm, p, addr);
+                swarm.dial(new_port_dial(p, addr.clone()))
+            }
+            None => swarm.dial(
+                DialOpts::unknown_peer_id()
+                    .address(addr.clone())
+                    .allocate_new_port()
+                    .build(),
+            ),
+        };
     }
     // Every object held complete is announced in the DHT (once a peer is known).
     let held = handle.store.call(|s| s.list()).await?;
