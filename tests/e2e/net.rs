@@ -493,7 +493,14 @@ fn devices_fetching_from_one_station_at_once_all_succeed_first_time() {
             .map(|h| {
                 NodeProc::start(
                     h.path(),
-                    &["--profile", "edge", "--peer", &station.addr, "--trust", &p.key],
+                    &[
+                        "--profile",
+                        "edge",
+                        "--peer",
+                        &station.addr,
+                        "--trust",
+                        &p.key,
+                    ],
                 )
             })
             .collect();
