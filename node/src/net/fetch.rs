@@ -263,14 +263,7 @@ async fn transfer(
 
     // Resume: whatever verified chunk the store holds is done already.
     let ids: Vec<Hash> = distinct.iter().map(|r| r.id).collect();
-    let present = node
-        .store
-        .call(move |s| {
-            ids.iter()
-                .map(|id| s.has_chunk(id))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await?;
+    let present = node.store.present_chunks(&ids).await?;
     let mut resumed = 0;
     for (i, p) in present.iter().enumerate() {
         if *p {
@@ -525,32 +518,16 @@ async fn transfer(
     }
     drop(pipes);
 
-    // Every chunk verified; now the whole object against the signed hash, then make it visible.
-    let m2 = m.clone();
-    node.store
-        .call(move |s| {
-            let mut hasher = blake3::Hasher::new();
-            for r in &m2.manifest.chunks {
-                hasher.update(&s.read_chunk(&hash, r)?);
-            }
-            let actual = Hash::from(hasher.finalize());
-            if actual != m2.manifest.object_hash {
-                s.abandon_partial(&hash)?;
-                return Err(crate::store::StoreError::ObjectHash {
-                    hash,
-                    expected: m2.manifest.object_hash,
-                    actual,
-                });
-            }
-            s.commit(&m2, true)
-        })
-        .await
-        .map_err(|e| match e {
-            e @ crate::store::StoreError::ObjectHash { .. } => {
-                FetchError::Verification(e.to_string())
-            }
-            e => FetchError::Store(e),
-        })?;
+    // Every chunk verified; now the whole object against the signed hash, then make it visible,
+    // in bounded store jobs so that peers are served meanwhile.
+    match node.store.verify_and_commit(m.clone(), true).await {
+        Ok(()) => {}
+        Err(e @ crate::store::StoreError::ObjectHash { .. }) => {
+            node.store.call(move |s| s.abandon_partial(&hash)).await?;
+            return Err(FetchError::Verification(e.to_string()));
+        }
+        Err(e) => return Err(FetchError::Store(e)),
+    }
 
     let _ = node.provide(hash).await;
 
