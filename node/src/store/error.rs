@@ -36,7 +36,9 @@ pub enum StoreError {
     Manifest(#[from] ManifestError),
     #[error("not a valid model folder: {0}")]
     Folder(#[from] FolderError),
-    #[error("a folder is added as a base model (it has no --base; deltas and soups are single files)")]
+    #[error(
+        "a folder is added as a base model (it has no --base; deltas and soups are single files)"
+    )]
     FolderKind,
     #[error("{0} is a model folder: deltas and soups against a folder are not supported yet (add the base as a single .safetensors file)")]
     FolderBase(Hash),

@@ -99,10 +99,8 @@ struct TensorSpans(Vec<(u64, u64, u8)>);
 
 impl TensorSpans {
     fn new(tensors: &[TensorEntry]) -> Self {
-        let mut v: Vec<(u64, u64, u8)> = tensors
-            .iter()
-            .map(|t| (t.offset, t.len, t.dtype))
-            .collect();
+        let mut v: Vec<(u64, u64, u8)> =
+            tensors.iter().map(|t| (t.offset, t.len, t.dtype)).collect();
         v.sort_unstable();
         TensorSpans(v)
     }
@@ -358,12 +356,12 @@ impl ObjectStore {
                 let pieces = window
                     .iter()
                     .map(|r| {
-                        p.slice(&starts, r)
-                            .map(|d| (r.clone(), d))
-                            .ok_or_else(|| StoreError::Corrupt {
+                        p.slice(&starts, r).map(|d| (r.clone(), d)).ok_or_else(|| {
+                            StoreError::Corrupt {
                                 key: "object layout".into(),
                                 problem: format!("chunk {r:?} does not lie inside one file"),
-                            })
+                            }
+                        })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 let compressed = compress_window(&pieces, opts.zstd_level, &spans);

@@ -34,7 +34,10 @@ impl Backend for MemoryBackend {
     }
 
     fn contains(&self, column: Column, key: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.lock().get(&column).is_some_and(|t| t.contains_key(key)))
+        Ok(self
+            .lock()
+            .get(&column)
+            .is_some_and(|t| t.contains_key(key)))
     }
 
     fn write(&self, batch: Vec<Write>, _durable: bool) -> Result<(), StoreError> {

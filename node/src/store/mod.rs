@@ -19,8 +19,8 @@ mod objects;
 mod rocks;
 
 pub use actor::StoreHandle;
-pub use batched::{BATCH_BYTES, BATCH_IDS};
 pub use backend::{Backend, Column, Write};
+pub use batched::{BATCH_BYTES, BATCH_IDS};
 pub use error::StoreError;
 pub use ingest::{AddOptions, AddReport};
 pub use maintenance::{GcReport, Problem, VerifyReport};

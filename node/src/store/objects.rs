@@ -274,7 +274,11 @@ impl ObjectStore {
 
     /// Fails with [`StoreError::MissingChunk`] naming the first of `chunks` the store lacks (a
     /// key-only lookup per chunk).
-    pub fn check_chunks_present(&self, object: &Hash, chunks: &[ChunkRef]) -> Result<(), StoreError> {
+    pub fn check_chunks_present(
+        &self,
+        object: &Hash,
+        chunks: &[ChunkRef],
+    ) -> Result<(), StoreError> {
         for c in chunks {
             if !self.has_chunk(&c.id)? {
                 return Err(StoreError::MissingChunk {
@@ -288,7 +292,11 @@ impl ObjectStore {
 
     /// The commit itself, once every chunk is known to be present: flushes the chunks, then writes
     /// the manifests, names and pins in one synced batch.
-    pub(super) fn write_manifests(&self, ms: &[SignedManifest], pin: bool) -> Result<(), StoreError> {
+    pub(super) fn write_manifests(
+        &self,
+        ms: &[SignedManifest],
+        pin: bool,
+    ) -> Result<(), StoreError> {
         let mut batch = Vec::new();
         for m in ms {
             let hash = m.hash();

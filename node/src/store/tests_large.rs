@@ -72,11 +72,26 @@ fn a_folder_is_one_object_and_shares_chunks_across_versions() {
     let s2b = shard(&["c.weight"], 3000, 2);
     let index = br#"{"weight_map":{"a.weight":"m-1.safetensors","b.weight":"m-1.safetensors","c.weight":"m-2.safetensors"}}"#;
     let v1 = [
-        Member { path: "config.json", bytes: b"{\"v\":1}" },
-        Member { path: "empty", bytes: b"" },
-        Member { path: "m-1.safetensors", bytes: &s1 },
-        Member { path: "m-2.safetensors", bytes: &s2 },
-        Member { path: "model.safetensors.index.json", bytes: index },
+        Member {
+            path: "config.json",
+            bytes: b"{\"v\":1}",
+        },
+        Member {
+            path: "empty",
+            bytes: b"",
+        },
+        Member {
+            path: "m-1.safetensors",
+            bytes: &s1,
+        },
+        Member {
+            path: "m-2.safetensors",
+            bytes: &s2,
+        },
+        Member {
+            path: "model.safetensors.index.json",
+            bytes: index,
+        },
     ];
     let object: Vec<u8> = v1.iter().flat_map(|m| m.bytes.iter().copied()).collect();
     for (s, _dir) in stores() {
@@ -126,8 +141,14 @@ fn a_folder_is_one_object_and_shares_chunks_across_versions() {
         // A bad folder writes nothing.
         let before = chunk_count(&s);
         let dup = [
-            Member { path: "x.safetensors", bytes: &s1 },
-            Member { path: "y.safetensors", bytes: &s1 },
+            Member {
+                path: "x.safetensors",
+                bytes: &s1,
+            },
+            Member {
+                path: "y.safetensors",
+                bytes: &s1,
+            },
         ];
         let e = s.add_folder(&dup, &opts("dup", 4096), &key()).unwrap_err();
         assert!(e.to_string().contains("holds each tensor once"), "{e}");
@@ -156,7 +177,11 @@ fn the_chunk_index_is_kept_in_step_and_rebuilt() {
                 true
             })
             .unwrap();
-        assert_eq!(wipe.len(), ids.len() + 1, "one entry per chunk and the mark");
+        assert_eq!(
+            wipe.len(),
+            ids.len() + 1,
+            "one entry per chunk and the mark"
+        );
         s.backend().write(wipe, true).unwrap();
         assert!(!s.has_chunk(&ids[0]).unwrap());
         let v = s.verify(None, &mut |_| {}).unwrap();
@@ -176,15 +201,20 @@ fn the_chunk_index_is_kept_in_step_and_rebuilt() {
     // removes it so that a later add stores the chunk again.
     let victim = ids[1];
     s.backend()
-        .write(vec![Write::delete(Column::Chunks, victim.as_bytes().to_vec())], true)
+        .write(
+            vec![Write::delete(Column::Chunks, victim.as_bytes().to_vec())],
+            true,
+        )
         .unwrap();
     let v = s.verify(None, &mut |_| {}).unwrap();
-    assert!(v.problems.iter().any(
-        |p| matches!(p, Problem::ChunkIndex { chunk, .. } if *chunk == victim)
-    ));
-    assert!(v.problems.iter().any(
-        |p| matches!(p, Problem::MissingChunk { chunk, .. } if *chunk == victim)
-    ));
+    assert!(v
+        .problems
+        .iter()
+        .any(|p| matches!(p, Problem::ChunkIndex { chunk, .. } if *chunk == victim)));
+    assert!(v
+        .problems
+        .iter()
+        .any(|p| matches!(p, Problem::MissingChunk { chunk, .. } if *chunk == victim)));
     s.gc().unwrap();
     assert!(!s.has_chunk(&victim).unwrap());
     let again = s.add(&bytes, &opts("x", 8192), &key()).unwrap().1;
@@ -226,7 +256,10 @@ fn bounded_jobs_let_other_requests_through() {
         let (h, served, stop) = (h.clone(), served.clone(), stop.clone());
         std::thread::spawn(move || {
             while stop.load(Ordering::Relaxed) == 0 {
-                assert!(h.call_blocking(move |s| s.chunk(&probe_id)).unwrap().is_some());
+                assert!(h
+                    .call_blocking(move |s| s.chunk(&probe_id))
+                    .unwrap()
+                    .is_some());
                 served.fetch_add(1, Ordering::Relaxed);
             }
         })
@@ -245,7 +278,10 @@ fn bounded_jobs_let_other_requests_through() {
                 let before = served.load(Ordering::Relaxed);
                 let until = Instant::now() + Duration::from_secs(20);
                 while served.load(Ordering::Relaxed) == before {
-                    assert!(Instant::now() < until, "the store thread served nobody between jobs");
+                    assert!(
+                        Instant::now() < until,
+                        "the store thread served nobody between jobs"
+                    );
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
@@ -270,10 +306,15 @@ fn bounded_jobs_let_other_requests_through() {
     // A corrupt chunk fails verification; a manifest with a chunk the store lacks cannot commit.
     let victim = m.manifest.chunks[5].id;
     h.call_blocking(move |s| {
-        let mut b = s.backend().get(Column::Chunks, victim.as_bytes())?.unwrap_or_default();
+        let mut b = s
+            .backend()
+            .get(Column::Chunks, victim.as_bytes())?
+            .unwrap_or_default();
         b[0] ^= 1;
-        s.backend()
-            .write(vec![Write::put(Column::Chunks, victim.as_bytes().to_vec(), b)], true)
+        s.backend().write(
+            vec![Write::put(Column::Chunks, victim.as_bytes().to_vec(), b)],
+            true,
+        )
     })
     .unwrap();
     let e = h.verify_object_blocking(&m).unwrap_err();
