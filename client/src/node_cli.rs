@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use zdn::atomic_file::AtomicFile;
 use zdn::config::Config;
 use zdn::control::{self, ControlRequest};
 use zdn::node_config::NodeFile;
@@ -513,20 +512,13 @@ pub fn run_fetch(loc: &Location, a: FetchArgs) -> anyhow::Result<u8> {
             if let (Ok(_), Some(out)) = (&r, &a.output) {
                 let path = out.clone();
                 let hash = a.hash;
-                s.service
-                    .handle
-                    .store()
-                    .call(move |st| {
-                        let mut f = AtomicFile::create(&path).map_err(|e| {
-                            zdn_node::store::StoreError::io("creating the output", std::io::Error::other(e))
-                        })?;
-                        st.read_object(&hash, &mut f, &mut |_| {})?;
-                        f.commit().map_err(|e| {
-                            zdn_node::store::StoreError::io("writing the output", std::io::Error::other(e))
-                        })
-                    })
-                    .await
-                    .with_context(|| format!("writing {}", out.display()))?;
+                let store = s.service.handle.store().clone();
+                let m = store.call(move |st| st.require_manifest(&hash)).await?;
+                tokio::task::spawn_blocking(move || {
+                    zdn::object_output::write_object_blocking(&store, &m, &path, false)
+                })
+                .await?
+                .with_context(|| format!("writing {}", out.display()))?;
             }
             let _ = s.stop.send(());
             let _ = (&mut s.task).await;
