@@ -21,6 +21,9 @@ pub const BATCH_BYTES: u64 = 16 << 20;
 /// Most chunk ids checked by one job (key-only lookups, a few µs each).
 pub const BATCH_IDS: usize = 4096;
 
+/// What [`StoreHandle::for_each_chunk_blocking`] calls with each chunk's decoded bytes.
+pub type ChunkSink<'a> = dyn FnMut(&ChunkRef, Vec<u8>) -> Result<(), StoreError> + 'a;
+
 /// Splits `chunks` into runs of at most [`BATCH_BYTES`] declared bytes (at least one chunk each).
 pub(super) fn batches(chunks: &[ChunkRef]) -> impl Iterator<Item = &[ChunkRef]> {
     let mut rest = chunks;
@@ -48,7 +51,7 @@ impl StoreHandle {
         &self,
         object: Hash,
         chunks: &[ChunkRef],
-        each: &mut dyn FnMut(&ChunkRef, Vec<u8>) -> Result<(), StoreError>,
+        each: &mut ChunkSink<'_>,
     ) -> Result<(), StoreError> {
         for batch in batches(chunks) {
             let ids: Vec<Hash> = batch.iter().map(|c| c.id).collect();
