@@ -89,7 +89,8 @@ pub trait Backend: Send + Sync + 'static {
         self.write(batch, true)
     }
 
-    /// Makes every earlier write to `column` durable.
+    /// Makes every earlier write to `column` durable. [`Column::Chunks`] and
+    /// [`Column::ChunkIndex`] are flushed together: a flush of either makes both durable.
     fn flush(&self, column: Column) -> Result<(), StoreError>;
 
     /// Calls `f(key, value)` for every key starting with `prefix`, in key order, until it returns

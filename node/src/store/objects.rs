@@ -324,10 +324,10 @@ impl ObjectStore {
         self.backend.write(batch, true)
     }
 
-    /// Makes every chunk written so far (and its index entry) durable.
+    /// Makes every chunk written so far (and its index entry: the backend flushes the pair
+    /// together) durable.
     pub fn flush_chunks(&self) -> Result<(), StoreError> {
-        self.backend.flush(Column::Chunks)?;
-        self.backend.flush(Column::ChunkIndex)
+        self.backend.flush(Column::Chunks)
     }
 
     /// The manifest `hash`, decoded and checked (signature included).

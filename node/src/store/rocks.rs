@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options,
-    ReadOptions, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Direction, FlushOptions,
+    IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 
 use super::backend::{Backend, Column, Write};
@@ -151,7 +151,17 @@ impl Backend for RocksBackend {
     }
 
     fn flush(&self, column: Column) -> Result<(), StoreError> {
-        self.db.flush_cf(self.cf(column)?).map_err(engine)
+        match column {
+            // A chunk and its index entry are one pair: flushed together, atomically.
+            Column::Chunks | Column::ChunkIndex => self
+                .db
+                .flush_cfs_opt(
+                    &[self.cf(Column::Chunks)?, self.cf(Column::ChunkIndex)?],
+                    &FlushOptions::default(),
+                )
+                .map_err(engine),
+            _ => self.db.flush_cf(self.cf(column)?).map_err(engine),
+        }
     }
 
     fn scan(
