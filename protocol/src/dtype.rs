@@ -21,9 +21,11 @@ pub enum DType {
     F64,
     /// 8-bit float, 4 exponent bits, 3 mantissa bits (OCP FP8 E4M3); stored and moved losslessly,
     /// never quantized.
+    #[serde(rename = "F8_E4M3")]
     F8E4M3,
     /// 8-bit float, 5 exponent bits, 2 mantissa bits (OCP FP8 E5M2); stored and moved losslessly,
     /// never quantized.
+    #[serde(rename = "F8_E5M2")]
     F8E5M2,
 }
 
@@ -245,6 +247,13 @@ mod tests {
         assert_eq!(DType::F8E4M3.size(), 1);
         assert!(!DType::F8E4M3.is_quantizable() && !DType::F8E5M2.is_quantizable());
         assert_eq!(DType::from_safetensors_name("F8_E4M3FNUZ"), None);
+        // JSON reports name the FP8 types as safetensors does.
+        for d in [DType::F8E4M3, DType::F8E5M2] {
+            assert_eq!(
+                serde_json::to_string(&d).unwrap(),
+                format!("\"{}\"", d.safetensors_name())
+            );
+        }
     }
 
     #[test]
