@@ -12,6 +12,7 @@ mod common;
 
 mod adversary;
 mod delta;
+mod folder;
 mod kad;
 mod lan;
 mod minilm_pair;

@@ -237,23 +237,19 @@ impl ControlHandler for NodeService {
             ControlRequest::Get { hash, output } => {
                 let r = async {
                     let hash = self.resolve(hash).await?;
-                    let path = std::path::PathBuf::from(&output);
-                    self.handle
-                        .store()
-                        .call(move |s| {
-                            let io = |e: crate::fs::atomic_file::AtomicFileError| {
-                                zdn_node::store::StoreError::io(
-                                    "writing the output",
-                                    std::io::Error::other(e),
-                                )
-                            };
-                            let mut f =
-                                crate::fs::atomic_file::AtomicFile::create(&path).map_err(io)?;
-                            s.read_object(&hash, &mut f, &mut |_| {})?;
-                            f.commit().map_err(io)
-                        })
+                    let store = self.handle.store().clone();
+                    let m = store
+                        .call(move |s| s.require_manifest(&hash))
                         .await
-                        .map_err(|e| format!("writing {output}: {e}"))?;
+                        .map_err(|e| e.to_string())?;
+                    let path = std::path::PathBuf::from(&output);
+                    // Bounded store jobs: peers are served while a large object is written out.
+                    tokio::task::spawn_blocking(move || {
+                        crate::fs::object_output::write_object_blocking(&store, &m, &path, false)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("writing {output}: {e}"))?;
                     Ok(serde_json::json!({ "wrote": output }))
                 }
                 .await;

@@ -30,10 +30,6 @@ use super::redial::Redialer;
 use super::window::second_of_day;
 use super::{FetchOptions, FetchProgress, FetchReport, PeerReport};
 
-/// Chunks looked up, or read back for the final check, per store job: each job stays short, so
-/// peers this node serves are answered in between.
-const STORE_BATCH: usize = 256;
-
 /// One object's transfer in progress.
 pub(super) struct Transfer<'a> {
     node: &'a NodeHandle,
@@ -69,22 +65,14 @@ impl<'a> Transfer<'a> {
         let (distinct, positions) = distinct_chunks(m);
         let sizes = distinct.iter().map(|r| r.len).collect();
         let mut sched = SyncScheduler::new(sizes, opts.scheduler.clone());
+        // Existence checks in bounded store jobs (key-only lookups).
+        let ids: Vec<Hash> = distinct.iter().map(|r| r.id).collect();
+        let present = node.store.present_chunks(&ids).await?;
         let mut resumed = 0;
-        for (b, batch) in distinct.chunks(STORE_BATCH).enumerate() {
-            let ids: Vec<Hash> = batch.iter().map(|r| r.id).collect();
-            let present = node
-                .store
-                .call(move |s| {
-                    ids.iter()
-                        .map(|id| s.has_chunk(id))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .await?;
-            for (i, p) in present.iter().enumerate() {
-                if *p {
-                    sched.mark_done((b * STORE_BATCH + i) as u32);
-                    resumed += 1;
-                }
+        for (i, p) in present.iter().enumerate() {
+            if *p {
+                sched.mark_done(i as u32);
+                resumed += 1;
             }
         }
         Ok(Transfer {
@@ -254,45 +242,27 @@ impl<'a> Transfer<'a> {
         self.outstanding.remove(&peer);
     }
 
-    /// Every chunk is verified; now the whole object against the signed hash, read back in short
-    /// store jobs and hashed here, then the manifest is committed (the object becomes visible).
+    /// Every chunk is verified; now the whole object against the signed hash, then the manifest is
+    /// committed (the object becomes visible) — in bounded store jobs, so peers this node serves
+    /// are answered meanwhile.
     async fn verify_and_commit(&self) -> Result<(), FetchError> {
         let hash = self.hash;
-        let mut hasher = blake3::Hasher::new();
-        for batch in self.m.manifest.chunks.chunks(STORE_BATCH) {
-            let refs = batch.to_vec();
-            let pieces = self
-                .node
-                .store
-                .call(move |s| {
-                    refs.iter()
-                        .map(|r| s.read_chunk(&hash, r))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .await?;
-            for p in &pieces {
-                hasher.update(p);
+        match self
+            .node
+            .store
+            .verify_and_commit(self.m.clone(), true)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e @ crate::store::StoreError::ObjectHash { .. }) => {
+                self.node
+                    .store
+                    .call(move |s| s.abandon_partial(&hash))
+                    .await?;
+                Err(FetchError::Verification(e.to_string()))
             }
+            Err(e) => Err(FetchError::Store(e)),
         }
-        let actual = Hash::from(hasher.finalize());
-        let expected = self.m.manifest.object_hash;
-        if actual != expected {
-            self.node
-                .store
-                .call(move |s| s.abandon_partial(&hash))
-                .await?;
-            return Err(FetchError::Verification(
-                crate::store::StoreError::ObjectHash {
-                    hash,
-                    expected,
-                    actual,
-                }
-                .to_string(),
-            ));
-        }
-        let m = self.m.clone();
-        self.node.store.call(move |s| s.commit(&m, true)).await?;
-        Ok(())
     }
 
     fn report(self, src: &Sources, redial: &Redialer, paced: Option<PacedReport>) -> FetchReport {
