@@ -13,6 +13,7 @@ mod error;
 mod ingest;
 mod maintenance;
 mod memory;
+mod names;
 mod objects;
 mod rocks;
 
@@ -22,7 +23,7 @@ pub use error::StoreError;
 pub use ingest::{AddOptions, AddReport};
 pub use maintenance::{GcReport, Problem, VerifyReport};
 pub use memory::MemoryBackend;
-pub use objects::{ObjectInfo, ObjectStore, StoreLimits, TrustPolicy};
+pub use objects::{Holding, ObjectInfo, ObjectStore, StoreLimits, TrustPolicy};
 pub use rocks::RocksBackend;
 
 #[cfg(test)]
