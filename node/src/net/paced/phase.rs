@@ -1,10 +1,10 @@
 //! The paced-lane phase of a fetch: before the chunk streams, a node that knows its link's rate
 //! asks a peer to send the missing chunks over the paced lane ([`crate::net::paced::session`]), session
 //! after session (each at most 64 MiB), and verifies and stores each chunk as it completes. It
-//! gives the rest to the chunk streams when a peer does not offer the lane or has none of the
-//! chunks (the next peer is asked), when a chunk fails verification (a datagram can be forged by
-//! anyone on the path, so that is not proof against the peer: the lane stops, and the chunk
-//! streams, where a wrong chunk does ban its sender, take over), or when a peer that served the
+//! gives the rest to the next peer, and then to the chunk streams, when a peer does not offer the
+//! lane or has none of the chunks, when a chunk fails verification (the datagrams are sealed under
+//! a key only that peer and this node hold, so a bad chunk is the peer's doing: it is banned
+//! node-wide, like a peer that sends a bad chunk on a stream), or when a peer that served the
 //! lane stays silent longer than the profile's outage patience. Until then a silent peer (a link
 //! outage, a restart) is re-dialed and asked again for what is still missing: the chunks that
 //! arrived are in the store, so a field station rides out a 30-minute outage in one fetch.
@@ -26,6 +26,7 @@ use crate::net::error::FetchError;
 use crate::net::fetch::{wait_for_window, FetchProgress};
 use crate::net::handle::NodeHandle;
 use crate::net::paced::session::{session, PacedLane, PacedReport, SessionEnd, SessionError};
+use crate::net::peers::Offence;
 
 /// Runs the lane until it has brought every chunk or cannot bring more; `None` when no peer
 /// offered it anything.
@@ -43,7 +44,10 @@ pub(crate) async fn paced_phase(
     let hash = m.hash();
     let mut best: Option<PacedReport> = None;
     let mut last_progress = Instant::now() - Duration::from_secs(1);
-    'peers: for (n, &peer) in peers.iter().enumerate() {
+    for (n, &peer) in peers.iter().enumerate() {
+        if node.is_banned(&peer) {
+            continue;
+        }
         // Only the last peer is waited for through an outage; with others left, a silent peer
         // hands over to the next at once (a dead seeder must not hold the fetch while another
         // could serve it).
@@ -142,11 +146,13 @@ pub(crate) async fn paced_phase(
                 }
             }
             if let Some(ci) = bad {
+                // Sealed under a key only that peer and this node hold: its doing.
+                node.penalise(peer, Offence::BadData).await;
                 report.stopped = Some(format!(
-                    "chunk {ci} failed verification; the chunk streams fetch the rest"
+                    "chunk {ci} failed verification: the peer is banned; the next peer or the \
+                     chunk streams bring the rest"
                 ));
-                best = Some(report);
-                break 'peers;
+                break;
             }
             match end {
                 Ok(SessionEnd::Complete) if report.chunks > chunks_before => continue,

@@ -17,6 +17,7 @@ use crate::net::config::NodeConfig;
 use crate::net::handle::{NodeHandle, Traffic, CHUNK_STREAM};
 use crate::net::paced::server::PacedServer;
 use crate::net::paced::session::{PacedLane, PACED_STREAM};
+use crate::net::peers::{PeerScores, PeerTable};
 use crate::net::profile::Tuning;
 use crate::net::rate_limit::RateLimiter;
 use crate::net::NetError;
@@ -25,6 +26,7 @@ use crate::store::StoreHandle;
 use super::behaviour::{NodeBehaviour, ANNOUNCE_TOPIC};
 use super::dht::Dht;
 use super::event_loop::{peer_of, EventLoop, EVENT_QUEUE};
+use super::guard::ConnectionGuard;
 
 const COMMAND_QUEUE: usize = 64;
 
@@ -63,7 +65,21 @@ impl Node {
         let dht_server = config
             .dht
             .then_some(tuning.dht.server && !config.listen.is_empty());
-        let mut swarm = build_swarm(&config, &tuning, dht_server)?;
+        let traffic = Arc::new(Traffic::default());
+        let scores = Arc::new(PeerScores::default());
+        let known = config
+            .peers
+            .iter()
+            .chain(&config.bootstrap)
+            .filter_map(peer_of);
+        let peer_table = Arc::new(PeerTable::new(known));
+        let guard = ConnectionGuard::new(
+            config.inbound,
+            peer_table.clone(),
+            scores.clone(),
+            traffic.clone(),
+        );
+        let mut swarm = build_swarm(&config, &tuning, dht_server, guard)?;
         let topic = gossipsub::IdentTopic::new(ANNOUNCE_TOPIC);
         swarm
             .behaviour_mut()
@@ -72,7 +88,6 @@ impl Node {
             .map_err(|e| NetError::Config(format!("gossip subscribe: {e}")))?;
         let listeners = listen(&mut swarm, &config)?;
 
-        let traffic = Arc::new(Traffic::default());
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
         let handle = NodeHandle {
@@ -87,6 +102,9 @@ impl Node {
             paced: config
                 .link_rate
                 .map(|r| Arc::new(PacedLane::new(r.saturating_mul(8)))),
+            scores: scores.clone(),
+            peer_table,
+            fetching: Default::default(),
         };
         let servers = Servers::start(&config, &tuning, &handle, store, traffic)?;
         let dht = start_dht(&mut swarm, &config, &tuning, dht_server, &handle).await?;
@@ -104,11 +122,11 @@ impl Node {
             dialable: HashMap::new(),
             rtts: HashMap::new(),
             addrs: HashMap::new(),
-            invalid: HashMap::new(),
-            banned: HashSet::new(),
+            scores,
+            traffic: handle.traffic.clone(),
+            seen: Default::default(),
             pending_announce: Vec::new(),
             events: ev_tx,
-            max_peers: config.max_peers,
             fault: config.fault,
         };
         let task = tokio::spawn(async move {
@@ -128,6 +146,7 @@ fn build_swarm(
     config: &NodeConfig,
     tuning: &Tuning,
     dht_server: Option<bool>,
+    guard: ConnectionGuard,
 ) -> Result<Swarm<NodeBehaviour>, NetError> {
     let mdns_on = config.mdns.unwrap_or(tuning.mdns);
     let t = tuning.clone();
@@ -146,7 +165,7 @@ fn build_swarm(
                 q
             })
             .with_behaviour(|key| {
-                NodeBehaviour::new(key, &t, mdns_on, dht_server)
+                NodeBehaviour::new(key, guard, &t, mdns_on, dht_server)
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .map_err(|e| NetError::Config(format!("behaviour: {e}")))?
@@ -208,6 +227,7 @@ impl Servers {
             .accept(PACED_STREAM)
             .map_err(|e| NetError::Config(format!("paced protocol: {e}")))?;
         let paced = PacedServer {
+            peer_table: handle.peer_table.clone(),
             commands: handle.commands.downgrade(),
             store: store.clone(),
             progress_timeout: tuning.progress_timeout,
@@ -217,10 +237,14 @@ impl Servers {
         };
         let chunk = ChunkServer {
             store,
+            peer_table: handle.peer_table.clone(),
             progress_timeout: tuning.progress_timeout,
             limiter: limiter(config.max_upload_rate)?,
             traffic,
             fault: config.fault,
+            cache: Default::default(),
+            budget: Default::default(),
+            in_flight: Default::default(),
         };
         let (stop, stop_rx) = watch::channel(false);
         let tasks = vec![
