@@ -15,6 +15,7 @@ mod delta;
 mod folder;
 mod kad;
 mod lan;
+mod local;
 mod minilm_pair;
 mod net;
 mod paced;

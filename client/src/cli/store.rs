@@ -85,6 +85,9 @@ pub enum StoreCommand {
     Pin { object: String },
     /// Let `gc` remove an object.
     Unpin { object: String },
+    /// Point an object's name back at it (names otherwise only move to newer objects, so a
+    /// replayed older manifest cannot roll a name back).
+    Rollback { object: String },
     /// Remove unpinned objects and every chunk no kept object needs.
     Gc {
         #[arg(long)]
@@ -312,6 +315,12 @@ pub fn run(loc: &Location, cmd: StoreCommand) -> anyhow::Result<u8> {
             let h = store.resolve(&object)?;
             store.set_pin(&h, false)?;
             say!("unpinned {h}");
+        }
+        StoreCommand::Rollback { object } => {
+            let store = loc.open(&config)?;
+            let h = store.resolve(&object)?;
+            store.set_name(&h)?;
+            say!("rolled back to {h}");
         }
         StoreCommand::Gc { json } => {
             let store = loc.open(&config)?;

@@ -153,8 +153,6 @@ impl NodeService {
             .await
             .map_err(|e| e.to_string())?;
         let peers = self.handle.peers().await.map_err(|e| e.to_string())?;
-        let t = self.handle.traffic();
-        use std::sync::atomic::Ordering::Relaxed;
         Ok(serde_json::json!({
             "peer_id": self.handle.peer_id().to_string(),
             "profile": self.profile,
@@ -165,14 +163,7 @@ impl NodeService {
                 "hash": m.hash(), "name": m.manifest.name, "object_len": m.manifest.object_len,
             })).collect::<Vec<_>>(),
             "transfers": self.transfers.lock().map(|t| t.clone()).unwrap_or_default(),
-            "traffic": {
-                "chunk_bytes_served": t.chunk_bytes_served.load(Relaxed),
-                "chunks_served": t.chunks_served.load(Relaxed),
-                "chunk_bytes_received": t.chunk_bytes_received.load(Relaxed),
-                "paced_refused": t.paced_refused.load(Relaxed),
-                "streams_dropped": t.streams_dropped.load(Relaxed),
-                "asks_retried": t.asks_retried.load(Relaxed),
-            },
+            "traffic": self.handle.traffic(),
         }))
     }
 

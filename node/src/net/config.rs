@@ -6,6 +6,7 @@ use zdn_protocol::glob::Glob;
 use crate::store::TrustPolicy;
 
 use crate::net::profile::Profile;
+use crate::net::swarm::inbound::InboundLimits;
 
 /// Fault injection for tests of peer misbehaviour (hidden from `--help`): the node serves bad
 /// data on purpose so the other side's defences can be tested with real processes.
@@ -68,8 +69,8 @@ pub struct NodeConfig {
     /// running at once.
     pub link_rate: Option<u64>,
     pub auto_fetch: Vec<AutoFetchRule>,
-    /// Most peers connected at once; more are refused.
-    pub max_peers: usize,
+    /// Caps on inbound connections (connections this node dials are never refused for room).
+    pub inbound: InboundLimits,
     pub fault: Option<Fault>,
 }
 
@@ -89,7 +90,7 @@ impl NodeConfig {
             max_download_rate: None,
             link_rate: None,
             auto_fetch: Vec::new(),
-            max_peers: 256,
+            inbound: InboundLimits::default(),
             fault: None,
         }
     }

@@ -15,6 +15,7 @@ mod ingest;
 mod maintenance;
 mod members;
 mod memory;
+mod names;
 mod objects;
 mod rocks;
 
@@ -25,7 +26,7 @@ pub use error::StoreError;
 pub use ingest::{AddOptions, AddReport};
 pub use maintenance::{GcReport, Problem, VerifyReport};
 pub use memory::MemoryBackend;
-pub use objects::{ObjectInfo, ObjectStore, StoreLimits, TrustPolicy};
+pub use objects::{Holding, ObjectInfo, ObjectStore, StoreLimits, TrustPolicy};
 pub use rocks::RocksBackend;
 
 #[cfg(test)]

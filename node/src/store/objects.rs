@@ -8,6 +8,7 @@ use zdn_protocol::manifest::{self, Kind, SignedManifest};
 use zdn_protocol::Hash;
 
 use super::backend::{Backend, Column, Write};
+use super::names::moves_name;
 use super::{MemoryBackend, RocksBackend, StoreError};
 
 /// A key and value as stored, not yet decoded.
@@ -52,6 +53,15 @@ impl TrustPolicy {
             Err(StoreError::Untrusted(m.publisher_hex()))
         }
     }
+}
+
+/// How much of an object the store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holding {
+    Complete,
+    /// A download in progress: its manifest and some of its chunks.
+    Partial,
+    None,
 }
 
 /// One object as `ls` shows it.
@@ -298,6 +308,8 @@ impl ObjectStore {
         pin: bool,
     ) -> Result<(), StoreError> {
         let mut batch = Vec::new();
+        // Names this batch moves, so that two versions in one batch (an import) order too.
+        let mut named: Vec<&SignedManifest> = Vec::new();
         for m in ms {
             let hash = m.hash();
             batch.push(Write::put(
@@ -305,11 +317,15 @@ impl ObjectStore {
                 hash.as_bytes().to_vec(),
                 m.as_bytes(),
             ));
-            batch.push(Write::put(
-                Column::Refs,
-                name_key(&m.manifest.name),
-                hash.as_bytes().to_vec(),
-            ));
+            if self.name_moves_to(m, &named)? {
+                named.retain(|o| o.manifest.name != m.manifest.name);
+                named.push(m);
+                batch.push(Write::put(
+                    Column::Refs,
+                    name_key(&m.manifest.name),
+                    hash.as_bytes().to_vec(),
+                ));
+            }
             batch.push(Write::delete(Column::Partial, hash.as_bytes().to_vec()));
             if pin {
                 batch.push(Write::put(Column::Refs, pin_key(&hash), Vec::new()));
@@ -328,6 +344,38 @@ impl ObjectStore {
     /// together) durable.
     pub fn flush_chunks(&self) -> Result<(), StoreError> {
         self.backend.flush(Column::Chunks)
+    }
+
+    /// Whether committing `m` moves its name to it: names only move forward
+    /// ([`super::names`]). `batch` holds what this commit already points names at.
+    fn name_moves_to(
+        &self,
+        m: &SignedManifest,
+        batch: &[&SignedManifest],
+    ) -> Result<bool, StoreError> {
+        let name = &m.manifest.name;
+        if let Some(b) = batch.iter().find(|b| &b.manifest.name == name) {
+            return Ok(moves_name(&m.manifest, &b.manifest));
+        }
+        let Some(v) = self.backend.get(Column::Refs, &name_key(name))? else {
+            return Ok(true);
+        };
+        let current = hash_from_key(&v)?;
+        Ok(match self.manifest(&current)? {
+            Some(c) => moves_name(&m.manifest, &c.manifest),
+            None => true,
+        })
+    }
+
+    /// Points `hash`'s name at it even if a newer object has the name: the explicit roll-back
+    /// (committing never moves a name backwards).
+    pub fn set_name(&self, hash: &Hash) -> Result<(), StoreError> {
+        let m = self.require_manifest(hash)?;
+        let key = name_key(&m.manifest.name);
+        self.backend.write(
+            vec![Write::put(Column::Refs, key, hash.as_bytes().to_vec())],
+            true,
+        )
     }
 
     /// The manifest `hash`, decoded and checked (signature included).
@@ -477,6 +525,19 @@ impl ObjectStore {
             .get(Column::Partial, hash.as_bytes())?
             .map(|b| decode_stored(hash, &b))
             .transpose()
+    }
+
+    /// Whether `hash` is held complete, as a download in progress, or not at all, without
+    /// decoding its manifest (the servers ask this for every request; the manifest itself they
+    /// keep decoded in a cache).
+    pub fn holding(&self, hash: &Hash) -> Result<Holding, StoreError> {
+        if self.backend.contains(Column::Manifests, hash.as_bytes())? {
+            Ok(Holding::Complete)
+        } else if self.backend.contains(Column::Partial, hash.as_bytes())? {
+            Ok(Holding::Partial)
+        } else {
+            Ok(Holding::None)
+        }
     }
 
     pub fn abandon_partial(&self, hash: &Hash) -> Result<(), StoreError> {

@@ -40,6 +40,7 @@ use crate::net::config::Fault;
 use crate::net::fetch::chunks::distinct_chunks;
 use crate::net::frame::FrameIo;
 use crate::net::handle::{Command, PeerInfo, Traffic};
+use crate::net::peers::PeerTable;
 use crate::net::streams::Incoming;
 
 /// Sessions served at once, all peers together.
@@ -50,6 +51,7 @@ pub const MAX_SESSIONS_PER_PEER: usize = 2;
 const STREAM_LIMITS: StreamLimits = StreamLimits {
     total: 4 * MAX_SESSIONS,
     per_peer: MAX_SESSIONS_PER_PEER + 2,
+    reserved: MAX_SESSIONS,
 };
 /// A session whose receiver is silent this long ends.
 pub const SILENCE: Duration = Duration::from_secs(90);
@@ -67,6 +69,7 @@ const SENDS_PER_TURN: u32 = 32;
 const READS_PER_TURN: u32 = 64;
 
 pub(crate) struct PacedServer {
+    pub peer_table: Arc<PeerTable>,
     /// To ask the event loop where a peer is; weak, so the server does not keep the node alive.
     pub commands: mpsc::WeakSender<Command>,
     pub store: StoreHandle,
@@ -124,19 +127,15 @@ impl PacedServer {
         let this = Arc::new(self);
         let sessions = Arc::new(Mutex::new(Sessions::default()));
         let stop_all = stop.clone();
-        accept_loop(
-            incoming,
-            stop,
-            STREAM_LIMITS,
-            move |peer, stream, admitted| {
-                let (this, sessions, stop) = (this.clone(), sessions.clone(), stop_all.clone());
-                async move {
-                    let _admitted = admitted;
-                    // A session that fails ends; the receiver's side says why it stopped.
-                    let _ = this.serve(peer, stream, sessions, stop).await;
-                }
-            },
-        )
+        let places = (STREAM_LIMITS, this.peer_table.clone(), this.traffic.clone());
+        accept_loop(incoming, stop, places, move |peer, stream, admitted| {
+            let (this, sessions, stop) = (this.clone(), sessions.clone(), stop_all.clone());
+            async move {
+                let _admitted = admitted;
+                // A session that fails ends; the receiver's side says why it stopped.
+                let _ = this.serve(peer, stream, sessions, stop).await;
+            }
+        })
         .await;
     }
 
@@ -148,10 +147,7 @@ impl PacedServer {
         stop: watch::Receiver<bool>,
     ) -> Result<(), String> {
         let (mut rd, mut wr) = stream.split();
-        let io = FrameIo {
-            progress_timeout: self.progress_timeout,
-            limiter: None,
-        };
+        let io = FrameIo::new(self.progress_timeout);
         let body = io
             .read(&mut rd, "paced request", MAX_PACED_REQUEST, &mut |_| {})
             .await

@@ -247,10 +247,7 @@ async fn open(
             e => SessionError::silent(format!("opening the paced lane: {e}")),
         })?;
     let (mut rd, mut wr) = stream.split();
-    let io = FrameIo {
-        progress_timeout: node.tuning.progress_timeout,
-        limiter: None,
-    };
+    let io = FrameIo::new(node.tuning.progress_timeout);
     io.write(&mut wr, "paced request", &req.encode())
         .await
         .map_err(|e| SessionError::silent(e.to_string()))?;
@@ -327,6 +324,7 @@ impl Receiving<'_> {
             let forever = FrameIo {
                 progress_timeout: Duration::from_secs(u64::from(u32::MAX)),
                 limiter: None,
+                floor_rate: 0,
             };
             match forever.read(&mut rd, "paced end", 16, &mut |_| {}).await {
                 Ok(b) => match PacedResponse::decode(&b) {

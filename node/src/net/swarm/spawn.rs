@@ -18,6 +18,7 @@ use crate::net::config::NodeConfig;
 use crate::net::handle::{NodeHandle, Traffic, CHUNK_STREAM};
 use crate::net::paced::server::PacedServer;
 use crate::net::paced::session::{PacedLane, PACED_STREAM};
+use crate::net::peers::{PeerScores, PeerTable};
 use crate::net::profile::Tuning;
 use crate::net::rate_limit::RateLimiter;
 use crate::net::streams::{streams, Incoming, StreamBehaviour};
@@ -27,6 +28,7 @@ use crate::store::StoreHandle;
 use super::behaviour::{NodeBehaviour, ANNOUNCE_TOPIC};
 use super::dht::Dht;
 use super::event_loop::{new_port_dial, peer_of, EventLoop, EVENT_QUEUE};
+use super::guard::ConnectionGuard;
 
 const COMMAND_QUEUE: usize = 64;
 
@@ -66,11 +68,24 @@ impl Node {
             .dht
             .then_some(tuning.dht.server && !config.listen.is_empty());
         let traffic = Arc::new(Traffic::default());
+        let scores = Arc::new(PeerScores::default());
+        let known = config
+            .peers
+            .iter()
+            .chain(&config.bootstrap)
+            .filter_map(peer_of);
+        let peer_table = Arc::new(PeerTable::new(known));
+        let guard = ConnectionGuard::new(
+            config.inbound,
+            peer_table.clone(),
+            scores.clone(),
+            traffic.clone(),
+        );
         let (stream_behaviour, control, incoming) = streams(
             &[CHUNK_STREAM, PACED_STREAM],
             traffic.streams_dropped.clone(),
         );
-        let mut swarm = build_swarm(&config, &tuning, dht_server, stream_behaviour)?;
+        let mut swarm = build_swarm(&config, &tuning, dht_server, (guard, stream_behaviour))?;
         let topic = gossipsub::IdentTopic::new(ANNOUNCE_TOPIC);
         swarm
             .behaviour_mut()
@@ -93,6 +108,9 @@ impl Node {
             paced: config
                 .link_rate
                 .map(|r| Arc::new(PacedLane::new(r.saturating_mul(8)))),
+            scores: scores.clone(),
+            peer_table,
+            fetching: Default::default(),
         };
         let servers = Servers::start(&config, &tuning, &handle, (store, traffic), incoming)?;
         let dht = start_dht(&mut swarm, &config, &tuning, dht_server, &handle).await?;
@@ -110,11 +128,11 @@ impl Node {
             dialable: HashMap::new(),
             rtts: HashMap::new(),
             addrs: HashMap::new(),
-            invalid: HashMap::new(),
-            banned: HashSet::new(),
+            scores,
+            traffic: handle.traffic.clone(),
+            seen: Default::default(),
             pending_announce: Vec::new(),
             events: ev_tx,
-            max_peers: config.max_peers,
             fault: config.fault,
         };
         let task = tokio::spawn(async move {
@@ -134,7 +152,7 @@ fn build_swarm(
     config: &NodeConfig,
     tuning: &Tuning,
     dht_server: Option<bool>,
-    stream: StreamBehaviour,
+    (guard, stream): (ConnectionGuard, StreamBehaviour),
 ) -> Result<Swarm<NodeBehaviour>, NetError> {
     let mdns_on = config.mdns.unwrap_or(tuning.mdns);
     let t = tuning.clone();
@@ -153,7 +171,7 @@ fn build_swarm(
                 q
             })
             .with_behaviour(|key| {
-                NodeBehaviour::new(key, &t, mdns_on, dht_server, stream)
+                NodeBehaviour::new(key, guard, &t, mdns_on, dht_server, stream)
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .map_err(|e| NetError::Config(format!("behaviour: {e}")))?
@@ -212,6 +230,7 @@ impl Servers {
             return Err(NetError::Config("stream protocols".into()));
         };
         let paced = PacedServer {
+            peer_table: handle.peer_table.clone(),
             commands: handle.commands.downgrade(),
             store: store.clone(),
             progress_timeout: tuning.progress_timeout,
@@ -221,10 +240,14 @@ impl Servers {
         };
         let chunk = ChunkServer {
             store,
+            peer_table: handle.peer_table.clone(),
             progress_timeout: tuning.progress_timeout,
             limiter: limiter(config.max_upload_rate)?,
             traffic,
             fault: config.fault,
+            cache: Default::default(),
+            budget: Default::default(),
+            in_flight: Default::default(),
         };
         let (stop, stop_rx) = watch::channel(false);
         let tasks = vec![
