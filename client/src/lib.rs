@@ -7,6 +7,7 @@ pub mod calibrate;
 pub mod candle_apply;
 pub mod config;
 pub mod control;
+pub mod decoder;
 pub mod delta_apply;
 pub mod delta_encode;
 pub mod delta_eval;
