@@ -1,5 +1,6 @@
 //! The `zdn` command line.
 
+mod decoder_eval_cli;
 mod demo;
 mod fetch_report;
 mod node_cli;
