@@ -101,11 +101,26 @@ fn print_report(r: &DecoderQualityReport) {
     );
     println!(
         "perplexities on the {} positions whose next token the base has; the delta keeps {:.1} % of \
-         the base → fine-tune gain; {} special-token positions",
+         the base → fine-tune perplexity gain ({:.1} % in cross-entropy)",
         r.common_positions,
         100.0 * r.gain_kept,
-        st.positions
+        100.0 * r.log_gain_kept
     );
+    for (label, k) in [
+        ("after a special token", &st.after_special),
+        ("special token next", &st.special_next),
+        (
+            "fine-tune predicts a special token",
+            &st.finetuned_predicts_special,
+        ),
+    ] {
+        println!(
+            "  special-token top-1, {label}: {} positions, base + delta {:.1} %, base {:.1} %",
+            k.positions,
+            100.0 * k.applied,
+            100.0 * k.base
+        );
+    }
     if let Some(d) = r.delta_bytes {
         let ratio = r.finetuned_bytes as f64 / d.max(1) as f64;
         println!(

@@ -123,20 +123,33 @@ pub struct Agreement {
     pub base: f64,
 }
 
+/// Top-1 agreement with the fine-tune on one set of positions.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PositionAgreement {
+    pub positions: u64,
+    /// Share of the positions where the model's top-1 equals the fine-tune's.
+    pub applied: f64,
+    pub base: f64,
+}
+
 /// Top-1 agreement where the chat template's special tokens matter: positions whose input is a
-/// special token, whose next token is one, or where the fine-tune's top-1 is one.
+/// special token, whose next token is one, or where the fine-tune's top-1 is one; in all (the union)
+/// and by kind.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SpecialTokenAgreement {
     /// Positions checked (the union of the three kinds below).
     pub positions: u64,
-    pub after_special: u64,
-    pub special_next: u64,
-    pub finetuned_predicts_special: u64,
     /// Share of the checked positions where the model's top-1 equals the fine-tune's.
     pub applied: f64,
     pub base: f64,
     /// Share where the fine-tune's top-1 is the actual next token.
     pub finetuned_correct: f64,
+    /// The input is a special token (the prediction right after it).
+    pub after_special: PositionAgreement,
+    /// The next token is a special token (the template puts one there).
+    pub special_next: PositionAgreement,
+    /// The fine-tune's top-1 is a special token.
+    pub finetuned_predicts_special: PositionAgreement,
 }
 
 /// What the decoder measure found; also the quality note a delta's manifest can carry.
@@ -168,6 +181,9 @@ pub struct DecoderQualityReport {
     /// (ppl_base − ppl_applied) / (ppl_base − ppl_fine-tune) on the common positions: 1 keeps all of
     /// the fine-tune's gain, 0 none.
     pub gain_kept: f64,
+    /// The same share of the gain in cross-entropy (log perplexity): (ln ppl_base − ln ppl_applied)
+    /// / (ln ppl_base − ln ppl_fine-tune). Stricter where the base is far worse than the fine-tune.
+    pub log_gain_kept: f64,
     pub top1_agreement: Agreement,
     pub special_tokens: SpecialTokenAgreement,
     /// Bytes of the `.bitdelta` (none when the applied weights came from a folder).
@@ -438,13 +454,43 @@ struct Sums {
     common_nll: [f64; 3],
     top1_applied: u64,
     top1_base: u64,
-    special: u64,
-    after_special: u64,
-    special_next: u64,
-    fine_predicts_special: u64,
-    special_applied: u64,
-    special_base: u64,
+    /// The union of the special-token kinds, then each kind.
+    special: Tally,
     special_fine_correct: u64,
+    after_special: Tally,
+    special_next: Tally,
+    fine_predicts_special: Tally,
+}
+
+/// Positions, and how many of them the applied model and the base agree with the fine-tune on.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    positions: u64,
+    applied: u64,
+    base: u64,
+}
+
+impl Tally {
+    fn add(&mut self, applied_agrees: bool, base_agrees: bool) {
+        self.positions += 1;
+        self.applied += u64::from(applied_agrees);
+        self.base += u64::from(base_agrees);
+    }
+
+    fn agreement(&self) -> PositionAgreement {
+        let share = |a: u64| {
+            if self.positions == 0 {
+                f64::NAN
+            } else {
+                a as f64 / self.positions as f64
+            }
+        };
+        PositionAgreement {
+            positions: self.positions,
+            applied: share(self.applied),
+            base: share(self.base),
+        }
+    }
 }
 
 /// `log Σ exp(x)`, in f64.
@@ -507,13 +553,18 @@ impl Sums {
         let after = p.special.contains(&p.input);
         let special_next = p.special.contains(&p.next);
         let predicts = p.special.contains(&(tf as u32));
+        let agree = (ta == tf, tb == tf);
+        for (kind, tally) in [
+            (after, &mut self.after_special),
+            (special_next, &mut self.special_next),
+            (predicts, &mut self.fine_predicts_special),
+            (after || special_next || predicts, &mut self.special),
+        ] {
+            if kind {
+                tally.add(agree.0, agree.1);
+            }
+        }
         if after || special_next || predicts {
-            self.special += 1;
-            self.after_special += u64::from(after);
-            self.special_next += u64::from(special_next);
-            self.fine_predicts_special += u64::from(predicts);
-            self.special_applied += u64::from(ta == tf);
-            self.special_base += u64::from(tb == tf);
             self.special_fine_correct += u64::from(tf == next);
         }
     }
@@ -559,19 +610,21 @@ impl Sums {
             perplexity_applied: ppl(self.nll_applied, self.positions),
             common_positions: self.common,
             gain_kept: (common.base - common.applied) / (common.base - common.finetuned),
+            log_gain_kept: (common.base.ln() - common.applied.ln())
+                / (common.base.ln() - common.finetuned.ln()),
             common_perplexity: common,
             top1_agreement: Agreement {
                 applied: share(self.top1_applied, self.positions),
                 base: share(self.top1_base, self.positions),
             },
             special_tokens: SpecialTokenAgreement {
-                positions: self.special,
-                after_special: self.after_special,
-                special_next: self.special_next,
-                finetuned_predicts_special: self.fine_predicts_special,
-                applied: share(self.special_applied, self.special),
-                base: share(self.special_base, self.special),
-                finetuned_correct: share(self.special_fine_correct, self.special),
+                positions: self.special.positions,
+                applied: self.special.agreement().applied,
+                base: self.special.agreement().base,
+                finetuned_correct: share(self.special_fine_correct, self.special.positions),
+                after_special: self.after_special.agreement(),
+                special_next: self.special_next.agreement(),
+                finetuned_predicts_special: self.fine_predicts_special.agreement(),
             },
             delta_bytes: c.delta_bytes,
             finetuned_bytes: c.finetuned_bytes,
@@ -662,11 +715,16 @@ mod tests {
         assert_eq!(r.common_positions, 1);
         assert!((r.common_perplexity.base - 2.0).abs() < 1e-6);
         assert!((r.common_perplexity.finetuned - 4.0).abs() < 1e-6);
+        // The applied model is the fine-tune here: all of the gain, in either measure.
+        assert_eq!((r.gain_kept, r.log_gain_kept), (1.0, 1.0));
         // Both positions involve the special id 2: next (first), input (second), and the fine-tune
         // predicts it at both; the base can never agree.
         let st = r.special_tokens;
-        assert_eq!((st.positions, st.after_special, st.special_next), (2, 1, 1));
-        assert_eq!(st.finetuned_predicts_special, 2);
+        assert_eq!(st.positions, 2);
+        assert_eq!(st.after_special.positions, 1);
+        assert_eq!(st.special_next.positions, 1);
+        assert_eq!(st.finetuned_predicts_special.positions, 2);
+        assert_eq!(st.special_next.base, 0.0);
         assert_eq!((st.applied, st.base, st.finetuned_correct), (1.0, 0.0, 0.5));
     }
 
