@@ -7,9 +7,11 @@
 # What can be measured today: `zdn delta encode` takes single safetensors files and refuses a tensor
 # whose leading dimension grew (the fine-tune added 2 tokens: embed_tokens and lm_head have 2 more
 # rows). So the shards are merged into one file per model (same tensors, same bytes; Python's
-# standard library only), the deltas are made against the base with the fine-tune's grown tensors
-# copied in ("onto"; `zdn eval --delta-base`), and those two tensors are excluded from quantization:
-# they are carried exactly, and the table counts their bf16 bytes beside the delta file's.
+# standard library only), and each delta is made against, and applied to (`zdn eval --delta-base`),
+# the base with either the fine-tune's grown tensors copied in whole ("grown tensors exact": the
+# two tensors are excluded from quantization) or only their 2 new rows appended to the base's ("new
+# rows exact": the 4096 shared rows are treated as the settings say). What is copied in is counted
+# in bf16 bytes beside the delta file's. The base itself stays the floor.
 set -euo pipefail
 zdn=${1:?usage: decoder-quality-table.sh ZDN PAIR_DIR OUT_DIR}
 pair=${2:?usage: decoder-quality-table.sh ZDN PAIR_DIR OUT_DIR}
@@ -18,7 +20,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 eval "$("$here/make-decoder-pair.sh" "$pair" | sed 's/^\([a-z]*\) \(.*\)$/\1="\2"/')"
 
-merge() {  # folder out [grown-from]: one model.safetensors (tensors of grown-from whose shape differs copied in)
+merge() {  # folder out [grown-from [rows]]: one model.safetensors; tensors of grown-from whose shape
+           # differs copied in whole, or with "rows" only their new rows appended to the folder's
   python3 - "$@" <<'PY'
 import json, os, shutil, struct, sys
 src, dst = sys.argv[1], sys.argv[2]
@@ -40,8 +43,13 @@ grown = tensors(sys.argv[3]) if len(sys.argv) > 3 else {}
 header, blobs, offset = {}, [], 0
 for name, (dtype, shape, blob) in own.items():
     if name in grown and grown[name][1] != shape:
-        dtype, shape, blob = grown[name]
-        print(f"{name} {len(blob)}")
+        if len(sys.argv) > 4 and sys.argv[4] == "rows":  # row-major: the new rows follow the old ones
+            extra = grown[name][2][len(blob):]
+            dtype, shape, blob = grown[name][0], grown[name][1], blob + extra
+            print(f"{name} {len(extra)}")
+        else:
+            dtype, shape, blob = grown[name]
+            print(f"{name} {len(blob)}")
     header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(blob)]}
     blobs.append(blob)
     offset += len(blob)
@@ -58,36 +66,48 @@ PY
 }
 merge "$finetuned" "$out/finetuned"
 merge "$base" "$out/onto" "$finetuned" >"$out/grown.txt"
+merge "$base" "$out/onto-rows" "$finetuned" rows >"$out/new-rows.txt"
 grown_bytes=$(awk '{s += $2} END {print s}' "$out/grown.txt")
+new_row_bytes=$(awk '{s += $2} END {print s}' "$out/new-rows.txt")
 exclude=()
 while read -r name _; do exclude+=(--exclude "$name"); done <"$out/grown.txt"
 
+# label | onto (grown tensors whole, or only their new rows) | encode options
 settings=(
-  "1-bit, tensor scales (today's default scale)|--bits 1 --scale tensor"
-  "1-bit, row scales|--bits 1 --scale row"
-  "1-bit, group:128|--bits 1 --scale group:128"
-  "2-bit, row|--bits 2 --scale row"
-  "4-bit, row|--bits 4 --scale row"
+  "today's defaults (1-bit, tensor scales, --embeddings base), new rows exact|rows|"
+  "1-bit, row scales, --embeddings exact, new rows exact|rows|--bits 1 --scale row --embeddings exact"
+  "1-bit, tensor scales, grown tensors exact|whole|--bits 1 --scale tensor"
+  "1-bit, row scales, grown tensors exact|whole|--bits 1 --scale row"
+  "1-bit, group:128, grown tensors exact|whole|--bits 1 --scale group:128"
+  "2-bit, row, grown tensors exact|whole|--bits 2 --scale row"
+  "4-bit, row, grown tensors exact|whole|--bits 4 --scale row"
 )
-echo "| setting | delta file bytes | + grown tensors exact | fine-tune ÷ (file + grown) | file bits/param | KL(ft ‖ applied) | perplexity | gain kept | top-1 agreement | special-token top-1 |"
+echo "| setting | delta file bytes | + carried exactly | fine-tune ÷ total | file bits/param | KL(ft ‖ applied) | perplexity | gain kept (ppl / log) | top-1 agreement | special-token top-1 (all / after / next / predicted) |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 i=0
 for s in "${settings[@]}"; do
   i=$((i + 1))
-  label=${s%%|*}
-  read -r -a args <<<"${s#*|}"
-  "$zdn" delta encode --base "$out/onto/model.safetensors" --finetuned "$out/finetuned/model.safetensors" \
-    -o "$out/$i.bitdelta" --json "${args[@]}" "${exclude[@]}" >"$out/$i.encode.json"
-  "$zdn" eval --base "$base" --finetuned "$finetuned" --delta "$out/$i.bitdelta" --delta-base "$out/onto" \
+  IFS='|' read -r label mode opts <<<"$s"
+  read -r -a args <<<"$opts"
+  if [ "$mode" = whole ]; then
+    onto="$out/onto" extra=$grown_bytes
+    args+=("${exclude[@]}")
+  else
+    onto="$out/onto-rows" extra=$new_row_bytes
+  fi
+  "$zdn" delta encode --base "$onto/model.safetensors" --finetuned "$out/finetuned/model.safetensors" \
+    -o "$out/$i.bitdelta" --json "${args[@]}" >"$out/$i.encode.json"
+  "$zdn" eval --base "$base" --finetuned "$finetuned" --delta "$out/$i.bitdelta" --delta-base "$onto" \
     --corpus "$heldout" --json >"$out/$i.eval.json"
-  python3 - "$label" "$out/$i.eval.json" "$out/$i.encode.json" "$grown_bytes" <<'PY'
+  python3 - "$label" "$out/$i.eval.json" "$out/$i.encode.json" "$extra" <<'PY'
 import json, sys
 label, r, e, grown = sys.argv[1], json.load(open(sys.argv[2])), json.load(open(sys.argv[3])), int(sys.argv[4])
-p = r["common_perplexity"]
+p, t = r["common_perplexity"], r["special_tokens"]
+st = [t["applied"]] + [t[k]["applied"] for k in ("after_special", "special_next", "finetuned_predicts_special")]
 total = r["delta_bytes"] + grown
 print(f"| {label} | {r['delta_bytes']:,} | {total:,} | {r['finetuned_bytes'] / total:.2f}x | {e['bits_per_param']:.3f} | "
-      f"{r['kl_finetuned_applied']:.4f} | {p['applied']:.2f} | {100 * r['gain_kept']:.1f} % | "
-      f"{100 * r['top1_agreement']['applied']:.1f} % | {100 * r['special_tokens']['applied']:.1f} % |")
+      f"{r['kl_finetuned_applied']:.2e} | {p['applied']:.2f} | {100 * r['gain_kept']:.1f} / {100 * r['log_gain_kept']:.1f} % | "
+      f"{100 * r['top1_agreement']['applied']:.1f} % | " + " / ".join(f"{100 * k:.1f}" for k in st) + " % |")
 PY
 done
 python3 - "$out/1.eval.json" <<'PY'
@@ -97,9 +117,13 @@ p, st = r["common_perplexity"], r["special_tokens"]
 print()
 print(f"fine-tune: perplexity {p['finetuned']:.2f}, special-token top-1 correct {100 * st['finetuned_correct']:.1f} %; "
       f"base alone (the floor): KL {r['kl_finetuned_base']:.4f}, perplexity {p['base']:.2f}, "
-      f"top-1 agreement {100 * r['top1_agreement']['base']:.1f} %, special-token top-1 {100 * st['base']:.1f} %; "
+      f"top-1 agreement {100 * r['top1_agreement']['base']:.1f} %, special-token top-1 {100 * st['base']:.1f} % "
+      f"(after {100 * st['after_special']['base']:.1f}, next {100 * st['special_next']['base']:.1f}, "
+      f"predicted {100 * st['finetuned_predicts_special']['base']:.1f} %); "
       f"{r['conversations']} held-out conversations, {r['positions']} positions ({r['common_positions']} whose next token "
-      f"the base has), {st['positions']} special-token positions; fine-tune weights {r['finetuned_bytes']:,} bytes (bf16)")
+      f"the base has), {st['positions']} special-token positions ({st['after_special']['positions']} after a special token, "
+      f"{st['special_next']['positions']} before one, {st['finetuned_predicts_special']['positions']} where the fine-tune "
+      f"predicts one); fine-tune weights {r['finetuned_bytes']:,} bytes (bf16)")
 PY
 echo
-echo "grown tensors carried exactly (bf16 bytes): $(tr '\n' ' ' <"$out/grown.txt")"
+echo "carried exactly (bf16 bytes), grown tensors whole: $(tr '\n' ' ' <"$out/grown.txt"); only their new rows: $(tr '\n' ' ' <"$out/new-rows.txt")"
