@@ -7,18 +7,19 @@
 #   DIR/decoder_reference.json" lines (the reference is what tests/vectors/decoder_reference.json holds).
 # Needs python3.11 and PyPI: the pinned packages of decoder-pair-requirements.txt (≈ 6 GB: PyPI's torch
 # for x86-64 Linux is the CUDA build) are installed into DIR/py and removed again once the pair is made
-# (ZDN_KEEP_PYTHON=1 keeps them). Takes about 15 minutes on one core. Idempotent: a second call with
-# the same DIR only checks the sha256 of the outputs.
+# (ZDN_KEEP_PYTHON=1 keeps them). About 12 minutes of CPU on one core, install included (much longer
+# in wall time on a busy machine). Idempotent: a second call with the same DIR only checks the sha256
+# of the outputs.
 #
 # Reproducibility: seeds are fixed, training runs on one thread with deterministic algorithms, and the
 # CPU code paths are pinned to AVX2 (MKL_CBWR, ATEN_CPU_CAPABILITY), so the same packages on any x86-64
 # CPU with AVX2 should give the same bytes. The sha256 below were recorded on an Intel Xeon (AVX-512)
-# with the pinned packages; two runs there gave identical files. If a fresh run gives other hashes the
-# script fails. Then: if you changed the recipe or the packages on purpose, record the new hashes
-# printed above the failure here and regenerate tests/vectors/decoder_reference.json by copying
-# DIR/decoder_reference.json (tests compare against it); if you changed nothing, the CPU or library
-# computes differently: report it (with `lscpu`), since tests then cannot compare against the
-# committed reference.
+# with the pinned packages; two runs there (one from an empty DIR) gave identical files. If a fresh
+# run gives other hashes the script fails. Then: if you changed the recipe or the packages on
+# purpose, record the new hashes printed above the failure here and regenerate
+# tests/vectors/decoder_reference.json by copying DIR/decoder_reference.json (tests compare against
+# it); if you changed nothing, the CPU or library computes differently: report it (with `lscpu`),
+# since tests then cannot compare against the committed reference.
 set -euo pipefail
 dir=${1:?usage: make-decoder-pair.sh DIR}
 here=$(cd "$(dirname "$0")" && pwd)
