@@ -207,7 +207,8 @@ mod tests {
             tokens(),
         )
         .unwrap();
-        assert!(t.render(&[], false).is_err());
+        let e = t.render(&[], false).unwrap_err().to_string();
+        assert!(e.contains("fuel"), "{e}");
         let e = ChatTemplate::new("x".repeat(2 << 20), tokens()).unwrap_err();
         assert!(e.to_string().contains("at most 1 MiB"), "{e}");
     }
