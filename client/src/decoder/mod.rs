@@ -8,4 +8,5 @@ pub mod config;
 pub mod eval;
 pub mod folder;
 pub mod llama;
+mod next_token_stats;
 pub mod tokenizer;
