@@ -4,8 +4,8 @@
 //! f16/bf16 value and f32 values around every rounding boundary, and quantization (the 1-bit batch
 //! kernel, the Δ kernel) on tensors long enough to use them, with non-finite and overflowing deltas.
 //!
-//! On a CPU without a fast kernel every comparison is of the portable path with itself, and a note
-//! says so on stderr.
+//! On a CPU without a fast kernel the tests fail (there is nothing to compare), unless skipped
+//! explicitly with `ZDN_TEST_SKIP=avx2` (counted; tests/support/src/require.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use proptest::prelude::*;
@@ -17,17 +17,25 @@ use zdn_protocol::DType;
 
 const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
+#[path = "../../tests/support/src/require.rs"]
+mod require;
+
+/// The fast kernels this CPU has, to compare with the portable one. None: the tests fail (or, with
+/// `ZDN_TEST_SKIP=avx2`, are skipped once, counted, and compare nothing).
 fn fast_kernels() -> Vec<Kernel> {
-    let k: Vec<Kernel> = Kernel::ALL
-        .into_iter()
-        .filter(|&k| k != Kernel::Portable && k.is_available())
-        .collect();
-    if k.is_empty() {
-        eprintln!("kernels: no fast kernel on this CPU; comparing the portable path with itself");
-        vec![Kernel::Portable]
-    } else {
-        k
-    }
+    static KERNELS: std::sync::OnceLock<Vec<Kernel>> = std::sync::OnceLock::new();
+    KERNELS
+        .get_or_init(|| {
+            let k: Vec<Kernel> = Kernel::ALL
+                .into_iter()
+                .filter(|&k| k != Kernel::Portable && k.is_available())
+                .collect();
+            if k.is_empty() {
+                require::require(require::Need::Avx2, "protocol/tests/kernels.rs");
+            }
+            k
+        })
+        .clone()
 }
 
 /// xorshift64: deterministic data for the larger cases.

@@ -1,19 +1,5 @@
-//! zdn-simulations: the test bench for satellite links (issue 6). A packet-level link emulator in
-//! user space — the kernel here has no netem — built from network namespaces joined by TUN
-//! devices whose packets pass through a [`Shaper`] (rate with a drop-tail queue, delay, jitter,
-//! loss, outages), so TCP and QUIC run their real congestion control over real loss and delay;
-//! and the scenario runner (`zdn-sim scenario FILE.toml`) that starts real `zdn` nodes behind such
-//! links, fetches, measures and writes a JSON report and a PNG plot.
+//! zdn-simulations: the scenario runner (`zdn-sim scenario FILE.toml`) that starts real `zdn` nodes
+//! in network namespaces behind emulated links (zdn-linkem), fetches, measures and writes a JSON
+//! report and a PNG plot.
 
-pub mod bulk;
-pub mod forwarder;
-pub mod netns;
 pub mod scenario;
-pub mod shaper;
-pub mod tun;
-pub mod units;
-
-pub use forwarder::{spawn_direction, DirectionStats};
-pub use netns::{tun_link, LinkEnd, Netns, NetnsError, NetnsPair};
-pub use shaper::{LinkSpec, Outage, Shaper, Verdict};
-pub use tun::Tun;

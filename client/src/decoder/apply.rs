@@ -10,7 +10,7 @@ use candle_core::Device;
 use zdn_protocol::bitdelta::{check_inputs, reconstruct, BitDeltaFile};
 
 use super::folder::ModelFolder;
-use crate::candle_apply::{tensor_from_bytes, CandleApplyError, NamedTensors};
+use crate::device::apply::{tensor_from_bytes, CandleApplyError, NamedTensors};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FolderApplyError {

@@ -28,7 +28,7 @@ use super::folder::{FolderError, ModelFolder};
 use super::llama::{DecoderBatch, LlamaError, LlamaModel, LlamaWeights};
 use super::next_token_stats::{Position, ReportContext, Sums};
 use super::tokenizer::{DecoderTokenizer, TokenizerError};
-use crate::mapped_file::{MappedFile, OpenError};
+use crate::fs::mapped_file::{MappedFile, OpenError};
 
 /// The metric's name, as recorded in quality reports.
 pub const METRIC: &str =

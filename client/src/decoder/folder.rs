@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use zdn_protocol::bitdelta::TensorData;
 use zdn_protocol::safetensors::TensorInfo;
 
-use crate::model_file::{ModelFile, ModelFileError};
+use crate::model::file::{ModelFile, ModelFileError};
 
 /// The index file of a sharded checkpoint.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";

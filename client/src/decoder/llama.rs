@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use super::config::LlamaConfig;
 use super::folder::ModelFolder;
-use crate::candle_apply::{tensor_from_bytes, CandleApplyError};
+use crate::device::apply::{tensor_from_bytes, CandleApplyError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LlamaError {
@@ -346,7 +346,7 @@ fn softmax_last(x: &Tensor) -> Result<Tensor, LlamaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::synthetic_model::Rng;
+    use crate::model::synthetic::Rng;
 
     pub(crate) fn tiny(kv: usize, tied: bool) -> LlamaConfig {
         LlamaConfig::parse(&format!(

@@ -5,7 +5,7 @@ use zdn_protocol::glob::Glob;
 
 use crate::store::TrustPolicy;
 
-use super::profile::Profile;
+use crate::net::profile::Profile;
 
 /// Fault injection for tests of peer misbehaviour (hidden from `--help`): the node serves bad
 /// data on purpose so the other side's defences can be tested with real processes.

@@ -4,7 +4,7 @@ use zdn_protocol::Hash;
 
 use crate::store::StoreError;
 
-use super::frame::FrameError;
+use crate::net::frame::FrameError;
 
 /// Why a network operation failed.
 #[derive(Debug, thiserror::Error)]

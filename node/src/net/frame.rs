@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::rate_limit::RateLimiter;
+use crate::net::rate_limit::RateLimiter;
 
 /// Bytes moved per step; each step is one progress deadline and one token-bucket take.
 pub(crate) const STEP: usize = 16 * 1024;

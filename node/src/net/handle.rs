@@ -13,9 +13,9 @@ use zdn_protocol::Hash;
 
 use crate::store::{StoreHandle, TrustPolicy};
 
-use super::profile::Tuning;
-use super::rate_limit::RateLimiter;
-use super::NetError;
+use crate::net::profile::Tuning;
+use crate::net::rate_limit::RateLimiter;
+use crate::net::NetError;
 
 pub(crate) const CHUNK_STREAM: StreamProtocol = StreamProtocol::new(CHUNK_PROTOCOL);
 
@@ -67,20 +67,28 @@ pub struct Traffic {
     pub chunk_bytes_served: std::sync::atomic::AtomicU64,
     pub chunk_bytes_received: std::sync::atomic::AtomicU64,
     pub chunks_served: std::sync::atomic::AtomicU64,
+    /// Paced-lane datagrams that did not open under their session's key (forged, corrupted,
+    /// replayed): dropped, never acted on.
+    pub paced_refused: std::sync::atomic::AtomicU64,
+    /// Manifest or have requests asked again because their stream or connection broke before the
+    /// answer (a link that dropped; each is re-dialed first when the peer is gone).
+    pub asks_retried: std::sync::atomic::AtomicU64,
+    /// Inbound streams reset because their protocol's queue was full (a flood of stream opens).
+    pub streams_dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A cloneable handle to a running node.
 #[derive(Clone)]
 pub struct NodeHandle {
     pub(crate) commands: mpsc::Sender<Command>,
-    pub(crate) control: libp2p_stream::Control,
+    pub(crate) control: crate::net::streams::StreamControl,
     pub(crate) local: PeerId,
     pub(crate) store: StoreHandle,
     pub(crate) trust: TrustPolicy,
     pub(crate) tuning: Tuning,
     pub(crate) download_limit: Option<Arc<RateLimiter>>,
     pub(crate) traffic: Arc<Traffic>,
-    pub(crate) paced: Option<Arc<super::paced_receive::PacedLane>>,
+    pub(crate) paced: Option<Arc<crate::net::paced::session::PacedLane>>,
 }
 
 impl std::fmt::Debug for NodeHandle {

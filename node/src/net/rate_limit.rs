@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use zdn_protocol::sync::{TokenBucket, TokenBucketError};
 
-use super::frame::STEP;
+use crate::net::frame::STEP;
 
 /// A byte-rate cap for async code.
 #[derive(Debug)]

@@ -8,16 +8,19 @@
 
 mod actor;
 mod backend;
+mod batched;
 mod dependencies;
 mod error;
 mod ingest;
 mod maintenance;
+mod members;
 mod memory;
 mod objects;
 mod rocks;
 
 pub use actor::StoreHandle;
 pub use backend::{Backend, Column, Write};
+pub use batched::{BATCH_BYTES, BATCH_IDS};
 pub use error::StoreError;
 pub use ingest::{AddOptions, AddReport};
 pub use maintenance::{GcReport, Problem, VerifyReport};
@@ -27,3 +30,5 @@ pub use rocks::RocksBackend;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_large;

@@ -4,7 +4,9 @@
 //! product and the sum are each one f32 operation rounded to nearest even (never fused), and round_T is
 //! round-to-nearest-even into the target dtype; any NaN result is written as the canonical quiet NaN.
 
-use super::format::{matrix_of, scale_count, Encoding, Granularity, IndexEntry};
+use super::format::{
+    matrix_of, quantized_block_len, scale_count, Encoding, Granularity, IndexEntry,
+};
 use super::kernels::{self, GroupLayout, Kernel};
 use super::lossless;
 use super::quantize::{groups, level};
@@ -74,27 +76,119 @@ pub fn check_inputs<'b>(
     if !entry.encoding.needs_base() {
         return Ok(None);
     }
-    let b = base.ok_or_else(|| ReconstructError::BaseMissing(name()))?;
-    if b.shape != entry.shape.as_slice() {
+    check_base_layout(entry, base.map(|b| (b.dtype, b.shape)))?;
+    Ok(base)
+}
+
+/// The base-side part of [`check_inputs`] (docs/format.md § 5, rule 7) on the base tensor's dtype and
+/// shape alone, for callers whose base is not in host memory (a base resident on a GPU): a base tensor
+/// exists unless the encoding is `raw`, with the entry's shape, a quantizable dtype for quantized
+/// encodings and the entry's dtype for the others.
+pub fn check_base_layout(
+    entry: &IndexEntry,
+    base: Option<(DType, &[u64])>,
+) -> Result<(), ReconstructError> {
+    let name = || entry.name.clone();
+    if !entry.encoding.needs_base() {
+        return Ok(());
+    }
+    let (dtype, shape) = base.ok_or_else(|| ReconstructError::BaseMissing(name()))?;
+    if shape != entry.shape.as_slice() {
         return Err(ReconstructError::BaseShape {
             name: name(),
-            base: b.shape.to_vec(),
+            base: shape.to_vec(),
             delta: entry.shape.clone(),
         });
     }
     let dtype_ok = match entry.encoding.bits() {
-        Some(_) => b.dtype.is_quantizable(),
-        None => b.dtype == entry.dtype,
+        Some(_) => dtype.is_quantizable(),
+        None => dtype == entry.dtype,
     };
     if !dtype_ok {
         return Err(ReconstructError::BaseDtype {
             name: name(),
-            base: b.dtype,
+            base: dtype,
             target: entry.dtype,
             encoding: entry.encoding.name(),
         });
     }
-    Ok(Some(b))
+    Ok(())
+}
+
+/// A quantized block cut into its parts (docs/format.md § 4) and checked as a reader must before using
+/// it (§ 5, rule 9): the exact length, every scale finite, the padding bits after the last code zero.
+#[derive(Clone, Copy, Debug)]
+pub struct QuantizedBlock<'a> {
+    /// Bits per code: 1, 2 or 4.
+    pub bits: u32,
+    /// The matrix view of the shape (§ 3).
+    pub rows: u64,
+    pub cols: u64,
+    pub granularity: Granularity,
+    /// The scales as stored: `n_scales` little-endian f32, all finite.
+    pub scale_bytes: &'a [u8],
+    /// The packed codes, `⌈numel·bits/8⌉` bytes.
+    pub packed: &'a [u8],
+}
+
+impl QuantizedBlock<'_> {
+    /// The scales as f32.
+    pub fn scales(&self) -> Vec<f32> {
+        self.scale_bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+}
+
+/// The parts of `entry`'s quantized `block`, checked; `None` for an encoding without codes.
+pub fn quantized_block<'a>(
+    entry: &IndexEntry,
+    block: &'a [u8],
+) -> Result<Option<QuantizedBlock<'a>>, ReconstructError> {
+    let Some(bits) = entry.encoding.bits() else {
+        return Ok(None);
+    };
+    let want = quantized_block_len(&entry.shape, entry.granularity, bits);
+    if want != Some(block.len() as u64) {
+        return Err(ReconstructError::Block {
+            name: entry.name.clone(),
+            got: block.len(),
+            want: want.unwrap_or(u64::MAX),
+        });
+    }
+    let (rows, cols) = matrix_of(&entry.shape);
+    // The length matched, so the scale count and the element count fit in usize.
+    let n_scales = scale_count(rows, cols, entry.granularity).unwrap_or(0) as usize;
+    let (scale_bytes, packed) = block.split_at(n_scales * 4);
+    for (index, c) in scale_bytes.chunks_exact(4).enumerate() {
+        let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        if !v.is_finite() {
+            return Err(ReconstructError::Scale {
+                name: entry.name.clone(),
+                index,
+                value: v.to_string(),
+            });
+        }
+    }
+    let used_bits = (rows * cols) as usize * bits as usize;
+    if !used_bits.is_multiple_of(8) {
+        if let Some(&last) = packed.last() {
+            if last >> (used_bits % 8) != 0 {
+                return Err(ReconstructError::Padding {
+                    name: entry.name.clone(),
+                });
+            }
+        }
+    }
+    Ok(Some(QuantizedBlock {
+        bits,
+        rows,
+        cols,
+        granularity: entry.granularity,
+        scale_bytes,
+        packed,
+    }))
 }
 
 /// Writes the reconstructed tensor of `entry` into `out` (exactly `entry.byte_len()` bytes).
@@ -145,48 +239,26 @@ pub fn reconstruct_with(
                 name: name(),
                 problem,
             }),
-        (enc, Some(b)) => match enc.bits() {
-            Some(bits) => reconstruct_quantized(kernel, entry, bits, block, b, out),
-            None => Err(ReconstructError::BaseMissing(name())),
-        },
-        (_, None) => Err(ReconstructError::BaseMissing(name())),
+        (enc, Some(b)) if enc.bits().is_some() => {
+            reconstruct_quantized(kernel, entry, block, b, out)
+        }
+        // Raw needs no base; every other encoding was checked to have one (check_inputs).
+        _ => Err(ReconstructError::BaseMissing(name())),
     }
 }
 
 fn reconstruct_quantized(
     kernel: Kernel,
     entry: &IndexEntry,
-    bits: u32,
     block: &[u8],
     base: &TensorData<'_>,
     out: &mut [u8],
 ) -> Result<(), ReconstructError> {
-    let (rows, cols) = matrix_of(&entry.shape);
-    // The index was validated (MAX_TENSOR_BYTES), so these fit in usize.
-    let n_scales = scale_count(rows, cols, entry.granularity).unwrap_or(0) as usize;
-    let (scale_bytes, packed) = block.split_at(n_scales * 4);
-    let scales: Vec<f32> = scale_bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    if let Some((index, v)) = scales.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(ReconstructError::Scale {
-            name: entry.name.clone(),
-            index,
-            value: v.to_string(),
-        });
-    }
-    let numel = (rows * cols) as usize;
-    let used_bits = numel * bits as usize;
-    if !used_bits.is_multiple_of(8) {
-        if let Some(&last) = packed.last() {
-            if last >> (used_bits % 8) != 0 {
-                return Err(ReconstructError::Padding {
-                    name: entry.name.clone(),
-                });
-            }
-        }
-    }
+    let Some(parts) = quantized_block(entry, block)? else {
+        return Err(ReconstructError::BaseMissing(entry.name.clone()));
+    };
+    let scales = parts.scales();
+    let (rows, cols, bits, packed) = (parts.rows, parts.cols, parts.bits, parts.packed);
     let q = Quantized {
         kernel,
         rows: rows as usize,
@@ -380,6 +452,69 @@ impl Quantized<'_> {
 mod tests {
     use super::*;
     use crate::dtype::FloatElem;
+
+    /// The checked parts of a quantized block, and each way a block can be refused.
+    #[test]
+    fn quantized_block_parts_and_refusals() {
+        let mut entry = IndexEntry {
+            name: "w".into(),
+            dtype: DType::F16,
+            shape: vec![2, 3],
+            encoding: Encoding::Bits2,
+            granularity: Granularity::Row,
+            offset: 0,
+            length: 10,
+        };
+        let mut block: Vec<u8> = [0.5f32, -0.25]
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .collect();
+        block.extend([0b1110_0100, 0b0000_1011]);
+        let q = quantized_block(&entry, &block).unwrap().unwrap();
+        assert_eq!((q.bits, q.rows, q.cols), (2, 2, 3));
+        assert_eq!(q.scales(), [0.5, -0.25]);
+        assert_eq!(q.packed, &block[8..]);
+        let too_short = quantized_block(&entry, &block[..9]).unwrap_err();
+        assert!(matches!(
+            too_short,
+            ReconstructError::Block {
+                got: 9,
+                want: 10,
+                ..
+            }
+        ));
+        let mut padded = block.clone();
+        padded[9] |= 0x10;
+        assert!(matches!(
+            quantized_block(&entry, &padded),
+            Err(ReconstructError::Padding { .. })
+        ));
+        let mut nan = block.clone();
+        nan[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+        assert!(matches!(
+            quantized_block(&entry, &nan),
+            Err(ReconstructError::Scale { index: 1, .. })
+        ));
+        entry.encoding = Encoding::Xor;
+        assert!(quantized_block(&entry, &block).unwrap().is_none());
+        // The base-side checks on a dtype and shape alone.
+        entry.encoding = Encoding::Sign1;
+        assert!(check_base_layout(&entry, Some((DType::BF16, &[2, 3]))).is_ok());
+        assert!(matches!(
+            check_base_layout(&entry, Some((DType::I32, &[2, 3]))),
+            Err(ReconstructError::BaseDtype { .. })
+        ));
+        assert!(matches!(
+            check_base_layout(&entry, Some((DType::F16, &[3, 2]))),
+            Err(ReconstructError::BaseShape { .. })
+        ));
+        assert!(matches!(
+            check_base_layout(&entry, None),
+            Err(ReconstructError::BaseMissing(_))
+        ));
+        entry.encoding = Encoding::Raw;
+        assert!(check_base_layout(&entry, None).is_ok());
+    }
 
     /// The 1-bit kernel (64 elements at a time, then 8, then the tail) against the definition applied
     /// element by element, for every dtype pair, lengths around the block sizes and every granularity.

@@ -2,31 +2,36 @@
 //!
 //! ```text
 //! PacedRequest  (libp2p stream, one frame)
-//!   version u8 = 1 | object 32 | token 8 | rate_bps u64 | payload u16 | udp_port u16
+//!   version u8 = 2 | object 32 | rate_bps u64 | payload u16
 //!   | n u32 | wanted bitmap ⌈n/8⌉   (over the object's distinct chunks in first-seen order)
-//! PacedResponse (libp2p stream, one frame)
-//!   1 Ready     udp_port u16 | payload u16 | count u32 | count × (chunk u32 | stored_len u32)
+//! PacedResponse (libp2p stream, frames)
+//!   1 Ready     udp_port u16 | payload u16 | session key 32 | count u32
+//!               | count × (chunk u32 | stored_len u32)
 //!   2 NotFound  object 32
 //!   3 Busy      retry_after_ms u32
-//! Data          (UDP, sender → receiver)   seq u32 | payload bytes
-//! Control       (UDP, receiver → sender)   tag u8 | token 8 | body
-//!   1 Hello
-//!   2 Ack       rate_bps u64 | cumulative u32 | n u16 | n × (start u32 | len u32)
-//!   3 Done
+//!   4 Ended     reason u8      (after Ready: the sender stopped; see EndReason)
+//! Datagrams (UDP), each sealed (see seal.rs): number u32 | ciphertext | tag 16
+//!   data, sender → receiver       the packet's payload (number = packet number)
+//!   ToReceiver, sender → receiver tag u8 | body
+//!     5 Challenge  nonce 8
+//!   ToSender, receiver → sender   tag u8 | body
+//!     1 Hello      31 zero bytes (so a Hello is bigger than the challenge it draws)
+//!     2 Ack        rate_bps u64 | cumulative u32 | n u16 | n × (start u32 | len u32)
+//!     3 Done
+//!     4 Response   nonce 8       (the nonce of a challenge, from the address it was sent to)
 //! ```
 //! Integers little-endian. `Ready` lists the chunks the sender will send, strictly ascending, each
 //! one the receiver asked for; the session is at most [`MAX_SESSION_BYTES`] (the receiver asks
 //! again for the rest). An ack's ranges are the received runs after `cumulative` (every packet
-//! before it has arrived), ascending and disjoint; at most [`MAX_ACK_RANGES`] of them.
+//! before it has arrived), ascending and disjoint; at most [`MAX_ACK_RANGES`] of them. The session
+//! lives as long as the libp2p stream that opened it: either side closing it ends the session.
 
 use crate::hash::Hash;
 use crate::wire::{ChunkBitmap, WireError, MAX_STORED_CHUNK};
 
 /// The libp2p protocol name that opens a paced session.
-pub const PACED_PROTOCOL: &str = "/zdn/paced/1";
-/// Bytes in front of every data datagram's payload (its sequence number).
-pub const DATA_HEADER: usize = 4;
-/// Smallest and largest payload per datagram. 1464 fills a 1500-byte IPv4 packet.
+pub const PACED_PROTOCOL: &str = "/zdn/paced/2";
+/// Smallest and largest payload per datagram. 1448 fills a 1500-byte IPv4 packet.
 pub const MIN_PAYLOAD: u16 = 512;
 pub const MAX_PAYLOAD: u16 = 8952;
 /// Largest session: the sender holds its bytes in memory for retransmission.
@@ -35,22 +40,22 @@ pub const MAX_SESSION_BYTES: u64 = 64 << 20;
 pub const MAX_SESSION_CHUNKS: u32 = 65_536;
 /// Most distinct chunks a request's bitmap may cover.
 pub const MAX_WANTED: u32 = 1 << 21;
-pub const MAX_PACED_REQUEST: usize = 1 + 32 + 8 + 8 + 2 + 2 + 4 + (MAX_WANTED as usize / 8);
-pub const MAX_PACED_RESPONSE: usize = 1 + 2 + 2 + 4 + 8 * MAX_SESSION_CHUNKS as usize;
+pub const MAX_PACED_REQUEST: usize = 1 + 32 + 8 + 2 + 4 + (MAX_WANTED as usize / 8);
+pub const MAX_PACED_RESPONSE: usize = 1 + 2 + 2 + 32 + 4 + 8 * MAX_SESSION_CHUNKS as usize;
 /// Most received ranges one ack lists (so it fits one small datagram).
 pub const MAX_ACK_RANGES: usize = 160;
-pub const MAX_CONTROL_LEN: usize = 1 + 8 + 8 + 4 + 2 + 8 * MAX_ACK_RANGES;
+/// Largest plaintext of a control datagram.
+pub const MAX_CONTROL_LEN: usize = 1 + 8 + 4 + 2 + 8 * MAX_ACK_RANGES;
+/// Zero bytes after a Hello's tag.
+const HELLO_PAD: usize = 31;
 
 /// Asks a peer to send the `wanted` chunks of `object` over UDP at `rate_bps` (IP bits per
-/// second) to `udp_port` at the address the connection comes from.
+/// second). Where to: the address that answers the sender's challenge (see `path.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PacedRequest {
     pub object: Hash,
-    /// Names the session in control datagrams.
-    pub token: [u8; 8],
     pub rate_bps: u64,
     pub payload: u16,
-    pub udp_port: u16,
     pub wanted: ChunkBitmap,
 }
 
@@ -61,34 +66,95 @@ pub struct SessionChunk {
     pub stored_len: u32,
 }
 
+/// Why a sender ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Every packet acknowledged, or the receiver said Done.
+    Complete,
+    /// The receiver was silent too long.
+    Silent,
+    /// The session sent its byte budget.
+    Budget,
+    /// The sender is shutting down.
+    Shutdown,
+    /// No address answered a challenge in time.
+    Unreachable,
+    /// Anything else (a local failure).
+    Other,
+}
+
+impl EndReason {
+    pub const fn code(self) -> u8 {
+        match self {
+            EndReason::Complete => 1,
+            EndReason::Silent => 2,
+            EndReason::Budget => 3,
+            EndReason::Shutdown => 4,
+            EndReason::Unreachable => 5,
+            EndReason::Other => 6,
+        }
+    }
+
+    pub fn from_code(c: u8) -> Option<Self> {
+        [
+            EndReason::Complete,
+            EndReason::Silent,
+            EndReason::Budget,
+            EndReason::Shutdown,
+            EndReason::Unreachable,
+            EndReason::Other,
+        ]
+        .into_iter()
+        .find(|r| r.code() == c)
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Complete => "complete",
+            EndReason::Silent => "the receiver was silent",
+            EndReason::Budget => "the session's byte budget is spent",
+            EndReason::Shutdown => "the sender is shutting down",
+            EndReason::Unreachable => "no address of ours answered the sender's challenge",
+            EndReason::Other => "the sender failed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PacedResponse {
     Ready {
         udp_port: u16,
         payload: u16,
+        /// The session key (from the sender's CSPRNG); it travels only on the encrypted stream.
+        key: [u8; 32],
         chunks: Vec<SessionChunk>,
     },
     NotFound(Hash),
     Busy {
         retry_after_ms: u32,
     },
+    Ended(EndReason),
 }
 
-/// A datagram from the receiver to the sender.
+/// A control datagram from the receiver to the sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Control {
-    Hello {
-        token: [u8; 8],
-    },
+pub enum ToSender {
+    Hello,
     Ack {
-        token: [u8; 8],
         rate_bps: u64,
         cumulative: u32,
         ranges: Vec<(u32, u32)>,
     },
-    Done {
-        token: [u8; 8],
+    Done,
+    Response {
+        nonce: [u8; 8],
     },
+}
+
+/// A control datagram from the sender to the receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToReceiver {
+    Challenge { nonce: [u8; 8] },
 }
 
 struct Reader<'a> {
@@ -130,7 +196,7 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(s);
         Ok(u64::from_le_bytes(a))
     }
-    fn token(&mut self) -> Result<[u8; 8], WireError> {
+    fn nonce(&mut self) -> Result<[u8; 8], WireError> {
         let mut a = [0u8; 8];
         a.copy_from_slice(self.take(8)?);
         Ok(a)
@@ -163,13 +229,11 @@ fn invalid(what: &'static str, problem: &'static str) -> WireError {
 impl PacedRequest {
     pub fn encode(&self) -> Vec<u8> {
         let bits = self.wanted.as_bytes();
-        let mut out = Vec::with_capacity(61 + bits.len());
-        out.push(1);
+        let mut out = Vec::with_capacity(47 + bits.len());
+        out.push(2);
         out.extend_from_slice(self.object.as_bytes());
-        out.extend_from_slice(&self.token);
         out.extend_from_slice(&self.rate_bps.to_le_bytes());
         out.extend_from_slice(&self.payload.to_le_bytes());
-        out.extend_from_slice(&self.udp_port.to_le_bytes());
         out.extend_from_slice(&self.wanted.len().to_le_bytes());
         out.extend_from_slice(bits);
         out
@@ -179,23 +243,18 @@ impl PacedRequest {
         const WHAT: &str = "paced request";
         too_large(WHAT, b.len(), MAX_PACED_REQUEST)?;
         let mut r = Reader::new(b, WHAT);
-        if r.u8()? != 1 {
+        if r.u8()? != 2 {
             return Err(invalid(WHAT, "unknown version"));
         }
         let object = r.hash()?;
-        let token = r.token()?;
         let rate_bps = r.u64()?;
         let payload = r.u16()?;
-        let udp_port = r.u16()?;
         let n = r.u32()?;
         if rate_bps == 0 {
             return Err(invalid(WHAT, "rate 0"));
         }
         if !(MIN_PAYLOAD..=MAX_PAYLOAD).contains(&payload) {
             return Err(invalid(WHAT, "payload size outside 512..=8952"));
-        }
-        if udp_port == 0 {
-            return Err(invalid(WHAT, "UDP port 0"));
         }
         if n > MAX_WANTED {
             return Err(invalid(WHAT, "more chunks than a request may cover"));
@@ -204,10 +263,8 @@ impl PacedRequest {
         r.end()?;
         Ok(PacedRequest {
             object,
-            token,
             rate_bps,
             payload,
-            udp_port,
             wanted: ChunkBitmap::from_bytes(n, bits)?,
         })
     }
@@ -220,12 +277,14 @@ impl PacedResponse {
             PacedResponse::Ready {
                 udp_port,
                 payload,
+                key,
                 chunks,
             } => {
-                out.reserve(9 + 8 * chunks.len());
+                out.reserve(41 + 8 * chunks.len());
                 out.push(1);
                 out.extend_from_slice(&udp_port.to_le_bytes());
                 out.extend_from_slice(&payload.to_le_bytes());
+                out.extend_from_slice(key);
                 out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
                 for c in chunks {
                     out.extend_from_slice(&c.chunk.to_le_bytes());
@@ -239,6 +298,10 @@ impl PacedResponse {
             PacedResponse::Busy { retry_after_ms } => {
                 out.push(3);
                 out.extend_from_slice(&retry_after_ms.to_le_bytes());
+            }
+            PacedResponse::Ended(reason) => {
+                out.push(4);
+                out.push(reason.code());
             }
         }
         out
@@ -254,6 +317,8 @@ impl PacedResponse {
             1 => {
                 let udp_port = r.u16()?;
                 let payload = r.u16()?;
+                let mut key = [0u8; 32];
+                key.copy_from_slice(r.take(32)?);
                 let count = r.u32()?;
                 if udp_port == 0 {
                     return Err(invalid(WHAT, "UDP port 0"));
@@ -289,6 +354,7 @@ impl PacedResponse {
                 PacedResponse::Ready {
                     udp_port,
                     payload,
+                    key,
                     chunks,
                 }
             }
@@ -296,6 +362,12 @@ impl PacedResponse {
             3 => PacedResponse::Busy {
                 retry_after_ms: r.u32()?,
             },
+            4 => {
+                let code = r.u8()?;
+                PacedResponse::Ended(
+                    EndReason::from_code(code).ok_or(invalid(WHAT, "unknown end reason"))?,
+                )
+            }
             tag => return Err(WireError::Tag { what: WHAT, tag }),
         };
         r.end()?;
@@ -303,30 +375,20 @@ impl PacedResponse {
     }
 }
 
-impl Control {
-    pub fn token(&self) -> [u8; 8] {
-        match self {
-            Control::Hello { token } | Control::Ack { token, .. } | Control::Done { token } => {
-                *token
-            }
-        }
-    }
-
+impl ToSender {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         match self {
-            Control::Hello { token } => {
+            ToSender::Hello => {
                 out.push(1);
-                out.extend_from_slice(token);
+                out.extend_from_slice(&[0; HELLO_PAD]);
             }
-            Control::Ack {
-                token,
+            ToSender::Ack {
                 rate_bps,
                 cumulative,
                 ranges,
             } => {
                 out.push(2);
-                out.extend_from_slice(token);
                 out.extend_from_slice(&rate_bps.to_le_bytes());
                 out.extend_from_slice(&cumulative.to_le_bytes());
                 let n = ranges.len().min(MAX_ACK_RANGES);
@@ -336,9 +398,10 @@ impl Control {
                     out.extend_from_slice(&l.to_le_bytes());
                 }
             }
-            Control::Done { token } => {
-                out.push(3);
-                out.extend_from_slice(token);
+            ToSender::Done => out.push(3),
+            ToSender::Response { nonce } => {
+                out.push(4);
+                out.extend_from_slice(nonce);
             }
         }
         out
@@ -348,10 +411,13 @@ impl Control {
         const WHAT: &str = "paced control datagram";
         too_large(WHAT, b.len(), MAX_CONTROL_LEN)?;
         let mut r = Reader::new(b, WHAT);
-        let tag = r.u8()?;
-        let token = r.token()?;
-        let out = match tag {
-            1 => Control::Hello { token },
+        let out = match r.u8()? {
+            1 => {
+                if r.take(HELLO_PAD)?.iter().any(|&b| b != 0) {
+                    return Err(invalid(WHAT, "Hello padding is not zero"));
+                }
+                ToSender::Hello
+            }
             2 => {
                 let rate_bps = r.u64()?;
                 let cumulative = r.u32()?;
@@ -364,7 +430,6 @@ impl Control {
                 for _ in 0..n {
                     let (s, l) = (r.u32()?, r.u32()?);
                     let end = u64::from(s) + u64::from(l);
-                    // Ascending, disjoint, non-empty, after the cumulative point.
                     // Non-empty, after the cumulative point (that packet is missing), and each
                     // past a gap after the one before (adjacent runs are one range).
                     if l == 0 || u64::from(s) <= floor {
@@ -379,14 +444,14 @@ impl Control {
                 if floor > u64::from(u32::MAX) + 1 {
                     return Err(invalid(WHAT, "range past the last packet number"));
                 }
-                Control::Ack {
-                    token,
+                ToSender::Ack {
                     rate_bps,
                     cumulative,
                     ranges,
                 }
             }
-            3 => Control::Done { token },
+            3 => ToSender::Done,
+            4 => ToSender::Response { nonce: r.nonce()? },
             tag => return Err(WireError::Tag { what: WHAT, tag }),
         };
         r.end()?;
@@ -394,22 +459,31 @@ impl Control {
     }
 }
 
-/// A data datagram: the packet's number and its payload.
-pub fn encode_data(seq: u32, payload: &[u8], out: &mut Vec<u8>) {
-    out.clear();
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(payload);
-}
+impl ToReceiver {
+    /// Plaintext bytes of a challenge.
+    pub const CHALLENGE_LEN: usize = 1 + 8;
 
-/// Splits a data datagram into its number and payload.
-pub fn decode_data(b: &[u8]) -> Result<(u32, &[u8]), WireError> {
-    let h = b
-        .get(..DATA_HEADER)
-        .ok_or(WireError::Truncated("paced data datagram"))?;
-    Ok((
-        u32::from_le_bytes([h[0], h[1], h[2], h[3]]),
-        &b[DATA_HEADER..],
-    ))
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            ToReceiver::Challenge { nonce } => {
+                let mut out = Vec::with_capacity(Self::CHALLENGE_LEN);
+                out.push(5);
+                out.extend_from_slice(nonce);
+                out
+            }
+        }
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, WireError> {
+        const WHAT: &str = "paced control datagram";
+        let mut r = Reader::new(b, WHAT);
+        let out = match r.u8()? {
+            5 => ToReceiver::Challenge { nonce: r.nonce()? },
+            tag => return Err(WireError::Tag { what: WHAT, tag }),
+        };
+        r.end()?;
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

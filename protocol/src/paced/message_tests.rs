@@ -15,23 +15,18 @@ fn golden_bytes() {
     wanted.set(9);
     let req = PacedRequest {
         object: Hash::from_bytes([7; 32]),
-        token: *b"tok12345",
         rate_bps: 1_000_000,
-        payload: 1464,
-        udp_port: 40_000,
+        payload: 1448,
         wanted,
     };
     assert_eq!(
         hex(req.encode()),
-        format!(
-            "01{}{}40420f0000000000b805409c0a0000000202",
-            "07".repeat(32),
-            "746f6b3132333435"
-        )
+        format!("02{}40420f0000000000a8050a0000000202", "07".repeat(32))
     );
     let ready = PacedResponse::Ready {
         udp_port: 40_001,
-        payload: 1464,
+        payload: 1448,
+        key: [0xab; 32],
         chunks: vec![SessionChunk {
             chunk: 1,
             stored_len: 300,
@@ -39,25 +34,36 @@ fn golden_bytes() {
     };
     assert_eq!(
         hex(ready.encode()),
-        "01419cb8050100000001000000".to_string() + "2c010000"
+        format!("01419ca805{}01000000010000002c010000", "ab".repeat(32))
     );
-    let ack = Control::Ack {
-        token: *b"tok12345",
+    assert_eq!(
+        hex(PacedResponse::Ended(EndReason::Budget).encode()),
+        "0403"
+    );
+    let ack = ToSender::Ack {
         rate_bps: 500_000,
         cumulative: 3,
         ranges: vec![(5, 2)],
     };
     assert_eq!(
         hex(ack.encode()),
-        "02746f6b313233343520a10700000000000300000001000500000002000000"
+        "0220a10700000000000300000001000500000002000000"
+    );
+    assert_eq!(hex(ToSender::Done.encode()), "03");
+    assert_eq!(
+        hex(ToSender::Hello.encode()),
+        format!("01{}", "00".repeat(31))
     );
     assert_eq!(
-        hex(Control::Done { token: [0; 8] }.encode()),
-        "030000000000000000"
+        hex(ToSender::Response { nonce: [1; 8] }.encode()),
+        "040101010101010101"
     );
-    let mut d = Vec::new();
-    encode_data(258, b"ab", &mut d);
-    assert_eq!(hex(d), "020100006162");
+    assert_eq!(
+        hex(ToReceiver::Challenge { nonce: [2; 8] }.encode()),
+        "050202020202020202"
+    );
+    // A sealed Hello is bigger than the sealed challenge it draws.
+    assert!(ToSender::Hello.encode().len() > ToReceiver::CHALLENGE_LEN);
 }
 
 #[test]
@@ -69,20 +75,26 @@ fn refuses_what_breaks_the_rules() {
         vec![(5, 0)],
         vec![(9, 1), (5, 1)],
     ] {
-        let b = Control::Ack {
-            token: [0; 8],
+        let b = ToSender::Ack {
             rate_bps: 1,
             cumulative: 3,
             ranges,
         }
         .encode();
-        assert!(Control::decode(&b).is_err());
+        assert!(ToSender::decode(&b).is_err());
     }
+    // A Hello whose padding is not zero, an unknown end reason.
+    let mut hello = ToSender::Hello.encode();
+    hello[5] = 1;
+    assert!(ToSender::decode(&hello).is_err());
+    assert!(PacedResponse::decode(&[4, 0]).is_err());
+    assert!(PacedResponse::decode(&[4, 7]).is_err());
     // Chunks out of order, a zero length, an over-long session.
     let ready = |chunks: Vec<(u32, u32)>| {
         PacedResponse::Ready {
             udp_port: 1,
-            payload: 1464,
+            payload: 1448,
+            key: [0; 32],
             chunks: chunks
                 .into_iter()
                 .map(|(chunk, stored_len)| SessionChunk { chunk, stored_len })
@@ -107,31 +119,36 @@ fn refuses_what_breaks_the_rules() {
         Err(WireError::TooLarge { .. })
     ));
     assert!(matches!(
-        Control::decode(&too_long(MAX_CONTROL_LEN)),
+        ToSender::decode(&too_long(MAX_CONTROL_LEN)),
         Err(WireError::TooLarge { .. })
     ));
     // Truncated at every length.
-    let ack = Control::Ack {
-        token: [0; 8],
+    let ack = ToSender::Ack {
         rate_bps: 1,
         cumulative: 3,
         ranges: vec![(5, 2)],
     }
     .encode();
     for n in 0..ack.len() {
-        assert!(Control::decode(&ack[..n]).is_err());
+        assert!(ToSender::decode(&ack[..n]).is_err());
+    }
+    let hello = ToSender::Hello.encode();
+    for n in 0..hello.len() {
+        assert!(ToSender::decode(&hello[..n]).is_err());
+    }
+    let challenge = ToReceiver::Challenge { nonce: [0; 8] }.encode();
+    for n in 0..challenge.len() {
+        assert!(ToReceiver::decode(&challenge[..n]).is_err());
     }
     // A payload size outside the bounds.
     let mut req = PacedRequest {
         object: Hash::ZERO,
-        token: [0; 8],
         rate_bps: 1,
         payload: 100,
-        udp_port: 9,
         wanted: ChunkBitmap::new(3),
     };
     assert!(PacedRequest::decode(&req.encode()).is_err());
-    req.payload = 1464;
+    req.payload = 1448;
     req.rate_bps = 0;
     assert!(PacedRequest::decode(&req.encode()).is_err());
 }
@@ -151,22 +168,16 @@ fn arb_bitmap() -> impl Strategy<Value = ChunkBitmap> {
 fn arb_request() -> impl Strategy<Value = PacedRequest> {
     (
         any::<[u8; 32]>(),
-        any::<[u8; 8]>(),
         1u64..,
         MIN_PAYLOAD..=MAX_PAYLOAD,
-        1u16..,
         arb_bitmap(),
     )
-        .prop_map(
-            |(o, token, rate_bps, payload, udp_port, wanted)| PacedRequest {
-                object: Hash::from_bytes(o),
-                token,
-                rate_bps,
-                payload,
-                udp_port,
-                wanted,
-            },
-        )
+        .prop_map(|(o, rate_bps, payload, wanted)| PacedRequest {
+            object: Hash::from_bytes(o),
+            rate_bps,
+            payload,
+            wanted,
+        })
 }
 
 fn arb_response() -> impl Strategy<Value = PacedResponse> {
@@ -174,11 +185,13 @@ fn arb_response() -> impl Strategy<Value = PacedResponse> {
         (
             1u16..,
             MIN_PAYLOAD..=MAX_PAYLOAD,
+            any::<[u8; 32]>(),
             proptest::collection::btree_map(any::<u32>(), 1u32..=1 << 20, 1..50)
         )
-            .prop_map(|(udp_port, payload, m)| PacedResponse::Ready {
+            .prop_map(|(udp_port, payload, key, m)| PacedResponse::Ready {
                 udp_port,
                 payload,
+                key,
                 chunks: m
                     .into_iter()
                     .map(|(chunk, stored_len)| SessionChunk { chunk, stored_len })
@@ -186,20 +199,21 @@ fn arb_response() -> impl Strategy<Value = PacedResponse> {
             }),
         any::<[u8; 32]>().prop_map(|h| PacedResponse::NotFound(Hash::from_bytes(h))),
         any::<u32>().prop_map(|retry_after_ms| PacedResponse::Busy { retry_after_ms }),
+        (1u8..=6).prop_map(|c| PacedResponse::Ended(EndReason::from_code(c).unwrap())),
     ]
 }
 
-fn arb_control() -> impl Strategy<Value = Control> {
+fn arb_control() -> impl Strategy<Value = ToSender> {
     prop_oneof![
-        any::<[u8; 8]>().prop_map(|token| Control::Hello { token }),
-        any::<[u8; 8]>().prop_map(|token| Control::Done { token }),
+        Just(ToSender::Hello),
+        Just(ToSender::Done),
+        any::<[u8; 8]>().prop_map(|nonce| ToSender::Response { nonce }),
         (
-            any::<[u8; 8]>(),
             any::<u64>(),
             0u32..1_000_000,
             proptest::collection::vec((1u32..50, 1u32..50), 0..MAX_ACK_RANGES)
         )
-            .prop_map(|(token, rate_bps, cumulative, steps)| {
+            .prop_map(|(rate_bps, cumulative, steps)| {
                 // Gaps and runs after the cumulative point: ascending and disjoint.
                 let mut at = cumulative;
                 let ranges = steps
@@ -210,8 +224,7 @@ fn arb_control() -> impl Strategy<Value = Control> {
                         (start, len)
                     })
                     .collect();
-                Control::Ack {
-                    token,
+                ToSender::Ack {
                     rate_bps,
                     cumulative,
                     ranges,
@@ -239,16 +252,13 @@ proptest! {
     fn control_round_trip(c in arb_control()) {
         let b = c.encode();
         prop_assert!(b.len() <= MAX_CONTROL_LEN);
-        prop_assert_eq!(Control::decode(&b).unwrap(), c);
+        prop_assert_eq!(ToSender::decode(&b).unwrap(), c);
     }
 
     #[test]
-    fn data_round_trip(seq in any::<u32>(), p in proptest::collection::vec(any::<u8>(), 0..100)) {
-        let mut b = Vec::new();
-        encode_data(seq, &p, &mut b);
-        let (s, q) = decode_data(&b).unwrap();
-        prop_assert_eq!(s, seq);
-        prop_assert_eq!(q, &p[..]);
+    fn challenge_round_trip(nonce in any::<[u8; 8]>()) {
+        let c = ToReceiver::Challenge { nonce };
+        prop_assert_eq!(ToReceiver::decode(&c.encode()).unwrap(), c);
     }
 
     #[test]
@@ -261,11 +271,13 @@ proptest! {
             b[i] ^= x;
             let _ = PacedRequest::decode(&b);
             let _ = PacedResponse::decode(&b);
-            let _ = Control::decode(&b);
+            let _ = ToSender::decode(&b);
+            let _ = ToReceiver::decode(&b);
             b.truncate(cut % b.len());
             let _ = PacedRequest::decode(&b);
             let _ = PacedResponse::decode(&b);
-            let _ = Control::decode(&b);
+            let _ = ToSender::decode(&b);
+            let _ = ToReceiver::decode(&b);
         }
     }
 }

@@ -8,33 +8,44 @@
 //! own rate, retransmits exactly what the receiver's acknowledgements say is missing, and keeps
 //! sending through an outage fills the link from the moment it is back (the same idea as Aspera's
 //! FASP or UDT). The lane carries only stored chunk bytes: the receiver verifies every chunk's
-//! BLAKE3 against the signed manifest before storing it, as on the TCP path, so a forged datagram
-//! costs a retransmission at most, never a wrong byte. It is not encrypted (the chunks are
-//! content-addressed public objects); the request that opens it travels on the authenticated
-//! libp2p connection.
+//! BLAKE3 against the signed manifest before storing it, as on the TCP path.
+//!
+//! Every datagram is sealed (ChaCha20-Poly1305) under a key the sender sends in `Ready` over the
+//! authenticated libp2p stream ([`SenderSeal`], [`ReceiverSeal`]): a datagram from anyone else opens to nothing and is
+//! dropped, so no one on the path can forge an Ack, a Done or a chunk byte, or read what is sent.
+//! Data goes only to an address that proved it receives: it answered a challenge ([`PathValidator`]); a
+//! forged source address draws at most one challenge no bigger than what was sent in its name.
+//! The session lives as long as the libp2p stream that opened it.
 //!
 //! ```text
-//! receiver ── PacedRequest (libp2p stream /zdn/paced/1) ──▶ sender     object, wanted chunks, rate,
-//!          ◀── PacedResponse: Ready(port, chunk layout) ──              its UDP port
+//! receiver ── PacedRequest (libp2p stream /zdn/paced/2) ──▶ sender     object, wanted chunks, rate
+//!          ◀── PacedResponse: Ready(port, key, chunk layout) ──
 //!          ── Hello (UDP, to that port; repeated until data arrives) ──▶
-//!          ◀── Data seq u32 | payload (paced at the rate) ──
+//!          ◀── Challenge(nonce) ── (to the address the Hello came from)
+//!          ── Response(nonce) ──▶  (that address is now where data goes)
+//!          ◀── Data: packet n (paced at the rate) ──
 //!          ── Ack: rate, cumulative, received ranges (every ~40 ms) ──▶
-//!          ── Done (UDP, three times) ──▶
+//!          ── Done (UDP, three times), then the stream is closed ──▶
+//!          ◀── Ended(reason) on the stream, when the sender stops first ──
 //! ```
 //!
 //! The session's byte stream is the stored bytes of the chunks in the layout's order, cut into
 //! packets of `payload` bytes (the last one shorter).
 
 mod message;
+mod path;
 mod receiver;
+mod seal;
 mod sender;
 
 pub use message::{
-    decode_data, encode_data, Control, PacedRequest, PacedResponse, SessionChunk, DATA_HEADER,
-    MAX_ACK_RANGES, MAX_CONTROL_LEN, MAX_PACED_REQUEST, MAX_PACED_RESPONSE, MAX_PAYLOAD,
-    MAX_SESSION_BYTES, MAX_SESSION_CHUNKS, MIN_PAYLOAD, PACED_PROTOCOL,
+    EndReason, PacedRequest, PacedResponse, SessionChunk, ToReceiver, ToSender, MAX_ACK_RANGES,
+    MAX_CONTROL_LEN, MAX_PACED_REQUEST, MAX_PACED_RESPONSE, MAX_PAYLOAD, MAX_SESSION_BYTES,
+    MAX_SESSION_CHUNKS, MIN_PAYLOAD, PACED_PROTOCOL,
 };
-pub use receiver::{PacedReceiver, ReceiverStats};
+pub use path::{PathAction, PathValidator, CHALLENGE_LEN};
+pub use receiver::{Arrival, PacedReceiver, ReceiverStats};
+pub use seal::{FromSender, ReceiverSeal, SenderSeal, NUMBER_LEN, SEAL_OVERHEAD, TAG_LEN};
 pub use sender::{PacedSender, SenderPoll, SenderStats};
 
 /// Why a paced-lane message or session is refused.
@@ -44,6 +55,10 @@ pub enum PacedError {
     Wire(#[from] crate::wire::WireError),
     #[error("paced session: {0}")]
     Session(&'static str),
+    #[error("paced datagram does not open under the session's key")]
+    Unsealed,
+    #[error("paced control datagram replayed or too old")]
+    Replayed,
 }
 
 /// Packets of `payload` bytes needed for `total` bytes.

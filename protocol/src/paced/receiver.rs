@@ -7,7 +7,7 @@
 
 use crate::wire::{ChunkBitmap, WireError};
 
-use super::message::{decode_data, Control, SessionChunk, MAX_ACK_RANGES, MAX_SESSION_BYTES};
+use super::message::{SessionChunk, ToSender, MAX_ACK_RANGES, MAX_SESSION_BYTES};
 use super::{packet_count, packet_len, Bits, PacedError};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,6 +20,15 @@ pub struct ReceiverStats {
     pub rejected: u64,
     /// Payload bytes of every datagram accepted, duplicates included.
     pub payload_bytes: u64,
+}
+
+/// What one data packet did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Arrival {
+    /// It was not here before (a duplicate is not progress).
+    pub new: bool,
+    /// The chunks it completed, with their bytes (unverified).
+    pub completed: Vec<(SessionChunk, Vec<u8>)>,
 }
 
 #[derive(Debug)]
@@ -110,16 +119,10 @@ impl PacedReceiver {
         self.stats.clone()
     }
 
-    /// Takes one data datagram; returns the chunks it completed (their bytes, unverified). A
-    /// malformed datagram is an error and changes nothing.
-    pub fn on_data(&mut self, datagram: &[u8]) -> Result<Vec<(SessionChunk, Vec<u8>)>, PacedError> {
-        let (seq, bytes) = match decode_data(datagram) {
-            Ok(d) => d,
-            Err(e) => {
-                self.stats.rejected += 1;
-                return Err(e.into());
-            }
-        };
+    /// Takes packet `seq` (opened from its sealed datagram); returns whether it was new and the
+    /// chunks it completed (their bytes, unverified). A packet that does not fit the session is an
+    /// error and changes nothing; one already here is a duplicate (not progress).
+    pub fn on_data(&mut self, seq: u32, bytes: &[u8]) -> Result<Arrival, PacedError> {
         if seq >= self.packets || bytes.len() != packet_len(self.total, self.payload, seq) {
             self.stats.rejected += 1;
             return Err(WireError::Invalid {
@@ -131,7 +134,10 @@ impl PacedReceiver {
         self.stats.payload_bytes += bytes.len() as u64;
         if self.got.get(seq) {
             self.stats.duplicates += 1;
-            return Ok(Vec::new());
+            return Ok(Arrival {
+                new: false,
+                completed: Vec::new(),
+            });
         }
         self.got.set(seq);
         self.stats.received += 1;
@@ -161,11 +167,14 @@ impl PacedReceiver {
             }
             k += 1;
         }
-        Ok(done)
+        Ok(Arrival {
+            new: true,
+            completed: done,
+        })
     }
 
     /// The acknowledgement to send now: what has arrived, and the rate wanted.
-    pub fn ack(&self, token: [u8; 8], rate_bps: u64) -> Control {
+    pub fn ack(&self, rate_bps: u64) -> ToSender {
         let mut ranges = Vec::new();
         let mut i = self.cum;
         while i < self.high && ranges.len() < MAX_ACK_RANGES {
@@ -179,8 +188,7 @@ impl PacedReceiver {
             }
             ranges.push((start, i - start));
         }
-        Control::Ack {
-            token,
+        ToSender::Ack {
             rate_bps,
             cumulative: self.cum,
             ranges,

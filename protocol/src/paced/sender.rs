@@ -1,7 +1,7 @@
 //! [`PacedSender`]: which packet goes out next, and when.
 //!
 //! Packets leave at the rate the receiver asked for, counted in IP bytes (payload, the 4-byte
-//! header and the UDP/IP headers), so the link's queue neither empties nor overflows. A packet
+//! number, the tag and the UDP/IP headers), so the link's queue neither empties nor overflows. A packet
 //! not acknowledged one retransmission timeout after it was sent is sent again, oldest first, ahead
 //! of new data. Loss is not taken as congestion: the sender keeps its rate through random loss and
 //! through an outage (where it sends into the void, so the link is full again the moment it
@@ -191,7 +191,7 @@ impl PacedSender {
         self.stats.sent += 1;
         self.window_sent += 1;
         let wire = packet_len(self.total, self.payload, seq) as u64
-            + super::DATA_HEADER as u64
+            + super::SEAL_OVERHEAD as u64
             + u64::from(self.overhead);
         let nanos = u128::from(wire * 8) * 1_000_000_000 / u128::from(self.rate_bps().max(1));
         let gap = Duration::from_nanos(nanos.min(u128::from(u64::MAX)) as u64);

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use zdn_simulations::bulk;
+use zdn_linkem::bulk;
+use zdn_linkem::units::parse_duration;
 use zdn_simulations::scenario::{self, RunOptions, Scenario};
-use zdn_simulations::units::parse_duration;
 
 /// Scenario runner for zdn's field conditions (issue 6): starts real `zdn` nodes in network
 /// namespaces joined by emulated links (rate, delay, jitter, loss, outages, queue), publishes
@@ -25,8 +25,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a scenario file; write <out>/<name>.json (bytes per node over time, fetch times,
-    /// goodput, the plain-TCP reference) and <out>/<name>.png (cumulative bytes per node,
+    /// Run a scenario file; write OUT/NAME.json (bytes per node over time, fetch times,
+    /// goodput, the plain-TCP reference) and OUT/NAME.png (cumulative bytes per node,
     /// outages shaded). Exit status: 0 every fetch completed and verified, 2 one did not (the
     /// report says which), 1 the scenario could not run. Example:
     ///

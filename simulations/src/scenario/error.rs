@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::netns::NetnsError;
+use zdn_linkem::netns::NetnsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::forwarder::{spawn_direction, DirectionStats};
-use crate::netns::{tun_link, LinkEnd};
-use crate::shaper::{LinkSpec, Shaper};
+use zdn_linkem::forwarder::{spawn_direction, DirectionStats};
+use zdn_linkem::netns::{tun_link, LinkEnd};
+use zdn_linkem::shaper::{LinkSpec, Shaper};
 
 use super::error::ScenarioError;
 

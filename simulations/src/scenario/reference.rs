@@ -8,8 +8,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::netns::{LinkEnd, Netns};
-use crate::shaper::LinkSpec;
+use zdn_linkem::netns::{LinkEnd, Netns};
+use zdn_linkem::shaper::LinkSpec;
 
 use super::error::ScenarioError;
 use super::link::EmulatedLink;

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::shaper::{LinkSpec, Outage};
+use zdn_linkem::shaper::{LinkSpec, Outage};
 
 use super::spec::{Place, Transport};
 

@@ -1,6 +1,6 @@
 //! Runs a scenario: publish the objects at the datacenter, build the namespaces and links, start a
 //! `zdn node run` per node, run the fetches while sampling every link's counters, stop, verify the
-//! copies, run the TCP reference, and assemble the report (JSON and PNG, see [`write`]).
+//! copies, run the TCP reference, and assemble the report (JSON and PNG, see [`write()`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

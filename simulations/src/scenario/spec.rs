@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::shaper::LinkSpec;
-use crate::units::{parse_duration, parse_outage, parse_rate, parse_size};
+use zdn_linkem::shaper::LinkSpec;
+use zdn_linkem::units::{parse_bits_per_sec, parse_duration, parse_outage, parse_size};
 
 use super::error::ScenarioError;
 
@@ -375,7 +375,7 @@ fn check_name(what: &str, n: &str) -> Result<(), String> {
 }
 
 fn link_spec(l: &LinkFile) -> Result<LinkSpec, String> {
-    let rate_bps = parse_rate(&l.rate)?;
+    let rate_bps = parse_bits_per_sec(&l.rate)?;
     let opt = |s: &Option<String>| s.as_deref().map(parse_duration).transpose();
     let spec = LinkSpec {
         rate_bps,

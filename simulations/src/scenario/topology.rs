@@ -13,8 +13,8 @@
 
 use std::time::Instant;
 
-use crate::netns::{LinkEnd, Netns};
-use crate::shaper::LinkSpec;
+use zdn_linkem::netns::{LinkEnd, Netns};
+use zdn_linkem::shaper::LinkSpec;
 
 use super::error::ScenarioError;
 use super::link::EmulatedLink;

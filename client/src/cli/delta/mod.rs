@@ -1,0 +1,130 @@
+//! `zdn delta …`: `.bitdelta` files offline.
+
+pub mod apply;
+pub mod encode;
+pub mod eval;
+pub mod inspect;
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use crate::cli::args::Location;
+use crate::cli::{quality, soup};
+use crate::delta::apply::ApplyJob;
+use crate::device::compute::ComputeDevice;
+
+#[derive(Subcommand, Debug)]
+pub enum DeltaCommand {
+    /// Encode the difference between a base and its fine-tune as a .bitdelta file.
+    ///
+    /// By default every 2-D weight matrix is stored as signs + one scale per tensor (1 bit/weight);
+    /// embedding matrices keep the base's values (see --embeddings); other tensors (norms, biases,
+    /// integer tensors) are stored losslessly or marked unchanged. Example:
+    ///
+    ///   zdn delta encode --base base.safetensors --finetuned ft.safetensors -o ft.bitdelta --scale row
+    #[command(verbatim_doc_comment)]
+    Encode(encode::EncodeArgs),
+    /// Show the tensors, encodings, sizes and compression ratios of a .bitdelta file (or what a
+    /// soup recipe mixes).
+    Inspect {
+        /// The .bitdelta file, or a delta in the store (hash, prefix or name): then the quality
+        /// report its manifest carries is shown too. A soup (in the store, or a recipe file) shows
+        /// its base, quantization and weighted components.
+        delta: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the fine-tuned model: base + delta → safetensors. Bit-exact and deterministic.
+    Apply {
+        #[arg(long)]
+        base: PathBuf,
+        /// The .bitdelta file; when no such file exists, a soup recipe in the store (hash, prefix
+        /// or name), built from its component deltas there.
+        #[arg(long)]
+        delta: PathBuf,
+        /// Output safetensors file (written to a temporary file and renamed when complete).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Apply even if the base's BLAKE3 is not the one the delta was made from.
+        #[arg(long)]
+        force: bool,
+        /// Where to reconstruct: cpu, or cuda:N (NVIDIA GPU N, in a zdn built with --features
+        /// cuda). The output is the same bytes.
+        #[arg(long, default_value = "cpu", value_name = "cpu|cuda:N")]
+        device: ComputeDevice,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure how far base + delta is from the fine-tune: relative L2 error per tensor and in total.
+    Eval {
+        #[arg(long)]
+        base: PathBuf,
+        #[arg(long)]
+        finetuned: PathBuf,
+        #[arg(long)]
+        delta: PathBuf,
+        /// Print JSON (every tensor) instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fit a delta's scales so the applied model's hidden states match the fine-tune's on a
+    /// calibration corpus (BitDelta's scale distillation; signs kept, same file size). Example:
+    ///
+    ///   zdn delta calibrate --base base/model.safetensors --finetuned ft/model.safetensors \
+    ///       --delta ft.bitdelta --corpus background.txt --exclude-corpus heldout.txt -o ft.cal.bitdelta
+    #[command(verbatim_doc_comment)]
+    Calibrate(quality::CalibrateArgs),
+}
+
+pub fn run(loc: &Location, c: DeltaCommand) -> anyhow::Result<u8> {
+    match c {
+        DeltaCommand::Encode(a) => encode::run(a),
+        DeltaCommand::Inspect { delta, json } => inspect::run(loc, delta, json),
+        // Not a file: a soup recipe in the store (docs/soup.md).
+        DeltaCommand::Apply {
+            base,
+            delta,
+            output,
+            force,
+            device,
+            json,
+        } if !delta.exists() => {
+            anyhow::ensure!(
+                device == ComputeDevice::Cpu,
+                "--device {device}: {} is not a file, and a soup recipe from the store is applied \
+                 on the CPU only (build it into a file with `zdn soup mix -o FILE`, then apply that \
+                 file with --device)",
+                delta.display()
+            );
+            let object = delta.to_string_lossy();
+            soup::apply_recipe(loc, &object, base, output, force, json)
+        }
+        DeltaCommand::Apply {
+            base,
+            delta,
+            output,
+            force,
+            device,
+            json,
+        } => apply::run(
+            ApplyJob {
+                base,
+                delta,
+                output,
+                force,
+                progress: !json,
+            },
+            device,
+            json,
+        ),
+        DeltaCommand::Eval {
+            base,
+            finetuned,
+            delta,
+            json,
+        } => eval::run(base, finetuned, delta, json),
+        DeltaCommand::Calibrate(a) => quality::run_calibrate(a),
+    }
+}

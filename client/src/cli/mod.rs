@@ -1,0 +1,127 @@
+//! The `zdn` command line: parsing, and one file per command that calls the library and prints.
+//!
+//! Doc comments here are also `--help` texts, which name placeholders the usual way (`<home>`,
+//! `/p2p/<peer id>`): rustdoc would read those as HTML tags.
+#![allow(rustdoc::invalid_html_tags)]
+
+pub mod args;
+pub mod decoder_eval;
+pub mod delta;
+pub mod demo;
+pub mod fetch;
+pub mod fetch_report;
+pub mod node;
+pub mod output;
+pub mod quality;
+pub mod session;
+pub mod soup;
+pub mod status;
+pub mod store;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use args::Location;
+
+/// zdn moves fine-tuned models as BitDelta files: one sign bit per weight plus a few scales, about
+/// 1/16 of the fp16 model, verified by BLAKE3 and reconstructed bit-exactly.
+#[derive(Parser, Debug)]
+#[command(name = "zdn", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    location: Location,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Work with .bitdelta files offline: encode, inspect, apply, eval.
+    #[command(subcommand)]
+    Delta(delta::DeltaCommand),
+    /// Run the main job end to end on a built-in default: install the real MiniLM base + fine-tune
+    /// pair (or generate one), encode its delta, publish it in one store, carry it to another,
+    /// fetch it verified, apply it, and report size and error.
+    Demo(demo::DemoArgs),
+    #[command(flatten)]
+    Store(store::StoreCommand),
+    /// Run a peer node (see `zdn node run --help`).
+    #[command(subcommand)]
+    Node(node::NodeCommand),
+    /// Fetch an object by manifest hash from peers, verify every byte, store it (and -o a file).
+    ///
+    /// Uses the node running on this store if there is one, else starts one just for this fetch.
+    /// Interrupted fetches resume where they stopped. Exit status: 0 done, 2 not found on any
+    /// peer, 3 verification failed, 4 interrupted or incomplete (run again to resume), 5 untrusted
+    /// publisher or missing base (with --no-base), 1 other errors. Example:
+    ///
+    ///   zdn fetch 3f1c...e9 --peer /ip4/198.51.100.7/tcp/4801/p2p/12D3KooW... -o ft.bitdelta
+    #[command(verbatim_doc_comment)]
+    Fetch(fetch::FetchArgs),
+    /// What the running node has, who it is connected to, transfers in progress (JSON).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The peers the running node is connected to.
+    Peers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Announce an object (hash, prefix or name) by gossip through the running node.
+    Announce { object: String },
+    /// DeltaSoup: mix deltas of one base into a recipe, or aggregate contributed deltas robustly.
+    #[command(subcommand)]
+    Soup(soup::SoupCommand),
+    /// Measure a delta on a real model: cosine of the delta-applied model's sentence embeddings to
+    /// the fine-tune's on held-out text, with the base's as the floor (BERT encoders on candle).
+    /// For a decoder LLM (config.json model_type llama, …; model folders, possibly sharded): next-
+    /// token KL to the fine-tune, perplexity and special-token agreement on held-out conversations.
+    ///
+    ///   zdn eval --base base/model.safetensors --finetuned ft/model.safetensors \
+    ///            --delta ft.bitdelta --corpus lee.cor
+    #[command(verbatim_doc_comment)]
+    Eval(quality::EvalArgs),
+}
+
+/// Parses the command line, runs the command, and turns its outcome into the exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one command; the exit status on success.
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    let loc = &cli.location;
+    match cli.command {
+        Command::Store(c) => store::run(loc, c),
+        Command::Node(c) => node::run_node(loc, c),
+        Command::Fetch(a) => fetch::run_fetch(loc, a),
+        Command::Status { json } => status::run_status(loc, json, false),
+        Command::Peers { json } => status::run_status(loc, json, true),
+        Command::Announce { object } => status::run_announce(loc, object),
+        Command::Soup(c) => soup::run(loc, c),
+        Command::Eval(a) => quality::run_eval(a),
+        Command::Delta(c) => delta::run(loc, c),
+        Command::Demo(a) => demo::run(&a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks (duplicate names, bad defaults) over every subcommand.
+    #[test]
+    fn cli_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

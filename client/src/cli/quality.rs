@@ -1,0 +1,196 @@
+//! `zdn eval` (sentence-embedding quality of a delta; decoder LLMs go to [`super::decoder_eval`])
+//! and `zdn delta calibrate` (scale distillation).
+
+use std::path::PathBuf;
+
+use crate::quality::calibrate::{calibrate, CalibrateJob};
+use crate::quality::eval::{quality, QualityJob, QualityReport};
+use anyhow::Context;
+use clap::Args;
+
+use super::decoder_eval;
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The base model (safetensors); its config.json and tokenizer.json are read from beside it. A
+    /// decoder LLM (config.json model_type llama, …) is a model folder, possibly sharded.
+    #[arg(long)]
+    base: PathBuf,
+    /// The fine-tuned model (safetensors, or a decoder's folder): the reference compared with.
+    #[arg(long)]
+    finetuned: PathBuf,
+    /// The .bitdelta to apply to the base.
+    #[arg(long)]
+    delta: PathBuf,
+    /// Held-out English text (one document per line); split into sentences. For a decoder:
+    /// conversations as JSON lines ({"messages": [{"role": …, "content": …}, …]}).
+    #[arg(long)]
+    corpus: PathBuf,
+    /// config.json of the model (default: beside --base).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// tokenizer.json of the model (default: beside --base).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Use only the first N sentences (a decoder: conversations) of the corpus.
+    #[arg(long, value_name = "N")]
+    max_sentences: Option<usize>,
+    /// Decoders: apply the delta to this model folder instead of --base, which stays the floor (for a
+    /// fine-tune that added tokens: the base with the fine-tune's grown tensors copied in, until
+    /// deltas encode grown tensors).
+    #[arg(long, value_name = "DIR")]
+    delta_base: Option<PathBuf>,
+    /// Apply the delta even to a base other than the one it records.
+    #[arg(long)]
+    force: bool,
+    /// Print the report as JSON (the form `zdn add --quality` records in a manifest).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CalibrateArgs {
+    /// The base model (safetensors); its config.json and tokenizer.json are read from beside it.
+    #[arg(long)]
+    base: PathBuf,
+    /// The fine-tuned model whose hidden states the scales are fitted to.
+    #[arg(long)]
+    finetuned: PathBuf,
+    /// The .bitdelta whose scales are calibrated (its signs and levels are kept).
+    #[arg(long)]
+    delta: PathBuf,
+    /// Calibration text (one document per line).
+    #[arg(long)]
+    corpus: PathBuf,
+    /// Never calibrate on sentences of this corpus (keep the evaluation text held out).
+    #[arg(long, value_name = "FILE")]
+    exclude_corpus: Option<PathBuf>,
+    /// Output .bitdelta (same size as the input; only scale bytes differ).
+    #[arg(short, long)]
+    output: PathBuf,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Calibration sentences drawn from the corpus.
+    #[arg(long, default_value_t = CalibrateJob::DEFAULT_SENTENCES)]
+    sentences: usize,
+    /// Adam steps (one batch each).
+    #[arg(long, default_value_t = CalibrateJob::DEFAULT_STEPS)]
+    steps: usize,
+    /// Sentences per step.
+    #[arg(long, default_value_t = CalibrateJob::DEFAULT_BATCH)]
+    batch: usize,
+    /// Adam step size on the relative scales s/s₀ − 1.
+    #[arg(long, default_value_t = CalibrateJob::DEFAULT_LEARNING_RATE)]
+    learning_rate: f64,
+    /// Seed of the sentence draw.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_eval(a: EvalArgs) -> anyhow::Result<u8> {
+    if decoder_eval::is_decoder(&a.base, a.config.as_deref()) {
+        return decoder_eval::run(decoder_eval::DecoderEvalArgs {
+            base: &a.base,
+            finetuned: &a.finetuned,
+            delta: &a.delta,
+            delta_base: a.delta_base.as_deref(),
+            corpus: &a.corpus,
+            max_conversations: a.max_sentences,
+            force: a.force,
+            json: a.json,
+        });
+    }
+    anyhow::ensure!(
+        a.delta_base.is_none(),
+        "--delta-base is for decoder models (config.json model_type llama, …)"
+    );
+    let report = quality(&QualityJob {
+        base: a.base,
+        finetuned: a.finetuned,
+        delta: a.delta,
+        corpus: a.corpus,
+        config: a.config,
+        tokenizer: a.tokenizer,
+        max_sentences: a.max_sentences,
+        force: a.force,
+    })
+    .context("eval failed")?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_quality(&report);
+    }
+    Ok(0)
+}
+
+fn print_quality(r: &QualityReport) {
+    println!(
+        "{} sentences of {} (BLAKE3 {})",
+        r.sentences,
+        r.corpus,
+        &r.corpus_blake3.to_hex()[..16]
+    );
+    println!("cosine of sentence embeddings to the fine-tune's:");
+    println!("                    mean      min       p5");
+    for (label, s) in [("base + delta", &r.delta), ("base alone", &r.base)] {
+        println!("  {label:<14} {:.6} {:.6} {:.6}", s.mean, s.min, s.p5);
+    }
+    let ratio = r.finetuned_bytes as f64 / r.delta_bytes.max(1) as f64;
+    println!(
+        "delta {} bytes = 1/{ratio:.1} of the fine-tune ({} bytes)",
+        r.delta_bytes, r.finetuned_bytes
+    );
+}
+
+pub fn run_calibrate(a: CalibrateArgs) -> anyhow::Result<u8> {
+    anyhow::ensure!(a.steps > 0, "--steps must be at least 1");
+    anyhow::ensure!(a.sentences > 0, "--sentences must be at least 1");
+    anyhow::ensure!(a.batch > 0, "--batch must be at least 1");
+    anyhow::ensure!(
+        a.learning_rate.is_finite() && a.learning_rate > 0.0 && a.learning_rate < 1.0,
+        "--learning-rate must be in (0, 1), got {}",
+        a.learning_rate
+    );
+    let report = calibrate(&CalibrateJob {
+        base: a.base,
+        finetuned: a.finetuned,
+        delta: a.delta,
+        corpus: a.corpus,
+        output: a.output,
+        config: a.config,
+        tokenizer: a.tokenizer,
+        exclude_corpus: a.exclude_corpus,
+        sentences: a.sentences,
+        steps: a.steps,
+        batch: a.batch,
+        learning_rate: a.learning_rate,
+        seed: a.seed,
+        force: a.force,
+        progress: !a.json,
+    })
+    .context("delta calibrate failed")?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "wrote {}: {} scales of {} tensors fitted on {} sentences in {} steps ({:.0} s); \
+             hidden-state MSE {:.3e} → {:.3e}; largest scale change {:.1} %",
+            report.output.display(),
+            report.scales,
+            report.tensors,
+            report.sentences,
+            report.steps,
+            report.seconds,
+            report.loss_first,
+            report.loss_last,
+            100.0 * report.max_relative_change
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,6 @@
+//! Files: outputs written atomically, inputs memory-mapped page by page, progress bars.
+
+pub mod atomic_file;
+pub mod mapped_file;
+pub mod object_output;
+pub mod progress;

@@ -1,0 +1,5 @@
+//! The chunk protocol (`/zdn/chunk/1`, messages in `zdn_protocol::wire`) on raw libp2p streams:
+//! the server that answers peers from the store, and the pipe a fetch asks one peer through.
+
+pub(crate) mod pipe;
+pub(crate) mod server;
