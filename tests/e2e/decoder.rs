@@ -12,7 +12,7 @@ use serde_json::Value;
 use zdn::decoder::chat::ChatMessage;
 use zdn::decoder::config::LlamaConfig;
 use zdn::decoder::eval::{evaluate, AppliedWeights, DecoderEvalJob};
-use zdn::decoder::folder::ModelFolder;
+use zdn::decoder::folder::FolderWeights;
 use zdn::decoder::llama::{DecoderBatch, LlamaModel, LlamaWeights};
 use zdn::decoder::tokenizer::DecoderTokenizer;
 
@@ -70,7 +70,7 @@ fn forward_matches_transformers() {
         let cfg = LlamaConfig::from_file(&dir.join("config.json")).unwrap();
         assert_eq!(cfg.vocab_size as u64, m["vocab_size"].as_u64().unwrap());
         let tok = DecoderTokenizer::open(dir).unwrap();
-        let folder = ModelFolder::open(dir).unwrap();
+        let folder = FolderWeights::open(dir).unwrap();
         assert_eq!(
             folder.shard_names.len(),
             if which == "base" { 3 } else { 5 },

@@ -9,7 +9,7 @@
 use candle_core::Device;
 use zdn_protocol::bitdelta::{check_inputs, reconstruct, BitDeltaFile};
 
-use super::folder::ModelFolder;
+use super::folder::FolderWeights;
 use crate::device::apply::{tensor_from_bytes, CandleApplyError, NamedTensors};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +34,7 @@ impl From<zdn_protocol::bitdelta::ReconstructError> for FolderApplyError {
 
 /// The delta's tensors reconstructed against `base`, in the delta's index order, on `device`.
 pub fn apply_to_folder(
-    base: &ModelFolder,
+    base: &FolderWeights,
     delta: &BitDeltaFile<'_>,
     device: &Device,
     force: bool,

@@ -24,7 +24,7 @@ use zdn_protocol::Hash;
 use super::apply::{apply_to_folder, FolderApplyError};
 use super::chat::{read_conversations, ChatError};
 use super::config::{ConfigError, LlamaConfig};
-use super::folder::{FolderError, ModelFolder};
+use super::folder::{FolderError, FolderWeights};
 use super::llama::{DecoderBatch, LlamaError, LlamaModel, LlamaWeights};
 use super::next_token_stats::{Position, ReportContext, Sums};
 use super::tokenizer::{DecoderTokenizer, TokenizerError};
@@ -215,8 +215,8 @@ fn open_config(dir: &Path, which: &'static str) -> Result<LlamaConfig, DecoderEv
         .map_err(|cause| DecoderEvalError::Config { which, cause })
 }
 
-fn open_folder(dir: &Path, which: &'static str) -> Result<ModelFolder, DecoderEvalError> {
-    ModelFolder::open(dir).map_err(|cause| DecoderEvalError::Folder { which, cause })
+fn open_folder(dir: &Path, which: &'static str) -> Result<FolderWeights, DecoderEvalError> {
+    FolderWeights::open(dir).map_err(|cause| DecoderEvalError::Folder { which, cause })
 }
 
 fn weights(
@@ -231,7 +231,7 @@ fn weights(
 }
 
 fn load(
-    folder: &ModelFolder,
+    folder: &FolderWeights,
     cfg: &LlamaConfig,
     which: &'static str,
     device: &Device,
@@ -374,7 +374,7 @@ fn encode_conversations(
 /// The delta-applied tensors, and the delta's size when they come from one.
 fn applied_weights(
     job: &DecoderEvalJob,
-    base: &ModelFolder,
+    base: &FolderWeights,
     cfg: &LlamaConfig,
     device: &Device,
 ) -> Result<(Vec<(String, Tensor)>, Option<u64>), DecoderEvalError> {

@@ -1,11 +1,14 @@
 //! The weights of a Hugging Face model folder: `model.safetensors`, or shards listed by
 //! `model.safetensors.index.json` (`{"weight_map": {tensor: "model-0000k-of-0000n.safetensors"}}`),
-//! each memory-mapped. Tensors are found by name across shards without reading their data.
+//! each memory-mapped. Tensors are found by name across shards without reading their data. (The
+//! folder as the store sees it, every file, is [`crate::model::folder::ModelFolder`].)
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use zdn_protocol::bitdelta::TensorData;
+use zdn_protocol::folder::shard_index::ShardIndex;
+use zdn_protocol::folder::MAX_SHARD_INDEX_LEN;
 use zdn_protocol::safetensors::TensorInfo;
 
 use crate::model::file::{ModelFile, ModelFileError};
@@ -14,8 +17,6 @@ use crate::model::file::{ModelFile, ModelFileError};
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// The weights file of an unsharded checkpoint.
 pub const SINGLE_FILE: &str = "model.safetensors";
-/// Largest index file read.
-const MAX_INDEX_BYTES: u64 = 64 << 20;
 /// Most shards accepted.
 const MAX_SHARDS: usize = 100_000;
 
@@ -35,14 +36,9 @@ pub enum FolderError {
     },
 }
 
-#[derive(serde::Deserialize)]
-struct IndexJson {
-    weight_map: BTreeMap<String, String>,
-}
-
 /// A model folder's weights: its shards and where each tensor is.
 #[derive(Debug)]
-pub struct ModelFolder {
+pub struct FolderWeights {
     pub dir: PathBuf,
     /// Shard file names, as the index lists them (sorted).
     pub shard_names: Vec<String>,
@@ -53,7 +49,7 @@ pub struct ModelFolder {
     names: Vec<String>,
 }
 
-impl ModelFolder {
+impl FolderWeights {
     pub fn open(dir: &Path) -> Result<Self, FolderError> {
         let index = dir.join(INDEX_FILE);
         if index.is_file() {
@@ -73,12 +69,19 @@ impl ModelFolder {
         let len = std::fs::metadata(index)
             .map_err(|e| err(e.to_string()))?
             .len();
-        if len > MAX_INDEX_BYTES {
-            return Err(err(format!("{len} bytes; an index is at most 64 MiB")));
+        if len > MAX_SHARD_INDEX_LEN as u64 {
+            return Err(err(format!(
+                "{len} bytes, over the {MAX_SHARD_INDEX_LEN}-byte limit of a shard index"
+            )));
         }
-        let text = std::fs::read_to_string(index).map_err(|e| err(e.to_string()))?;
-        let parsed: IndexJson = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-        let mut shard_names: Vec<String> = parsed.weight_map.values().cloned().collect();
+        let bytes = std::fs::read(index).map_err(|e| err(e.to_string()))?;
+        // The protocol's reading of an index (a tensor listed twice is refused, not overwritten).
+        let weight_map: BTreeMap<String, String> = ShardIndex::parse(&bytes)
+            .map_err(err)?
+            .weight_map
+            .into_iter()
+            .collect();
+        let mut shard_names: Vec<String> = weight_map.values().cloned().collect();
         shard_names.sort();
         shard_names.dedup();
         if shard_names.is_empty() {
@@ -93,7 +96,7 @@ impl ModelFolder {
         for s in &shard_names {
             check_shard_name(s).map_err(err)?;
         }
-        Self::from_shards(dir, shard_names, Some((index, &parsed.weight_map)))
+        Self::from_shards(dir, shard_names, Some((index, &weight_map)))
     }
 
     fn from_shards(
@@ -149,7 +152,7 @@ impl ModelFolder {
                 }
             }
         }
-        Ok(ModelFolder {
+        Ok(FolderWeights {
             dir: dir.to_owned(),
             shard_names,
             shards,
@@ -256,7 +259,7 @@ mod tests {
     fn tensors_are_found_across_shards() {
         let d = tempfile::tempdir().unwrap();
         sharded(d.path());
-        let f = ModelFolder::open(d.path()).unwrap();
+        let f = FolderWeights::open(d.path()).unwrap();
         assert_eq!(f.names(), ["b", "a", "c"]);
         assert_eq!(f.data("c").unwrap().bytes.len(), 12);
         assert_eq!(f.data("a").unwrap().bytes, 3f32.to_le_bytes());
@@ -269,14 +272,14 @@ mod tests {
     fn a_single_file_folder_is_read() {
         let d = tempfile::tempdir().unwrap();
         write_shard(&d.path().join(SINGLE_FILE), &[("x", vec![1.0])]);
-        let f = ModelFolder::open(d.path()).unwrap();
+        let f = FolderWeights::open(d.path()).unwrap();
         assert_eq!(f.names(), ["x"]);
     }
 
     #[test]
     fn bad_folders_and_indexes_are_refused() {
         let d = tempfile::tempdir().unwrap();
-        let e = ModelFolder::open(d.path()).unwrap_err().to_string();
+        let e = FolderWeights::open(d.path()).unwrap_err().to_string();
         assert!(e.contains("neither"), "{e}");
         sharded(d.path());
         let index = d.path().join(INDEX_FILE);
@@ -303,13 +306,18 @@ mod tests {
                 "lacks it",
             ),
             ("weight_map", "weights", "weight_map"),
+            (
+                r#""b": "model-00001-of-00002.safetensors""#,
+                r#""a": "model-00001-of-00002.safetensors""#,
+                "listed twice",
+            ),
         ] {
             std::fs::write(&index, good.replacen(from, to, 1)).unwrap();
-            let e = ModelFolder::open(d.path()).unwrap_err().to_string();
+            let e = FolderWeights::open(d.path()).unwrap_err().to_string();
             assert!(e.contains(want), "{to}: {e}");
         }
         std::fs::write(&index, r#"{"weight_map": {}}"#).unwrap();
-        let e = ModelFolder::open(d.path()).unwrap_err().to_string();
+        let e = FolderWeights::open(d.path()).unwrap_err().to_string();
         assert!(e.contains("empty"), "{e}");
     }
 }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::LlamaConfig;
-use super::folder::ModelFolder;
+use super::folder::FolderWeights;
 use crate::device::apply::{tensor_from_bytes, CandleApplyError};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,7 @@ impl LlamaWeights {
 
     /// Every tensor of a model folder, in its stored dtype, on `device`.
     pub fn load(
-        folder: &ModelFolder,
+        folder: &FolderWeights,
         cfg: &LlamaConfig,
         device: &Device,
     ) -> Result<Self, LlamaError> {

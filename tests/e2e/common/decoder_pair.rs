@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use zdn::decoder::folder::ModelFolder;
+use zdn::decoder::folder::FolderWeights;
 use zdn_protocol::safetensors::{encode_header, TensorLayout};
 use zdn_test_support::require::{decoder_pair_dir, require, Need};
 
@@ -83,13 +83,13 @@ pub fn merge_shards(folder: &Path, out: &Path) {
 /// cannot yet encode a grown tensor, so the pair is measured with deltas made against this.
 /// Returns the bytes of the tensors copied in.
 pub fn graft_grown(base: &Path, finetuned: &Path, out: &Path) -> u64 {
-    let fine = ModelFolder::open(finetuned).unwrap();
+    let fine = FolderWeights::open(finetuned).unwrap();
     write_merged(base, Some(&fine), out)
 }
 
-fn write_merged(folder: &Path, grown_from: Option<&ModelFolder>, out: &Path) -> u64 {
+fn write_merged(folder: &Path, grown_from: Option<&FolderWeights>, out: &Path) -> u64 {
     std::fs::create_dir_all(out).unwrap();
-    let f = ModelFolder::open(folder).unwrap();
+    let f = FolderWeights::open(folder).unwrap();
     let mut grafted = 0;
     let tensors: Vec<(String, zdn_protocol::bitdelta::TensorData<'_>)> = f
         .names()
