@@ -28,6 +28,7 @@ use super::folder::{FolderError, FolderWeights};
 use super::llama::{DecoderBatch, LlamaError, LlamaModel, LlamaWeights};
 use super::next_token_stats::{Position, ReportContext, Sums};
 use super::tokenizer::{DecoderTokenizer, TokenizerError};
+use crate::device::apply::NamedTensors;
 use crate::fs::mapped_file::{MappedFile, OpenError};
 
 /// The metric's name, as recorded in quality reports.
@@ -377,7 +378,7 @@ fn applied_weights(
     base: &FolderWeights,
     cfg: &LlamaConfig,
     device: &Device,
-) -> Result<(Vec<(String, Tensor)>, Option<u64>), DecoderEvalError> {
+) -> Result<(NamedTensors, Option<u64>), DecoderEvalError> {
     match &job.applied {
         AppliedWeights::Delta { delta: path, onto } => {
             let dm = MappedFile::open(path)?;
