@@ -76,8 +76,9 @@ pub enum Command {
     Soup(soup::SoupCommand),
     /// Measure a delta on a real model: cosine of the delta-applied model's sentence embeddings to
     /// the fine-tune's on held-out text, with the base's as the floor (BERT encoders on candle).
-    /// For a decoder LLM (config.json model_type llama, …; model folders, possibly sharded): next-
-    /// token KL to the fine-tune, perplexity and special-token agreement on held-out conversations.
+    /// For a decoder LLM (config.json model_type llama, …; model folders, possibly sharded):
+    /// next-token KL to the fine-tune, perplexity and special-token agreement on held-out
+    /// conversations.
     ///
     ///   zdn eval --base base/model.safetensors --finetuned ft/model.safetensors \
     ///            --delta ft.bitdelta --corpus lee.cor
