@@ -3,7 +3,7 @@
 # sha256); run by hand only as that script does:
 #   python3 make_decoder_pair.py SRC OUT     SRC: the corpus wheels; OUT: the output folder
 #
-# Recipe (docs/quality.md "The decoder pair" describes it for readers):
+# Recipe (docs/quality.md "Decoder LLMs" describes it for readers):
 #   corpus A  Wikipedia articles shipped as test data in gensim 4.3.3 (PyPI; the articles are
 #             CC BY-SA 3.0, gensim LGPL-2.1), wiki markup stripped → pre-training text.
 #   corpus B  chatterbot-corpus 1.3.3 (PyPI, BSD-3-Clause): 2026 English dialogs → chat conversations,

@@ -135,7 +135,7 @@ pub enum Step {
 }
 
 impl DeltaPlan {
-    /// Plans `file` on `base`, checking every entry as a reader must before using it (docs/format.md
+    /// Plans `file` on `base`, checking every entry as a reader must before using it (docs/spec/bitdelta.md
     /// § 5, rules 7 and 9: base presence, shape and dtype; block length, finite scales, zero padding).
     /// Lossless blocks are checked when they are decoded for the upload.
     pub fn new(file: &BitDeltaFile<'_>, base: &impl BaseLayout) -> Result<DeltaPlan, PlanError> {
@@ -291,7 +291,7 @@ impl DeltaPlan {
 
     /// The upload's contents, piece by piece: `put(offset, bytes)` with each quantized block as the
     /// file stores it, and each lossless tensor reconstructed here by the reference against the
-    /// host's base (its frame checked: docs/format.md § 5, rules 8 and 10). Host memory: one lossless
+    /// host's base (its frame checked: docs/spec/bitdelta.md § 5, rules 8 and 10). Host memory: one lossless
     /// tensor at a time.
     pub fn upload_pieces<E: From<PlanError>>(
         &self,

@@ -1,5 +1,5 @@
 //! A `.bitdelta` applied to the tensors of a model folder (single file or shards), tensor by tensor,
-//! through the protocol's `reconstruct` (the one definition of the arithmetic, docs/format.md): the
+//! through the protocol's `reconstruct` (the one definition of the arithmetic, docs/spec/bitdelta.md): the
 //! fine-tune's weights as candle tensors, for evaluation.
 //!
 //! A delta records the BLAKE3 of the single base file it was made against. A folder of one

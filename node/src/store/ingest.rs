@@ -234,8 +234,8 @@ impl ObjectStore {
     }
 
     /// Adds a model folder as one object: its files (`members`, in canonical order: sorted by path
-    /// bytes) concatenated, with a file table in the manifest (docs/store.md "Folders"). The folder
-    /// is checked first ([`folder::layout`]); a folder is a base model. Like [`Self::add`], nothing
+    /// bytes) concatenated, with a file table in the manifest (docs/spec/manifest.md "Folders"). The folder
+    /// is checked first ([`folder::layout()`]); a folder is a base model. Like [`Self::add`], nothing
     /// is left behind on error.
     pub fn add_folder(
         &self,

@@ -3,7 +3,7 @@
 //! layout, then sends the chunks as sealed, paced datagrams until the peer has them all, says it is
 //! done, goes silent, or closes the stream.
 //!
-//! What a peer cannot make this node do (each is a test in tests/cli_adversary.rs):
+//! What a peer cannot make this node do (each is a test in tests/e2e/adversary/):
 //! - send data to an address that has not proven it receives: data goes only to the address that
 //!   answered a sealed challenge; a challenge is sent only in answer to a sealed datagram from that
 //!   address and is never bigger than it;
