@@ -31,7 +31,7 @@ pub const MAX_REQUEST_LEN: usize = 1 + 64;
 /// Largest response frame: a manifest, or a chunk that did not compress, plus its header.
 pub const MAX_RESPONSE_LEN: usize = 1 + 32 + MAX_MANIFEST_LEN;
 /// Largest announcement.
-pub const MAX_ANNOUNCEMENT_LEN: usize = 4 + 1 + 32 + 1 + 8 + 1 + 32 + 32 + 2 + 256;
+pub const MAX_ANNOUNCEMENT_LEN: usize = 4 + 1 + 32 + 1 + 8 + 1 + 32 + 32 + 4 + 2 + 256;
 /// Largest stored chunk a response may carry: a raw chunk plus slack for a zstd frame that did not
 /// shrink it (zdn stores those raw; gzip from HTTP seeds can be slightly larger).
 pub const MAX_STORED_CHUNK: usize = MAX_CHUNK_SIZE as usize + (MAX_CHUNK_SIZE as usize >> 7) + 512;
@@ -44,7 +44,10 @@ pub fn max_stored_len(len: u32) -> usize {
     (len + (len >> 7) + 512).min(MAX_STORED_CHUNK)
 }
 
-const ANNOUNCE_MAGIC: &[u8; 4] = b"ZDNA";
+/// The first bytes of an [`Announcement`] (a signed manifest starts with `ZDNM`).
+pub const ANNOUNCE_MAGIC: &[u8; 4] = b"ZDNA";
+/// The announcement's version byte.
+const ANNOUNCE_VERSION: u8 = 2;
 
 /// The first byte of a `Manifest` response and of a `Chunk` response: a server may write it, then
 /// (for a chunk) the id, then the bytes from a buffer it shares, without building the response.
@@ -134,7 +137,9 @@ impl ChunkBitmap {
     }
 }
 
-/// A small signed-manifest announcement for gossip.
+/// What gossip carries of a manifest too big to travel itself: its hash and what a receiver needs
+/// to decide whether it wants the object. Not signed: every field is a claim until the manifest,
+/// fetched by hash from the peers that have it, hashes to `manifest` and its signature verifies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Announcement {
     pub manifest: Hash,
@@ -142,7 +147,25 @@ pub struct Announcement {
     pub object_len: u64,
     pub base: Option<Hash>,
     pub publisher: [u8; 32],
+    /// The manifest's length in bytes (at most `MAX_MANIFEST_LEN`): the most a receiver reads
+    /// when it fetches it.
+    pub manifest_len: u32,
     pub name: String,
+}
+
+impl Announcement {
+    /// The announcement of `m`.
+    pub fn of(m: &crate::manifest::SignedManifest) -> Announcement {
+        Announcement {
+            manifest: m.hash(),
+            kind: m.manifest.kind,
+            object_len: m.manifest.object_len,
+            base: m.manifest.base,
+            publisher: m.publisher,
+            manifest_len: u32::try_from(m.as_bytes().len()).unwrap_or(u32::MAX),
+            name: m.manifest.name.clone(),
+        }
+    }
 }
 
 /// Why a message is refused.
@@ -324,7 +347,7 @@ impl Announcement {
         }
         let mut out = Vec::with_capacity(MAX_ANNOUNCEMENT_LEN);
         out.extend_from_slice(ANNOUNCE_MAGIC);
-        out.push(1);
+        out.push(ANNOUNCE_VERSION);
         out.extend_from_slice(self.manifest.as_bytes());
         out.push(self.kind.code());
         out.extend_from_slice(&self.object_len.to_le_bytes());
@@ -336,6 +359,7 @@ impl Announcement {
             None => out.push(0),
         }
         out.extend_from_slice(&self.publisher);
+        out.extend_from_slice(&self.manifest_len.to_le_bytes());
         out.extend_from_slice(&(self.name.len() as u16).to_le_bytes());
         out.extend_from_slice(self.name.as_bytes());
         Ok(out)
@@ -347,7 +371,7 @@ impl Announcement {
         if b.len() < 5 {
             return Err(WireError::Truncated(WHAT));
         }
-        if &b[..4] != ANNOUNCE_MAGIC || b[4] != 1 {
+        if &b[..4] != ANNOUNCE_MAGIC || b[4] != ANNOUNCE_VERSION {
             return Err(WireError::Invalid {
                 what: WHAT,
                 problem: "bad magic or version",
@@ -376,6 +400,15 @@ impl Announcement {
         };
         let publisher = *hash_at(b, at, WHAT)?.as_bytes();
         at += 32;
+        let ml = b.get(at..at + 4).ok_or(WireError::Truncated(WHAT))?;
+        let manifest_len = u32::from_le_bytes([ml[0], ml[1], ml[2], ml[3]]);
+        if manifest_len as usize > MAX_MANIFEST_LEN {
+            return Err(WireError::Invalid {
+                what: WHAT,
+                problem: "manifest length over the manifest limit",
+            });
+        }
+        at += 4;
         let n = b.get(at..at + 2).ok_or(WireError::Truncated(WHAT))?;
         let n = usize::from(u16::from_le_bytes([n[0], n[1]]));
         at += 2;
@@ -398,6 +431,7 @@ impl Announcement {
             object_len,
             base,
             publisher,
+            manifest_len,
             name,
         })
     }
@@ -454,12 +488,13 @@ mod tests {
             object_len: 1_437_232,
             base: Some(h(5)),
             publisher: [6; 32],
+            manifest_len: 300_000,
             name: "ft".into(),
         };
         assert_eq!(
             hex(a.encode().unwrap()),
             format!(
-                "5a444e4101{}01{}01{}{}02006674",
+                "5a444e4102{}01{}01{}{}e093040002006674",
                 "04".repeat(32),
                 "30ee150000000000",
                 "05".repeat(32),
@@ -564,16 +599,19 @@ mod tests {
             any::<u64>(),
             any::<[u8; 32]>(),
             any::<[u8; 32]>(),
-            ".{0,40}",
+            (0..=MAX_MANIFEST_LEN as u32, ".{0,40}"),
         )
-            .prop_map(|(m, delta, object_len, b, publisher, name)| Announcement {
-                manifest: Hash::from_bytes(m),
-                kind: if delta { Kind::Delta } else { Kind::Base },
-                object_len,
-                base: delta.then(|| Hash::from_bytes(b)),
-                publisher,
-                name,
-            })
+            .prop_map(
+                |(m, delta, object_len, b, publisher, (manifest_len, name))| Announcement {
+                    manifest: Hash::from_bytes(m),
+                    kind: if delta { Kind::Delta } else { Kind::Base },
+                    object_len,
+                    base: delta.then(|| Hash::from_bytes(b)),
+                    publisher,
+                    manifest_len,
+                    name,
+                },
+            )
     }
 
     proptest! {

@@ -268,6 +268,50 @@ fn gossip_announcement_auto_fetches_the_delta_from_two_seeders() {
     seeder2.stop();
 }
 
+/// A delta whose manifest is over gossip's 256 KiB (here: 16-byte chunks, as a 70B model's
+/// manifest is by its chunk count) is announced by hash; the station fetches the manifest by hash,
+/// verifies it and auto-fetches the object. Before, `zdn announce` refused it.
+#[test]
+fn a_manifest_too_big_for_gossip_is_announced_by_hash_and_auto_fetched() {
+    let p = publish(2);
+    let big = json(&ok(
+        p.home.path(),
+        &[
+            "add",
+            s(&p.delta_file),
+            "--base",
+            "base",
+            "--name",
+            "fine-big",
+            "--chunk-size",
+            "16",
+            "--json",
+        ],
+    ));
+    let big_hash = big["hash"].as_str().unwrap().to_string();
+    let (_second, publisher, seeder2) = two_seeders(&p, &[]);
+    let (field, mut node) = field_station(&p, &publisher, &seeder2);
+    ok(p.home.path(), &["announce", &big_hash]);
+    let l = node.wait_for("announced", Duration::from_secs(60));
+    assert!(
+        l.starts_with("announced by hash delta") && l.contains(&big_hash),
+        "{l}"
+    );
+    let l = node.wait_for("auto-fetch: ", Duration::from_secs(300));
+    assert!(l.contains("fetched") && l.contains(&big_hash), "{l}");
+    node.stop();
+    let v = json(&ok(field.path(), &["verify", &big_hash, "--json"]));
+    assert_eq!(v["problems"].as_array().map(Vec::len), Some(0), "{v}");
+    let out = field.path().join("out.bitdelta");
+    ok(field.path(), &["get", &big_hash, "-o", s(&out)]);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&p.delta_file).unwrap()
+    );
+    publisher.stop();
+    seeder2.stop();
+}
+
 #[test]
 fn bogus_announcements_get_the_sender_banned_and_honest_gossip_still_works() {
     let p = publish(1);

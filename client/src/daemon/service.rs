@@ -9,8 +9,9 @@ use zdn_node::net::{
     fetch, FetchError, FetchOptions, FetchProgress, FetchReport, NodeEvent, NodeHandle, Profile,
 };
 use zdn_node::net::{AutoFetchRule, Multiaddr};
-use zdn_protocol::manifest::Kind;
+use zdn_protocol::manifest::{Kind, SignedManifest};
 use zdn_protocol::sync::SyncWindows;
+use zdn_protocol::wire::Announcement;
 use zdn_protocol::Hash;
 
 use crate::daemon::control::{ControlHandler, ControlLine, ControlRequest};
@@ -31,6 +32,40 @@ pub fn exit_code(e: &FetchError) -> u8 {
         FetchError::Incomplete { .. } => exit::INTERRUPTED,
         FetchError::Untrusted { .. } | FetchError::MissingBase { .. } => exit::UNTRUSTED,
         FetchError::Net(_) | FetchError::Store(_) => 1,
+    }
+}
+
+/// What an announcement says of an object, whether its manifest came with it or only its hash.
+struct Heard {
+    hash: Hash,
+    kind: Kind,
+    name: String,
+    base: Option<Hash>,
+    publisher: [u8; 32],
+    object_len: u64,
+}
+
+impl Heard {
+    fn of_manifest(m: &SignedManifest) -> Heard {
+        Heard {
+            hash: m.hash(),
+            kind: m.manifest.kind,
+            name: m.manifest.name.clone(),
+            base: m.manifest.base,
+            publisher: m.publisher,
+            object_len: m.manifest.object_len,
+        }
+    }
+
+    fn of_announcement(a: &Announcement) -> Heard {
+        Heard {
+            hash: a.manifest,
+            kind: a.kind,
+            name: a.name.clone(),
+            base: a.base,
+            publisher: a.publisher,
+            object_len: a.object_len,
+        }
     }
 }
 
@@ -72,11 +107,17 @@ impl NodeService {
     }
 
     /// Acts on gossip: a trusted announcement of a delta that matches an auto-fetch rule, whose
-    /// base is here, is fetched from the connected peers.
+    /// base is here, is fetched from the connected peers. A manifest too big for gossip is
+    /// announced by hash; its fetch gets the manifest first and verifies it like any other.
     pub async fn run_auto_fetch(self: Arc<Self>, mut events: mpsc::Receiver<NodeEvent>) {
         while let Some(ev) = events.recv().await {
-            let (manifest, from) = match ev {
-                NodeEvent::Announced { manifest, from } => (manifest, from),
+            let (heard, from, how) = match ev {
+                NodeEvent::Announced { manifest, from } => {
+                    (Heard::of_manifest(&manifest), from, "")
+                }
+                NodeEvent::AnnouncedByHash { announcement, from } => {
+                    (Heard::of_announcement(&announcement), from, " by hash")
+                }
                 NodeEvent::Banned { peer, reason } => {
                     let _ = self.log.send(format!("banned {peer}: {reason}"));
                     continue;
@@ -86,23 +127,22 @@ impl NodeService {
                     continue;
                 }
             };
-            let m = &manifest.manifest;
             let _ = self.log.send(format!(
-                "announced {} {} ({} bytes) by {} via {from}",
-                m.kind.as_str(),
-                manifest.hash(),
-                m.object_len,
-                &manifest.publisher_hex()[..16]
+                "announced{how} {} {} ({} bytes) by {} via {from}",
+                heard.kind.as_str(),
+                heard.hash,
+                heard.object_len,
+                &Hash::from_bytes(heard.publisher).to_hex()[..16]
             ));
             // A soup (a recipe of a few hundred bytes) brings its missing components with it.
-            let wanted = matches!(m.kind, Kind::Delta | Kind::Soup)
+            let wanted = matches!(heard.kind, Kind::Delta | Kind::Soup)
                 && self.auto_fetch.iter().any(|r| {
-                    r.publisher.is_none_or(|p| p == manifest.publisher) && r.name.matches(&m.name)
+                    r.publisher.is_none_or(|p| p == heard.publisher) && r.name.matches(&heard.name)
                 });
             if !wanted {
                 continue;
             }
-            let Some(base) = m.base else { continue };
+            let Some(base) = heard.base else { continue };
             let have_base = self
                 .handle
                 .store()
@@ -114,12 +154,12 @@ impl NodeService {
             if !have_base {
                 let _ = self.log.send(format!(
                     "auto-fetch: skipping {} (base {base} not here)",
-                    manifest.hash()
+                    heard.hash
                 ));
                 continue;
             }
             let svc = self.clone();
-            let hash = manifest.hash();
+            let hash = heard.hash;
             tokio::spawn(async move {
                 let opts = FetchOptions {
                     peers: svc.known_peers.clone(),

@@ -47,11 +47,16 @@ pub struct TrustPolicy {
 
 impl TrustPolicy {
     pub fn check(&self, m: &SignedManifest) -> Result<(), StoreError> {
-        if self.any || self.trusted.contains(&m.publisher) {
+        if self.allows(&m.publisher) {
             Ok(())
         } else {
             Err(StoreError::Untrusted(m.publisher_hex()))
         }
+    }
+
+    /// Whether manifests signed by `publisher` are accepted.
+    pub fn allows(&self, publisher: &[u8; 32]) -> bool {
+        self.any || self.trusted.contains(publisher)
     }
 }
 

@@ -16,6 +16,7 @@ use libp2p::{gossipsub, identify, mdns, ping, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use zdn_protocol::manifest;
+use zdn_protocol::wire::{Announcement, ANNOUNCE_MAGIC};
 
 use crate::net::handle::{Command, PeerInfo, Traffic};
 use crate::net::peers::{Offence, PeerScores};
@@ -165,13 +166,13 @@ impl EventLoop {
                 }
             }
             Command::Announce { manifest, reply } => {
-                if manifest.len() > MAX_GOSSIP_LEN {
-                    let _ = reply.send(Err(NetError::Announce(format!(
-                        "manifest of {} bytes is over the {MAX_GOSSIP_LEN}-byte gossip limit; peers can still fetch it by hash",
-                        manifest.len()
-                    ))));
-                    return;
-                }
+                let manifest = match gossip_form(manifest) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
                 let deadline = Instant::now() + ANNOUNCE_PATIENCE;
                 if self.fault == Some(crate::net::config::Fault::BogusAnnouncements) {
                     for i in 0u8..10 {
@@ -402,12 +403,55 @@ impl EventLoop {
     /// has seen (a replay), is ignored without blame — a hub forwards its other publishers'
     /// announcements in normal operation.
     fn on_gossip(&mut self, from: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
-        let verdict = if message.data.len() > MAX_GOSSIP_LEN {
+        let acceptance = if message.data.starts_with(ANNOUNCE_MAGIC) {
+            self.on_announcement(from, &message.data)
+        } else {
+            self.on_gossiped_manifest(from, &message.data)
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &from, acceptance);
+    }
+
+    /// An announcement by hash: well-formed, naming a trusted publisher, not seen before. The
+    /// program fetches the manifest by hash if it wants the object; the fetch verifies it.
+    fn on_announcement(&mut self, from: PeerId, data: &[u8]) -> gossipsub::MessageAcceptance {
+        match Announcement::decode(data) {
+            Ok(a) if !self.trust.allows(&a.publisher) => gossipsub::MessageAcceptance::Ignore,
+            // Announced by hash only when the manifest cannot travel itself.
+            Ok(a) if a.manifest_len as usize <= MAX_GOSSIP_LEN => {
+                self.reject(from, "a small manifest announced by hash".into())
+            }
+            Ok(a) => match self.seen.check(a.manifest) {
+                Seen::Again => gossipsub::MessageAcceptance::Ignore,
+                Seen::First => {
+                    let _ = self.events.try_send(NodeEvent::AnnouncedByHash {
+                        announcement: Box::new(a),
+                        from,
+                    });
+                    gossipsub::MessageAcceptance::Accept
+                }
+            },
+            Err(e) => self.reject(from, e.to_string()),
+        }
+    }
+
+    /// Counts a malformed gossip message against its sender (banned past the line).
+    fn reject(&mut self, from: PeerId, why: String) -> gossipsub::MessageAcceptance {
+        if self.scores.penalise(from, Offence::InvalidAnnouncement) {
+            self.ban(from, format!("invalid announcements, last: {why}"));
+        }
+        gossipsub::MessageAcceptance::Reject
+    }
+
+    fn on_gossiped_manifest(&mut self, from: PeerId, data: &[u8]) -> gossipsub::MessageAcceptance {
+        let verdict = if data.len() > MAX_GOSSIP_LEN {
             Err("over the size limit".to_string())
         } else {
-            manifest::decode(&message.data).map_err(|e| e.to_string())
+            manifest::decode(data).map_err(|e| e.to_string())
         };
-        let acceptance = match verdict {
+        match verdict {
             Ok(m) if self.trust.check(&m).is_err() => gossipsub::MessageAcceptance::Ignore,
             Ok(m) => match self.seen.check(m.hash()) {
                 Seen::Again => gossipsub::MessageAcceptance::Ignore,
@@ -421,18 +465,21 @@ impl EventLoop {
                     gossipsub::MessageAcceptance::Accept
                 }
             },
-            Err(why) => {
-                if self.scores.penalise(from, Offence::InvalidAnnouncement) {
-                    self.ban(from, format!("invalid announcements, last: {why}"));
-                }
-                gossipsub::MessageAcceptance::Reject
-            }
-        };
-        self.swarm
-            .behaviour_mut()
-            .gossipsub
-            .report_message_validation_result(&id, &from, acceptance);
+            Err(why) => self.reject(from, why),
+        }
     }
+}
+
+/// What gossip carries for a signed manifest: the manifest itself when it fits, else its
+/// [`Announcement`] (the receivers fetch the manifest by hash).
+fn gossip_form(manifest: Vec<u8>) -> Result<Vec<u8>, NetError> {
+    if manifest.len() <= MAX_GOSSIP_LEN {
+        return Ok(manifest);
+    }
+    let m = manifest::decode(&manifest).map_err(|e| NetError::Announce(e.to_string()))?;
+    Announcement::of(&m)
+        .encode()
+        .map_err(|e| NetError::Announce(e.to_string()))
 }
 
 /// A dial from a fresh local port. Dialing from the listening port (libp2p's default) collides

@@ -11,6 +11,7 @@ use libp2p::{gossipsub, noise, tcp, yamux, PeerId, Swarm};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use zdn_protocol::manifest::SignedManifest;
+use zdn_protocol::wire::Announcement;
 use zdn_protocol::Hash;
 
 use crate::net::chunk::server::ChunkServer;
@@ -38,6 +39,12 @@ pub enum NodeEvent {
     /// A valid manifest from a trusted publisher arrived by gossip.
     Announced {
         manifest: Box<SignedManifest>,
+        from: PeerId,
+    },
+    /// A manifest too big for gossip was announced by hash from a trusted publisher (a claim until
+    /// its manifest, fetched by hash, verifies).
+    AnnouncedByHash {
+        announcement: Box<Announcement>,
         from: PeerId,
     },
     /// A peer was disconnected and is refused from now on (invalid announcements).

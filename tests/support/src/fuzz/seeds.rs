@@ -247,18 +247,7 @@ pub fn responses() -> Vec<Vec<u8>> {
 pub fn announcements() -> Vec<Vec<u8>> {
     manifests()
         .iter()
-        .filter_map(|m| {
-            Announcement {
-                manifest: m.hash(),
-                kind: m.manifest.kind,
-                object_len: m.manifest.object_len,
-                base: m.manifest.base,
-                publisher: m.publisher,
-                name: m.manifest.name.clone(),
-            }
-            .encode()
-            .ok()
-        })
+        .filter_map(|m| Announcement::of(m).encode().ok())
         .collect()
 }
 
