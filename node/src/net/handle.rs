@@ -42,6 +42,11 @@ pub(crate) enum Command {
         peer: PeerId,
         reply: oneshot::Sender<bool>,
     },
+    /// Whether this node banned the peer (the paced lane does not resume its parked sessions).
+    IsBanned {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
     /// Publish a provider record for an object now held complete.
     Provide { hash: Hash },
     /// Ask the DHT who provides an object; the reply lists those now connected.
@@ -83,7 +88,7 @@ pub struct NodeHandle {
     pub(crate) tuning: Tuning,
     pub(crate) download_limit: Option<Arc<RateLimiter>>,
     pub(crate) traffic: Arc<Traffic>,
-    pub(crate) paced: Option<Arc<crate::net::paced::session::PacedLane>>,
+    pub(crate) paced: Option<Arc<crate::net::paced::lane::PacedLane>>,
 }
 
 impl std::fmt::Debug for NodeHandle {

@@ -118,6 +118,9 @@ impl EventLoop {
             Command::IsConnected { peer, reply } => {
                 let _ = reply.send(self.swarm.is_connected(&peer));
             }
+            Command::IsBanned { peer, reply } => {
+                let _ = reply.send(self.banned.contains(&peer));
+            }
             Command::Provide { hash } => self.dht.provide(&mut self.swarm, hash),
             Command::FindProviders { hash, reply } => {
                 self.dht.find_providers(&mut self.swarm, hash, reply)
