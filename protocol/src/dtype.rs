@@ -19,10 +19,18 @@ pub enum DType {
     U64,
     I64,
     F64,
+    /// 8-bit float, 4 exponent bits, 3 mantissa bits (OCP FP8 E4M3); stored and moved losslessly,
+    /// never quantized.
+    #[serde(rename = "F8_E4M3")]
+    F8E4M3,
+    /// 8-bit float, 5 exponent bits, 2 mantissa bits (OCP FP8 E5M2); stored and moved losslessly,
+    /// never quantized.
+    #[serde(rename = "F8_E5M2")]
+    F8E5M2,
 }
 
 impl DType {
-    pub const ALL: [DType; 13] = [
+    pub const ALL: [DType; 15] = [
         DType::Bool,
         DType::U8,
         DType::I8,
@@ -36,12 +44,14 @@ impl DType {
         DType::U64,
         DType::I64,
         DType::F64,
+        DType::F8E4M3,
+        DType::F8E5M2,
     ];
 
     /// Bytes per element.
     pub const fn size(self) -> usize {
         match self {
-            DType::Bool | DType::U8 | DType::I8 => 1,
+            DType::Bool | DType::U8 | DType::I8 | DType::F8E4M3 | DType::F8E5M2 => 1,
             DType::U16 | DType::I16 | DType::F16 | DType::BF16 => 2,
             DType::U32 | DType::I32 | DType::F32 => 4,
             DType::U64 | DType::I64 | DType::F64 => 8,
@@ -64,6 +74,8 @@ impl DType {
             DType::U64 => "U64",
             DType::I64 => "I64",
             DType::F64 => "F64",
+            DType::F8E4M3 => "F8_E4M3",
+            DType::F8E5M2 => "F8_E5M2",
         }
     }
 
@@ -87,6 +99,8 @@ impl DType {
             DType::U64 => 10,
             DType::I64 => 11,
             DType::F64 => 12,
+            DType::F8E4M3 => 13,
+            DType::F8E5M2 => 14,
         }
     }
 
@@ -223,8 +237,23 @@ mod tests {
             assert_eq!(DType::from_code(d.code()), Some(d));
             assert_eq!(DType::from_safetensors_name(d.safetensors_name()), Some(d));
         }
+        assert_eq!(DType::from_code(15), None);
         assert_eq!(DType::from_code(200), None);
-        assert_eq!(DType::from_safetensors_name("F8_E4M3"), None);
+        // The safetensors names of the FP8 types, and their codes (docs/format.md § 2.1).
+        assert_eq!(DType::from_safetensors_name("F8_E4M3"), Some(DType::F8E4M3));
+        assert_eq!(DType::from_safetensors_name("F8_E5M2"), Some(DType::F8E5M2));
+        assert_eq!(DType::F8E4M3.code(), 13);
+        assert_eq!(DType::F8E5M2.code(), 14);
+        assert_eq!(DType::F8E4M3.size(), 1);
+        assert!(!DType::F8E4M3.is_quantizable() && !DType::F8E5M2.is_quantizable());
+        assert_eq!(DType::from_safetensors_name("F8_E4M3FNUZ"), None);
+        // JSON reports name the FP8 types as safetensors does.
+        for d in [DType::F8E4M3, DType::F8E5M2] {
+            assert_eq!(
+                serde_json::to_string(&d).unwrap(),
+                format!("\"{}\"", d.safetensors_name())
+            );
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod bitdelta;
 pub mod chunk;
 pub mod dtype;
+pub mod folder;
 pub mod glob;
 pub mod hash;
 pub mod manifest;

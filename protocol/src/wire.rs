@@ -36,7 +36,20 @@ pub const MAX_ANNOUNCEMENT_LEN: usize = 4 + 1 + 32 + 1 + 8 + 1 + 32 + 32 + 2 + 2
 /// shrink it (zdn stores those raw; gzip from HTTP seeds can be slightly larger).
 pub const MAX_STORED_CHUNK: usize = MAX_CHUNK_SIZE as usize + (MAX_CHUNK_SIZE as usize >> 7) + 512;
 
+/// Largest stored form of a chunk of `len` uncompressed bytes: the same slack as
+/// [`MAX_STORED_CHUNK`] (zdn itself never stores a chunk bigger than its raw bytes). A receiver
+/// sizes its read of a chunk by this, not by the largest chunk there can be.
+pub fn max_stored_len(len: u32) -> usize {
+    let len = len as usize;
+    (len + (len >> 7) + 512).min(MAX_STORED_CHUNK)
+}
+
 const ANNOUNCE_MAGIC: &[u8; 4] = b"ZDNA";
+
+/// The first byte of a `Manifest` response and of a `Chunk` response: a server may write it, then
+/// (for a chunk) the id, then the bytes from a buffer it shares, without building the response.
+pub const MANIFEST_RESPONSE_TAG: u8 = 1;
+pub const CHUNK_RESPONSE_TAG: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -228,12 +241,12 @@ impl Response {
         let mut out = Vec::new();
         match self {
             Response::Manifest(m) => {
-                out.push(1);
+                out.push(MANIFEST_RESPONSE_TAG);
                 out.extend_from_slice(m);
             }
             Response::Chunk { id, stored } => {
                 out.reserve(33 + stored.len());
-                out.push(2);
+                out.push(CHUNK_RESPONSE_TAG);
                 out.extend_from_slice(id.as_bytes());
                 out.extend_from_slice(stored);
             }
@@ -397,6 +410,16 @@ mod tests {
 
     fn h(b: u8) -> Hash {
         Hash::from_bytes([b; 32])
+    }
+
+    #[test]
+    fn stored_bound_of_a_chunk() {
+        assert_eq!(max_stored_len(0), 512);
+        assert_eq!(max_stored_len(1 << 20), (1 << 20) + (1 << 13) + 512);
+        assert_eq!(max_stored_len(u32::MAX), MAX_STORED_CHUNK);
+        assert_eq!(max_stored_len(MAX_CHUNK_SIZE), MAX_STORED_CHUNK);
+        let m = Response::Manifest(vec![7, 8]).encode();
+        assert_eq!(m, [MANIFEST_RESPONSE_TAG, 7, 8]);
     }
 
     /// Golden vectors: the exact bytes of each message kind (pins the wire format).

@@ -346,7 +346,7 @@ fn name_not_utf8() {
 
 #[test]
 fn unknown_dtype_code() {
-    for code in [13u8, 255] {
+    for code in [15u8, 255] {
         let mut f = valid();
         let e = &entries(&f)[BIAS];
         f[e.dtype] = code;

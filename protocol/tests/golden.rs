@@ -5,6 +5,12 @@
 //!   (b) decoding the stored file against the base gives the expected safetensors byte for byte,
 //!   (c) every file has the BLAKE3 hard-coded below, so an accidental format change is caught.
 //!
+//!
+//! Also a model folder (`folder/`: two shards, their index, config, tokenizer, chat template, a file
+//! in a sub-folder, an empty file) and its signed version 2 manifest (`folder.manifest`): building
+//! the manifest from the files (file table, tensor index, chunk cuts at file and tensor starts,
+//! raw chunks of at most 64 bytes) gives the stored bytes, which decode.
+//!
 //! Regenerate (after an intended format or quantizer change; then update the hashes below with the
 //! printed lines and say why in the commit):
 //!   cargo test -p zdn-protocol --test golden -- --ignored regenerate_vectors --nocapture
@@ -20,7 +26,10 @@ use zdn_protocol::bitdelta::{
     decode_model, encode_model, BitDeltaFile, EmbeddingPolicy, EncodeOptions, Encoding,
     Granularity, Metadata, ModelTensor, QuantSpec, Selection, TensorData,
 };
+use zdn_protocol::chunk::{self, ChunkRef, Codec};
+use zdn_protocol::folder::{self, Member};
 use zdn_protocol::glob::Glob;
+use zdn_protocol::manifest::{self as manifest, Kind, Manifest, PublisherKey};
 use zdn_protocol::safetensors::{encode_header, parse, TensorLayout};
 use zdn_protocol::{DType, Hash};
 
@@ -73,6 +82,46 @@ const HASHES: &[(&str, &str)] = &[
     (
         "lossless.expected.safetensors",
         "1c7714e88d958eb3b64f2eba56c1a95e542bfabd9f80e6edf288aa85cdbdda80",
+    ),
+    (
+        "folder/added_tokens.json",
+        "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+    ),
+    (
+        "folder/chat_template.jinja",
+        "c26db8045d3ab14a7c7cab77adb0aaa00de45bb982178f7fd6cfe97c6046bdd6",
+    ),
+    (
+        "folder/config.json",
+        "a35c16f22bb647fbc43be436419aec22e1ea6e3b70347b2182f0489f5fcf7ab2",
+    ),
+    (
+        "folder/generation_config.json",
+        "01adf8e2b25d37a5735950d561c6435bb955c8d7efcf1778c94d23fdfd9ea2fb",
+    ),
+    (
+        "folder/model-00001-of-00002.safetensors",
+        "8d35ffa4151e99c436b94d891dc031b25528bbd63388124b774c06926965440b",
+    ),
+    (
+        "folder/model-00002-of-00002.safetensors",
+        "db644593f92a8c63f194f16dadb27b72e6fd2504c16f1aab4e429ad5a8d32690",
+    ),
+    (
+        "folder/model.safetensors.index.json",
+        "8093d94f6ab2e14c06716c8b67f654e6c04bd81b624a262eeb5bfbda4cbdea3f",
+    ),
+    (
+        "folder/original/params.json",
+        "4bcedb2481591303627814a4d942d3afa04797e42c20171691043d2129213907",
+    ),
+    (
+        "folder/tokenizer.json",
+        "be8f55fb29eaccf0a8e8e5b10575e4412063c8762eb33ed6f5b92ba07e55016c",
+    ),
+    (
+        "folder.manifest",
+        "1925659011e7100a315de1c1bb6e678180729378eec396ceb14c978c7d7ff1eb",
     ),
 ];
 
@@ -307,7 +356,157 @@ fn all_files() -> Vec<String> {
         v.push(format!("{}.bitdelta", vec.stem));
         v.push(format!("{}.expected.safetensors", vec.stem));
     }
+    for (path, _) in folder_files() {
+        v.push(format!("folder/{path}"));
+    }
+    v.push("folder.manifest".to_owned());
     v
+}
+
+/// The golden model folder, in canonical order: two shards (F32 and BF16 matrices, an FP8 tensor,
+/// a 0-D scalar), their index, side files, a file in a sub-folder and an empty file.
+fn folder_files() -> Vec<(&'static str, Vec<u8>)> {
+    let f32s = |n: usize, mul: usize| -> Vec<u8> {
+        (0..n).flat_map(|i| pat(i, mul, 97).to_le_bytes()).collect()
+    };
+    let bf16s = |n: usize, mul: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| ((pat(i, mul, 89).to_bits() >> 16) as u16).to_le_bytes())
+            .collect()
+    };
+    let shard1 = safetensors(&[
+        (
+            "model.embed_tokens.weight".into(),
+            DType::BF16,
+            vec![8, 6],
+            bf16s(48, 5),
+        ),
+        (
+            "model.layers.0.self_attn.q_proj.weight".into(),
+            DType::F32,
+            vec![6, 6],
+            f32s(36, 7),
+        ),
+    ]);
+    let shard2 = safetensors(&[
+        (
+            "model.layers.0.mlp.down_proj.weight".into(),
+            DType::F8E4M3,
+            vec![6, 4],
+            (0..24).map(|i| (i * 37 % 256) as u8).collect(),
+        ),
+        ("model.norm.weight".into(), DType::F32, vec![6], f32s(6, 3)),
+        ("model.scale".into(), DType::F32, vec![], f32s(1, 1)),
+    ]);
+    let index = concat!(
+        "{\"metadata\":{\"total_size\":400},\"weight_map\":{",
+        "\"model.embed_tokens.weight\":\"model-00001-of-00002.safetensors\",",
+        "\"model.layers.0.mlp.down_proj.weight\":\"model-00002-of-00002.safetensors\",",
+        "\"model.layers.0.self_attn.q_proj.weight\":\"model-00001-of-00002.safetensors\",",
+        "\"model.norm.weight\":\"model-00002-of-00002.safetensors\",",
+        "\"model.scale\":\"model-00002-of-00002.safetensors\"}}\n"
+    );
+    let template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}</s>{% endfor %}";
+    vec![
+        ("added_tokens.json", Vec::new()),
+        ("chat_template.jinja", template.as_bytes().to_vec()),
+        (
+            "config.json",
+            b"{\"model_type\":\"llama\",\"hidden_size\":6,\"vocab_size\":8}\n".to_vec(),
+        ),
+        (
+            "generation_config.json",
+            b"{\"bos_token_id\":1,\"eos_token_id\":2}\n".to_vec(),
+        ),
+        ("model-00001-of-00002.safetensors", shard1),
+        ("model-00002-of-00002.safetensors", shard2),
+        ("model.safetensors.index.json", index.as_bytes().to_vec()),
+        ("original/params.json", b"{\"dim\":6}\n".to_vec()),
+        (
+            "tokenizer.json",
+            b"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1}}}\n".to_vec(),
+        ),
+    ]
+}
+
+/// The signed manifest of the golden folder: the layout `zdn_protocol::folder::layout` gives,
+/// chunks cut by `chunk::plan` at its boundaries every 64 bytes, each stored raw (so the vector does
+/// not depend on zstd), key seed [7; 32], fixed name and time.
+fn folder_manifest(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let members: Vec<Member<'_>> = files
+        .iter()
+        .map(|(path, bytes)| Member { path, bytes })
+        .collect();
+    let layout = folder::layout(&members).unwrap();
+    let object: Vec<u8> = files.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+    assert_eq!(object.len() as u64, layout.object_len);
+    let chunks = chunk::plan(layout.object_len, &layout.boundaries, 64)
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            let data = &object[r.start as usize..r.end as usize];
+            ChunkRef {
+                id: Hash::of(data),
+                offset: r.start,
+                len: data.len() as u32,
+                codec: Codec::Raw,
+            }
+        })
+        .collect();
+    let m = Manifest {
+        kind: Kind::Base,
+        name: "golden/folder".into(),
+        version: "1".into(),
+        created_at: 1_790_000_000,
+        base: None,
+        object_len: layout.object_len,
+        object_hash: Hash::of(&object),
+        chunks,
+        tensors: layout.tensors,
+        files: layout.files,
+        extra: Vec::new(),
+    };
+    m.sign(&PublisherKey::from_seed(&[7; 32]))
+        .unwrap()
+        .as_bytes()
+        .to_vec()
+}
+
+#[test]
+fn folder_vector_is_built_from_the_folder_byte_for_byte() {
+    let files: Vec<(&str, Vec<u8>)> = folder_files()
+        .into_iter()
+        .map(|(p, _)| (p, read(&format!("folder/{p}"))))
+        .collect();
+    let stored = read("folder.manifest");
+    assert!(
+        folder_manifest(&files) == stored,
+        "building the manifest of folder/ no longer gives folder.manifest"
+    );
+    let m = manifest::decode(&stored).unwrap();
+    assert_eq!(stored[4], 2, "a folder manifest is version 2");
+    let paths: Vec<&str> = m.manifest.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, files.iter().map(|(p, _)| *p).collect::<Vec<_>>());
+    // Every member's chunks are exactly its bytes.
+    for (f, (_, bytes)) in m.manifest.files.iter().zip(&files) {
+        let got: Vec<u8> = m
+            .manifest
+            .file_chunks(f)
+            .iter()
+            .flat_map(|c| {
+                let start = (c.offset - f.offset) as usize;
+                bytes[start..start + c.len as usize].to_vec()
+            })
+            .collect();
+        assert_eq!(&got, bytes, "{}", f.path);
+    }
+    let fp8 = m
+        .manifest
+        .tensors
+        .iter()
+        .find(|t| t.name == "model.layers.0.mlp.down_proj.weight")
+        .unwrap();
+    assert_eq!(fp8.dtype, DType::F8E4M3.code());
 }
 
 #[test]
@@ -392,6 +591,13 @@ fn regenerate_vectors() {
         )
         .unwrap();
     }
+    let files = folder_files();
+    for (path, bytes) in &files {
+        let p = d.join("folder").join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    std::fs::write(d.join("folder.manifest"), folder_manifest(&files)).unwrap();
     println!("const HASHES: &[(&str, &str)] = &[");
     for name in all_files() {
         println!("    (\"{name}\", \"{}\"),", Hash::of(&read(&name)).to_hex());

@@ -703,7 +703,7 @@ proptest! {
     /// Lossless tensors (xor, raw, unchanged, base) are bit-exact for every dtype, NaN payloads included.
     #[test]
     fn lossless_tensors_are_bit_exact(
-        dtype_idx in 0usize..13, len in 0usize..300, seed in any::<u64>(),
+        dtype_idx in 0usize..DType::ALL.len(), len in 0usize..300, seed in any::<u64>(),
         base_kind in 0u8..5, nan_payloads in any::<bool>(), flips in 0usize..40,
     ) {
         let dtype = DType::ALL[dtype_idx];
@@ -829,7 +829,7 @@ proptest! {
     /// safetensors: `encode_header` → `parse` gives back every name, dtype, shape and byte range.
     #[test]
     fn safetensors_header_round_trip(
-        tensors in prop::collection::vec((name(), 0usize..13, prop::collection::vec(dim(), 0..5)), 0..8),
+        tensors in prop::collection::vec((name(), 0usize..DType::ALL.len(), prop::collection::vec(dim(), 0..5)), 0..8),
         metadata in prop::collection::btree_map(name(), name(), 0..4),
     ) {
         let mut seen = HashSet::new();
@@ -1011,4 +1011,49 @@ fn scale_overflow_falls_back_to_lossless() {
     assert_eq!(parsed.entries[0].encoding, Encoding::Xor);
     let decoded = decode_model(&file, &model(std::slice::from_ref(&b))).unwrap();
     assert_eq!(decoded[0].1, target);
+}
+
+/// FP8 checkpoints: F8_E4M3 and F8_E5M2 tensors parse from safetensors (dtype codes 13 and 14) and
+/// a delta of them is lossless, every one of the 256 bit patterns included, even where `--include`
+/// asks for quantization (they are not quantizable, so the selection stores them exactly).
+#[test]
+fn fp8_tensors_parse_and_are_stored_losslessly() {
+    for dtype in [DType::F8E4M3, DType::F8E5M2] {
+        let layouts = vec![TensorLayout {
+            name: "model.layers.0.mlp.down_proj.weight".into(),
+            dtype,
+            shape: vec![16, 16],
+        }];
+        let (header, lens) = encode_header(&layouts, &Default::default()).unwrap();
+        assert_eq!(lens, vec![256]);
+        let base: Vec<u8> = (0..=255u8).collect();
+        let target: Vec<u8> = base.iter().map(|b| b.rotate_left(3) ^ 0x11).collect();
+        let mut file = header.clone();
+        file.extend_from_slice(&target);
+        let parsed = parse(&file).unwrap();
+        assert_eq!(parsed.tensors[0].dtype, dtype);
+        assert_eq!(&file[parsed.tensors[0].range.clone()], &target[..]);
+
+        let b = Tensor::new("w", dtype, &[16, 16], base);
+        let t = Tensor::new("w", dtype, &[16, 16], target.clone());
+        let fresh = Tensor::new("head", dtype, &[256], target.clone());
+        for sel in [quantize_all(), exact_all()] {
+            let file = encode_model(
+                meta("fp8"),
+                &model(std::slice::from_ref(&b)),
+                &model(&[t.clone(), fresh.clone()]),
+                &sel,
+                &opts(1, Granularity::Tensor, None),
+            )
+            .unwrap();
+            let parsed = BitDeltaFile::parse(&file).unwrap();
+            assert_eq!(parsed.entries[0].encoding, Encoding::Xor);
+            assert_eq!(parsed.entries[0].dtype, dtype);
+            assert_eq!(parsed.entries[1].encoding, Encoding::Raw);
+            assert_eq!(parsed.meta.n_quantized, 0);
+            let decoded = decode_model(&file, &model(std::slice::from_ref(&b))).unwrap();
+            assert_eq!(decoded[0].1, target);
+            assert_eq!(decoded[1].1, target);
+        }
+    }
 }

@@ -12,8 +12,10 @@ mod common;
 
 mod adversary;
 mod delta;
+mod folder;
 mod kad;
 mod lan;
+mod local;
 mod minilm_pair;
 mod net;
 mod paced;

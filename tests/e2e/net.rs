@@ -474,3 +474,56 @@ fn seeder_killed_and_restarted_mid_transfer_is_redialed_and_the_fetch_completes(
     assert_object(field.path(), &p.base, &p.base_file);
     seeder.stop();
 }
+
+/// Three site devices' nodes fetch from one station's node at once, round after round, each round
+/// with fresh homes (new identities, new ports): every fetch succeeds at once, no request is asked
+/// twice, no inbound stream is dropped at the station. Before: libp2p-stream handed inbound streams
+/// over a channel of one and reset the second of two streams opened in the same turn of the swarm
+/// (the device saw "connection is closed" on its first write; a fetch failed or waited ~4 s), and a
+/// node dialing from its listening port collided with the previous round's TIME_WAIT connections
+/// ("address already in use").
+#[test]
+fn devices_fetching_from_one_station_at_once_all_succeed_first_time() {
+    let p = publish(2);
+    let station = NodeProc::start(p.home.path(), &["--profile", "field"]);
+    for round in 0..6 {
+        let homes: Vec<tempfile::TempDir> = (0..3).map(|_| tmpdir()).collect();
+        let devices: Vec<NodeProc> = homes
+            .iter()
+            .map(|h| {
+                NodeProc::start(
+                    h.path(),
+                    &[
+                        "--profile",
+                        "edge",
+                        "--peer",
+                        &station.addr,
+                        "--trust",
+                        &p.key,
+                    ],
+                )
+            })
+            .collect();
+        let fetches: Vec<_> = homes
+            .iter()
+            .map(|h| spawn_zdn(&at(h.path(), &["fetch", &p.base, "--json"])))
+            .collect();
+        for (i, f) in fetches.into_iter().enumerate() {
+            let out = wait_with_deadline(f, Duration::from_secs(120));
+            assert!(
+                out.status.success(),
+                "round {round}, device {i}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for (i, d) in devices.into_iter().enumerate() {
+            let stats = d.stop();
+            assert_eq!(
+                stats["asks_retried"], 0,
+                "round {round}, device {i} asked again: {stats}"
+            );
+        }
+    }
+    let stats = station.stop();
+    assert_eq!(stats["streams_dropped"], 0, "{stats}");
+}

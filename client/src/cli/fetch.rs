@@ -16,7 +16,6 @@ use crate::cli::output::say;
 use crate::cli::session::{runtime, shutdown_signal, start, NetArgs, Serving};
 use crate::daemon::control::{self, ControlRequest};
 use crate::daemon::service::{exit, exit_code};
-use crate::fs::atomic_file::AtomicFile;
 
 #[derive(Args, Debug)]
 pub struct FetchArgs {
@@ -133,20 +132,13 @@ pub fn run_fetch(loc: &Location, a: FetchArgs) -> anyhow::Result<u8> {
             if let (Ok(_), Some(out)) = (&r, &a.output) {
                 let path = out.clone();
                 let hash = a.hash;
-                s.service
-                    .handle
-                    .store()
-                    .call(move |st| {
-                        let mut f = AtomicFile::create(&path).map_err(|e| {
-                            zdn_node::store::StoreError::io("creating the output", std::io::Error::other(e))
-                        })?;
-                        st.read_object(&hash, &mut f, &mut |_| {})?;
-                        f.commit().map_err(|e| {
-                            zdn_node::store::StoreError::io("writing the output", std::io::Error::other(e))
-                        })
-                    })
-                    .await
-                    .with_context(|| format!("writing {}", out.display()))?;
+                let store = s.service.handle.store().clone();
+                let m = store.call(move |st| st.require_manifest(&hash)).await?;
+                tokio::task::spawn_blocking(move || {
+                    crate::fs::object_output::write_object_blocking(&store, &m, &path, false)
+                })
+                .await?
+                .with_context(|| format!("writing {}", out.display()))?;
             }
             let _ = s.stop.send(());
             let _ = (&mut s.task).await;

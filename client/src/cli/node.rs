@@ -190,16 +190,7 @@ pub fn run_node(loc: &Location, cmd: NodeCommand) -> anyhow::Result<u8> {
         auto.abort();
         let _ = std::fs::remove_file(control::socket_path(&dir));
         let t = s.service.handle.traffic();
-        use std::sync::atomic::Ordering::Relaxed;
-        say!(
-            "stopped {}",
-            serde_json::json!({
-                "chunk_bytes_served": t.chunk_bytes_served.load(Relaxed),
-                "chunks_served": t.chunks_served.load(Relaxed),
-                "chunk_bytes_received": t.chunk_bytes_received.load(Relaxed),
-                "paced_refused": t.paced_refused.load(Relaxed),
-            })
-        );
+        say!("stopped {}", serde_json::to_value(t)?);
         anyhow::Ok(0)
     })
 }

@@ -8,9 +8,11 @@ use crate::cli::args::Location;
 use crate::cli::output::say;
 use crate::fs::atomic_file::AtomicFile;
 use crate::fs::mapped_file::MappedFile;
+use crate::fs::object_output::ObjectOutput;
 use crate::fs::progress::Progress;
 use crate::home::config::Config;
 use crate::home::publisher_key;
+use crate::model::folder::ModelFolder;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use zdn_node::bundle;
@@ -39,35 +41,53 @@ pub enum StoreCommand {
     /// Manage the publisher key that signs your manifests.
     #[command(subcommand)]
     Key(KeyCommand),
-    /// Add a base model (.safetensors), a delta (.bitdelta) or a soup recipe to the store; prints its
-    /// manifest hash.
+    /// Add a base model (.safetensors, or a model folder), a delta (.bitdelta) or a soup recipe to
+    /// the store; prints its manifest hash.
     ///
-    /// The file is split into chunks at tensor boundaries (so an unchanged tensor is stored once
-    /// across versions), each compressed with zstd and named by its BLAKE3; a manifest listing them is
-    /// signed with your publisher key (created on first use). Example:
+    /// The object is split into chunks at file and tensor boundaries (so an unchanged shard, side
+    /// file or tensor is stored once across versions), each compressed with zstd and named by its
+    /// BLAKE3; a manifest listing them is signed with your publisher key (created on first use). A
+    /// folder (e.g. a Hugging Face model: shards, index, config, tokenizer) is one object: every
+    /// regular file in it, kept byte for byte. Example:
     ///
     ///   zdn add base.safetensors --name minilm
+    ///   zdn add Llama-2-7b-hf/ --name llama2-7b
     ///   zdn add ft.bitdelta --base minilm --name minilm-ft
     #[command(verbatim_doc_comment)]
     Add(AddArgs),
-    /// Write an object from the store to a file, verifying every chunk and the whole-object hash.
+    /// Write an object from the store to a file (a model folder: to a folder), verifying every chunk
+    /// and the whole-object hash.
     Get {
         /// Manifest hash, unique hash prefix, or name.
         object: String,
         #[arg(short, long)]
         output: PathBuf,
+        /// For a model folder: write into an existing non-empty folder (its other files are kept).
+        #[arg(long)]
+        force: bool,
     },
-    /// Write an object from the store to stdout (verified like `get`).
-    Cat { object: String },
-    /// List the objects in the store.
+    /// Write an object from the store to stdout (verified like `get`); for a model folder, one of
+    /// its files (each chunk verified).
+    Cat {
+        object: String,
+        /// The file of a model folder to write, as `zdn ls --files OBJ` lists it.
+        file: Option<String>,
+    },
+    /// List the objects in the store, or with --files OBJ the files of a model folder.
     Ls {
         #[arg(long)]
         json: bool,
+        /// List the files of this folder object (path and size).
+        #[arg(long, value_name = "OBJ")]
+        files: Option<String>,
     },
     /// Keep an object (and, for a delta, its base) through `gc`. `add` and `import` pin.
     Pin { object: String },
     /// Let `gc` remove an object.
     Unpin { object: String },
+    /// Point an object's name back at it (names otherwise only move to newer objects, so a
+    /// replayed older manifest cannot roll a name back).
+    Rollback { object: String },
     /// Remove unpinned objects and every chunk no kept object needs.
     Gc {
         #[arg(long)]
@@ -184,54 +204,95 @@ pub fn run(loc: &Location, cmd: StoreCommand) -> anyhow::Result<u8> {
             say!("{}", Hash::from_bytes(k.public()));
         }
         StoreCommand::Add(a) => add(loc, &config, a)?,
-        StoreCommand::Get { object, output } => {
+        StoreCommand::Get {
+            object,
+            output,
+            force,
+        } => {
             let store = loc.open(&config)?;
             let hash = store.resolve(&object)?;
             let m = store.require_manifest(&hash)?;
             let bar = Progress::new(m.manifest.object_len, "get", true);
-            let mut f = AtomicFile::create(&output)?;
+            let mut out = ObjectOutput::create(&m.manifest, &output, force)?;
             store
-                .read_object(&hash, &mut f, &mut |n| bar.inc(n))
+                .read_object(&hash, &mut out, &mut |n| bar.inc(n))
                 .with_context(|| format!("reading {hash}"))?;
-            f.commit()?;
+            out.commit()?;
             bar.finish();
             eprintln!(
-                "wrote {} ({} bytes, verified)",
+                "wrote {} ({} bytes{}, verified)",
                 output.display(),
-                m.manifest.object_len
+                m.manifest.object_len,
+                files_note(m.manifest.files.len())
             );
         }
-        StoreCommand::Cat { object } => {
+        StoreCommand::Cat { object, file } => {
             let store = loc.open(&config)?;
             let hash = store.resolve(&object)?;
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();
-            match store.read_object(&hash, &mut lock, &mut |_| {}) {
-                Ok(_) => {}
+            let r = match file {
+                Some(path) => store.read_file(&hash, &path, &mut lock).map(drop),
+                None => {
+                    let m = store.require_manifest(&hash)?;
+                    if m.manifest.is_folder() {
+                        anyhow::bail!(
+                            "{object} is a model folder of {} files: say which one, e.g. `zdn cat {object} {}` (`zdn ls --files {object}` lists them)",
+                            m.manifest.files.len(),
+                            m.manifest.files[0].path
+                        );
+                    }
+                    store.read_object(&hash, &mut lock, &mut |_| {}).map(drop)
+                }
+            };
+            match r {
+                Ok(()) => {}
                 Err(zdn_node::store::StoreError::Io { source, .. })
                     if source.kind() == std::io::ErrorKind::BrokenPipe => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        StoreCommand::Ls { json } => {
+        StoreCommand::Ls {
+            json,
+            files: Some(object),
+        } => {
+            let store = loc.open(&config)?;
+            let hash = store.resolve(&object)?;
+            let m = store.require_manifest(&hash)?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&m.manifest.files)?);
+            } else {
+                for f in &m.manifest.files {
+                    say!("{:>13} {}", f.len, f.path);
+                }
+            }
+        }
+        StoreCommand::Ls { json, files: None } => {
             let store = loc.open(&config)?;
             let list = store.list()?;
             if json {
                 say!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 say!(
-                    "{:<64} {:<5} {:>13} {:<3} name",
+                    "{:<64} {:<5} {:>13} {:>5} {:<3} name",
                     "hash",
                     "kind",
                     "bytes",
+                    "files",
                     "pin"
                 );
                 for o in list {
                     say!(
-                        "{} {:<5} {:>13} {:<3} {}{}",
+                        "{} {:<5} {:>13} {:>5} {:<3} {}{}",
                         o.hash,
                         o.kind.as_str(),
                         o.object_len,
+                        // A single-file object shows "-".
+                        if o.files == 0 {
+                            "-".to_string()
+                        } else {
+                            o.files.to_string()
+                        },
                         if o.pinned { "yes" } else { "no" },
                         o.name,
                         if o.version.is_empty() {
@@ -254,6 +315,12 @@ pub fn run(loc: &Location, cmd: StoreCommand) -> anyhow::Result<u8> {
             let h = store.resolve(&object)?;
             store.set_pin(&h, false)?;
             say!("unpinned {h}");
+        }
+        StoreCommand::Rollback { object } => {
+            let store = loc.open(&config)?;
+            let h = store.resolve(&object)?;
+            store.set_name(&h)?;
+            say!("rolled back to {h}");
         }
         StoreCommand::Gc { json } => {
             let store = loc.open(&config)?;
@@ -354,6 +421,9 @@ pub fn run(loc: &Location, cmd: StoreCommand) -> anyhow::Result<u8> {
 
 fn add(loc: &Location, config: &Config, a: AddArgs) -> anyhow::Result<()> {
     let key = load_or_create_key(loc)?;
+    if std::fs::metadata(&a.file).is_ok_and(|m| m.is_dir()) {
+        return add_folder(loc, config, a, &key);
+    }
     let file = MappedFile::open(&a.file)?;
     let bytes = file.bytes();
     let kind = if bytes.starts_with(BITDELTA_MAGIC) {
@@ -381,14 +451,59 @@ fn add(loc: &Location, config: &Config, a: AddArgs) -> anyhow::Result<()> {
     if kind == Kind::Base && base.is_some() {
         anyhow::bail!("--base is for deltas; {} is a base model", a.file.display());
     }
-    let name = match a.name {
-        Some(n) => n,
-        None => file_stem(&a.file),
-    };
-    let opts = AddOptions {
+    let name = file_stem(&a.file);
+    let opts = add_options(config, &a, kind, base, name)?;
+    let (_, r) = store
+        .add(bytes, &opts, &key)
+        .with_context(|| format!("adding {} (the store is unchanged)", a.file.display()))?;
+    print_added(a.json, &r)
+}
+
+/// `zdn add DIR`: a model folder as one object (docs/store.md "Folders").
+fn add_folder(
+    loc: &Location,
+    config: &Config,
+    a: AddArgs,
+    key: &PublisherKey,
+) -> anyhow::Result<()> {
+    if a.base.is_some() {
+        anyhow::bail!(
+            "--base is for deltas; {} is a model folder (a base model)",
+            a.file.display()
+        );
+    }
+    let folder = ModelFolder::open(&a.file).with_context(|| {
+        format!(
+            "reading the folder {} (the store is unchanged)",
+            a.file.display()
+        )
+    })?;
+    let store = loc.open(config)?;
+    // The folder's own name, also for `.` or a path ending in `/..`.
+    let name = std::path::absolute(&a.file)
+        .ok()
+        .and_then(|p| p.components().next_back().map(|c| c.as_os_str().to_owned()))
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty() && n != "/")
+        .unwrap_or_else(|| "model".into());
+    let opts = add_options(config, &a, Kind::Base, None, name)?;
+    let (_, r) = store
+        .add_folder(&folder.members(), &opts, key)
+        .with_context(|| format!("adding {} (the store is unchanged)", a.file.display()))?;
+    print_added(a.json, &r)
+}
+
+fn add_options(
+    config: &Config,
+    a: &AddArgs,
+    kind: Kind,
+    base: Option<Hash>,
+    default_name: String,
+) -> anyhow::Result<AddOptions> {
+    Ok(AddOptions {
         kind,
-        name,
-        version: a.model_version,
+        name: a.name.clone().unwrap_or(default_name),
+        version: a.model_version.clone(),
         base,
         chunk_size: a.chunk_size.unwrap_or(config.chunk_size),
         zstd_level: a.zstd_level.unwrap_or(config.zstd_level),
@@ -398,19 +513,20 @@ fn add(loc: &Location, config: &Config, a: AddArgs) -> anyhow::Result<()> {
             None => Vec::new(),
         },
         pin: !a.no_pin,
-    };
-    let (_, r) = store
-        .add(bytes, &opts, &key)
-        .with_context(|| format!("adding {} (the store is unchanged)", a.file.display()))?;
-    if a.json {
-        say!("{}", serde_json::to_string_pretty(&r)?);
+    })
+}
+
+fn print_added(json: bool, r: &zdn_node::store::AddReport) -> anyhow::Result<()> {
+    if json {
+        say!("{}", serde_json::to_string_pretty(r)?);
     } else {
         say!("{}", r.hash);
         eprintln!(
-            "added {} {:?}: {} bytes in {} chunks; {} new chunks ({} stored bytes), {} bytes deduplicated",
+            "added {} {:?}: {} bytes{} in {} chunks; {} new chunks ({} stored bytes), {} bytes deduplicated",
             r.kind.as_str(),
             r.name,
             r.object_len,
+            files_note(r.files),
             r.chunks,
             r.new_chunks,
             r.new_stored_bytes,
@@ -419,6 +535,15 @@ fn add(loc: &Location, config: &Config, a: AddArgs) -> anyhow::Result<()> {
     }
     std::io::stdout().flush().ok();
     Ok(())
+}
+
+/// ", N files" for a folder object, nothing for a single file.
+fn files_note(files: usize) -> String {
+    match files {
+        0 => String::new(),
+        1 => ", 1 file".into(),
+        n => format!(", {n} files"),
+    }
 }
 
 /// An object of the store copied (verified) to a temporary file, with its manifest.

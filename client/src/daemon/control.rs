@@ -4,6 +4,7 @@
 //! and `zdn announce` reach it.
 
 use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -124,7 +125,9 @@ pub trait ControlHandler: Send + Sync + 'static {
 }
 
 /// Binds the control socket in `store_dir`, replacing a stale one left by a killed node (but not
-/// one a live node answers on).
+/// one a live node answers on). The socket is bound under a random name, made owner-only (mode
+/// 0600, whatever the umask) and only then renamed into place, so no other user ever finds it open;
+/// [`run`] also checks each caller's credentials ([`caller_allowed`]).
 pub async fn bind(store_dir: &Path) -> Result<UnixListener, ControlError> {
     std::fs::create_dir_all(store_dir)?;
     let path = socket_path(store_dir);
@@ -134,8 +137,27 @@ pub async fn bind(store_dir: &Path) -> Result<UnixListener, ControlError> {
             store_dir.display()
         )));
     }
-    let _ = std::fs::remove_file(&path);
-    Ok(UnixListener::bind(&path)?)
+    let mut nonce = [0u8; 8];
+    getrandom::getrandom(&mut nonce).map_err(|e| ControlError::Protocol(e.to_string()))?;
+    let aside = store_dir.join(format!(".node.sock.{:016x}", u64::from_le_bytes(nonce)));
+    let listener = UnixListener::bind(&aside)?;
+    let placed =
+        std::fs::set_permissions(&aside, std::fs::Permissions::from_mode(0o600)).and_then(|()| {
+            let _ = std::fs::remove_file(&path);
+            std::fs::rename(&aside, &path)
+        });
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&aside);
+        return Err(e.into());
+    }
+    Ok(listener)
+}
+
+/// Whether a process running as `uid` may use the control socket of a node running as
+/// `node_uid`: the same user, or root. Anyone else could make the node write any stored object to
+/// any path it can write.
+pub fn caller_allowed(uid: u32, node_uid: u32) -> bool {
+    uid == node_uid || uid == 0
 }
 
 /// Serves connections on `listener` until `shutdown` completes.
@@ -152,6 +174,13 @@ pub async fn run<H: ControlHandler>(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                let node_uid = unsafe { libc::geteuid() };
+                match stream.peer_cred() {
+                    Ok(c) if caller_allowed(c.uid(), node_uid) => {}
+                    // Another user (or credentials the kernel would not give): closed unread.
+                    _ => continue,
+                }
                 let h = handler.clone();
                 tasks.spawn(async move { serve_one(stream, h).await });
             }

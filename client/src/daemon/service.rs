@@ -153,8 +153,6 @@ impl NodeService {
             .await
             .map_err(|e| e.to_string())?;
         let peers = self.handle.peers().await.map_err(|e| e.to_string())?;
-        let t = self.handle.traffic();
-        use std::sync::atomic::Ordering::Relaxed;
         Ok(serde_json::json!({
             "peer_id": self.handle.peer_id().to_string(),
             "profile": self.profile,
@@ -165,12 +163,7 @@ impl NodeService {
                 "hash": m.hash(), "name": m.manifest.name, "object_len": m.manifest.object_len,
             })).collect::<Vec<_>>(),
             "transfers": self.transfers.lock().map(|t| t.clone()).unwrap_or_default(),
-            "traffic": {
-                "chunk_bytes_served": t.chunk_bytes_served.load(Relaxed),
-                "chunks_served": t.chunks_served.load(Relaxed),
-                "chunk_bytes_received": t.chunk_bytes_received.load(Relaxed),
-                "paced_refused": t.paced_refused.load(Relaxed),
-            },
+            "traffic": self.handle.traffic(),
         }))
     }
 
@@ -235,23 +228,19 @@ impl ControlHandler for NodeService {
             ControlRequest::Get { hash, output } => {
                 let r = async {
                     let hash = self.resolve(hash).await?;
-                    let path = std::path::PathBuf::from(&output);
-                    self.handle
-                        .store()
-                        .call(move |s| {
-                            let io = |e: crate::fs::atomic_file::AtomicFileError| {
-                                zdn_node::store::StoreError::io(
-                                    "writing the output",
-                                    std::io::Error::other(e),
-                                )
-                            };
-                            let mut f =
-                                crate::fs::atomic_file::AtomicFile::create(&path).map_err(io)?;
-                            s.read_object(&hash, &mut f, &mut |_| {})?;
-                            f.commit().map_err(io)
-                        })
+                    let store = self.handle.store().clone();
+                    let m = store
+                        .call(move |s| s.require_manifest(&hash))
                         .await
-                        .map_err(|e| format!("writing {output}: {e}"))?;
+                        .map_err(|e| e.to_string())?;
+                    let path = std::path::PathBuf::from(&output);
+                    // Bounded store jobs: peers are served while a large object is written out.
+                    tokio::task::spawn_blocking(move || {
+                        crate::fs::object_output::write_object_blocking(&store, &m, &path, false)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("writing {output}: {e}"))?;
                     Ok(serde_json::json!({ "wrote": output }))
                 }
                 .await;

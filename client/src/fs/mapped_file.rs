@@ -28,6 +28,15 @@ impl MappedFile {
             cause,
         };
         let file = File::open(path).map_err(err)?;
+        Self::from_file(path, file)
+    }
+
+    /// Maps an opened file (`path` is for messages).
+    pub fn from_file(path: &Path, file: File) -> Result<Self, OpenError> {
+        let err = |cause| OpenError {
+            path: path.to_owned(),
+            cause,
+        };
         let meta = file.metadata().map_err(err)?;
         if meta.is_dir() {
             return Err(err(std::io::Error::other("is a directory")));

@@ -2,4 +2,5 @@
 
 pub mod atomic_file;
 pub mod mapped_file;
+pub mod object_output;
 pub mod progress;

@@ -7,14 +7,31 @@ use anyhow::Context;
 use zdn_node::net::Keypair;
 
 /// This store's libp2p identity (`<store>/node.key`, 32 secret bytes, mode 0600), created on
-/// first use, so the peer id stays the same across restarts.
+/// first use, so the peer id stays the same across restarts. A key file others can read is
+/// refused (as the publisher key is).
 pub fn node_key(store_dir: &Path) -> anyhow::Result<Keypair> {
     std::fs::create_dir_all(store_dir)
         .with_context(|| format!("creating {}", store_dir.display()))?;
     let path = store_dir.join("node.key");
     let mut secret = match std::fs::read(&path) {
-        Ok(b) => <[u8; 32]>::try_from(b.as_slice())
-            .map_err(|_| anyhow::anyhow!("{}: not a 32-byte node key", path.display()))?,
+        Ok(b) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .permissions()
+                .mode()
+                & 0o777;
+            if mode & 0o077 != 0 {
+                anyhow::bail!(
+                    "{} is readable by others (mode {mode:o}): whoever reads it can act as this \
+                     node; run `chmod 600 {}`",
+                    path.display(),
+                    path.display()
+                );
+            }
+            <[u8; 32]>::try_from(b.as_slice())
+                .map_err(|_| anyhow::anyhow!("{}: not a 32-byte node key", path.display()))?
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut b = [0u8; 32];
             getrandom::getrandom(&mut b)

@@ -46,20 +46,21 @@ pub fn generate(path: &Path, force: bool) -> Result<PublisherKey, KeyFileError> 
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     }
-    // Written to a temp file created 0600 from the start, then renamed: the secret is never
+    // Written to a temp file of a random name, created exclusively (never through a symlink
+    // planted in the directory) and 0600 from the start, then renamed: the secret is never
     // readable by others, and a crash never leaves half a key.
-    let tmp = path.with_extension("key.tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp).map_err(io("creating", &tmp))?;
-    writeln!(f, "{}", Hash::from_bytes(key.seed())).map_err(io("writing", &tmp))?;
-    f.sync_all().map_err(io("writing", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io("renaming to", path))?;
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d,
+        None => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".zdn-key-")
+        .tempfile_in(dir)
+        .map_err(io("creating a temp file in", dir))?;
+    writeln!(tmp, "{}", Hash::from_bytes(key.seed())).map_err(io("writing", tmp.path()))?;
+    tmp.as_file().sync_all().map_err(io("writing", path))?;
+    tmp.persist(path)
+        .map_err(|e| io("renaming to", path)(e.error))?;
     Ok(key)
 }
 
@@ -91,4 +92,48 @@ pub fn load(path: &Path) -> Result<PublisherKey, KeyFileError> {
         path: path.to_path_buf(),
     })?;
     Ok(PublisherKey::from_seed(seed.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_key_is_owner_only_and_never_written_through_a_planted_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("publisher.key");
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        // Where a fixed temp name would have been written: a link to someone else's file.
+        for name in ["publisher.key.tmp", "publisher.key.key.tmp"] {
+            std::os::unix::fs::symlink(&victim, d.path().join(name)).unwrap();
+        }
+        let key = generate(&path, false).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(load(&path).unwrap().seed(), key.seed());
+        // Nothing else left behind: the key, the victim and the two links.
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 4);
+        assert!(matches!(
+            generate(&path, false),
+            Err(KeyFileError::Exists(_))
+        ));
+    }
+
+    #[test]
+    fn a_key_others_can_read_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("k");
+        generate(&path, false).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(matches!(
+            load(&path),
+            Err(KeyFileError::Permissions { mode: 0o640, .. })
+        ));
+        std::fs::write(&path, "not hex\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(load(&path), Err(KeyFileError::Malformed { .. })));
+    }
 }

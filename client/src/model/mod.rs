@@ -2,4 +2,5 @@
 //! (for the demo's fallback, benchmarks and tests).
 
 pub mod file;
+pub mod folder;
 pub mod synthetic;

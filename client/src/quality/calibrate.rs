@@ -23,7 +23,7 @@ use crate::fs::mapped_file::MappedFile;
 use crate::fs::progress::Progress;
 use crate::model::file::ModelFile;
 use crate::model::synthetic::Rng;
-use crate::quality::bert::{BertError, BertWeights};
+use crate::quality::bert::{BertConfig, BertError, BertWeights, TokenBatch};
 use crate::quality::corpus::read_sentences;
 use crate::quality::embedder::SentenceEmbedder;
 use crate::quality::eval::{bert_weights, QualityError};
@@ -216,32 +216,7 @@ pub fn calibrate(job: &CalibrateJob) -> Result<CalibrateReport, CalibrateError> 
         device.clone(),
     )
     .map_err(|e| q(e.into()))?;
-    let mut sentences = read_sentences(&job.corpus).map_err(|e| q(e.into()))?;
-    if let Some(ex) = &job.exclude_corpus {
-        let held: std::collections::HashSet<String> = read_sentences(ex)
-            .map_err(|e| q(e.into()))?
-            .into_iter()
-            .collect();
-        sentences.retain(|s| !held.contains(s));
-    }
-    // A deterministic shuffle, then the first N: calibration text from across the corpus.
-    let mut rng = Rng::new(job.seed);
-    for i in (1..sentences.len()).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        sentences.swap(i, j);
-    }
-    sentences.truncate(job.sentences);
-    if sentences.is_empty() {
-        return Err(CalibrateError::NoSentences);
-    }
-    let mut tokens = embedder.tokenize(&sentences).map_err(|e| q(e.into()))?;
-    // Similar lengths share a batch: less padding, same result.
-    tokens.sort_by_key(Vec::len);
-    let batches: Vec<_> = tokens
-        .chunks(job.batch.max(1))
-        .map(|c| embedder.batch(c))
-        .collect::<Result<_, _>>()
-        .map_err(|e| q(e.into()))?;
+    let (sentences, batches) = calibration_batches(job, &embedder)?;
 
     let base = ModelFile::open(&job.base).map_err(|e| q(e.into()))?;
     let fine = ModelFile::open(&job.finetuned).map_err(|e| q(e.into()))?;
@@ -264,8 +239,75 @@ pub fn calibrate(job: &CalibrateJob) -> Result<CalibrateReport, CalibrateError> 
         .collect::<Result<_, _>>()?;
     drop(w_fine);
 
+    let mut tensors = scaled_tensors(&delta, &base, &cfg, &device)?;
+    let training = Training {
+        embedder: &embedder,
+        delta: &delta,
+        batches: &batches,
+        targets: &targets,
+    };
+    let (first, last) = training.run(job, &mut weights, &mut tensors)?;
+    let (n_scales, max_change) = write_calibrated(job, dm.bytes(), &delta, &tensors)?;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    Ok(CalibrateReport {
+        output: job.output.clone(),
+        tensors: tensors.len(),
+        scales: n_scales,
+        sentences,
+        steps: job.steps,
+        loss_first: mean(&first),
+        loss_last: mean(&last),
+        max_relative_change: max_change,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The calibration sentences (the corpus less the excluded held-out text, shuffled
+/// deterministically, the first N) as token batches; and how many sentences there are.
+fn calibration_batches(
+    job: &CalibrateJob,
+    embedder: &SentenceEmbedder,
+) -> Result<(usize, Vec<TokenBatch>), CalibrateError> {
+    let q = |e: QualityError| CalibrateError::Quality(e);
+    let mut sentences = read_sentences(&job.corpus).map_err(|e| q(e.into()))?;
+    if let Some(ex) = &job.exclude_corpus {
+        let held: std::collections::HashSet<String> = read_sentences(ex)
+            .map_err(|e| q(e.into()))?
+            .into_iter()
+            .collect();
+        sentences.retain(|s| !held.contains(s));
+    }
+    // A deterministic shuffle, then the first N: calibration text from across the corpus.
+    let mut rng = Rng::new(job.seed);
+    for i in (1..sentences.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        sentences.swap(i, j);
+    }
+    sentences.truncate(job.sentences);
+    if sentences.is_empty() {
+        return Err(CalibrateError::NoSentences);
+    }
+    let mut tokens = embedder.tokenize(&sentences).map_err(|e| q(e.into()))?;
+    // Similar lengths share a batch: less padding, same result.
+    tokens.sort_by_key(Vec::len);
+    let batches = tokens
+        .chunks(job.batch.max(1))
+        .map(|c| embedder.batch(c))
+        .collect::<Result<_, _>>()
+        .map_err(|e| q(e.into()))?;
+    Ok((sentences.len(), batches))
+}
+
+/// The quantized tensors of `delta` the forward pass uses, each with its base, levels, starting
+/// scales and the trainable relative change of its scales.
+fn scaled_tensors(
+    delta: &BitDeltaFile<'_>,
+    base: &ModelFile,
+    cfg: &BertConfig,
+    device: &Device,
+) -> Result<Vec<ScaledTensor>, CalibrateError> {
     let used: std::collections::HashSet<String> =
-        BertWeights::linear_names(&cfg).into_iter().collect();
+        BertWeights::linear_names(cfg).into_iter().collect();
     let mut tensors = Vec::new();
     for (i, e) in delta.entries.iter().enumerate() {
         let plain = e.name.strip_prefix("bert.").unwrap_or(&e.name);
@@ -279,7 +321,7 @@ pub fn calibrate(job: &CalibrateJob) -> Result<CalibrateReport, CalibrateError> 
         })?;
         let bd = base.data(bt);
         let (rows, cols) = matrix_of(&e.shape);
-        let btensor = tensor_from_bytes(&e.name, bd.dtype, bd.shape, bd.bytes, &device)?
+        let btensor = tensor_from_bytes(&e.name, bd.dtype, bd.shape, bd.bytes, device)?
             .to_dtype(CDType::F32)?
             .reshape((rows as usize, cols as usize))?;
         let s0 = scales_of(e, block);
@@ -288,69 +330,102 @@ pub fn calibrate(job: &CalibrateJob) -> Result<CalibrateReport, CalibrateError> 
             index: i,
             name: e.name.clone(),
             base: btensor,
-            levels: levels_of(e, block, &device)?,
-            s0: Tensor::from_vec(s0, n, &device)?,
-            u: Var::zeros(n, CDType::F32, &device)?,
+            levels: levels_of(e, block, device)?,
+            s0: Tensor::from_vec(s0, n, device)?,
+            u: Var::zeros(n, CDType::F32, device)?,
             granularity: e.granularity,
             rows: rows as usize,
             cols: cols as usize,
-            m: Tensor::zeros(n, CDType::F32, &device)?,
-            v: Tensor::zeros(n, CDType::F32, &device)?,
+            m: Tensor::zeros(n, CDType::F32, device)?,
+            v: Tensor::zeros(n, CDType::F32, device)?,
         });
     }
     if tensors.is_empty() {
         return Err(CalibrateError::NothingToCalibrate);
     }
+    Ok(tensors)
+}
 
-    let progress = Progress::new(job.steps as u64, "calibrate", job.progress);
-    let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
-    let nb = batches.len();
-    let (mut first, mut last) = (Vec::new(), Vec::new());
-    for step in 0..job.steps {
-        let k = step % nb;
-        for t in &tensors {
-            let shape = delta.entries[t.index]
-                .shape
-                .iter()
-                .map(|&d| d as usize)
-                .collect::<Vec<_>>();
-            weights.set(&t.name, t.weight()?.reshape(shape)?);
+/// What the training loop works on: the batches and the fine-tune's hidden states on them.
+struct Training<'a> {
+    embedder: &'a SentenceEmbedder,
+    delta: &'a BitDeltaFile<'a>,
+    batches: &'a [TokenBatch],
+    targets: &'a [Tensor],
+}
+
+impl Training<'_> {
+    /// Adam on the scales' relative changes, one batch per step, round robin; returns the losses
+    /// of the first and of the last pass over the batches.
+    fn run(
+        &self,
+        job: &CalibrateJob,
+        weights: &mut BertWeights,
+        tensors: &mut [ScaledTensor],
+    ) -> Result<(Vec<f64>, Vec<f64>), CalibrateError> {
+        let progress = Progress::new(job.steps as u64, "calibrate", job.progress);
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+        let nb = self.batches.len();
+        let (mut first, mut last) = (Vec::new(), Vec::new());
+        for step in 0..job.steps {
+            let k = step % nb;
+            for t in tensors.iter() {
+                let shape = self.delta.entries[t.index]
+                    .shape
+                    .iter()
+                    .map(|&d| d as usize)
+                    .collect::<Vec<_>>();
+                weights.set(&t.name, t.weight()?.reshape(shape)?);
+            }
+            let h = self
+                .embedder
+                .encoder
+                .hidden_states(weights, &self.batches[k])?;
+            let loss = masked_mse(&h, &self.targets[k], &self.batches[k].mask)?;
+            let lv = f64::from(loss.to_scalar::<f32>()?);
+            if !lv.is_finite() {
+                return Err(CalibrateError::Diverged { step, loss: lv });
+            }
+            if step < nb {
+                first.push(lv);
+            }
+            if step + nb >= job.steps {
+                last.push(lv);
+            }
+            let grads = loss.backward()?;
+            let tstep = (step + 1) as i32;
+            let (c1, c2) = (1.0 - b1.powi(tstep), 1.0 - b2.powi(tstep));
+            for t in tensors.iter_mut() {
+                let Some(g) = grads.get(t.u.as_tensor()) else {
+                    continue;
+                };
+                t.m = ((&t.m * b1)? + (g * (1.0 - b1))?)?;
+                t.v = ((&t.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+                let mhat = (&t.m / c1)?;
+                let vhat = (&t.v / c2)?;
+                let upd = (mhat / (vhat.sqrt()? + eps)?)? * job.learning_rate;
+                t.u.set(&(t.u.as_tensor() - upd?)?)?;
+            }
+            progress.inc(1);
         }
-        let h = embedder.encoder.hidden_states(&weights, &batches[k])?;
-        let loss = masked_mse(&h, &targets[k], &batches[k].mask)?;
-        let lv = f64::from(loss.to_scalar::<f32>()?);
-        if !lv.is_finite() {
-            return Err(CalibrateError::Diverged { step, loss: lv });
-        }
-        if step < nb {
-            first.push(lv);
-        }
-        if step + nb >= job.steps {
-            last.push(lv);
-        }
-        let grads = loss.backward()?;
-        let tstep = (step + 1) as i32;
-        let (c1, c2) = (1.0 - b1.powi(tstep), 1.0 - b2.powi(tstep));
-        for t in &mut tensors {
-            let Some(g) = grads.get(t.u.as_tensor()) else {
-                continue;
-            };
-            t.m = ((&t.m * b1)? + (g * (1.0 - b1))?)?;
-            t.v = ((&t.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let mhat = (&t.m / c1)?;
-            let vhat = (&t.v / c2)?;
-            let upd = (mhat / (vhat.sqrt()? + eps)?)? * job.learning_rate;
-            t.u.set(&(t.u.as_tensor() - upd?)?)?;
-        }
-        progress.inc(1);
+        progress.finish();
+        Ok((first, last))
     }
-    progress.finish();
+}
 
-    // The output: the input's bytes with each calibrated tensor's scales replaced.
-    let mut out_bytes = dm.bytes().to_vec();
+/// Writes the input's bytes with each calibrated tensor's scales replaced; returns the scales
+/// written and the largest relative change of a scale.
+fn write_calibrated(
+    job: &CalibrateJob,
+    input: &[u8],
+    delta: &BitDeltaFile<'_>,
+    tensors: &[ScaledTensor],
+) -> Result<(usize, f64), CalibrateError> {
+    let q = |e: QualityError| CalibrateError::Quality(e);
+    let mut out_bytes = input.to_vec();
     let mut n_scales = 0;
     let mut max_change = 0f64;
-    for t in &tensors {
+    for t in tensors {
         let e = &delta.entries[t.index];
         let s = t.s0.mul(&(t.u.as_tensor() + 1.0)?)?.to_vec1::<f32>()?;
         let rel = (t.u.as_tensor().abs()?.max(0)?.to_scalar::<f32>()?) as f64;
@@ -377,16 +452,5 @@ pub fn calibrate(job: &CalibrateJob) -> Result<CalibrateReport, CalibrateError> 
     out.write_all(&out_bytes)
         .and_then(|_| out.commit())
         .map_err(|e| q(QualityError::Apply(CandleApplyError::Output(e))))?;
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    Ok(CalibrateReport {
-        output: job.output.clone(),
-        tensors: tensors.len(),
-        scales: n_scales,
-        sentences: sentences.len(),
-        steps: job.steps,
-        loss_first: mean(&first),
-        loss_last: mean(&last),
-        max_relative_change: max_change,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok((n_scales, max_change))
 }

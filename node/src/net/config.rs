@@ -6,6 +6,7 @@ use zdn_protocol::glob::Glob;
 use crate::store::TrustPolicy;
 
 use crate::net::profile::Profile;
+use crate::net::swarm::inbound::InboundLimits;
 
 /// Fault injection for tests of peer misbehaviour (hidden from `--help`): the node serves bad
 /// data on purpose so the other side's defences can be tested with real processes.
@@ -72,8 +73,8 @@ pub struct NodeConfig {
     /// kills): a directory beside the store. `None`: kept in memory for one session only.
     pub partial_dir: Option<std::path::PathBuf>,
     pub auto_fetch: Vec<AutoFetchRule>,
-    /// Most peers connected at once; more are refused.
-    pub max_peers: usize,
+    /// Caps on inbound connections (connections this node dials are never refused for room).
+    pub inbound: InboundLimits,
     pub fault: Option<Fault>,
 }
 
@@ -100,7 +101,7 @@ impl NodeConfig {
             link_rate: None,
             partial_dir: None,
             auto_fetch: Vec::new(),
-            max_peers: 256,
+            inbound: InboundLimits::default(),
             fault: None,
         }
     }

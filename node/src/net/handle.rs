@@ -3,6 +3,7 @@
 //! Chunk streams are opened through libp2p-stream's `Control`, which is built for use outside the
 //! swarm task, so transfers never wait behind swarm events.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
@@ -13,6 +14,7 @@ use zdn_protocol::Hash;
 
 use crate::store::{StoreHandle, TrustPolicy};
 
+use crate::net::peers::{Offence, PeerScores, PeerTable};
 use crate::net::profile::Tuning;
 use crate::net::rate_limit::RateLimiter;
 use crate::net::NetError;
@@ -26,6 +28,8 @@ pub struct PeerInfo {
     pub addresses: Vec<String>,
     /// Last ping round trip in milliseconds.
     pub rtt_ms: Option<u64>,
+    /// Its misbehaviour penalty now (0 = clean; banned at 100; halves every 30 minutes).
+    pub penalty: f64,
 }
 
 pub(crate) enum Command {
@@ -39,11 +43,6 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<PeerId, NetError>>,
     },
     IsConnected {
-        peer: PeerId,
-        reply: oneshot::Sender<bool>,
-    },
-    /// Whether this node banned the peer (the paced lane does not resume its parked sessions).
-    IsBanned {
         peer: PeerId,
         reply: oneshot::Sender<bool>,
     },
@@ -64,24 +63,45 @@ pub(crate) enum Command {
         manifest: Vec<u8>,
         reply: oneshot::Sender<Result<(), NetError>>,
     },
+    /// A peer's penalty just crossed the ban line: disconnect it and say so.
+    Ban { peer: PeerId, reason: String },
+    /// A fetch got `hash` from `peer`, found through the DHT: its provider record is verified.
+    ProviderVerified { hash: Hash, peer: PeerId },
 }
 
-/// Counters of chunk traffic, shared by the server and every fetch.
-#[derive(Debug, Default)]
+/// Counters of the node's traffic and of what its defences did, shared by the servers, the
+/// swarm and every fetch (printed by `zdn node run` when it stops, and by `zdn status`).
+#[derive(Debug, Default, Serialize)]
 pub struct Traffic {
-    pub chunk_bytes_served: std::sync::atomic::AtomicU64,
-    pub chunk_bytes_received: std::sync::atomic::AtomicU64,
-    pub chunks_served: std::sync::atomic::AtomicU64,
+    pub chunk_bytes_served: AtomicU64,
+    pub chunk_bytes_received: AtomicU64,
+    pub chunks_served: AtomicU64,
     /// Paced-lane datagrams that did not open under their session's key (forged, corrupted,
     /// replayed): dropped, never acted on.
-    pub paced_refused: std::sync::atomic::AtomicU64,
+    pub paced_refused: AtomicU64,
+    /// Inbound connections refused (address, subnet or total caps; banned peers).
+    pub connections_refused: AtomicU64,
+    /// Inbound connections closed to make room for a peer from a subnet under its share.
+    pub connections_evicted: AtomicU64,
+    /// Streams reset unread (no place) or closed to make room for another peer's.
+    pub streams_refused: AtomicU64,
+    pub streams_evicted: AtomicU64,
+    /// Requests answered `Busy` because their peer asked too often.
+    pub requests_busy: AtomicU64,
+    /// Peers whose penalty crossed the ban line.
+    pub peers_banned: AtomicU64,
+    /// Manifest or have requests asked again because their stream or connection broke before the
+    /// answer (a link that dropped; each is re-dialed first when the peer is gone).
+    pub asks_retried: AtomicU64,
+    /// Inbound streams reset because their protocol's queue was full (a flood of stream opens).
+    pub streams_dropped: Arc<AtomicU64>,
 }
 
 /// A cloneable handle to a running node.
 #[derive(Clone)]
 pub struct NodeHandle {
     pub(crate) commands: mpsc::Sender<Command>,
-    pub(crate) control: libp2p_stream::Control,
+    pub(crate) control: crate::net::streams::StreamControl,
     pub(crate) local: PeerId,
     pub(crate) store: StoreHandle,
     pub(crate) trust: TrustPolicy,
@@ -89,6 +109,10 @@ pub struct NodeHandle {
     pub(crate) download_limit: Option<Arc<RateLimiter>>,
     pub(crate) traffic: Arc<Traffic>,
     pub(crate) paced: Option<Arc<crate::net::paced::lane::PacedLane>>,
+    pub(crate) scores: Arc<PeerScores>,
+    pub(crate) peer_table: Arc<PeerTable>,
+    /// One fetch of an object at a time.
+    pub(crate) fetching: Arc<crate::net::fetch::once::OneAtATime>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -182,6 +206,33 @@ impl NodeHandle {
                 addr: peer.to_string(),
                 reason: e.to_string(),
             })
+    }
+
+    /// Counts an offence against `peer`; one that crosses the ban line is disconnected (and from
+    /// then on refused, never dialed and never asked, until the penalty decays).
+    pub async fn penalise(&self, peer: PeerId, offence: Offence) {
+        if self.scores.penalise(peer, offence) {
+            let reason = format!("banned for {}", offence.as_str());
+            let _ = self.commands.send(Command::Ban { peer, reason }).await;
+        }
+    }
+
+    /// A DHT provider turned out to hold `hash` (queued; no-op without DHT).
+    pub async fn provider_verified(&self, hash: Hash, peer: PeerId) {
+        let _ = self
+            .commands
+            .send(Command::ProviderVerified { hash, peer })
+            .await;
+    }
+
+    /// Whether `peer` is banned now.
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        self.scores.is_banned(peer)
+    }
+
+    /// `peer`'s penalty now (0 = clean).
+    pub fn penalty(&self, peer: &PeerId) -> f64 {
+        self.scores.penalty(peer)
     }
 
     /// Gossips a signed manifest to the network. Queued and retried while no peer is subscribed.

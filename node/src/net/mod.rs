@@ -23,8 +23,10 @@ mod fetch;
 pub mod frame;
 mod handle;
 mod paced;
+mod peers;
 mod profile;
 mod rate_limit;
+mod streams;
 mod swarm;
 
 pub use chunk::server::{MAX_QUEUED_PER_PEER, MAX_STREAMS};
@@ -38,10 +40,14 @@ pub use paced::server::{
     MAX_SESSIONS_PER_PEER as MAX_PACED_SESSIONS_PER_PEER, SILENCE as PACED_SILENCE,
 };
 pub use paced::session::PacedReport;
+pub use peers::score::{BAN_AT, HALF_LIFE as PENALTY_HALF_LIFE};
+pub use peers::Offence;
 pub use profile::{DhtTuning, Profile, Tuning};
 pub use rate_limit::RateLimiter;
+pub use streams::{OpenStreamError, StreamControl, INBOUND_QUEUE};
 pub use swarm::behaviour::{ANNOUNCE_TOPIC, MAX_GOSSIP_LEN};
 pub use swarm::dht::KAD_PROTOCOL;
+pub use swarm::inbound::InboundLimits;
 pub use swarm::spawn::{Node, NodeEvent};
 
 pub use libp2p::identity::Keypair;

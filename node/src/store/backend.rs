@@ -15,14 +15,19 @@ pub enum Column {
     Refs,
     /// Manifest hash → download state (the manifest bytes of an object being fetched).
     Partial,
+    /// Chunk id (32 bytes) → empty: which chunks [`Column::Chunks`] holds, so that an existence
+    /// check reads no chunk bytes (rocksdb resolves a blob value on every `get`). Written in the same
+    /// batch as the chunk; the key `INDEX_COMPLETE` marks a store whose index is complete.
+    ChunkIndex,
 }
 
 impl Column {
-    pub const ALL: [Column; 4] = [
+    pub const ALL: [Column; 5] = [
         Column::Chunks,
         Column::Manifests,
         Column::Refs,
         Column::Partial,
+        Column::ChunkIndex,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -31,6 +36,7 @@ impl Column {
             Column::Manifests => "manifests",
             Column::Refs => "refs",
             Column::Partial => "partial",
+            Column::ChunkIndex => "chunk_index",
         }
     }
 }
@@ -68,6 +74,8 @@ impl Write {
 pub trait Backend: Send + Sync + 'static {
     fn get(&self, column: Column, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Whether `key` is in `column`. Reads the value unless the engine can avoid it: key-only
+    /// columns ([`Column::ChunkIndex`]) are what existence checks use.
     fn contains(&self, column: Column, key: &[u8]) -> Result<bool, StoreError> {
         Ok(self.get(column, key)?.is_some())
     }
@@ -81,7 +89,8 @@ pub trait Backend: Send + Sync + 'static {
         self.write(batch, true)
     }
 
-    /// Makes every earlier write to `column` durable.
+    /// Makes every earlier write to `column` durable. [`Column::Chunks`] and
+    /// [`Column::ChunkIndex`] are flushed together: a flush of either makes both durable.
     fn flush(&self, column: Column) -> Result<(), StoreError>;
 
     /// Calls `f(key, value)` for every key starting with `prefix`, in key order, until it returns

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use zdn_protocol::chunk::ChunkError;
+use zdn_protocol::folder::FolderError;
 use zdn_protocol::manifest::ManifestError;
 use zdn_protocol::object::ObjectError;
 use zdn_protocol::Hash;
@@ -33,6 +34,18 @@ pub enum StoreError {
     Object(#[from] ObjectError),
     #[error("manifest: {0}")]
     Manifest(#[from] ManifestError),
+    #[error("not a valid model folder: {0}")]
+    Folder(#[from] FolderError),
+    #[error(
+        "a folder is added as a base model (it has no --base; deltas and soups are single files)"
+    )]
+    FolderKind,
+    #[error("{0} is a model folder: deltas and soups against a folder are not supported yet (add the base as a single .safetensors file)")]
+    FolderBase(Hash),
+    #[error("{object} is a single-file object, not a folder: it has no file {path:?}")]
+    NotAFolder { object: Hash, path: String },
+    #[error("folder {object} has no file {path:?}")]
+    NoSuchFile { object: Hash, path: String },
     #[error(transparent)]
     Chunk(#[from] ChunkError),
     #[error("publisher {0} is not trusted (add it to trusted_publishers in the config)")]

@@ -1,8 +1,10 @@
 //! `add`: an object from bytes to verified, compressed, deduplicated chunks plus a signed manifest.
 
+use std::collections::HashSet;
 use std::ops::Range;
 
 use zdn_protocol::chunk::{self, ChunkRef, DEFAULT_CHUNK_SIZE};
+use zdn_protocol::folder::{self, FileEntry, Member};
 use zdn_protocol::manifest::{Kind, Manifest, PublisherKey, SignedManifest, TensorEntry};
 use zdn_protocol::object::{self, ObjectError};
 use zdn_protocol::soup::Recipe;
@@ -51,6 +53,8 @@ pub struct AddReport {
     pub kind: Kind,
     pub name: String,
     pub object_len: u64,
+    /// Files of a folder object (0 for a single file).
+    pub files: usize,
     pub chunks: usize,
     /// Chunks written by this add.
     pub new_chunks: usize,
@@ -69,35 +73,63 @@ struct Compressed {
     stored: Vec<u8>,
 }
 
-/// The dtype of the tensor a chunk lies in, when it holds whole elements of one tensor (then a float
-/// tensor's chunk can use the planes codec).
-fn element_dtype(tensors: &[TensorEntry], r: &Range<u64>) -> Option<DType> {
-    let t = tensors
-        .iter()
-        .find(|t| t.offset <= r.start && r.end <= t.offset.saturating_add(t.len))?;
-    let dtype = DType::from_code(t.dtype)?;
-    let size = dtype.size() as u64;
-    ((r.start - t.offset).is_multiple_of(size) && (r.end - r.start).is_multiple_of(size))
-        .then_some(dtype)
+/// An object ready to be chunked: its bytes as consecutive parts (one file, or a folder's files in
+/// canonical order), where chunks must start, and what the manifest says about its contents.
+struct Planned<'a> {
+    parts: Vec<&'a [u8]>,
+    object_len: u64,
+    boundaries: Vec<u64>,
+    tensors: Vec<TensorEntry>,
+    files: Vec<FileEntry>,
 }
 
-fn compress(
-    bytes: &[u8],
-    ranges: &[Range<u64>],
-    level: i32,
-    tensors: &[TensorEntry],
-) -> Vec<Compressed> {
-    ranges
+impl<'a> Planned<'a> {
+    /// The bytes of `r`, which lies inside one part (every part start is a chunk boundary).
+    fn slice(&self, starts: &[u64], r: &Range<u64>) -> Option<&'a [u8]> {
+        let i = starts.partition_point(|&s| s <= r.start).checked_sub(1)?;
+        let part: &'a [u8] = self.parts.get(i)?;
+        let from = usize::try_from(r.start - starts[i]).ok()?;
+        let to = usize::try_from(r.end - starts[i]).ok()?;
+        part.get(from..to)
+    }
+}
+
+/// Tensors sorted by (offset, length), to find the one a chunk lies in by binary search.
+struct TensorSpans(Vec<(u64, u64, u8)>);
+
+impl TensorSpans {
+    fn new(tensors: &[TensorEntry]) -> Self {
+        let mut v: Vec<(u64, u64, u8)> =
+            tensors.iter().map(|t| (t.offset, t.len, t.dtype)).collect();
+        v.sort_unstable();
+        TensorSpans(v)
+    }
+
+    /// The dtype of the tensor a chunk lies in, when it holds whole elements of one tensor (then a
+    /// float tensor's chunk can use the planes codec).
+    fn element_dtype(&self, r: &Range<u64>) -> Option<DType> {
+        let i = self.0.partition_point(|t| t.0 <= r.start).checked_sub(1)?;
+        let (offset, len, code) = self.0[i];
+        if r.end > offset.saturating_add(len) {
+            return None;
+        }
+        let dtype = DType::from_code(code)?;
+        let size = dtype.size() as u64;
+        ((r.start - offset).is_multiple_of(size) && (r.end - r.start).is_multiple_of(size))
+            .then_some(dtype)
+    }
+}
+
+fn compress(pieces: &[(Range<u64>, &[u8])], level: i32, spans: &TensorSpans) -> Vec<Compressed> {
+    pieces
         .iter()
-        .map(|r| {
-            // Ranges come from `chunk::plan` over `bytes.len()`: in bounds and ≤ MAX_CHUNK_SIZE.
-            let data = &bytes[r.start as usize..r.end as usize];
-            let (codec, stored, id) =
-                chunk::encode_elements(data, level, element_dtype(tensors, r));
+        .map(|(r, data)| {
+            let (codec, stored, id) = chunk::encode_elements(data, level, spans.element_dtype(r));
             Compressed {
                 r: ChunkRef {
                     id,
                     offset: r.start,
+                    // `chunk::plan` keeps every range ≤ MAX_CHUNK_SIZE.
                     len: data.len() as u32,
                     codec,
                 },
@@ -109,20 +141,19 @@ fn compress(
 
 /// Compresses a window of chunks on all cores; output in object order (deterministic).
 fn compress_window(
-    bytes: &[u8],
-    ranges: &[Range<u64>],
+    pieces: &[(Range<u64>, &[u8])],
     level: i32,
-    tensors: &[TensorEntry],
+    spans: &TensorSpans,
 ) -> Vec<Compressed> {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    if threads < 2 || ranges.len() < 2 {
-        return compress(bytes, ranges, level, tensors);
+    if threads < 2 || pieces.len() < 2 {
+        return compress(pieces, level, spans);
     }
-    let per = ranges.len().div_ceil(threads);
+    let per = pieces.len().div_ceil(threads);
     std::thread::scope(|s| {
-        let jobs: Vec<_> = ranges
+        let jobs: Vec<_> = pieces
             .chunks(per)
-            .map(|part| s.spawn(move || compress(bytes, part, level, tensors)))
+            .map(|part| s.spawn(move || compress(part, level, spans)))
             .collect();
         jobs.into_iter()
             .flat_map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
@@ -147,6 +178,9 @@ impl ObjectStore {
             .ok_or(StoreError::MissingBase(recorded))?;
         if bm.manifest.kind != Kind::Base {
             return Err(StoreError::NotABase(recorded, bm.manifest.kind.as_str()));
+        }
+        if bm.manifest.is_folder() {
+            return Err(StoreError::FolderBase(recorded));
         }
         for c in recipe.components() {
             let problem = match self.manifest(&c.delta)? {
@@ -176,8 +210,44 @@ impl ObjectStore {
         opts: &AddOptions,
         key: &PublisherKey,
     ) -> Result<(SignedManifest, AddReport), StoreError> {
+        self.undo_on_error(|written| {
+            let planned = self.plan_file(bytes, opts)?;
+            self.add_planned(&planned, opts, key, written)
+        })
+    }
+
+    /// Adds a model folder as one object: its files (`members`, in canonical order: sorted by path
+    /// bytes) concatenated, with a file table in the manifest (docs/store.md "Folders"). The folder
+    /// is checked first ([`folder::layout`]); a folder is a base model. Like [`Self::add`], nothing
+    /// is left behind on error.
+    pub fn add_folder(
+        &self,
+        members: &[Member<'_>],
+        opts: &AddOptions,
+        key: &PublisherKey,
+    ) -> Result<(SignedManifest, AddReport), StoreError> {
+        if opts.kind != Kind::Base || opts.base.is_some() {
+            return Err(StoreError::FolderKind);
+        }
+        self.undo_on_error(|written| {
+            let layout = folder::layout(members)?;
+            let planned = Planned {
+                parts: members.iter().map(|m| m.bytes).collect(),
+                object_len: layout.object_len,
+                boundaries: layout.boundaries,
+                tensors: layout.tensors,
+                files: layout.files,
+            };
+            self.add_planned(&planned, opts, key, written)
+        })
+    }
+
+    fn undo_on_error(
+        &self,
+        f: impl FnOnce(&mut Vec<Hash>) -> Result<(SignedManifest, AddReport), StoreError>,
+    ) -> Result<(SignedManifest, AddReport), StoreError> {
         let mut written = Vec::new();
-        let result = self.add_inner(bytes, opts, key, &mut written);
+        let result = f(&mut written);
         if result.is_err() {
             // Best effort: leftovers are unreferenced and gc removes them anyway.
             let _ = self.delete_chunks(&written, false);
@@ -185,20 +255,8 @@ impl ObjectStore {
         result
     }
 
-    fn add_inner(
-        &self,
-        bytes: &[u8],
-        opts: &AddOptions,
-        key: &PublisherKey,
-        written: &mut Vec<Hash>,
-    ) -> Result<(SignedManifest, AddReport), StoreError> {
-        let len = bytes.len() as u64;
-        if len > self.limits.max_object_size {
-            return Err(StoreError::TooLarge {
-                len,
-                limit: self.limits.max_object_size,
-            });
-        }
+    /// Checks a single-file object as what `opts` says it is, and the base it names.
+    fn plan_file<'a>(&self, bytes: &'a [u8], opts: &AddOptions) -> Result<Planned<'a>, StoreError> {
         let layout = object::layout(opts.kind, bytes)?;
         if opts.kind == Kind::Delta {
             let base = opts.base.ok_or_else(|| {
@@ -210,6 +268,9 @@ impl ObjectStore {
             let bm = self.manifest(&base)?.ok_or(StoreError::MissingBase(base))?;
             if bm.manifest.kind != Kind::Base {
                 return Err(StoreError::NotABase(base, bm.manifest.kind.as_str()));
+            }
+            if bm.manifest.is_folder() {
+                return Err(StoreError::FolderBase(base));
             }
             if let Some(recorded) = layout.delta_base_object {
                 if !recorded.is_zero() && recorded != bm.manifest.object_hash {
@@ -224,7 +285,46 @@ impl ObjectStore {
         if opts.kind == Kind::Soup {
             self.check_soup(bytes, opts.base)?;
         }
-        let ranges = chunk::plan(len, &layout.boundaries, opts.chunk_size)?;
+        Ok(Planned {
+            parts: vec![bytes],
+            object_len: bytes.len() as u64,
+            boundaries: layout.boundaries,
+            // Only a base model's tensors are plain element arrays (a delta's blocks are not).
+            tensors: layout.tensors,
+            files: Vec::new(),
+        })
+    }
+
+    /// Chunks, compresses and stores `p`, then signs and commits its manifest. Memory is bounded by
+    /// a window of chunks, whatever the object's size; the whole-object hash is computed beside.
+    fn add_planned(
+        &self,
+        p: &Planned<'_>,
+        opts: &AddOptions,
+        key: &PublisherKey,
+        written: &mut Vec<Hash>,
+    ) -> Result<(SignedManifest, AddReport), StoreError> {
+        let len = p.object_len;
+        if len > self.limits.max_object_size {
+            return Err(StoreError::TooLarge {
+                len,
+                limit: self.limits.max_object_size,
+            });
+        }
+        let mut boundaries = p.boundaries.clone();
+        let mut starts = Vec::with_capacity(p.parts.len());
+        let mut at = 0u64;
+        for part in &p.parts {
+            starts.push(at);
+            boundaries.push(at);
+            at += part.len() as u64;
+        }
+        let ranges = chunk::plan(len, &boundaries, opts.chunk_size)?;
+        // A delta's blocks and a recipe are not element arrays: no planes codec for them.
+        let spans = TensorSpans::new(match opts.kind {
+            Kind::Base => &p.tensors,
+            Kind::Delta | Kind::Soup => &[],
+        });
 
         let mut object_hash = None;
         let mut chunks = Vec::with_capacity(ranges.len());
@@ -233,6 +333,7 @@ impl ObjectStore {
             kind: opts.kind,
             name: opts.name.clone(),
             object_len: len,
+            files: p.files.len(),
             chunks: ranges.len(),
             new_chunks: 0,
             new_stored_bytes: 0,
@@ -240,25 +341,37 @@ impl ObjectStore {
             stored_bytes: 0,
             already_present: false,
         };
+        // Ids written by this add: a set, so each check is O(1) however many chunks the object has.
+        let mut new_ids: HashSet<Hash> = HashSet::new();
         std::thread::scope(|s| -> Result<(), StoreError> {
-            // Hash the whole object beside the compression.
-            let hasher = s.spawn(|| Hash::from(blake3::hash(bytes)));
+            // Hash the whole object beside the compression, part after part.
+            let hasher = s.spawn(|| {
+                let mut h = blake3::Hasher::new();
+                for part in &p.parts {
+                    h.update(part);
+                }
+                Hash::from(h.finalize())
+            });
             for window in ranges.chunks(WINDOW) {
-                // Only a base model's tensors are plain element arrays (a delta's blocks are not).
-                let typed: &[TensorEntry] = match opts.kind {
-                    Kind::Base => &layout.tensors,
-                    Kind::Delta | Kind::Soup => &[],
-                };
-                let compressed = compress_window(bytes, window, opts.zstd_level, typed);
+                let pieces = window
+                    .iter()
+                    .map(|r| {
+                        p.slice(&starts, r).map(|d| (r.clone(), d)).ok_or_else(|| {
+                            StoreError::Corrupt {
+                                key: "object layout".into(),
+                                problem: format!("chunk {r:?} does not lie inside one file"),
+                            }
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let compressed = compress_window(&pieces, opts.zstd_level, &spans);
                 let mut batch = Vec::new();
                 for c in compressed {
                     report.stored_bytes += c.stored.len() as u64;
-                    let seen = written.contains(&c.r.id)
-                        || batch.iter().any(|(id, _): &(Hash, Vec<u8>)| *id == c.r.id)
-                        || self.has_chunk(&c.r.id)?;
-                    if seen {
+                    if new_ids.contains(&c.r.id) || self.has_chunk(&c.r.id)? {
                         report.dedup_bytes += u64::from(c.r.len);
                     } else {
+                        new_ids.insert(c.r.id);
                         report.new_stored_bytes += c.stored.len() as u64;
                         batch.push((c.r.id, c.stored));
                     }
@@ -284,7 +397,8 @@ impl ObjectStore {
             object_len: len,
             object_hash: object_hash.unwrap_or(Hash::ZERO),
             chunks,
-            tensors: layout.tensors,
+            tensors: p.tensors.clone(),
+            files: p.files.clone(),
             extra: opts.extra.clone(),
         };
         // Adding the same object again with the same settings is idempotent: the existing manifest

@@ -25,6 +25,9 @@ pub enum Problem {
     MissingBase { object: Hash, base: Hash },
     /// A soup whose component delta is not in the store.
     MissingComponent { object: Hash, component: Hash },
+    /// The chunk index and the chunks disagree: a chunk without its index entry (`add` would
+    /// store it again) or an index entry without its chunk (`gc` removes such entries).
+    ChunkIndex { chunk: Hash, error: String },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -92,6 +95,7 @@ impl ObjectStore {
             for p in self.partials()? {
                 referenced.extend(p.manifest.chunk_ids());
             }
+            let mut stored: HashSet<Hash> = HashSet::new();
             self.backend().scan(Column::Chunks, b"", &mut |k, v| {
                 let id = match <[u8; 32]>::try_from(k) {
                     Ok(a) => Hash::from_bytes(a),
@@ -116,8 +120,10 @@ impl ObjectStore {
                 if !referenced.contains(&id) {
                     report.unreferenced_chunks += 1;
                 }
+                stored.insert(id);
                 true
             })?;
+            report.problems.extend(self.index_problems(&stored)?);
         }
 
         for m in &manifests {
@@ -259,9 +265,11 @@ impl ObjectStore {
             self.backend().write(drop_manifests, true)?;
         }
         let mut dead = Vec::new();
+        let mut stored: HashSet<Hash> = HashSet::new();
         self.backend().scan(Column::Chunks, b"", &mut |k, v| {
             if let Ok(a) = <[u8; 32]>::try_from(k) {
                 let id = Hash::from_bytes(a);
+                stored.insert(id);
                 if !live.contains(&id) {
                     dead.push(id);
                     report.stored_bytes_freed += v.len() as u64;
@@ -273,6 +281,47 @@ impl ObjectStore {
         for part in dead.chunks(1024) {
             self.delete_chunks(part, true)?;
         }
+        // Index entries whose chunk is gone (a store damaged from outside) would make `add` skip a
+        // chunk it must write: remove them.
+        let mut stale = Vec::new();
+        self.backend().scan(Column::ChunkIndex, b"", &mut |k, _| {
+            if let Ok(a) = <[u8; 32]>::try_from(k) {
+                if !stored.contains(&Hash::from_bytes(a)) {
+                    stale.push(super::Write::delete(Column::ChunkIndex, k.to_vec()));
+                }
+            }
+            true
+        })?;
+        if !stale.is_empty() {
+            self.backend().write(stale, true)?;
+        }
         Ok(report)
+    }
+
+    /// Disagreements between the chunk index and `stored`, the ids in the chunks column.
+    fn index_problems(&self, stored: &HashSet<Hash>) -> Result<Vec<Problem>, StoreError> {
+        let mut indexed: HashSet<Hash> = HashSet::with_capacity(stored.len());
+        let mut out = Vec::new();
+        self.backend().scan(Column::ChunkIndex, b"", &mut |k, _| {
+            // The completion mark is not a 32-byte key.
+            if let Ok(a) = <[u8; 32]>::try_from(k) {
+                let id = Hash::from_bytes(a);
+                if !stored.contains(&id) {
+                    out.push(Problem::ChunkIndex {
+                        chunk: id,
+                        error: "indexed, but not in the store".into(),
+                    });
+                }
+                indexed.insert(id);
+            }
+            true
+        })?;
+        let mut missing: Vec<&Hash> = stored.difference(&indexed).collect();
+        missing.sort_unstable_by_key(|h| *h.as_bytes());
+        out.extend(missing.into_iter().map(|&chunk| Problem::ChunkIndex {
+            chunk,
+            error: "in the store, but not indexed".into(),
+        }));
+        Ok(out)
     }
 }

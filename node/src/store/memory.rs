@@ -33,6 +33,13 @@ impl Backend for MemoryBackend {
         Ok(self.lock().get(&column).and_then(|t| t.get(key)).cloned())
     }
 
+    fn contains(&self, column: Column, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .get(&column)
+            .is_some_and(|t| t.contains_key(key)))
+    }
+
     fn write(&self, batch: Vec<Write>, _durable: bool) -> Result<(), StoreError> {
         let mut tables = self.lock();
         for w in batch {

@@ -8,22 +8,28 @@
 
 mod actor;
 mod backend;
+mod batched;
 mod dependencies;
 mod error;
 mod ingest;
 mod maintenance;
+mod members;
 mod memory;
+mod names;
 mod objects;
 mod rocks;
 
 pub use actor::StoreHandle;
 pub use backend::{Backend, Column, Write};
+pub use batched::{BATCH_BYTES, BATCH_IDS};
 pub use error::StoreError;
 pub use ingest::{AddOptions, AddReport};
 pub use maintenance::{GcReport, Problem, VerifyReport};
 pub use memory::MemoryBackend;
-pub use objects::{ObjectInfo, ObjectStore, StoreLimits, TrustPolicy};
+pub use objects::{Holding, ObjectInfo, ObjectStore, StoreLimits, TrustPolicy};
 pub use rocks::RocksBackend;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_large;

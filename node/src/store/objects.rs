@@ -1,5 +1,6 @@
 //! [`ObjectStore`]: objects (manifest + chunks) on top of a [`Backend`].
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use zdn_protocol::chunk::{self, ChunkRef};
@@ -7,6 +8,7 @@ use zdn_protocol::manifest::{self, Kind, SignedManifest};
 use zdn_protocol::Hash;
 
 use super::backend::{Backend, Column, Write};
+use super::names::moves_name;
 use super::{MemoryBackend, RocksBackend, StoreError};
 
 /// A key and value as stored, not yet decoded.
@@ -14,6 +16,10 @@ pub(super) type RawEntry = (Vec<u8>, Vec<u8>);
 
 const PIN_PREFIX: &[u8] = b"pin/";
 const NAME_PREFIX: &[u8] = b"name/";
+/// The key of [`Column::ChunkIndex`] (not a 32-byte chunk id) that says the index lists every chunk.
+const INDEX_COMPLETE: &[u8] = b"index complete";
+/// Index entries written per batch while indexing a store made before the index existed.
+const INDEX_BATCH: usize = 4096;
 
 /// Limits applied to everything that enters the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +55,15 @@ impl TrustPolicy {
     }
 }
 
+/// How much of an object the store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holding {
+    Complete,
+    /// A download in progress: its manifest and some of its chunks.
+    Partial,
+    None,
+}
+
 /// One object as `ls` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ObjectInfo {
@@ -57,6 +72,8 @@ pub struct ObjectInfo {
     pub name: String,
     pub version: String,
     pub object_len: u64,
+    /// Files of a folder object (0 for a single file).
+    pub files: usize,
     pub chunks: usize,
     pub base: Option<Hash>,
     pub pinned: bool,
@@ -96,18 +113,61 @@ fn hash_from_key(key: &[u8]) -> Result<Hash, StoreError> {
 }
 
 impl ObjectStore {
-    pub fn new(backend: Box<dyn Backend>, limits: StoreLimits) -> Self {
-        ObjectStore { backend, limits }
+    /// The store on `backend`. A store made before the chunk index existed is indexed first (once:
+    /// a scan of the chunk keys).
+    pub fn new(backend: Box<dyn Backend>, limits: StoreLimits) -> Result<Self, StoreError> {
+        let s = ObjectStore { backend, limits };
+        s.ensure_chunk_index()?;
+        Ok(s)
     }
 
     /// Opens the rocksdb store in `dir` (created on first use).
     pub fn open(dir: &Path, limits: StoreLimits) -> Result<Self, StoreError> {
-        Ok(Self::new(Box::new(RocksBackend::open(dir)?), limits))
+        Self::new(Box::new(RocksBackend::open(dir)?), limits)
     }
 
     /// A store in memory (tests).
     pub fn in_memory() -> Self {
-        Self::new(Box::new(MemoryBackend::new()), StoreLimits::default())
+        // An empty store: indexing has nothing to read and cannot fail.
+        ObjectStore {
+            backend: Box::new(MemoryBackend::new()),
+            limits: StoreLimits::default(),
+        }
+    }
+
+    /// Builds [`Column::ChunkIndex`] from the chunk keys when it is not marked complete. The
+    /// entries are made durable before the mark, so a crash here only means indexing again.
+    fn ensure_chunk_index(&self) -> Result<(), StoreError> {
+        if self.backend.contains(Column::ChunkIndex, INDEX_COMPLETE)? {
+            return Ok(());
+        }
+        let mut batch = Vec::new();
+        let mut err = None;
+        self.backend.scan(Column::Chunks, b"", &mut |k, _| {
+            batch.push(Write::put(Column::ChunkIndex, k.to_vec(), Vec::new()));
+            if batch.len() >= INDEX_BATCH {
+                if let Err(e) = self.backend.write(std::mem::take(&mut batch), false) {
+                    err = Some(e);
+                    return false;
+                }
+            }
+            true
+        })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        if !batch.is_empty() {
+            self.backend.write(batch, false)?;
+        }
+        self.backend.flush(Column::ChunkIndex)?;
+        self.backend.write(
+            vec![Write::put(
+                Column::ChunkIndex,
+                INDEX_COMPLETE.to_vec(),
+                Vec::new(),
+            )],
+            true,
+        )
     }
 
     pub fn limits(&self) -> StoreLimits {
@@ -122,8 +182,20 @@ impl ObjectStore {
 
     // ---- chunks ----
 
+    /// Whether the store holds chunk `id`: a key-only lookup in the chunk index, no chunk bytes
+    /// are read.
     pub fn has_chunk(&self, id: &Hash) -> Result<bool, StoreError> {
-        self.backend.contains(Column::Chunks, id.as_bytes())
+        self.backend.contains(Column::ChunkIndex, id.as_bytes())
+    }
+
+    /// The writes that store a chunk: its bytes and its index entry, in one batch.
+    fn chunk_writes(batch: &mut Vec<Write>, id: &Hash, bytes: Vec<u8>) {
+        batch.push(Write::put(Column::Chunks, id.as_bytes().to_vec(), bytes));
+        batch.push(Write::put(
+            Column::ChunkIndex,
+            id.as_bytes().to_vec(),
+            Vec::new(),
+        ));
     }
 
     /// The stored (compressed) bytes of a chunk, checked against its id.
@@ -145,14 +217,15 @@ impl ObjectStore {
     /// [`Self::commit`] flushes them before the manifest that references them. Returns the ids that
     /// were not there before.
     pub fn put_chunks(&self, chunks: Vec<(Hash, Vec<u8>)>) -> Result<Vec<Hash>, StoreError> {
-        let mut batch = Vec::with_capacity(chunks.len());
+        let mut batch = Vec::with_capacity(2 * chunks.len());
         let mut new = Vec::new();
+        let mut seen = HashSet::with_capacity(chunks.len());
         for (id, bytes) in chunks {
-            if self.has_chunk(&id)? || new.contains(&id) {
+            if !seen.insert(id) || self.has_chunk(&id)? {
                 continue;
             }
             new.push(id);
-            batch.push(Write::put(Column::Chunks, id.as_bytes().to_vec(), bytes));
+            Self::chunk_writes(&mut batch, &id, bytes);
         }
         if !batch.is_empty() {
             self.backend.write(batch, false)?;
@@ -163,13 +236,15 @@ impl ObjectStore {
     /// Stores verified chunks of a download so that they survive the process being killed (the
     /// write-ahead log is used, unlike [`Self::put_chunks`]): resume never fetches them again.
     pub fn put_chunks_logged(&self, chunks: Vec<(Hash, Vec<u8>)>) -> Result<usize, StoreError> {
-        let mut batch = Vec::with_capacity(chunks.len());
+        let mut batch = Vec::with_capacity(2 * chunks.len());
+        let mut n = 0;
+        let mut seen = HashSet::with_capacity(chunks.len());
         for (id, bytes) in chunks {
-            if !self.has_chunk(&id)? {
-                batch.push(Write::put(Column::Chunks, id.as_bytes().to_vec(), bytes));
+            if seen.insert(id) && !self.has_chunk(&id)? {
+                Self::chunk_writes(&mut batch, &id, bytes);
+                n += 1;
             }
         }
-        let n = batch.len();
         if n > 0 {
             self.backend.write_logged(batch)?;
         }
@@ -183,7 +258,10 @@ impl ObjectStore {
         }
         let batch = ids
             .iter()
-            .map(|id| Write::delete(Column::Chunks, id.as_bytes().to_vec()))
+            .flat_map(|id| {
+                [Column::Chunks, Column::ChunkIndex]
+                    .map(|c| Write::delete(c, id.as_bytes().to_vec()))
+            })
             .collect();
         self.backend.write(batch, durable)
     }
@@ -198,24 +276,56 @@ impl ObjectStore {
 
     /// [`Self::commit`] for several objects in one synced batch: all become visible or none.
     pub fn commit_many(&self, ms: &[SignedManifest], pin: bool) -> Result<(), StoreError> {
+        for m in ms {
+            self.check_chunks_present(&m.hash(), &m.manifest.chunks)?;
+        }
+        self.write_manifests(ms, pin)
+    }
+
+    /// Fails with [`StoreError::MissingChunk`] naming the first of `chunks` the store lacks (a
+    /// key-only lookup per chunk).
+    pub fn check_chunks_present(
+        &self,
+        object: &Hash,
+        chunks: &[ChunkRef],
+    ) -> Result<(), StoreError> {
+        for c in chunks {
+            if !self.has_chunk(&c.id)? {
+                return Err(StoreError::MissingChunk {
+                    hash: *object,
+                    chunk: c.id,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The commit itself, once every chunk is known to be present: flushes the chunks, then writes
+    /// the manifests, names and pins in one synced batch.
+    pub(super) fn write_manifests(
+        &self,
+        ms: &[SignedManifest],
+        pin: bool,
+    ) -> Result<(), StoreError> {
         let mut batch = Vec::new();
+        // Names this batch moves, so that two versions in one batch (an import) order too.
+        let mut named: Vec<&SignedManifest> = Vec::new();
         for m in ms {
             let hash = m.hash();
-            for c in &m.manifest.chunks {
-                if !self.has_chunk(&c.id)? {
-                    return Err(StoreError::MissingChunk { hash, chunk: c.id });
-                }
-            }
             batch.push(Write::put(
                 Column::Manifests,
                 hash.as_bytes().to_vec(),
                 m.as_bytes(),
             ));
-            batch.push(Write::put(
-                Column::Refs,
-                name_key(&m.manifest.name),
-                hash.as_bytes().to_vec(),
-            ));
+            if self.name_moves_to(m, &named)? {
+                named.retain(|o| o.manifest.name != m.manifest.name);
+                named.push(m);
+                batch.push(Write::put(
+                    Column::Refs,
+                    name_key(&m.manifest.name),
+                    hash.as_bytes().to_vec(),
+                ));
+            }
             batch.push(Write::delete(Column::Partial, hash.as_bytes().to_vec()));
             if pin {
                 batch.push(Write::put(Column::Refs, pin_key(&hash), Vec::new()));
@@ -226,8 +336,46 @@ impl ObjectStore {
         }
         // Chunks were written without the log: make them durable before the manifests that
         // reference them (the crash-safety rule in docs/store.md).
-        self.backend.flush(Column::Chunks)?;
+        self.flush_chunks()?;
         self.backend.write(batch, true)
+    }
+
+    /// Makes every chunk written so far (and its index entry: the backend flushes the pair
+    /// together) durable.
+    pub fn flush_chunks(&self) -> Result<(), StoreError> {
+        self.backend.flush(Column::Chunks)
+    }
+
+    /// Whether committing `m` moves its name to it: names only move forward
+    /// ([`super::names`]). `batch` holds what this commit already points names at.
+    fn name_moves_to(
+        &self,
+        m: &SignedManifest,
+        batch: &[&SignedManifest],
+    ) -> Result<bool, StoreError> {
+        let name = &m.manifest.name;
+        if let Some(b) = batch.iter().find(|b| &b.manifest.name == name) {
+            return Ok(moves_name(&m.manifest, &b.manifest));
+        }
+        let Some(v) = self.backend.get(Column::Refs, &name_key(name))? else {
+            return Ok(true);
+        };
+        let current = hash_from_key(&v)?;
+        Ok(match self.manifest(&current)? {
+            Some(c) => moves_name(&m.manifest, &c.manifest),
+            None => true,
+        })
+    }
+
+    /// Points `hash`'s name at it even if a newer object has the name: the explicit roll-back
+    /// (committing never moves a name backwards).
+    pub fn set_name(&self, hash: &Hash) -> Result<(), StoreError> {
+        let m = self.require_manifest(hash)?;
+        let key = name_key(&m.manifest.name);
+        self.backend.write(
+            vec![Write::put(Column::Refs, key, hash.as_bytes().to_vec())],
+            true,
+        )
     }
 
     /// The manifest `hash`, decoded and checked (signature included).
@@ -314,6 +462,7 @@ impl ObjectStore {
                     name: m.manifest.name.clone(),
                     version: m.manifest.version.clone(),
                     object_len: m.manifest.object_len,
+                    files: m.manifest.files.len(),
                     chunks: m.manifest.chunks.len(),
                     base: m.manifest.base,
                     pinned: pins.contains(&hash),
@@ -376,6 +525,19 @@ impl ObjectStore {
             .get(Column::Partial, hash.as_bytes())?
             .map(|b| decode_stored(hash, &b))
             .transpose()
+    }
+
+    /// Whether `hash` is held complete, as a download in progress, or not at all, without
+    /// decoding its manifest (the servers ask this for every request; the manifest itself they
+    /// keep decoded in a cache).
+    pub fn holding(&self, hash: &Hash) -> Result<Holding, StoreError> {
+        if self.backend.contains(Column::Manifests, hash.as_bytes())? {
+            Ok(Holding::Complete)
+        } else if self.backend.contains(Column::Partial, hash.as_bytes())? {
+            Ok(Holding::Partial)
+        } else {
+            Ok(Holding::None)
+        }
     }
 
     pub fn abandon_partial(&self, hash: &Hash) -> Result<(), StoreError> {

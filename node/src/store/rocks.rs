@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, ReadOptions,
-    WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Direction, FlushOptions,
+    IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 
 use super::backend::{Backend, Column, Write};
@@ -27,6 +27,13 @@ fn column_options(column: Column) -> Options {
         o.set_blob_compression_type(DBCompressionType::None);
         o.set_enable_blob_gc(true);
     }
+    if column == Column::ChunkIndex {
+        // Existence checks of chunks that are not there (every new chunk of an add or a fetch)
+        // mostly stop at a bloom filter.
+        let mut t = BlockBasedOptions::default();
+        t.set_bloom_filter(10.0, false);
+        o.set_block_based_table_factory(&t);
+    }
     o
 }
 
@@ -43,6 +50,9 @@ impl RocksBackend {
         opts.set_compression_type(DBCompressionType::None);
         // Several small stores live on one machine in tests; keep file handles bounded.
         opts.set_max_open_files(256);
+        // Chunk bytes and their index entries are written together without the write-ahead log;
+        // flushing all column families atomically keeps a crash from leaving one without the other.
+        opts.set_atomic_flush(true);
         let cfs = Column::ALL
             .iter()
             .map(|&c| ColumnFamilyDescriptor::new(c.name(), column_options(c)));
@@ -141,7 +151,17 @@ impl Backend for RocksBackend {
     }
 
     fn flush(&self, column: Column) -> Result<(), StoreError> {
-        self.db.flush_cf(self.cf(column)?).map_err(engine)
+        match column {
+            // A chunk and its index entry are one pair: flushed together, atomically.
+            Column::Chunks | Column::ChunkIndex => self
+                .db
+                .flush_cfs_opt(
+                    &[self.cf(Column::Chunks)?, self.cf(Column::ChunkIndex)?],
+                    &FlushOptions::default(),
+                )
+                .map_err(engine),
+            _ => self.db.flush_cf(self.cf(column)?).map_err(engine),
+        }
     }
 
     fn scan(

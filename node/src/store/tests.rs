@@ -124,7 +124,8 @@ fn bad_input_leaves_the_store_as_it_was() {
             StoreLimits {
                 max_object_size: 100,
             },
-        );
+        )
+        .unwrap();
         assert!(matches!(
             small.add(&good, &opts("x", 1 << 20), &key()),
             Err(StoreError::TooLarge { .. })
@@ -309,6 +310,7 @@ fn a_decompression_bomb_is_refused_on_read_and_import() {
             codec: Codec::Zstd,
         }],
         tensors: Vec::new(),
+        files: Vec::new(),
         extra: Vec::new(),
     }
     .sign(&key())

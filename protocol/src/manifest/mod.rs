@@ -3,8 +3,9 @@
 //!
 //! A manifest lists the object's chunks (so a receiver can fetch and verify them one by one), the hash
 //! of the whole object, the tensor index (so a reader can find a tensor without the whole object), for a
-//! delta or a soup the manifest hash of its base, and the publisher's ed25519 key and signature. The encoding is
-//! canonical (see `wire.rs`): the same manifest always gives the same bytes and so the same hash.
+//! delta or a soup the manifest hash of its base, for a model folder its file table, and the
+//! publisher's ed25519 key and signature. The encoding is canonical (see `wire.rs`): the same manifest
+//! always gives the same bytes and so the same hash.
 
 mod signing;
 mod wire;
@@ -13,6 +14,7 @@ pub use signing::{PublisherKey, SigningError};
 pub use wire::{decode, ManifestError, MAX_MANIFEST_LEN};
 
 use crate::chunk::ChunkRef;
+pub use crate::folder::FileEntry;
 use crate::hash::Hash;
 
 /// What an object is.
@@ -80,6 +82,11 @@ pub struct Manifest {
     pub object_hash: Hash,
     pub chunks: Vec<ChunkRef>,
     pub tensors: Vec<TensorEntry>,
+    /// The file table of a model folder: its files in canonical order (sorted by path bytes), back to
+    /// back in the object. Empty for a single-file object (then the manifest encodes as version 1,
+    /// exactly as before folders existed).
+    #[serde(default)]
+    pub files: Vec<FileEntry>,
     /// Free-form `key → value` notes (e.g. a quality report), kept sorted by key, keys unique.
     pub extra: Vec<(String, String)>,
 }
@@ -139,6 +146,27 @@ impl Manifest {
             signature,
             bytes,
         })
+    }
+
+    /// Whether the object is a folder (has a file table).
+    pub fn is_folder(&self) -> bool {
+        !self.files.is_empty()
+    }
+
+    /// The member file at `path` of a folder object.
+    pub fn file(&self, path: &str) -> Option<&FileEntry> {
+        // The table is sorted by path bytes (a decoded or signed manifest is checked).
+        self.files
+            .binary_search_by(|f| f.path.as_str().cmp(path))
+            .ok()
+            .map(|i| &self.files[i])
+    }
+
+    /// The chunks holding the bytes of `file` (chunks never span files: exactly its bytes).
+    pub fn file_chunks(&self, file: &FileEntry) -> &[ChunkRef] {
+        let first = self.chunks.partition_point(|c| c.offset < file.offset);
+        let last = self.chunks.partition_point(|c| c.offset < file.end());
+        &self.chunks[first..last.max(first)]
     }
 
     /// The chunk ids of the object, in object order (duplicates kept).

@@ -1,5 +1,6 @@
 use super::*;
 use crate::chunk::Codec;
+use crate::folder::FileEntry;
 use proptest::prelude::*;
 
 fn key(seed: u8) -> PublisherKey {
@@ -36,6 +37,7 @@ fn sample(kind: Kind) -> Manifest {
             offset: 172,
             len: 128,
         }],
+        files: Vec::new(),
         extra: vec![("quality.metric".into(), "cosine".into())],
     }
 }
@@ -107,6 +109,7 @@ fn soup_sample() -> Manifest {
             codec: Codec::Raw,
         }],
         tensors: Vec::new(),
+        files: Vec::new(),
         extra: Vec::new(),
     }
 }
@@ -249,6 +252,7 @@ fn arb_manifest() -> impl Strategy<Value = Manifest> {
                     object_hash: Hash::of(&object_len.to_le_bytes()),
                     chunks,
                     tensors,
+                    files: Vec::new(),
                     extra: extra.into_iter().collect(),
                 }
             },
@@ -309,4 +313,280 @@ fn signed_but_invalid_manifests_are_refused() {
     // The unmodified body re-signed is the original.
     let body = good.as_bytes()[..body_len].to_vec();
     assert_eq!(decode(&resign(body)).unwrap(), good);
+}
+
+// ---- version 2: model folders ----
+
+/// A folder manifest: three files back to back (one empty), a chunk starting at each file, one
+/// tensor inside the shard.
+fn folder_sample() -> Manifest {
+    let file = |path: &str, offset, len| FileEntry {
+        path: path.into(),
+        offset,
+        len,
+    };
+    let chunk = |seed: &[u8], offset, len| ChunkRef {
+        id: Hash::of(seed),
+        offset,
+        len,
+        codec: Codec::Raw,
+    };
+    Manifest {
+        kind: Kind::Base,
+        name: "llama-tiny".into(),
+        version: String::new(),
+        created_at: 1_790_000_000,
+        base: None,
+        object_len: 300,
+        object_hash: Hash::of(b"folder object"),
+        chunks: vec![
+            chunk(b"f0", 0, 40),
+            chunk(b"f1", 40, 100),
+            chunk(b"f2", 140, 160),
+        ],
+        tensors: vec![TensorEntry {
+            name: "model.norm.weight".into(),
+            dtype: crate::DType::BF16.code(),
+            shape: vec![80],
+            offset: 140,
+            len: 160,
+        }],
+        files: vec![
+            file("config.json", 0, 40),
+            file("empty.txt", 40, 0),
+            file("model.safetensors", 40, 260),
+        ],
+        extra: Vec::new(),
+    }
+}
+
+#[test]
+fn folder_manifests_are_version_2_and_round_trip() {
+    let s = folder_sample().sign(&key(7)).unwrap();
+    assert_eq!(s.as_bytes()[4], 2, "a manifest with files is version 2");
+    let d = decode(s.as_bytes()).unwrap();
+    assert_eq!(d, s);
+    assert_eq!(d.manifest.file("config.json").unwrap().len, 40);
+    assert!(d.manifest.file("nope").is_none());
+    let shard = d.manifest.file("model.safetensors").unwrap();
+    assert_eq!(d.manifest.file_chunks(shard).len(), 2);
+    let empty = d.manifest.file("empty.txt").unwrap();
+    assert!(d.manifest.file_chunks(empty).is_empty());
+    // Without files the same manifest is version 1.
+    let mut m = folder_sample();
+    m.files.clear();
+    assert_eq!(m.sign(&key(7)).unwrap().as_bytes()[4], 1);
+}
+
+/// Pins the version 2 encoding (the file table) as `golden_manifest_hash` pins version 1.
+#[test]
+fn golden_folder_manifest() {
+    let s = folder_sample().sign(&key(7)).unwrap();
+    assert_eq!(s.as_bytes().len(), FOLDER_GOLDEN_LEN);
+    assert_eq!(s.hash().to_hex(), FOLDER_GOLDEN_HASH);
+}
+
+const FOLDER_GOLDEN_LEN: usize = 450;
+const FOLDER_GOLDEN_HASH: &str = "d83269c032db1c65f22e31254516a047bf491087bd0d4903ca5f70ac53c3cb6c";
+
+/// Re-signs `body` (everything before the signature) with `k`: what a malicious publisher can do.
+fn resign(k: &PublisherKey, mut body: Vec<u8>) -> Vec<u8> {
+    let mut msg = super::wire::SIGNING_CONTEXT.to_vec();
+    msg.extend_from_slice(&body);
+    body.extend_from_slice(&k.sign(&msg));
+    body
+}
+
+/// Offset of the first file path's bytes in the encoding of `folder_sample()`.
+fn first_path_at(bytes: &[u8]) -> usize {
+    let needle = b"config.json";
+    bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap()
+}
+
+#[test]
+fn signed_folder_manifests_with_bad_tables_are_refused() {
+    let k = key(5);
+    let good = folder_sample().sign(&k).unwrap();
+    let body = &good.as_bytes()[..good.as_bytes().len() - 64];
+    let at = first_path_at(body);
+    // Same-length replacements of "config.json": each path rule, signed by the publisher.
+    for (bad, want) in [
+        ("../../.bash", "\"..\" component"),
+        ("/etc/passwd", "absolute"),
+        ("a\\bc.config", "backslash"),
+        ("a//b.config", "empty component"),
+        ("config\njson", "control character"),
+        ("empty.txt\0\0", "control character"),
+        ("empty.txt/x", "in canonical order"),
+        ("model.safet", "in canonical order"),
+    ] {
+        assert_eq!(bad.len(), 11);
+        let mut b = body.to_vec();
+        b[at..at + 11].copy_from_slice(bad.as_bytes());
+        let e = decode(&resign(&k, b)).unwrap_err();
+        assert!(matches!(e, ManifestError::Files(_)), "{bad:?}: {e}");
+        assert!(e.to_string().contains(want), "{bad:?}: {e}");
+    }
+    let mut m = folder_sample();
+    m.files[2].path = "empty.txt".into();
+    assert!(matches!(
+        m.sign(&k),
+        Err(ManifestError::Files(crate::folder::FolderError::Duplicate(
+            _
+        )))
+    ));
+    let mut m = folder_sample();
+    m.files[0].path = "EMPTY.TXT".into();
+    assert!(matches!(
+        m.sign(&k),
+        Err(ManifestError::Files(
+            crate::folder::FolderError::CaseClash { .. }
+        ))
+    ));
+    // A file table that does not cover the object, a chunk spanning two files, a tensor across
+    // files, an empty version 2 table.
+    let mut m = folder_sample();
+    m.files[2].len = 259;
+    assert!(matches!(m.sign(&k), Err(ManifestError::Files(_))));
+    let mut m = folder_sample();
+    m.files[0].len = 39;
+    m.files[1].offset = 39;
+    m.files[2].offset = 39;
+    m.files[2].len = 261;
+    assert!(matches!(
+        m.sign(&k),
+        Err(ManifestError::Files(
+            crate::folder::FolderError::ChunkSpansFiles { .. }
+        ))
+    ));
+    let mut m = folder_sample();
+    m.tensors[0].offset = 30;
+    assert!(matches!(m.sign(&k), Err(ManifestError::Files(_))));
+    // Version 2 with a zero file count: refused (a manifest without files is version 1).
+    let mut v1 = folder_sample();
+    v1.files.clear();
+    let s1 = v1.sign(&k).unwrap();
+    let mut b = s1.as_bytes()[..s1.as_bytes().len() - 64].to_vec();
+    b[4] = 2;
+    let extra_at = b.len() - 32 - 2;
+    b.splice(extra_at..extra_at, 0u32.to_le_bytes());
+    let e = decode(&resign(&k, b)).unwrap_err();
+    assert!(e.to_string().contains("version 1"), "{e}");
+    // Version 3 does not exist.
+    let mut b = body.to_vec();
+    b[4] = 3;
+    assert_eq!(decode(&resign(&k, b)), Err(ManifestError::Version(3)));
+}
+
+#[test]
+fn folder_manifest_truncations_and_forged_counts_are_refused() {
+    let s = folder_sample().sign(&key(3)).unwrap();
+    let bytes = s.as_bytes();
+    for n in 0..bytes.len() {
+        assert!(decode(&bytes[..n]).is_err(), "prefix of {n} bytes accepted");
+    }
+    for i in 0..bytes.len() {
+        let mut m = bytes.to_vec();
+        m[i] ^= 0x40;
+        assert!(decode(&m).is_err(), "flip of byte {i} accepted");
+    }
+    // The file count sits 4 bytes before the first path's length prefix.
+    let at = first_path_at(bytes) - 2 - 4;
+    assert_eq!(&bytes[at..at + 4], &3u32.to_le_bytes());
+    for forged in [u32::MAX, (crate::folder::MAX_FILES + 1) as u32, 1000] {
+        let mut m = bytes.to_vec();
+        m[at..at + 4].copy_from_slice(&forged.to_le_bytes());
+        assert!(
+            matches!(
+                decode(&m),
+                Err(ManifestError::Truncated("file table") | ManifestError::Files(_))
+            ),
+            "{forged}"
+        );
+    }
+}
+
+fn arb_folder_manifest() -> impl Strategy<Value = Manifest> {
+    (
+        arb_manifest(),
+        prop::collection::btree_map("[a-z0-9_.-]{1,12}(/[a-z0-9_.-]{1,8})?", 0u64..3000, 1..12),
+    )
+        .prop_filter_map("valid paths", |(mut m, files)| {
+            // Paths made only of dots are refused; such a draw is skipped.
+            if files
+                .keys()
+                .flat_map(|p| p.split('/'))
+                .any(|c| c == "." || c == "..")
+            {
+                return None;
+            }
+            // A file may not stand where another path needs a folder ("a" and "a/b").
+            let keys: Vec<&String> = files.keys().collect();
+            if keys
+                .iter()
+                .any(|a| keys.iter().any(|b| b.starts_with(&format!("{a}/"))))
+            {
+                return None;
+            }
+            let mut offset = 0;
+            m.files = files
+                .into_iter()
+                .map(|(path, len)| {
+                    let f = FileEntry { path, offset, len };
+                    offset += len;
+                    f
+                })
+                .collect();
+            // Chunks cut at every file start, 1000 bytes at most.
+            let cuts: Vec<u64> = m.files.iter().map(|f| f.offset).collect();
+            let ranges = crate::chunk::plan(offset, &cuts, 1000).ok()?;
+            m.object_len = offset;
+            m.chunks = ranges
+                .iter()
+                .enumerate()
+                .map(|(i, r)| ChunkRef {
+                    id: Hash::of(&i.to_le_bytes()),
+                    offset: r.start,
+                    len: (r.end - r.start) as u32,
+                    codec: Codec::Zstd,
+                })
+                .collect();
+            // Tensors inside the first non-empty file.
+            let f = m.files.iter().find(|f| f.len > 0)?.clone();
+            for t in &mut m.tensors {
+                t.offset = f.offset;
+                t.len = f.len / 2;
+            }
+            Some(m)
+        })
+}
+
+proptest! {
+    #[test]
+    fn folder_encode_decode_round_trip(m in arb_folder_manifest(), seed in any::<[u8; 32]>()) {
+        let k = PublisherKey::from_seed(&seed);
+        let s = m.clone().sign(&k).unwrap();
+        prop_assert_eq!(s.as_bytes()[4], 2);
+        let d = decode(s.as_bytes()).unwrap();
+        prop_assert_eq!(&d.manifest, &m);
+        prop_assert_eq!(d.as_bytes(), s.as_bytes());
+        for f in &m.files {
+            let got = d.manifest.file_chunks(f);
+            prop_assert_eq!(got.iter().map(|c| u64::from(c.len)).sum::<u64>(), f.len);
+        }
+    }
+
+    #[test]
+    fn mutated_folder_manifests_never_panic(m in arb_folder_manifest(), i in any::<usize>(), b in any::<u8>()) {
+        let s = m.sign(&key(9)).unwrap();
+        let mut bytes = s.as_bytes().to_vec();
+        let i = i % bytes.len();
+        bytes[i] = b;
+        if let Ok(d) = decode(&bytes) {
+            prop_assert_eq!(d.as_bytes(), s.as_bytes());
+        }
+    }
 }

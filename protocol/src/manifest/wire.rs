@@ -1,25 +1,32 @@
-//! The canonical manifest encoding (v1). All integers little-endian; strings are UTF-8 with a length
-//! prefix; every field has exactly one valid encoding, and the decoder refuses anything else, so
-//! `decode(bytes)` succeeding means `encode(decode(bytes)) == bytes`.
+//! The canonical manifest encoding (versions 1 and 2). All integers little-endian; strings are UTF-8
+//! with a length prefix; every field has exactly one valid encoding, and the decoder refuses anything
+//! else, so `decode(bytes)` succeeding means `encode(decode(bytes)) == bytes`.
 //!
 //! ```text
-//! "ZDNM" | version u8 = 1 | kind u8 (0 base, 1 delta, 2 soup) | name str16 | version str16 | created_at u64
+//! "ZDNM" | version u8 (1 | 2) | kind u8 (0 base, 1 delta, 2 soup) | name str16 | version str16 | created_at u64
 //! | has_base u8 (0|1) [ base 32 ] | object_len u64 | object_hash 32
 //! | n_chunks u32 | n × ( id 32 | offset u64 | len u32 | codec u8 )
 //! | n_tensors u32 | n × ( name str16 | dtype u8 | ndim u8 | ndim × u64 | offset u64 | len u64 )
+//! | version 2 only: n_files u32 (≥ 1) | n × ( path str16 | offset u64 | len u64 )
 //! | n_extra u16 | n × ( key str16 | value str32 )
 //! | publisher 32 | signature 64
 //! ```
-//! The signature covers `SIGNING_CONTEXT` followed by everything before it. The manifest hash is the
-//! BLAKE3 of all the bytes, signature included. docs/store.md has the rules.
+//! A manifest without a file table (a single-file object) is version 1, byte for byte as before
+//! folders existed; one with a file table (a model folder) is version 2. The signature covers
+//! `SIGNING_CONTEXT` followed by everything before it (the version byte included). The manifest hash
+//! is the BLAKE3 of all the bytes, signature included. docs/store.md has the rules.
 
 use super::signing::{verify, SigningError};
-use super::{Kind, Manifest, SignedManifest, TensorEntry};
+use super::{FileEntry, Kind, Manifest, SignedManifest, TensorEntry};
 use crate::chunk::{check_coverage, ChunkError, ChunkRef, Codec, MAX_CHUNK_SIZE};
+use crate::folder::{FolderError, MAX_FILES};
 use crate::hash::Hash;
 
 pub(super) const MAGIC: &[u8; 4] = b"ZDNM";
+/// A single-file object's manifest.
 pub(super) const VERSION: u8 = 1;
+/// A model folder's manifest: version 1 plus the file table.
+pub(super) const VERSION_FOLDER: u8 = 2;
 /// Domain separation: a manifest signature can never be replayed as a signature of anything else.
 pub(super) const SIGNING_CONTEXT: &[u8] = b"zdn manifest v1\0";
 
@@ -42,7 +49,7 @@ pub enum ManifestError {
     Truncated(&'static str),
     #[error("not a zdn manifest (bad magic)")]
     Magic,
-    #[error("manifest version {0} is not supported (this build reads version 1)")]
+    #[error("manifest version {0} is not supported (this build reads versions 1 and 2)")]
     Version(u8),
     #[error("unknown object kind code {0}")]
     Kind(u8),
@@ -62,6 +69,8 @@ pub enum ManifestError {
         len: u64,
         object_len: u64,
     },
+    #[error("file table: {0}")]
+    Files(#[from] FolderError),
     #[error("{0} trailing bytes after the signature")]
     Trailing(usize),
     #[error("signature: {0}")]
@@ -134,6 +143,9 @@ pub(super) fn validate(m: &Manifest) -> Result<(), ManifestError> {
             });
         }
     }
+    if !m.files.is_empty() {
+        crate::folder::check_table(&m.files, m.object_len, &m.chunks, &m.tensors)?;
+    }
     if m.extra.len() > usize::from(u16::MAX) {
         return Err(field("extra", "too many entries"));
     }
@@ -164,7 +176,11 @@ pub(super) fn encode_body(
     validate(m)?;
     let start = out.len();
     out.extend_from_slice(MAGIC);
-    out.push(VERSION);
+    out.push(if m.files.is_empty() {
+        VERSION
+    } else {
+        VERSION_FOLDER
+    });
     out.push(m.kind.code());
     put_str16(out, &m.name);
     put_str16(out, &m.version);
@@ -195,6 +211,15 @@ pub(super) fn encode_body(
         }
         out.extend_from_slice(&t.offset.to_le_bytes());
         out.extend_from_slice(&t.len.to_le_bytes());
+    }
+    if !m.files.is_empty() {
+        // At most MAX_FILES (validated), so the count fits.
+        out.extend_from_slice(&(m.files.len() as u32).to_le_bytes());
+        for f in &m.files {
+            put_str16(out, &f.path);
+            out.extend_from_slice(&f.offset.to_le_bytes());
+            out.extend_from_slice(&f.len.to_le_bytes());
+        }
     }
     out.extend_from_slice(&(m.extra.len() as u16).to_le_bytes());
     for (k, v) in &m.extra {
@@ -295,9 +320,9 @@ pub fn decode(bytes: &[u8]) -> Result<SignedManifest, ManifestError> {
     if r.take(4, "magic")? != MAGIC {
         return Err(ManifestError::Magic);
     }
-    let version = r.u8("version")?;
-    if version != VERSION {
-        return Err(ManifestError::Version(version));
+    let format_version = r.u8("version")?;
+    if format_version != VERSION && format_version != VERSION_FOLDER {
+        return Err(ManifestError::Version(format_version));
     }
     let kind_code = r.u8("kind")?;
     let kind = Kind::from_code(kind_code).ok_or(ManifestError::Kind(kind_code))?;
@@ -357,6 +382,29 @@ pub fn decode(bytes: &[u8]) -> Result<SignedManifest, ManifestError> {
         });
     }
 
+    let mut files = Vec::new();
+    if format_version == VERSION_FOLDER {
+        let n = r.u32("file count")? as usize;
+        if n == 0 {
+            return Err(field(
+                "file table",
+                "empty (a manifest without files is version 1)",
+            ));
+        }
+        if n > MAX_FILES {
+            return Err(FolderError::TooManyFiles(n).into());
+        }
+        // The smallest entry: a 1-byte path (2 + 1) and two u64.
+        let n = r.count(n, 19, "file table")?;
+        files.reserve_exact(n);
+        for _ in 0..n {
+            let path = r.str16("file path")?;
+            let offset = r.u64("file offset")?;
+            let len = r.u64("file length")?;
+            files.push(FileEntry { path, offset, len });
+        }
+    }
+
     let n = usize::from(r.u16("extra count")?);
     let n = r.count(n, 6, "extra")?;
     let mut extra = Vec::with_capacity(n);
@@ -386,6 +434,7 @@ pub fn decode(bytes: &[u8]) -> Result<SignedManifest, ManifestError> {
         object_hash,
         chunks,
         tensors,
+        files,
         extra,
     };
     validate(&manifest)?;

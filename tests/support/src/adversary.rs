@@ -3,16 +3,12 @@
 //! UDP side with sockets bound to any loopback address.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use futures::StreamExt;
-use libp2p::swarm::SwarmEvent;
-use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use tokio::net::UdpSocket;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use zdn_protocol::paced::{
     FromSender, PacedRequest, PacedResponse, ReceiverSeal, SessionChunk, ToReceiver, ToSender,
     MAX_PACED_RESPONSE, PACED_PROTOCOL,
@@ -21,6 +17,7 @@ use zdn_protocol::wire::{ChunkBitmap, Request, Response, CHUNK_PROTOCOL, MAX_RES
 use zdn_protocol::Hash;
 
 use crate::frame;
+use crate::identity::{peer_in, Identity};
 
 /// How long any one answer may take.
 const ANSWER: Duration = Duration::from_secs(20);
@@ -30,7 +27,7 @@ pub struct Hostile {
     pub me: PeerId,
     pub node: PeerId,
     control: libp2p_stream::Control,
-    swarm_task: JoinHandle<()>,
+    identity: Identity,
 }
 
 impl std::fmt::Debug for Hostile {
@@ -42,69 +39,35 @@ impl std::fmt::Debug for Hostile {
     }
 }
 
-impl Drop for Hostile {
-    fn drop(&mut self) {
-        self.swarm_task.abort();
-    }
-}
-
 impl Hostile {
     /// A fresh identity connected to `addr` (which ends in `/p2p/<peer id>`).
     pub async fn connect(addr: &str) -> anyhow::Result<Hostile> {
+        Self::connect_from(addr, None).await
+    }
+
+    /// The same, dialing from `from` (any 127.x.y.z).
+    pub async fn connect_from(addr: &str, from: Option<IpAddr>) -> anyhow::Result<Hostile> {
         let addr: Multiaddr = addr.parse().context("node address")?;
-        let node = addr
-            .iter()
-            .find_map(|p| match p {
-                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
-                _ => None,
-            })
-            .ok_or_else(|| anyhow!("the address has no /p2p/ part"))?;
-        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )?
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
-            .build();
-        let me = *swarm.local_peer_id();
-        let control = swarm.behaviour().new_control();
-        swarm.dial(addr)?;
-        let (up_tx, up) = oneshot::channel();
-        let swarm_task = tokio::spawn(async move {
-            let mut up_tx = Some(up_tx);
-            loop {
-                match swarm.select_next_some().await {
-                    SwarmEvent::ConnectionEstablished { .. } => {
-                        if let Some(t) = up_tx.take() {
-                            let _ = t.send(Ok(()));
-                        }
-                    }
-                    SwarmEvent::OutgoingConnectionError { error, .. } => {
-                        if let Some(t) = up_tx.take() {
-                            let _ = t.send(Err(error.to_string()));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        });
-        tokio::time::timeout(ANSWER, up)
-            .await
-            .context("no connection in time")??
-            .map_err(|e| anyhow!("dial failed: {e}"))?;
+        let node = peer_in(&addr).ok_or_else(|| anyhow!("the address has no /p2p/ part"))?;
+        let (identity, outcomes) = Identity::dial(from, std::slice::from_ref(&addr)).await?;
+        match outcomes.into_iter().next() {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => bail!("dial failed: {e}"),
+            None => bail!("no dial outcome"),
+        }
         Ok(Hostile {
-            me,
+            me: identity.me,
             node,
-            control,
-            swarm_task,
+            control: identity.control.clone(),
+            identity,
         })
     }
 
-    /// Whether the connection is still up (a stream opens).
+    /// Whether the connection is still up (the swarm holds one, and a stream opens).
     pub async fn is_connected(&self) -> bool {
+        if !self.identity.is_connected_to(&self.node) {
+            return false;
+        }
         let opened = tokio::time::timeout(
             Duration::from_secs(5),
             self.control
@@ -115,22 +78,56 @@ impl Hostile {
         matches!(opened, Ok(Ok(_)))
     }
 
+    /// A new stream of `protocol` to the node (negotiated, nothing sent).
+    pub async fn open(&self, protocol: &'static str) -> anyhow::Result<libp2p::Stream> {
+        let s = tokio::time::timeout(
+            ANSWER,
+            self.control
+                .clone()
+                .open_stream(self.node, StreamProtocol::new(protocol)),
+        )
+        .await
+        .context("stream not opened in time")??;
+        Ok(s)
+    }
+
+    /// Sends `requests` one after another on one chunk-protocol stream without waiting, then
+    /// reads as many answers (or until the stream ends).
+    pub async fn ask_pipelined(&self, requests: &[Request]) -> anyhow::Result<Vec<Response>> {
+        let mut s = self.open(CHUNK_PROTOCOL).await?;
+        for r in requests {
+            frame::write(&mut s, &r.encode()).await?;
+        }
+        let mut answers = Vec::new();
+        for _ in requests {
+            match frame::read(&mut s, MAX_RESPONSE_LEN, ANSWER).await {
+                Ok(body) => answers.push(Response::decode(&body)?),
+                Err(_) => break,
+            }
+        }
+        Ok(answers)
+    }
+
     /// The number of distinct chunks of `object` (from its manifest, asked for on the chunk
     /// protocol).
     pub async fn distinct_chunks(&self, object: Hash) -> anyhow::Result<u32> {
-        let mut s = self
-            .control
-            .clone()
-            .open_stream(self.node, StreamProtocol::new(CHUNK_PROTOCOL))
-            .await?;
+        let m = self.manifest(object).await?;
+        let distinct: HashSet<Hash> = m.manifest.chunk_ids().collect();
+        Ok(u32::try_from(distinct.len())?)
+    }
+
+    /// The signed manifest of `object`, from the node.
+    pub async fn manifest(
+        &self,
+        object: Hash,
+    ) -> anyhow::Result<zdn_protocol::manifest::SignedManifest> {
+        let mut s = self.open(CHUNK_PROTOCOL).await?;
         frame::write(&mut s, &Request::GetManifest(object).encode()).await?;
         let body = frame::read(&mut s, MAX_RESPONSE_LEN, ANSWER).await?;
         let Response::Manifest(bytes) = Response::decode(&body)? else {
             bail!("GetManifest was not answered with a manifest");
         };
-        let m = zdn_protocol::manifest::decode(&bytes)?;
-        let distinct: HashSet<Hash> = m.manifest.chunk_ids().collect();
-        Ok(u32::try_from(distinct.len())?)
+        Ok(zdn_protocol::manifest::decode(&bytes)?)
     }
 
     /// Opens a paced session for every distinct chunk of `object` at `rate_bps`, with `payload`
@@ -142,11 +139,7 @@ impl Hostile {
         payload: u16,
     ) -> anyhow::Result<Result<PacedSession, PacedResponse>> {
         let n = self.distinct_chunks(object).await?;
-        let mut stream = self
-            .control
-            .clone()
-            .open_stream(self.node, StreamProtocol::new(PACED_PROTOCOL))
-            .await?;
+        let mut stream = self.open(PACED_PROTOCOL).await?;
         let req = PacedRequest {
             object,
             rate_bps,

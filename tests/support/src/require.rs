@@ -3,7 +3,7 @@
 //!
 //! A test whose precondition is missing **fails**, saying what is missing — it never prints
 //! "skipping" and passes. It is skipped only when the precondition's name is listed in the
-//! environment variable `ZDN_TEST_SKIP` (comma-separated: `netns`, `avx2`): then it says so on
+//! environment variable `ZDN_TEST_SKIP` (comma-separated: `netns`, `avx2`, `other-user`): then it says so on
 //! stderr and appends a line to the file `ZDN_TEST_SKIP_LOG` names (default
 //! `$TMPDIR/zdn-test-skips.log`), so the skips of a run can be counted. CI runs as root on x86-64
 //! with AVX2 and sets no `ZDN_TEST_SKIP`: everything runs there.
@@ -25,6 +25,8 @@ pub enum Need {
     Netns,
     /// An x86-64 CPU with AVX2 and F16C (the fast codec kernels).
     Avx2,
+    /// Root, `setpriv` and `/usr/bin/python3`: to act as another local user (uid 65534) against a node.
+    OtherUser,
 }
 
 impl Need {
@@ -32,6 +34,7 @@ impl Need {
         match self {
             Need::Netns => "netns",
             Need::Avx2 => "avx2",
+            Need::OtherUser => "other-user",
         }
     }
 
@@ -62,6 +65,25 @@ impl Need {
                 #[cfg(not(target_arch = "x86_64"))]
                 let has = false;
                 (!has).then_some("a CPU with AVX2 and F16C")
+            }
+            Need::OtherUser => {
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                let root = unsafe { geteuid() } == 0;
+                let runs = |cmd: &str| {
+                    Command::new(cmd)
+                        .arg("--version")
+                        .output()
+                        .is_ok_and(|o| o.status.success())
+                };
+                if !root {
+                    Some("root (to act as another user)")
+                } else if !runs("setpriv") {
+                    Some("setpriv (util-linux)")
+                } else if !runs("/usr/bin/python3") {
+                    Some("/usr/bin/python3 (the other user's client)")
+                } else {
+                    None
+                }
             }
         }
     }

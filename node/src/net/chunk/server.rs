@@ -1,10 +1,15 @@
-//! Serving the chunk protocol (`/zdn/chunk/1`): one request per stream, answered from the store.
+//! Serving the chunk protocol (`/zdn/chunk/1`): requests on a stream answered in order, from the
+//! store.
 //!
-//! Limits, so a peer cannot take the node down: a request frame is at most
-//! [`MAX_REQUEST_LEN`] bytes and must arrive within the progress timeout; at most
-//! [`MAX_STREAMS`] streams are served at once and [`MAX_QUEUED_PER_PEER`] per peer (more are reset
-//! before anything is read); chunk bodies go out one at a time per peer, so a transfer cut off mid-way wastes at
-//! most one chunk per peer, and a slow reader holds only its own slot.
+//! Limits, so a peer cannot take the node down: a request frame is at most [`MAX_REQUEST_LEN`]
+//! bytes; a stream may wait [`REQUEST_IDLE`] for its next request, after which every frame moves at
+//! the progress timeout and the floor rate ([`crate::net::frame`]); at most [`MAX_STREAMS`] streams
+//! are served at once, [`MAX_QUEUED_PER_PEER`] per peer, shared fairly between subnets, with
+//! [`RESERVED_STREAMS`] more for the peers this node dialed ([`crate::net::accept`]); manifest and
+//! have-bitmap requests are budgeted per peer and per subnet, and answered from a cache of verified
+//! manifests rather than by decoding and verifying again on the store's thread; chunk bodies go
+//! out one at a time per peer, and response bytes in flight are bounded for the whole node, so a
+//! slow reader holds only its own slot and never a copy of its own (over a budget: `Busy`).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -14,42 +19,66 @@ use std::time::Duration;
 use futures::AsyncWriteExt;
 use libp2p::{PeerId, Stream};
 use tokio::sync::{watch, Semaphore};
-use zdn_protocol::wire::{ChunkBitmap, Request, Response, MAX_REQUEST_LEN};
+use zdn_protocol::manifest::SignedManifest;
+use zdn_protocol::wire::{
+    ChunkBitmap, Request, Response, CHUNK_RESPONSE_TAG, MANIFEST_RESPONSE_TAG, MAX_REQUEST_LEN,
+};
+use zdn_protocol::Hash;
 
-use crate::store::StoreHandle;
+use crate::store::{Holding, StoreHandle};
 
 use crate::net::accept::{accept_loop, StreamLimits};
 use crate::net::config::Fault;
 use crate::net::frame::FrameIo;
 use crate::net::handle::Traffic;
+use crate::net::peers::PeerTable;
 use crate::net::rate_limit::RateLimiter;
+use crate::net::streams::Incoming;
 
-/// Streams served at once, all peers together.
+use super::budget::{InFlight, RequestBudget, BUSY_RETRY_MS};
+use super::cache::ManifestCache;
+
+/// Streams served at once, all peers together (fairly shared: see [`crate::net::accept`]).
 pub const MAX_STREAMS: usize = 512;
-/// Streams one peer may have open (waiting or being served); more are reset.
-pub const MAX_QUEUED_PER_PEER: usize = 96;
+/// Streams one peer may have open (waiting or being served); more are reset. A fetch uses one
+/// pipelined stream per peer and short ones for manifests and have-bitmaps.
+pub const MAX_QUEUED_PER_PEER: usize = 32;
+/// More streams, for peers this node dialed and the operator's peers only.
+pub const RESERVED_STREAMS: usize = 64;
 /// How long a stream may sit between two requests.
 const REQUEST_IDLE: Duration = Duration::from_secs(300);
 
 pub(crate) struct ChunkServer {
     pub store: StoreHandle,
+    pub peer_table: Arc<PeerTable>,
     pub progress_timeout: Duration,
     pub limiter: Option<Arc<RateLimiter>>,
     pub traffic: Arc<Traffic>,
     pub fault: Option<Fault>,
+    pub cache: ManifestCache,
+    pub budget: RequestBudget,
+    pub in_flight: InFlight,
+}
+
+/// What one stream's requests share: who asks, and its peer's one-body-at-a-time slot.
+struct Asker {
+    peer: PeerId,
+    serving: Arc<Semaphore>,
 }
 
 impl ChunkServer {
-    pub async fn run(self, incoming: libp2p_stream::IncomingStreams, stop: watch::Receiver<bool>) {
+    pub async fn run(self, incoming: Incoming, stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
         // One chunk body at a time per peer.
         let bodies: Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>> = Arc::default();
         let limits = StreamLimits {
             total: MAX_STREAMS,
             per_peer: MAX_QUEUED_PER_PEER,
+            reserved: RESERVED_STREAMS,
         };
-        accept_loop(incoming, stop, limits, move |peer, stream, admitted| {
-            let serve = {
+        let places = (limits, this.peer_table.clone(), this.traffic.clone());
+        accept_loop(incoming, stop, places, move |peer, stream, admitted| {
+            let serving = {
                 let mut map = bodies.lock().unwrap_or_else(|e| e.into_inner());
                 if map.len() > MAX_STREAMS {
                     map.retain(|_, s| Arc::strong_count(s) > 1);
@@ -61,31 +90,26 @@ impl ChunkServer {
             let this = this.clone();
             async move {
                 let _admitted = admitted;
-                this.serve(stream, serve).await;
+                this.serve(stream, Asker { peer, serving }).await;
             }
         })
         .await;
     }
 
     fn io(&self) -> FrameIo {
-        FrameIo {
-            progress_timeout: self.progress_timeout,
-            limiter: None,
-        }
+        FrameIo::new(self.progress_timeout)
     }
 
-    /// Answers one request. Errors end the stream: the peer sees a reset and its scheduler
-    /// decides what to do; nothing here can fail the node.
-    async fn serve(&self, mut stream: Stream, serving: Arc<Semaphore>) {
+    /// Answers requests. Errors end the stream: the peer sees a reset and its scheduler decides
+    /// what to do; nothing here can fail the node.
+    async fn serve(&self, mut stream: Stream, asker: Asker) {
         // A stream carries any number of requests, answered in order (a fetch pipelines its chunk
         // requests on one stream). Between requests the peer may be quiet for a while.
-        let wait = FrameIo {
-            progress_timeout: self.progress_timeout.max(REQUEST_IDLE),
-            limiter: None,
-        };
+        let idle = Some(self.progress_timeout.max(REQUEST_IDLE));
         loop {
-            let Ok(request) = wait
-                .read(&mut stream, "request", MAX_REQUEST_LEN, &mut |_| {})
+            let Ok(request) = self
+                .io()
+                .read_after(&mut stream, "request", MAX_REQUEST_LEN, idle, &mut |_| {})
                 .await
             else {
                 break;
@@ -93,108 +117,153 @@ impl ChunkServer {
             let Ok(request) = Request::decode(&request) else {
                 break;
             };
-            if !self.answer(&mut stream, request, &serving).await {
+            let ok = match request {
+                Request::GetManifest(h) => self.answer_manifest(&mut stream, &asker, h).await,
+                Request::GetHave(h) => self.answer_have(&mut stream, &asker, h).await,
+                Request::GetChunk { id, .. } => self.answer_chunk(&mut stream, &asker, id).await,
+            };
+            if !ok {
                 break;
             }
         }
         let _ = stream.close().await;
     }
 
-    /// Answers one request; `false` when the stream is no longer usable.
-    async fn answer(
-        &self,
-        stream: &mut Stream,
-        request: Request,
-        serving: &Arc<Semaphore>,
-    ) -> bool {
-        let response = match request {
-            Request::GetManifest(h) => self
+    async fn reply(&self, stream: &mut Stream, r: Response) -> bool {
+        self.io()
+            .write(stream, "response", &r.encode())
+            .await
+            .is_ok()
+    }
+
+    async fn busy(&self, stream: &mut Stream) -> bool {
+        self.traffic.requests_busy.fetch_add(1, Ordering::Relaxed);
+        let busy = Response::Busy {
+            retry_after_ms: BUSY_RETRY_MS,
+        };
+        self.reply(stream, busy).await
+    }
+
+    /// Whether `asker` may make one more manifest or have-bitmap request now.
+    fn within_budget(&self, asker: &Asker) -> bool {
+        let subnet = self.peer_table.class(&asker.peer).subnet;
+        self.budget.take(asker.peer, subnet)
+    }
+
+    /// The verified manifest `h` (complete or being downloaded), from the cache or decoded once.
+    async fn manifest(&self, h: Hash) -> Option<(Arc<SignedManifest>, Holding)> {
+        let cached = self.cache.get(&h);
+        let found = cached.is_some();
+        let (m, holding) = self
+            .store
+            .call(move |s| {
+                let holding = s.holding(&h)?;
+                let m = match (cached, holding) {
+                    (_, Holding::None) => None,
+                    (Some(m), _) => Some(m),
+                    (None, Holding::Complete) => s.manifest(&h)?.map(Arc::new),
+                    (None, Holding::Partial) => s.partial(&h)?.map(Arc::new),
+                };
+                Ok((m, holding))
+            })
+            .await
+            .ok()?;
+        let m = m?;
+        if !found {
+            self.cache.insert(m.clone());
+        }
+        Some((m, holding))
+    }
+
+    async fn answer_manifest(&self, stream: &mut Stream, asker: &Asker, h: Hash) -> bool {
+        if !self.within_budget(asker) {
+            return self.busy(stream).await;
+        }
+        let Some((m, _)) = self.manifest(h).await else {
+            return self.reply(stream, Response::NotFound(h)).await;
+        };
+        let Some(_held) = self.in_flight.hold(m.as_bytes().len()) else {
+            return self.busy(stream).await;
+        };
+        // The shared manifest's bytes, not a copy of them.
+        let parts: [&[u8]; 2] = [&[MANIFEST_RESPONSE_TAG], m.as_bytes()];
+        self.io()
+            .write_parts(stream, "response", &parts)
+            .await
+            .is_ok()
+    }
+
+    async fn answer_have(&self, stream: &mut Stream, asker: &Asker, h: Hash) -> bool {
+        if !self.within_budget(asker) {
+            return self.busy(stream).await;
+        }
+        let Some((m, holding)) = self.manifest(h).await else {
+            return self.reply(stream, Response::NotFound(h)).await;
+        };
+        let n = m.manifest.chunks.len() as u32;
+        let held = match holding {
+            Holding::Complete => Some(ChunkBitmap::full(n)),
+            // Which chunks of a download in progress are here: point lookups, no decoding.
+            _ => self
                 .store
                 .call(move |s| {
-                    Ok(match s.manifest(&h)? {
-                        Some(m) => Some(m),
-                        None => s.partial(&h)?,
-                    })
-                })
-                .await
-                .ok()
-                .flatten()
-                .map_or(Response::NotFound(h), |m| {
-                    Response::Manifest(m.as_bytes().to_vec())
-                }),
-            Request::GetHave(h) => self
-                .store
-                .call(move |s| {
-                    if let Some(m) = s.manifest(&h)? {
-                        return Ok(Some(ChunkBitmap::full(m.manifest.chunks.len() as u32)));
-                    }
-                    let Some(m) = s.partial(&h)? else {
-                        return Ok(None);
-                    };
-                    let mut held = ChunkBitmap::new(m.manifest.chunks.len() as u32);
+                    let mut held = ChunkBitmap::new(n);
                     for (i, c) in m.manifest.chunks.iter().enumerate() {
                         if s.has_chunk(&c.id)? {
                             held.set(i as u32);
                         }
                     }
-                    Ok(Some(held))
+                    Ok(held)
                 })
                 .await
-                .ok()
-                .flatten()
-                .map_or(Response::NotFound(h), |held| Response::Have {
-                    object: h,
-                    held,
-                }),
-            Request::GetChunk { id, .. } => {
-                // One body at a time per peer: wait for the peer's previous chunk to finish.
-                let Ok(_serving) = serving.clone().acquire_owned().await else {
-                    return false;
-                };
-                let stored = self.store.call(move |s| s.chunk(&id)).await.ok().flatten();
-                let Some(mut stored) = stored else {
-                    return self
-                        .io()
-                        .write(stream, "response", &Response::NotFound(id).encode())
-                        .await
-                        .is_ok();
-                };
-                match self.fault {
-                    Some(Fault::CorruptChunks) => {
-                        if let Some(b) = stored.last_mut() {
-                            *b ^= 0x5a;
-                        }
-                    }
-                    Some(Fault::StallChunks) => {
-                        let body = Response::Chunk { id, stored }.encode();
-                        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
-                        frame.extend_from_slice(&body[..body.len() / 2]);
-                        let _ = stream.write_all(&frame).await;
-                        let _ = stream.flush().await;
-                        futures::future::pending::<()>().await;
-                        return false;
-                    }
-                    Some(Fault::BogusAnnouncements) | None => {}
-                }
-                let n = stored.len() as u64;
-                let body = Response::Chunk { id, stored }.encode();
-                let io = FrameIo {
-                    limiter: self.limiter.clone(),
-                    ..self.io()
-                };
-                if io.write(stream, "response", &body).await.is_err() {
-                    return false;
-                }
-                self.traffic
-                    .chunk_bytes_served
-                    .fetch_add(n, Ordering::Relaxed);
-                self.traffic.chunks_served.fetch_add(1, Ordering::Relaxed);
-                return true;
-            }
+                .ok(),
         };
-        self.io()
-            .write(stream, "response", &response.encode())
-            .await
-            .is_ok()
+        let r = held.map_or(Response::NotFound(h), |held| Response::Have {
+            object: h,
+            held,
+        });
+        self.reply(stream, r).await
+    }
+
+    async fn answer_chunk(&self, stream: &mut Stream, asker: &Asker, id: Hash) -> bool {
+        // One body at a time per peer: wait for the peer's previous chunk to finish.
+        let Ok(_serving) = asker.serving.clone().acquire_owned().await else {
+            return false;
+        };
+        let stored = self.store.call(move |s| s.chunk(&id)).await.ok().flatten();
+        let Some(mut stored) = stored else {
+            return self.reply(stream, Response::NotFound(id)).await;
+        };
+        let Some(_held) = self.in_flight.hold(stored.len()) else {
+            return self.busy(stream).await;
+        };
+        match self.fault {
+            Some(Fault::CorruptChunks) => {
+                if let Some(b) = stored.last_mut() {
+                    *b ^= 0x5a;
+                }
+            }
+            Some(Fault::StallChunks) => {
+                let body = Response::Chunk { id, stored }.encode();
+                let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+                frame.extend_from_slice(&body[..body.len() / 2]);
+                let _ = stream.write_all(&frame).await;
+                let _ = stream.flush().await;
+                futures::future::pending::<()>().await;
+                return false;
+            }
+            Some(Fault::BogusAnnouncements) | None => {}
+        }
+        let n = stored.len() as u64;
+        let parts: [&[u8]; 3] = [&[CHUNK_RESPONSE_TAG], id.as_bytes(), &stored];
+        let io = self.io().with_limiter(self.limiter.clone());
+        if io.write_parts(stream, "response", &parts).await.is_err() {
+            return false;
+        }
+        self.traffic
+            .chunk_bytes_served
+            .fetch_add(n, Ordering::Relaxed);
+        self.traffic.chunks_served.fetch_add(1, Ordering::Relaxed);
+        true
     }
 }

@@ -9,9 +9,12 @@ use zdn_protocol::Hash;
 use crate::net::error::FetchError;
 use crate::net::fetch::peers::ask;
 use crate::net::handle::NodeHandle;
+use crate::net::peers::Offence;
 
 /// The manifest named `hash`: from a download in progress here, else from the first peer that
-/// gives one that hashes to `hash`, verifies and is from a trusted publisher.
+/// gives one that hashes to `hash`, verifies and is from a trusted publisher. A peer that sends
+/// one that does not hash to `hash` or does not verify is banned; one that sends a valid manifest
+/// of a publisher this node does not trust is not blamed.
 pub(super) async fn obtain_manifest(
     node: &NodeHandle,
     hash: Hash,
@@ -22,27 +25,33 @@ pub(super) async fn obtain_manifest(
     }
     let mut untrusted = None;
     let mut problems = Vec::new();
-    for &p in peers {
+    for &p in peers.iter().filter(|p| !node.is_banned(p)) {
         let max = 1 + manifest::MAX_MANIFEST_LEN;
         let bytes = match ask(node, p, &Request::GetManifest(hash), max).await {
             Ok(Response::Manifest(b)) => b,
             Ok(Response::NotFound(_)) => continue,
             Ok(other) => {
+                node.penalise(p, Offence::WrongAnswer).await;
                 problems.push(format!("{p}: unexpected answer {}", answer_name(&other)));
                 continue;
             }
             Err(e) => {
+                if e.slow {
+                    node.penalise(p, Offence::Trickle).await;
+                }
                 problems.push(format!("{p}: {e}"));
                 continue;
             }
         };
         if Hash::of(&bytes) != hash {
+            node.penalise(p, Offence::BadData).await;
             problems.push(format!("{p}: sent a manifest that does not hash to {hash}"));
             continue;
         }
         let m = match manifest::decode(&bytes) {
             Ok(m) => m,
             Err(e) => {
+                node.penalise(p, Offence::BadData).await;
                 problems.push(format!("{p}: invalid manifest: {e}"));
                 continue;
             }

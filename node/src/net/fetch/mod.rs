@@ -4,12 +4,14 @@
 //! name the user typed and carry a valid signature from a trusted publisher; each chunk must hash
 //! to its id in that manifest and decode to its declared length; the whole object must hash to the
 //! manifest's object hash before the manifest is committed (the moment it becomes visible). A
-//! peer that sends a chunk whose hash does not match is banned for the transfer and its chunks
-//! come from elsewhere. Chunks are stored as they arrive (logged writes), so a killed fetch
+//! peer that sends a chunk whose hash does not match is banned — node-wide, so no later transfer
+//! (the base, the delta, each soup component, another fetch) asks it again — and its chunks come
+//! from elsewhere. Chunks are stored as they arrive (logged writes), so a killed fetch
 //! resumes where it stopped and never downloads a verified chunk again.
 
 pub(crate) mod chunks;
 pub(crate) mod manifest;
+pub(crate) mod once;
 pub(crate) mod peers;
 pub(crate) mod redial;
 mod transfer;
@@ -73,7 +75,11 @@ pub struct PeerReport {
     pub peer: String,
     pub chunks: u64,
     pub bytes: u64,
+    /// Sent data that failed verification: dropped, and banned node-wide.
     pub banned: bool,
+    /// Answered below the floor rate: dropped from the transfer, and counted against it.
+    #[serde(default)]
+    pub trickled: bool,
     /// Found through the DHT (a provider record), not given or connected.
     #[serde(default)]
     pub from_dht: bool,
@@ -146,6 +152,7 @@ async fn fetch_object(
     progress: &mut (dyn FnMut(&FetchProgress) + Send),
 ) -> Result<FetchReport, FetchError> {
     let t0 = Instant::now();
+    let _only = node.fetching.enter(hash).await;
     if let Some(m) = node.store.call(move |s| s.manifest(&hash)).await? {
         return Ok(FetchReport {
             hash,

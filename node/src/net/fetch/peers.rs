@@ -1,7 +1,11 @@
 //! Who a fetch asks: the peers it was given, those connected, providers found in the DHT, and
 //! what each of them holds.
 
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
 use libp2p::{Multiaddr, PeerId};
+use tokio::time::Instant;
 use zdn_protocol::wire::{ChunkBitmap, Request, Response};
 use zdn_protocol::Hash;
 
@@ -9,6 +13,7 @@ use crate::net::error::{FetchError, NetError};
 use crate::net::fetch::manifest::answer_name;
 use crate::net::frame::{FrameError, FrameIo};
 use crate::net::handle::{NodeHandle, CHUNK_STREAM};
+use crate::net::peers::Offence;
 
 /// The peers a fetch asks, and where they came from.
 pub(super) struct Sources {
@@ -42,6 +47,8 @@ impl Sources {
                 }
             }
         }
+        // The cleanest first: a peer with a penalty is asked last (a banned one is not connected).
+        peers.sort_by(|a, b| node.penalty(a).total_cmp(&node.penalty(b)));
         Ok(Sources {
             peers,
             from_dht: Vec::new(),
@@ -80,61 +87,124 @@ impl Sources {
     }
 }
 
+/// How long the other peers' have-bitmaps are waited for once one has come: as long again as the
+/// first took, plus this. A peer slower than that is left out of the transfer (noted in
+/// `problems`): the fetch races the peers rather than waiting for the slowest.
+const HAVE_GRACE: Duration = Duration::from_secs(2);
+
 /// What each of `peers` holds of object `hash` (those that answer with a have-bitmap), asked
 /// all at once: on a 600 ms link, one after another would cost two round trips each. Peers that
-/// could not be asked, or answered wrongly, are added to `problems` with the reason.
+/// could not be asked, answered wrongly or too late are added to `problems` with the reason; a
+/// wrong or trickled answer is counted against its peer.
 pub(super) async fn holdings_of(
     node: &NodeHandle,
     hash: Hash,
     peers: &[PeerId],
     have_max: usize,
     problems: &mut Vec<String>,
-) -> Vec<(PeerId, ChunkBitmap)> {
+) -> HaveRound {
     let request = &Request::GetHave(hash);
-    let answers = futures::future::join_all(
-        peers
-            .iter()
-            .map(|&p| async move { (p, ask(node, p, request, have_max).await) }),
-    )
-    .await;
-    let mut held = Vec::new();
-    for (p, a) in answers {
+    let t0 = Instant::now();
+    let mut asks: FuturesUnordered<_> = peers
+        .iter()
+        .filter(|p| !node.is_banned(p))
+        .map(|&p| async move { (p, ask(node, p, request, have_max).await) })
+        .collect();
+    let mut waiting: Vec<PeerId> = peers.to_vec();
+    let mut round = HaveRound::default();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let next = match deadline {
+            None => asks.next().await,
+            Some(d) => tokio::time::timeout_at(d, asks.next()).await.ok().flatten(),
+        };
+        let Some((p, a)) = next else { break };
+        waiting.retain(|w| *w != p);
         match a {
-            Ok(Response::Have { object, held: h }) if object == hash => held.push((p, h)),
-            Ok(Response::NotFound(_)) => {}
-            Ok(other) => problems.push(format!("{p}: unexpected answer {}", answer_name(&other))),
-            Err(e) => problems.push(format!("{p}: {e}")),
+            Ok(Response::Have { object, held: h }) if object == hash => {
+                round.held.push((p, h));
+                deadline.get_or_insert_with(|| Instant::now() + t0.elapsed() + HAVE_GRACE);
+            }
+            Ok(Response::NotFound(_)) => round.without.push(p),
+            Ok(other) => {
+                node.penalise(p, Offence::WrongAnswer).await;
+                problems.push(format!("{p}: unexpected answer {}", answer_name(&other)))
+            }
+            Err(e) => {
+                if e.slow {
+                    node.penalise(p, Offence::Trickle).await;
+                }
+                problems.push(format!("{p}: {e}"))
+            }
         }
     }
-    held
+    let secs = t0.elapsed().as_secs_f32();
+    for p in waiting.into_iter().filter(|p| !node.is_banned(p)) {
+        problems.push(format!(
+            "{p}: no have-bitmap after {secs:.1} s, when the others had answered"
+        ));
+    }
+    round
 }
 
-/// Tries of one request whose connection broke under it before an answer came.
+/// The answers to one round of have-bitmap requests.
+#[derive(Debug, Default)]
+pub(super) struct HaveRound {
+    pub held: Vec<(PeerId, ChunkBitmap)>,
+    /// Those that said they do not have the object.
+    pub without: Vec<PeerId>,
+}
+
+/// Tries of one request whose connection broke under it, or that the peer answered `Busy`.
 const ASK_TRIES: u32 = 3;
+/// The longest `Busy` wait honoured.
+const BUSY_WAIT_MAX: Duration = Duration::from_secs(5);
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AskError {
+    pub message: String,
+    /// The answer came below the floor rate: the peer's doing.
+    pub slow: bool,
+}
+
+impl std::fmt::Display for AskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
 
 /// One request (a manifest or a have-bitmap) on a stream of its own; the response frame may be
 /// at most `max` bytes. A request whose stream or connection broke before the answer (a
 /// connection closing as the request went out, a link that dropped) is asked again, after a
 /// short wait and a re-dial when the peer is no longer connected, up to [`ASK_TRIES`] times in
-/// all; a wrong or stalled answer is not.
-pub(super) async fn ask(
+/// all, and so is one the peer answered `Busy` (after the wait it asked for, at most
+/// [`BUSY_WAIT_MAX`]); a wrong, stalled or trickled answer is not.
+pub(crate) async fn ask(
     node: &NodeHandle,
     peer: PeerId,
     req: &Request,
     max: usize,
-) -> Result<Response, String> {
+) -> Result<Response, AskError> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match ask_once(node, peer, req, max).await {
+        let wait = match ask_once(node, peer, req, max).await {
+            Ok(Response::Busy { retry_after_ms }) if tries < ASK_TRIES => {
+                Duration::from_millis(retry_after_ms.into()).min(BUSY_WAIT_MAX)
+            }
             Ok(r) => return Ok(r),
             Err((e, broken)) if !broken || tries >= ASK_TRIES => return Err(e),
             Err(_) => {
-                tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(tries))).await;
-                if !node.is_connected(peer).await.unwrap_or(true) {
-                    let _ = node.redial(peer).await;
-                }
+                node.traffic
+                    .asks_retried
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Duration::from_millis(250 * u64::from(tries))
             }
+        };
+        tokio::time::sleep(wait).await;
+        if !node.is_connected(peer).await.unwrap_or(true) {
+            let _ = node.redial(peer).await;
         }
     }
 }
@@ -145,31 +215,42 @@ async fn ask_once(
     peer: PeerId,
     req: &Request,
     max: usize,
-) -> Result<Response, (String, bool)> {
-    let broke = |e: FrameError| {
+) -> Result<Response, (AskError, bool)> {
+    let fail = |e: FrameError| {
         let broken = matches!(e, FrameError::Io { .. } | FrameError::Truncated { .. });
-        (e.to_string(), broken)
+        let slow = matches!(e, FrameError::TooSlow { .. });
+        let message = e.to_string();
+        (AskError { message, slow }, broken)
     };
-    let mut control = node.control.clone();
-    let mut stream = control
-        .open_stream(peer, CHUNK_STREAM)
-        .await
-        .map_err(|e| (e.to_string(), true))?;
-    let io = FrameIo {
-        progress_timeout: node.tuning.progress_timeout,
-        limiter: None,
-    };
+    let control = node.control.clone();
+    let mut stream = control.open_stream(peer, CHUNK_STREAM).await.map_err(|e| {
+        let message = e.to_string();
+        (
+            AskError {
+                message,
+                slow: false,
+            },
+            true,
+        )
+    })?;
+    let io = FrameIo::new(node.tuning.progress_timeout);
     io.write(&mut stream, "request", &req.encode())
         .await
-        .map_err(broke)?;
-    let io = FrameIo {
-        limiter: node.download_limit.clone(),
-        ..io
-    };
+        .map_err(fail)?;
+    let io = io.with_limiter(node.download_limit.clone());
     // Manifests and have-bitmaps: not chunk bytes, not counted as such.
     let body = io
         .read(&mut stream, "response", max, &mut |_| {})
         .await
-        .map_err(broke)?;
-    Response::decode(&body).map_err(|e| (e.to_string(), false))
+        .map_err(fail)?;
+    Response::decode(&body).map_err(|e| {
+        let message = e.to_string();
+        (
+            AskError {
+                message,
+                slow: false,
+            },
+            false,
+        )
+    })
 }

@@ -1,8 +1,8 @@
 //! [`Transfer`]: the chunks of one object, from the peers that hold them, into the store. The
 //! sans-IO `SyncScheduler` decides which chunk goes to which peer; this drives it over chunk pipes,
-//! checks every answer, bans a peer that sends a wrong chunk (for this transfer), hands a lost
-//! peer to the re-dialer, and finally checks the whole object against the signed hash before the
-//! manifest is committed.
+//! checks every answer, drops a peer that sends a wrong chunk or trickles (and counts it against the
+//! peer node-wide: a wrong chunk bans it from every transfer), hands a lost peer to the re-dialer,
+//! and finally checks the whole object against the signed hash before the manifest is committed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use zdn_protocol::chunk::{self, ChunkRef};
 use zdn_protocol::manifest::SignedManifest;
 use zdn_protocol::sync::{Failure, Received, SyncScheduler};
-use zdn_protocol::wire::{ChunkBitmap, MAX_STORED_CHUNK};
+use zdn_protocol::wire::{max_stored_len, ChunkBitmap};
 use zdn_protocol::Hash;
 
 use crate::net::chunk::pipe::{ChunkPipe, Outcome, PipeResult};
@@ -23,16 +23,13 @@ use crate::net::error::FetchError;
 use crate::net::handle::NodeHandle;
 use crate::net::paced::phase::LanePhase;
 use crate::net::paced::session::PacedReport;
+use crate::net::peers::Offence;
 
 use super::chunks::{distinct_chunks, holdings};
 use super::peers::{holdings_of, Sources};
 use super::redial::Redialer;
 use super::window::second_of_day;
 use super::{FetchOptions, FetchProgress, FetchReport, PeerReport};
-
-/// Chunks looked up, or read back for the final check, per store job: each job stays short, so
-/// peers this node serves are answered in between.
-const STORE_BATCH: usize = 256;
 
 /// One object's transfer in progress.
 pub(super) struct Transfer<'a> {
@@ -52,6 +49,8 @@ pub(super) struct Transfer<'a> {
     /// Requests handed to each peer's pipe and not yet answered.
     outstanding: HashMap<PeerId, usize>,
     banned: Vec<PeerId>,
+    /// Peers dropped for answering below the floor rate.
+    trickled: Vec<PeerId>,
     /// Chunks and bytes of peers lost and re-added (the scheduler starts them afresh), and of the
     /// paced lane.
     carried: HashMap<PeerId, (u64, u64)>,
@@ -69,22 +68,14 @@ impl<'a> Transfer<'a> {
         let (distinct, positions) = distinct_chunks(m);
         let sizes = distinct.iter().map(|r| r.len).collect();
         let mut sched = SyncScheduler::new(sizes, opts.scheduler.clone());
+        // Existence checks in bounded store jobs (key-only lookups).
+        let ids: Vec<Hash> = distinct.iter().map(|r| r.id).collect();
+        let present = node.store.present_chunks(&ids).await?;
         let mut resumed = 0;
-        for (b, batch) in distinct.chunks(STORE_BATCH).enumerate() {
-            let ids: Vec<Hash> = batch.iter().map(|r| r.id).collect();
-            let present = node
-                .store
-                .call(move |s| {
-                    ids.iter()
-                        .map(|id| s.has_chunk(id))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .await?;
-            for (i, p) in present.iter().enumerate() {
-                if *p {
-                    sched.mark_done((b * STORE_BATCH + i) as u32);
-                    resumed += 1;
-                }
+        for (i, p) in present.iter().enumerate() {
+            if *p {
+                sched.mark_done(i as u32);
+                resumed += 1;
             }
         }
         Ok(Transfer {
@@ -100,12 +91,16 @@ impl<'a> Transfer<'a> {
             pipes: HashMap::new(),
             outstanding: HashMap::new(),
             banned: Vec::new(),
+            trickled: Vec::new(),
             carried: HashMap::new(),
             results_tx,
         })
     }
 
     fn add_peer(&mut self, p: PeerId, held: &ChunkBitmap) {
+        if self.node.is_banned(&p) || self.trickled.contains(&p) {
+            return;
+        }
         if let Some(h) = holdings(held, &self.positions, self.distinct.len()) {
             self.sched.add_peer(p, h);
         }
@@ -114,7 +109,21 @@ impl<'a> Transfer<'a> {
     /// Asks `peers` what they hold and adds those that answer; why others could not be asked goes
     /// to `problems`.
     async fn add_holders(&mut self, peers: &[PeerId], problems: &mut Vec<String>) {
-        for (p, held) in holdings_of(self.node, self.hash, peers, self.have_max, problems).await {
+        let round = holdings_of(self.node, self.hash, peers, self.have_max, problems).await;
+        for (p, held) in round.held {
+            self.add_peer(p, &held);
+        }
+    }
+
+    /// Providers the DHT named: asked like the others, and each that says it does not have the
+    /// object is counted against (a false provider record).
+    async fn add_providers(&mut self, found: &[PeerId], problems: &mut Vec<String>) {
+        let round = holdings_of(self.node, self.hash, found, self.have_max, problems).await;
+        for p in round.without {
+            self.node.penalise(p, Offence::FalseProvider).await;
+        }
+        for (p, held) in round.held {
+            self.node.provider_verified(self.hash, p).await;
             self.add_peer(p, &held);
         }
     }
@@ -133,7 +142,10 @@ impl<'a> Transfer<'a> {
     /// Hands the scheduler's next requests to the peers' pipes.
     fn send_requests(&mut self, now: Duration) {
         for a in self.sched.next_requests(now) {
-            let id = self.distinct[a.chunk as usize].id;
+            let (id, len) = {
+                let r = &self.distinct[a.chunk as usize];
+                (r.id, r.len)
+            };
             let spawn = |t: &Transfer| {
                 ChunkPipe::spawn(
                     t.node.clone(),
@@ -147,11 +159,14 @@ impl<'a> Transfer<'a> {
                 let pipe = spawn(self);
                 self.pipes.insert(a.peer, pipe);
             }
-            let sent = self.pipes.get(&a.peer).is_some_and(|p| p.send(a.chunk, id));
+            let sent = self
+                .pipes
+                .get(&a.peer)
+                .is_some_and(|p| p.send(a.chunk, id, len));
             if !sent {
                 // That pipe ended (its stream broke): a fresh one for this and later requests.
                 let pipe = spawn(self);
-                let sent = pipe.send(a.chunk, id);
+                let sent = pipe.send(a.chunk, id, len);
                 self.pipes.insert(a.peer, pipe);
                 if !sent {
                     self.sched.on_failed(&a.peer, a.chunk, Failure::Io, now);
@@ -196,7 +211,7 @@ impl<'a> Transfer<'a> {
         let outcome = match outcome {
             Outcome::Chunk(stored)
                 if Hash::of(&stored) != r.id
-                    || stored.len() > MAX_STORED_CHUNK
+                    || stored.len() > max_stored_len(r.len)
                     || chunk::decode(&stored, r).is_err() =>
             {
                 Outcome::Wrong
@@ -218,7 +233,20 @@ impl<'a> Transfer<'a> {
             Outcome::NotFound => self.sched.on_failed(&peer, ci, Failure::NotFound, now),
             Outcome::Busy(d) => self.sched.on_failed(&peer, ci, Failure::Busy(d), now),
             Outcome::Io => self.on_io_failure(peer, ci, now, redial).await,
-            Outcome::Wrong => self.ban(peer, ci),
+            Outcome::Slow => {
+                self.drop_peer(peer, ci);
+                if !self.trickled.contains(&peer) {
+                    self.trickled.push(peer);
+                }
+                self.node.penalise(peer, Offence::Trickle).await;
+            }
+            Outcome::Wrong => {
+                self.drop_peer(peer, ci);
+                if !self.banned.contains(&peer) {
+                    self.banned.push(peer);
+                }
+                self.node.penalise(peer, Offence::BadData).await;
+            }
         }
         Ok(())
     }
@@ -241,58 +269,37 @@ impl<'a> Transfer<'a> {
         }
     }
 
-    /// A peer sent bad data: banned for this transfer, its pipe closed, its requests back in the
-    /// pool.
-    fn ban(&mut self, peer: PeerId, chunk: u32) {
+    /// A peer sent bad data or trickled: out of this transfer, its pipe closed, its requests
+    /// back in the pool (the caller counts it against the peer node-wide).
+    fn drop_peer(&mut self, peer: PeerId, chunk: u32) {
         self.sched.on_corrupt(&peer, chunk);
-        if !self.banned.contains(&peer) {
-            self.banned.push(peer);
-        }
         if let Some(p) = self.pipes.remove(&peer) {
             p.abort();
         }
         self.outstanding.remove(&peer);
     }
 
-    /// Every chunk is verified; now the whole object against the signed hash, read back in short
-    /// store jobs and hashed here, then the manifest is committed (the object becomes visible).
+    /// Every chunk is verified; now the whole object against the signed hash, then the manifest is
+    /// committed (the object becomes visible) — in bounded store jobs, so peers this node serves
+    /// are answered meanwhile.
     async fn verify_and_commit(&self) -> Result<(), FetchError> {
         let hash = self.hash;
-        let mut hasher = blake3::Hasher::new();
-        for batch in self.m.manifest.chunks.chunks(STORE_BATCH) {
-            let refs = batch.to_vec();
-            let pieces = self
-                .node
-                .store
-                .call(move |s| {
-                    refs.iter()
-                        .map(|r| s.read_chunk(&hash, r))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .await?;
-            for p in &pieces {
-                hasher.update(p);
+        match self
+            .node
+            .store
+            .verify_and_commit(self.m.clone(), true)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e @ crate::store::StoreError::ObjectHash { .. }) => {
+                self.node
+                    .store
+                    .call(move |s| s.abandon_partial(&hash))
+                    .await?;
+                Err(FetchError::Verification(e.to_string()))
             }
+            Err(e) => Err(FetchError::Store(e)),
         }
-        let actual = Hash::from(hasher.finalize());
-        let expected = self.m.manifest.object_hash;
-        if actual != expected {
-            self.node
-                .store
-                .call(move |s| s.abandon_partial(&hash))
-                .await?;
-            return Err(FetchError::Verification(
-                crate::store::StoreError::ObjectHash {
-                    hash,
-                    expected,
-                    actual,
-                }
-                .to_string(),
-            ));
-        }
-        let m = self.m.clone();
-        self.node.store.call(move |s| s.commit(&m, true)).await?;
-        Ok(())
     }
 
     fn report(self, src: &Sources, redial: &Redialer, paced: Option<PacedReport>) -> FetchReport {
@@ -302,8 +309,9 @@ impl<'a> Transfer<'a> {
             .filter_map(|p| {
                 let now = self.sched.peer_stats(p).map(|s| (s.chunks, s.bytes));
                 let before = self.carried.get(p).copied();
-                let banned = self.banned.contains(p);
-                if now.is_none() && before.is_none() && !banned {
+                let banned = self.banned.contains(p) || self.node.is_banned(p);
+                let trickled = self.trickled.contains(p);
+                if now.is_none() && before.is_none() && !banned && !trickled {
                     return None;
                 }
                 let (c0, b0) = now.unwrap_or_default();
@@ -313,6 +321,7 @@ impl<'a> Transfer<'a> {
                     chunks: c0 + c1,
                     bytes: b0 + b1,
                     banned,
+                    trickled,
                     from_dht: src.from_dht.contains(p),
                     reconnects: redial.reconnects(p),
                 })
@@ -403,7 +412,7 @@ impl Transfer<'_> {
         self.add_holders(&src.peers.clone(), &mut problems).await;
         if self.sched.peer_count() == 0 {
             let new = src.ask_dht(self.node, self.hash).await?;
-            self.add_holders(&new, &mut problems).await;
+            self.add_providers(&new, &mut problems).await;
         }
         if self.sched.peer_count() > 0 {
             return Ok(());
@@ -464,7 +473,7 @@ impl Transfer<'_> {
                         // Those here cannot finish it: the DHT may know others (once).
                         let new = src.ask_dht(self.node, self.hash).await?;
                         if !new.is_empty() {
-                            self.add_holders(&new, &mut Vec::new()).await;
+                            self.add_providers(&new, &mut Vec::new()).await;
                             continue;
                         }
                         return Err(FetchError::Incomplete {

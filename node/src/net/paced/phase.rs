@@ -3,9 +3,10 @@
 //! session (each at most 64 MiB), and verifies and stores each chunk as it completes. Each request
 //! names the byte ranges of partly received chunks kept on disk
 //! ([`crate::net::paced::partial`]), so only what never arrived is sent again. It gives the rest
-//! to the chunk streams when a peer does not offer the lane or has none of the chunks (the next
-//! peer is asked), when a chunk fails verification (the lane stops, and the chunk streams, where
-//! a wrong chunk bans its sender, take over; a chunk completed from bytes held on disk that fails
+//! to the next peer, and then to the chunk streams, when a peer does not offer the lane or has
+//! none of the chunks, when a chunk fails verification (the datagrams are sealed under a key only
+//! that peer and this node hold, so a bad chunk is the peer's doing: it is banned node-wide, like
+//! a peer that sends a bad chunk on a stream; a chunk completed from bytes held on disk that fails
 //! is only dropped and asked for whole), or when a peer that served the lane stays silent longer
 //! than the profile's outage patience. A session rides out an outage itself (probing the sender);
 //! a peer whose session ended (it restarted, say) is re-dialed and asked again for what is still
@@ -31,6 +32,7 @@ use crate::net::handle::NodeHandle;
 use crate::net::paced::lane::PacedLane;
 use crate::net::paced::partial::PartialChunks;
 use crate::net::paced::session::{session, Ask, LaneChunk, PacedReport, SessionEnd, SessionError};
+use crate::net::peers::Offence;
 use zdn_protocol::paced::{HeldChunk, MAX_HELD_CHUNKS, MAX_HELD_TOTAL, MAX_SESSION_BYTES};
 
 /// What the lane phase of one fetch works with.
@@ -45,14 +47,6 @@ pub(crate) struct LanePhase<'a> {
     pub windows: &'a SyncWindows,
 }
 
-/// How asking one peer ended.
-enum PeerEnd {
-    /// Nothing more from this peer (it has no more, or it stopped); the next may be asked.
-    Next,
-    /// A chunk failed verification: the lane stops, the chunk streams fetch the rest.
-    Stop,
-}
-
 impl LanePhase<'_> {
     /// Runs the lane until it has brought every chunk or cannot bring more; `None` when no peer
     /// offered it anything.
@@ -63,6 +57,9 @@ impl LanePhase<'_> {
     ) -> Result<Option<PacedReport>, FetchError> {
         let mut best: Option<PacedReport> = None;
         for (n, &peer) in peers.iter().enumerate() {
+            if self.node.is_banned(&peer) {
+                continue;
+            }
             // Only the last peer is waited for through an outage; with others left, a silent
             // peer hands over to the next at once (a dead seeder must not hold the fetch while
             // another could serve it).
@@ -75,11 +72,11 @@ impl LanePhase<'_> {
                 peer: peer.to_string(),
                 ..PacedReport::default()
             };
-            let end = self.ask_peer(peer, patience, &mut report, progress).await?;
+            self.ask_peer(peer, patience, &mut report, progress).await?;
             if report.sessions > 0 || best.is_none() {
                 best = Some(report);
             }
-            if matches!(end, PeerEnd::Stop) || self.sched.is_complete() {
+            if self.sched.is_complete() {
                 break;
             }
         }
@@ -137,13 +134,13 @@ impl LanePhase<'_> {
         patience: Duration,
         report: &mut PacedReport,
         progress: &mut (dyn FnMut(&FetchProgress) + Send),
-    ) -> Result<PeerEnd, FetchError> {
+    ) -> Result<(), FetchError> {
         // When this peer last sent lane data, and the waits before asking a silent peer again.
         let mut last_heard: Option<Instant> = None;
         let mut backoff = Backoff::new(&self.node.tuning);
         loop {
             let Some(wanted) = self.wanted() else {
-                return Ok(PeerEnd::Next);
+                return Ok(());
             };
             // Outside every sync window the lane sends nothing: wait for the next one.
             let this = &*self;
@@ -167,19 +164,22 @@ impl LanePhase<'_> {
                 backoff.reset();
             }
             if let Some(ci) = bad {
+                // Sealed under a key only that peer and this node hold: its doing.
+                self.node.penalise(peer, Offence::BadData).await;
                 report.stopped = Some(format!(
-                    "chunk {ci} failed verification; the chunk streams fetch the rest"
+                    "chunk {ci} failed verification: the peer is banned; the next peer or the \
+                     chunk streams bring the rest"
                 ));
-                return Ok(PeerEnd::Stop);
+                return Ok(());
             }
             match end {
                 Ok(SessionEnd::Complete) if report.chunks > chunks_before => continue,
-                Ok(SessionEnd::Complete) => return Ok(PeerEnd::Next),
+                Ok(SessionEnd::Complete) => return Ok(()),
                 // The sync window closed: the sender was told to stop; wait, then the rest.
                 Ok(SessionEnd::WindowClosed) => continue,
                 Ok(SessionEnd::NotFound) => {
                     report.stopped = Some("the peer has none of the chunks".into());
-                    return Ok(PeerEnd::Next);
+                    return Ok(());
                 }
                 Err(SessionError {
                     reason,
@@ -192,7 +192,7 @@ impl LanePhase<'_> {
                 }
                 Err(e) => {
                     report.stopped = Some(e.reason);
-                    return Ok(PeerEnd::Next);
+                    return Ok(());
                 }
             }
         }

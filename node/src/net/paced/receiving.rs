@@ -139,6 +139,7 @@ impl<'a> Receiving<'a> {
             let forever = FrameIo {
                 progress_timeout: Duration::from_secs(u64::from(u32::MAX)),
                 limiter: None,
+                floor_rate: 0,
             };
             match forever.read(&mut rd, "paced end", 16, &mut |_| {}).await {
                 Ok(b) => StreamEnd::Said(match PacedResponse::decode(&b) {

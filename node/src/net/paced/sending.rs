@@ -25,7 +25,6 @@ use zdn_protocol::paced::{
     ToSender, MAX_CONTROL_LEN, SEAL_OVERHEAD,
 };
 
-use crate::net::handle::Command;
 use crate::net::paced::server::PacedServer;
 use crate::net::paced::slots::SlotState;
 
@@ -113,7 +112,7 @@ impl PacedServer {
                     Ok(Closed::Clean) => return EndReason::Complete,
                     Ok(Closed::Broken) | Err(oneshot::error::TryRecvError::Closed) => {
                         closed = None;
-                        if self.is_banned(s.peer).await {
+                        if self.scores.is_banned(&s.peer) {
                             return EndReason::Other;
                         }
                         t.parked = true;
@@ -129,7 +128,7 @@ impl PacedServer {
                 t.last_heard = Some(Instant::now());
             }
             if heard.validated {
-                if t.parked && self.is_banned(s.peer).await {
+                if t.parked && self.scores.is_banned(&s.peer) {
                     return EndReason::Other;
                 }
                 t.parked = false;
@@ -255,22 +254,6 @@ impl PacedServer {
             }
         }
         heard
-    }
-
-    /// Whether this node banned `peer` (a node that cannot say is taken to have).
-    async fn is_banned(&self, peer: PeerId) -> bool {
-        let Some(commands) = self.commands.upgrade() else {
-            return true;
-        };
-        let (reply, rx) = oneshot::channel();
-        if commands
-            .send(Command::IsBanned { peer, reply })
-            .await
-            .is_err()
-        {
-            return true;
-        }
-        rx.await.unwrap_or(true)
     }
 }
 

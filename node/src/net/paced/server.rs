@@ -44,6 +44,8 @@ use crate::net::frame::FrameIo;
 use crate::net::handle::{Command, PeerInfo, Traffic};
 use crate::net::paced::sending::{Closed, Session};
 use crate::net::paced::slots::Slots;
+use crate::net::peers::{PeerScores, PeerTable};
+use crate::net::streams::Incoming;
 
 /// Sessions served at once, all peers together.
 pub const MAX_SESSIONS: usize = 8;
@@ -53,6 +55,7 @@ pub const MAX_SESSIONS_PER_PEER: usize = 2;
 const STREAM_LIMITS: StreamLimits = StreamLimits {
     total: 4 * MAX_SESSIONS,
     per_peer: MAX_SESSIONS_PER_PEER + 2,
+    reserved: MAX_SESSIONS,
 };
 /// A session whose receiver is silent this long ends (its receiver probes every few seconds while
 /// it waits through an outage; this outlasts the field profile's 45-minute patience).
@@ -65,6 +68,9 @@ const BUDGET_FACTOR: u64 = 4;
 const BUDGET_SLACK: u64 = 16 << 20;
 
 pub(crate) struct PacedServer {
+    pub peer_table: Arc<PeerTable>,
+    /// The node-wide peer scores: a banned peer's parked session never resumes.
+    pub scores: Arc<PeerScores>,
     /// To ask the event loop where a peer is; weak, so the server does not keep the node alive.
     pub commands: mpsc::WeakSender<Command>,
     pub store: StoreHandle,
@@ -76,23 +82,19 @@ pub(crate) struct PacedServer {
 }
 
 impl PacedServer {
-    pub async fn run(self, incoming: libp2p_stream::IncomingStreams, stop: watch::Receiver<bool>) {
+    pub async fn run(self, incoming: Incoming, stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let sessions = Slots::new(MAX_SESSIONS, MAX_SESSIONS_PER_PEER);
         let stop_all = stop.clone();
-        accept_loop(
-            incoming,
-            stop,
-            STREAM_LIMITS,
-            move |peer, stream, admitted| {
-                let (this, sessions, stop) = (this.clone(), sessions.clone(), stop_all.clone());
-                async move {
-                    let _admitted = admitted;
-                    // A session that fails ends; the receiver's side says why it stopped.
-                    let _ = this.serve(peer, stream, sessions, stop).await;
-                }
-            },
-        )
+        let places = (STREAM_LIMITS, this.peer_table.clone(), this.traffic.clone());
+        accept_loop(incoming, stop, places, move |peer, stream, admitted| {
+            let (this, sessions, stop) = (this.clone(), sessions.clone(), stop_all.clone());
+            async move {
+                let _admitted = admitted;
+                // A session that fails ends; the receiver's side says why it stopped.
+                let _ = this.serve(peer, stream, sessions, stop).await;
+            }
+        })
         .await;
     }
 
@@ -104,10 +106,7 @@ impl PacedServer {
         stop: watch::Receiver<bool>,
     ) -> Result<(), String> {
         let (mut rd, mut wr) = stream.split();
-        let io = FrameIo {
-            progress_timeout: self.progress_timeout,
-            limiter: None,
-        };
+        let io = FrameIo::new(self.progress_timeout);
         let body = io
             .read(&mut rd, "paced request", MAX_PACED_REQUEST, &mut |_| {})
             .await

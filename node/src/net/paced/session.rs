@@ -29,6 +29,7 @@ use crate::net::handle::NodeHandle;
 use crate::net::paced::lane::{Active, PacedLane};
 use crate::net::paced::receiving::Receiving;
 use crate::net::paced::server::peer_path;
+use crate::net::streams::OpenStreamError;
 
 pub(crate) const PACED_STREAM: StreamProtocol = StreamProtocol::new(PACED_PROTOCOL);
 
@@ -248,16 +249,13 @@ async fn open(node: &NodeHandle, lane: &PacedLane, ask: &Ask<'_>) -> Result<Open
         .open_stream(peer, PACED_STREAM)
         .await
         .map_err(|e| match e {
-            libp2p_stream::OpenStreamError::UnsupportedProtocol(_) => {
+            OpenStreamError::UnsupportedProtocol(_) => {
                 SessionError::fatal(format!("the peer does not offer the paced lane: {e}"))
             }
             e => SessionError::silent(format!("opening the paced lane: {e}")),
         })?;
     let (mut rd, mut wr) = stream.split();
-    let io = FrameIo {
-        progress_timeout: node.tuning.progress_timeout,
-        limiter: None,
-    };
+    let io = FrameIo::new(node.tuning.progress_timeout);
     io.write(&mut wr, "paced request", &req.encode())
         .await
         .map_err(|e| SessionError::silent(e.to_string()))?;

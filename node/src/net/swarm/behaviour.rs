@@ -1,12 +1,15 @@
 //! The libp2p behaviours a zdn node runs, combined, and how a profile configures them.
 
-use libp2p::kad::{self, store::MemoryStore};
+use libp2p::kad;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{gossipsub, identify, identity, mdns, ping};
 
 use crate::net::profile::Tuning;
 use crate::net::NetError;
+
+use super::guard::ConnectionGuard;
+use super::providers::ProviderStore;
 
 /// Gossip topic for signed manifests of new objects.
 pub const ANNOUNCE_TOPIC: &str = "/zdn/announce/1";
@@ -18,12 +21,14 @@ pub const MAX_GOSSIP_LEN: usize = 256 * 1024;
 
 #[derive(NetworkBehaviour)]
 pub struct NodeBehaviour {
+    /// First: it decides whether a connection is kept before any other behaviour sees it.
+    pub guard: ConnectionGuard,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
-    pub kad: Toggle<kad::Behaviour<MemoryStore>>,
-    pub stream: libp2p_stream::Behaviour,
+    pub kad: Toggle<kad::Behaviour<ProviderStore>>,
+    pub stream: crate::net::streams::StreamBehaviour,
 }
 
 impl std::fmt::Debug for NodeBehaviour {
@@ -36,9 +41,11 @@ impl NodeBehaviour {
     /// `dht`: `None` = no Kademlia; `Some(server)` = Kademlia in server or client mode.
     pub fn new(
         key: &identity::Keypair,
+        guard: ConnectionGuard,
         t: &Tuning,
         mdns_on: bool,
         dht: Option<bool>,
+        stream: crate::net::streams::StreamBehaviour,
     ) -> Result<Self, NetError> {
         let identify = identify::Behaviour::new(
             identify::Config::new(IDENTIFY_VERSION.into(), key.public())
@@ -79,17 +86,20 @@ impl NodeBehaviour {
         } else {
             None
         };
+        let guard_table = guard.table();
         Ok(NodeBehaviour {
+            guard,
             identify,
             ping,
             gossipsub,
             mdns: mdns.into(),
             kad: dht
                 .map(|server| {
-                    crate::net::swarm::dht::behaviour(key.public().to_peer_id(), &t.dht, server)
+                    let local = key.public().to_peer_id();
+                    crate::net::swarm::dht::behaviour(local, &t.dht, server, guard_table)
                 })
                 .into(),
-            stream: libp2p_stream::Behaviour::new(),
+            stream,
         })
     }
 }

@@ -14,21 +14,22 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 
-use libp2p::kad::{self, store::MemoryStore, store::MemoryStoreConfig, store::RecordStore};
+use libp2p::kad::{self, store::RecordStore};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
 use tokio::sync::oneshot;
 use zdn_protocol::Hash;
 
+use crate::net::peers::{PeerScores, PeerTable};
 use crate::net::profile::DhtTuning;
 use crate::net::swarm::behaviour::NodeBehaviour;
+use crate::net::swarm::providers::ProviderStore;
 
 /// The DHT's protocol: ours, not the public IPFS one.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/zdn/kad/1.0.0");
-/// Provider keys a node keeps (its own and others'); a record is ~100 bytes per provider.
-const MAX_PROVIDER_KEYS: usize = 16_384;
 
 /// The kad configuration a profile stands for.
 pub fn kad_config(t: &DhtTuning) -> kad::Config {
@@ -50,16 +51,13 @@ pub fn kad_config(t: &DhtTuning) -> kad::Config {
 }
 
 /// The kad behaviour for a node with the given settings.
-pub fn behaviour(local: PeerId, t: &DhtTuning, server: bool) -> kad::Behaviour<MemoryStore> {
-    let store = MemoryStore::with_config(
-        local,
-        MemoryStoreConfig {
-            max_records: 0,
-            max_value_bytes: 0,
-            max_provided_keys: MAX_PROVIDER_KEYS,
-            max_providers_per_key: kad::K_VALUE.get(),
-        },
-    );
+pub fn behaviour(
+    local: PeerId,
+    t: &DhtTuning,
+    server: bool,
+    table: Arc<PeerTable>,
+) -> kad::Behaviour<ProviderStore> {
+    let store = ProviderStore::new(local, table);
     let mut k = kad::Behaviour::with_config(local, store, kad_config(t));
     // Fixed, not automatic: a mode flip changes the advertised protocols, which sends identify
     // pushes, and loopback or NATed nodes would never confirm an external address anyway.
@@ -255,7 +253,7 @@ impl Dht {
     pub fn on_event(
         &mut self,
         swarm: &mut Swarm<NodeBehaviour>,
-        banned: &HashSet<PeerId>,
+        scores: &PeerScores,
         ev: kad::Event,
     ) -> Option<DhtNews> {
         match ev {
@@ -269,7 +267,7 @@ impl Dht {
                 {
                     let local = *swarm.local_peer_id();
                     for p in providers {
-                        if p == local || banned.contains(&p) {
+                        if p == local || scores.is_banned(&p) {
                             continue;
                         }
                         self.dial_provider(swarm, id, p);
@@ -317,16 +315,23 @@ impl Dht {
                     },
             } => {
                 // Only manifest hashes are keys here; kad has checked that the record names
-                // the peer that sent it.
-                if record.key.as_ref().len() == 32 {
+                // the peer that sent it. The store applies its caps (see providers.rs).
+                if record.key.as_ref().len() == 32 && !scores.is_banned(&record.provider) {
                     if let Some(k) = swarm.behaviour_mut().kad.as_mut() {
-                        // A full store keeps the records it has.
                         let _ = k.store_mut().add_provider(record);
                     }
                 }
                 None
             }
             _ => None,
+        }
+    }
+
+    /// This node fetched `hash` from `peer`: its provider record, if this node keeps one, is
+    /// preferred from now on.
+    pub fn verified(&mut self, swarm: &mut Swarm<NodeBehaviour>, hash: Hash, peer: PeerId) {
+        if let Some(k) = swarm.behaviour_mut().kad.as_mut() {
+            k.store_mut().verified(&key(&hash), &peer);
         }
     }
 
@@ -345,6 +350,7 @@ impl Dht {
         }
         let opts = DialOpts::peer_id(p)
             .condition(PeerCondition::DisconnectedAndNotDialing)
+            .allocate_new_port()
             .build();
         match swarm.dial(opts) {
             Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {

@@ -4,6 +4,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -15,22 +17,24 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use zdn_protocol::manifest;
 
-use crate::net::handle::{Command, PeerInfo};
+use crate::net::handle::{Command, PeerInfo, Traffic};
+use crate::net::peers::{Offence, PeerScores};
 use crate::net::NetError;
 use crate::store::TrustPolicy;
 
 use super::behaviour::{NodeBehaviour, NodeBehaviourEvent, MAX_GOSSIP_LEN};
 use super::dht::{Dht, DhtNews};
+use super::seen::{Seen, SeenAnnouncements};
 use super::spawn::NodeEvent;
 
-/// Invalid announcements after which a peer is disconnected and refused for the node's lifetime.
-const MAX_INVALID_ANNOUNCEMENTS: u32 = 3;
 /// How long an announcement waits for a subscribed peer before the caller is told it failed.
 const ANNOUNCE_PATIENCE: Duration = Duration::from_secs(120);
 pub(super) const EVENT_QUEUE: usize = 64;
 /// Addresses remembered per peer for re-dials, and peers remembered.
 const DIALABLE_PER_PEER: usize = 4;
 const DIALABLE_PEERS: usize = 4096;
+/// Addresses listed per connected peer (one per connection; a peer may open several).
+const ADDRS_PER_PEER: usize = 8;
 
 pub(super) type DialReply = oneshot::Sender<Result<PeerId, NetError>>;
 pub(super) type PendingAnnouncement = (Vec<u8>, Instant, oneshot::Sender<Result<(), NetError>>);
@@ -52,11 +56,12 @@ pub(super) struct EventLoop {
     pub(super) dialable: HashMap<PeerId, Vec<Multiaddr>>,
     pub(super) rtts: HashMap<PeerId, Duration>,
     pub(super) addrs: HashMap<PeerId, Vec<Multiaddr>>,
-    pub(super) invalid: HashMap<PeerId, u32>,
-    pub(super) banned: HashSet<PeerId>,
+    pub(super) scores: Arc<PeerScores>,
+    pub(super) traffic: Arc<Traffic>,
+    /// Announcements already acted on (a replay is not acted on again).
+    pub(super) seen: SeenAnnouncements,
     pub(super) pending_announce: Vec<PendingAnnouncement>,
     pub(super) events: mpsc::Sender<NodeEvent>,
-    pub(super) max_peers: usize,
     pub(super) fault: Option<crate::net::config::Fault>,
 }
 
@@ -95,13 +100,19 @@ impl EventLoop {
                     self.dht.add_address(&mut self.swarm, p, &addr);
                 }
                 let opts = match peer {
-                    Some(p) => DialOpts::peer_id(p).addresses(vec![addr.clone()]).build(),
-                    None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+                    Some(p) => DialOpts::peer_id(p)
+                        .addresses(vec![addr.clone()])
+                        .allocate_new_port()
+                        .build(),
+                    None => DialOpts::unknown_peer_id()
+                        .address(addr.clone())
+                        .allocate_new_port()
+                        .build(),
                 };
                 self.dial(peer, opts, addr.to_string(), reply)
             }
             Command::Redial { peer, reply } => {
-                if self.banned.contains(&peer) {
+                if self.scores.is_banned(&peer) {
                     let _ = reply.send(Err(NetError::Dial {
                         addr: peer.to_string(),
                         reason: "banned".into(),
@@ -112,14 +123,12 @@ impl EventLoop {
                 let opts = DialOpts::peer_id(peer)
                     .addresses(addrs)
                     .extend_addresses_through_behaviour()
+                    .allocate_new_port()
                     .build();
                 self.dial(Some(peer), opts, peer.to_string(), reply)
             }
             Command::IsConnected { peer, reply } => {
                 let _ = reply.send(self.swarm.is_connected(&peer));
-            }
-            Command::IsBanned { peer, reply } => {
-                let _ = reply.send(self.banned.contains(&peer));
             }
             Command::Provide { hash } => self.dht.provide(&mut self.swarm, hash),
             Command::FindProviders { hash, reply } => {
@@ -131,7 +140,7 @@ impl EventLoop {
                 let peers = self
                     .swarm
                     .connected_peers()
-                    .filter(|p| !self.banned.contains(p))
+                    .filter(|p| !self.scores.is_banned(p))
                     .map(|p| PeerInfo {
                         peer: p.to_string(),
                         addresses: self
@@ -143,6 +152,7 @@ impl EventLoop {
                             .rtts
                             .get(p)
                             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                        penalty: self.scores.penalty(p),
                     })
                     .collect();
                 let _ = reply.send(peers);
@@ -179,7 +189,18 @@ impl EventLoop {
                 }
                 self.retry_announcements();
             }
+            Command::Ban { peer, reason } => self.ban(peer, reason),
+            Command::ProviderVerified { hash, peer } => {
+                self.dht.verified(&mut self.swarm, hash, peer)
+            }
         }
+    }
+
+    /// A peer crossed the ban line: disconnected now; the guard refuses it from now on.
+    fn ban(&mut self, peer: PeerId, reason: String) {
+        self.traffic.peers_banned.fetch_add(1, Ordering::Relaxed);
+        let _ = self.swarm.disconnect_peer_id(peer);
+        let _ = self.events.try_send(NodeEvent::Banned { peer, reason });
     }
 
     /// Dials (unless already connected to `peer`); `reply` gets the outcome.
@@ -287,14 +308,14 @@ impl EventLoop {
                 if endpoint.is_dialer() {
                     self.remember_dialable(peer_id, endpoint.get_remote_address().clone());
                 }
-                let too_many = self.swarm.connected_peers().count() > self.max_peers;
-                if self.banned.contains(&peer_id) || too_many {
+                // The guard refuses banned peers; one banned while its handshake ran goes now.
+                if self.scores.is_banned(&peer_id) {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
                 let addr = endpoint.get_remote_address().clone();
                 let list = self.addrs.entry(peer_id).or_default();
-                if !list.contains(&addr) {
+                if !list.contains(&addr) && list.len() < ADDRS_PER_PEER {
                     list.push(addr);
                 }
             }
@@ -349,7 +370,7 @@ impl EventLoop {
                     .on_identify(&mut self.swarm, peer_id, &info, local_peer);
             }
             SwarmEvent::Behaviour(NodeBehaviourEvent::Kad(ev)) => {
-                let news = self.dht.on_event(&mut self.swarm, &self.banned, ev);
+                let news = self.dht.on_event(&mut self.swarm, &self.scores, ev);
                 // Only into the first half of the queue: a start-up that publishes thousands of
                 // objects must not crowd out an announcement.
                 if let Some(DhtNews::Provided(hash)) = news {
@@ -360,10 +381,8 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(NodeBehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
-                    if !self.swarm.is_connected(&peer) && !self.banned.contains(&peer) {
-                        let _ = self
-                            .swarm
-                            .dial(DialOpts::peer_id(peer).addresses(vec![addr]).build());
+                    if !self.swarm.is_connected(&peer) && !self.scores.is_banned(&peer) {
+                        let _ = self.swarm.dial(new_port_dial(peer, addr));
                     }
                 }
             }
@@ -376,36 +395,35 @@ impl EventLoop {
         }
     }
 
-    /// Checks an announcement before it may travel further: a manifest that decodes, whose
-    /// signature verifies, from a trusted publisher. Anything else is rejected (not forwarded)
-    /// and counted against the peer that sent it.
+    /// Checks an announcement before it may travel further: a manifest that decodes and whose
+    /// signature verifies, from a trusted publisher, not seen before. Only that is forwarded and
+    /// acted on. What is malformed, wrongly signed or too big is rejected and counted against the
+    /// peer that sent it; a valid manifest from a publisher this node does not trust, or one it
+    /// has seen (a replay), is ignored without blame — a hub forwards its other publishers'
+    /// announcements in normal operation.
     fn on_gossip(&mut self, from: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
         let verdict = if message.data.len() > MAX_GOSSIP_LEN {
             Err("over the size limit".to_string())
         } else {
-            manifest::decode(&message.data)
-                .map_err(|e| e.to_string())
-                .and_then(|m| self.trust.check(&m).map(|()| m).map_err(|e| e.to_string()))
+            manifest::decode(&message.data).map_err(|e| e.to_string())
         };
         let acceptance = match verdict {
-            Ok(m) => {
-                // A full queue means the program is not keeping up: the announcement is still
-                // forwarded, the program just does not act on it.
-                let _ = self.events.try_send(NodeEvent::Announced {
-                    manifest: Box::new(m),
-                    from,
-                });
-                gossipsub::MessageAcceptance::Accept
-            }
-            Err(why) => {
-                let n = self.invalid.entry(from).or_default();
-                *n += 1;
-                if *n >= MAX_INVALID_ANNOUNCEMENTS && self.banned.insert(from) {
-                    let _ = self.swarm.disconnect_peer_id(from);
-                    let _ = self.events.try_send(NodeEvent::Banned {
-                        peer: from,
-                        reason: format!("{n} invalid announcements, last: {why}"),
+            Ok(m) if self.trust.check(&m).is_err() => gossipsub::MessageAcceptance::Ignore,
+            Ok(m) => match self.seen.check(m.hash()) {
+                Seen::Again => gossipsub::MessageAcceptance::Ignore,
+                Seen::First => {
+                    // A full queue means the program is not keeping up: the announcement is
+                    // still forwarded, the program just does not act on it.
+                    let _ = self.events.try_send(NodeEvent::Announced {
+                        manifest: Box::new(m),
+                        from,
                     });
+                    gossipsub::MessageAcceptance::Accept
+                }
+            },
+            Err(why) => {
+                if self.scores.penalise(from, Offence::InvalidAnnouncement) {
+                    self.ban(from, format!("invalid announcements, last: {why}"));
                 }
                 gossipsub::MessageAcceptance::Reject
             }
@@ -415,6 +433,17 @@ impl EventLoop {
             .gossipsub
             .report_message_validation_result(&id, &from, acceptance);
     }
+}
+
+/// A dial from a fresh local port. Dialing from the listening port (libp2p's default) collides
+/// with a connection of the same four addresses still in TIME_WAIT after a restart (the dial fails
+/// with "address already in use" for up to a minute); zdn has no use for the listening port as the
+/// source (no hole punching).
+pub(super) fn new_port_dial(peer: PeerId, addr: Multiaddr) -> DialOpts {
+    DialOpts::peer_id(peer)
+        .addresses(vec![addr])
+        .allocate_new_port()
+        .build()
 }
 
 /// The peer id at the end of an address (`/p2p/<id>`), if any.

@@ -4,4 +4,8 @@
 pub(crate) mod behaviour;
 pub(crate) mod dht;
 pub(crate) mod event_loop;
+pub(crate) mod guard;
+pub(crate) mod inbound;
+pub(crate) mod providers;
+pub(crate) mod seen;
 pub(crate) mod spawn;

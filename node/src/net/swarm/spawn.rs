@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use libp2p::core::transport::ListenerId;
+use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{gossipsub, noise, tcp, yamux, PeerId, Swarm};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -18,14 +19,17 @@ use crate::net::handle::{NodeHandle, Traffic, CHUNK_STREAM};
 use crate::net::paced::lane::PacedLane;
 use crate::net::paced::server::PacedServer;
 use crate::net::paced::session::PACED_STREAM;
+use crate::net::peers::{PeerScores, PeerTable};
 use crate::net::profile::Tuning;
 use crate::net::rate_limit::RateLimiter;
+use crate::net::streams::{streams, Incoming, StreamBehaviour};
 use crate::net::NetError;
 use crate::store::StoreHandle;
 
 use super::behaviour::{NodeBehaviour, ANNOUNCE_TOPIC};
 use super::dht::Dht;
-use super::event_loop::{peer_of, EventLoop, EVENT_QUEUE};
+use super::event_loop::{new_port_dial, peer_of, EventLoop, EVENT_QUEUE};
+use super::guard::ConnectionGuard;
 
 const COMMAND_QUEUE: usize = 64;
 
@@ -64,7 +68,25 @@ impl Node {
         let dht_server = config
             .dht
             .then_some(tuning.dht.server && !config.listen.is_empty());
-        let mut swarm = build_swarm(&config, &tuning, dht_server)?;
+        let traffic = Arc::new(Traffic::default());
+        let scores = Arc::new(PeerScores::default());
+        let known = config
+            .peers
+            .iter()
+            .chain(&config.bootstrap)
+            .filter_map(peer_of);
+        let peer_table = Arc::new(PeerTable::new(known));
+        let guard = ConnectionGuard::new(
+            config.inbound,
+            peer_table.clone(),
+            scores.clone(),
+            traffic.clone(),
+        );
+        let (stream_behaviour, control, incoming) = streams(
+            &[CHUNK_STREAM, PACED_STREAM],
+            traffic.streams_dropped.clone(),
+        );
+        let mut swarm = build_swarm(&config, &tuning, dht_server, (guard, stream_behaviour))?;
         let topic = gossipsub::IdentTopic::new(ANNOUNCE_TOPIC);
         swarm
             .behaviour_mut()
@@ -73,12 +95,11 @@ impl Node {
             .map_err(|e| NetError::Config(format!("gossip subscribe: {e}")))?;
         let listeners = listen(&mut swarm, &config)?;
 
-        let traffic = Arc::new(Traffic::default());
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
         let handle = NodeHandle {
             commands: cmd_tx,
-            control: swarm.behaviour().stream.new_control(),
+            control,
             local: *swarm.local_peer_id(),
             store: store.clone(),
             trust: config.trust.clone(),
@@ -97,8 +118,11 @@ impl Node {
                 )),
                 false => None,
             },
+            scores: scores.clone(),
+            peer_table,
+            fetching: Default::default(),
         };
-        let servers = Servers::start(&config, &tuning, &handle, store, traffic)?;
+        let servers = Servers::start(&config, &tuning, &handle, (store, traffic), incoming)?;
         let dht = start_dht(&mut swarm, &config, &tuning, dht_server, &handle).await?;
 
         let event_loop = EventLoop {
@@ -114,11 +138,11 @@ impl Node {
             dialable: HashMap::new(),
             rtts: HashMap::new(),
             addrs: HashMap::new(),
-            invalid: HashMap::new(),
-            banned: HashSet::new(),
+            scores,
+            traffic: handle.traffic.clone(),
+            seen: Default::default(),
             pending_announce: Vec::new(),
             events: ev_tx,
-            max_peers: config.max_peers,
             fault: config.fault,
         };
         let task = tokio::spawn(async move {
@@ -138,6 +162,7 @@ fn build_swarm(
     config: &NodeConfig,
     tuning: &Tuning,
     dht_server: Option<bool>,
+    (guard, stream): (ConnectionGuard, StreamBehaviour),
 ) -> Result<Swarm<NodeBehaviour>, NetError> {
     let mdns_on = config.mdns.unwrap_or(tuning.mdns);
     let t = tuning.clone();
@@ -156,7 +181,7 @@ fn build_swarm(
                 q
             })
             .with_behaviour(|key| {
-                NodeBehaviour::new(key, &t, mdns_on, dht_server)
+                NodeBehaviour::new(key, guard, &t, mdns_on, dht_server, stream)
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .map_err(|e| NetError::Config(format!("behaviour: {e}")))?
@@ -207,17 +232,16 @@ impl Servers {
         config: &NodeConfig,
         tuning: &Tuning,
         handle: &NodeHandle,
-        store: StoreHandle,
-        traffic: Arc<Traffic>,
+        (store, traffic): (StoreHandle, Arc<Traffic>),
+        incoming: Vec<Incoming>,
     ) -> Result<Servers, NetError> {
-        let mut control = handle.control.clone();
-        let chunk_streams = control
-            .accept(CHUNK_STREAM)
-            .map_err(|e| NetError::Config(format!("chunk protocol: {e}")))?;
-        let paced_streams = control
-            .accept(PACED_STREAM)
-            .map_err(|e| NetError::Config(format!("paced protocol: {e}")))?;
+        let mut incoming = incoming.into_iter();
+        let (Some(chunk_streams), Some(paced_streams)) = (incoming.next(), incoming.next()) else {
+            return Err(NetError::Config("stream protocols".into()));
+        };
         let paced = PacedServer {
+            peer_table: handle.peer_table.clone(),
+            scores: handle.scores.clone(),
             commands: handle.commands.downgrade(),
             store: store.clone(),
             progress_timeout: tuning.progress_timeout,
@@ -227,10 +251,14 @@ impl Servers {
         };
         let chunk = ChunkServer {
             store,
+            peer_table: handle.peer_table.clone(),
             progress_timeout: tuning.progress_timeout,
             limiter: limiter(config.max_upload_rate)?,
             traffic,
             fault: config.fault,
+            cache: Default::default(),
+            budget: Default::default(),
+            in_flight: Default::default(),
         };
         let (stop, stop_rx) = watch::channel(false);
         let tasks = vec![
@@ -263,11 +291,19 @@ async fn start_dht(
         && (dht_server == Some(true) || !config.external_addresses.is_empty());
     let mut dht = Dht::new(tuning.dht.max_publishing, publish);
     for addr in config.peers.iter().chain(&config.bootstrap) {
-        if let Some(p) = peer_of(addr) {
-            dht.add_address(swarm, p, addr);
-        }
         // Dial errors at start are not fatal (a seeder may come up later); fetches re-dial.
-        let _ = swarm.dial(addr.clone());
+        let _ = match peer_of(addr) {
+            Some(p) => {
+                dht.add_address(swarm, p, addr);
+                swarm.dial(new_port_dial(p, addr.clone()))
+            }
+            None => swarm.dial(
+                DialOpts::unknown_peer_id()
+                    .address(addr.clone())
+                    .allocate_new_port()
+                    .build(),
+            ),
+        };
     }
     // Every object held complete is announced in the DHT (once a peer is known).
     let held = handle.store.call(|s| s.list()).await?;

@@ -1,0 +1,207 @@
+//! A model folder on disk, read the way zdn stores it (docs/store.md "Folders"): every regular file
+//! under the folder, hidden ones included, with its path relative to the folder; empty
+//! sub-folders are not kept. A symbolic link or a special file (device, socket, pipe) anywhere
+//! inside is refused, never followed: the folder named on the command line may itself be a link.
+//! Files are memory-mapped, not read into memory, and opened without following links.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use zdn_protocol::folder::{self, FolderError, Member, MAX_FILES, MAX_PATH_LEN};
+
+use crate::fs::mapped_file::{MappedFile, OpenError};
+
+/// Why a folder cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelFolderError {
+    #[error("cannot read {path}: {cause}")]
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("{0} is a symbolic link: zdn stores regular files only and never follows links inside a folder (copy the folder with `cp -rL` to store what the links point to)")]
+    Symlink(PathBuf),
+    #[error("{0} is not a regular file or folder (a device, socket or pipe)")]
+    Special(PathBuf),
+    #[error("{0}: the name is not valid UTF-8")]
+    NotUtf8(PathBuf),
+    #[error("{root} holds more than {MAX_FILES} files or folders")]
+    TooMany { root: PathBuf },
+    #[error("{path}: {error}")]
+    Path { path: PathBuf, error: FolderError },
+    #[error(transparent)]
+    Open(#[from] OpenError),
+}
+
+/// A folder's files, mapped, in canonical order (sorted by path bytes).
+#[derive(Debug)]
+pub struct ModelFolder {
+    files: Vec<(String, MappedFile)>,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelFolderError + '_ {
+    move |cause| ModelFolderError::Io {
+        path: path.to_owned(),
+        cause,
+    }
+}
+
+/// Opens a regular file without following a link (the walk saw a regular file; a link swapped in
+/// since is refused, not followed).
+fn open_regular(path: &Path) -> Result<File, ModelFolderError> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.custom_flags(libc::O_NOFOLLOW);
+    }
+    let f = o.open(path).map_err(|cause| {
+        if cause.raw_os_error() == Some(libc::ELOOP) {
+            ModelFolderError::Symlink(path.to_owned())
+        } else {
+            ModelFolderError::Io {
+                path: path.to_owned(),
+                cause,
+            }
+        }
+    })?;
+    if !f.metadata().map_err(io(path))?.is_file() {
+        return Err(ModelFolderError::Special(path.to_owned()));
+    }
+    Ok(f)
+}
+
+impl ModelFolder {
+    /// Walks `root` and maps every regular file (see the module documentation for what is refused).
+    pub fn open(root: &Path) -> Result<Self, ModelFolderError> {
+        let mut found: Vec<(String, PathBuf)> = Vec::new();
+        let mut entries = 0usize;
+        let mut todo: Vec<(PathBuf, String)> = vec![(root.to_owned(), String::new())];
+        while let Some((dir, prefix)) = todo.pop() {
+            for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
+                let e = e.map_err(io(&dir))?;
+                let path = e.path();
+                entries += 1;
+                if entries > MAX_FILES * 2 {
+                    return Err(ModelFolderError::TooMany {
+                        root: root.to_owned(),
+                    });
+                }
+                let name = e
+                    .file_name()
+                    .into_string()
+                    .map_err(|_| ModelFolderError::NotUtf8(path.clone()))?;
+                let rel = format!("{prefix}{name}");
+                if rel.len() > MAX_PATH_LEN {
+                    folder::check_path(&rel).map_err(|problem| ModelFolderError::Path {
+                        path: path.clone(),
+                        error: FolderError::Path {
+                            path: rel.clone(),
+                            problem,
+                        },
+                    })?;
+                }
+                // `symlink_metadata`: a link is seen as a link, never followed.
+                let kind = std::fs::symlink_metadata(&path)
+                    .map_err(io(&path))?
+                    .file_type();
+                if kind.is_symlink() {
+                    return Err(ModelFolderError::Symlink(path));
+                } else if kind.is_dir() {
+                    todo.push((path, format!("{rel}/")));
+                } else if kind.is_file() {
+                    found.push((rel, path));
+                } else {
+                    return Err(ModelFolderError::Special(path));
+                }
+            }
+        }
+        if found.len() > MAX_FILES {
+            return Err(ModelFolderError::TooMany {
+                root: root.to_owned(),
+            });
+        }
+        found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut files = Vec::with_capacity(found.len());
+        for (rel, path) in found {
+            let f = open_regular(&path)?;
+            files.push((rel, MappedFile::from_file(&path, f)?));
+        }
+        Ok(ModelFolder { files })
+    }
+
+    /// The files as the store takes them: relative path and bytes, in canonical order.
+    pub fn members(&self) -> Vec<Member<'_>> {
+        self.files
+            .iter()
+            .map(|(path, map)| Member {
+                path,
+                bytes: map.bytes(),
+            })
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn walks_in_canonical_order_and_refuses_links() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+        std::fs::create_dir_all(root.join("empty")).unwrap();
+        std::fs::write(root.join("b.json"), b"{}").unwrap();
+        std::fs::write(root.join("a-1.safetensors"), b"").unwrap();
+        std::fs::write(root.join(".gitattributes"), b"*").unwrap();
+        std::fs::write(root.join("sub/deeper/x"), b"x").unwrap();
+        let f = ModelFolder::open(root).unwrap();
+        let paths: Vec<&str> = f.members().iter().map(|m| m.path).collect();
+        assert_eq!(
+            paths,
+            [
+                ".gitattributes",
+                "a-1.safetensors",
+                "b.json",
+                "sub/deeper/x"
+            ]
+        );
+        assert_eq!(f.members()[3].bytes, b"x");
+
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink("/etc/passwd", root.join("sub/link")).unwrap();
+            let e = ModelFolder::open(root).unwrap_err();
+            assert!(matches!(e, ModelFolderError::Symlink(_)), "{e}");
+            std::fs::remove_file(root.join("sub/link")).unwrap();
+            std::os::unix::fs::symlink(root.join("sub"), root.join("dirlink")).unwrap();
+            assert!(matches!(
+                ModelFolder::open(root).unwrap_err(),
+                ModelFolderError::Symlink(_)
+            ));
+            std::fs::remove_file(root.join("dirlink")).unwrap();
+            // The folder named may itself be a link.
+            let link = d.path().join("sub/deeper/../../rootlink");
+            std::os::unix::fs::symlink(root.join("sub"), &link).unwrap();
+            let paths: Vec<String> = ModelFolder::open(&link)
+                .unwrap()
+                .members()
+                .iter()
+                .map(|m| m.path.to_owned())
+                .collect();
+            std::fs::remove_file(&link).unwrap();
+            assert_eq!(paths, ["deeper/x"]);
+        }
+    }
+}
