@@ -7,6 +7,8 @@
 //!   aggregation).
 //! - [`quality`]: measuring a delta on a real model (the BERT forward pass, sentence embeddings,
 //!   the corpus) and calibrating its scales.
+//! - [`decoder`]: decoder LLMs (Llama) over sharded Hugging Face folders — the forward pass, chat
+//!   templates, and the decoder measure of a delta (next-token KL, perplexity, special tokens).
 //! - [`device`]: deltas applied on candle tensors, and the fine-tune set that keeps one base and
 //!   many packed deltas.
 //! - [`daemon`]: a running node as the CLI sees it — the service, its control socket, node.toml.
@@ -17,6 +19,7 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod decoder;
 pub mod delta;
 pub mod demo;
 pub mod device;

@@ -259,85 +259,16 @@ fn import_inner(
     let mut index = 0u64;
     loop {
         let before_record = r.hasher.clone().finalize();
-        let mut rh = [0u8; 5];
-        r.exact(&mut rh, "record header (no end record)")?;
-        let tag = rh[0];
-        let len = u32::from_le_bytes([rh[1], rh[2], rh[3], rh[4]]) as usize;
-        let (what, max) = match tag {
-            TAG_MANIFEST => ("manifest", MAX_MANIFEST_LEN),
-            TAG_CHUNK => ("chunk", MAX_CHUNK_RECORD),
-            TAG_END => ("end record", 40),
-            _ => return Err(BundleError::Tag { index, tag }),
-        };
-        if len > max {
-            return Err(BundleError::RecordTooLarge {
-                index,
-                what,
-                len,
-                max,
-            });
-        }
-        let mut payload = vec![0u8; len];
-        r.exact(&mut payload, what)?;
+        let (tag, payload) = read_record(&mut r, index)?;
         match tag {
-            TAG_MANIFEST => {
-                let m = manifest::decode(&payload)
-                    .map_err(|error| BundleError::Manifest { index, error })?;
-                trust.check(&m)?;
-                let lim = store.limits().max_object_size;
-                if m.manifest.object_len > lim {
-                    return Err(BundleError::Object {
-                        object: m.hash(),
-                        error: Box::new(StoreError::TooLarge {
-                            len: m.manifest.object_len,
-                            limit: lim,
-                        }),
-                    });
-                }
-                manifests.push(m);
-            }
+            TAG_MANIFEST => manifests.push(manifest_record(store, trust, index, &payload)?),
             TAG_CHUNK => {
-                if len < 32 {
-                    return Err(BundleError::Truncated(format!(
-                        "chunk record #{index} has no id"
-                    )));
-                }
-                let stored = payload.split_off(32);
-                let mut id = [0u8; 32];
-                id.copy_from_slice(&payload);
-                let id = Hash::from_bytes(id);
-                let actual = Hash::of(&stored);
-                if actual != id {
-                    return Err(BundleError::ChunkHash { id, actual });
-                }
+                let (id, stored) = chunk_record(index, payload)?;
                 report.chunks += 1;
                 written.extend(store.put_chunks(vec![(id, stored)])?);
             }
             _ => {
-                if len != 40 {
-                    return Err(BundleError::End(format!("{len} bytes, expected 40")));
-                }
-                let mut n = [0u8; 8];
-                n.copy_from_slice(&payload[..8]);
-                let n = u64::from_le_bytes(n);
-                if n != index {
-                    return Err(BundleError::End(format!(
-                        "says {n} records, the bundle has {index}"
-                    )));
-                }
-                if payload[8..] != *before_record.as_bytes() {
-                    return Err(BundleError::End(
-                        "checksum does not match the bundle's bytes".into(),
-                    ));
-                }
-                let mut extra = [0u8; 1];
-                let more = r.input.read(&mut extra).map_err(|source| BundleError::Io {
-                    what: "reading the bundle",
-                    source,
-                })?;
-                if more != 0 {
-                    return Err(BundleError::End("bytes after the end record".into()));
-                }
+                end_record(&mut r, index, &payload, &before_record)?;
                 break;
             }
         }
@@ -345,8 +276,121 @@ fn import_inner(
     }
     report.new_chunks = written.len();
     report.bytes = r.read;
+    commit_checked(store, manifests, &mut report)?;
+    Ok(report)
+}
 
-    // Every object must be complete and hash right before any becomes visible.
+/// The next record's tag and payload, its length checked against its kind's cap before a byte of
+/// it is allocated.
+fn read_record(r: &mut HashingReader<'_>, index: u64) -> Result<(u8, Vec<u8>), BundleError> {
+    let mut rh = [0u8; 5];
+    r.exact(&mut rh, "record header (no end record)")?;
+    let tag = rh[0];
+    let len = u32::from_le_bytes([rh[1], rh[2], rh[3], rh[4]]) as usize;
+    let (what, max) = match tag {
+        TAG_MANIFEST => ("manifest", MAX_MANIFEST_LEN),
+        TAG_CHUNK => ("chunk", MAX_CHUNK_RECORD),
+        TAG_END => ("end record", 40),
+        _ => return Err(BundleError::Tag { index, tag }),
+    };
+    if len > max {
+        return Err(BundleError::RecordTooLarge {
+            index,
+            what,
+            len,
+            max,
+        });
+    }
+    let mut payload = vec![0u8; len];
+    r.exact(&mut payload, what)?;
+    Ok((tag, payload))
+}
+
+/// A manifest record: decoded, signed by a trusted publisher, its object within the store's size
+/// limit.
+fn manifest_record(
+    store: &ObjectStore,
+    trust: &TrustPolicy,
+    index: u64,
+    payload: &[u8],
+) -> Result<SignedManifest, BundleError> {
+    let m = manifest::decode(payload).map_err(|error| BundleError::Manifest { index, error })?;
+    trust.check(&m)?;
+    let lim = store.limits().max_object_size;
+    if m.manifest.object_len > lim {
+        return Err(BundleError::Object {
+            object: m.hash(),
+            error: Box::new(StoreError::TooLarge {
+                len: m.manifest.object_len,
+                limit: lim,
+            }),
+        });
+    }
+    Ok(m)
+}
+
+/// A chunk record: its id, and its stored bytes, which must hash to it.
+fn chunk_record(index: u64, mut payload: Vec<u8>) -> Result<(Hash, Vec<u8>), BundleError> {
+    if payload.len() < 32 {
+        return Err(BundleError::Truncated(format!(
+            "chunk record #{index} has no id"
+        )));
+    }
+    let stored = payload.split_off(32);
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&payload);
+    let id = Hash::from_bytes(id);
+    let actual = Hash::of(&stored);
+    if actual != id {
+        return Err(BundleError::ChunkHash { id, actual });
+    }
+    Ok((id, stored))
+}
+
+/// The end record: the record count and the checksum of every byte before it, and nothing after.
+fn end_record(
+    r: &mut HashingReader<'_>,
+    index: u64,
+    payload: &[u8],
+    before_record: &blake3::Hash,
+) -> Result<(), BundleError> {
+    if payload.len() != 40 {
+        return Err(BundleError::End(format!(
+            "{} bytes, expected 40",
+            payload.len()
+        )));
+    }
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&payload[..8]);
+    let n = u64::from_le_bytes(n);
+    if n != index {
+        return Err(BundleError::End(format!(
+            "says {n} records, the bundle has {index}"
+        )));
+    }
+    if payload[8..] != *before_record.as_bytes() {
+        return Err(BundleError::End(
+            "checksum does not match the bundle's bytes".into(),
+        ));
+    }
+    let mut extra = [0u8; 1];
+    let more = r.input.read(&mut extra).map_err(|source| BundleError::Io {
+        what: "reading the bundle",
+        source,
+    })?;
+    if more != 0 {
+        return Err(BundleError::End("bytes after the end record".into()));
+    }
+    Ok(())
+}
+
+/// Every object must have its dependencies (in the bundle or the store), be complete and hash
+/// right before any becomes visible; then all are committed in one synced batch.
+fn commit_checked(
+    store: &ObjectStore,
+    mut manifests: Vec<SignedManifest>,
+    report: &mut BundleReport,
+) -> Result<(), BundleError> {
     let in_bundle: HashSet<Hash> = manifests.iter().map(SignedManifest::hash).collect();
     for m in &manifests {
         let object = m.hash();
@@ -376,14 +420,14 @@ fn import_inner(
         })?;
         report.manifests.push(object);
     }
-    // Bases, then deltas, then soups, all in one synced batch.
+    // Bases, then deltas, then soups.
     manifests.sort_by_key(|m| match m.manifest.kind {
         Kind::Base => 0,
         Kind::Delta => 1,
         Kind::Soup => 2,
     });
     store.commit_many(&manifests, true)?;
-    Ok(report)
+    Ok(())
 }
 
 /// Decodes every chunk of `m` from the store and checks the object hash.

@@ -83,7 +83,7 @@ impl DType {
         Self::ALL.into_iter().find(|d| d.safetensors_name() == name)
     }
 
-    /// The one-byte code of this dtype in a `.bitdelta` tensor index (docs/format.md).
+    /// The one-byte code of this dtype in a `.bitdelta` tensor index (docs/spec/bitdelta.md).
     pub const fn code(self) -> u8 {
         match self {
             DType::Bool => 0,
@@ -239,7 +239,7 @@ mod tests {
         }
         assert_eq!(DType::from_code(15), None);
         assert_eq!(DType::from_code(200), None);
-        // The safetensors names of the FP8 types, and their codes (docs/format.md § 2.1).
+        // The safetensors names of the FP8 types, and their codes (docs/spec/bitdelta.md § 2.1).
         assert_eq!(DType::from_safetensors_name("F8_E4M3"), Some(DType::F8E4M3));
         assert_eq!(DType::from_safetensors_name("F8_E5M2"), Some(DType::F8E5M2));
         assert_eq!(DType::F8E4M3.code(), 13);

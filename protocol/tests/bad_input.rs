@@ -1,5 +1,5 @@
 //! One test per kind of bad input: each builds a valid file with `encode_model` (or `build_file`),
-//! breaks one thing at an offset computed from the layout (tests/common/mod.rs, docs/format.md), and
+//! breaks one thing at an offset computed from the layout (tests/common/mod.rs, docs/spec/bitdelta.md), and
 //! asserts the specific error. None may panic.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -1,5 +1,5 @@
 //! Property tests of the `.bitdelta` codec against an independent reference of the reconstruction
-//! arithmetic (written here from docs/format.md, not from the implementation).
+//! arithmetic (written here from docs/spec/bitdelta.md, not from the implementation).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use proptest::prelude::*;

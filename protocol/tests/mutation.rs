@@ -4,7 +4,7 @@
 //! random block contents — and each result goes through `BitDeltaFile::parse` and, when it parses,
 //! `decode_model` against the seed's base (or no base). Every call must return Ok or Err: a panic is
 //! caught, the input saved under target/, and the test fails. Allocation stays small because a decoder
-//! allocates only what real data backs (docs/format.md § Validation); an abort would end the run.
+//! allocates only what real data backs (docs/spec/bitdelta.md § Validation); an abort would end the run.
 //!
 //! Cases: `ZDN_MUTATION_CASES` (default 20 000), seed: `ZDN_MUTATION_SEED`. The long run:
 //!   ZDN_MUTATION_CASES=1000000 cargo test --release -p zdn-protocol --test mutation -- --nocapture

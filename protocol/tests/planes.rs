@@ -1,4 +1,4 @@
-//! The planes codec (`zdn_protocol::planes`, docs/lossless.md): round trips of every dtype on random
+//! The planes codec (`zdn_protocol::planes`, docs/spec/planes.md): round trips of every dtype on random
 //! and special values, golden vectors, hand-made bad inputs, and a mutation harness — valid encodings
 //! of every mode and codec are mutated at random and decoded; every call must return Ok or Err, never
 //! panic.

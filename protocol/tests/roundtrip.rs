@@ -1,5 +1,5 @@
 //! Round-trip and quality properties of the `.bitdelta` codec, checked against a reference written here
-//! from docs/format.md (not from the implementation): the reconstruction arithmetic, the code
+//! from docs/spec/bitdelta.md (not from the implementation): the reconstruction arithmetic, the code
 //! assignment and the default scales, with hand-written f16/bf16 round-to-nearest-even conversions.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -252,7 +252,7 @@ fn deltas(base: &Tensor, target: &Tensor) -> Vec<f32> {
         .collect()
 }
 
-/// Code of Δ = x under scale s (docs/format.md § Quantizer): 1 bit is the sign with sign(0) = +1;
+/// Code of Δ = x under scale s (docs/spec/bitdelta.md § Quantizer): 1 bit is the sign with sign(0) = +1;
 /// otherwise t = x / s (f32), level = clamp(2·floor(t/2) + 1, ±L) (the nearest odd level, ties
 /// toward +∞); s = 0 gives level +1.
 fn ref_code(x: f32, s: f32, bits: u32) -> u32 {
@@ -291,7 +291,7 @@ fn ref_codes(d: &[f32], shape: &[u64], g: Granularity, bits: u32, scales: &[f32]
 /// The reference writer's pieces: a group is processed in consecutive pieces of 4096 elements.
 const PIECE: usize = 4096;
 
-/// The default scale of one group (docs/format.md § Default scales), bit for bit.
+/// The default scale of one group (docs/spec/bitdelta.md § Default scales), bit for bit.
 fn ref_default_scale(d: &[f32], bits: u32, clip: Option<f32>) -> f32 {
     let n = d.len();
     let mean = |sum: f64| if n == 0 { 0.0 } else { (sum / n as f64) as f32 };
@@ -596,7 +596,7 @@ fn every_bits_granularity_and_dtype_pair() {
 }
 
 /// Groups longer than the reference writer's 4096-element pieces, where the default scales' sums are
-/// split (docs/format.md § Default scales), including groups of more than 8 pieces and a last piece
+/// split (docs/spec/bitdelta.md § Default scales), including groups of more than 8 pieces and a last piece
 /// that is short.
 #[test]
 fn default_scales_of_long_groups() {

@@ -1,4 +1,4 @@
-//! End-to-end tests of model folders as objects (docs/store.md "Folders") with the real binary on
+//! End-to-end tests of model folders as objects (docs/spec/manifest.md "Folders") with the real binary on
 //! a real rocksdb store: a generated Llama-shaped folder (3 shards, index, config, tokenizer, chat
 //! template) through add, get, cat, ls, verify, pin, gc, export and import; a second version and a
 //! re-sharded copy store only what is new; bad folders are refused and leave the store as it was;

@@ -5,12 +5,15 @@
 //! - `net`, `kad`, `paced`: nodes, fetches, gossip, the DHT, the paced lane;
 //! - `lan`: mDNS on a real LAN segment (network namespaces; root);
 //! - `adversary`: hostile peers against a real node (issue 18);
-//! - `minilm_pair`, `quality`: the real MiniLM pair from PyPI (installed on first use).
+//! - `minilm_pair`, `quality`: the real MiniLM pair from PyPI (installed on first use);
+//! - `decoder`: the real decoder pair of scripts/make-decoder-pair.sh (the Llama forward pass
+//!   against transformers, `zdn eval`'s decoder measure).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 mod adversary;
+mod decoder;
 mod delta;
 mod folder;
 mod kad;

@@ -86,7 +86,7 @@ pub fn all_kernels() -> impl Iterator<Item = (u32, FloatType, FloatType)> {
     })
 }
 
-/// A tensor's scale groups in the kernels' terms (docs/format.md § 3): `numel` elements in rows of
+/// A tensor's scale groups in the kernels' terms (docs/spec/bitdelta.md § 3): `numel` elements in rows of
 /// `row_len`, each row cut into groups of `width` (the last one shorter), `groups_per_row` groups a
 /// row; element `i` is in group `(i / row_len)·groups_per_row + (i % row_len) / width`. Tensor
 /// granularity is one row of the whole tensor; row granularity has `width = row_len`.
@@ -276,7 +276,7 @@ mod tests {
         assert!(!KernelParams::new(&g, 256, 512, 1024, 1030).is_aligned());
     }
 
-    /// The kernels never fuse the product and the sum (docs/format.md § 4.1) and never flush
+    /// The kernels never fuse the product and the sum (docs/spec/bitdelta.md § 4.1) and never flush
     /// subnormals: the PTX has no fused multiply-add of any kind and no `.ftz`; every f32 product and
     /// sum carries the explicit round-to-nearest-even modifier ptxas does not contract; and every
     /// kernel is there.

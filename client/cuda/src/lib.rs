@@ -1,4 +1,4 @@
-//! zdn on NVIDIA GPUs: the reconstruction of quantized `.bitdelta` tensors (docs/format.md § 4.1) as
+//! zdn on NVIDIA GPUs: the reconstruction of quantized `.bitdelta` tensors (docs/spec/bitdelta.md § 4.1) as
 //! CUDA kernels, byte for byte the CPU's output, and what uses them: a model base kept resident in
 //! GPU memory with packed deltas uploaded next to it, and a fine-tune switch that reconstructs every
 //! tensor in place ([`DeviceFineTunes`]); a tensor-at-a-time path for `zdn delta apply --device`

@@ -5,6 +5,7 @@
 #![allow(rustdoc::invalid_html_tags)]
 
 pub mod args;
+pub mod decoder_eval;
 pub mod delta;
 pub mod demo;
 pub mod fetch;
@@ -75,6 +76,9 @@ pub enum Command {
     Soup(soup::SoupCommand),
     /// Measure a delta on a real model: cosine of the delta-applied model's sentence embeddings to
     /// the fine-tune's on held-out text, with the base's as the floor (BERT encoders on candle).
+    /// For a decoder LLM (config.json model_type llama, …; model folders, possibly sharded):
+    /// next-token KL to the fine-tune, perplexity and special-token agreement on held-out
+    /// conversations.
     ///
     ///   zdn eval --base base/model.safetensors --finetuned ft/model.safetensors \
     ///            --delta ft.bitdelta --corpus lee.cor

@@ -1,4 +1,5 @@
-//! `zdn eval` (sentence-embedding quality of a delta) and `zdn delta calibrate` (scale distillation).
+//! `zdn eval` (sentence-embedding quality of a delta; decoder LLMs go to [`super::decoder_eval`])
+//! and `zdn delta calibrate` (scale distillation).
 
 use std::path::PathBuf;
 
@@ -7,18 +8,22 @@ use crate::quality::eval::{quality, QualityJob, QualityReport};
 use anyhow::Context;
 use clap::Args;
 
+use super::decoder_eval;
+
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// The base model (safetensors); its config.json and tokenizer.json are read from beside it.
+    /// The base model (safetensors); its config.json and tokenizer.json are read from beside it. A
+    /// decoder LLM (config.json model_type llama, …) is a model folder, possibly sharded.
     #[arg(long)]
     base: PathBuf,
-    /// The fine-tuned model (safetensors): the reference the embeddings are compared with.
+    /// The fine-tuned model (safetensors, or a decoder's folder): the reference compared with.
     #[arg(long)]
     finetuned: PathBuf,
     /// The .bitdelta to apply to the base.
     #[arg(long)]
     delta: PathBuf,
-    /// Held-out English text (one document per line); split into sentences.
+    /// Held-out English text (one document per line); split into sentences. For a decoder:
+    /// conversations as JSON lines ({"messages": [{"role": …, "content": …}, …]}).
     #[arg(long)]
     corpus: PathBuf,
     /// config.json of the model (default: beside --base).
@@ -27,9 +32,14 @@ pub struct EvalArgs {
     /// tokenizer.json of the model (default: beside --base).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Use only the first N sentences of the corpus.
+    /// Use only the first N sentences (a decoder: conversations) of the corpus.
     #[arg(long, value_name = "N")]
     max_sentences: Option<usize>,
+    /// Decoders: apply the delta to this model folder instead of --base, which stays the floor (for a
+    /// fine-tune that added tokens: the base with the fine-tune's grown tensors copied in, until
+    /// deltas encode grown tensors).
+    #[arg(long, value_name = "DIR")]
+    delta_base: Option<PathBuf>,
     /// Apply the delta even to a base other than the one it records.
     #[arg(long)]
     force: bool,
@@ -84,6 +94,22 @@ pub struct CalibrateArgs {
 }
 
 pub fn run_eval(a: EvalArgs) -> anyhow::Result<u8> {
+    if decoder_eval::is_decoder(&a.base, a.config.as_deref()) {
+        return decoder_eval::run(decoder_eval::DecoderEvalArgs {
+            base: &a.base,
+            finetuned: &a.finetuned,
+            delta: &a.delta,
+            delta_base: a.delta_base.as_deref(),
+            corpus: &a.corpus,
+            max_conversations: a.max_sentences,
+            force: a.force,
+            json: a.json,
+        });
+    }
+    anyhow::ensure!(
+        a.delta_base.is_none(),
+        "--delta-base is for decoder models (config.json model_type llama, …)"
+    );
     let report = quality(&QualityJob {
         base: a.base,
         finetuned: a.finetuned,

@@ -10,7 +10,7 @@ use crate::soup::combine::{combine, CombineInput, CombineJob, CombineReport};
 use crate::soup::method::Method;
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use zdn_node::store::AddOptions;
+use zdn_node::store::{AddOptions, ObjectStore};
 use zdn_protocol::bitdelta::{EncodeOptions, Granularity, QuantSpec, DEFAULT_ZSTD_LEVEL};
 use zdn_protocol::manifest::{Kind, TensorEntry};
 use zdn_protocol::soup::{Component, Recipe};
@@ -178,44 +178,11 @@ fn mix(loc: &Location, a: MixArgs) -> anyhow::Result<()> {
     );
     let config = loc.config()?;
     let store = loc.open(&config)?;
-    let mut components = Vec::with_capacity(a.deltas.len());
-    let mut report_components = Vec::with_capacity(a.deltas.len());
-    let mut first: Option<(Hash, Hash, Vec<TensorEntry>)> = None;
-    for spec in &a.deltas {
-        let (obj, weight) = parse_component(spec)?;
-        let hash = store.resolve(obj)?;
-        let m = store.require_manifest(&hash)?.manifest;
-        anyhow::ensure!(
-            m.kind == Kind::Delta,
-            "{obj} ({hash}) is a {} object; soup components must be deltas",
-            m.kind.as_str()
-        );
-        let base = m
-            .base
-            .with_context(|| format!("delta {hash} names no base"))?;
-        match &first {
-            None => first = Some((hash, base, m.tensors.clone())),
-            Some((h0, b0, t0)) => {
-                anyhow::ensure!(
-                    base == *b0,
-                    "the components are deltas of different bases: {hash} applies to {base}, {h0} to {b0}"
-                );
-                same_tensors(t0, &m.tensors).map_err(|p| {
-                    anyhow::anyhow!("component {hash} does not match component {h0}: {p}")
-                })?;
-            }
-        }
-        components.push(Component {
-            delta: hash,
-            weight,
-        });
-        report_components.push(MixComponent {
-            delta: hash,
-            name: m.name,
-            weight,
-        });
-    }
-    let base = first.map(|f| f.1).unwrap_or(Hash::ZERO);
+    let MixComponents {
+        base,
+        components,
+        mut report_components,
+    } = resolve_components(&store, &a.deltas)?;
     let recipe = Recipe::new(base, a.bits, a.scale, components).context("invalid soup")?;
     let bytes = recipe.encode();
     let name = a
@@ -269,15 +236,76 @@ fn mix(loc: &Location, a: MixArgs) -> anyhow::Result<()> {
         already_present: r.already_present,
         output,
     };
-    if a.json {
-        say!("{}", serde_json::to_string_pretty(&report)?);
+    print_mix(a.json, &report)
+}
+
+/// A soup's components, checked to be deltas of one base with the same tensors.
+struct MixComponents {
+    /// The base they share.
+    base: Hash,
+    /// For the recipe, in the order given.
+    components: Vec<Component>,
+    /// For the report, in the order given.
+    report_components: Vec<MixComponent>,
+}
+
+/// Resolves every `OBJ:WEIGHT` in the store and checks the objects can be mixed: deltas, of one
+/// base, with the same tensors.
+fn resolve_components(store: &ObjectStore, specs: &[String]) -> anyhow::Result<MixComponents> {
+    let mut components = Vec::with_capacity(specs.len());
+    let mut report_components = Vec::with_capacity(specs.len());
+    let mut first: Option<(Hash, Hash, Vec<TensorEntry>)> = None;
+    for spec in specs {
+        let (obj, weight) = parse_component(spec)?;
+        let hash = store.resolve(obj)?;
+        let m = store.require_manifest(&hash)?.manifest;
+        anyhow::ensure!(
+            m.kind == Kind::Delta,
+            "{obj} ({hash}) is a {} object; soup components must be deltas",
+            m.kind.as_str()
+        );
+        let base = m
+            .base
+            .with_context(|| format!("delta {hash} names no base"))?;
+        match &first {
+            None => first = Some((hash, base, m.tensors.clone())),
+            Some((h0, b0, t0)) => {
+                anyhow::ensure!(
+                    base == *b0,
+                    "the components are deltas of different bases: {hash} applies to {base}, {h0} to {b0}"
+                );
+                same_tensors(t0, &m.tensors).map_err(|p| {
+                    anyhow::anyhow!("component {hash} does not match component {h0}: {p}")
+                })?;
+            }
+        }
+        components.push(Component {
+            delta: hash,
+            weight,
+        });
+        report_components.push(MixComponent {
+            delta: hash,
+            name: m.name,
+            weight,
+        });
+    }
+    Ok(MixComponents {
+        base: first.map(|f| f.1).unwrap_or(Hash::ZERO),
+        components,
+        report_components,
+    })
+}
+
+fn print_mix(json: bool, report: &MixReport) -> anyhow::Result<()> {
+    if json {
+        say!("{}", serde_json::to_string_pretty(report)?);
     } else {
         say!("{}", report.hash);
         eprintln!(
             "soup {:?}: {} components of base {}, recipe {} bytes, manifest {} bytes{}",
             report.name,
             report.components.len(),
-            &base.to_hex()[..16],
+            &report.base.to_hex()[..16],
             report.recipe_bytes,
             report.manifest_bytes,
             if report.already_present {

@@ -87,103 +87,17 @@ pub fn encode(job: &EncodeJob) -> Result<EncodeReport, DeltaEncodeError> {
         return Err(DeltaEncodeError::Empty(job.finetuned.clone()));
     }
     // Check every pair before writing anything.
-    let mut finetune_only = Vec::new();
-    for t in &fine.header.tensors {
-        match base.get(&t.name) {
-            None => finetune_only.push(t.name.clone()),
-            Some(b) if b.shape != t.shape => {
-                return Err(DeltaEncodeError::ShapeMismatch {
-                    name: t.name.clone(),
-                    base: b.shape.clone(),
-                    finetuned: t.shape.clone(),
-                })
-            }
-            Some(b)
-                if b.dtype != t.dtype
-                    && !(b.dtype.is_quantizable() && t.dtype.is_quantizable()) =>
-            {
-                return Err(DeltaEncodeError::DtypeMismatch {
-                    name: t.name.clone(),
-                    base: b.dtype,
-                    finetuned: t.dtype,
-                })
-            }
-            Some(_) => {}
-        }
-    }
-    let skipped_base_only: Vec<String> = base
-        .header
-        .tensors
-        .iter()
-        .filter(|b| fine.get(&b.name).is_none())
-        .map(|b| b.name.clone())
-        .collect();
+    let finetune_only = check_pairs(&base, &fine)?;
+    let skipped_base_only = base_only(&base, &fine);
 
     let total = (base.file.len() + fine.file.len()) as u64;
     let progress = Progress::new(total, "encode", job.progress);
     let base_hash = base.file.blake3();
     progress.inc(base.file.len() as u64);
 
-    let spec = job.options.spec;
-    let mut meta = Metadata {
-        base_hash,
-        n_params: fine.n_params(),
-        n_quantized: 0,
-        bits: spec.bits as u8,
-        granularity: spec.granularity,
-        clip_sigma: spec.clip_sigma.unwrap_or(0.0),
-        embeddings: job.selection.embeddings.code(),
-        model_name: job
-            .model_name
-            .clone()
-            .unwrap_or_else(|| default_name(&job.finetuned)),
-    };
-    let mut entries: Vec<IndexEntry> = fine
-        .header
-        .tensors
-        .iter()
-        .map(|t| IndexEntry {
-            name: t.name.clone(),
-            dtype: t.dtype,
-            shape: t.shape.clone(),
-            encoding: Encoding::Unchanged,
-            granularity: zdn_protocol::bitdelta::Granularity::Tensor,
-            offset: 0,
-            length: 0,
-        })
-        .collect();
-
-    let mut out = AtomicFile::create(&job.output)?;
-    let reserved = prelude_len(&meta, &entries);
-    out.write_all(&vec![0u8; reserved])?;
-    for (t, entry) in fine.header.tensors.iter().zip(entries.iter_mut()) {
-        let b = base.get(&t.name);
-        let bdata = b.map(|b| base.data(b));
-        let tdata = fine.data(t);
-        let choice = job.selection.choose(
-            &t.name,
-            (t.dtype, &t.shape),
-            bdata.as_ref().map(|b| (b.dtype, b.shape)),
-        );
-        let enc = encode_tensor(&t.name, choice, bdata.as_ref(), &tdata, &job.options, None)?;
-        out.write_all(&enc.block)?;
-        entry.encoding = enc.encoding;
-        entry.granularity = enc.granularity;
-        entry.length = enc.block.len() as u64;
-        if enc.encoding.bits().is_some() {
-            meta.n_quantized += t.numel();
-        }
-        fine.release(t);
-        if let Some(b) = b {
-            base.release(b);
-        }
-        progress.inc(t.range.len() as u64);
-    }
-    assign_offsets(&meta, &mut entries);
-    let prelude = encode_prelude(&meta, &entries).map_err(EncodeError::from)?;
-    debug_assert_eq!(prelude.len(), reserved);
-    out.write_at(0, &prelude)?;
-    out.commit()?;
+    let mut meta = metadata(job, &fine, base_hash);
+    let mut entries = unchanged_entries(&fine);
+    let reserved = write_delta(job, &base, &fine, &mut meta, &mut entries, &progress)?;
     progress.finish();
 
     let file_bytes = reserved as u64 + entries.iter().map(|e| e.length).sum::<u64>();
@@ -216,6 +130,126 @@ pub fn encode(job: &EncodeJob) -> Result<EncodeReport, DeltaEncodeError> {
         skipped_base_only,
         finetune_only,
     })
+}
+
+/// Checks that every fine-tune tensor the base also has agrees with it in shape and (but for
+/// float widths) dtype; returns the fine-tune tensors the base lacks.
+fn check_pairs(base: &ModelFile, fine: &ModelFile) -> Result<Vec<String>, DeltaEncodeError> {
+    let mut finetune_only = Vec::new();
+    for t in &fine.header.tensors {
+        match base.get(&t.name) {
+            None => finetune_only.push(t.name.clone()),
+            Some(b) if b.shape != t.shape => {
+                return Err(DeltaEncodeError::ShapeMismatch {
+                    name: t.name.clone(),
+                    base: b.shape.clone(),
+                    finetuned: t.shape.clone(),
+                })
+            }
+            Some(b)
+                if b.dtype != t.dtype
+                    && !(b.dtype.is_quantizable() && t.dtype.is_quantizable()) =>
+            {
+                return Err(DeltaEncodeError::DtypeMismatch {
+                    name: t.name.clone(),
+                    base: b.dtype,
+                    finetuned: t.dtype,
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(finetune_only)
+}
+
+/// The base tensors the fine-tune lacks.
+fn base_only(base: &ModelFile, fine: &ModelFile) -> Vec<String> {
+    base.header
+        .tensors
+        .iter()
+        .filter(|b| fine.get(&b.name).is_none())
+        .map(|b| b.name.clone())
+        .collect()
+}
+
+/// The output's metadata before any tensor is encoded (`n_quantized` counts up as they are).
+fn metadata(job: &EncodeJob, fine: &ModelFile, base_hash: Hash) -> Metadata {
+    let spec = job.options.spec;
+    Metadata {
+        base_hash,
+        n_params: fine.n_params(),
+        n_quantized: 0,
+        bits: spec.bits as u8,
+        granularity: spec.granularity,
+        clip_sigma: spec.clip_sigma.unwrap_or(0.0),
+        embeddings: job.selection.embeddings.code(),
+        model_name: job
+            .model_name
+            .clone()
+            .unwrap_or_else(|| default_name(&job.finetuned)),
+    }
+}
+
+/// The fine-tune's tensors as index entries, every encoding, offset and length still to be decided.
+fn unchanged_entries(fine: &ModelFile) -> Vec<IndexEntry> {
+    fine.header
+        .tensors
+        .iter()
+        .map(|t| IndexEntry {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            encoding: Encoding::Unchanged,
+            granularity: zdn_protocol::bitdelta::Granularity::Tensor,
+            offset: 0,
+            length: 0,
+        })
+        .collect()
+}
+
+/// Writes the `.bitdelta` file: a reserved prelude, every fine-tune tensor's block (filling in
+/// `entries` and `meta.n_quantized`), then the prelude over the reserved bytes; renamed into
+/// place when complete. Returns the prelude's length.
+fn write_delta(
+    job: &EncodeJob,
+    base: &ModelFile,
+    fine: &ModelFile,
+    meta: &mut Metadata,
+    entries: &mut [IndexEntry],
+    progress: &Progress,
+) -> Result<usize, DeltaEncodeError> {
+    let mut out = AtomicFile::create(&job.output)?;
+    let reserved = prelude_len(meta, entries);
+    out.write_all(&vec![0u8; reserved])?;
+    for (t, entry) in fine.header.tensors.iter().zip(entries.iter_mut()) {
+        let b = base.get(&t.name);
+        let bdata = b.map(|b| base.data(b));
+        let tdata = fine.data(t);
+        let choice = job.selection.choose(
+            &t.name,
+            (t.dtype, &t.shape),
+            bdata.as_ref().map(|b| (b.dtype, b.shape)),
+        );
+        let enc = encode_tensor(&t.name, choice, bdata.as_ref(), &tdata, &job.options, None)?;
+        out.write_all(&enc.block)?;
+        entry.encoding = enc.encoding;
+        entry.granularity = enc.granularity;
+        entry.length = enc.block.len() as u64;
+        if enc.encoding.bits().is_some() {
+            meta.n_quantized += t.numel();
+        }
+        fine.release(t);
+        if let Some(b) = b {
+            base.release(b);
+        }
+        progress.inc(t.range.len() as u64);
+    }
+    assign_offsets(meta, entries);
+    let prelude = encode_prelude(meta, entries).map_err(EncodeError::from)?;
+    debug_assert_eq!(prelude.len(), reserved);
+    out.write_at(0, &prelude)?;
+    out.commit()?;
+    Ok(reserved)
 }
 
 pub(crate) fn ratio(a: f64, b: f64) -> f64 {

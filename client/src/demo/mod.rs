@@ -14,7 +14,7 @@ use std::process::Command;
 use zdn_node::bundle;
 use zdn_node::store::{AddOptions, ObjectStore, StoreLimits, TrustPolicy};
 use zdn_protocol::bitdelta::{EncodeOptions, Selection};
-use zdn_protocol::manifest::Kind;
+use zdn_protocol::manifest::{Kind, PublisherKey};
 use zdn_protocol::Hash;
 
 use crate::delta::apply::{apply, ApplyJob, ApplyReport};
@@ -298,29 +298,8 @@ fn publish_and_fetch(
     }
     let key = crate::home::publisher_key::generate(&dc_dir.join("publisher.key"), true)?;
     let dc = ObjectStore::open(&dc_dir.join("store"), StoreLimits::default())?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let mut o = AddOptions::new(Kind::Base, "demo-base");
-    o.created_at = now;
-    let (bm, _) = dc.add(MappedFile::open(base)?.bytes(), &o, &key)?;
-    let mut o = AddOptions::new(Kind::Delta, "demo-delta");
-    o.created_at = now;
-    o.base = Some(bm.hash());
-    let (dm, _) = dc.add(MappedFile::open(delta)?.bytes(), &o, &key)?;
-
-    let full = dir.join("carry.zdnb");
-    let only_delta = dir.join("carry-delta.zdnb");
-    let only_base = dir.join("carry-base.zdnb");
-    let mut f = crate::fs::atomic_file::AtomicFile::create(&full)?;
-    let full_report = bundle::export(&dc, &[dm.hash()], true, &mut f)?;
-    f.commit()?;
-    let mut f = crate::fs::atomic_file::AtomicFile::create(&only_delta)?;
-    let delta_report = bundle::export(&dc, &[dm.hash()], false, &mut f)?;
-    f.commit()?;
-    let mut f = crate::fs::atomic_file::AtomicFile::create(&only_base)?;
-    bundle::export(&dc, &[bm.hash()], false, &mut f)?;
-    f.commit()?;
+    let (bm, dm) = publish(&dc, base, delta, &key)?;
+    let bundles = export_bundles(dir, &dc, bm, dm)?;
 
     // The base travels on a disk; the delta over the (shaped) network.
     let field = ObjectStore::open(&field_dir.join("store"), StoreLimits::default())?;
@@ -328,41 +307,154 @@ fn publish_and_fetch(
         trusted: vec![key.public()],
         any: false,
     };
-    let mut r = std::io::BufReader::new(std::fs::File::open(&only_base)?);
+    let mut r = std::io::BufReader::new(std::fs::File::open(&bundles.only_base)?);
     bundle::import(&field, &mut r, &trust)?;
     // The nodes open these stores themselves (in other processes, or on their own threads).
     drop(field);
     drop(dc);
     let publisher = Hash::from_bytes(key.public());
+    let hop = fetch_delta(&dc_dir, &field_dir, dm, publisher, trust)?;
+    let verified = check_on_field(dir, &field_dir, bm, dm, delta, applied, progress)?;
+    let net = hop.fetch;
+    Ok(PublishReport {
+        base_manifest: bm,
+        delta_manifest: dm,
+        publisher: Hash::from_bytes(key.public()),
+        bundle_bytes: bundles.full_bytes,
+        delta_bundle_bytes: bundles.delta_bytes,
+        verified,
+        link: hop.link,
+        link_rate: DEMO_LINK_RATE,
+        link_ip_bytes_down: hop.ip_bytes_down,
+        link_ip_bytes_up: hop.ip_bytes_up,
+        network_bytes: net.bytes_received,
+        network_seconds: net.seconds,
+        network_path: network_path(&net),
+        delta_object_bytes: net.object_len,
+    })
+}
+
+/// Adds base and delta to the datacenter store, signed with `key`; returns their manifest hashes.
+fn publish(
+    dc: &ObjectStore,
+    base: &Path,
+    delta: &Path,
+    key: &PublisherKey,
+) -> anyhow::Result<(Hash, Hash)> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut o = AddOptions::new(Kind::Base, "demo-base");
+    o.created_at = now;
+    let (bm, _) = dc.add(MappedFile::open(base)?.bytes(), &o, key)?;
+    let mut o = AddOptions::new(Kind::Delta, "demo-delta");
+    o.created_at = now;
+    o.base = Some(bm.hash());
+    let (dm, _) = dc.add(MappedFile::open(delta)?.bytes(), &o, key)?;
+    Ok((bm.hash(), dm.hash()))
+}
+
+/// The bundles exported from the datacenter store.
+struct Bundles {
+    /// Base and delta (a station with nothing): its size.
+    full_bytes: u64,
+    /// Only the delta (a station that has the base): its size.
+    delta_bytes: u64,
+    /// Only the base: the disk the field store is given.
+    only_base: PathBuf,
+}
+
+/// Exports the delta with and without its base, and the base alone, into `dir`.
+fn export_bundles(
+    dir: &Path,
+    dc: &ObjectStore,
+    base: Hash,
+    delta: Hash,
+) -> anyhow::Result<Bundles> {
+    let full = dir.join("carry.zdnb");
+    let only_delta = dir.join("carry-delta.zdnb");
+    let only_base = dir.join("carry-base.zdnb");
+    let mut f = crate::fs::atomic_file::AtomicFile::create(&full)?;
+    let full_report = bundle::export(dc, &[delta], true, &mut f)?;
+    f.commit()?;
+    let mut f = crate::fs::atomic_file::AtomicFile::create(&only_delta)?;
+    let delta_report = bundle::export(dc, &[delta], false, &mut f)?;
+    f.commit()?;
+    let mut f = crate::fs::atomic_file::AtomicFile::create(&only_base)?;
+    bundle::export(dc, &[base], false, &mut f)?;
+    f.commit()?;
+    Ok(Bundles {
+        full_bytes: full_report.bytes,
+        delta_bytes: delta_report.bytes,
+        only_base,
+    })
+}
+
+/// How the delta crossed from the datacenter to the field.
+struct DeltaHop {
+    fetch: zdn_node::net::FetchReport,
+    /// The link, in words.
+    link: String,
+    /// IP bytes the emulated link carried each way (0 when the rate was shaped in the process).
+    ip_bytes_down: u64,
+    ip_bytes_up: u64,
+}
+
+/// Fetches the delta into the field store: over the emulated link between network namespaces
+/// when it can be made, else over loopback TCP shaped to the link's rate inside the process.
+fn fetch_delta(
+    dc_dir: &Path,
+    field_dir: &Path,
+    delta: Hash,
+    publisher: Hash,
+    trust: TrustPolicy,
+) -> anyhow::Result<DeltaHop> {
     let emulated = match crate::demo::link::unavailable() {
-        None => {
-            crate::demo::link::fetch_over_emulated_link(&dc_dir, &field_dir, dm.hash(), publisher)
-                .map_err(|e| format!("the emulated link failed: {e:#}"))
-        }
+        None => crate::demo::link::fetch_over_emulated_link(dc_dir, field_dir, delta, publisher)
+            .map_err(|e| format!("the emulated link failed: {e:#}")),
         Some(why) => Err(why),
     };
-    let (net, link, ip_down, ip_up) = match emulated {
-        Ok(hop) => (
-            hop.fetch,
-            hop.description,
-            hop.ip_bytes_down,
-            hop.ip_bytes_up,
-        ),
+    Ok(match emulated {
+        Ok(hop) => DeltaHop {
+            fetch: hop.fetch,
+            link: hop.description,
+            ip_bytes_down: hop.ip_bytes_down,
+            ip_bytes_up: hop.ip_bytes_up,
+        },
         Err(why) => {
             let dc = ObjectStore::open(&dc_dir.join("store"), StoreLimits::default())?;
             let field = ObjectStore::open(&field_dir.join("store"), StoreLimits::default())?;
-            let r = fetch_over_network(dc, field, dm.hash(), trust, DEMO_LINK_RATE)?;
+            let r = fetch_over_network(dc, field, delta, trust, DEMO_LINK_RATE)?;
             let link = format!(
                 "loopback TCP shaped to {} kbit/s inside the process by token buckets (rate only, no delay or loss: {why})",
                 DEMO_LINK_RATE * 8 / 1000
             );
-            (r, link, 0, 0)
+            DeltaHop {
+                fetch: r,
+                link,
+                ip_bytes_down: 0,
+                ip_bytes_up: 0,
+            }
         }
-    };
+    })
+}
+
+/// Writes the field store's base and delta (manifests `bm`, `dm`) to files, applies the delta,
+/// and tells whether the fetched delta is the published file `delta` and the field's output the
+/// datacenter's `applied`.
+fn check_on_field(
+    dir: &Path,
+    field_dir: &Path,
+    bm: Hash,
+    dm: Hash,
+    delta: &Path,
+    applied: &Path,
+    progress: bool,
+) -> anyhow::Result<bool> {
     let field = ObjectStore::open(&field_dir.join("store"), StoreLimits::default())?;
     let fetched_base = dir.join("field-base.safetensors");
     let fetched_delta = dir.join("field-delta.bitdelta");
-    for (hash, path) in [(bm.hash(), &fetched_base), (dm.hash(), &fetched_delta)] {
+    for (hash, path) in [(bm, &fetched_base), (dm, &fetched_delta)] {
         let mut f = crate::fs::atomic_file::AtomicFile::create(path)?;
         field.read_object(&hash, &mut f, &mut |_| {})?;
         f.commit()?;
@@ -380,26 +472,16 @@ fn publish_and_fetch(
     for p in [&fetched_base, &field_out] {
         std::fs::remove_file(p)?;
     }
-    Ok(PublishReport {
-        base_manifest: bm.hash(),
-        delta_manifest: dm.hash(),
-        publisher: Hash::from_bytes(key.public()),
-        bundle_bytes: full_report.bytes,
-        delta_bundle_bytes: delta_report.bytes,
-        verified,
-        link,
-        link_rate: DEMO_LINK_RATE,
-        link_ip_bytes_down: ip_down,
-        link_ip_bytes_up: ip_up,
-        network_bytes: net.bytes_received,
-        network_seconds: net.seconds,
-        network_path: match &net.paced {
-            Some(l) if l.chunks > 0 => format!(
-                "zdn's paced UDP lane at the link's rate, asked for over libp2p ({} datagrams, {} of them repeats)",
-                l.datagrams, l.duplicates
-            ),
-            _ => "libp2p (TCP+Noise+Yamux)".to_string(),
-        },
-        delta_object_bytes: net.object_len,
-    })
+    Ok(verified)
+}
+
+/// How the delta's chunks came, in words.
+fn network_path(net: &zdn_node::net::FetchReport) -> String {
+    match &net.paced {
+        Some(l) if l.chunks > 0 => format!(
+            "zdn's paced UDP lane at the link's rate, asked for over libp2p ({} datagrams, {} of them repeats)",
+            l.datagrams, l.duplicates
+        ),
+        _ => "libp2p (TCP+Noise+Yamux)".to_string(),
+    }
 }

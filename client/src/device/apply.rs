@@ -2,7 +2,7 @@
 //! tensor, the result kept in memory (for serving and evaluation) or written as safetensors.
 //!
 //! The arithmetic is not redefined here: every tensor goes through the protocol's `reconstruct` (the one
-//! definition, docs/format.md) and only then becomes a candle tensor, so the bytes are those of
+//! definition, docs/spec/bitdelta.md) and only then becomes a candle tensor, so the bytes are those of
 //! `zdn delta apply` on every device. The GPU path (the `cuda` feature) moves the same bytes.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! A model folder on disk, read the way zdn stores it (docs/store.md "Folders"): every regular file
+//! A model folder on disk, read the way zdn stores it (docs/spec/manifest.md "Folders"): every regular file
 //! under the folder, hidden ones included, with its path relative to the folder; empty
 //! sub-folders are not kept. A symbolic link or a special file (device, socket, pipe) anywhere
 //! inside is refused, never followed: the folder named on the command line may itself be a link.

@@ -137,6 +137,84 @@ fn check_index(first: &[IndexEntry], other: &[IndexEntry]) -> Result<(), String>
     Ok(())
 }
 
+/// The inputs, mapped and parsed, with the labels that name them in errors.
+struct Inputs<'a> {
+    maps: &'a [MappedFile],
+    files: Vec<BitDeltaFile<'a>>,
+    labels: &'a [String],
+}
+
+impl<'a> Inputs<'a> {
+    /// Parses every mapped input; `labels[i]` names input `i`.
+    fn parse(maps: &'a [MappedFile], labels: &'a [String]) -> Result<Self, CombineError> {
+        let mut files = Vec::with_capacity(maps.len());
+        for (m, label) in maps.iter().zip(labels) {
+            files.push(
+                BitDeltaFile::parse(m.bytes()).map_err(|cause| CombineError::Format {
+                    input: label.clone(),
+                    cause,
+                })?,
+            );
+        }
+        Ok(Inputs {
+            maps,
+            files,
+            labels,
+        })
+    }
+
+    fn first(&self) -> &BitDeltaFile<'a> {
+        &self.files[0]
+    }
+
+    /// Checks that every input records the first one's base and has its index; returns the base
+    /// BLAKE3 they record.
+    fn check_agree(&self) -> Result<Hash, CombineError> {
+        let labels = self.labels;
+        let recorded = self.first().meta.base_hash;
+        for (f, label) in self.files.iter().zip(labels).skip(1) {
+            if f.meta.base_hash != recorded {
+                return Err(CombineError::DifferentBases {
+                    first: labels[0].clone(),
+                    input: label.clone(),
+                    expected: recorded,
+                    found: f.meta.base_hash,
+                });
+            }
+            check_index(&self.first().entries, &f.entries).map_err(|problem| {
+                CombineError::IndexMismatch {
+                    first: labels[0].clone(),
+                    input: label.clone(),
+                    problem,
+                }
+            })?;
+        }
+        Ok(recorded)
+    }
+
+    /// Every input's delta of tensor `index` (see [`tensor_deltas`]).
+    fn deltas(
+        &self,
+        index: usize,
+        base: Option<&TensorData<'_>>,
+    ) -> Result<TensorDeltas, TensorError> {
+        tensor_deltas(&self.files, self.labels, index, base)
+    }
+
+    /// Lets the OS drop every input's mapped pages of tensor `index`.
+    fn release(&self, index: usize) {
+        for (m, f) in self.maps.iter().zip(&self.files) {
+            let e = &f.entries[index];
+            m.release(e.offset as usize..(e.offset + e.length) as usize);
+        }
+    }
+}
+
+/// The base's tensor `name`, if it has one.
+fn base_tensor<'a>(base: &'a ModelFile, name: &str) -> Option<TensorData<'a>> {
+    base.get(name).map(|t| base.data(t))
+}
+
 /// Runs the combination. Every check on the inputs (bases, indexes, method parameters) happens
 /// before the output is created; the output is written to a temporary file and renamed into place
 /// only when complete, so a failure leaves no output.
@@ -152,32 +230,8 @@ pub fn combine(job: &CombineJob) -> Result<CombineReport, CombineError> {
         .iter()
         .map(|i| MappedFile::open(&i.path))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut files = Vec::with_capacity(n);
-    for (m, label) in maps.iter().zip(&labels) {
-        files.push(
-            BitDeltaFile::parse(m.bytes()).map_err(|cause| CombineError::Format {
-                input: label.clone(),
-                cause,
-            })?,
-        );
-    }
-    let first = &files[0];
-    let recorded = first.meta.base_hash;
-    for (f, label) in files.iter().zip(&labels).skip(1) {
-        if f.meta.base_hash != recorded {
-            return Err(CombineError::DifferentBases {
-                first: labels[0].clone(),
-                input: label.clone(),
-                expected: recorded,
-                found: f.meta.base_hash,
-            });
-        }
-        check_index(&first.entries, &f.entries).map_err(|problem| CombineError::IndexMismatch {
-            first: labels[0].clone(),
-            input: label.clone(),
-            problem,
-        })?;
-    }
+    let inputs = Inputs::parse(&maps, &labels)?;
+    let recorded = inputs.check_agree()?;
     let base = ModelFile::open(&job.base)?;
     let base_hash = base.file.blake3();
     if job.verify_base && !recorded.is_zero() && recorded != base_hash {
@@ -188,34 +242,61 @@ pub fn combine(job: &CombineJob) -> Result<CombineReport, CombineError> {
         });
     }
 
-    let entries_total: u64 = first.entries.iter().map(IndexEntry::byte_len).sum();
+    let entries_total: u64 = inputs
+        .first()
+        .entries
+        .iter()
+        .map(IndexEntry::byte_len)
+        .sum();
     let passes = if job.method.is_krum() { 2 } else { 1 };
     let progress = Progress::new(entries_total * passes, "soup", job.progress);
-    let base_of = |name: &str| base.get(name).map(|t| base.data(t));
+    let selected = match job.method {
+        Method::Krum { f, m } => krum_select(&inputs, &base, f, m, &progress)?,
+        _ => Vec::new(),
+    };
+    let mut output = Output {
+        meta: output_metadata(job, inputs.first(), recorded, base_hash),
+        entries: unchanged_entries(inputs.first()),
+    };
+    let reserved = output.write(job, &inputs, &base, &selected, &progress)?;
+    progress.finish();
+    Ok(output.report(job, n, reserved, selected))
+}
 
-    // Krum: pass 1 over every combinable tensor for the pairwise distances.
-    let mut selected = Vec::new();
-    if let Method::Krum { f, m } = job.method {
-        let mut acc = KrumAccumulator::new(n, f, m).map_err(CombineError::Method)?;
-        for (i, e) in first.entries.iter().enumerate() {
-            let b = base_of(&e.name);
-            if let TensorDeltas::Float { deltas, .. } =
-                tensor_deltas(&files, &labels, i, b.as_ref())?
-            {
-                let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
-                acc.add_tensor(&refs)
-                    .map_err(|cause| CombineError::Combine {
-                        name: e.name.clone(),
-                        cause,
-                    })?;
-            }
-            progress.inc(e.byte_len());
+/// Krum: pass 1 over every combinable tensor for the pairwise distances; returns the inputs
+/// selected.
+fn krum_select(
+    inputs: &Inputs<'_>,
+    base: &ModelFile,
+    f: usize,
+    m: usize,
+    progress: &Progress,
+) -> Result<Vec<usize>, CombineError> {
+    let mut acc = KrumAccumulator::new(inputs.files.len(), f, m).map_err(CombineError::Method)?;
+    for (i, e) in inputs.first().entries.iter().enumerate() {
+        let b = base_tensor(base, &e.name);
+        if let TensorDeltas::Float { deltas, .. } = inputs.deltas(i, b.as_ref())? {
+            let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
+            acc.add_tensor(&refs)
+                .map_err(|cause| CombineError::Combine {
+                    name: e.name.clone(),
+                    cause,
+                })?;
         }
-        selected = acc.select().map_err(CombineError::Method)?;
+        progress.inc(e.byte_len());
     }
+    acc.select().map_err(CombineError::Method)
+}
 
+/// The output's metadata before any tensor is encoded (`n_quantized` counts up as they are).
+fn output_metadata(
+    job: &CombineJob,
+    first: &BitDeltaFile<'_>,
+    recorded: Hash,
+    base_hash: Hash,
+) -> Metadata {
     let spec = job.options.spec;
-    let mut meta = Metadata {
+    Metadata {
         base_hash: if recorded.is_zero() {
             base_hash
         } else {
@@ -228,8 +309,12 @@ pub fn combine(job: &CombineJob) -> Result<CombineReport, CombineError> {
         clip_sigma: 0.0,
         embeddings: first.meta.embeddings,
         model_name: job.model_name.clone(),
-    };
-    let mut entries: Vec<IndexEntry> = first
+    }
+}
+
+/// The first input's index with every encoding, offset and length still to be decided.
+fn unchanged_entries(first: &BitDeltaFile<'_>) -> Vec<IndexEntry> {
+    first
         .entries
         .iter()
         .map(|e| IndexEntry {
@@ -239,80 +324,124 @@ pub fn combine(job: &CombineJob) -> Result<CombineReport, CombineError> {
             length: 0,
             ..e.clone()
         })
-        .collect();
-    let mut out = AtomicFile::create(&job.output)?;
-    let reserved = prelude_len(&meta, &entries);
-    out.write_all(&vec![0u8; reserved])?;
-    for (i, entry) in entries.iter_mut().enumerate() {
-        let name = entry.name.clone();
-        let b = base_of(&name);
-        let (choice, target) = match tensor_deltas(&files, &labels, i, b.as_ref())? {
-            TensorDeltas::Fixed(bytes) => (Choice::Exact, bytes),
-            TensorDeltas::Float { deltas, quantized } => {
-                let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
-                let combined = job.method.combine(&refs, &selected).map_err(|cause| {
-                    CombineError::Combine {
+        .collect()
+}
+
+/// The output file's prelude, filled in as its tensors are encoded.
+struct Output {
+    meta: Metadata,
+    entries: Vec<IndexEntry>,
+}
+
+impl Output {
+    /// Writes the output file: a reserved prelude, every tensor's block, then the prelude over the
+    /// reserved bytes; renamed into place when complete. Returns the prelude's length.
+    fn write(
+        &mut self,
+        job: &CombineJob,
+        inputs: &Inputs<'_>,
+        base: &ModelFile,
+        selected: &[usize],
+        progress: &Progress,
+    ) -> Result<usize, CombineError> {
+        let mut out = AtomicFile::create(&job.output)?;
+        let reserved = prelude_len(&self.meta, &self.entries);
+        out.write_all(&vec![0u8; reserved])?;
+        for (i, entry) in self.entries.iter_mut().enumerate() {
+            let name = entry.name.clone();
+            let b = base_tensor(base, &name);
+            let (choice, target) = combined_tensor(job, inputs, i, entry, b.as_ref(), selected)?;
+            let target = TensorData {
+                dtype: entry.dtype,
+                shape: &entry.shape,
+                bytes: &target,
+            };
+            let enc = encode_tensor(&name, choice, b.as_ref(), &target, &job.options, None)?;
+            out.write_all(&enc.block)?;
+            entry.encoding = enc.encoding;
+            entry.granularity = enc.granularity;
+            entry.length = enc.block.len() as u64;
+            if enc.encoding.bits().is_some() {
+                self.meta.n_quantized += entry.numel();
+            }
+            if let Some(t) = base.get(&name) {
+                base.release(t);
+            }
+            inputs.release(i);
+            progress.inc(entry.byte_len());
+        }
+        assign_offsets(&self.meta, &mut self.entries);
+        let prelude = encode_prelude(&self.meta, &self.entries).map_err(EncodeError::from)?;
+        out.write_at(0, &prelude)?;
+        out.commit()?;
+        Ok(reserved)
+    }
+
+    /// The report of the written output; `reserved` is its prelude's length.
+    fn report(
+        &self,
+        job: &CombineJob,
+        n: usize,
+        reserved: usize,
+        selected: Vec<usize>,
+    ) -> CombineReport {
+        let (meta, entries) = (&self.meta, &self.entries);
+        let file_bytes = reserved as u64 + entries.iter().map(|e| e.length).sum::<u64>();
+        let count = |f: fn(Encoding) -> bool| entries.iter().filter(|e| f(e.encoding)).count();
+        CombineReport {
+            output: job.output.clone(),
+            method: job.method.to_string(),
+            inputs: n,
+            file_bytes,
+            base_hash: meta.base_hash,
+            tensors: entries.len(),
+            quantized: count(|e| e.bits().is_some()),
+            lossless: count(|e| matches!(e, Encoding::Raw | Encoding::Xor)),
+            unchanged: count(|e| matches!(e, Encoding::Unchanged | Encoding::Base)),
+            n_params: meta.n_params,
+            n_quantized: meta.n_quantized,
+            bits_per_param: crate::delta::encode::ratio(
+                file_bytes as f64 * 8.0,
+                meta.n_params as f64,
+            ),
+            selected: job.method.is_krum().then_some(selected),
+        }
+    }
+}
+
+/// Tensor `index` of the output: how to encode it and its bytes — the inputs' deltas combined by
+/// the job's method and added to the base (quantized where any input quantized it), or the one
+/// value every input shares.
+fn combined_tensor(
+    job: &CombineJob,
+    inputs: &Inputs<'_>,
+    index: usize,
+    entry: &IndexEntry,
+    base: Option<&TensorData<'_>>,
+    selected: &[usize],
+) -> Result<(Choice, Vec<u8>), CombineError> {
+    let name = &entry.name;
+    Ok(match inputs.deltas(index, base)? {
+        TensorDeltas::Fixed(bytes) => (Choice::Exact, bytes),
+        TensorDeltas::Float { deltas, quantized } => {
+            let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
+            let combined =
+                job.method
+                    .combine(&refs, selected)
+                    .map_err(|cause| CombineError::Combine {
                         name: name.clone(),
                         cause,
-                    }
-                })?;
-                drop(deltas);
-                let bt = b
-                    .as_ref()
-                    .ok_or_else(|| CombineError::Target(name.clone()))?;
-                let t = target_bytes(entry.dtype, bt, &combined)
-                    .ok_or_else(|| CombineError::Target(name.clone()))?;
-                let choice = if quantized {
-                    Choice::Quantize
-                } else {
-                    Choice::Exact
-                };
-                (choice, t)
-            }
-        };
-        let target = TensorData {
-            dtype: entry.dtype,
-            shape: &entry.shape,
-            bytes: &target,
-        };
-        let enc = encode_tensor(&name, choice, b.as_ref(), &target, &job.options, None)?;
-        out.write_all(&enc.block)?;
-        entry.encoding = enc.encoding;
-        entry.granularity = enc.granularity;
-        entry.length = enc.block.len() as u64;
-        if enc.encoding.bits().is_some() {
-            meta.n_quantized += entry.numel();
+                    })?;
+            drop(deltas);
+            let bt = base.ok_or_else(|| CombineError::Target(name.clone()))?;
+            let t = target_bytes(entry.dtype, bt, &combined)
+                .ok_or_else(|| CombineError::Target(name.clone()))?;
+            let choice = if quantized {
+                Choice::Quantize
+            } else {
+                Choice::Exact
+            };
+            (choice, t)
         }
-        if let Some(t) = base.get(&name) {
-            base.release(t);
-        }
-        for (m, f) in maps.iter().zip(&files) {
-            let e = &f.entries[i];
-            m.release(e.offset as usize..(e.offset + e.length) as usize);
-        }
-        progress.inc(entry.byte_len());
-    }
-    assign_offsets(&meta, &mut entries);
-    let prelude = encode_prelude(&meta, &entries).map_err(EncodeError::from)?;
-    out.write_at(0, &prelude)?;
-    out.commit()?;
-    progress.finish();
-
-    let file_bytes = reserved as u64 + entries.iter().map(|e| e.length).sum::<u64>();
-    let count = |f: fn(Encoding) -> bool| entries.iter().filter(|e| f(e.encoding)).count();
-    Ok(CombineReport {
-        output: job.output.clone(),
-        method: job.method.to_string(),
-        inputs: n,
-        file_bytes,
-        base_hash: meta.base_hash,
-        tensors: entries.len(),
-        quantized: count(|e| e.bits().is_some()),
-        lossless: count(|e| matches!(e, Encoding::Raw | Encoding::Xor)),
-        unchanged: count(|e| matches!(e, Encoding::Unchanged | Encoding::Base)),
-        n_params: meta.n_params,
-        n_quantized: meta.n_quantized,
-        bits_per_param: crate::delta::encode::ratio(file_bytes as f64 * 8.0, meta.n_params as f64),
-        selected: job.method.is_krum().then_some(selected),
     })
 }

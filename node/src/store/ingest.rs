@@ -84,6 +84,23 @@ struct Planned<'a> {
 }
 
 impl<'a> Planned<'a> {
+    /// Where each part starts in the object, and the object's chunk ranges (cut at the plan's
+    /// boundaries and at every part's start).
+    fn chunk_ranges(&self, chunk_size: u32) -> Result<(Vec<u64>, Vec<Range<u64>>), StoreError> {
+        let mut boundaries = self.boundaries.clone();
+        let mut starts = Vec::with_capacity(self.parts.len());
+        let mut at = 0u64;
+        for part in &self.parts {
+            starts.push(at);
+            boundaries.push(at);
+            at += part.len() as u64;
+        }
+        Ok((
+            starts,
+            chunk::plan(self.object_len, &boundaries, chunk_size)?,
+        ))
+    }
+
     /// The bytes of `r`, which lies inside one part (every part start is a chunk boundary).
     fn slice(&self, starts: &[u64], r: &Range<u64>) -> Option<&'a [u8]> {
         let i = starts.partition_point(|&s| s <= r.start).checked_sub(1)?;
@@ -217,8 +234,8 @@ impl ObjectStore {
     }
 
     /// Adds a model folder as one object: its files (`members`, in canonical order: sorted by path
-    /// bytes) concatenated, with a file table in the manifest (docs/store.md "Folders"). The folder
-    /// is checked first ([`folder::layout`]); a folder is a base model. Like [`Self::add`], nothing
+    /// bytes) concatenated, with a file table in the manifest (docs/spec/manifest.md "Folders"). The folder
+    /// is checked first ([`folder::layout()`]); a folder is a base model. Like [`Self::add`], nothing
     /// is left behind on error.
     pub fn add_folder(
         &self,
@@ -311,15 +328,7 @@ impl ObjectStore {
                 limit: self.limits.max_object_size,
             });
         }
-        let mut boundaries = p.boundaries.clone();
-        let mut starts = Vec::with_capacity(p.parts.len());
-        let mut at = 0u64;
-        for part in &p.parts {
-            starts.push(at);
-            boundaries.push(at);
-            at += part.len() as u64;
-        }
-        let ranges = chunk::plan(len, &boundaries, opts.chunk_size)?;
+        let (starts, ranges) = p.chunk_ranges(opts.chunk_size)?;
         // A delta's blocks and a recipe are not element arrays: no planes codec for them.
         let spans = TensorSpans::new(match opts.kind {
             Kind::Base => &p.tensors,
@@ -401,8 +410,21 @@ impl ObjectStore {
             files: p.files.clone(),
             extra: opts.extra.clone(),
         };
-        // Adding the same object again with the same settings is idempotent: the existing manifest
-        // (signed at its own time) is kept rather than a second one that differs only in created_at.
+        let (signed, already_present) = self.sign_or_reuse(manifest, key)?;
+        report.already_present = already_present;
+        report.hash = signed.hash();
+        self.commit(&signed, opts.pin)?;
+        Ok((signed, report))
+    }
+
+    /// Adding the same object again with the same settings is idempotent: the existing manifest
+    /// (signed at its own time) is kept rather than a second one that differs only in created_at.
+    /// `true` when it was.
+    fn sign_or_reuse(
+        &self,
+        manifest: Manifest,
+        key: &PublisherKey,
+    ) -> Result<(SignedManifest, bool), StoreError> {
         let existing = self.manifests()?.into_iter().find(|m| {
             m.publisher == key.public()
                 && Manifest {
@@ -410,13 +432,9 @@ impl ObjectStore {
                     ..m.manifest.clone()
                 } == manifest
         });
-        report.already_present = existing.is_some();
-        let signed = match existing {
-            Some(m) => m,
-            None => manifest.sign(key)?,
-        };
-        report.hash = signed.hash();
-        self.commit(&signed, opts.pin)?;
-        Ok((signed, report))
+        Ok(match existing {
+            Some(m) => (m, true),
+            None => (manifest.sign(key)?, false),
+        })
     }
 }

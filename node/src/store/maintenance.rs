@@ -54,6 +54,15 @@ pub struct GcReport {
     pub stored_bytes_freed: u64,
 }
 
+/// What checking one object updates.
+struct ObjectCheck<'a> {
+    report: &'a mut VerifyReport,
+    corrupt: &'a mut HashSet<Hash>,
+    /// Count the object's chunks as checked (when the store-wide scan did not).
+    count_chunks: bool,
+    progress: &'a mut dyn FnMut(u64),
+}
+
 impl ObjectStore {
     /// Re-hashes chunks and objects. With `only`, checks that object (and its chunks); otherwise every
     /// chunk in the store and every object.
@@ -63,153 +72,198 @@ impl ObjectStore {
         progress: &mut dyn FnMut(u64),
     ) -> Result<VerifyReport, StoreError> {
         let mut report = VerifyReport::default();
-        let mut manifests: Vec<SignedManifest> = Vec::new();
-        match only {
-            Some(h) => manifests.push(self.require_manifest(h)?),
-            None => {
-                for (k, v) in self.raw_manifests()? {
-                    let key = <[u8; 32]>::try_from(&k[..]).map(Hash::from_bytes);
-                    let key_text = key.map_or_else(|_| format!("{k:02x?}"), |h| h.to_hex());
-                    match (key, zdn_protocol::manifest::decode(&v)) {
-                        (Ok(key), Ok(m)) if m.hash() == key => manifests.push(m),
-                        (_, Ok(m)) => report.problems.push(Problem::CorruptManifest {
-                            key: key_text,
-                            error: format!("stored under the wrong key (hashes to {})", m.hash()),
-                        }),
-                        (_, Err(e)) => report.problems.push(Problem::CorruptManifest {
-                            key: key_text,
-                            error: e.to_string(),
-                        }),
-                    }
-                }
+        let manifests = match only {
+            Some(h) => vec![self.require_manifest(h)?],
+            None => self.decoded_manifests(&mut report)?,
+        };
+        // Chunks known corrupt, so an object's check does not decode them again.
+        let mut corrupt: HashSet<Hash> = HashSet::new();
+        if only.is_none() {
+            self.verify_every_chunk(&manifests, &mut report, &mut corrupt, progress)?;
+        }
+        for m in &manifests {
+            report.objects_checked += 1;
+            self.check_references(m, &mut report)?;
+            let mut check = ObjectCheck {
+                report: &mut report,
+                corrupt: &mut corrupt,
+                count_chunks: only.is_some(),
+                progress: &mut *progress,
+            };
+            self.check_object(m, &mut check)?;
+        }
+        Ok(report)
+    }
+
+    /// Every stored manifest that decodes and is stored under its own hash; the others are
+    /// reported.
+    fn decoded_manifests(
+        &self,
+        report: &mut VerifyReport,
+    ) -> Result<Vec<SignedManifest>, StoreError> {
+        let mut manifests = Vec::new();
+        for (k, v) in self.raw_manifests()? {
+            let key = <[u8; 32]>::try_from(&k[..]).map(Hash::from_bytes);
+            let key_text = key.map_or_else(|_| format!("{k:02x?}"), |h| h.to_hex());
+            match (key, zdn_protocol::manifest::decode(&v)) {
+                (Ok(key), Ok(m)) if m.hash() == key => manifests.push(m),
+                (_, Ok(m)) => report.problems.push(Problem::CorruptManifest {
+                    key: key_text,
+                    error: format!("stored under the wrong key (hashes to {})", m.hash()),
+                }),
+                (_, Err(e)) => report.problems.push(Problem::CorruptManifest {
+                    key: key_text,
+                    error: e.to_string(),
+                }),
             }
         }
+        Ok(manifests)
+    }
 
-        // Every chunk, or the chunks of the one object.
-        let mut corrupt: HashSet<Hash> = HashSet::new();
+    /// Re-hashes every stored chunk (noting the corrupt ones and those nothing references) and
+    /// checks the chunk index against the chunks.
+    fn verify_every_chunk(
+        &self,
+        manifests: &[SignedManifest],
+        report: &mut VerifyReport,
+        corrupt: &mut HashSet<Hash>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), StoreError> {
         let mut referenced: HashSet<Hash> = manifests
             .iter()
             .flat_map(|m| m.manifest.chunk_ids())
             .collect();
-        if only.is_none() {
-            for p in self.partials()? {
-                referenced.extend(p.manifest.chunk_ids());
-            }
-            let mut stored: HashSet<Hash> = HashSet::new();
-            self.backend().scan(Column::Chunks, b"", &mut |k, v| {
-                let id = match <[u8; 32]>::try_from(k) {
-                    Ok(a) => Hash::from_bytes(a),
-                    Err(_) => {
-                        report.problems.push(Problem::CorruptManifest {
-                            key: format!("chunk key {k:02x?}"),
-                            error: "not a 32-byte id".into(),
-                        });
-                        return true;
-                    }
-                };
-                let actual = Hash::of(v);
-                report.chunks_checked += 1;
-                report.bytes_checked += v.len() as u64;
-                progress(v.len() as u64);
-                if actual != id {
-                    corrupt.insert(id);
-                    report
-                        .problems
-                        .push(Problem::CorruptChunk { chunk: id, actual });
-                }
-                if !referenced.contains(&id) {
-                    report.unreferenced_chunks += 1;
-                }
-                stored.insert(id);
-                true
-            })?;
-            report.problems.extend(self.index_problems(&stored)?);
+        for p in self.partials()? {
+            referenced.extend(p.manifest.chunk_ids());
         }
+        let mut stored: HashSet<Hash> = HashSet::new();
+        self.backend().scan(Column::Chunks, b"", &mut |k, v| {
+            let id = match <[u8; 32]>::try_from(k) {
+                Ok(a) => Hash::from_bytes(a),
+                Err(_) => {
+                    report.problems.push(Problem::CorruptManifest {
+                        key: format!("chunk key {k:02x?}"),
+                        error: "not a 32-byte id".into(),
+                    });
+                    return true;
+                }
+            };
+            let actual = Hash::of(v);
+            report.chunks_checked += 1;
+            report.bytes_checked += v.len() as u64;
+            progress(v.len() as u64);
+            if actual != id {
+                corrupt.insert(id);
+                report
+                    .problems
+                    .push(Problem::CorruptChunk { chunk: id, actual });
+            }
+            if !referenced.contains(&id) {
+                report.unreferenced_chunks += 1;
+            }
+            stored.insert(id);
+            true
+        })?;
+        report.problems.extend(self.index_problems(&stored)?);
+        Ok(())
+    }
 
-        for m in &manifests {
-            report.objects_checked += 1;
-            let object = m.hash();
-            if let Some(base) = m.manifest.base {
-                if self
-                    .backend()
-                    .get(Column::Manifests, base.as_bytes())?
-                    .is_none()
-                {
-                    report.problems.push(Problem::MissingBase { object, base });
-                }
+    /// A delta's base and a soup's components must be in the store.
+    fn check_references(
+        &self,
+        m: &SignedManifest,
+        report: &mut VerifyReport,
+    ) -> Result<(), StoreError> {
+        let object = m.hash();
+        let present = |h: &Hash| -> Result<bool, StoreError> {
+            Ok(self
+                .backend()
+                .get(Column::Manifests, h.as_bytes())?
+                .is_some())
+        };
+        if let Some(base) = m.manifest.base {
+            if !present(&base)? {
+                report.problems.push(Problem::MissingBase { object, base });
             }
-            if m.manifest.kind == Kind::Soup {
-                // An unreadable recipe is reported by the object check below.
-                if let Ok(recipe) = self.recipe(m) {
-                    for c in recipe.components() {
-                        if self
-                            .backend()
-                            .get(Column::Manifests, c.delta.as_bytes())?
-                            .is_none()
-                        {
-                            report.problems.push(Problem::MissingComponent {
-                                object,
-                                component: c.delta,
-                            });
-                        }
+        }
+        if m.manifest.kind == Kind::Soup {
+            // An unreadable recipe is reported by the object check.
+            if let Ok(recipe) = self.recipe(m) {
+                for c in recipe.components() {
+                    if !present(&c.delta)? {
+                        report.problems.push(Problem::MissingComponent {
+                            object,
+                            component: c.delta,
+                        });
                     }
-                }
-            }
-            let mut hasher = blake3::Hasher::new();
-            let mut broken = false;
-            for r in &m.manifest.chunks {
-                if corrupt.contains(&r.id) {
-                    broken = true;
-                    continue;
-                }
-                let Some(stored) = self.backend().get(Column::Chunks, r.id.as_bytes())? else {
-                    report.problems.push(Problem::MissingChunk {
-                        object,
-                        chunk: r.id,
-                    });
-                    broken = true;
-                    continue;
-                };
-                if only.is_some() {
-                    report.chunks_checked += 1;
-                    report.bytes_checked += stored.len() as u64;
-                    progress(stored.len() as u64);
-                }
-                match chunk::decode(&stored, r) {
-                    Ok(data) => {
-                        hasher.update(&data);
-                    }
-                    Err(e) => {
-                        if let chunk::ChunkError::HashMismatch { actual, .. } = e {
-                            report.problems.push(Problem::CorruptChunk {
-                                chunk: r.id,
-                                actual,
-                            });
-                            corrupt.insert(r.id);
-                        } else {
-                            report.problems.push(Problem::BadObject {
-                                object,
-                                error: e.to_string(),
-                            });
-                        }
-                        broken = true;
-                    }
-                }
-            }
-            if !broken {
-                let actual = Hash::from(hasher.finalize());
-                if actual != m.manifest.object_hash {
-                    report.problems.push(Problem::BadObject {
-                        object,
-                        error: format!(
-                            "object hashes to {actual}, manifest says {}",
-                            m.manifest.object_hash
-                        ),
-                    });
                 }
             }
         }
-        Ok(report)
+        Ok(())
+    }
+
+    /// Decodes the object's chunks in order and checks the whole against the manifest's object
+    /// hash.
+    fn check_object(
+        &self,
+        m: &SignedManifest,
+        check: &mut ObjectCheck<'_>,
+    ) -> Result<(), StoreError> {
+        let object = m.hash();
+        let mut hasher = blake3::Hasher::new();
+        let mut broken = false;
+        for r in &m.manifest.chunks {
+            if check.corrupt.contains(&r.id) {
+                broken = true;
+                continue;
+            }
+            let Some(stored) = self.backend().get(Column::Chunks, r.id.as_bytes())? else {
+                check.report.problems.push(Problem::MissingChunk {
+                    object,
+                    chunk: r.id,
+                });
+                broken = true;
+                continue;
+            };
+            if check.count_chunks {
+                check.report.chunks_checked += 1;
+                check.report.bytes_checked += stored.len() as u64;
+                (check.progress)(stored.len() as u64);
+            }
+            match chunk::decode(&stored, r) {
+                Ok(data) => {
+                    hasher.update(&data);
+                }
+                Err(e) => {
+                    if let chunk::ChunkError::HashMismatch { actual, .. } = e {
+                        check.report.problems.push(Problem::CorruptChunk {
+                            chunk: r.id,
+                            actual,
+                        });
+                        check.corrupt.insert(r.id);
+                    } else {
+                        check.report.problems.push(Problem::BadObject {
+                            object,
+                            error: e.to_string(),
+                        });
+                    }
+                    broken = true;
+                }
+            }
+        }
+        if !broken {
+            let actual = Hash::from(hasher.finalize());
+            if actual != m.manifest.object_hash {
+                check.report.problems.push(Problem::BadObject {
+                    object,
+                    error: format!(
+                        "object hashes to {actual}, manifest says {}",
+                        m.manifest.object_hash
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Removes every manifest that no pin reaches (a pinned delta keeps its base) and every chunk

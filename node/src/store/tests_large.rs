@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use zdn_protocol::folder::Member;
-use zdn_protocol::manifest::{Kind, PublisherKey};
+use zdn_protocol::manifest::{Kind, PublisherKey, SignedManifest};
 use zdn_protocol::safetensors::{encode_header, TensorLayout};
 use zdn_protocol::{DType, Hash};
 
@@ -295,15 +295,18 @@ fn bounded_jobs_let_other_requests_through() {
     assert_eq!(bytes_read, bytes);
     stop.store(1, Ordering::Relaxed);
     prober.join().unwrap();
+    whole_path_then_corruption(&h, &m, &bytes);
+}
 
-    // The whole path: verify, commit (idempotent here), read out.
-    h.verify_object_blocking(&m).unwrap();
-    h.commit_blocking(&m, true).unwrap();
+/// Through the handle: verify, commit (idempotent here), read out; then a corrupt chunk fails
+/// verification and a manifest with a chunk the store lacks cannot commit.
+fn whole_path_then_corruption(h: &StoreHandle, m: &SignedManifest, bytes: &[u8]) {
+    h.verify_object_blocking(m).unwrap();
+    h.commit_blocking(m, true).unwrap();
     let mut out = Vec::new();
-    h.read_object_blocking(&m, &mut out, &mut |_| {}).unwrap();
+    h.read_object_blocking(m, &mut out, &mut |_| {}).unwrap();
     assert_eq!(out, bytes);
 
-    // A corrupt chunk fails verification; a manifest with a chunk the store lacks cannot commit.
     let victim = m.manifest.chunks[5].id;
     h.call_blocking(move |s| {
         let mut b = s
@@ -317,7 +320,7 @@ fn bounded_jobs_let_other_requests_through() {
         )
     })
     .unwrap();
-    let e = h.verify_object_blocking(&m).unwrap_err();
+    let e = h.verify_object_blocking(m).unwrap_err();
     assert!(e.to_string().contains("hash mismatch"), "{e}");
     let mut other = m.manifest.clone();
     other.name = "other".into();

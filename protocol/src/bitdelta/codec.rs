@@ -75,7 +75,7 @@ pub fn encode_tensor(
                 })?;
             if q.scales.iter().any(|s| !s.is_finite()) {
                 // A default scale can overflow f32 for deltas near f32::MAX; readers refuse a
-                // non-finite scale, so such a tensor is stored losslessly instead (format.md § 7.3).
+                // non-finite scale, so such a tensor is stored losslessly instead (docs/spec/bitdelta.md § 7.3).
                 return match same_layout {
                     Some(b) => {
                         lossless_block(name, Encoding::Xor, target, Some(b.bytes), opts.zstd_level)

@@ -1,4 +1,4 @@
-//! The `.bitdelta` v1 container: header, metadata, tensor index, blocks. docs/format.md is the spec;
+//! The `.bitdelta` v1 container: header, metadata, tensor index, blocks. docs/spec/bitdelta.md is the spec;
 //! this file is its reader and writer. Parsing checks every count, length and offset with checked
 //! arithmetic against the file size before allocating anything sized by the input.
 

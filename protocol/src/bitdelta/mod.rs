@@ -1,5 +1,5 @@
 //! The `.bitdelta` format and codec: BitDelta (one sign bit per weight plus scales) and its 2/4-bit and
-//! lossless relatives. See docs/format.md.
+//! lossless relatives. See docs/spec/bitdelta.md.
 
 mod codec;
 mod format;

@@ -1,6 +1,6 @@
 //! The quantizer: Δ = target − base (in f32) → f32 scales + packed b-bit codes.
 //!
-//! Codes and levels (docs/format.md): with b bits and L = 2^b − 1, code q ∈ [0, 2^b) stands for the odd
+//! Codes and levels (docs/spec/bitdelta.md): with b bits and L = 2^b − 1, code q ∈ [0, 2^b) stands for the odd
 //! level 2q − L, so 1 bit gives {−1, +1} (the sign, with sign(0) = +1), 2 bits {−3, −1, 1, 3} and 4 bits
 //! {−15 … 15}. A value x with scale s gets the nearest level to x/s (ties toward +∞), clamped to ±L.
 //!

@@ -1,4 +1,4 @@
-//! Reconstruction: the one definition of the arithmetic (docs/format.md § Reconstruction).
+//! Reconstruction: the one definition of the arithmetic (docs/spec/bitdelta.md § Reconstruction).
 //!
 //! For a quantized tensor, element i of group k is `round_T(f32(base[i]) + s_k · level(code_i))`: the
 //! product and the sum are each one f32 operation rounded to nearest even (never fused), and round_T is
@@ -80,7 +80,7 @@ pub fn check_inputs<'b>(
     Ok(base)
 }
 
-/// The base-side part of [`check_inputs`] (docs/format.md § 5, rule 7) on the base tensor's dtype and
+/// The base-side part of [`check_inputs`] (docs/spec/bitdelta.md § 5, rule 7) on the base tensor's dtype and
 /// shape alone, for callers whose base is not in host memory (a base resident on a GPU): a base tensor
 /// exists unless the encoding is `raw`, with the entry's shape, a quantizable dtype for quantized
 /// encodings and the entry's dtype for the others.
@@ -115,7 +115,7 @@ pub fn check_base_layout(
     Ok(())
 }
 
-/// A quantized block cut into its parts (docs/format.md § 4) and checked as a reader must before using
+/// A quantized block cut into its parts (docs/spec/bitdelta.md § 4) and checked as a reader must before using
 /// it (§ 5, rule 9): the exact length, every scale finite, the padding bits after the last code zero.
 #[derive(Clone, Copy, Debug)]
 pub struct QuantizedBlock<'a> {

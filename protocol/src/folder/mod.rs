@@ -1,9 +1,9 @@
 //! Model folders: a Hugging Face style folder (sharded safetensors, their index, config, tokenizer,
 //! chat template, …) stored as **one object**, the concatenation of its files in canonical order
-//! (sorted by path bytes), described by a file table in the manifest (docs/store.md "Folders").
+//! (sorted by path bytes), described by a file table in the manifest (docs/spec/manifest.md "Folders").
 //!
 //! Everything here is sans-IO: [`path`] checks one relative path, [`table`] checks a whole file
-//! table against an object, [`layout`] turns the files' bytes (memory maps, typically) into the file
+//! table against an object, [`layout()`] turns the files' bytes (memory maps, typically) into the file
 //! table, the tensor index and the chunk boundaries, checking `*.safetensors.index.json` files
 //! against the shards they name ([`shard_index`]). Paths are untrusted input everywhere: a reader
 //! re-checks them before writing anything to disk.

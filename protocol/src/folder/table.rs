@@ -1,4 +1,4 @@
-//! The rules of a manifest's file table (docs/store.md "Folders"): between 1 and [`MAX_FILES`]
+//! The rules of a manifest's file table (docs/spec/manifest.md "Folders"): between 1 and [`MAX_FILES`]
 //! files, each path valid ([`check_path`]), sorted by path bytes with no duplicate, no two paths
 //! equal but for letter case, no file where another path needs a folder; files back to back from
 //! offset 0 covering the whole object; a chunk starting at every file's start (so no chunk spans two

@@ -14,7 +14,7 @@
 //! A manifest without a file table (a single-file object) is version 1, byte for byte as before
 //! folders existed; one with a file table (a model folder) is version 2. The signature covers
 //! `SIGNING_CONTEXT` followed by everything before it (the version byte included). The manifest hash
-//! is the BLAKE3 of all the bytes, signature included. docs/store.md has the rules.
+//! is the BLAKE3 of all the bytes, signature included. docs/spec/manifest.md has the rules.
 
 use super::signing::{verify, SigningError};
 use super::{FileEntry, Kind, Manifest, SignedManifest, TensorEntry};

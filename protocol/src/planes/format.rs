@@ -1,6 +1,6 @@
 //! The container: header constants, the header itself and a bounds-checked reader of untrusted bytes.
 //!
-//! Byte layout (all integers little-endian; docs/lossless.md has the full description):
+//! Byte layout (all integers little-endian; docs/spec/planes.md has the full description):
 //!
 //! ```text
 //! header   magic "ZDNP" · version u8 = 1 · dtype code u8 · tail_len u8 · flags u8 = 0

@@ -15,7 +15,7 @@
 //! raw in the header (the *tail*). Output is deterministic. [`decode`] takes untrusted input: every
 //! length is checked before use, output is capped before anything is allocated, Huffman tables must
 //! form complete codes, and every stream must end exactly where its last value does.
-//! docs/lossless.md describes the byte layout and the measurements.
+//! docs/spec/planes.md describes the byte layout; docs/benchmarks.md "Lossless codec" the measurements.
 
 mod format;
 mod huffman;

@@ -1,4 +1,4 @@
-//! Soup recipes: the object of a manifest of kind `soup` (docs/soup.md, "Recipes").
+//! Soup recipes: the object of a manifest of kind `soup` (docs/spec/recipe.md).
 //!
 //! A recipe names component deltas by manifest hash, one f32 weight each, the manifest hash of the
 //! base they all apply to, and the quantization of the soup's single re-quantized delta. It is a few

@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: owned tensors and models, a deterministic PRNG, and the
-//! byte layout of a `.bitdelta` v1 file (docs/format.md) as offsets, so tests can patch single fields.
+//! byte layout of a `.bitdelta` v1 file (docs/spec/bitdelta.md) as offsets, so tests can patch single fields.
 #![allow(dead_code)]
 
 use zdn_protocol::bitdelta::{
@@ -129,7 +129,7 @@ impl Rng {
     }
 }
 
-// ---- Byte layout of a `.bitdelta` v1 file (docs/format.md §Layout). ----
+// ---- Byte layout of a `.bitdelta` v1 file (docs/spec/bitdelta.md §Layout). ----
 
 /// Absolute offsets of the header and metadata fields (the metadata starts at byte 20).
 pub mod off {

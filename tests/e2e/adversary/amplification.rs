@@ -1,6 +1,7 @@
 //! Amplification: bytes a node sends to an address that has not proven it receives, for each kind
-//! of datagram sent in that address's name, against the bytes sent in its name (docs/benchmarks.md
-//! has the table; `ZDN_AMPLIFICATION_OUT=file` writes the raw lines there too).
+//! of datagram sent in that address's name, against the bytes sent in its name. It prints one line
+//! per kind (`ZDN_AMPLIFICATION_OUT=file` writes them there too); docs/benchmarks.md
+//! "Amplification".
 
 use super::*;
 
@@ -59,7 +60,7 @@ async fn probe(
 /// and a QUIC client's first flight to the node's QUIC listener. The lane never sends a victim more
 /// than was sent in its name. QUIC's handshake, before the client's address is validated, may send
 /// about three times what it received (RFC 9000 §8.1; libp2p's QUIC listener does not use Retry):
-/// measured and reported, not held to 1 (docs/security.md, open).
+/// measured and reported, not held to 1 (docs/limits.md, "Hostile peers").
 #[test]
 fn amplification_per_request_type() {
     let p = publish(2);
@@ -188,7 +189,8 @@ fn amplification_per_request_type() {
         "the lane answers a Hello with a challenge"
     );
     // QUIC, before a client's address is validated: RFC 9000 §8.1 allows 3×; quinn sent 3.19×
-    // when measured (docs/benchmarks.md). A guard against it getting worse, not the goal of 1.
+    // when measured once (no report committed: unverified). A guard against it getting worse, not
+    // the goal of 1.
     let quic = rows.last().unwrap();
     assert!(
         quic.received > 0,

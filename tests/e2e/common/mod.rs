@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use zdn_protocol::safetensors::{encode_header, TensorLayout};
 use zdn_protocol::DType;
 
+pub mod decoder_pair;
 pub mod llama_folder;
 pub mod net;
 pub mod soup_family;

@@ -1,4 +1,4 @@
-//! Lossless compression of base-model weights (docs/lossless.md): ratio and single-core decode speed of
+//! Lossless compression of base-model weights (docs/benchmarks.md "Lossless codec"): ratio and single-core decode speed of
 //! plain zstd, byte planes + zstd, field planes + zstd and the planes codec (`zdn_protocol::planes`).
 //!
 //! `zdn-planes-bench FILE.safetensors [--rounds N] [--zstd-level L]`: every float tensor of FILE is

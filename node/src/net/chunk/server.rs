@@ -38,7 +38,7 @@ use crate::net::streams::Incoming;
 use super::budget::{InFlight, RequestBudget, BUSY_RETRY_MS};
 use super::cache::ManifestCache;
 
-/// Streams served at once, all peers together (fairly shared: see [`crate::net::accept`]).
+/// Streams served at once, all peers together (fairly shared: see `crate::net::accept`).
 pub const MAX_STREAMS: usize = 512;
 /// Streams one peer may have open (waiting or being served); more are reset. A fetch uses one
 /// pipelined stream per peer and short ones for manifests and have-bitmaps.

@@ -4,7 +4,7 @@
 //! missing as sealed datagrams, paced at the rate its rate control finds (`sending.rs`), until the
 //! peer has it all, says it is done, closes the stream, or is silent too long.
 //!
-//! What a peer cannot make this node do (each is a test in tests/e2e/adversary.rs):
+//! What a peer cannot make this node do (each is a test in tests/e2e/adversary/):
 //! - send data to an address that has not proven it receives: data goes only to the address that
 //!   answered a sealed challenge; a challenge is sent only in answer to a sealed datagram from that
 //!   address and is never bigger than it;

@@ -220,7 +220,7 @@ fn sealed(b: &[u8]) -> Result<bool, String> {
 }
 
 /// What a manifest's signature covers: this context, then the bytes before the signature
-/// (docs/format.md).
+/// (docs/spec/manifest.md).
 const SIGNING_CONTEXT: &[u8] = b"zdn manifest v1\0";
 
 /// `body` signed by the seeds' publisher: mutations of a manifest's fields then reach every

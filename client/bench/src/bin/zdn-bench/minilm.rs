@@ -34,26 +34,7 @@ pub(super) fn bench_minilm(a: &MinilmArgs, say: bool) -> Result<MinilmReport> {
     let fine = a
         .models
         .join("rohan_pristine/model_files/model.safetensors");
-    let mut r = MinilmReport {
-        present: base.is_file() && fine.is_file(),
-        base: base.clone(),
-        finetuned: fine.clone(),
-        model_bytes: 0,
-        delta_bytes: 0,
-        encode_wall: None,
-        apply_wall: None,
-        encode_peak_rss_bytes: 0,
-        apply_peak_rss_bytes: 0,
-        rss_method: "",
-        largest_tensor_bytes: 0,
-        goal_rss_bytes: 0,
-        encode_goal_met: false,
-        apply_goal_met: false,
-        memcpy_output_s: 0.0,
-        apply_over_memcpy_best: 0.0,
-        file_copy_fsync_s: 0.0,
-        apply_over_file_copy_best: 0.0,
-    };
+    let mut r = MinilmReport::empty(&base, &fine);
     if !r.present {
         if say {
             println!("minilm: the pair is not installed under {} (scripts/fetch-minilm-pair.sh); skipped\n", a.models.display());
@@ -66,37 +47,11 @@ pub(super) fn bench_minilm(a: &MinilmArgs, say: bool) -> Result<MinilmReport> {
     let output = a.minilm_dir.join("minilm-applied.safetensors");
     let (mut te, mut ta) = (Vec::new(), Vec::new());
     for _ in 0..a.runs.max(1) {
-        let e = run_child(
+        let (e, p) = encode_and_apply(
             &zdn,
-            &[
-                os("delta"),
-                os("encode"),
-                os("--base"),
-                base.as_os_str(),
-                os("--finetuned"),
-                fine.as_os_str(),
-                os("-o"),
-                delta.as_os_str(),
-                os("--json"),
-            ],
-            &a.minilm_dir.join("encode.json"),
+            &a.minilm_dir,
             RssMethod::Auto,
-        )?;
-        let p = run_child(
-            &zdn,
-            &[
-                os("delta"),
-                os("apply"),
-                os("--base"),
-                base.as_os_str(),
-                os("--delta"),
-                delta.as_os_str(),
-                os("-o"),
-                output.as_os_str(),
-                os("--json"),
-            ],
-            &a.minilm_dir.join("apply.json"),
-            RssMethod::Auto,
+            [&base, &fine, &delta, &output],
         )?;
         te.push(Duration::from_secs_f64(e.wall_s));
         ta.push(Duration::from_secs_f64(p.wall_s));
@@ -135,53 +90,83 @@ pub(super) fn bench_minilm(a: &MinilmArgs, say: bool) -> Result<MinilmReport> {
         let _ = std::fs::remove_file(p);
     }
     if say {
-        let (te, ta) = (
-            r.encode_wall.as_ref().unwrap(),
-            r.apply_wall.as_ref().unwrap(),
-        );
-        println!(
-            "minilm: real pair, {:.1} MiB model → {:.2} MiB delta, {} runs of each (RSS via {})",
-            mib(r.model_bytes),
-            mib(r.delta_bytes),
-            te.runs,
-            r.rss_method
-        );
-        println!(
-            "     largest tensor {:.1} MiB; goal: peak RSS ≤ 2 × largest + 64 MiB = {:.1} MiB",
-            mib(r.largest_tensor_bytes),
-            mib(r.goal_rss_bytes)
-        );
-        println!(
-            "{:<14} {:>9} {:>10} {:>14}  goal",
-            "command", "best s", "median s", "peak RSS MiB"
-        );
-        for (name, t, rss, met) in [
-            (
-                "delta encode",
-                te,
-                r.encode_peak_rss_bytes,
-                r.encode_goal_met,
-            ),
-            ("delta apply", ta, r.apply_peak_rss_bytes, r.apply_goal_met),
-        ] {
-            println!(
-                "{:<14} {:>9.3} {:>10.3} {:>14.1}  {}",
-                name,
-                t.best_s,
-                t.median_s,
-                mib(rss),
-                goal(met)
-            );
-        }
-        println!(
-            "     apply ÷ copy-file+fsync of the base ({:.4} s) = {:.2}",
-            r.file_copy_fsync_s, r.apply_over_file_copy_best
-        );
-        println!(
-            "     apply ÷ memcpy of the output size ({:.4} s) = {:.1} (whole process: start, BLAKE3 of the base, fsync)",
-            r.memcpy_output_s, r.apply_over_memcpy_best
-        );
-        println!();
+        print_minilm(&r);
     }
     Ok(r)
+}
+
+impl MinilmReport {
+    /// Nothing measured yet; `present` when both files of the pair exist.
+    fn empty(base: &Path, fine: &Path) -> Self {
+        MinilmReport {
+            present: base.is_file() && fine.is_file(),
+            base: base.to_path_buf(),
+            finetuned: fine.to_path_buf(),
+            model_bytes: 0,
+            delta_bytes: 0,
+            encode_wall: None,
+            apply_wall: None,
+            encode_peak_rss_bytes: 0,
+            apply_peak_rss_bytes: 0,
+            rss_method: "",
+            largest_tensor_bytes: 0,
+            goal_rss_bytes: 0,
+            encode_goal_met: false,
+            apply_goal_met: false,
+            memcpy_output_s: 0.0,
+            apply_over_memcpy_best: 0.0,
+            file_copy_fsync_s: 0.0,
+            apply_over_file_copy_best: 0.0,
+        }
+    }
+}
+
+fn print_minilm(r: &MinilmReport) {
+    let (te, ta) = (
+        r.encode_wall.as_ref().unwrap(),
+        r.apply_wall.as_ref().unwrap(),
+    );
+    println!(
+        "minilm: real pair, {:.1} MiB model → {:.2} MiB delta, {} runs of each (RSS via {})",
+        mib(r.model_bytes),
+        mib(r.delta_bytes),
+        te.runs,
+        r.rss_method
+    );
+    println!(
+        "     largest tensor {:.1} MiB; goal: peak RSS ≤ 2 × largest + 64 MiB = {:.1} MiB",
+        mib(r.largest_tensor_bytes),
+        mib(r.goal_rss_bytes)
+    );
+    println!(
+        "{:<14} {:>9} {:>10} {:>14}  goal",
+        "command", "best s", "median s", "peak RSS MiB"
+    );
+    for (name, t, rss, met) in [
+        (
+            "delta encode",
+            te,
+            r.encode_peak_rss_bytes,
+            r.encode_goal_met,
+        ),
+        ("delta apply", ta, r.apply_peak_rss_bytes, r.apply_goal_met),
+    ] {
+        println!(
+            "{:<14} {:>9.3} {:>10.3} {:>14.1}  {}",
+            name,
+            t.best_s,
+            t.median_s,
+            mib(rss),
+            goal(met)
+        );
+    }
+    println!(
+        "     apply ÷ copy-file+fsync of the base ({:.4} s) = {:.2}",
+        r.file_copy_fsync_s, r.apply_over_file_copy_best
+    );
+    println!(
+        "     apply ÷ memcpy of the output size ({:.4} s) = {:.1} (whole process: start, BLAKE3 of the base, fsync)",
+        r.memcpy_output_s, r.apply_over_memcpy_best
+    );
+    println!();
 }

@@ -63,91 +63,121 @@ pub(super) fn run_child(
         .join(" ");
     let out = File::create(stdout_to)?;
     if use_time {
-        let report = stdout_to.with_extension("time");
-        let mut cmd = Command::new("/usr/bin/time");
-        cmd.arg("-v")
-            .arg("-o")
-            .arg(&report)
-            .arg(prog)
-            .args(args)
-            .stdout(out);
-        let t = Instant::now();
-        let status = cmd.status().with_context(|| format!("running {shown}"))?;
-        let wall = t.elapsed().as_secs_f64();
-        ensure!(status.success(), "{shown} failed: {status}");
-        let text = std::fs::read_to_string(&report)?;
-        let kib = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .context("no maximum RSS in /usr/bin/time output")?;
-        let secs = |key: &str| {
-            text.lines()
-                .find_map(|l| l.trim().strip_prefix(key))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        let (user_s, sys_s) = (secs("User time (seconds):"), secs("System time (seconds):"));
-        let _ = std::fs::remove_file(&report);
-        Ok(ChildRun {
-            command: shown,
-            wall_s: wall,
-            peak_rss_bytes: kib * 1024,
-            rss_method: "gnu-time",
-            user_s,
-            sys_s,
-        })
+        run_under_gnu_time(prog, args, out, &stdout_to.with_extension("time"), shown)
     } else {
-        let t = Instant::now();
-        let mut child = Command::new(prog)
-            .args(args)
-            .stdout(out)
-            .spawn()
-            .with_context(|| format!("running {shown}"))?;
-        let status_path = format!("/proc/{}/status", child.id());
-        let stat_path = format!("/proc/{}/stat", child.id());
-        let mut peak_kib = 0u64;
-        let (mut user_s, mut sys_s) = (0.0, 0.0);
-        let status = loop {
-            // VmHWM is the kernel's high-water mark, so the last reading before exit is the peak up to
-            // 10 ms before the end.
-            if let Ok(s) = std::fs::read_to_string(&status_path) {
-                if let Some(v) = s
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                {
-                    peak_kib = peak_kib.max(v);
-                }
-            }
-            // utime and stime, the 12th and 13th fields after the command name, in USER_HZ = 100 ticks.
-            if let Ok(s) = std::fs::read_to_string(&stat_path) {
-                let f: Vec<&str> = s
-                    .rsplit_once(')')
-                    .map_or("", |(_, r)| r)
-                    .split_whitespace()
-                    .collect();
-                if let (Some(u), Some(k)) = (f.get(11), f.get(12)) {
-                    user_s = u.parse::<f64>().unwrap_or(0.0) / 100.0;
-                    sys_s = k.parse::<f64>().unwrap_or(0.0) / 100.0;
-                }
-            }
-            if let Some(st) = child.try_wait()? {
-                break st;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let wall = t.elapsed().as_secs_f64();
-        ensure!(status.success(), "{shown} failed: {status}");
-        Ok(ChildRun {
-            command: shown,
-            wall_s: wall,
-            peak_rss_bytes: peak_kib * 1024,
-            rss_method: "poll-vmhwm",
-            user_s,
-            sys_s,
-        })
+        run_polling_vmhwm(prog, args, out, shown)
     }
+}
+
+/// [`run_child`] under `/usr/bin/time -v`, which writes its report to `report` (removed after).
+fn run_under_gnu_time(
+    prog: &Path,
+    args: &[&std::ffi::OsStr],
+    out: File,
+    report: &Path,
+    shown: String,
+) -> Result<ChildRun> {
+    let mut cmd = Command::new("/usr/bin/time");
+    cmd.arg("-v")
+        .arg("-o")
+        .arg(report)
+        .arg(prog)
+        .args(args)
+        .stdout(out);
+    let t = Instant::now();
+    let status = cmd.status().with_context(|| format!("running {shown}"))?;
+    let wall = t.elapsed().as_secs_f64();
+    ensure!(status.success(), "{shown} failed: {status}");
+    let text = std::fs::read_to_string(report)?;
+    let kib = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Maximum resident set size (kbytes):"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .context("no maximum RSS in /usr/bin/time output")?;
+    let secs = |key: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let (user_s, sys_s) = (secs("User time (seconds):"), secs("System time (seconds):"));
+    let _ = std::fs::remove_file(report);
+    Ok(ChildRun {
+        command: shown,
+        wall_s: wall,
+        peak_rss_bytes: kib * 1024,
+        rss_method: "gnu-time",
+        user_s,
+        sys_s,
+    })
+}
+
+/// [`run_child`] polling the child's `/proc` files every 10 ms.
+fn run_polling_vmhwm(
+    prog: &Path,
+    args: &[&std::ffi::OsStr],
+    out: File,
+    shown: String,
+) -> Result<ChildRun> {
+    let t = Instant::now();
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdout(out)
+        .spawn()
+        .with_context(|| format!("running {shown}"))?;
+    let status_path = format!("/proc/{}/status", child.id());
+    let stat_path = format!("/proc/{}/stat", child.id());
+    let mut peak_kib = 0u64;
+    let (mut user_s, mut sys_s) = (0.0, 0.0);
+    let status = loop {
+        // VmHWM is the kernel's high-water mark, so the last reading before exit is the peak up to
+        // 10 ms before the end.
+        if let Some(v) = read_vmhwm_kib(&status_path) {
+            peak_kib = peak_kib.max(v);
+        }
+        if let Some((u, k)) = read_cpu_seconds(&stat_path) {
+            (user_s, sys_s) = (u, k);
+        }
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let wall = t.elapsed().as_secs_f64();
+    ensure!(status.success(), "{shown} failed: {status}");
+    Ok(ChildRun {
+        command: shown,
+        wall_s: wall,
+        peak_rss_bytes: peak_kib * 1024,
+        rss_method: "poll-vmhwm",
+        user_s,
+        sys_s,
+    })
+}
+
+/// VmHWM (KiB) from a `/proc/PID/status`, if it can be read.
+fn read_vmhwm_kib(status_path: &str) -> Option<u64> {
+    std::fs::read_to_string(status_path)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+}
+
+/// (user, system) CPU seconds from a `/proc/PID/stat`, if it can be read: utime and stime, the 12th
+/// and 13th fields after the command name, in USER_HZ = 100 ticks.
+fn read_cpu_seconds(stat_path: &str) -> Option<(f64, f64)> {
+    let s = std::fs::read_to_string(stat_path).ok()?;
+    let f: Vec<&str> = s
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
+    let (u, k) = (f.get(11)?, f.get(12)?);
+    Some((
+        u.parse::<f64>().unwrap_or(0.0) / 100.0,
+        k.parse::<f64>().unwrap_or(0.0) / 100.0,
+    ))
 }
 
 /// Time to memcpy `n` bytes between two pre-touched buffers (best of 3).
@@ -243,67 +273,11 @@ pub(super) fn bench_rss(a: &RssArgs, say: bool) -> Result<RssReport> {
     let fine = a.dir.join("finetuned.safetensors");
     let delta = a.dir.join("delta.bitdelta");
     let output = a.dir.join("applied.safetensors");
-    // Reuse a kept pair only if both files hold exactly this spec's tensors.
-    let same = |p: &Path| {
-        zdn::model::file::ModelFile::open(p).is_ok_and(|m| {
-            m.header.tensors.len() == layouts.len()
-                && m.header
-                    .tensors
-                    .iter()
-                    .zip(&layouts)
-                    .all(|(t, l)| t.name == l.name && t.dtype == l.dtype && t.shape == l.shape)
-        })
-    };
-    let reuse = a.keep && same(&base) && same(&fine);
-    let generate_s = if reuse {
-        0.0
-    } else {
-        if say {
-            println!(
-                "rss: generating a {:.2} GiB {} pair in {} …",
-                data_bytes as f64 / (1u64 << 30) as f64,
-                a.dtype.name(),
-                a.dir.display()
-            );
-        }
-        let (d, r) = time(|| write_pair(&spec, &base, &fine));
-        r.context("generating the model pair")?;
-        d.as_secs_f64()
-    };
+    let generate_s = generate_pair(a, &spec, &base, &fine, data_bytes, say)?;
     let model_bytes = std::fs::metadata(&base)?.len();
 
-    let encode = run_child(
-        &zdn,
-        &[
-            os("delta"),
-            os("encode"),
-            os("--base"),
-            base.as_os_str(),
-            os("--finetuned"),
-            fine.as_os_str(),
-            os("-o"),
-            delta.as_os_str(),
-            os("--json"),
-        ],
-        &a.dir.join("encode.json"),
-        a.method,
-    )?;
-    let apply = run_child(
-        &zdn,
-        &[
-            os("delta"),
-            os("apply"),
-            os("--base"),
-            base.as_os_str(),
-            os("--delta"),
-            delta.as_os_str(),
-            os("-o"),
-            output.as_os_str(),
-            os("--json"),
-        ],
-        &a.dir.join("apply.json"),
-        a.method,
-    )?;
+    let (encode, apply) =
+        encode_and_apply(&zdn, &a.dir, a.method, [&base, &fine, &delta, &output])?;
     let delta_bytes = std::fs::metadata(&delta)?.len();
     let output_bytes = std::fs::metadata(&output)?.len();
     ensure!(
@@ -346,46 +320,133 @@ pub(super) fn bench_rss(a: &RssArgs, say: bool) -> Result<RssReport> {
         apply,
     };
     if say {
-        println!(
-            "rss: {} model, {} layers, hidden {}, intermediate {}, vocab {}: {:.1} MiB; largest tensor {} = {:.1} MiB",
-            r.dtype.name(),
-            r.layers,
-            r.hidden,
-            r.intermediate,
-            r.vocab,
-            mib(r.model_bytes),
-            r.largest_tensor,
-            mib(r.largest_tensor_bytes)
-        );
-        println!(
-            "     delta {:.1} MiB; goal: peak RSS ≤ 2 × largest + 64 MiB = {:.1} MiB; RSS method {}",
-            mib(r.delta_bytes),
-            mib(r.goal_rss_bytes),
-            r.encode.rss_method
-        );
-        println!(
-            "{:<14} {:>9} {:>7} {:>7} {:>14}  goal",
-            "command", "wall s", "user s", "sys s", "peak RSS MiB"
-        );
-        for (name, c, met) in [
-            ("delta encode", &r.encode, r.encode_goal_met),
-            ("delta apply", &r.apply, r.apply_goal_met),
-        ] {
-            println!(
-                "{:<14} {:>9.2} {:>7.2} {:>7.2} {:>14.1}  {}",
-                name,
-                c.wall_s,
-                c.user_s,
-                c.sys_s,
-                mib(c.peak_rss_bytes),
-                goal(met)
-            );
-        }
-        println!(
-            "     apply ÷ memcpy of the output size ({:.3} s) = {:.1}; apply ÷ copy-file+fsync of the base ({:.2} s) = {:.2}",
-            r.memcpy_output_s, r.apply_over_memcpy, r.file_copy_fsync_s, r.apply_over_file_copy
-        );
-        println!();
+        print_rss(&r);
     }
     Ok(r)
+}
+
+/// Writes the base + fine-tune pair of `spec` to `base` and `fine` (`data_bytes` of tensors),
+/// unless `--keep` left exactly this spec's pair there. Returns the seconds it took (0 when kept).
+fn generate_pair(
+    a: &RssArgs,
+    spec: &SyntheticSpec,
+    base: &Path,
+    fine: &Path,
+    data_bytes: u64,
+    say: bool,
+) -> Result<f64> {
+    let layouts = spec.layouts();
+    // Reuse a kept pair only if both files hold exactly this spec's tensors.
+    let same = |p: &Path| {
+        zdn::model::file::ModelFile::open(p).is_ok_and(|m| {
+            m.header.tensors.len() == layouts.len()
+                && m.header
+                    .tensors
+                    .iter()
+                    .zip(&layouts)
+                    .all(|(t, l)| t.name == l.name && t.dtype == l.dtype && t.shape == l.shape)
+        })
+    };
+    if a.keep && same(base) && same(fine) {
+        return Ok(0.0);
+    }
+    if say {
+        println!(
+            "rss: generating a {:.2} GiB {} pair in {} …",
+            data_bytes as f64 / (1u64 << 30) as f64,
+            a.dtype.name(),
+            a.dir.display()
+        );
+    }
+    let (d, r) = time(|| write_pair(spec, base, fine));
+    r.context("generating the model pair")?;
+    Ok(d.as_secs_f64())
+}
+
+/// Runs `zdn delta encode` (base, fine → delta) then `zdn delta apply` (base, delta → output) as
+/// child processes, their stdout to `encode.json` and `apply.json` in `dir`; `files` is
+/// [base, fine, delta, output].
+pub(super) fn encode_and_apply(
+    zdn: &Path,
+    dir: &Path,
+    method: RssMethod,
+    files: [&Path; 4],
+) -> Result<(ChildRun, ChildRun)> {
+    let [base, fine, delta, output] = files;
+    let encode = run_child(
+        zdn,
+        &[
+            os("delta"),
+            os("encode"),
+            os("--base"),
+            base.as_os_str(),
+            os("--finetuned"),
+            fine.as_os_str(),
+            os("-o"),
+            delta.as_os_str(),
+            os("--json"),
+        ],
+        &dir.join("encode.json"),
+        method,
+    )?;
+    let apply = run_child(
+        zdn,
+        &[
+            os("delta"),
+            os("apply"),
+            os("--base"),
+            base.as_os_str(),
+            os("--delta"),
+            delta.as_os_str(),
+            os("-o"),
+            output.as_os_str(),
+            os("--json"),
+        ],
+        &dir.join("apply.json"),
+        method,
+    )?;
+    Ok((encode, apply))
+}
+
+fn print_rss(r: &RssReport) {
+    println!(
+        "rss: {} model, {} layers, hidden {}, intermediate {}, vocab {}: {:.1} MiB; largest tensor {} = {:.1} MiB",
+        r.dtype.name(),
+        r.layers,
+        r.hidden,
+        r.intermediate,
+        r.vocab,
+        mib(r.model_bytes),
+        r.largest_tensor,
+        mib(r.largest_tensor_bytes)
+    );
+    println!(
+        "     delta {:.1} MiB; goal: peak RSS ≤ 2 × largest + 64 MiB = {:.1} MiB; RSS method {}",
+        mib(r.delta_bytes),
+        mib(r.goal_rss_bytes),
+        r.encode.rss_method
+    );
+    println!(
+        "{:<14} {:>9} {:>7} {:>7} {:>14}  goal",
+        "command", "wall s", "user s", "sys s", "peak RSS MiB"
+    );
+    for (name, c, met) in [
+        ("delta encode", &r.encode, r.encode_goal_met),
+        ("delta apply", &r.apply, r.apply_goal_met),
+    ] {
+        println!(
+            "{:<14} {:>9.2} {:>7.2} {:>7.2} {:>14.1}  {}",
+            name,
+            c.wall_s,
+            c.user_s,
+            c.sys_s,
+            mib(c.peak_rss_bytes),
+            goal(met)
+        );
+    }
+    println!(
+        "     apply ÷ memcpy of the output size ({:.3} s) = {:.1}; apply ÷ copy-file+fsync of the base ({:.2} s) = {:.2}",
+        r.memcpy_output_s, r.apply_over_memcpy, r.file_copy_fsync_s, r.apply_over_file_copy
+    );
+    println!();
 }

@@ -181,7 +181,6 @@ impl SwitchBench {
 
 /// The 7B switch benchmark.
 pub fn switch_7b(gpu: &Gpu, quick: bool) -> Result<SwitchBench, String> {
-    let e = |e: GpuError| e.to_string();
     let t0 = Instant::now();
     let shapes = llama2_7b();
     let mut r = SwitchBench {
@@ -189,6 +188,31 @@ pub fn switch_7b(gpu: &Gpu, quick: bool) -> Result<SwitchBench, String> {
         ..SwitchBench::default()
     };
     let pattern = Pattern::new();
+    let base = upload_base(gpu, &shapes, &pattern)?;
+    r.base_bytes = base.tensors().iter().map(|t| t.len).sum();
+    // The copy baseline: the whole base copied on the device, in the same run.
+    r.copy_ms = device_copy_ms(gpu, &base)?;
+
+    let files = [delta_file(&shapes, 11)?, delta_file(&shapes, 12)?];
+    let mut set = DeviceFineTunes::new(gpu.clone(), base, 4 << 30).map_err(|x| x.to_string())?;
+    for (k, f) in files.iter().enumerate() {
+        set.add(&format!("p{k}"), f, &NoHostBase)
+            .map_err(|x| x.to_string())?;
+    }
+    r.upload_bytes = set.upload_bytes() / 2;
+    r.setup_s = t0.elapsed().as_secs_f64();
+    time_switches(&mut set, quick, &mut r)?;
+    check_samples(&set, &files, &shapes, &pattern, &mut r)?;
+    Ok(r)
+}
+
+/// Allocates the resident base of `shapes` on the device and uploads the pattern's weights.
+fn upload_base(
+    gpu: &Gpu,
+    shapes: &[(String, Vec<u64>)],
+    pattern: &Pattern,
+) -> Result<ResidentModel, String> {
+    let e = |e: GpuError| e.to_string();
     let mut base = ResidentModel::allocate(
         gpu,
         shapes
@@ -207,29 +231,30 @@ pub fn switch_7b(gpu: &Gpu, quick: bool) -> Result<SwitchBench, String> {
         pattern.fill(i, &mut host[..len]);
         base.put(gpu, i, &host[..len]).map_err(e)?;
     }
-    r.base_bytes = base.tensors().iter().map(|t| t.len).sum();
+    Ok(base)
+}
 
-    // The copy baseline: the whole base copied on the device, in the same run.
-    {
-        let mut scratch = gpu.alloc(base.device_bytes()).map_err(e)?;
-        let mut copy = Vec::new();
-        for _ in 0..3 {
-            copy.push(
-                gpu.time_ms(|| gpu.copy(base.buffer(), 0, &mut scratch, 0, base.device_bytes()))
-                    .map_err(e)?,
-            );
-        }
-        r.copy_ms = median(&mut copy);
+/// Median time (ms, of 3) of copying the whole base on the device.
+fn device_copy_ms(gpu: &Gpu, base: &ResidentModel) -> Result<f64, String> {
+    let e = |e: GpuError| e.to_string();
+    let mut scratch = gpu.alloc(base.device_bytes()).map_err(e)?;
+    let mut copy = Vec::new();
+    for _ in 0..3 {
+        copy.push(
+            gpu.time_ms(|| gpu.copy(base.buffer(), 0, &mut scratch, 0, base.device_bytes()))
+                .map_err(e)?,
+        );
     }
+    Ok(median(&mut copy))
+}
 
-    let files = [delta_file(&shapes, 11)?, delta_file(&shapes, 12)?];
-    let mut set = DeviceFineTunes::new(gpu.clone(), base, 4 << 30).map_err(|x| x.to_string())?;
-    for (k, f) in files.iter().enumerate() {
-        set.add(&format!("p{k}"), f, &NoHostBase)
-            .map_err(|x| x.to_string())?;
-    }
-    r.upload_bytes = set.upload_bytes() / 2;
-    r.setup_s = t0.elapsed().as_secs_f64();
+/// Switches between the two fine-tunes (4 times when `quick`, else 10), every switch after the
+/// first in place, and records the times and the work of each into `r`.
+fn time_switches(
+    set: &mut DeviceFineTunes,
+    quick: bool,
+    r: &mut SwitchBench,
+) -> Result<(), String> {
     // The first switch allocates the weights; the ones timed are in place.
     set.switch("p0").map_err(|x| x.to_string())?;
     let reps = if quick { 4 } else { 10 };
@@ -244,8 +269,17 @@ pub fn switch_7b(gpu: &Gpu, quick: bool) -> Result<SwitchBench, String> {
         r.device_ms.push(sw.device_ms);
         (r.bytes_moved, r.launches, r.copies) = (sw.bytes_moved, sw.launches, sw.copies);
     }
+    Ok(())
+}
 
-    // The weights after the last switch, some tensors against the CPU reference.
+/// The weights after the last switch, some tensors against the CPU reference (recorded in `r`).
+fn check_samples(
+    set: &DeviceFineTunes,
+    files: &[Vec<u8>; 2],
+    shapes: &[(String, Vec<u64>)],
+    pattern: &Pattern,
+    r: &mut SwitchBench,
+) -> Result<(), String> {
     let active = set.active().unwrap_or("").to_string();
     let file = &files[usize::from(active == "p1")];
     let parsed = BitDeltaFile::parse(file).map_err(|x| x.to_string())?;
@@ -279,5 +313,5 @@ pub fn switch_7b(gpu: &Gpu, quick: bool) -> Result<SwitchBench, String> {
             r.sample_first.push(format!("{active} {name}: {d}"));
         }
     }
-    Ok(r)
+    Ok(())
 }

@@ -1,0 +1,158 @@
+//! `zdn add`: a base model file, a model folder, a delta or a soup recipe into the store.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use zdn_node::store::AddOptions;
+use zdn_protocol::bitdelta::MAGIC as BITDELTA_MAGIC;
+use zdn_protocol::manifest::{Kind, PublisherKey};
+use zdn_protocol::soup::recipe::RECIPE_MAGIC;
+use zdn_protocol::soup::Recipe;
+use zdn_protocol::Hash;
+
+use super::{files_note, load_or_create_key, now, AddArgs};
+use crate::cli::args::Location;
+use crate::cli::output::say;
+use crate::fs::mapped_file::MappedFile;
+use crate::home::config::Config;
+use crate::model::folder::ModelFolder;
+
+pub(super) fn add(loc: &Location, config: &Config, a: AddArgs) -> anyhow::Result<()> {
+    let key = load_or_create_key(loc)?;
+    if std::fs::metadata(&a.file).is_ok_and(|m| m.is_dir()) {
+        return add_folder(loc, config, a, &key);
+    }
+    let file = MappedFile::open(&a.file)?;
+    let bytes = file.bytes();
+    let kind = if bytes.starts_with(BITDELTA_MAGIC) {
+        Kind::Delta
+    } else if bytes.starts_with(RECIPE_MAGIC) {
+        Kind::Soup
+    } else {
+        Kind::Base
+    };
+    let store = loc.open(config)?;
+    let base = match (&a.base, kind) {
+        (Some(b), _) => Some(store.resolve(b)?),
+        (None, Kind::Delta) => anyhow::bail!(
+            "{} is a .bitdelta: say which base it applies to with --base HASH|NAME",
+            a.file.display()
+        ),
+        // A recipe names its base itself.
+        (None, Kind::Soup) => Some(
+            Recipe::decode(bytes)
+                .with_context(|| format!("{} is not a valid soup recipe", a.file.display()))?
+                .base(),
+        ),
+        (None, Kind::Base) => None,
+    };
+    if kind == Kind::Base && base.is_some() {
+        anyhow::bail!("--base is for deltas; {} is a base model", a.file.display());
+    }
+    let name = file_stem(&a.file);
+    let opts = add_options(config, &a, kind, base, name)?;
+    let (_, r) = store
+        .add(bytes, &opts, &key)
+        .with_context(|| format!("adding {} (the store is unchanged)", a.file.display()))?;
+    print_added(a.json, &r)
+}
+
+/// `zdn add DIR`: a model folder as one object (docs/store.md "Folders").
+fn add_folder(
+    loc: &Location,
+    config: &Config,
+    a: AddArgs,
+    key: &PublisherKey,
+) -> anyhow::Result<()> {
+    if a.base.is_some() {
+        anyhow::bail!(
+            "--base is for deltas; {} is a model folder (a base model)",
+            a.file.display()
+        );
+    }
+    let folder = ModelFolder::open(&a.file).with_context(|| {
+        format!(
+            "reading the folder {} (the store is unchanged)",
+            a.file.display()
+        )
+    })?;
+    let store = loc.open(config)?;
+    // The folder's own name, also for `.` or a path ending in `/..`.
+    let name = std::path::absolute(&a.file)
+        .ok()
+        .and_then(|p| p.components().next_back().map(|c| c.as_os_str().to_owned()))
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty() && n != "/")
+        .unwrap_or_else(|| "model".into());
+    let opts = add_options(config, &a, Kind::Base, None, name)?;
+    let (_, r) = store
+        .add_folder(&folder.members(), &opts, key)
+        .with_context(|| format!("adding {} (the store is unchanged)", a.file.display()))?;
+    print_added(a.json, &r)
+}
+
+fn add_options(
+    config: &Config,
+    a: &AddArgs,
+    kind: Kind,
+    base: Option<Hash>,
+    default_name: String,
+) -> anyhow::Result<AddOptions> {
+    Ok(AddOptions {
+        kind,
+        name: a.name.clone().unwrap_or(default_name),
+        version: a.model_version.clone(),
+        base,
+        chunk_size: a.chunk_size.unwrap_or(config.chunk_size),
+        zstd_level: a.zstd_level.unwrap_or(config.zstd_level),
+        created_at: now(),
+        extra: match &a.quality {
+            Some(p) => vec![("quality".to_owned(), quality_note(p)?)],
+            None => Vec::new(),
+        },
+        pin: !a.no_pin,
+    })
+}
+
+fn print_added(json: bool, r: &zdn_node::store::AddReport) -> anyhow::Result<()> {
+    if json {
+        say!("{}", serde_json::to_string_pretty(r)?);
+    } else {
+        say!("{}", r.hash);
+        eprintln!(
+            "added {} {:?}: {} bytes{} in {} chunks; {} new chunks ({} stored bytes), {} bytes deduplicated",
+            r.kind.as_str(),
+            r.name,
+            r.object_len,
+            files_note(r.files),
+            r.chunks,
+            r.new_chunks,
+            r.new_stored_bytes,
+            r.dedup_bytes
+        );
+    }
+    std::io::stdout().flush().ok();
+    Ok(())
+}
+
+/// A `zdn eval --json` report, checked and re-serialised compactly for a manifest note.
+fn quality_note(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the quality report {}", path.display()))?;
+    let r: crate::quality::eval::QualityReport =
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a quality report (the JSON `zdn eval --json` prints)",
+                path.display()
+            )
+        })?;
+    Ok(serde_json::to_string(&r)?)
+}
+
+fn file_stem(p: &Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "object".into())
+}
