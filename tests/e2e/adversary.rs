@@ -91,6 +91,10 @@ fn the_lane_never_sends_an_unproven_address_more_than_it_sent() {
                 ToSender::Ack {
                     rate_bps: u64::MAX,
                     cumulative: 0,
+                    queue_us: 0,
+                    echo_sent_us: 0,
+                    echo_recv_us: 0,
+                    received: 0,
                     ranges: Vec::new(),
                 }
             };
@@ -243,8 +247,9 @@ fn a_flood_request_is_capped_and_ends_and_the_node_stops_promptly() {
     });
 }
 
-/// Item 1: a session belongs to its connection: when the peer's connection goes, the data stops.
-/// And one peer holds at most two sessions at once.
+/// Item 1: a session belongs to its connection: when the peer's connection goes, the data stops
+/// (the session parks), and an authentic datagram from the address that was validated before
+/// draws only a challenge, no data. And one peer holds at most two sessions at once.
 #[test]
 fn a_session_ends_with_its_connection_and_a_peer_holds_at_most_two() {
     let p = publish(2);
@@ -291,6 +296,30 @@ fn a_session_ends_with_its_connection_and_a_peer_holds_at_most_two() {
         assert_eq!(
             sink.received_bytes, after,
             "data kept coming after the connection closed"
+        );
+        // Parked: the old address must answer a fresh challenge before any data goes there.
+        let ack = ToSender::Ack {
+            rate_bps: u64::MAX,
+            cumulative: 0,
+            queue_us: 0,
+            echo_sent_us: 0,
+            echo_recv_us: 0,
+            received: 0,
+            ranges: Vec::new(),
+        };
+        let (mut data, sent_before) = (0, sink.sent_bytes);
+        for _ in 0..5 {
+            sink.send_to(&sealer.seal(&ack), to).await.unwrap();
+            for d in sink.drain(Duration::from_millis(300), 100).await {
+                if sealer.is_data(&d) {
+                    data += 1;
+                }
+            }
+        }
+        assert_eq!(data, 0, "a parked session sent data to an unproven address");
+        assert!(
+            sink.received_bytes - after <= sink.sent_bytes - sent_before,
+            "more than was sent came back"
         );
     });
     seeder.stop();

@@ -216,3 +216,140 @@ fn a_dead_seeder_hands_the_lane_to_the_next_peer_not_after_the_outage_patience()
     assert_object(field.path(), &p.base, &p.base_file);
     survivor.stop();
 }
+
+/// The `.held` files (claims of partly received chunks) under a home.
+fn held_claims(home: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![home.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "held") {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// Bytes claimed, and the chunk's stored length, by a `.held` file (`net/paced/partial.rs`:
+/// magic 8 | stored_len u32 | n u32 | n × (start u32 | len u32) | check 16); `None` if unreadable.
+fn claimed(path: &std::path::Path) -> Option<(u64, u64)> {
+    let b = std::fs::read(path).ok()?;
+    let word = |i: usize| -> Option<u64> {
+        Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?).into())
+    };
+    let (stored, n) = (word(8)?, word(12)?);
+    let held = (0..n)
+        .map(|i| word(20 + 8 * i as usize))
+        .sum::<Option<u64>>()?;
+    Some((held, stored))
+}
+
+#[test]
+fn a_fetch_killed_inside_a_chunk_resumes_inside_it() {
+    let p = publish(2);
+    let seeder = NodeProc::start(p.home.path(), &[]);
+    let field = tmpdir();
+    // At 256 kbit/s a chunk of the base (about 52 kB stored) takes 1.6 s; what arrived of the one
+    // in flight is written to disk every 2 s. Kill -9 the fetch as soon as a chunk is claimed
+    // with 4 kB held and 4 kB (130 ms of link time) still missing.
+    let mut a = at(
+        field.path(),
+        &fetch_json_args(&p.base, &seeder.addr, &p.key),
+    );
+    a.extend(["--link-rate".into(), "256kbit".into()]);
+    let mut fetch = spawn_zdn(&a);
+    let end = Instant::now() + Duration::from_secs(120);
+    let held = loop {
+        let inside = held_claims(field.path())
+            .iter()
+            .filter_map(|c| claimed(c))
+            .find(|&(held, stored)| held >= 4096 && held + 4096 <= stored);
+        if let Some((held, _)) = inside {
+            break held;
+        }
+        assert!(
+            Instant::now() < end,
+            "no chunk partly received on disk in 120 s"
+        );
+        assert!(fetch.try_wait().unwrap().is_none(), "the fetch ended first");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    fetch.kill().unwrap(); // SIGKILL
+    fetch.wait().unwrap();
+
+    // Again: the request names the byte ranges held, the sender skips them, and the chunk they
+    // belong to verifies (its bytes came from two processes).
+    let mut a = fetch_json_args(&p.base, &seeder.addr, &p.key).to_vec();
+    a.extend(["--link-rate", "40Mbit"]);
+    let r = json(&ok(field.path(), &a));
+    let lane = &r["paced"];
+    eprintln!("{held} bytes of a chunk held at the kill; after it: {lane}");
+    let stored_before = r["chunks_resumed"].as_u64().unwrap();
+    assert_eq!(
+        lane["chunks"].as_u64().unwrap() + stored_before,
+        r["chunks"].as_u64().unwrap(),
+        "{r}"
+    );
+    assert!(lane.get("stopped").is_none(), "{lane}");
+    assert!(lane["held_bytes"].as_u64().unwrap() >= held, "{lane}");
+    assert_eq!(lane["held_rejected"], 0, "{lane}");
+    assert_object(field.path(), &p.base, &p.base_file);
+    let verify = run(field.path(), &["verify"]);
+    assert_eq!(verify.0, 0, "{}", verify.1);
+    // Every chunk complete: no claim is left behind.
+    assert!(
+        held_claims(field.path()).is_empty(),
+        "{:?}",
+        held_claims(field.path())
+    );
+    seeder.stop();
+}
+
+#[test]
+fn a_lane_session_rides_out_an_outage_in_one_session() {
+    let p = publish(2);
+    let seeder = NodeProc::start(p.home.path(), &[]);
+    let field = tmpdir();
+    // The base (17 MB stored) at 8 Mbit/s: about 17 s. Three seconds in, the seeder is frozen
+    // (SIGSTOP) for 40 s: to the fetch, the link is down both ways, longer than the sender's
+    // 30 s without a word after which it stops and waits for a probe.
+    let mut a = at(
+        field.path(),
+        &fetch_json_args(&p.base, &seeder.addr, &p.key),
+    );
+    a.extend(["--link-rate".into(), "8Mbit".into()]);
+    let fetch = spawn_zdn(&a);
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = seeder.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_secs(40));
+    assert!(std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = wait_with_deadline(fetch, Duration::from_secs(180));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json(&String::from_utf8_lossy(&out.stdout));
+    let lane = &r["paced"];
+    eprintln!("through the outage: {lane}");
+    // One session carried it all: not asked again, not handed to the chunk streams.
+    assert_eq!(lane["chunks"], r["chunks"], "{r}");
+    assert!(lane.get("stopped").is_none(), "{lane}");
+    assert_eq!(lane["sessions"], 1, "{lane}");
+    assert_eq!(lane["resumes"], 0, "{lane}");
+    assert_object(field.path(), &p.base, &p.base_file);
+    seeder.stop();
+}

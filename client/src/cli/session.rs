@@ -34,10 +34,11 @@ pub struct NetArgs {
     #[arg(long, value_name = "RATE", value_parser = parse_bytes_per_sec)]
     pub max_rate: Option<u64>,
     /// This site's link rate (same units as --max-rate, e.g. 1Mbit for a satellite terminal).
-    /// Fetches then ask peers to send chunks over zdn's paced UDP lane at exactly this rate,
-    /// which keeps a lossy, long-delay link full through loss and outages (TCP leaves it idle
-    /// part of the time); what the lane cannot bring comes over the usual streams. Set it to
-    /// the rate you pay for, not more: above the link's rate the excess is dropped at the link.
+    /// Fetches then ask peers to send chunks over zdn's paced UDP lane, at most at this rate:
+    /// the sender starts there and finds the rate actually available below it from queueing
+    /// delay, which keeps a lossy, long-delay link full through loss and outages (TCP leaves it
+    /// idle part of the time); what the lane cannot bring comes over the usual streams. The
+    /// field profile uses the lane without it (the sender then finds the link's rate itself).
     #[arg(long, value_name = "RATE", value_parser = parse_bytes_per_sec)]
     pub link_rate: Option<u64>,
     /// Trust this publisher key (64 hex digits) besides your own and the config's; repeatable.
@@ -143,6 +144,8 @@ pub async fn start(
     c.external_addresses = external_addresses;
     c.max_download_rate = net.max_rate;
     c.link_rate = net.link_rate;
+    // What the paced lane received of chunks not yet complete survives a restart or a kill.
+    c.partial_dir = Some(dir.join("lane-partial"));
     c.max_upload_rate = upload.or(net.max_rate);
     c.auto_fetch = auto_fetch.clone();
     c.fault = fault;

@@ -64,10 +64,14 @@ pub struct NodeConfig {
     /// Bytes per second, whole node, each direction.
     pub max_upload_rate: Option<u64>,
     pub max_download_rate: Option<u64>,
-    /// The rate of this node's own link (bytes per second, IP bytes), when known: fetches then
-    /// ask peers for chunks over the paced lane at exactly that rate, shared by the fetches
-    /// running at once.
+    /// The rate of this node's own link as stated by its operator (bytes per second, IP bytes):
+    /// the most the paced lane asks for, shared by the fetches running at once, and where a
+    /// session starts. The lane finds the rate actually available below it (see
+    /// `zdn_protocol::paced`). Setting it turns the lane on for any profile.
     pub link_rate: Option<u64>,
+    /// Where the lane keeps what arrived of chunks not yet complete (across outages, restarts and
+    /// kills): a directory beside the store. `None`: kept in memory for one session only.
+    pub partial_dir: Option<std::path::PathBuf>,
     pub auto_fetch: Vec<AutoFetchRule>,
     /// Caps on inbound connections (connections this node dials are never refused for room).
     pub inbound: InboundLimits,
@@ -75,6 +79,12 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// Whether fetches use the paced lane: when the link's rate is stated, and on a field station
+    /// without it (the lane then finds the link's rate itself).
+    pub fn lane_on(&self) -> bool {
+        self.link_rate.is_some() || self.profile == Profile::Field
+    }
+
     pub fn new(keypair: Keypair, profile: Profile) -> Self {
         NodeConfig {
             keypair,
@@ -89,6 +99,7 @@ impl NodeConfig {
             max_upload_rate: None,
             max_download_rate: None,
             link_rate: None,
+            partial_dir: None,
             auto_fetch: Vec::new(),
             inbound: InboundLimits::default(),
             fault: None,

@@ -108,7 +108,7 @@ pub struct NodeHandle {
     pub(crate) tuning: Tuning,
     pub(crate) download_limit: Option<Arc<RateLimiter>>,
     pub(crate) traffic: Arc<Traffic>,
-    pub(crate) paced: Option<Arc<crate::net::paced::session::PacedLane>>,
+    pub(crate) paced: Option<Arc<crate::net::paced::lane::PacedLane>>,
     pub(crate) scores: Arc<PeerScores>,
     pub(crate) peer_table: Arc<PeerTable>,
     /// One fetch of an object at a time.

@@ -9,9 +9,11 @@
 //!   deadlines ([`frame`]).
 //! - [`fetch()`] drives the sans-IO `SyncScheduler` over real streams and the store; it asks the
 //!   DHT for providers when no connected peer has the object, and re-dials a peer lost midway.
-//! - `paced/`: the paced lane (`/zdn/paced/2` + sealed UDP datagrams): a node given its link's
-//!   rate (`NodeConfig::link_rate`) has chunks sent to it as datagrams paced at that rate, which
-//!   keeps a lossy satellite link full; every node serves it.
+//! - `paced/`: the paced lane (`/zdn/paced/3` + sealed UDP datagrams): a field station, or a node
+//!   given its link's rate (`NodeConfig::link_rate`, then a ceiling), has chunks sent to it as
+//!   datagrams paced at the rate the sender finds from queueing delay, which keeps a lossy
+//!   satellite link full; partly received chunks are kept on disk and resumed; every node serves
+//!   it.
 
 mod accept;
 mod chunk;
@@ -32,11 +34,12 @@ pub use config::{AutoFetchRule, Fault, NodeConfig};
 pub use error::{FetchError, NetError};
 pub use fetch::{fetch, FetchOptions, FetchProgress, FetchReport, PeerReport};
 pub use handle::{NodeHandle, PeerInfo, Traffic};
+pub use paced::lane::PacedLane;
 pub use paced::server::{
     DEFAULT_MAX_RATE_BPS as PACED_DEFAULT_MAX_RATE_BPS, MAX_SESSIONS as MAX_PACED_SESSIONS,
     MAX_SESSIONS_PER_PEER as MAX_PACED_SESSIONS_PER_PEER, SILENCE as PACED_SILENCE,
 };
-pub use paced::session::{PacedLane, PacedReport};
+pub use paced::session::PacedReport;
 pub use peers::score::{BAN_AT, HALF_LIFE as PENALTY_HALF_LIFE};
 pub use peers::Offence;
 pub use profile::{DhtTuning, Profile, Tuning};

@@ -18,10 +18,19 @@ fn golden_bytes() {
         rate_bps: 1_000_000,
         payload: 1448,
         wanted,
+        held: vec![HeldChunk {
+            chunk: 9,
+            ranges: ByteRanges::from_canonical(vec![(0, 5), (7, 2)], 100).unwrap(),
+        }],
     };
     assert_eq!(
         hex(req.encode()),
-        format!("02{}40420f0000000000a8050a0000000202", "07".repeat(32))
+        format!(
+            "03{}40420f0000000000a8050a0000000202{}",
+            "07".repeat(32),
+            // one held chunk: 9, two ranges: (0, 5), (7, 2)
+            "010009000000020000000000050000000700000002000000"
+        )
     );
     let ready = PacedResponse::Ready {
         udp_port: 40_001,
@@ -30,11 +39,12 @@ fn golden_bytes() {
         chunks: vec![SessionChunk {
             chunk: 1,
             stored_len: 300,
+            resumed: true,
         }],
     };
     assert_eq!(
         hex(ready.encode()),
-        format!("01419ca805{}01000000010000002c010000", "ab".repeat(32))
+        format!("01419ca805{}01000000010000002c01000001", "ab".repeat(32))
     );
     assert_eq!(
         hex(PacedResponse::Ended(EndReason::Budget).encode()),
@@ -43,11 +53,20 @@ fn golden_bytes() {
     let ack = ToSender::Ack {
         rate_bps: 500_000,
         cumulative: 3,
+        queue_us: 1,
+        echo_sent_us: 2,
+        echo_recv_us: 3,
+        received: 4,
         ranges: vec![(5, 2)],
     };
     assert_eq!(
         hex(ack.encode()),
-        "0220a10700000000000300000001000500000002000000"
+        "0220a107000000000003000000010000000200000003000000040000000100\
+         0500000002000000"
+    );
+    assert_eq!(
+        hex(ToSender::Probe.encode()),
+        format!("05{}", "00".repeat(8))
     );
     assert_eq!(hex(ToSender::Done.encode()), "03");
     assert_eq!(
@@ -62,8 +81,9 @@ fn golden_bytes() {
         hex(ToReceiver::Challenge { nonce: [2; 8] }.encode()),
         "050202020202020202"
     );
-    // A sealed Hello is bigger than the sealed challenge it draws.
+    // A sealed Hello is bigger than the sealed challenge it draws; a probe is as big.
     assert!(ToSender::Hello.encode().len() > ToReceiver::CHALLENGE_LEN);
+    assert_eq!(ToSender::Probe.encode().len(), ToReceiver::CHALLENGE_LEN);
 }
 
 #[test]
@@ -75,12 +95,7 @@ fn refuses_what_breaks_the_rules() {
         vec![(5, 0)],
         vec![(9, 1), (5, 1)],
     ] {
-        let b = ToSender::Ack {
-            rate_bps: 1,
-            cumulative: 3,
-            ranges,
-        }
-        .encode();
+        let b = ack_with(ranges).encode();
         assert!(ToSender::decode(&b).is_err());
     }
     // A Hello whose padding is not zero, an unknown end reason.
@@ -88,7 +103,7 @@ fn refuses_what_breaks_the_rules() {
     hello[5] = 1;
     assert!(ToSender::decode(&hello).is_err());
     assert!(PacedResponse::decode(&[4, 0]).is_err());
-    assert!(PacedResponse::decode(&[4, 7]).is_err());
+    assert!(PacedResponse::decode(&[4, 8]).is_err());
     // Chunks out of order, a zero length, an over-long session.
     let ready = |chunks: Vec<(u32, u32)>| {
         PacedResponse::Ready {
@@ -97,7 +112,11 @@ fn refuses_what_breaks_the_rules() {
             key: [0; 32],
             chunks: chunks
                 .into_iter()
-                .map(|(chunk, stored_len)| SessionChunk { chunk, stored_len })
+                .map(|(chunk, stored_len)| SessionChunk {
+                    chunk,
+                    stored_len,
+                    resumed: false,
+                })
                 .collect(),
         }
         .encode()
@@ -122,13 +141,12 @@ fn refuses_what_breaks_the_rules() {
         ToSender::decode(&too_long(MAX_CONTROL_LEN)),
         Err(WireError::TooLarge { .. })
     ));
+    // A resumed flag that is not 0 or 1.
+    let mut r = ready(vec![(1, 5)]);
+    *r.last_mut().unwrap() = 2;
+    assert!(PacedResponse::decode(&r).is_err());
     // Truncated at every length.
-    let ack = ToSender::Ack {
-        rate_bps: 1,
-        cumulative: 3,
-        ranges: vec![(5, 2)],
-    }
-    .encode();
+    let ack = ack_with(vec![(5, 2)]).encode();
     for n in 0..ack.len() {
         assert!(ToSender::decode(&ack[..n]).is_err());
     }
@@ -136,6 +154,15 @@ fn refuses_what_breaks_the_rules() {
     for n in 0..hello.len() {
         assert!(ToSender::decode(&hello[..n]).is_err());
     }
+    let mut probe = ToSender::Probe.encode();
+    for n in 0..probe.len() {
+        assert!(ToSender::decode(&probe[..n]).is_err());
+    }
+    probe[3] = 1;
+    assert!(
+        ToSender::decode(&probe).is_err(),
+        "probe padding must be zero"
+    );
     let challenge = ToReceiver::Challenge { nonce: [0; 8] }.encode();
     for n in 0..challenge.len() {
         assert!(ToReceiver::decode(&challenge[..n]).is_err());
@@ -146,11 +173,76 @@ fn refuses_what_breaks_the_rules() {
         rate_bps: 1,
         payload: 100,
         wanted: ChunkBitmap::new(3),
+        held: Vec::new(),
     };
     assert!(PacedRequest::decode(&req.encode()).is_err());
     req.payload = 1448;
+    // No rate stated is a request (the sender finds the rate).
     req.rate_bps = 0;
-    assert!(PacedRequest::decode(&req.encode()).is_err());
+    assert!(PacedRequest::decode(&req.encode()).is_ok());
+}
+
+fn ack_with(ranges: Vec<(u32, u32)>) -> ToSender {
+    ToSender::Ack {
+        rate_bps: 1,
+        cumulative: 3,
+        queue_us: 0,
+        echo_sent_us: 0,
+        echo_recv_us: 0,
+        received: 0,
+        ranges,
+    }
+}
+
+/// Held ranges a peer may name are checked before anything is taken from them: chunks wanted and
+/// ascending, ranges canonical and inside the largest chunk, counts under the caps.
+#[test]
+fn held_ranges_are_refused_unless_canonical_and_capped() {
+    let mut wanted = ChunkBitmap::new(100);
+    for i in 0..100 {
+        wanted.set(i);
+    }
+    let req = |held: Vec<HeldChunk>| PacedRequest {
+        object: Hash::ZERO,
+        rate_bps: 0,
+        payload: 1448,
+        wanted: wanted.clone(),
+        held,
+    };
+    let h = |chunk: u32, ranges: Vec<(u32, u32)>| HeldChunk {
+        chunk,
+        ranges: ByteRanges::from_canonical(ranges, u32::MAX).unwrap(),
+    };
+    let ok = req(vec![h(1, vec![(0, 10)]), h(5, vec![(3, 4), (9, 1)])]);
+    assert_eq!(PacedRequest::decode(&ok.encode()).unwrap(), ok);
+    // Not ascending; a chunk not wanted; a range past the largest chunk; an empty list.
+    let bad = [
+        req(vec![h(5, vec![(0, 1)]), h(1, vec![(0, 1)])]),
+        req(vec![h(1, vec![(0, 1)]), h(1, vec![(3, 1)])]),
+        req(vec![h(100, vec![(0, 1)])]),
+        req(vec![h(1, vec![(MAX_STORED_CHUNK as u32, 1)])]),
+        req(vec![h(1, vec![])]),
+    ];
+    for r in bad {
+        assert!(PacedRequest::decode(&r.encode()).is_err(), "{:?}", r.held);
+    }
+    // Ranges that are not canonical, written by hand.
+    let mut b = req(vec![h(1, vec![(0, 5)])]).encode();
+    let n = b.len();
+    b[n - 4..].copy_from_slice(&0u32.to_le_bytes());
+    assert!(PacedRequest::decode(&b).is_err(), "an empty range");
+    // Over the caps: too many chunks, too many ranges in one, in all.
+    let many = (0..=MAX_HELD_CHUNKS as u32)
+        .map(|c| h(c, vec![(0, 1)]))
+        .collect();
+    assert!(PacedRequest::decode(&req(many).encode()).is_err());
+    let ranges: Vec<(u32, u32)> = (0..=MAX_HELD_RANGES as u32).map(|i| (i * 2, 1)).collect();
+    assert!(PacedRequest::decode(&req(vec![h(1, ranges)]).encode()).is_err());
+    let full: Vec<(u32, u32)> = (0..MAX_HELD_RANGES as u32).map(|i| (i * 2, 1)).collect();
+    let all = (0..=(MAX_HELD_TOTAL / MAX_HELD_RANGES) as u32)
+        .map(|c| h(c, full.clone()))
+        .collect();
+    assert!(PacedRequest::decode(&req(all).encode()).is_err());
 }
 
 fn arb_bitmap() -> impl Strategy<Value = ChunkBitmap> {
@@ -168,15 +260,40 @@ fn arb_bitmap() -> impl Strategy<Value = ChunkBitmap> {
 fn arb_request() -> impl Strategy<Value = PacedRequest> {
     (
         any::<[u8; 32]>(),
-        1u64..,
+        any::<u64>(),
         MIN_PAYLOAD..=MAX_PAYLOAD,
         arb_bitmap(),
+        proptest::collection::vec(proptest::collection::vec((1u32..50, 1u32..50), 1..8), 0..6),
     )
-        .prop_map(|(o, rate_bps, payload, wanted)| PacedRequest {
-            object: Hash::from_bytes(o),
-            rate_bps,
-            payload,
-            wanted,
+        .prop_map(|(o, rate_bps, payload, wanted, steps)| {
+            // Held ranges for some of the wanted chunks, ascending.
+            let chunks: Vec<u32> = (0..wanted.len()).filter(|&i| wanted.get(i)).collect();
+            let held = chunks
+                .iter()
+                .zip(steps)
+                .map(|(&chunk, steps)| {
+                    let mut at = 0;
+                    let ranges = steps
+                        .into_iter()
+                        .map(|(gap, len)| {
+                            let start = at + gap;
+                            at = start + len;
+                            (start, len)
+                        })
+                        .collect();
+                    HeldChunk {
+                        chunk,
+                        ranges: ByteRanges::from_canonical(ranges, u32::MAX).unwrap(),
+                    }
+                })
+                .collect();
+            PacedRequest {
+                object: Hash::from_bytes(o),
+                rate_bps,
+                payload,
+                wanted,
+                held,
+            }
         })
 }
 
@@ -186,7 +303,7 @@ fn arb_response() -> impl Strategy<Value = PacedResponse> {
             1u16..,
             MIN_PAYLOAD..=MAX_PAYLOAD,
             any::<[u8; 32]>(),
-            proptest::collection::btree_map(any::<u32>(), 1u32..=1 << 20, 1..50)
+            proptest::collection::btree_map(any::<u32>(), (1u32..=1 << 20, any::<bool>()), 1..50)
         )
             .prop_map(|(udp_port, payload, key, m)| PacedResponse::Ready {
                 udp_port,
@@ -194,12 +311,16 @@ fn arb_response() -> impl Strategy<Value = PacedResponse> {
                 key,
                 chunks: m
                     .into_iter()
-                    .map(|(chunk, stored_len)| SessionChunk { chunk, stored_len })
+                    .map(|(chunk, (stored_len, resumed))| SessionChunk {
+                        chunk,
+                        stored_len,
+                        resumed,
+                    })
                     .collect(),
             }),
         any::<[u8; 32]>().prop_map(|h| PacedResponse::NotFound(Hash::from_bytes(h))),
         any::<u32>().prop_map(|retry_after_ms| PacedResponse::Busy { retry_after_ms }),
-        (1u8..=6).prop_map(|c| PacedResponse::Ended(EndReason::from_code(c).unwrap())),
+        (1u8..=7).prop_map(|c| PacedResponse::Ended(EndReason::from_code(c).unwrap())),
     ]
 }
 
@@ -207,13 +328,15 @@ fn arb_control() -> impl Strategy<Value = ToSender> {
     prop_oneof![
         Just(ToSender::Hello),
         Just(ToSender::Done),
+        Just(ToSender::Probe),
         any::<[u8; 8]>().prop_map(|nonce| ToSender::Response { nonce }),
         (
             any::<u64>(),
             0u32..1_000_000,
+            any::<[u32; 4]>(),
             proptest::collection::vec((1u32..50, 1u32..50), 0..MAX_ACK_RANGES)
         )
-            .prop_map(|(rate_bps, cumulative, steps)| {
+            .prop_map(|(rate_bps, cumulative, link, steps)| {
                 // Gaps and runs after the cumulative point: ascending and disjoint.
                 let mut at = cumulative;
                 let ranges = steps
@@ -227,6 +350,10 @@ fn arb_control() -> impl Strategy<Value = ToSender> {
                 ToSender::Ack {
                     rate_bps,
                     cumulative,
+                    queue_us: link[0],
+                    echo_sent_us: link[1],
+                    echo_recv_us: link[2],
+                    received: link[3],
                     ranges,
                 }
             }),

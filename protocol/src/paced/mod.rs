@@ -1,6 +1,7 @@
-//! The paced lane: bulk chunk transfer over UDP at a rate the receiver sets, for links whose rate
-//! is known and whose loss is not congestion (a satellite terminal). Sans-IO: message encodings, the
-//! sender's and the receiver's state machines; the node runs them over sockets.
+//! The paced lane: bulk chunk transfer over UDP, paced at the link's rate as measured from queueing
+//! delay (never above a rate the receiver states), for links whose loss is not congestion (a
+//! satellite terminal). Sans-IO: message encodings, the sender's and the receiver's state
+//! machines, the rate control; the node runs them over sockets.
 //!
 //! Why it exists: over one TCP connection a 1 Mbit/s, 600 ms, 1 % loss link gives about 0.87 of
 //! its rate (BBR's 10 s ProbeRTT and retransmission back-off after an outage leave it idle; loss-based
@@ -15,38 +16,55 @@
 //! dropped, so no one on the path can forge an Ack, a Done or a chunk byte, or read what is sent.
 //! Data goes only to an address that proved it receives: it answered a challenge ([`PathValidator`]); a
 //! forged source address draws at most one challenge no bigger than what was sent in its name.
-//! The session lives as long as the libp2p stream that opened it.
+//! The session lives as long as the libp2p stream that opened it is open; when that stream breaks
+//! (the connection was lost in an outage) the sender parks the session: it sends nothing until its
+//! receiver's sealed datagram comes from an address that answers a fresh challenge.
 //!
 //! ```text
-//! receiver ── PacedRequest (libp2p stream /zdn/paced/2) ──▶ sender     object, wanted chunks, rate
+//! receiver ── PacedRequest (libp2p stream /zdn/paced/3) ──▶ sender     object, wanted chunks,
+//!                                                     held byte ranges, stated rate (or 0)
 //!          ◀── PacedResponse: Ready(port, key, chunk layout) ──
 //!          ── Hello (UDP, to that port; repeated until data arrives) ──▶
 //!          ◀── Challenge(nonce) ── (to the address the Hello came from)
 //!          ── Response(nonce) ──▶  (that address is now where data goes)
-//!          ◀── Data: packet n (paced at the rate) ──
-//!          ── Ack: rate, cumulative, received ranges (every ~40 ms) ──▶
+//!          ◀── Data: packet n, its send time (paced at the rate found) ──
+//!          ── Ack: received ranges, queueing delay, arrival rate (every ~40 ms) ──▶
+//!          ── Probe (while nothing arrives: every 0.5 s, then every 4 s) ──▶
 //!          ── Done (UDP, three times), then the stream is closed ──▶
 //!          ◀── Ended(reason) on the stream, when the sender stops first ──
 //! ```
 //!
-//! The session's byte stream is the stored bytes of the chunks in the layout's order, cut into
-//! packets of `payload` bytes (the last one shorter).
+//! The session's byte stream is, chunk after chunk, the stored bytes each chunk still needs (a
+//! chunk partly received in an earlier session contributes only what the receiver lacks; see
+//! `layout.rs`), cut into packets of `payload` bytes (the last one shorter).
 
+mod gauge;
+mod layout;
 mod message;
+mod meter;
 mod path;
+mod ranges;
+mod rate;
 mod receiver;
 mod seal;
 mod sender;
 
+pub use gauge::{LinkGauge, LinkReport};
+pub use layout::{can_resume, segments, to_send, Segment};
 pub use message::{
-    EndReason, PacedRequest, PacedResponse, SessionChunk, ToReceiver, ToSender, MAX_ACK_RANGES,
-    MAX_CONTROL_LEN, MAX_PACED_REQUEST, MAX_PACED_RESPONSE, MAX_PAYLOAD, MAX_SESSION_BYTES,
-    MAX_SESSION_CHUNKS, MIN_PAYLOAD, PACED_PROTOCOL,
+    EndReason, HeldChunk, PacedRequest, PacedResponse, SessionChunk, ToReceiver, ToSender,
+    MAX_ACK_RANGES, MAX_CONTROL_LEN, MAX_HELD_CHUNKS, MAX_HELD_RANGES, MAX_HELD_TOTAL,
+    MAX_PACED_REQUEST, MAX_PACED_RESPONSE, MAX_PAYLOAD, MAX_SESSION_BYTES, MAX_SESSION_CHUNKS,
+    MIN_PAYLOAD, PACED_PROTOCOL,
 };
 pub use path::{PathAction, PathValidator, CHALLENGE_LEN};
-pub use receiver::{Arrival, PacedReceiver, ReceiverStats};
-pub use seal::{FromSender, ReceiverSeal, SenderSeal, NUMBER_LEN, SEAL_OVERHEAD, TAG_LEN};
-pub use sender::{PacedSender, SenderPoll, SenderStats};
+pub use ranges::ByteRanges;
+pub use receiver::{Arrival, Completed, Fresh, PacedReceiver, Partial, ReceiverStats};
+pub use seal::{
+    FromSender, ReceiverSeal, SenderSeal, DATA_HEAD, DATA_OVERHEAD, NUMBER_LEN, SEAL_OVERHEAD,
+    TAG_LEN,
+};
+pub use sender::{PacedSender, SenderPoll, SenderStats, Transmission, VOID};
 
 /// Why a paced-lane message or session is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

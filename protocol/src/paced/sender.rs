@@ -1,17 +1,23 @@
 //! [`PacedSender`]: which packet goes out next, and when.
 //!
-//! Packets leave at the rate the receiver asked for, counted in IP bytes (payload, the 4-byte
-//! number, the tag and the UDP/IP headers), so the link's queue neither empties nor overflows. A packet
-//! not acknowledged one retransmission timeout after it was sent is sent again, oldest first, ahead
-//! of new data. Loss is not taken as congestion: the sender keeps its rate through random loss and
-//! through an outage (where it sends into the void, so the link is full again the moment it
-//! returns). One safety remains: when acknowledgements arrive but say that less than 3/4 of what
-//! was sent got through, second after second, the rate drops to what got through (a rate set
-//! above the real link's); it climbs back by 5 % a second once loss is under 10 %.
+//! Packets leave at the rate [`RateControl`] finds (bounded by what the receiver stated, if it
+//! stated a rate), counted in IP bytes (payload, the packet header, the tag and the UDP/IP
+//! headers), so the link's queue neither empties nor overflows. A packet not acknowledged one
+//! retransmission timeout after it was sent is sent again, oldest first, ahead of new data. Loss is
+//! not taken as congestion: the sender keeps its rate through random loss and through the start of
+//! an outage (where it sends into the void, so the link is full again the moment it returns).
+//! While no acknowledgement comes it sends new data rather than retransmissions (what it sent
+//! just before the silence may have arrived: an ack will say). After [`VOID`] without a word
+//! from the receiver it stops and waits; the first datagram from the receiver (its probes come
+//! every few seconds, see the node's session) starts it again.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use super::message::ToSender;
+use super::meter::ArrivalMeter;
+use super::rate::{Feedback, RateControl, MIN_RATE, START_BURST};
+use super::seal::DATA_OVERHEAD;
 use super::{packet_count, packet_len, Bits};
 
 /// How far pacing may catch up after the caller woke late.
@@ -19,16 +25,31 @@ const MAX_BURST: Duration = Duration::from_millis(10);
 /// Added to the round trip: the receiver acknowledges every ~40 ms, plus timer slack.
 const ACK_ALLOWANCE: Duration = Duration::from_millis(80);
 const MIN_RTO: Duration = Duration::from_millis(200);
-/// The rate never drops below this (bits per second).
-const MIN_RATE: u64 = 32_000;
-const RATE_WINDOW: Duration = Duration::from_secs(1);
+/// The sender stops after this long without a datagram from the receiver (and at least
+/// [`VOID_RTTS`] round trips), and sends again when one comes.
+pub const VOID: Duration = Duration::from_secs(30);
+const VOID_RTTS: u32 = 8;
+/// Acknowledgements this recent (or within two round trips) say what is missing well enough to
+/// retransmit it.
+const ACKS_LATELY: Duration = Duration::from_secs(1);
+/// How often a stopped sender looks again.
+const PAUSED_POLL: Duration = Duration::from_millis(500);
+/// One transmission: which packet, and its send time (with the packet number, the datagram's
+/// nonce).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmission {
+    pub seq: u32,
+    /// The sender's clock, microseconds since the session started (wrapping); strictly
+    /// increasing from one transmission to the next.
+    pub sent_us: u32,
+}
 
 /// What to do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SenderPoll {
-    /// Send this packet now.
-    Send(u32),
-    /// Nothing to send before this time (or before an acknowledgement arrives).
+    /// Send this transmission now.
+    Send(Transmission),
+    /// Nothing to send before this time (or before a datagram arrives).
     Wait(Duration),
     /// Every packet is acknowledged.
     Done,
@@ -43,7 +64,11 @@ pub struct SenderStats {
     pub retransmitted: u64,
     /// The rate now, bits per second.
     pub rate_bps: u64,
+    /// The link's rate as measured (0 = not yet).
+    pub bottleneck_bps: u64,
     pub srtt_ms: u64,
+    /// Times the sender stopped for want of a word from the receiver.
+    pub pauses: u32,
 }
 
 /// The sending side of one session. Times are durations since the session started.
@@ -63,26 +88,42 @@ pub struct PacedSender {
     /// Transmissions in the order they were made; stale entries are skipped when met.
     log: VecDeque<(u32, Duration)>,
     next_new: u32,
-    requested_bps: u64,
-    /// The safety limit; `u64::MAX` when not limiting.
-    limit_bps: u64,
+    /// The last transmission's send time, µs.
+    last_sent_us: Option<u64>,
+    meter: ArrivalMeter,
+    control: RateControl,
+    /// The sender's own ceiling (its cap); the receiver's stated rate may lower it.
+    cap_bps: u64,
+    /// Packets still to go out back to back at the start.
+    burst: u32,
     next_at: Duration,
     srtt: Duration,
     rttvar: Duration,
-    window_start: Duration,
-    window_sent: u64,
-    window_acked: u64,
-    bad_windows: u32,
     last_ack: Option<Duration>,
+    /// When the receiver was last heard from (any datagram).
+    last_heard: Duration,
+    paused: bool,
     stats: SenderStats,
 }
 
 impl PacedSender {
-    /// A session of `total` bytes in packets of `payload` bytes, paced at `rate_bps`, with
-    /// `overhead` header bytes per datagram and a first round-trip guess (the connection's ping).
-    pub fn new(total: u64, payload: u16, rate_bps: u64, overhead: u32, rtt: Duration) -> Self {
+    /// A session of `total` bytes in packets of `payload` bytes, never above `cap_bps`; `stated`
+    /// is the rate the receiver stated for its link (the start and a ceiling), `None` to find it.
+    /// `overhead`: IP and UDP header bytes per datagram; `rtt`: a first round-trip guess (the
+    /// connection's ping).
+    pub fn new(
+        total: u64,
+        payload: u16,
+        stated: Option<u64>,
+        cap_bps: u64,
+        overhead: u32,
+        rtt: Duration,
+    ) -> Self {
         let payload = u32::from(payload.max(1));
         let packets = packet_count(total, payload);
+        let cap_bps = cap_bps.max(MIN_RATE);
+        let packet_bits = u64::from(payload + DATA_OVERHEAD as u32 + overhead) * 8;
+        let ceiling = stated.map_or(cap_bps, |s| s.min(cap_bps));
         PacedSender {
             total,
             payload,
@@ -95,16 +136,17 @@ impl PacedSender {
             last_sent: vec![Duration::ZERO; packets as usize],
             log: VecDeque::new(),
             next_new: 0,
-            requested_bps: rate_bps.max(MIN_RATE),
-            limit_bps: u64::MAX,
+            last_sent_us: None,
+            meter: ArrivalMeter::default(),
+            control: RateControl::new(stated, ceiling, packet_bits, rtt),
+            cap_bps,
+            burst: if stated.is_some() { 0 } else { START_BURST },
             next_at: Duration::ZERO,
             srtt: rtt,
             rttvar: rtt / 2,
-            window_start: Duration::ZERO,
-            window_sent: 0,
-            window_acked: 0,
-            bad_windows: 0,
             last_ack: None,
+            last_heard: Duration::ZERO,
+            paused: false,
             stats: SenderStats {
                 packets,
                 ..SenderStats::default()
@@ -125,7 +167,7 @@ impl PacedSender {
     }
 
     pub fn rate_bps(&self) -> u64 {
-        self.requested_bps.min(self.limit_bps)
+        self.control.rate()
     }
 
     pub fn is_done(&self) -> bool {
@@ -137,10 +179,16 @@ impl PacedSender {
         self.last_ack
     }
 
+    /// Stopped for want of a word from the receiver.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
     pub fn stats(&self) -> SenderStats {
         SenderStats {
             acked: self.acked_count,
             rate_bps: self.rate_bps(),
+            bottleneck_bps: self.control.bottleneck(),
             srtt_ms: self.srtt.as_millis() as u64,
             ..self.stats.clone()
         }
@@ -150,11 +198,28 @@ impl PacedSender {
         (self.srtt + (self.rttvar * 4).max(Duration::from_millis(20)) + ACK_ALLOWANCE).max(MIN_RTO)
     }
 
+    /// A datagram from the receiver opened (any kind: an ack, a probe, a hello).
+    pub fn on_heard(&mut self, now: Duration) {
+        self.last_heard = self.last_heard.max(now);
+        if self.paused {
+            self.paused = false;
+            // Pacing restarts now, not where it stopped.
+            self.next_at = now;
+        }
+    }
+
     pub fn poll(&mut self, now: Duration) -> SenderPoll {
         if self.is_done() {
             return SenderPoll::Done;
         }
-        self.rate_tick(now);
+        let void = VOID.max(self.srtt * VOID_RTTS);
+        if !self.paused && now.saturating_sub(self.last_heard) > void {
+            self.paused = true;
+            self.stats.pauses += 1;
+        }
+        if self.paused {
+            return SenderPoll::Wait(now + PAUSED_POLL);
+        }
         if now < self.next_at {
             return SenderPoll::Wait(self.next_at);
         }
@@ -166,8 +231,15 @@ impl PacedSender {
             }
         }
         let rto = self.rto();
+        // Without recent acknowledgements (an outage, a restart after one) what is unacknowledged
+        // may well have arrived: new data first, retransmissions once an ack says what is
+        // missing (or when nothing new is left).
+        let acked_lately = self
+            .last_ack
+            .is_some_and(|a| now.saturating_sub(a) <= (self.srtt * 2).max(ACKS_LATELY));
+        let retransmit_now = acked_lately || self.next_new >= self.packets;
         if let Some(&(seq, at)) = self.log.front() {
-            if at + rto <= now {
+            if at + rto <= now && retransmit_now {
                 self.log.pop_front();
                 self.retransmitted.set(seq);
                 self.stats.retransmitted += 1;
@@ -175,37 +247,92 @@ impl PacedSender {
             }
         }
         if self.next_new < self.packets {
+            if let Some(cap) = self.control.startup_inflight_bits(self.srtt) {
+                // Start-up from nothing: no more in flight than the rate measured so far allows.
+                let inflight = self.inflight_packets(now, rto);
+                if inflight * self.packet_bits() >= cap {
+                    return SenderPoll::Wait(now + self.srtt / 8);
+                }
+            }
             let seq = self.next_new;
             self.next_new += 1;
             return self.sent(seq, now);
         }
+        // Everything is out: the rest waits for acknowledgements (the link is not the limit).
+        self.control.on_idle();
         match self.log.front() {
             Some(&(_, at)) => SenderPoll::Wait(at + rto),
             None => SenderPoll::Wait(now + rto),
         }
     }
 
+    /// IP bits of a full packet.
+    fn packet_bits(&self) -> u64 {
+        u64::from(self.payload + DATA_OVERHEAD as u32 + self.overhead) * 8
+    }
+
+    /// Transmissions sent within the last retransmission timeout whose packet is not yet
+    /// acknowledged (counted from the newest back: start-up only, when they are few).
+    fn inflight_packets(&self, now: Duration, rto: Duration) -> u64 {
+        let from = now.saturating_sub(rto);
+        self.log
+            .iter()
+            .rev()
+            .take_while(|&&(_, at)| at >= from)
+            .filter(|&&(seq, at)| !self.acked.get(seq) && self.last_sent[seq as usize] == at)
+            .count() as u64
+    }
+
     fn sent(&mut self, seq: u32, now: Duration) -> SenderPoll {
         self.last_sent[seq as usize] = now;
         self.log.push_back((seq, now));
         self.stats.sent += 1;
-        self.window_sent += 1;
         let wire = packet_len(self.total, self.payload, seq) as u64
-            + super::SEAL_OVERHEAD as u64
+            + DATA_OVERHEAD as u64
             + u64::from(self.overhead);
-        let nanos = u128::from(wire * 8) * 1_000_000_000 / u128::from(self.rate_bps().max(1));
-        let gap = Duration::from_nanos(nanos.min(u128::from(u64::MAX)) as u64);
+        let gap = if self.burst > 0 {
+            self.burst -= 1;
+            Duration::ZERO
+        } else {
+            let nanos = u128::from(wire * 8) * 1_000_000_000 / u128::from(self.rate_bps().max(1));
+            Duration::from_nanos(nanos.min(u128::from(u64::MAX)) as u64)
+        };
         self.next_at = self.next_at.max(now.saturating_sub(MAX_BURST)) + gap;
-        SenderPoll::Send(seq)
+        let now_us = u64::try_from(now.as_micros()).unwrap_or(u64::MAX / 2);
+        let at_us = self.last_sent_us.map_or(now_us, |l| now_us.max(l + 1));
+        self.last_sent_us = Some(at_us);
+        self.meter.on_sent(at_us, wire);
+        SenderPoll::Send(Transmission {
+            seq,
+            sent_us: at_us as u32,
+        })
     }
 
-    /// An acknowledgement: every packet before `cumulative` and those in `ranges` arrived; the
-    /// receiver now wants `rate_bps`. Parts past the last packet are ignored.
-    pub fn on_ack(&mut self, now: Duration, rate_bps: u64, cumulative: u32, ranges: &[(u32, u32)]) {
+    /// An acknowledgement (other messages are ignored): every packet before `cumulative` and
+    /// those in `ranges` arrived; the receiver's ceiling and measurements of the link. Parts past
+    /// the last packet are ignored.
+    pub fn on_ack(&mut self, now: Duration, ack: &ToSender) {
+        let ToSender::Ack {
+            rate_bps,
+            cumulative,
+            queue_us,
+            echo_sent_us,
+            echo_recv_us,
+            received,
+            ranges,
+        } = ack
+        else {
+            return;
+        };
+        self.on_heard(now);
         self.last_ack = Some(now);
-        self.requested_bps = rate_bps.max(MIN_RATE);
+        self.control.set_ceiling(if *rate_bps == 0 {
+            self.cap_bps
+        } else {
+            (*rate_bps).min(self.cap_bps)
+        });
         let mut newest: Option<u32> = None;
-        let cumulative = cumulative.min(self.packets);
+        let cumulative = (*cumulative).min(self.packets);
         for seq in self.cum..cumulative {
             if self.mark(seq) {
                 newest = Some(seq);
@@ -220,13 +347,29 @@ impl PacedSender {
                 }
             }
         }
-        // Karn: a round trip only from a packet sent once.
-        if let Some(seq) = newest.filter(|&s| !self.retransmitted.get(s)) {
-            let sample = now.saturating_sub(self.last_sent[seq as usize]);
+        let echo = self
+            .meter
+            .on_echo(now, *echo_sent_us, *echo_recv_us, *received);
+        // A round trip from the echoed transmission (unambiguous, retransmissions too); else, as
+        // Karn, only from a packet sent once.
+        let sample = match echo {
+            Some(e) => Some(now.saturating_sub(Duration::from_micros(e.sent_us))),
+            None => newest
+                .filter(|&s| !self.retransmitted.get(s))
+                .map(|s| now.saturating_sub(self.last_sent[s as usize])),
+        };
+        if let Some(sample) = sample {
             let diff = self.srtt.abs_diff(sample);
             self.rttvar = (self.rttvar * 3 + diff) / 4;
             self.srtt = (self.srtt * 7 + sample) / 8;
         }
+        let arrival = echo.and_then(|e| e.arrival);
+        let feedback = Feedback {
+            queue: Duration::from_micros(u64::from(*queue_us)),
+            arrival_bps: arrival.map_or(0, |a| a.bits_per_sec),
+            loss: arrival.map_or(0.0, |a| a.loss),
+        };
+        self.control.on_feedback(now, feedback, self.srtt);
     }
 
     fn mark(&mut self, seq: u32) -> bool {
@@ -235,41 +378,6 @@ impl PacedSender {
         }
         self.acked.set(seq);
         self.acked_count += 1;
-        self.window_acked += 1;
         true
-    }
-
-    /// Once a second: the safety limit (see the module's description).
-    fn rate_tick(&mut self, now: Duration) {
-        if now < self.window_start + RATE_WINDOW {
-            return;
-        }
-        let acks_came = self
-            .last_ack
-            .is_some_and(|a| a >= self.window_start && self.window_acked > 0);
-        if acks_came && self.window_sent >= 20 {
-            let delivered = self.window_acked as f64 / self.window_sent as f64;
-            if delivered < 0.75 {
-                self.bad_windows += 1;
-                if self.bad_windows >= 3 {
-                    let got = (self.rate_bps() as f64 * delivered * 1.05) as u64;
-                    self.limit_bps = got.max(MIN_RATE);
-                    self.bad_windows = 0;
-                }
-            } else {
-                self.bad_windows = 0;
-                if delivered >= 0.9 && self.limit_bps != u64::MAX {
-                    let up = self.limit_bps.saturating_add(self.limit_bps / 20);
-                    self.limit_bps = if up >= self.requested_bps {
-                        u64::MAX
-                    } else {
-                        up
-                    };
-                }
-            }
-        }
-        self.window_start = now;
-        self.window_sent = 0;
-        self.window_acked = 0;
     }
 }

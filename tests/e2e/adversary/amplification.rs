@@ -106,10 +106,20 @@ fn amplification_per_request_type() {
                     sealer.seal(&ToSender::Ack {
                         rate_bps: u64::MAX,
                         cumulative: 0,
+                        queue_us: 0,
+                        echo_sent_us: 0,
+                        echo_recv_us: 0,
+                        received: 0,
                         ranges: Vec::new(),
                     })
                 },
             )
+            .await,
+        );
+        rows.push(
+            probe("lane Probe (sealed)", "127.0.0.27", to, 20, &mut |_| {
+                sealer.seal(&ToSender::Probe)
+            })
             .await,
         );
         rows.push(

@@ -145,6 +145,7 @@ impl Hostile {
             rate_bps,
             payload,
             wanted: ChunkBitmap::full(n),
+            held: Vec::new(),
         };
         frame::write(&mut stream, &req.encode()).await?;
         let body = frame::read(&mut stream, MAX_PACED_RESPONSE, ANSWER).await?;

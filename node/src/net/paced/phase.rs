@@ -1,13 +1,16 @@
-//! The paced-lane phase of a fetch: before the chunk streams, a node that knows its link's rate
-//! asks a peer to send the missing chunks over the paced lane ([`crate::net::paced::session`]), session
-//! after session (each at most 64 MiB), and verifies and stores each chunk as it completes. It
-//! gives the rest to the next peer, and then to the chunk streams, when a peer does not offer the
-//! lane or has none of the chunks, when a chunk fails verification (the datagrams are sealed under
-//! a key only that peer and this node hold, so a bad chunk is the peer's doing: it is banned
-//! node-wide, like a peer that sends a bad chunk on a stream), or when a peer that served the
-//! lane stays silent longer than the profile's outage patience. Until then a silent peer (a link
-//! outage, a restart) is re-dialed and asked again for what is still missing: the chunks that
-//! arrived are in the store, so a field station rides out a 30-minute outage in one fetch.
+//! The paced-lane phase of a fetch: before the chunk streams, a node with the lane on asks a peer
+//! to send the missing chunks over the paced lane ([`crate::net::paced::session`]), session after
+//! session (each at most 64 MiB), and verifies and stores each chunk as it completes. Each request
+//! names the byte ranges of partly received chunks kept on disk
+//! ([`crate::net::paced::partial`]), so only what never arrived is sent again. It gives the rest
+//! to the next peer, and then to the chunk streams, when a peer does not offer the lane or has
+//! none of the chunks, when a chunk fails verification (the datagrams are sealed under a key only
+//! that peer and this node hold, so a bad chunk is the peer's doing: it is banned node-wide, like
+//! a peer that sends a bad chunk on a stream; a chunk completed from bytes held on disk that fails
+//! is only dropped and asked for whole), or when a peer that served the lane stays silent longer
+//! than the profile's outage patience. A session rides out an outage itself (probing the sender);
+//! a peer whose session ended (it restarted, say) is re-dialed and asked again for what is still
+//! missing, so a field station rides out a 30-minute outage in one fetch.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,8 +29,11 @@ use crate::net::error::FetchError;
 use crate::net::fetch::redial::Backoff;
 use crate::net::fetch::{wait_for_window, FetchProgress};
 use crate::net::handle::NodeHandle;
-use crate::net::paced::session::{session, PacedLane, PacedReport, SessionEnd, SessionError};
+use crate::net::paced::lane::PacedLane;
+use crate::net::paced::partial::PartialChunks;
+use crate::net::paced::session::{session, Ask, LaneChunk, PacedReport, SessionEnd, SessionError};
 use crate::net::peers::Offence;
+use zdn_protocol::paced::{HeldChunk, MAX_HELD_CHUNKS, MAX_HELD_TOTAL, MAX_SESSION_BYTES};
 
 /// What the lane phase of one fetch works with.
 pub(crate) struct LanePhase<'a> {
@@ -77,6 +83,24 @@ impl LanePhase<'_> {
         Ok(best.filter(|r| r.sessions > 0))
     }
 
+    /// The byte ranges held on disk of the `wanted` chunks (within the request's caps, and at most
+    /// a session's worth of chunks).
+    async fn held(&self, wanted: &ChunkBitmap) -> Vec<HeldChunk> {
+        let Some(partial) = self.lane.partial.clone() else {
+            return Vec::new();
+        };
+        let mine: std::collections::HashMap<Hash, u32> = self
+            .distinct
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| wanted.get(*i as u32))
+            .map(|(i, r)| (r.id, i as u32))
+            .collect();
+        tokio::task::spawn_blocking(move || held_ranges(&partial, &mine))
+            .await
+            .unwrap_or_default()
+    }
+
     /// The chunks still missing.
     fn wanted(&self) -> Option<ChunkBitmap> {
         let mut wanted = ChunkBitmap::new(self.distinct.len() as u32);
@@ -121,12 +145,20 @@ impl LanePhase<'_> {
             // Outside every sync window the lane sends nothing: wait for the next one.
             let this = &*self;
             wait_for_window(self.windows, &mut |w| progress(&this.progress(0, w))).await;
+            // A session outlives a lost connection, the next one needs it: dial again now.
+            if !self.node.is_connected(peer).await.unwrap_or(false) {
+                let _ = self.node.redial(peer).await;
+            }
             let chunks_before = report.chunks;
-            let (end, counts, bad) = self.one_session(peer, wanted, report, progress).await?;
+            let (end, counts, bad) = self
+                .one_session(peer, wanted, patience, report, progress)
+                .await?;
             report.sessions += counts.sessions;
             report.datagrams += counts.datagrams;
             report.duplicates += counts.duplicates;
             report.payload_bytes += counts.payload_bytes;
+            report.held_bytes += counts.held_bytes;
+            report.detached += counts.detached;
             if counts.datagrams > 0 {
                 last_heard = Some(Instant::now());
                 backoff.reset();
@@ -157,9 +189,6 @@ impl LanePhase<'_> {
                     report.resumes += 1;
                     report.last_silence = Some(reason);
                     tokio::time::sleep(backoff.next_wait()).await;
-                    if !self.node.is_connected(peer).await.unwrap_or(false) {
-                        let _ = self.node.redial(peer).await;
-                    }
                 }
                 Err(e) => {
                     report.stopped = Some(e.reason);
@@ -176,20 +205,30 @@ impl LanePhase<'_> {
         &mut self,
         peer: PeerId,
         wanted: ChunkBitmap,
+        patience: Duration,
         report: &mut PacedReport,
         progress: &mut (dyn FnMut(&FetchProgress) + Send),
     ) -> Result<SessionOutcome, FetchError> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(u32, Vec<u8>)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<LaneChunk>();
         let mut counts = PacedReport::default();
         let mut bad = None;
         let mut last_progress = Instant::now();
+        let held = self.held(&wanted).await;
+        let ids: Vec<Hash> = self.distinct.iter().map(|r| r.id).collect();
         let end = {
+            let ask = Ask {
+                peer,
+                object: self.m.hash(),
+                wanted,
+                held,
+                ids: &ids,
+                patience,
+            };
             let sess = session(
                 self.node,
                 self.lane.clone(),
-                (peer, self.m.hash(), wanted),
-                &tx,
-                self.received,
+                ask,
+                (&tx, self.received),
                 self.windows,
                 &mut counts,
             );
@@ -197,8 +236,8 @@ impl LanePhase<'_> {
             loop {
                 tokio::select! {
                     r = &mut sess => break r,
-                    Some((ci, stored)) = rx.recv() => {
-                        match self.take_chunk(ci, stored).await? {
+                    Some((ci, stored, resumed)) = rx.recv() => {
+                        match self.take_chunk(ci, stored, resumed, report).await? {
                             Some(n) => report.chunks += n,
                             None => { bad = Some(ci); break Err(SessionError::fatal("")); }
                         }
@@ -213,10 +252,10 @@ impl LanePhase<'_> {
         drop(tx);
         // Chunks that completed as the session ended.
         while bad.is_none() {
-            let Ok((ci, stored)) = rx.try_recv() else {
+            let Ok((ci, stored, resumed)) = rx.try_recv() else {
                 break;
             };
-            match self.take_chunk(ci, stored).await? {
+            match self.take_chunk(ci, stored, resumed, report).await? {
                 Some(n) => report.chunks += n,
                 None => bad = Some(ci),
             }
@@ -225,28 +264,78 @@ impl LanePhase<'_> {
     }
 
     /// Verifies and stores one chunk from the lane: `Some(1)` when it is new and good, `Some(0)`
-    /// when it was here already, `None` when it does not hash to its id or decode to its length.
-    async fn take_chunk(&mut self, ci: u32, stored: Vec<u8>) -> Result<Option<u64>, FetchError> {
+    /// when it was here already or was completed from bytes held on disk that turned out wrong
+    /// (dropped: it is asked for whole next time), `None` when it does not hash to its id or
+    /// decode to its length.
+    async fn take_chunk(
+        &mut self,
+        ci: u32,
+        stored: Vec<u8>,
+        resumed: bool,
+        report: &mut PacedReport,
+    ) -> Result<Option<u64>, FetchError> {
         let Some(r) = self.distinct.get(ci as usize) else {
             return Ok(None);
         };
+        let id = r.id;
         if Hash::of(&stored) != r.id
             || stored.len() > MAX_STORED_CHUNK
             || chunk::decode(&stored, r).is_err()
         {
+            if let (true, Some(p)) = (resumed, self.lane.partial.clone()) {
+                report.held_rejected += 1;
+                let _ = tokio::task::spawn_blocking(move || p.remove(&id)).await;
+                return Ok(Some(0));
+            }
             return Ok(None);
         }
         if self.sched.is_done(ci) {
             return Ok(Some(0));
         }
-        let id = r.id;
         self.node
             .store
             .call(move |s| s.put_chunks_logged(vec![(id, stored)]))
             .await?;
         self.sched.mark_done(ci);
+        if let Some(p) = self.lane.partial.clone() {
+            let _ = tokio::task::spawn_blocking(move || p.remove(&id)).await;
+        }
         Ok(Some(1))
     }
+}
+
+/// The held ranges on disk of the chunks in `wanted` (id → index among the distinct chunks),
+/// ascending by index, within the request's caps and at most a session's bytes.
+fn held_ranges(
+    partial: &PartialChunks,
+    wanted: &std::collections::HashMap<Hash, u32>,
+) -> Vec<HeldChunk> {
+    let mut out: Vec<(HeldChunk, u32)> = partial
+        .ids()
+        .into_iter()
+        .filter_map(|id| {
+            let chunk = *wanted.get(&id)?;
+            let h = partial.held(&id)?;
+            Some((
+                HeldChunk {
+                    chunk,
+                    ranges: h.ranges,
+                },
+                h.stored_len,
+            ))
+        })
+        .collect();
+    out.sort_by_key(|(h, _)| h.chunk);
+    let (mut ranges, mut bytes) = (0usize, 0u64);
+    out.into_iter()
+        .take(MAX_HELD_CHUNKS)
+        .take_while(|(h, len)| {
+            ranges += h.ranges.len();
+            bytes += u64::from(*len);
+            ranges <= MAX_HELD_TOTAL && bytes <= MAX_SESSION_BYTES
+        })
+        .map(|(h, _)| h)
+        .collect()
 }
 
 /// How a session ended, its counts, and the chunk that failed verification, if any.

@@ -1,12 +1,13 @@
-//! The receiving side of the paced lane (`zdn_protocol::paced`): used by [`crate::net::fetch()`] when the
-//! node knows its link's rate (`--link-rate`). It asks one peer for the missing chunks, answers
-//! the datagrams with acknowledgements every 40 ms that carry the rate wanted (the node's link rate
-//! shared by its sessions), and hands each chunk whose packets are all here to the fetch, which
-//! verifies it before storing it. What the lane does not bring (a peer without it, a session that
-//! goes silent, a chunk that fails verification) is left to the chunk streams.
+//! The receiving side of the paced lane (`zdn_protocol::paced`): used by [`crate::net::fetch()`]
+//! when the lane is on (a field station, or `--link-rate`). It asks one peer for the missing
+//! chunks — saying which byte ranges of partly received chunks it already holds — and hands each
+//! chunk whose bytes are all here to the fetch, which verifies it before storing it; the datagrams
+//! themselves are received in `receiving.rs`. What the lane does not bring (a peer without it, a
+//! session that goes silent past the patience, a chunk that fails verification) is left to the
+//! chunk streams.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,61 +16,28 @@ use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use zdn_protocol::paced::{
-    FromSender, PacedReceiver, PacedRequest, PacedResponse, ReceiverSeal, ToReceiver, ToSender,
-    MAX_PACED_RESPONSE, MAX_PAYLOAD, PACED_PROTOCOL, SEAL_OVERHEAD,
+    to_send, HeldChunk, PacedReceiver, PacedRequest, PacedResponse, ReceiverSeal, ToSender,
+    MAX_PACED_RESPONSE, PACED_PROTOCOL,
 };
 use zdn_protocol::sync::SyncWindows;
 use zdn_protocol::wire::ChunkBitmap;
 use zdn_protocol::Hash;
 
-use crate::net::fetch::second_of_day;
 use crate::net::frame::FrameIo;
 use crate::net::handle::NodeHandle;
+use crate::net::paced::lane::{Active, PacedLane};
+use crate::net::paced::receiving::Receiving;
 use crate::net::paced::server::peer_path;
 use crate::net::streams::OpenStreamError;
 
 pub(crate) const PACED_STREAM: StreamProtocol = StreamProtocol::new(PACED_PROTOCOL);
 
-/// Payload per datagram: a 1500-byte IPv4 packet less 20 (IP), 8 (UDP), 4 (packet number) and
-/// 16 (authentication tag).
-const PAYLOAD_V4: u16 = 1448;
+/// Payload per datagram: a 1500-byte IPv4 packet less 20 (IP), 8 (UDP), 8 (packet number and
+/// send time) and 16 (authentication tag), and 4 bytes of slack.
+const PAYLOAD_V4: u16 = 1444;
 /// The same for IPv6 (40-byte header).
-const PAYLOAD_V6: u16 = 1428;
-const ACK_EVERY: Duration = Duration::from_millis(40);
-/// An ack goes out this often even when nothing arrived (through an outage, so the sender
-/// hears from us the moment the link returns).
-const ACK_IDLE: Duration = Duration::from_millis(500);
-const HELLO_EVERY: Duration = Duration::from_millis(250);
-/// A session that brings nothing for this long is given up (the chunk streams take over).
-const IDLE_LIMIT: Duration = Duration::from_secs(120);
-/// ... and sooner when not one datagram has come (UDP blocked on the way, say).
-const FIRST_DATA_LIMIT: Duration = Duration::from_secs(15);
-/// ICMP "port unreachable" answers in a row that end a session.
-const PORT_CLOSED_AFTER: u32 = 3;
-
-/// The node's link, shared by its sessions.
-#[derive(Debug)]
-pub struct PacedLane {
-    /// The link's rate, IP bits per second.
-    pub rate_bps: u64,
-    active: AtomicUsize,
-}
-
-impl PacedLane {
-    pub fn new(rate_bps: u64) -> Self {
-        PacedLane {
-            rate_bps,
-            active: AtomicUsize::new(0),
-        }
-    }
-
-    /// This session's share of the link now.
-    fn share(&self) -> u64 {
-        self.rate_bps / self.active.load(Ordering::Relaxed).max(1) as u64
-    }
-}
+const PAYLOAD_V6: u16 = 1424;
 
 /// What the paced lane did in one fetch.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -93,6 +61,34 @@ pub struct PacedReport {
     /// Why it stopped before every chunk, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    /// Stored bytes of partly received chunks that were not asked for again (held from an
+    /// earlier session, on disk).
+    #[serde(default)]
+    pub held_bytes: u64,
+    /// Chunks whose held bytes failed verification once complete (dropped, asked for whole).
+    #[serde(default)]
+    pub held_rejected: u32,
+    /// Times the lane's libp2p stream broke while the session went on over UDP (an outage long
+    /// enough to lose the connection).
+    #[serde(default)]
+    pub detached: u32,
+}
+
+/// A chunk whose bytes are all here, for the fetch to verify: its index among the object's
+/// distinct chunks, its stored bytes, and whether some of them were held from an earlier session.
+pub(crate) type LaneChunk = (u32, Vec<u8>, bool);
+
+/// What one session asks.
+pub(crate) struct Ask<'a> {
+    pub peer: PeerId,
+    pub object: Hash,
+    pub wanted: ChunkBitmap,
+    /// Byte ranges of wanted chunks held from before.
+    pub held: Vec<HeldChunk>,
+    /// The object's distinct chunk ids (where partly received chunks are kept).
+    pub ids: &'a [Hash],
+    /// How long a silent sender is waited for (it is probed meanwhile).
+    pub patience: Duration,
 }
 
 /// How one session ended.
@@ -130,51 +126,33 @@ impl SessionError {
     }
 }
 
-/// Counts this session in the lane's share while it lives.
-struct Active(Arc<PacedLane>);
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// One session: asks `peer` for the `wanted` chunks of `object`; each chunk whose packets are all
-/// here goes to `chunks` as (index among the object's distinct chunks, stored bytes). Ends when
-/// the session is complete; an error says why it stopped early.
+/// One session: asks for `ask.wanted`; each chunk whose bytes are all here goes to `chunks`. Ends
+/// when the session is complete; an error says why it stopped early.
 pub(crate) async fn session(
     node: &NodeHandle,
     lane: Arc<PacedLane>,
-    (peer, object, wanted): (PeerId, Hash, ChunkBitmap),
-    chunks: &mpsc::UnboundedSender<(u32, Vec<u8>)>,
-    received: &AtomicU64,
+    ask: Ask<'_>,
+    (chunks, received): (&mpsc::UnboundedSender<LaneChunk>, &AtomicU64),
     windows: &SyncWindows,
     report: &mut PacedReport,
 ) -> Result<SessionEnd, SessionError> {
-    lane.active.fetch_add(1, Ordering::Relaxed);
-    let _active = Active(lane.clone());
-    let opened = match open(node, &lane, peer, object, &wanted).await? {
+    let _active = Active::new(&lane);
+    let opened = match open(node, &lane, &ask).await? {
         Opening::Ready(o) => o,
         Opening::NotFound => return Ok(SessionEnd::NotFound),
     };
     report.sessions += 1;
     let Opened {
         socket,
-        rx,
+        mut rx,
         seal,
         rd,
         mut wr,
     } = *opened;
-    let mut run = Receiving {
-        node,
-        lane: &lane,
-        socket,
-        seal,
-        rx,
-        out: Vec::with_capacity(usize::from(MAX_PAYLOAD)),
-    };
+    report.held_bytes += load_held(&lane, &mut rx, ask.ids, &ask.held).await;
+    let mut run = Receiving::new(node, &lane, socket, seal, rx, ask.ids, ask.patience);
     let result = run.receive(rd, chunks, received, windows).await;
-    if run.rx.is_complete() || matches!(result, Ok(SessionEnd::WindowClosed)) {
+    if run.is_complete() || matches!(result, Ok(SessionEnd::WindowClosed)) {
         // Done also stops a sender outside the sync window. Said three times; closing the stream
         // (below) ends the session at the sender in any case.
         for _ in 0..3 {
@@ -182,14 +160,48 @@ pub(crate) async fn session(
         }
     }
     let _ = futures::AsyncWriteExt::close(&mut wr).await;
-    let s = run.rx.stats();
-    report.datagrams += u64::from(s.received) + s.duplicates;
-    report.duplicates += s.duplicates;
-    report.payload_bytes += s.payload_bytes;
+    run.finish(report).await;
     result
 }
 
-type StreamRead = futures::io::ReadHalf<libp2p::Stream>;
+/// Loads from disk the held bytes of the chunks the sender resumed; returns how many stored bytes
+/// the sender skips thanks to them.
+async fn load_held(
+    lane: &PacedLane,
+    rx: &mut PacedReceiver,
+    ids: &[Hash],
+    held: &[HeldChunk],
+) -> u64 {
+    let Some(partial) = lane.partial.clone() else {
+        return 0;
+    };
+    let mut skipped = 0;
+    let resumed: Vec<(usize, Hash, u32, u64)> = rx
+        .chunks()
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.resumed)
+        .filter_map(|(k, c)| {
+            let sent = to_send(c, held).ok()?.bytes();
+            let id = *ids.get(c.chunk as usize)?;
+            Some((k, id, c.stored_len, u64::from(c.stored_len) - sent))
+        })
+        .collect();
+    for (k, id, len, held_bytes) in resumed {
+        let p = partial.clone();
+        let bytes = tokio::task::spawn_blocking(move || p.load(&id, len))
+            .await
+            .ok()
+            .flatten();
+        if let Some(b) = bytes {
+            skipped += held_bytes;
+            rx.load_held(k, b);
+        }
+    }
+    skipped
+}
+
+pub(crate) type StreamRead = futures::io::ReadHalf<libp2p::Stream>;
 type StreamWrite = futures::io::WriteHalf<libp2p::Stream>;
 
 /// A session the sender agreed to: its socket (connected to the sender's port), the receiver's
@@ -208,14 +220,9 @@ enum Opening {
     NotFound,
 }
 
-/// Asks `peer` on a new lane stream for the `wanted` chunks of `object` and checks its answer.
-async fn open(
-    node: &NodeHandle,
-    lane: &PacedLane,
-    peer: PeerId,
-    object: Hash,
-    wanted: &ChunkBitmap,
-) -> Result<Opening, SessionError> {
+/// Asks `ask.peer` on a new lane stream for the wanted chunks and checks its answer.
+async fn open(node: &NodeHandle, lane: &PacedLane, ask: &Ask<'_>) -> Result<Opening, SessionError> {
+    let peer = ask.peer;
     let (ip, _) = peer_path(&node.commands, peer)
         .await
         .ok_or_else(|| SessionError::silent("not connected to the peer"))?;
@@ -230,10 +237,11 @@ async fn open(
         .await
         .map_err(|e| SessionError::fatal(format!("UDP bind: {e}")))?;
     let req = PacedRequest {
-        object,
+        object: ask.object,
         rate_bps: lane.share(),
         payload,
-        wanted: wanted.clone(),
+        wanted: ask.wanted.clone(),
+        held: ask.held.clone(),
     };
     let stream = node
         .control
@@ -276,7 +284,7 @@ async fn open(
                 chunks,
             } => (udp_port, payload, key, chunks),
         };
-    let rx = PacedReceiver::new(layout, payload, wanted)
+    let rx = PacedReceiver::new(layout, payload, &ask.wanted, &ask.held)
         .map_err(|e| SessionError::fatal(e.to_string()))?;
     socket
         .connect(SocketAddr::new(ip, udp_port))
@@ -289,183 +297,4 @@ async fn open(
         rd,
         wr,
     })))
-}
-
-/// A session receiving: its socket, keys and receiver state.
-struct Receiving<'a> {
-    node: &'a NodeHandle,
-    lane: &'a PacedLane,
-    socket: UdpSocket,
-    seal: ReceiverSeal,
-    rx: PacedReceiver,
-    out: Vec<u8>,
-}
-
-impl Receiving<'_> {
-    /// Seals and sends a control message (a lost one is like one lost on the link).
-    fn send(&mut self, msg: &ToSender) {
-        if self.seal.seal(msg, &mut self.out) {
-            let _ = self.socket.try_send(&self.out);
-        }
-    }
-
-    /// Receives until the session is complete, the sync window closes, the sender ends it, or it
-    /// goes quiet.
-    async fn receive(
-        &mut self,
-        mut rd: StreamRead,
-        chunks: &mpsc::UnboundedSender<(u32, Vec<u8>)>,
-        received: &AtomicU64,
-        windows: &SyncWindows,
-    ) -> Result<SessionEnd, SessionError> {
-        // The sender says on the stream when it stops first (or the stream ends with the
-        // connection).
-        let ended = async move {
-            let forever = FrameIo {
-                progress_timeout: Duration::from_secs(u64::from(u32::MAX)),
-                limiter: None,
-                floor_rate: 0,
-            };
-            match forever.read(&mut rd, "paced end", 16, &mut |_| {}).await {
-                Ok(b) => match PacedResponse::decode(&b) {
-                    Ok(PacedResponse::Ended(r)) => r.as_str().to_owned(),
-                    _ => "the peer sent something unexpected on the lane's stream".to_owned(),
-                },
-                Err(e) => format!("the lane's stream ended: {e}"),
-            }
-        };
-        tokio::pin!(ended);
-        self.send(&ToSender::Hello);
-        let mut buf = vec![0u8; usize::from(MAX_PAYLOAD) + SEAL_OVERHEAD + 8];
-        let mut tick = tokio::time::interval(ACK_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut clock = Clock::new();
-        // Receive errors in a row: ICMP answers to our acks, the peer's port is closed.
-        let mut refused = 0u32;
-        loop {
-            if self.rx.is_complete() {
-                return Ok(SessionEnd::Complete);
-            }
-            tokio::select! {
-                why = &mut ended => {
-                    return Err(SessionError::silent(format!("the peer ended the session: {why}")));
-                }
-                r = self.socket.recv(&mut buf) => {
-                    // An error here is an ICMP answer to an earlier send. One may be stale; a
-                    // run of them means the sender is gone (it restarted, or gave up on us
-                    // during an outage): end the session, the fetch asks again.
-                    let Ok(n) = r else {
-                        refused += 1;
-                        if refused >= PORT_CLOSED_AFTER {
-                            return Err(SessionError::silent("the peer's UDP port is closed"));
-                        }
-                        continue;
-                    };
-                    refused = 0;
-                    self.on_datagram(&mut buf[..n], chunks, received, &mut clock)?;
-                }
-                _ = tick.tick() => {
-                    if !windows.is_open(second_of_day()) {
-                        return Ok(SessionEnd::WindowClosed);
-                    }
-                    self.on_tick(&mut clock)?;
-                }
-            }
-        }
-    }
-
-    /// One datagram from the sender: a packet (its chunks handed on when complete), a challenge
-    /// (answered), or something that does not open (counted, dropped).
-    fn on_datagram(
-        &mut self,
-        datagram: &mut [u8],
-        chunks: &mpsc::UnboundedSender<(u32, Vec<u8>)>,
-        received: &AtomicU64,
-        clock: &mut Clock,
-    ) -> Result<(), SessionError> {
-        let (seq, bytes) = match self.seal.open(datagram) {
-            Ok(FromSender::Data { seq, payload }) => (seq, payload),
-            Ok(FromSender::Control(ToReceiver::Challenge { nonce })) => {
-                self.send(&ToSender::Response { nonce });
-                return Ok(());
-            }
-            Err(_) => {
-                self.node
-                    .traffic
-                    .paced_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                return Ok(());
-            }
-        };
-        let got = bytes.len() as u64;
-        let Ok(arrival) = self.rx.on_data(seq, bytes) else {
-            return Ok(());
-        };
-        received.fetch_add(got, Ordering::Relaxed);
-        self.node
-            .traffic
-            .chunk_bytes_received
-            .fetch_add(got, Ordering::Relaxed);
-        if !arrival.new {
-            return Ok(());
-        }
-        // Only a packet not here before is progress (a replayed one is not).
-        clock.last_data = Some(Instant::now());
-        clock.fresh = true;
-        for (c, bytes) in arrival.completed {
-            if chunks.send((c.chunk, bytes)).is_err() {
-                return Err(SessionError::fatal("the fetch stopped"));
-            }
-        }
-        Ok(())
-    }
-
-    /// Every 40 ms: Hellos until data comes, acknowledgements, and the silence limits.
-    fn on_tick(&mut self, clock: &mut Clock) -> Result<(), SessionError> {
-        let now = Instant::now();
-        if clock.last_data.is_none() && now - clock.last_hello >= HELLO_EVERY {
-            self.send(&ToSender::Hello);
-            clock.last_hello = now;
-        }
-        if clock.fresh || now - clock.last_ack >= ACK_IDLE {
-            let ack = self.rx.ack(self.lane.share());
-            self.send(&ack);
-            clock.last_ack = now;
-            clock.fresh = false;
-        }
-        match clock.last_data {
-            None if now - clock.started > FIRST_DATA_LIMIT => Err(SessionError::silent(format!(
-                "no datagram arrived within {} s (UDP blocked on the way?)",
-                FIRST_DATA_LIMIT.as_secs()
-            ))),
-            Some(t) if now - t > IDLE_LIMIT => Err(SessionError::silent(format!(
-                "no data for {} s",
-                IDLE_LIMIT.as_secs()
-            ))),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// When things last happened in a receiving session.
-struct Clock {
-    started: Instant,
-    last_data: Option<Instant>,
-    last_ack: Instant,
-    last_hello: Instant,
-    /// New data since the last acknowledgement.
-    fresh: bool,
-}
-
-impl Clock {
-    fn new() -> Self {
-        let now = Instant::now();
-        Clock {
-            started: now,
-            last_data: None,
-            last_ack: now,
-            last_hello: now,
-            fresh: false,
-        }
-    }
 }

@@ -17,8 +17,9 @@ use zdn_protocol::Hash;
 use crate::net::chunk::server::ChunkServer;
 use crate::net::config::NodeConfig;
 use crate::net::handle::{NodeHandle, Traffic, CHUNK_STREAM};
+use crate::net::paced::lane::PacedLane;
 use crate::net::paced::server::PacedServer;
-use crate::net::paced::session::{PacedLane, PACED_STREAM};
+use crate::net::paced::session::PACED_STREAM;
 use crate::net::peers::{PeerScores, PeerTable};
 use crate::net::profile::Tuning;
 use crate::net::rate_limit::RateLimiter;
@@ -112,9 +113,18 @@ impl Node {
             tuning: tuning.clone(),
             download_limit: limiter(config.max_download_rate)?,
             traffic: traffic.clone(),
-            paced: config
-                .link_rate
-                .map(|r| Arc::new(PacedLane::new(r.saturating_mul(8)))),
+            paced: match config.lane_on() {
+                true => Some(Arc::new(
+                    PacedLane::new(
+                        config.link_rate.map(|r| r.saturating_mul(8)),
+                        config.partial_dir.as_deref(),
+                    )
+                    .map_err(|e| {
+                        NetError::Config(format!("the lane's partial-chunk directory: {e}"))
+                    })?,
+                )),
+                false => None,
+            },
             scores: scores.clone(),
             peer_table,
             fetching: Default::default(),
@@ -238,6 +248,7 @@ impl Servers {
         };
         let paced = PacedServer {
             peer_table: handle.peer_table.clone(),
+            scores: handle.scores.clone(),
             commands: handle.commands.downgrade(),
             store: store.clone(),
             progress_timeout: tuning.progress_timeout,

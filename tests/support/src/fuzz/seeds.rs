@@ -12,8 +12,8 @@ use zdn_protocol::chunk::{ChunkRef, Codec};
 use zdn_protocol::glob::Glob;
 use zdn_protocol::manifest::{Kind, PublisherKey, SignedManifest};
 use zdn_protocol::paced::{
-    EndReason, PacedRequest, PacedResponse, ReceiverSeal, SenderSeal, SessionChunk, ToReceiver,
-    ToSender,
+    ByteRanges, EndReason, HeldChunk, PacedRequest, PacedResponse, ReceiverSeal, SenderSeal,
+    SessionChunk, ToReceiver, ToSender,
 };
 use zdn_protocol::safetensors::{encode_header, TensorLayout};
 use zdn_protocol::soup::{Component, Recipe};
@@ -254,14 +254,36 @@ pub fn announcements() -> Vec<Vec<u8>> {
 pub fn paced_requests() -> Vec<Vec<u8>> {
     let mut wanted = ChunkBitmap::new(20);
     wanted.set(0);
+    wanted.set(7);
     wanted.set(19);
-    vec![PacedRequest {
+    let request = |rate_bps, held| PacedRequest {
         object: Hash::of(b"x"),
-        rate_bps: 1_000_000,
-        payload: 1448,
-        wanted,
-    }
-    .encode()]
+        rate_bps,
+        payload: 1444,
+        wanted: wanted.clone(),
+        held,
+    };
+    // Two partly held chunks: one range, and two with a gap between them.
+    let mut one = ByteRanges::new();
+    one.insert(0, 1444);
+    let mut two = ByteRanges::new();
+    two.insert(0, 2888);
+    two.insert(4332, 5000);
+    let held = vec![
+        HeldChunk {
+            chunk: 7,
+            ranges: one,
+        },
+        HeldChunk {
+            chunk: 19,
+            ranges: two,
+        },
+    ];
+    vec![
+        request(1_000_000, Vec::new()).encode(),
+        // No rate stated (the sender finds it), and held ranges to skip.
+        request(0, held).encode(),
+    ]
 }
 
 pub fn paced_responses() -> Vec<Vec<u8>> {
@@ -269,10 +291,12 @@ pub fn paced_responses() -> Vec<Vec<u8>> {
         SessionChunk {
             chunk: 0,
             stored_len: 300,
+            resumed: false,
         },
         SessionChunk {
             chunk: 7,
             stored_len: 65536,
+            resumed: true,
         },
     ];
     [
@@ -287,6 +311,7 @@ pub fn paced_responses() -> Vec<Vec<u8>> {
             retry_after_ms: 5000,
         },
         PacedResponse::Ended(EndReason::Budget),
+        PacedResponse::Ended(EndReason::Replaced),
     ]
     .iter()
     .map(PacedResponse::encode)
@@ -299,10 +324,15 @@ pub fn to_sender() -> Vec<ToSender> {
         ToSender::Ack {
             rate_bps: 8_000_000,
             cumulative: 17,
-            ranges: vec![(19, 25), (40, 41)],
+            queue_us: 15_000,
+            echo_sent_us: 4_000_123,
+            echo_recv_us: 4_290_456,
+            received: 60,
+            ranges: vec![(19, 6), (40, 2)],
         },
         ToSender::Done,
         ToSender::Response { nonce: [3; 8] },
+        ToSender::Probe,
     ]
 }
 
@@ -327,7 +357,7 @@ pub fn sealed_to_sender() -> Vec<Vec<u8>> {
 pub fn sealed_to_receiver() -> Vec<Vec<u8>> {
     let mut seal = SenderSeal::new(&SEAL_KEY);
     let mut data = Vec::new();
-    seal.seal_data(5, &[7u8; 100], &mut data);
+    seal.seal_data(5, 1_000_000, &[7u8; 100], &mut data);
     let mut challenge = Vec::new();
     seal.seal_control(&ToReceiver::Challenge { nonce: [1; 8] }, &mut challenge);
     vec![data, challenge]

@@ -1,0 +1,283 @@
+//! The send loop of one served lane session: paces the session's bytes out as sealed datagrams to
+//! the address that answered a challenge, feeds the receiver's acknowledgements to the rate
+//! control ([`PacedSender`]), and answers every new address with a challenge no bigger than what
+//! came from it.
+//!
+//! A session whose libp2p stream is closed ends. One whose stream breaks (the connection died in
+//! an outage) is **parked**: the validated address is forgotten, nothing at all is sent until a
+//! sealed datagram of its receiver (a probe, an ack) comes from an address that answers a fresh
+//! challenge, and a banned peer's session never resumes. The sender itself stops after
+//! [`zdn_protocol::paced::VOID`] without a word from its receiver and starts again on the next
+//! one. A parked or stopped session counts as idle: a new request that finds no slot free takes
+//! its place (see `slots.rs`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::PeerId;
+use tokio::net::UdpSocket;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use zdn_protocol::paced::{
+    EndReason, PacedSender, PathAction, PathValidator, SenderPoll, SenderSeal, ToReceiver,
+    ToSender, MAX_CONTROL_LEN, SEAL_OVERHEAD,
+};
+
+use crate::net::paced::server::PacedServer;
+use crate::net::paced::slots::SlotState;
+
+/// A session that has not reached its receiver's address this long after it started ends.
+const FIRST_CONTACT: Duration = Duration::from_secs(20);
+/// Datagrams sent before the send loop yields to the runtime.
+const SENDS_PER_TURN: u32 = 32;
+/// Control datagrams read per turn of the send loop.
+const READS_PER_TURN: u32 = 64;
+
+/// How the session's libp2p stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closed {
+    /// Closed (or written to) by the receiver: the session is over.
+    Clean,
+    /// Broken: the connection was lost; the session parks.
+    Broken,
+}
+
+/// One session's socket, keys, sender and bytes.
+pub(crate) struct Session {
+    pub socket: UdpSocket,
+    pub seal: SenderSeal,
+    pub tx: PacedSender,
+    /// Bytes it may send, datagrams and headers counted.
+    pub budget: u64,
+    pub bytes: Vec<u8>,
+    pub peer: PeerId,
+    pub slot: Arc<SlotState>,
+}
+
+/// What the control datagrams of one turn said.
+#[derive(Debug, Default)]
+struct Heard {
+    /// At least one opened (the receiver is there).
+    something: bool,
+    /// The receiver said Done.
+    done: bool,
+    /// An address answered its challenge (it is now where data goes).
+    validated: bool,
+}
+
+/// Where the session stands between turns.
+struct Turn {
+    t0: Instant,
+    path: PathValidator<SocketAddr>,
+    last_heard: Option<Instant>,
+    /// An address was validated at least once.
+    reached: bool,
+    /// The stream broke: nothing is sent until an address answers a fresh challenge.
+    parked: bool,
+    sent_bytes: u64,
+}
+
+impl PacedServer {
+    /// The send loop of one session; returns why it ended.
+    pub(crate) async fn send(
+        &self,
+        mut s: Session,
+        mut stop: watch::Receiver<bool>,
+        closed: oneshot::Receiver<Closed>,
+    ) -> EndReason {
+        let mut closed = Some(closed);
+        let mut t = Turn {
+            t0: Instant::now(),
+            path: PathValidator::new(),
+            last_heard: None,
+            reached: false,
+            parked: false,
+            sent_bytes: 0,
+        };
+        let mut out = Vec::with_capacity(usize::from(u16::MAX));
+        loop {
+            // Every turn, however high the rate: the stop signal, the slot, the stream, the
+            // receiver's datagrams, the deadlines.
+            if stop.has_changed().unwrap_or(true) {
+                return EndReason::Shutdown;
+            }
+            if s.slot.evicted.load(Ordering::Relaxed) {
+                return EndReason::Replaced;
+            }
+            if let Some(c) = closed.as_mut() {
+                match c.try_recv() {
+                    Err(oneshot::error::TryRecvError::Empty) => {}
+                    Ok(Closed::Clean) => return EndReason::Complete,
+                    Ok(Closed::Broken) | Err(oneshot::error::TryRecvError::Closed) => {
+                        closed = None;
+                        if self.scores.is_banned(&s.peer) {
+                            return EndReason::Other;
+                        }
+                        t.parked = true;
+                        t.path = PathValidator::new();
+                    }
+                }
+            }
+            let heard = self.read_control(&mut s, &mut t.path, t.t0).await;
+            if heard.done {
+                return EndReason::Complete;
+            }
+            if heard.something {
+                t.last_heard = Some(Instant::now());
+            }
+            if heard.validated {
+                if t.parked && self.scores.is_banned(&s.peer) {
+                    return EndReason::Other;
+                }
+                t.parked = false;
+                t.reached = true;
+            }
+            if let Some(end) = t.deadline(&s) {
+                return end;
+            }
+            s.slot.set_idle(t.parked || s.tx.is_paused());
+            let wake = match t.path.target() {
+                Some(target) if !t.parked => {
+                    match self.send_some(&mut s, &mut t, target, &mut out).await {
+                        Ok(wake) => wake,
+                        Err(end) => return end,
+                    }
+                }
+                _ => Instant::now() + Duration::from_millis(50),
+            };
+            if wake <= Instant::now() {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = stop.changed() => {}
+                _ = async {
+                    match closed.as_mut() {
+                        Some(c) => { let _ = c.await; }
+                        None => std::future::pending().await,
+                    }
+                }, if closed.is_some() => {}
+                _ = s.socket.readable() => {}
+            }
+        }
+    }
+
+    /// Sends what the pacing allows now (at most [`SENDS_PER_TURN`] datagrams) to `target`;
+    /// returns when to look again, or why the session is over.
+    async fn send_some(
+        &self,
+        s: &mut Session,
+        t: &mut Turn,
+        target: SocketAddr,
+        out: &mut Vec<u8>,
+    ) -> Result<Instant, EndReason> {
+        let mut sends = 0;
+        loop {
+            match s.tx.poll(t.t0.elapsed()) {
+                SenderPoll::Done => return Err(EndReason::Complete),
+                SenderPoll::Wait(at) => return Ok(t.t0 + at),
+                SenderPoll::Send(x) => {
+                    let (off, len) = s.tx.span(x.seq);
+                    let Some(payload) = usize::try_from(off)
+                        .ok()
+                        .and_then(|off| s.bytes.get(off..off.checked_add(len)?))
+                    else {
+                        return Err(EndReason::Other);
+                    };
+                    s.seal.seal_data(x.seq, x.sent_us, payload, out);
+                    // A send error (no route during an outage) is a lost datagram.
+                    if s.socket.send_to(out, target).await.is_ok() {
+                        self.traffic
+                            .chunk_bytes_served
+                            .fetch_add(len as u64, Ordering::Relaxed);
+                    }
+                    t.sent_bytes += out.len() as u64;
+                    sends += 1;
+                    if t.sent_bytes > s.budget {
+                        return Err(EndReason::Budget);
+                    }
+                    if sends >= SENDS_PER_TURN {
+                        return Ok(Instant::now());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the control datagrams waiting (at most [`READS_PER_TURN`]): acknowledgements feed the
+    /// sender, responses validate their address, and every other address that sends a sealed
+    /// datagram is challenged. What does not open is counted and dropped.
+    async fn read_control(
+        &self,
+        s: &mut Session,
+        path: &mut PathValidator<SocketAddr>,
+        t0: Instant,
+    ) -> Heard {
+        let mut heard = Heard::default();
+        let mut inbox = [0u8; MAX_CONTROL_LEN + SEAL_OVERHEAD + 1];
+        let mut out = Vec::new();
+        for _ in 0..READS_PER_TURN {
+            let Ok((n, from)) = s.socket.try_recv_from(&mut inbox) else {
+                break;
+            };
+            let now = t0.elapsed();
+            let Ok(msg) = s.seal.open(&mut inbox[..n]) else {
+                self.traffic.paced_refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            heard.something = true;
+            s.tx.on_heard(now);
+            let action = match msg {
+                ToSender::Response { nonce } => {
+                    heard.validated |= path.on_response(from, nonce);
+                    PathAction::Nothing
+                }
+                ToSender::Done => {
+                    heard.done = true;
+                    return heard;
+                }
+                ack @ ToSender::Ack { .. } => {
+                    s.tx.on_ack(now, &ack);
+                    path.on_datagram(from, n, now, fresh_nonce)
+                }
+                ToSender::Hello | ToSender::Probe => path.on_datagram(from, n, now, fresh_nonce),
+            };
+            if let PathAction::Challenge { to, nonce } = action {
+                if s.seal
+                    .seal_control(&ToReceiver::Challenge { nonce }, &mut out)
+                {
+                    let _ = s.socket.send_to(&out, to).await;
+                }
+            }
+        }
+        heard
+    }
+}
+
+impl Turn {
+    /// The session's limits: its byte budget, its receiver's silence, first contact.
+    fn deadline(&self, s: &Session) -> Option<EndReason> {
+        if self.sent_bytes > s.budget {
+            return Some(EndReason::Budget);
+        }
+        let quiet_since = self.last_heard.unwrap_or(self.t0);
+        if quiet_since.elapsed() > super::server::SILENCE {
+            return Some(EndReason::Silent);
+        }
+        if !self.reached && self.t0.elapsed() > FIRST_CONTACT {
+            return Some(EndReason::Unreachable);
+        }
+        None
+    }
+}
+
+/// A challenge nonce from the OS's CSPRNG (all zero only if it fails, which only weakens that one
+/// challenge: a zero nonce is still unknown to an off-path attacker without the session key).
+fn fresh_nonce() -> [u8; 8] {
+    let mut n = [0u8; 8];
+    let _ = getrandom::getrandom(&mut n);
+    n
+}
