@@ -83,6 +83,25 @@ struct Planned<'a> {
     files: Vec<FileEntry>,
 }
 
+impl AddReport {
+    /// The report of an add of `p` in `chunks` chunks, before anything is stored.
+    fn starting(opts: &AddOptions, p: &Planned<'_>, chunks: usize) -> AddReport {
+        AddReport {
+            hash: Hash::ZERO,
+            kind: opts.kind,
+            name: opts.name.clone(),
+            object_len: p.object_len,
+            files: p.files.len(),
+            chunks,
+            new_chunks: 0,
+            new_stored_bytes: 0,
+            dedup_bytes: 0,
+            stored_bytes: 0,
+            already_present: false,
+        }
+    }
+}
+
 impl<'a> Planned<'a> {
     /// Where each part starts in the object, and the object's chunk ranges (cut at the plan's
     /// boundaries and at every part's start).
@@ -337,19 +356,7 @@ impl ObjectStore {
 
         let mut object_hash = None;
         let mut chunks = Vec::with_capacity(ranges.len());
-        let mut report = AddReport {
-            hash: Hash::ZERO,
-            kind: opts.kind,
-            name: opts.name.clone(),
-            object_len: len,
-            files: p.files.len(),
-            chunks: ranges.len(),
-            new_chunks: 0,
-            new_stored_bytes: 0,
-            dedup_bytes: 0,
-            stored_bytes: 0,
-            already_present: false,
-        };
+        let mut report = AddReport::starting(opts, p, ranges.len());
         // Ids written by this add: a set, so each check is O(1) however many chunks the object has.
         let mut new_ids: HashSet<Hash> = HashSet::new();
         std::thread::scope(|s| -> Result<(), StoreError> {

@@ -81,6 +81,22 @@ pub(crate) struct PacedServer {
     pub fault: Option<Fault>,
 }
 
+/// A UDP socket of the receiver's address family on a port of the system's choosing, and that
+/// port.
+async fn lane_socket(ip: IpAddr) -> Result<(UdpSocket, u16), String> {
+    let bind: SocketAddr = match ip {
+        IpAddr::V4(_) => "0.0.0.0:0",
+        IpAddr::V6(_) => "[::]:0",
+    }
+    .parse()
+    .map_err(|_| "bind address")?;
+    let socket = UdpSocket::bind(bind)
+        .await
+        .map_err(|e| format!("UDP bind: {e}"))?;
+    let port = socket.local_addr().map_err(|e| e.to_string())?.port();
+    Ok((socket, port))
+}
+
 impl PacedServer {
     pub async fn run(self, incoming: Incoming, stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
@@ -135,16 +151,7 @@ impl PacedServer {
             .await
             .ok_or("no address for the peer")?;
         drop(commands);
-        let bind: SocketAddr = match ip {
-            IpAddr::V4(_) => "0.0.0.0:0",
-            IpAddr::V6(_) => "[::]:0",
-        }
-        .parse()
-        .map_err(|_| "bind address")?;
-        let socket = UdpSocket::bind(bind)
-            .await
-            .map_err(|e| format!("UDP bind: {e}"))?;
-        let port = socket.local_addr().map_err(|e| e.to_string())?.port();
+        let (socket, port) = lane_socket(ip).await?;
         let mut key = [0u8; 32];
         getrandom::getrandom(&mut key).map_err(|e| format!("no randomness: {e}"))?;
         let ready = reply(PacedResponse::Ready {

@@ -136,27 +136,7 @@ impl EventLoop {
                 self.dht.find_providers(&mut self.swarm, hash, reply)
             }
             Command::Peers { reply } => {
-                // A banned peer that connects again is disconnected as soon as the connection is
-                // up, but it is listed as connected until the close completes: never a peer.
-                let peers = self
-                    .swarm
-                    .connected_peers()
-                    .filter(|p| !self.scores.is_banned(p))
-                    .map(|p| PeerInfo {
-                        peer: p.to_string(),
-                        addresses: self
-                            .addrs
-                            .get(p)
-                            .map(|a| a.iter().map(|a| a.to_string()).collect())
-                            .unwrap_or_default(),
-                        rtt_ms: self
-                            .rtts
-                            .get(p)
-                            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-                        penalty: self.scores.penalty(p),
-                    })
-                    .collect();
-                let _ = reply.send(peers);
+                let _ = reply.send(self.peer_infos());
             }
             Command::ListenAddrs { reply } => {
                 if !self.silent_listeners.is_empty() {
@@ -165,36 +145,63 @@ impl EventLoop {
                     let _ = reply.send(self.listen_addrs.clone());
                 }
             }
-            Command::Announce { manifest, reply } => {
-                let manifest = match gossip_form(manifest) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        return;
-                    }
-                };
-                let deadline = Instant::now() + ANNOUNCE_PATIENCE;
-                if self.fault == Some(crate::net::config::Fault::BogusAnnouncements) {
-                    for i in 0u8..10 {
-                        let garbage = blake3::hash(&[i]).as_bytes().repeat(4);
-                        let (tx, _) = oneshot::channel();
-                        self.pending_announce.push((garbage, deadline, tx));
-                    }
-                    let mut broken = manifest;
-                    if let Some(b) = broken.last_mut() {
-                        *b ^= 1;
-                    }
-                    self.pending_announce.push((broken, deadline, reply));
-                } else {
-                    self.pending_announce.push((manifest, deadline, reply));
-                }
-                self.retry_announcements();
-            }
+            Command::Announce { manifest, reply } => self.announce(manifest, reply),
             Command::Ban { peer, reason } => self.ban(peer, reason),
             Command::ProviderVerified { hash, peer } => {
                 self.dht.verified(&mut self.swarm, hash, peer)
             }
         }
+    }
+
+    /// The connected peers as `zdn peers` shows them. A banned peer that connects again is
+    /// disconnected as soon as the connection is up, but it is listed as connected until the close
+    /// completes: never a peer.
+    fn peer_infos(&self) -> Vec<PeerInfo> {
+        self.swarm
+            .connected_peers()
+            .filter(|p| !self.scores.is_banned(p))
+            .map(|p| PeerInfo {
+                peer: p.to_string(),
+                addresses: self
+                    .addrs
+                    .get(p)
+                    .map(|a| a.iter().map(|a| a.to_string()).collect())
+                    .unwrap_or_default(),
+                rtt_ms: self
+                    .rtts
+                    .get(p)
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                penalty: self.scores.penalty(p),
+            })
+            .collect()
+    }
+
+    /// Publishes `manifest` (or its announcement, when too big) on the topic; retried until a
+    /// peer subscribes or [`ANNOUNCE_PATIENCE`] passes.
+    fn announce(&mut self, manifest: Vec<u8>, reply: oneshot::Sender<Result<(), NetError>>) {
+        let manifest = match gossip_form(manifest) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let deadline = Instant::now() + ANNOUNCE_PATIENCE;
+        if self.fault == Some(crate::net::config::Fault::BogusAnnouncements) {
+            for i in 0u8..10 {
+                let garbage = blake3::hash(&[i]).as_bytes().repeat(4);
+                let (tx, _) = oneshot::channel();
+                self.pending_announce.push((garbage, deadline, tx));
+            }
+            let mut broken = manifest;
+            if let Some(b) = broken.last_mut() {
+                *b ^= 1;
+            }
+            self.pending_announce.push((broken, deadline, reply));
+        } else {
+            self.pending_announce.push((manifest, deadline, reply));
+        }
+        self.retry_announcements();
     }
 
     /// A peer crossed the ban line: disconnected now; the guard refuses it from now on.
@@ -298,28 +305,7 @@ impl EventLoop {
                 connection_id,
                 endpoint,
                 ..
-            } => {
-                if let Some((_, reply)) = self.pending_dials.remove(&connection_id) {
-                    let _ = reply.send(Ok(peer_id));
-                }
-                for (_, reply) in self.waiting_for_peer.remove(&peer_id).unwrap_or_default() {
-                    let _ = reply.send(Ok(peer_id));
-                }
-                self.dht.on_dial_result(&self.swarm, peer_id);
-                if endpoint.is_dialer() {
-                    self.remember_dialable(peer_id, endpoint.get_remote_address().clone());
-                }
-                // The guard refuses banned peers; one banned while its handshake ran goes now.
-                if self.scores.is_banned(&peer_id) {
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
-                    return;
-                }
-                let addr = endpoint.get_remote_address().clone();
-                let list = self.addrs.entry(peer_id).or_default();
-                if !list.contains(&addr) && list.len() < ADDRS_PER_PEER {
-                    list.push(addr);
-                }
-            }
+            } => self.on_connected(peer_id, connection_id, &endpoint),
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
@@ -332,25 +318,7 @@ impl EventLoop {
                 connection_id,
                 peer_id,
                 error,
-            } => {
-                if let Some(p) = peer_id {
-                    if !self.swarm.is_connected(&p) {
-                        for (addr, reply) in self.waiting_for_peer.remove(&p).unwrap_or_default() {
-                            let _ = reply.send(Err(NetError::Dial {
-                                addr,
-                                reason: error.to_string(),
-                            }));
-                        }
-                    }
-                    self.dht.on_dial_result(&self.swarm, p);
-                }
-                if let Some((addr, reply)) = self.pending_dials.remove(&connection_id) {
-                    let _ = reply.send(Err(NetError::Dial {
-                        addr,
-                        reason: error.to_string(),
-                    }));
-                }
-            }
+            } => self.on_dial_failed(connection_id, peer_id, &error),
             SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(ping::Event {
                 peer,
                 result: Ok(rtt),
@@ -393,6 +361,63 @@ impl EventLoop {
                 message,
             })) => self.on_gossip(propagation_source, message_id, message),
             _ => {}
+        }
+    }
+
+    /// A connection is up: dials and those waiting for the peer hear of it; a peer banned while
+    /// its handshake ran goes now.
+    fn on_connected(
+        &mut self,
+        peer_id: PeerId,
+        connection_id: ConnectionId,
+        endpoint: &libp2p::core::ConnectedPoint,
+    ) {
+        if let Some((_, reply)) = self.pending_dials.remove(&connection_id) {
+            let _ = reply.send(Ok(peer_id));
+        }
+        for (_, reply) in self.waiting_for_peer.remove(&peer_id).unwrap_or_default() {
+            let _ = reply.send(Ok(peer_id));
+        }
+        self.dht.on_dial_result(&self.swarm, peer_id);
+        if endpoint.is_dialer() {
+            self.remember_dialable(peer_id, endpoint.get_remote_address().clone());
+        }
+        // The guard refuses banned peers; one banned while its handshake ran goes now.
+        if self.scores.is_banned(&peer_id) {
+            let _ = self.swarm.disconnect_peer_id(peer_id);
+            return;
+        }
+        let addr = endpoint.get_remote_address().clone();
+        let list = self.addrs.entry(peer_id).or_default();
+        if !list.contains(&addr) && list.len() < ADDRS_PER_PEER {
+            list.push(addr);
+        }
+    }
+
+    /// A dial failed: its caller, and those waiting for the peer if it is not connected otherwise,
+    /// hear why.
+    fn on_dial_failed(
+        &mut self,
+        connection_id: ConnectionId,
+        peer_id: Option<PeerId>,
+        error: &libp2p::swarm::DialError,
+    ) {
+        if let Some(p) = peer_id {
+            if !self.swarm.is_connected(&p) {
+                for (addr, reply) in self.waiting_for_peer.remove(&p).unwrap_or_default() {
+                    let _ = reply.send(Err(NetError::Dial {
+                        addr,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            self.dht.on_dial_result(&self.swarm, p);
+        }
+        if let Some((addr, reply)) = self.pending_dials.remove(&connection_id) {
+            let _ = reply.send(Err(NetError::Dial {
+                addr,
+                reason: error.to_string(),
+            }));
         }
     }
 

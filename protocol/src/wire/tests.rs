@@ -1,0 +1,213 @@
+use super::*;
+use proptest::prelude::*;
+
+fn h(b: u8) -> Hash {
+    Hash::from_bytes([b; 32])
+}
+
+#[test]
+fn stored_bound_of_a_chunk() {
+    assert_eq!(max_stored_len(0), 512);
+    assert_eq!(max_stored_len(1 << 20), (1 << 20) + (1 << 13) + 512);
+    assert_eq!(max_stored_len(u32::MAX), MAX_STORED_CHUNK);
+    assert_eq!(max_stored_len(MAX_CHUNK_SIZE), MAX_STORED_CHUNK);
+    let m = Response::Manifest(vec![7, 8]).encode();
+    assert_eq!(m, [MANIFEST_RESPONSE_TAG, 7, 8]);
+}
+
+/// Golden vectors: the exact bytes of each message kind (pins the wire format).
+#[test]
+fn golden_bytes() {
+    let hex = |v: Vec<u8>| v.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(
+        hex(Request::GetChunk {
+            object: h(1),
+            id: h(2)
+        }
+        .encode()),
+        format!("02{}{}", "01".repeat(32), "02".repeat(32))
+    );
+    let mut held = ChunkBitmap::new(10);
+    held.set(0);
+    held.set(9);
+    assert_eq!(
+        hex(Response::Have { object: h(3), held }.encode()),
+        format!("03{}0a0000000102", "03".repeat(32))
+    );
+    assert_eq!(
+        hex(Response::Busy {
+            retry_after_ms: 1000
+        }
+        .encode()),
+        "05e8030000"
+    );
+    let a = Announcement {
+        manifest: h(4),
+        kind: Kind::Delta,
+        object_len: 1_437_232,
+        base: Some(h(5)),
+        publisher: [6; 32],
+        manifest_len: 300_000,
+        name: "ft".into(),
+    };
+    assert_eq!(
+        hex(a.encode().unwrap()),
+        format!(
+            "5a444e4102{}01{}01{}{}e093040002006674",
+            "04".repeat(32),
+            "30ee150000000000",
+            "05".repeat(32),
+            "06".repeat(32)
+        )
+    );
+}
+
+#[test]
+fn bad_messages_are_refused() {
+    assert!(matches!(Request::decode(&[]), Err(WireError::Truncated(_))));
+    assert!(matches!(
+        Request::decode(&[9; 33]),
+        Err(WireError::Tag { .. })
+    ));
+    assert!(matches!(
+        Request::decode(&[1; 34]),
+        Err(WireError::Trailing(_))
+    ));
+    assert!(matches!(
+        Request::decode(&[2; 64]),
+        Err(WireError::Truncated(_))
+    ));
+    assert!(matches!(
+        Request::decode(&[1; 1000]),
+        Err(WireError::TooLarge { .. })
+    ));
+    // A chunk larger than any stored chunk can be.
+    let mut big = vec![2u8; 33 + MAX_STORED_CHUNK + 1];
+    big[0] = 2;
+    assert!(matches!(
+        Response::decode(&big),
+        Err(WireError::TooLarge { what: "chunk", .. })
+    ));
+    // Have with bits past n, or the wrong length.
+    let mut have = Response::Have {
+        object: h(1),
+        held: ChunkBitmap::new(3),
+    }
+    .encode();
+    *have.last_mut().unwrap() = 0b1000;
+    assert!(Response::decode(&have).is_err());
+    have.push(0);
+    assert!(Response::decode(&have).is_err());
+    // A forged huge chunk count does not allocate: the length check comes first.
+    let mut forged = vec![3u8];
+    forged.extend_from_slice(&[0; 32]);
+    forged.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        Response::decode(&forged),
+        Err(WireError::Truncated(_))
+    ));
+}
+
+fn arb_request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        any::<[u8; 32]>().prop_map(|a| Request::GetManifest(Hash::from_bytes(a))),
+        (any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(a, b)| Request::GetChunk {
+            object: Hash::from_bytes(a),
+            id: Hash::from_bytes(b)
+        }),
+        any::<[u8; 32]>().prop_map(|a| Request::GetHave(Hash::from_bytes(a))),
+    ]
+}
+
+fn arb_response() -> impl Strategy<Value = Response> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..200).prop_map(Response::Manifest),
+        (
+            any::<[u8; 32]>(),
+            prop::collection::vec(any::<u8>(), 0..200)
+        )
+            .prop_map(|(a, stored)| Response::Chunk {
+                id: Hash::from_bytes(a),
+                stored
+            }),
+        (
+            any::<[u8; 32]>(),
+            prop::collection::vec(any::<bool>(), 0..100)
+        )
+            .prop_map(|(a, bits)| {
+                let mut held = ChunkBitmap::new(bits.len() as u32);
+                for (i, &b) in bits.iter().enumerate() {
+                    if b {
+                        held.set(i as u32);
+                    }
+                }
+                Response::Have {
+                    object: Hash::from_bytes(a),
+                    held,
+                }
+            }),
+        any::<[u8; 32]>().prop_map(|a| Response::NotFound(Hash::from_bytes(a))),
+        any::<u32>().prop_map(|retry_after_ms| Response::Busy { retry_after_ms }),
+    ]
+}
+
+fn arb_announcement() -> impl Strategy<Value = Announcement> {
+    (
+        any::<[u8; 32]>(),
+        any::<bool>(),
+        any::<u64>(),
+        any::<[u8; 32]>(),
+        any::<[u8; 32]>(),
+        (0..=MAX_MANIFEST_LEN as u32, ".{0,40}"),
+    )
+        .prop_map(
+            |(m, delta, object_len, b, publisher, (manifest_len, name))| Announcement {
+                manifest: Hash::from_bytes(m),
+                kind: if delta { Kind::Delta } else { Kind::Base },
+                object_len,
+                base: delta.then(|| Hash::from_bytes(b)),
+                publisher,
+                manifest_len,
+                name,
+            },
+        )
+}
+
+proptest! {
+    #[test]
+    fn request_round_trip(r in arb_request()) {
+        prop_assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+    }
+
+    #[test]
+    fn response_round_trip(r in arb_response()) {
+        prop_assert_eq!(Response::decode(&r.encode()).unwrap(), r);
+    }
+
+    #[test]
+    fn announcement_round_trip(a in arb_announcement()) {
+        let b = a.encode().unwrap();
+        prop_assert!(b.len() <= MAX_ANNOUNCEMENT_LEN);
+        prop_assert_eq!(Announcement::decode(&b).unwrap(), a);
+    }
+
+    #[test]
+    fn mutated_messages_never_panic(
+        r in arb_response(), a in arb_announcement(), i in any::<usize>(), x in any::<u8>(),
+        cut in any::<usize>()
+    ) {
+        for mut b in [r.encode(), a.encode().unwrap(), Request::GetHave(Hash::ZERO).encode()] {
+            if !b.is_empty() {
+                let i = i % b.len();
+                b[i] ^= x;
+                let _ = Response::decode(&b);
+                let _ = Request::decode(&b);
+                let _ = Announcement::decode(&b);
+                b.truncate(cut % b.len());
+                let _ = Response::decode(&b);
+                let _ = Request::decode(&b);
+                let _ = Announcement::decode(&b);
+            }
+        }
+    }
+}
