@@ -18,6 +18,7 @@ mod memory;
 mod names;
 mod objects;
 mod rocks;
+mod trust;
 
 pub use actor::StoreHandle;
 pub use backend::{Backend, Column, Write};
@@ -26,8 +27,9 @@ pub use error::StoreError;
 pub use ingest::{AddOptions, AddReport};
 pub use maintenance::{GcReport, Problem, VerifyReport};
 pub use memory::MemoryBackend;
-pub use objects::{Holding, ObjectInfo, ObjectStore, StoreLimits, TrustPolicy};
+pub use objects::{Holding, ObjectInfo, ObjectStore, StoreLimits};
 pub use rocks::RocksBackend;
+pub use trust::TrustPolicy;
 
 #[cfg(test)]
 mod tests;

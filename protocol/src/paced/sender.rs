@@ -26,7 +26,7 @@ const MAX_BURST: Duration = Duration::from_millis(10);
 const ACK_ALLOWANCE: Duration = Duration::from_millis(80);
 const MIN_RTO: Duration = Duration::from_millis(200);
 /// The sender stops after this long without a datagram from the receiver (and at least
-/// [`VOID_RTTS`] round trips), and sends again when one comes.
+/// `VOID_RTTS` round trips), and sends again when one comes.
 pub const VOID: Duration = Duration::from_secs(30);
 const VOID_RTTS: u32 = 8;
 /// Acknowledgements this recent (or within two round trips) say what is missing well enough to

@@ -232,7 +232,7 @@ fn true_deltas(
     Ok((bases, deltas))
 }
 
-/// contributors[t][i]: tensor t of contributor i — `n - a` honest ones first, then `a` running
+/// `contributors[t][i]`: tensor t of contributor i — `n - a` honest ones first, then `a` running
 /// `attack` (order does not matter: every method is permutation-invariant).
 fn contributions(
     deltas: &[Vec<f32>],
