@@ -9,12 +9,18 @@
 //! * `random`    — noise of 10 × rms(Δ), unrelated to Δ;
 //! * `collude`   — all attackers send the same vector, −3·Δ;
 //! * `shift`     — Δ + honest-sized noise − σ·rms(Δ)·sign(Δ): every coordinate nudged against the
-//!   fine-tune by the size of the honest noise, so its norm and distances look honest.
+//!   fine-tune by the size of the honest noise, so its norm and distances look honest;
+//! * `alie`      — "a little is enough": all attackers send the same vector, the honest
+//!   contributions' coordinate-wise mean − 1.0 × their standard deviation (just inside the honest
+//!   spread, where distance- and median-based rules do not see it);
+//! * `ipm`       — inner-product manipulation: all attackers send −0.5 × the honest mean.
 //!
 //! Every method of `zdn_protocol::soup` aggregates them; reported per method × attack × fraction:
-//! the weight-space relative error to the clean aggregate (the mean of the honest contributors only)
-//! and the mean cosine of the resulting model's sentence embeddings to the fine-tune's on held-out
-//! sentences (gensim's `lee.cor`). The other tensors are the fine-tune's.
+//! the weight-space relative error to the clean aggregate (the mean of the honest contributors only),
+//! the mean cosine of the resulting model's sentence embeddings to the fine-tune's on held-out
+//! sentences (gensim's `lee.cor`), and the share of the base → fine-tune gap that cosine keeps
+//! ((cosine − base's) ÷ (exact delta's − base's): 1 = all the fine-tune learned, 0 = the base). The
+//! other tensors are the fine-tune's.
 //!
 //! `cargo build --release -p zdn-bench --bin zdn-soup-bench && target/release/zdn-soup-bench`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -63,7 +69,15 @@ struct Cli {
     json: bool,
 }
 
-const ATTACKS: [&str; 5] = ["sign-flip", "scale100", "random", "collude", "shift"];
+const ATTACKS: [&str; 7] = [
+    "sign-flip",
+    "scale100",
+    "random",
+    "collude",
+    "shift",
+    "alie",
+    "ipm",
+];
 
 #[derive(Serialize, Clone)]
 struct Row {
@@ -74,6 +88,8 @@ struct Row {
     weight_rel_error: f64,
     cosine_mean: f64,
     cosine_min: f64,
+    /// Share of the base → fine-tune gap (in mean cosine) the aggregate keeps.
+    gap_kept: f64,
 }
 
 fn methods(n: usize) -> Vec<String> {
@@ -249,7 +265,12 @@ fn contributions(
             let honest =
                 |rng: &mut Rng| d.iter().map(|x| x + s * rng.normal()).collect::<Vec<f32>>();
             let mut v: Vec<Vec<f32>> = (0..cli.n - a).map(|_| honest(rng)).collect();
+            let colluding = colluders(&v, attack);
             for _ in 0..a {
+                if let Some(c) = &colluding {
+                    v.push(c.clone());
+                    continue;
+                }
                 v.push(match attack {
                     "sign-flip" => honest(rng).iter().map(|x| -x).collect(),
                     "scale100" => honest(rng).iter().map(|x| 100.0 * x).collect(),
@@ -267,10 +288,38 @@ fn contributions(
         .collect()
 }
 
+/// The one vector every attacker sends under `alie` or `ipm`, made from the honest contributions
+/// of one tensor (the attackers are assumed to see them); `None` for the other attacks.
+fn colluders(honest: &[Vec<f32>], attack: &str) -> Option<Vec<f32>> {
+    if !matches!(attack, "alie" | "ipm") || honest.is_empty() {
+        return None;
+    }
+    let n = honest.len() as f64;
+    let len = honest[0].len();
+    let mean: Vec<f64> = (0..len)
+        .map(|j| honest.iter().map(|h| f64::from(h[j])).sum::<f64>() / n)
+        .collect();
+    Some(if attack == "ipm" {
+        mean.iter().map(|m| (-0.5 * m) as f32).collect()
+    } else {
+        (0..len)
+            .map(|j| {
+                let var = honest
+                    .iter()
+                    .map(|h| (f64::from(h[j]) - mean[j]).powi(2))
+                    .sum::<f64>()
+                    / n;
+                (mean[j] - var.sqrt()) as f32
+            })
+            .collect()
+    })
+}
+
 /// One row per method for the cell (`attack`, `frac` of the contributors, `a` of them).
 fn cell_rows(
     h: &Harness,
     cli: &Cli,
+    reference: (f64, f64),
     contributors: &[Vec<Vec<f32>>],
     attack: &str,
     frac: f64,
@@ -299,6 +348,7 @@ fn cell_rows(
             weight_rel_error: (err / clean_sq).sqrt(),
             cosine_mean: cm,
             cosine_min: cmin,
+            gap_kept: (cm - reference.0) / (reference.1 - reference.0),
         };
         eprintln!(
             "{:>9} {:>4.0}% {:<14} rel.err {:>10.4} cosine {:.6}",
@@ -337,7 +387,16 @@ fn main() -> Result<()> {
         for &attack in attacks {
             let mut rng = Rng::new(cli.seed);
             let contributors = contributions(&deltas, &cli, a, attack, &mut rng);
-            rows.extend(cell_rows(&h, &cli, &contributors, attack, frac, a)?);
+            let reference = (base_mean, exact_mean);
+            rows.extend(cell_rows(
+                &h,
+                &cli,
+                reference,
+                &contributors,
+                attack,
+                frac,
+                a,
+            )?);
         }
     }
     let sentences = h.tokens.len();
@@ -364,18 +423,19 @@ fn print_table(cli: &Cli, rows: &[Row], reference: (f64, f64), sentences: usize)
         cli.n, cli.noise, sentences
     );
     println!("base alone: cosine {base_mean:.6}; exact fine-tune delta: {exact_mean:.6}\n");
-    println!("| attack | attackers | method | rel. error to clean aggregate | mean cosine | min cosine |");
-    println!("|---|---:|---|---:|---:|---:|");
+    println!("| attack | attackers | method | rel. error to clean aggregate | mean cosine | min cosine | gap kept |");
+    println!("|---|---:|---|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {} ({:.0} %) | {} | {:.4} | {:.6} | {:.6} |",
+            "| {} | {} ({:.0} %) | {} | {:.4} | {:.6} | {:.6} | {:.3} |",
             r.attack,
             r.attackers,
             100.0 * r.fraction,
             r.method,
             r.weight_rel_error,
             r.cosine_mean,
-            r.cosine_min
+            r.cosine_min,
+            r.gap_kept
         );
     }
 }
