@@ -1,4 +1,4 @@
-//! The scenario runner (issue 6): the shipped scenario files are valid, bad ones are refused with a
+//! The scenario runner: the shipped scenario files are valid, bad ones are refused with a
 //! reason, and `zdn-sim scenario ci-short.toml` runs real zdn nodes end to end — the fetches
 //! complete and verify, the report has its fields, the satellite carried at least the payload
 //! (and about one copy for three fetchers), the plot is a PNG. Behaviour, not speed.

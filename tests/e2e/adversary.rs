@@ -1,4 +1,4 @@
-//! Hostile peers against a real `zdn node run` (issue 18): an adversary with fresh libp2p
+//! Hostile peers against a real `zdn node run`: an adversary with fresh libp2p
 //! identities and UDP sockets on other loopback addresses (what a forged source address looks like
 //! to the node) does what an attacker would, and the node must not do what it wants. The paced
 //! lane (items 1-2) here; one module per later item of the issue, each test's doc comment saying

@@ -1,4 +1,4 @@
-//! Issue 21 on a real decoder pair (scripts/make-decoder-pair.sh: a small Llama base and a full chat
+//! The decoder measure on a real decoder pair (scripts/make-decoder-pair.sh: a small Llama base and a full chat
 //! fine-tune of it that adds two special tokens): the candle Llama forward pass against transformers'
 //! own LlamaForCausalLM, the chat template against transformers' rendering, and `zdn eval`'s decoder
 //! measure on held-out conversations. Every test needs the pair (see `common::decoder_pair`).

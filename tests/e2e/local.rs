@@ -1,4 +1,4 @@
-//! Local surfaces (issue 18 item 9): the control socket of a running node is its owner's alone,
+//! Local surfaces: the control socket of a running node is its owner's alone,
 //! and key files others can read are refused. A local user who could reach the socket could make
 //! the node write any stored object to any path it can write.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

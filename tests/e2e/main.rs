@@ -4,7 +4,7 @@
 //! - `delta`, `store`, `soup`, `soup_store`: the offline commands and the store;
 //! - `net`, `kad`, `paced`: nodes, fetches, gossip, the DHT, the paced lane;
 //! - `lan`: mDNS on a real LAN segment (network namespaces; root);
-//! - `adversary`: hostile peers against a real node (issue 18);
+//! - `adversary`: hostile peers against a real node;
 //! - `minilm_pair`, `quality`: the real MiniLM pair from PyPI (installed on first use);
 //! - `decoder`: the real decoder pair of scripts/make-decoder-pair.sh (the Llama forward pass
 //!   against transformers, `zdn eval`'s decoder measure).

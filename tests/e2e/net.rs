@@ -1,4 +1,4 @@
-//! End-to-end tests of the network (issue 5): real `zdn node run` processes talking libp2p over
+//! End-to-end tests of the network: real `zdn node run` processes talking libp2p over
 //! loopback, `zdn fetch` verifying every byte, a corrupt seeder banned, a killed fetch resumed,
 //! a seeder killed and restarted mid-transfer re-dialed, gossip with auto-fetch, and bad requests
 //! that must not hurt a node. The DHT: tests/cli_kad.rs.

@@ -1,4 +1,4 @@
-//! Issue 7 on the real model pair: the candle BERT forward against an independent reference, `zdn eval`
+//! Quality on the real model pair: the candle BERT forward against an independent reference, `zdn eval`
 //! (sentence-embedding cosine on held-out text) and `zdn delta calibrate` (scale distillation).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -117,7 +117,7 @@ fn eval_and_calibrate_on_the_real_pair() {
         r["delta"]["mean"].as_f64().unwrap(),
         r["base"]["mean"].as_f64().unwrap(),
     );
-    // Reference points (issue 7, on 152 sentences of the same text): base 0.9753, 1-bit per-row 0.99896.
+    // Reference points (on 152 sentences of the same text): base 0.9753, 1-bit per-row 0.99896.
     assert!((0.96..0.985).contains(&b), "base cosine {b}");
     assert!(d > 0.998 && d > b, "delta cosine {d} (base {b})");
     assert!(r["delta"]["min"].as_f64().unwrap() <= d);

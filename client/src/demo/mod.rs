@@ -3,7 +3,7 @@
 //! delta in a "datacenter" store (signed manifests), carry the base to a "field" store that trusts
 //! only that publisher as a bundle (a USB disk), fetch the delta over libp2p from a datacenter node
 //! to a field node through a 1 Mbps link (shaped in the process by token buckets: delay, loss and
-//! outages are issue 6), verify everything, apply the delta, check the output is deterministic and
+//! outages are the scenario runner's), verify everything, apply the delta, check the output is deterministic and
 //! measure its error.
 
 pub mod link;

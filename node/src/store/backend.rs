@@ -4,7 +4,7 @@
 
 use super::StoreError;
 
-/// The column families of the store (DESIGN.md "Node").
+/// The column families of the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Column {
     /// Chunk id (32 bytes) → stored chunk bytes.

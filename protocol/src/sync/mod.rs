@@ -1,4 +1,4 @@
-//! Sans-IO pieces of synchronisation (issue 5): no clock, no sockets — callers pass the time in, so
+//! Sans-IO pieces of synchronisation: no clock, no sockets — callers pass the time in, so
 //! the node and a discrete-event simulation drive the same code: the multi-source chunk scheduler and
 //! the bandwidth limiter.
 

@@ -1,4 +1,4 @@
-//! The emulator is faithful (issue 6): with real namespaces, TUN devices and UDP traffic through
+//! The emulator is faithful: with real namespaces, TUN devices and UDP traffic through
 //! `zdn-linkem up`, the measured rate is within 2 % of the set rate, the added delay within 5 ms
 //! of the set delay, and loss within statistical bounds. Needs root, `ip` and /dev/net/tun: where
 //! they are missing the tests fail, unless skipped explicitly (`ZDN_TEST_SKIP=netns`, counted).

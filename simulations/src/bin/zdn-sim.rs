@@ -12,7 +12,7 @@ use zdn_linkem::bulk;
 use zdn_linkem::units::parse_duration;
 use zdn_simulations::scenario::{self, RunOptions, Scenario};
 
-/// Scenario runner for zdn's field conditions (issue 6): starts real `zdn` nodes in network
+/// Scenario runner for zdn's field conditions: starts real `zdn` nodes in network
 /// namespaces joined by emulated links (rate, delay, jitter, loss, outages, queue), publishes
 /// objects at a datacenter node, fetches them at stations and site devices, and measures every
 /// link's bytes over time. Needs root, `ip` (iproute2) and /dev/net/tun.

@@ -1,4 +1,4 @@
-//! Loopback transfer benchmark of the network (docs/benchmarks.md, issue 5).
+//! Loopback transfer benchmark of the network (docs/benchmarks.md).
 //!
 //! `zdn-net-bench [--mib N] [--rounds R] [--chunk-size N]`: one object of N MiB of incompressible
 //! bytes (a one-tensor safetensors file, stored raw, so payload = stored bytes) is added to a

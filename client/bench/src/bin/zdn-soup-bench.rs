@@ -1,4 +1,4 @@
-//! `zdn-soup-bench`: the DeltaSoup robustness harness of issue 9 on the real MiniLM delta.
+//! `zdn-soup-bench`: the DeltaSoup robustness harness on the real MiniLM delta.
 //!
 //! n contributors each send a delta for the 36 encoder weight matrices. Honest ones send the real
 //! fine-tune's delta Δ plus independent Gaussian-like noise of relative size `--noise` (per tensor,

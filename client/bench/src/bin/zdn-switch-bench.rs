@@ -1,5 +1,5 @@
 //! `zdn-switch-bench`: apply on candle tensors and fine-tune switches, as ratios to a memcpy of the same
-//! weights measured in the same run (issue 7).
+//! weights measured in the same run.
 //!
 //! * `apply`  — `candle_apply::apply_delta` (the whole model, base + delta → CPU tensors) vs a
 //!   `copy_from_slice` of the same number of bytes;
