@@ -34,7 +34,9 @@ pub struct RunArgs {
     /// Settings file (see docs/network.md); flags add to its lists and override its values.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Address to listen on; repeatable. Default: TCP and QUIC on port 4801, all interfaces.
+    /// Address to listen on; repeatable. Default: TCP on port 4801, all interfaces. QUIC
+    /// (`/ip4/0.0.0.0/udp/4801/quic-v1`) only when asked for: a QUIC listener answers a forged
+    /// first packet with up to ~3× its bytes before the address is validated (docs/security.md).
     #[arg(long = "listen", value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
     #[command(flatten)]
@@ -133,10 +135,8 @@ pub fn run_node(loc: &Location, cmd: NodeCommand) -> anyhow::Result<u8> {
         })
         .collect();
     let listen = if a.listen.is_empty() {
-        vec![
-            "/ip4/0.0.0.0/tcp/4801".parse()?,
-            "/ip4/0.0.0.0/udp/4801/quic-v1".parse()?,
-        ]
+        // Not QUIC by default: it would reflect up to ~3× a forged first packet to its source.
+        vec!["/ip4/0.0.0.0/tcp/4801".parse()?]
     } else {
         a.listen.clone()
     };
