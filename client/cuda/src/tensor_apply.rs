@@ -5,7 +5,8 @@
 //! the host by the reference: there is nothing for a GPU to compute in them.
 
 use zdn_protocol::bitdelta::{
-    check_inputs, quantized_block, reconstruct, IndexEntry, ReconstructError, TensorData,
+    check_inputs, check_output, quantized_block, reconstruct, IndexEntry, ReconstructError,
+    TensorData,
 };
 
 use crate::gpu::{DeviceBuffer, Gpu, GpuError};
@@ -76,14 +77,7 @@ impl TensorReconstructor {
         out: &mut [u8],
     ) -> Result<(), TensorApplyError> {
         let name = || entry.name.clone();
-        if out.len() as u64 != entry.byte_len() {
-            return Err(ReconstructError::Output {
-                name: name(),
-                got: out.len(),
-                want: entry.byte_len(),
-            }
-            .into());
-        }
+        check_output(entry, out)?;
         let base = check_inputs(entry, block, base)?;
         let (Some(q), Some(b)) = (quantized_block(entry, block)?, base) else {
             reconstruct(entry, block, base, out)?;

@@ -27,18 +27,25 @@ pub struct AtomicFile {
     writer: BufWriter<tempfile::NamedTempFile>,
 }
 
+/// Where an output's temporary sibling goes and how its name starts: `.<name>.…partial` in the
+/// output's folder, so the final rename stays on one file system and a leftover is recognisable.
+pub(crate) fn partial_sibling(path: &Path) -> (PathBuf, String) {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (dir, format!(".{name}."))
+}
+
 impl AtomicFile {
     pub fn create(path: &Path) -> Result<Self, AtomicFileError> {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let (dir, prefix) = partial_sibling(path);
         let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
+            .prefix(&prefix)
             .suffix(".partial")
             .tempfile_in(&dir)
             .map_err(|cause| AtomicFileError::Create {

@@ -14,7 +14,7 @@ use zdn_node::store::{StoreError, StoreHandle};
 use zdn_protocol::folder::{check_path, FileEntry};
 use zdn_protocol::manifest::{Manifest, SignedManifest};
 
-use crate::fs::atomic_file::{AtomicFile, AtomicFileError};
+use crate::fs::atomic_file::{partial_sibling, AtomicFile, AtomicFileError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectOutputError {
@@ -156,16 +156,9 @@ impl FolderOutput {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(dest)(e)),
         }
-        let parent = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let (parent, prefix) = partial_sibling(dest);
         let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
+            .prefix(&prefix)
             .suffix(".partial")
             .tempdir_in(&parent)
             .map_err(io(&parent))?;

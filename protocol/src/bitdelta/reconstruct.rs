@@ -49,6 +49,18 @@ pub enum ReconstructError {
     Block { name: String, got: usize, want: u64 },
 }
 
+/// Checks that `out` is exactly the tensor's bytes (what every reconstruction writes into).
+pub fn check_output(entry: &IndexEntry, out: &[u8]) -> Result<(), ReconstructError> {
+    if out.len() as u64 != entry.byte_len() {
+        return Err(ReconstructError::Output {
+            name: entry.name.clone(),
+            got: out.len(),
+            want: entry.byte_len(),
+        });
+    }
+    Ok(())
+}
+
 /// Checks a tensor's inputs before anything is allocated for its output: the output size is then
 /// backed by real data (the base tensor's bytes, the block's packed codes, or a lossless frame that
 /// declares exactly that size), so a forged shape cannot make a caller allocate gigabytes.
@@ -213,13 +225,7 @@ pub fn reconstruct_with(
     out: &mut [u8],
 ) -> Result<(), ReconstructError> {
     let name = || entry.name.clone();
-    if out.len() as u64 != entry.byte_len() {
-        return Err(ReconstructError::Output {
-            name: name(),
-            got: out.len(),
-            want: entry.byte_len(),
-        });
-    }
+    check_output(entry, out)?;
     let base = check_inputs(entry, block, base)?;
     match (entry.encoding, base) {
         (Encoding::Unchanged | Encoding::Base, Some(b)) => {
