@@ -41,20 +41,20 @@ fn model(seeds: &[u64], per: usize) -> Vec<u8> {
     out
 }
 
-fn stores() -> Vec<(ObjectStore, Option<tempfile::TempDir>)> {
+pub(super) fn stores() -> Vec<(ObjectStore, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
     let rocks = ObjectStore::open(&dir.path().join("store"), StoreLimits::default()).unwrap();
     vec![(ObjectStore::in_memory(), None), (rocks, Some(dir))]
 }
 
-fn opts(name: &str, chunk_size: u32) -> AddOptions {
+pub(super) fn opts(name: &str, chunk_size: u32) -> AddOptions {
     let mut o = AddOptions::new(Kind::Base, name);
     o.chunk_size = chunk_size;
     o.created_at = 1_790_000_000;
     o
 }
 
-fn chunk_count(s: &ObjectStore) -> usize {
+pub(super) fn chunk_count(s: &ObjectStore) -> usize {
     let mut n = 0;
     s.backend()
         .scan(Column::Chunks, b"", &mut |_, _| {

@@ -10,23 +10,11 @@ use zdn_protocol::manifest::{Kind, PublisherKey, SignedManifest};
 use zdn_protocol::safetensors::{encode_header, TensorLayout};
 use zdn_protocol::{DType, Hash};
 
+use super::tests::{chunk_count, opts, stores};
 use super::*;
 
 fn key() -> PublisherKey {
     PublisherKey::from_seed(&[6; 32])
-}
-
-fn stores() -> Vec<(ObjectStore, Option<tempfile::TempDir>)> {
-    let dir = tempfile::tempdir().unwrap();
-    let rocks = ObjectStore::open(&dir.path().join("store"), StoreLimits::default()).unwrap();
-    vec![(ObjectStore::in_memory(), None), (rocks, Some(dir))]
-}
-
-fn opts(name: &str, chunk_size: u32) -> AddOptions {
-    let mut o = AddOptions::new(Kind::Base, name);
-    o.chunk_size = chunk_size;
-    o.created_at = 1_790_000_000;
-    o
 }
 
 /// A shard of bf16 tensors `names`, each `per` elements, values from `seed` and the name.
@@ -52,17 +40,6 @@ fn shard(names: &[&str], per: u64, seed: u64) -> Vec<u8> {
         }
     }
     out
-}
-
-fn chunk_count(s: &ObjectStore) -> usize {
-    let mut n = 0;
-    s.backend()
-        .scan(Column::Chunks, b"", &mut |_, _| {
-            n += 1;
-            true
-        })
-        .unwrap();
-    n
 }
 
 #[test]
