@@ -133,6 +133,24 @@ fn parse_entries(json: &[u8]) -> Result<Vec<(String, serde_json::Value)>, Safete
 /// Parses and validates the header of a whole safetensors file held in `file` (e.g. a memory map).
 /// Every tensor's byte range is checked against its dtype, shape and the file size.
 pub fn parse(file: &[u8]) -> Result<SafetensorsHeader, SafetensorsError> {
+    parse_parts(file, None)
+}
+
+/// Parses a header kept apart from its data: `header` holds at least the length field and the
+/// JSON; every tensor's byte range is checked against a data section of `data_len` bytes.
+pub fn parse_with_data_len(
+    header: &[u8],
+    data_len: usize,
+) -> Result<SafetensorsHeader, SafetensorsError> {
+    parse_parts(header, Some(data_len))
+}
+
+/// [`parse`] of a whole file (`data_len` `None`: the data section is the rest of `file`), or of a
+/// header alone with the data section's length given.
+fn parse_parts(
+    file: &[u8],
+    data_len: Option<usize>,
+) -> Result<SafetensorsHeader, SafetensorsError> {
     let len_bytes: [u8; 8] = file
         .get(..8)
         .and_then(|b| b.try_into().ok())
@@ -150,7 +168,14 @@ pub fn parse(file: &[u8]) -> Result<SafetensorsHeader, SafetensorsError> {
             file_len: file.len(),
         })?;
     let obj = parse_entries(&file[8..data_start])?;
-    let data_len = file.len() - data_start;
+    let data_len = data_len.unwrap_or(file.len() - data_start);
+    // Every range below is data_start + at most data_len: it must fit.
+    if data_start.checked_add(data_len).is_none() {
+        return Err(SafetensorsError::HeaderPastEnd {
+            len: header_len,
+            file_len: file.len(),
+        });
+    }
 
     let mut metadata = BTreeMap::new();
     let mut tensors = Vec::with_capacity(obj.len());
@@ -247,7 +272,7 @@ fn parse_tensor(
             ),
         ));
     }
-    // Both fit in usize: end <= data_len, and data_start + data_len == file length.
+    // Both fit in usize: end <= data_len, and data_start + data_len fits (checked by the caller).
     let range = (data_start + begin as usize)..(data_start + end as usize);
     Ok(TensorInfo {
         name: name.to_owned(),

@@ -16,6 +16,7 @@ mod adversary;
 mod decoder;
 mod delta;
 mod folder;
+mod folder_delta;
 mod kad;
 mod lan;
 mod local;

@@ -4,4 +4,5 @@
 pub mod apply;
 pub mod encode;
 pub mod eval;
+pub mod folder;
 pub mod inspect;

@@ -90,8 +90,14 @@ impl MappedFile {
 
     /// BLAKE3 of the whole file, releasing pages as it goes.
     pub fn blake3(&self) -> Hash {
-        const STEP: usize = 64 << 20;
         let mut h = blake3::Hasher::new();
+        self.hash_into(&mut h);
+        h.finalize().into()
+    }
+
+    /// Feeds the file's bytes to `h` in 64 MiB steps, releasing each step's pages after use.
+    pub fn hash_into(&self, h: &mut blake3::Hasher) {
+        const STEP: usize = 64 << 20;
         let bytes = self.bytes();
         let mut off = 0;
         while off < bytes.len() {
@@ -100,6 +106,5 @@ impl MappedFile {
             self.release(off..end);
             off = end;
         }
-        h.finalize().into()
     }
 }

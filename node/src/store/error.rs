@@ -37,11 +37,13 @@ pub enum StoreError {
     #[error("not a valid model folder: {0}")]
     Folder(#[from] FolderError),
     #[error(
-        "a folder is added as a base model (it has no --base; deltas and soups are single files)"
+        "a folder is added as a base model (no --base) or as a folder delta (with --base; made by `zdn delta encode --base DIR --finetuned DIR`); a soup is a single file"
     )]
     FolderKind,
-    #[error("{0} is a model folder: deltas and soups against a folder are not supported yet (add the base as a single .safetensors file)")]
+    #[error("{0} is a model folder: a delta against a folder is a folder delta, made by `zdn delta encode --base DIR --finetuned DIR -o OUT_DIR` and added with `zdn add OUT_DIR --base HASH`")]
     FolderBase(Hash),
+    #[error("not a valid folder delta: {0}")]
+    FolderDelta(#[from] zdn_protocol::folder::delta::FolderDeltaError),
     #[error("{object} is a single-file object, not a folder: it has no file {path:?}")]
     NotAFolder { object: Hash, path: String },
     #[error("folder {object} has no file {path:?}")]

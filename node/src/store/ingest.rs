@@ -224,6 +224,9 @@ impl ObjectStore {
                 Some(m) if m.manifest.kind != Kind::Delta => {
                     format!("is a {} object, not a delta", m.manifest.kind.as_str())
                 }
+                Some(m) if m.manifest.is_folder() => {
+                    "is a folder delta: a soup mixes single-file deltas".to_string()
+                }
                 Some(m) if m.manifest.base != Some(recorded) => format!(
                     "is a delta of another base ({})",
                     m.manifest.base.unwrap_or(Hash::ZERO)
@@ -262,11 +265,16 @@ impl ObjectStore {
         opts: &AddOptions,
         key: &PublisherKey,
     ) -> Result<(SignedManifest, AddReport), StoreError> {
-        if opts.kind != Kind::Base || opts.base.is_some() {
-            return Err(StoreError::FolderKind);
-        }
+        let layout = match (opts.kind, opts.base) {
+            (Kind::Base, None) => None,
+            (Kind::Delta, Some(base)) => Some(self.check_folder_delta(members, base)?),
+            _ => return Err(StoreError::FolderKind),
+        };
         self.undo_on_error(|written| {
-            let layout = folder::layout(members)?;
+            let layout = match layout {
+                Some(l) => l,
+                None => folder::layout(members)?,
+            };
             let planned = Planned {
                 parts: members.iter().map(|m| m.bytes).collect(),
                 object_len: layout.object_len,
@@ -276,6 +284,28 @@ impl ObjectStore {
             };
             self.add_planned(&planned, opts, key, written)
         })
+    }
+
+    /// Checks a folder delta ([`folder::delta_layout`]) and that the base it names is a base in
+    /// the store whose object is the one `delta.bitdelta` records.
+    fn check_folder_delta(
+        &self,
+        members: &[Member<'_>],
+        base: Hash,
+    ) -> Result<folder::FolderLayout, StoreError> {
+        let d = folder::delta_layout(members)?;
+        let bm = self.manifest(&base)?.ok_or(StoreError::MissingBase(base))?;
+        if bm.manifest.kind != Kind::Base {
+            return Err(StoreError::NotABase(base, bm.manifest.kind.as_str()));
+        }
+        if d.base_object != bm.manifest.object_hash {
+            return Err(StoreError::WrongBase {
+                base,
+                recorded: d.base_object,
+                actual: bm.manifest.object_hash,
+            });
+        }
+        Ok(d.layout)
     }
 
     fn undo_on_error(

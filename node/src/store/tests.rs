@@ -91,6 +91,47 @@ fn add_get_round_trip_and_determinism() {
 }
 
 #[test]
+fn any_byte_range_reads_back_from_the_chunks() {
+    let bytes = model(&[4, 5], 9_000);
+    for (s, _dir) in stores() {
+        // Small chunks: ranges cross several chunk boundaries.
+        let (m, _) = s.add(&bytes, &opts("r", 4 << 10), &key()).unwrap();
+        assert!(m.manifest.chunks.len() > 8);
+        let n = bytes.len() as u64;
+        for (off, len) in [
+            (0, 0),
+            (0, 1),
+            (0, n),
+            (1, n - 1),
+            (4095, 2),
+            (4096, 4096),
+            (n - 1, 1),
+            (n, 0),
+            (7, 20_001),
+        ] {
+            let mut out = vec![9u8];
+            s.read_range(&m, off, len, &mut out).unwrap();
+            assert_eq!(
+                &out[1..],
+                &bytes[off as usize..(off + len) as usize],
+                "{off}+{len}"
+            );
+        }
+        for t in &m.manifest.tensors {
+            let mut out = Vec::new();
+            s.read_range(&m, t.offset, t.len, &mut out).unwrap();
+            assert_eq!(out, &bytes[t.offset as usize..(t.offset + t.len) as usize]);
+        }
+        // Past the end, or overflowing: a clear error, nothing appended.
+        for (off, len) in [(n, 1), (1, n), (u64::MAX, 2)] {
+            let mut out = Vec::new();
+            assert!(s.read_range(&m, off, len, &mut out).is_err(), "{off}+{len}");
+            assert!(out.is_empty());
+        }
+    }
+}
+
+#[test]
 fn shared_tensors_are_stored_once() {
     for (s, _dir) in stores() {
         let a = model(&[1, 2, 3, 4], 50_000);

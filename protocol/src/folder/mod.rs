@@ -8,11 +8,14 @@
 //! against the shards they name ([`shard_index`]). Paths are untrusted input everywhere: a reader
 //! re-checks them before writing anything to disk.
 
+pub mod delta;
+pub mod delta_layout;
 pub mod layout;
 pub mod path;
 pub mod shard_index;
 pub mod table;
 
+pub use delta_layout::{check_delta, delta_layout, DeltaFolderLayout, FilePlan};
 pub use layout::{layout, FolderLayout, Member};
 pub use path::{check_path, PathError};
 pub use table::check_table;

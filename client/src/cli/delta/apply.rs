@@ -32,3 +32,33 @@ pub fn run(job: ApplyJob, device: ComputeDevice, json: bool) -> anyhow::Result<u
     }
     Ok(0)
 }
+
+/// `zdn delta apply --base DIR --delta DELTA_DIR -o OUT_DIR`: a folder delta on disk.
+pub fn run_folder(
+    base: &std::path::Path,
+    delta: &std::path::Path,
+    output: &std::path::Path,
+    force: bool,
+    json: bool,
+) -> anyhow::Result<u8> {
+    use crate::delta::folder::apply::{apply_folder, DeltaSource};
+    use crate::delta::folder::base::LooseBase;
+    let source = DeltaSource::loose(delta)?;
+    let base = LooseBase::open(base).with_context(|| format!("the base {}", base.display()))?;
+    let r = apply_folder(&source, &base, output, force, !json).context("delta apply failed")?;
+    if json {
+        say!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        if !r.base_verified {
+            eprintln!("warning: the base is not the one the delta records (--force)");
+        }
+        say!(
+            "wrote {} ({} files, {} tensors, {} bytes)",
+            r.output.display(),
+            r.files,
+            r.tensors,
+            r.bytes_written
+        );
+    }
+    Ok(0)
+}

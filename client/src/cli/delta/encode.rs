@@ -10,18 +10,24 @@ use zdn_protocol::bitdelta::{
 use zdn_protocol::glob::Glob;
 
 use crate::cli::args::parse_bits;
+use crate::cli::args::Location;
 use crate::cli::output::say;
 use crate::delta::encode::{encode, EncodeJob, EncodeReport};
+use crate::delta::folder::base::{LooseBase, StoreBase};
+use crate::delta::folder::encode::{encode_folder, FolderEncodeJob, FolderEncodeReport};
 
 #[derive(Args, Debug)]
 pub struct EncodeArgs {
-    /// The base model (safetensors).
+    /// The base model: a safetensors file, or a model folder; for a fine-tune folder also a base
+    /// object in the store (hash, prefix or name), read from it tensor by tensor.
     #[arg(long)]
     base: PathBuf,
-    /// The fine-tuned model (safetensors), same tensor names and shapes as the base.
+    /// The fine-tuned model: a safetensors file (same tensor names and shapes as the base), or a
+    /// model folder (then the output is a folder delta: tensors paired by name across any two
+    /// shard layouts, vocabulary growth encoded, side files kept exactly).
     #[arg(long)]
     finetuned: PathBuf,
-    /// Output .bitdelta file.
+    /// Output .bitdelta file; for a fine-tune folder, the folder delta to write (new or empty).
     #[arg(short, long)]
     output: PathBuf,
     /// Bits per quantized weight: 1 (signs), 2 or 4.
@@ -53,7 +59,7 @@ pub struct EncodeArgs {
     json: bool,
 }
 
-pub fn run(a: EncodeArgs) -> anyhow::Result<u8> {
+pub fn run(loc: &Location, a: EncodeArgs) -> anyhow::Result<u8> {
     if let Some(k) = a.clip {
         anyhow::ensure!(
             k.is_finite() && k > 0.0,
@@ -80,6 +86,41 @@ pub fn run(a: EncodeArgs) -> anyhow::Result<u8> {
         model_name: a.name,
         progress: !a.json,
     };
+    if job.finetuned.is_dir() {
+        let folder = FolderEncodeJob {
+            finetuned: job.finetuned,
+            output: job.output,
+            options: job.options,
+            selection: job.selection,
+            model_name: job.model_name,
+            progress: job.progress,
+        };
+        let report = if job.base.exists() {
+            let base = LooseBase::open(&job.base)
+                .with_context(|| format!("the base {}", job.base.display()))?;
+            encode_folder(&folder, &base)
+        } else {
+            // Not a path: a base object in the store, read tensor by tensor.
+            let store = loc.open(&loc.config()?)?;
+            let hash = store
+                .resolve(&job.base.to_string_lossy())
+                .with_context(|| {
+                    format!(
+                        "--base {}: no such file or folder, nor an object in the store",
+                        job.base.display()
+                    )
+                })?;
+            let base = StoreBase::open(&store, &hash)?;
+            encode_folder(&folder, &base)
+        }
+        .context("delta encode failed")?;
+        if a.json {
+            say!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_folder_encode(&report);
+        }
+        return Ok(0);
+    }
     let report = encode(&job).context("delta encode failed")?;
     if a.json {
         say!("{}", serde_json::to_string_pretty(&report)?);
@@ -123,5 +164,44 @@ pub fn print_encode(r: &EncodeReport) {
             "  stored raw       tensors the base lacks: {}",
             r.finetune_only.join(", ")
         );
+    }
+}
+
+/// The folder encode report for people.
+pub fn print_folder_encode(r: &FolderEncodeReport) {
+    use std::collections::BTreeMap;
+    use zdn_protocol::folder::delta::Source;
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in &r.tensors {
+        *counts.entry(t.encoding.name()).or_default() += 1;
+    }
+    let counts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    let files = |s: Source| r.files.iter().filter(|f| f.from == s).count();
+    say!(
+        "  folder delta     {:>12} bytes  {}",
+        r.delta_bytes,
+        r.output.display()
+    );
+    say!(
+        "  files            {} shards, {} side files from the base, {} carried",
+        files(Source::Tensors),
+        files(Source::Base),
+        files(Source::Carried)
+    );
+    say!("  tensors          {}", counts.join(", "));
+    say!(
+        "  size             {:.3} bits/param; {:.1}x smaller than the fine-tune",
+        r.bits_per_param,
+        r.ratio_vs_finetuned
+    );
+    for (what, list) in [
+        ("grown (new rows exact)", &r.grown),
+        ("shrunk", &r.shrunk),
+        ("base-only, skipped", &r.skipped_base_only),
+        ("fine-tune only, exact", &r.finetune_only),
+    ] {
+        if !list.is_empty() {
+            say!("  {what:<16} {}", list.join(", "));
+        }
     }
 }

@@ -16,13 +16,17 @@ use crate::device::compute::ComputeDevice;
 
 #[derive(Subcommand, Debug)]
 pub enum DeltaCommand {
-    /// Encode the difference between a base and its fine-tune as a .bitdelta file.
+    /// Encode the difference between a base and its fine-tune as a .bitdelta file, or between two
+    /// model folders as a folder delta (docs/spec/folder-delta.md).
     ///
     /// By default every 2-D weight matrix is stored as signs + one scale per tensor (1 bit/weight);
     /// embedding matrices keep the base's values (see --embeddings); other tensors (norms, biases,
-    /// integer tensors) are stored losslessly or marked unchanged. Example:
+    /// integer tensors) are stored losslessly or marked unchanged. For folders, tensors are paired
+    /// by name across any two shard layouts, new vocabulary rows are stored exactly, and side files
+    /// (config, tokenizer, chat template) that differ from the base's travel exactly. Examples:
     ///
     ///   zdn delta encode --base base.safetensors --finetuned ft.safetensors -o ft.bitdelta --scale row
+    ///   zdn delta encode --base Llama-2-7b-hf/ --finetuned Llama-2-7b-chat-hf/ -o chat.delta/
     #[command(verbatim_doc_comment)]
     Encode(encode::EncodeArgs),
     /// Show the tensors, encodings, sizes and compression ratios of a .bitdelta file (or what a
@@ -37,14 +41,20 @@ pub enum DeltaCommand {
         json: bool,
     },
     /// Rebuild the fine-tuned model: base + delta → safetensors. Bit-exact and deterministic.
+    ///
+    /// A folder delta (made from two model folders) rebuilds the fine-tune's folder: --base is the
+    /// base's folder, --output a new or empty folder. `zdn apply OBJ -o DIR` does the same from the
+    /// store.
     Apply {
+        /// The base model: a safetensors file, or a model folder for a folder delta.
         #[arg(long)]
         base: PathBuf,
-        /// The .bitdelta file; when no such file exists, a soup recipe in the store (hash, prefix
-        /// or name), built from its component deltas there.
+        /// The .bitdelta file, or a folder delta; when no such file exists, a soup recipe in the
+        /// store (hash, prefix or name), built from its component deltas there.
         #[arg(long)]
         delta: PathBuf,
-        /// Output safetensors file (written to a temporary file and renamed when complete).
+        /// Output safetensors file (written to a temporary file and renamed when complete); for a
+        /// folder delta, the folder to write.
         #[arg(short, long)]
         output: PathBuf,
         /// Apply even if the base's BLAKE3 is not the one the delta was made from.
@@ -80,7 +90,7 @@ pub enum DeltaCommand {
 
 pub fn run(loc: &Location, c: DeltaCommand) -> anyhow::Result<u8> {
     match c {
-        DeltaCommand::Encode(a) => encode::run(a),
+        DeltaCommand::Encode(a) => encode::run(loc, a),
         DeltaCommand::Inspect { delta, json } => inspect::run(loc, delta, json),
         // Not a file: a soup recipe in the store (docs/soup.md).
         DeltaCommand::Apply {
@@ -100,6 +110,20 @@ pub fn run(loc: &Location, c: DeltaCommand) -> anyhow::Result<u8> {
             );
             let object = delta.to_string_lossy();
             soup::apply_recipe(loc, &object, base, output, force, json)
+        }
+        DeltaCommand::Apply {
+            base,
+            delta,
+            output,
+            force,
+            device,
+            json,
+        } if delta.is_dir() => {
+            anyhow::ensure!(
+                device == ComputeDevice::Cpu,
+                "--device {device}: a folder delta is applied on the CPU (the output is the same bytes)"
+            );
+            apply::run_folder(&base, &delta, &output, force, json)
         }
         DeltaCommand::Apply {
             base,

@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::Context;
 use zdn_node::store::AddOptions;
 use zdn_protocol::bitdelta::MAGIC as BITDELTA_MAGIC;
+use zdn_protocol::folder::delta::LAYOUT_MEMBER;
 use zdn_protocol::manifest::{Kind, PublisherKey};
 use zdn_protocol::soup::recipe::RECIPE_MAGIC;
 use zdn_protocol::soup::Recipe;
@@ -58,18 +59,26 @@ pub(super) fn add(loc: &Location, config: &Config, a: AddArgs) -> anyhow::Result
     print_added(a.json, &r)
 }
 
-/// `zdn add DIR`: a model folder as one object (docs/store.md "Folders").
+/// `zdn add DIR`: a model folder as one object (docs/store.md "Folders"), or a folder delta
+/// with `--base`.
 fn add_folder(
     loc: &Location,
     config: &Config,
     a: AddArgs,
     key: &PublisherKey,
 ) -> anyhow::Result<()> {
-    if a.base.is_some() {
-        anyhow::bail!(
-            "--base is for deltas; {} is a model folder (a base model)",
+    // A folder delta (docs/spec/folder-delta.md) has its layout file; a model folder has not.
+    let is_delta = a.file.join(LAYOUT_MEMBER).is_file();
+    match (&a.base, is_delta) {
+        (Some(_), false) => anyhow::bail!(
+            "--base is for deltas; {} is a model folder (a base model: it has no {LAYOUT_MEMBER})",
             a.file.display()
-        );
+        ),
+        (None, true) => anyhow::bail!(
+            "{} is a folder delta: say which base it applies to with --base HASH|NAME",
+            a.file.display()
+        ),
+        _ => {}
     }
     let folder = ModelFolder::open(&a.file).with_context(|| {
         format!(
@@ -85,7 +94,11 @@ fn add_folder(
         .map(|n| n.to_string_lossy().into_owned())
         .filter(|n| !n.is_empty() && n != "/")
         .unwrap_or_else(|| "model".into());
-    let opts = add_options(config, &a, Kind::Base, None, name)?;
+    let (kind, base) = match &a.base {
+        Some(b) => (Kind::Delta, Some(store.resolve(b)?)),
+        None => (Kind::Base, None),
+    };
+    let opts = add_options(config, &a, kind, base, name)?;
     let (_, r) = store
         .add_folder(&folder.members(), &opts, key)
         .with_context(|| format!("adding {} (the store is unchanged)", a.file.display()))?;

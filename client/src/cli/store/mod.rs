@@ -2,6 +2,7 @@
 //! import. Each opens the store in `--store` (created on first use) for the duration of the command.
 
 mod add;
+mod apply;
 mod bundle;
 mod read;
 mod upkeep;
@@ -49,8 +50,25 @@ pub enum StoreCommand {
     ///   zdn add base.safetensors --name minilm
     ///   zdn add Llama-2-7b-hf/ --name llama2-7b
     ///   zdn add ft.bitdelta --base minilm --name minilm-ft
+    ///   zdn add llama2-chat.delta/ --base llama2-7b --name llama2-7b-chat   (a folder delta)
     #[command(verbatim_doc_comment)]
     Add(AddArgs),
+    /// Rebuild a fine-tune from a folder delta in the store: its base is read from the store too,
+    /// tensor by tensor (no loose copy of either). Writes the fine-tune's folder — its files, shard
+    /// layout, headers and side files — into a new or empty folder. Example:
+    ///
+    ///   zdn fetch <hash> && zdn apply <hash> -o Llama-2-7b-chat-hf/
+    #[command(verbatim_doc_comment)]
+    Apply {
+        /// The folder delta: manifest hash, unique hash prefix, or name.
+        object: String,
+        /// The folder to write (must not exist, or be empty).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Print a JSON report.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write an object from the store to a file (a model folder: to a folder), verifying every chunk
     /// and the whole-object hash.
     Get {
@@ -197,6 +215,11 @@ pub fn run(loc: &Location, cmd: StoreCommand) -> anyhow::Result<u8> {
             output,
             force,
         } => read::get(loc, &config, &object, &output, force)?,
+        StoreCommand::Apply {
+            object,
+            output,
+            json,
+        } => apply::apply(loc, &config, &object, &output, json)?,
         StoreCommand::Cat { object, file } => read::cat(loc, &config, &object, file.as_deref())?,
         StoreCommand::Ls {
             json,

@@ -1,0 +1,49 @@
+//! `zdn apply OBJ -o DIR`: a folder delta of the store applied to its base in the store.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::cli::args::Location;
+use crate::cli::output::say;
+use crate::delta::folder::apply::{apply_folder, DeltaSource};
+use crate::delta::folder::base::StoreBase;
+use crate::home::config::Config;
+
+pub(super) fn apply(
+    loc: &Location,
+    config: &Config,
+    object: &str,
+    output: &Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    let store = loc.open(config)?;
+    let hash = store.resolve(object)?;
+    let m = store.require_manifest(&hash)?;
+    let base_hash = m
+        .manifest
+        .base
+        .with_context(|| format!("{object} has no base: `zdn apply` takes a folder delta"))?;
+    let delta = DeltaSource::store(&store, &hash, output)?;
+    let base = StoreBase::open(&store, &base_hash)
+        .with_context(|| format!("the delta's base {base_hash} (fetch it, or add it, first)"))?;
+    let r = apply_folder(&delta, &base, output, false, !json).with_context(|| {
+        format!(
+            "applying {hash} (nothing was written to {})",
+            output.display()
+        )
+    })?;
+    if json {
+        say!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        say!(
+            "wrote {} ({} files, {} tensors, {} bytes; base {} verified)",
+            r.output.display(),
+            r.files,
+            r.tensors,
+            r.bytes_written,
+            base_hash
+        );
+    }
+    Ok(())
+}

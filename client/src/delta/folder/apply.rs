@@ -1,0 +1,368 @@
+//! Applying a folder delta: the fine-tune's folder rebuilt from its base — a folder on disk or a
+//! base object in the store, read tensor by tensor — and the delta — a folder on disk or a delta
+//! object in the store. Every check of the format is made before the first byte is written
+//! ([`check_delta`]); the output goes to a temporary folder renamed into place when complete.
+//! Memory: one reconstructed tensor, plus one base tensor when the base is in the store.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use zdn_node::store::{ObjectStore, StoreError};
+use zdn_protocol::bitdelta::{reconstruct, BitDeltaFile, FormatError, ReconstructError};
+use zdn_protocol::folder::delta::{
+    base_rows, FolderDeltaError, Source, DELTA_MEMBER, LAYOUT_MEMBER, MAX_LAYOUT_LEN,
+};
+use zdn_protocol::folder::{check_delta, FileEntry, FilePlan};
+use zdn_protocol::manifest::{Kind, SignedManifest};
+use zdn_protocol::Hash;
+
+use super::base::{BaseError, BaseModel};
+use crate::fs::atomic_file::partial_sibling;
+use crate::fs::mapped_file::{MappedFile, OpenError};
+use crate::fs::object_output::{FolderOutput, ObjectOutputError};
+use crate::fs::progress::Progress;
+use crate::model::folder::{ModelFolder, ModelFolderError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FolderApplyError {
+    #[error("the delta folder: {0}")]
+    Folder(#[from] ModelFolderError),
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0} is a {1} object, not a folder delta")]
+    NotAFolderDelta(Hash, &'static str),
+    #[error("{DELTA_MEMBER}: {0}")]
+    Format(#[from] FormatError),
+    #[error("not a valid folder delta: {0}")]
+    Layout(#[from] FolderDeltaError),
+    #[error("the delta was made for base object {expected}; the base given is {actual} (pass --force to apply anyway)")]
+    WrongBase { expected: Hash, actual: Hash },
+    #[error("the base: {0}")]
+    Base(#[from] BaseError),
+    #[error("{path}: the base's file is {found:?} bytes, the delta expects {want} (is this the delta's base?)")]
+    BaseFile {
+        path: String,
+        found: Option<u64>,
+        want: u64,
+    },
+    #[error("{path}: the bytes written hash to {actual}, the delta says {expected}")]
+    FileHash {
+        path: String,
+        expected: Hash,
+        actual: Hash,
+    },
+    #[error(transparent)]
+    Reconstruct(#[from] ReconstructError),
+    #[error(transparent)]
+    Output(#[from] ObjectOutputError),
+    #[error("{path}: {cause}")]
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("the fine-tune's folder is larger than 2^64 bytes")]
+    Overflow,
+}
+
+/// Where a folder delta is read from.
+#[derive(Debug)]
+pub enum DeltaSource<'s> {
+    /// A folder on disk (as `zdn delta encode` writes it).
+    Loose(ModelFolder),
+    /// A delta object in the store; `delta.bitdelta` is copied to a temporary file beside the
+    /// output (so memory stays bounded) and mapped.
+    Store(Box<StoredDelta<'s>>),
+}
+
+/// A folder delta of the store, its `delta.bitdelta` copied out and mapped.
+pub struct StoredDelta<'s> {
+    store: &'s ObjectStore,
+    manifest: SignedManifest,
+    bitdelta: MappedFile,
+    _tmp: tempfile::NamedTempFile,
+}
+
+impl std::fmt::Debug for StoredDelta<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("StoredDelta")
+            .field(&self.manifest.hash())
+            .finish()
+    }
+}
+
+impl<'s> DeltaSource<'s> {
+    pub fn loose(dir: &Path) -> Result<Self, FolderApplyError> {
+        Ok(DeltaSource::Loose(ModelFolder::open(dir)?))
+    }
+
+    /// The folder delta `hash` of the store, for an output at `output`.
+    pub fn store(
+        store: &'s ObjectStore,
+        hash: &Hash,
+        output: &Path,
+    ) -> Result<Self, FolderApplyError> {
+        let manifest = store.require_manifest(hash)?;
+        if manifest.manifest.kind != Kind::Delta || !manifest.manifest.is_folder() {
+            let what = if manifest.manifest.kind == Kind::Delta {
+                "single-file delta"
+            } else {
+                manifest.manifest.kind.as_str()
+            };
+            return Err(FolderApplyError::NotAFolderDelta(*hash, what));
+        }
+        let (dir, prefix) = partial_sibling(output);
+        let io = |cause| FolderApplyError::Io {
+            path: dir.clone(),
+            cause,
+        };
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(".bitdelta.partial")
+            .tempfile_in(&dir)
+            .map_err(io)?;
+        {
+            let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+            store.read_file(hash, DELTA_MEMBER, &mut w)?;
+            w.flush().map_err(io)?;
+        }
+        let bitdelta = MappedFile::open(tmp.path())?;
+        Ok(DeltaSource::Store(Box::new(StoredDelta {
+            store,
+            manifest,
+            bitdelta,
+            _tmp: tmp,
+        })))
+    }
+
+    /// The delta folder's file table: (path, length).
+    fn table(&self) -> Vec<(&str, u64)> {
+        match self {
+            DeltaSource::Loose(f) => f
+                .files()
+                .iter()
+                .map(|(p, m)| (p.as_str(), m.len() as u64))
+                .collect(),
+            DeltaSource::Store(d) => d
+                .manifest
+                .manifest
+                .files
+                .iter()
+                .map(|f| (f.path.as_str(), f.len))
+                .collect(),
+        }
+    }
+
+    fn bitdelta(&self) -> Result<&[u8], FolderApplyError> {
+        match self {
+            DeltaSource::Loose(f) => f
+                .files()
+                .iter()
+                .find(|(p, _)| p == DELTA_MEMBER)
+                .map(|(_, m)| m.bytes())
+                .ok_or_else(|| FolderDeltaError::MissingMember(DELTA_MEMBER.into()).into()),
+            DeltaSource::Store(d) => Ok(d.bitdelta.bytes()),
+        }
+    }
+
+    /// Writes member `path` to `out`.
+    fn write_member(&self, path: &str, out: &mut dyn Write) -> Result<(), FolderApplyError> {
+        match self {
+            DeltaSource::Loose(f) => {
+                let bytes = f
+                    .files()
+                    .iter()
+                    .find(|(p, _)| p == path)
+                    .map(|(_, m)| m.bytes())
+                    .ok_or_else(|| FolderDeltaError::MissingMember(path.into()))?;
+                out.write_all(bytes).map_err(|cause| FolderApplyError::Io {
+                    path: path.into(),
+                    cause,
+                })
+            }
+            DeltaSource::Store(d) => {
+                d.store.read_file(&d.manifest.hash(), path, out)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads a small member (the layout, a header) into memory; its size was checked against a
+    /// cap by the caller (from the file table).
+    fn read_member(&self, path: &str) -> Result<Vec<u8>, FolderApplyError> {
+        let mut v = Vec::new();
+        self.write_member(path, &mut v)?;
+        Ok(v)
+    }
+}
+
+/// What an apply wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FolderApplyReport {
+    pub output: PathBuf,
+    pub files: usize,
+    pub tensors: usize,
+    pub bytes_written: u64,
+    /// The base object's BLAKE3.
+    pub base_hash: Hash,
+    /// False when `force` applied the delta to another base than the one it records.
+    pub base_verified: bool,
+}
+
+/// Rebuilds the fine-tune's folder at `output`.
+pub fn apply_folder(
+    delta: &DeltaSource<'_>,
+    base: &dyn BaseModel,
+    output: &Path,
+    force: bool,
+    progress: bool,
+) -> Result<FolderApplyReport, FolderApplyError> {
+    let bitdelta = BitDeltaFile::parse(delta.bitdelta()?)?;
+    let expected = bitdelta.meta.base_hash;
+    let actual = base.object_hash();
+    if expected != actual && !force {
+        return Err(FolderApplyError::WrongBase { expected, actual });
+    }
+    let table = delta.table();
+    let layout_len = table
+        .iter()
+        .find(|m| m.0 == LAYOUT_MEMBER)
+        .map_or(0, |m| m.1);
+    if layout_len > MAX_LAYOUT_LEN as u64 {
+        return Err(FolderDeltaError::TooLarge(layout_len as usize).into());
+    }
+    let layout_bytes = delta.read_member(LAYOUT_MEMBER)?;
+    let (layout, plans) = check_delta(&table, &layout_bytes, &bitdelta, &mut |p| {
+        delta
+            .read_member(p)
+            .map_err(|e| FolderDeltaError::MissingMember(format!("{p}: {e}")))
+    })?;
+    let mut entries = Vec::with_capacity(layout.files.len());
+    let mut offset = 0u64;
+    for f in &layout.files {
+        entries.push(FileEntry {
+            path: f.path.clone(),
+            offset,
+            len: f.len,
+        });
+        offset = offset
+            .checked_add(f.len)
+            .ok_or(FolderApplyError::Overflow)?;
+    }
+    let mut out = FolderOutput::create(output, &entries, false)?;
+    let bar = Progress::new(offset, "apply", progress);
+    let mut plans = plans.iter();
+    let mut tensors = 0;
+    for f in &layout.files {
+        match f.from {
+            Source::Base | Source::Carried => {
+                let mut w = HashingWriter::new(&mut out);
+                if f.from == Source::Base {
+                    let found = base.file_len(&f.path);
+                    if found != Some(f.len) {
+                        return Err(FolderApplyError::BaseFile {
+                            path: f.path.clone(),
+                            found,
+                            want: f.len,
+                        });
+                    }
+                    base.write_file(&f.path, &mut w)?;
+                } else {
+                    delta.write_member(&format!("files/{}", f.path), &mut w)?;
+                }
+                let actual = w.finish();
+                if let Some(expected) = f.blake3.filter(|h| *h != actual) {
+                    return Err(FolderApplyError::FileHash {
+                        path: f.path.clone(),
+                        expected,
+                        actual,
+                    });
+                }
+            }
+            Source::Tensors => {
+                let plan = plans
+                    .next()
+                    .ok_or(FolderDeltaError::MissingMember(f.path.clone()))?;
+                tensors += write_tensors(&mut out, plan, &bitdelta, base)?;
+            }
+        }
+        bar.inc(f.len);
+    }
+    out.commit()?;
+    bar.finish();
+    Ok(FolderApplyReport {
+        output: output.to_owned(),
+        files: layout.files.len(),
+        tensors,
+        bytes_written: offset,
+        base_hash: actual,
+        base_verified: expected == actual,
+    })
+}
+
+/// Writes one safetensors file: its header, then each tensor reconstructed in data order.
+fn write_tensors(
+    out: &mut FolderOutput,
+    plan: &FilePlan,
+    bitdelta: &BitDeltaFile<'_>,
+    base: &dyn BaseModel,
+) -> Result<usize, FolderApplyError> {
+    let io = |cause| FolderApplyError::Io {
+        path: PathBuf::from(&plan.header.tensors.first().map_or("", |t| t.name.as_str())),
+        cause,
+    };
+    out.write_all(&plan.header_bytes).map_err(io)?;
+    let mut buf = Vec::new();
+    let mut base_buf = Vec::new();
+    for t in &plan.tensors {
+        for (i, with_base) in [(Some(t.entry), true), (t.rows, false)] {
+            let Some(i) = i else { continue };
+            let e = &bitdelta.entries[i];
+            let b = if with_base && e.encoding.needs_base() {
+                base.tensor(&e.name, &mut base_buf)?
+                    .and_then(|b| base_rows(e, b))
+            } else {
+                None
+            };
+            buf.clear();
+            // byte_len is capped by the parser (MAX_TENSOR_BYTES).
+            buf.resize(e.byte_len() as usize, 0);
+            reconstruct(e, bitdelta.block(i), b.as_ref(), &mut buf)?;
+            base.release(&e.name);
+            out.write_all(&buf).map_err(io)?;
+        }
+    }
+    Ok(plan.tensors.len())
+}
+
+/// A writer that hashes what passes through it.
+struct HashingWriter<'w> {
+    inner: &'w mut dyn Write,
+    hasher: blake3::Hasher,
+}
+
+impl<'w> HashingWriter<'w> {
+    fn new(inner: &'w mut dyn Write) -> Self {
+        HashingWriter {
+            inner,
+            hasher: blake3::Hasher::new(),
+        }
+    }
+
+    fn finish(self) -> Hash {
+        self.hasher.finalize().into()
+    }
+}
+
+impl Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,422 @@
+//! A delta between two model folders (docs/spec/folder-delta.md): itself a folder, stored as one
+//! folder object of kind `delta`, that rebuilds the fine-tune's folder from the base's — its file
+//! set, its shard layout, every shard's header byte for byte, its side files exactly.
+//!
+//! Members of a folder delta:
+//! - `delta.bitdelta`: every fine-tune tensor, paired with the base tensor of the same name
+//!   wherever it lives in the base's shards; the base it records is the base *object*'s BLAKE3.
+//! - `zdn-delta.json` ([`FolderDelta`]): the fine-tune's files in canonical order, each rebuilt
+//!   `from` the base (the base's file of the same path, byte-identical), `carried` (its bytes are
+//!   the member `files/<path>`) or `tensors` (a safetensors file: its header is the member
+//!   `headers/<path>`, its data the tensors it lists, rebuilt from `delta.bitdelta` in data order).
+//! - `files/…` and `headers/…`: as above; nothing else.
+//!
+//! A tensor whose leading dimension grew or shrank (vocabulary growth: `embed_tokens`,
+//! `lm_head`) is paired with the base tensor's first rows: its entry in `delta.bitdelta` has the
+//! common rows and is reconstructed against the base's first rows ([`base_rows`]); the new rows of
+//! a grown tensor are a second entry, named in [`FolderDelta::grown`], stored exactly.
+//!
+//! Everything here is sans-IO and checks untrusted input: the layout's size, every path, every
+//! member, and every shard header against the delta's tensor index ([`plan_file`]).
+
+use std::collections::{HashMap, HashSet};
+
+use super::table::check_paths;
+use super::FolderError;
+use crate::bitdelta::{IndexEntry, TensorData};
+use crate::hash::Hash;
+use crate::safetensors::{self, SafetensorsError, SafetensorsHeader, MAX_HEADER_LEN};
+
+/// The tensors of the fine-tune, as a `.bitdelta`.
+pub const DELTA_MEMBER: &str = "delta.bitdelta";
+/// The description of the fine-tune's folder ([`FolderDelta`]).
+pub const LAYOUT_MEMBER: &str = "zdn-delta.json";
+/// Where the bytes of a `carried` file are: `files/<path>`.
+pub const CARRIED_DIR: &str = "files/";
+/// Where the header of a `tensors` file is: `headers/<path>`.
+pub const HEADER_DIR: &str = "headers/";
+/// The value of [`FolderDelta::format`].
+pub const FORMAT: &str = "zdn-folder-delta/1";
+/// Largest `zdn-delta.json` read (a 405B model's would be well under 1 MB).
+pub const MAX_LAYOUT_LEN: usize = 16 << 20;
+/// What the entry of a grown tensor's new rows is called: the tensor's name and this suffix.
+pub const GROWN_SUFFIX: &str = ".zdn_new_rows";
+
+/// `zdn-delta.json`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FolderDelta {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// The fine-tune's files, in canonical order (sorted by path bytes).
+    pub files: Vec<OutputFile>,
+    /// Tensors whose leading dimension grew: their new rows are a second entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grown: Vec<GrownTensor>,
+}
+
+/// One file of the fine-tune's folder and where its bytes come from.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputFile {
+    pub path: String,
+    pub from: Source,
+    /// Length of the file in bytes.
+    pub len: u64,
+    /// BLAKE3 of the file, for `base` and `carried` files (a `tensors` file's bytes depend on the
+    /// reconstruction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<Hash>,
+}
+
+/// Where an output file's bytes come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The base's file of the same path, byte-identical.
+    Base,
+    /// The member `files/<path>` of the delta.
+    Carried,
+    /// A safetensors file: header `headers/<path>`, data rebuilt from `delta.bitdelta`.
+    Tensors,
+}
+
+/// A tensor whose leading dimension grew: rows `0..k` are the entry `name` (paired with the
+/// base's first `k` rows), rows `k..` the entry `rows`, stored exactly.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrownTensor {
+    pub name: String,
+    pub rows: String,
+}
+
+/// Why a folder delta is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FolderDeltaError {
+    #[error("{LAYOUT_MEMBER} is {0} bytes, over the limit of {MAX_LAYOUT_LEN}")]
+    TooLarge(usize),
+    #[error("{LAYOUT_MEMBER} is not valid: {0}")]
+    Json(String),
+    #[error("{LAYOUT_MEMBER} has format {0:?}; this zdn reads {FORMAT:?}")]
+    Format(String),
+    #[error("{LAYOUT_MEMBER}: {0}")]
+    Files(FolderError),
+    #[error("{LAYOUT_MEMBER}: {path:?}: {problem}")]
+    File { path: String, problem: String },
+    #[error(
+        "{LAYOUT_MEMBER}: grown tensor {0:?} is listed twice, or its rows entry is a tensor too"
+    )]
+    Grown(String),
+    #[error("the delta folder lacks its member {0:?}")]
+    MissingMember(String),
+    #[error("the delta folder's member {0:?} is not part of the fine-tune's layout")]
+    StrayMember(String),
+    #[error("{path}: header: {error}")]
+    Header {
+        path: String,
+        error: SafetensorsError,
+    },
+    #[error("{path}: {problem}")]
+    Shard { path: String, problem: String },
+    #[error("tensor {name:?}: {problem}")]
+    Tensor { name: String, problem: String },
+    #[error("{DELTA_MEMBER}: {0}")]
+    BitDelta(#[from] crate::bitdelta::FormatError),
+    #[error("delta.bitdelta entry {0:?} is used by no file of the fine-tune")]
+    UnusedEntry(String),
+}
+
+fn file_err(path: &str, problem: impl Into<String>) -> FolderDeltaError {
+    FolderDeltaError::File {
+        path: path.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+fn tensor_err(name: &str, problem: impl Into<String>) -> FolderDeltaError {
+    FolderDeltaError::Tensor {
+        name: name.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+impl FolderDelta {
+    /// Parses and checks `zdn-delta.json`: size, format, the paths (as a folder's file table: valid,
+    /// canonical order, no duplicates or case clashes), each file's source, the grown tensors.
+    pub fn parse(bytes: &[u8]) -> Result<Self, FolderDeltaError> {
+        if bytes.len() > MAX_LAYOUT_LEN {
+            return Err(FolderDeltaError::TooLarge(bytes.len()));
+        }
+        let d: FolderDelta =
+            serde_json::from_slice(bytes).map_err(|e| FolderDeltaError::Json(e.to_string()))?;
+        d.check()?;
+        Ok(d)
+    }
+
+    /// The canonical bytes of `zdn-delta.json` (pretty JSON, a newline at the end).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+
+    /// The checks of [`Self::parse`], for a layout built in memory.
+    pub fn check(&self) -> Result<(), FolderDeltaError> {
+        if self.format != FORMAT {
+            return Err(FolderDeltaError::Format(self.format.clone()));
+        }
+        check_paths(self.files.iter().map(|f| f.path.as_str())).map_err(FolderDeltaError::Files)?;
+        for f in &self.files {
+            match f.from {
+                Source::Base | Source::Carried if f.blake3.is_none() => {
+                    return Err(file_err(&f.path, "a base or carried file needs its blake3"))
+                }
+                Source::Tensors if f.blake3.is_some() => {
+                    return Err(file_err(&f.path, "a tensors file has no blake3"))
+                }
+                Source::Tensors if !super::layout::is_safetensors(&f.path) => {
+                    return Err(file_err(&f.path, "a tensors file must be *.safetensors"))
+                }
+                _ => {}
+            }
+            if let Some(m) = f.member() {
+                super::check_path(&m).map_err(|e| file_err(&f.path, e.to_string()))?;
+            }
+        }
+        let mut seen = HashSet::new();
+        for g in &self.grown {
+            if !seen.insert(g.name.as_str()) || g.rows == g.name {
+                return Err(FolderDeltaError::Grown(g.name.clone()));
+            }
+        }
+        for g in &self.grown {
+            if !seen.insert(g.rows.as_str()) {
+                return Err(FolderDeltaError::Grown(g.rows.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the delta folder's members (`(path, len)`, any order) against the layout: the two
+    /// fixed members, exactly one member per carried or tensors file, nothing else; a carried
+    /// member's length is the file's.
+    pub fn check_members<'a>(
+        &self,
+        members: impl IntoIterator<Item = (&'a str, u64)>,
+    ) -> Result<(), FolderDeltaError> {
+        let mut want: HashMap<String, Option<u64>> = self
+            .files
+            .iter()
+            .filter_map(|f| {
+                let len = (f.from == Source::Carried).then_some(f.len);
+                f.member().map(|m| (m, len))
+            })
+            .collect();
+        want.insert(DELTA_MEMBER.into(), None);
+        want.insert(LAYOUT_MEMBER.into(), None);
+        for (path, len) in members {
+            match want.remove(path) {
+                None => return Err(FolderDeltaError::StrayMember(path.to_owned())),
+                Some(Some(l)) if l != len => {
+                    return Err(file_err(
+                        path,
+                        format!("is {len} bytes, the layout says {l}"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let mut missing: Vec<String> = want.into_keys().collect();
+        missing.sort();
+        match missing.into_iter().next() {
+            Some(m) => Err(FolderDeltaError::MissingMember(m)),
+            None => Ok(()),
+        }
+    }
+
+    /// The grown tensors by name → the entry holding their new rows.
+    pub fn grown_map(&self) -> HashMap<&str, &str> {
+        self.grown
+            .iter()
+            .map(|g| (g.name.as_str(), g.rows.as_str()))
+            .collect()
+    }
+}
+
+impl OutputFile {
+    /// The delta member this file needs: `files/<path>` or `headers/<path>`; none for a base file.
+    pub fn member(&self) -> Option<String> {
+        match self.from {
+            Source::Base => None,
+            Source::Carried => Some(format!("{CARRIED_DIR}{}", self.path)),
+            Source::Tensors => Some(format!("{HEADER_DIR}{}", self.path)),
+        }
+    }
+}
+
+/// A safetensors header kept apart from its data (the member `headers/<path>`): `8 + N` bytes, the
+/// length and the JSON. Parsed with the data section the tensors tile exactly: they must follow each
+/// other from offset 0 with no gap, as every writer of the format does, so the file is the header
+/// and the tensors' bytes in data order.
+pub fn parse_header(path: &str, header: &[u8]) -> Result<SafetensorsHeader, FolderDeltaError> {
+    let err = |error| FolderDeltaError::Header {
+        path: path.to_owned(),
+        error,
+    };
+    let n = header
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .ok_or(err(SafetensorsError::TooShort(header.len())))?;
+    if n > MAX_HEADER_LEN || n.checked_add(8) != Some(header.len() as u64) {
+        return Err(FolderDeltaError::Shard {
+            path: path.to_owned(),
+            problem: format!(
+                "the header member is {} bytes, its length field says 8 + {n}",
+                header.len()
+            ),
+        });
+    }
+    let h = safetensors::parse_with_data_len(header, usize::MAX - header.len()).map_err(err)?;
+    let mut end = h.data_start;
+    for t in &h.tensors {
+        if t.range.start != end {
+            return Err(FolderDeltaError::Shard {
+                path: path.to_owned(),
+                problem: format!(
+                    "tensor {:?} starts at data offset {}, not {} where the one before ends: a gap or overlap in the data section",
+                    t.name,
+                    t.range.start - h.data_start,
+                    end - h.data_start
+                ),
+            });
+        }
+        end = t.range.end;
+    }
+    Ok(h)
+}
+
+/// Length of the safetensors file a header describes: the header and its tiled data.
+pub fn file_len(h: &SafetensorsHeader) -> u64 {
+    h.tensors
+        .last()
+        .map_or(h.data_start, |t| t.range.end)
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
+
+/// How one tensor of an output file is rebuilt: entry `entry` of `delta.bitdelta`, then (for a
+/// grown tensor) entry `rows`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TensorPlan {
+    pub entry: usize,
+    pub rows: Option<usize>,
+}
+
+/// The plan of one `tensors` file: for each tensor of `header`, in data order, the entries that
+/// rebuild it, checked against the header (dtype, shape; a grown tensor's rows add up). Marks the
+/// entries used in `used` (one flag per entry of `entries`) and refuses an entry used twice.
+pub fn plan_file(
+    header: &SafetensorsHeader,
+    entries: &[IndexEntry],
+    by_name: &HashMap<&str, usize>,
+    grown: &HashMap<&str, &str>,
+    used: &mut [bool],
+) -> Result<Vec<TensorPlan>, FolderDeltaError> {
+    let mut take = |name: &str, want: &str| -> Result<usize, FolderDeltaError> {
+        let i = *by_name
+            .get(name)
+            .ok_or_else(|| tensor_err(want, format!("delta.bitdelta has no entry {name:?}")))?;
+        let flag = used
+            .get_mut(i)
+            .ok_or_else(|| tensor_err(name, "entry out of range"))?;
+        if std::mem::replace(flag, true) {
+            return Err(tensor_err(name, "used twice by the fine-tune's files"));
+        }
+        Ok(i)
+    };
+    let mut plan = Vec::with_capacity(header.tensors.len());
+    for t in &header.tensors {
+        let entry = take(&t.name, &t.name)?;
+        let e = &entries[entry];
+        if e.dtype != t.dtype {
+            return Err(tensor_err(
+                &t.name,
+                format!("the header says {}, the delta {}", t.dtype, e.dtype),
+            ));
+        }
+        let rows = match grown.get(t.name.as_str()) {
+            None if e.shape == t.shape => None,
+            None => {
+                return Err(tensor_err(
+                    &t.name,
+                    format!(
+                        "the header says shape {:?}, the delta {:?}",
+                        t.shape, e.shape
+                    ),
+                ))
+            }
+            Some(rows_name) => {
+                let r = take(rows_name, &t.name)?;
+                check_grown(&t.name, &t.shape, e, &entries[r])?;
+                Some(r)
+            }
+        };
+        plan.push(TensorPlan { entry, rows });
+    }
+    Ok(plan)
+}
+
+/// A grown tensor's two entries: same dtype and trailing dimensions as the header's tensor, rows
+/// adding up to its leading dimension, the first entry non-empty in rows.
+fn check_grown(
+    name: &str,
+    shape: &[u64],
+    common: &IndexEntry,
+    new_rows: &IndexEntry,
+) -> Result<(), FolderDeltaError> {
+    let ok = !shape.is_empty()
+        && new_rows.dtype == common.dtype
+        && common.shape.len() == shape.len()
+        && new_rows.shape.len() == shape.len()
+        && common.shape[1..] == shape[1..]
+        && new_rows.shape[1..] == shape[1..]
+        && common.shape[0].checked_add(new_rows.shape[0]) == Some(shape[0])
+        && new_rows.shape[0] > 0;
+    if ok {
+        Ok(())
+    } else {
+        Err(tensor_err(
+            name,
+            format!(
+                "grown to {shape:?}: its entries {:?} and {:?} do not add up",
+                common.shape, new_rows.shape
+            ),
+        ))
+    }
+}
+
+/// The base tensor an entry is reconstructed against: the base tensor itself when the shapes are
+/// equal, its first `entry.shape[0]` rows when the base has more rows and the same trailing
+/// dimensions (the fine-tune's vocabulary shrank, or grew and this is the common part); `None`
+/// when neither holds. Rows are the leading dimension of a row-major tensor, so the first `k` rows
+/// are the first `k × row bytes` bytes.
+pub fn base_rows<'a>(entry: &'a IndexEntry, base: TensorData<'a>) -> Option<TensorData<'a>> {
+    if base.shape == entry.shape.as_slice() {
+        return Some(base);
+    }
+    let (rows, rest) = entry.shape.split_first()?;
+    let (base_rows, base_rest) = base.shape.split_first()?;
+    if rest != base_rest || rows > base_rows {
+        return None;
+    }
+    let row_bytes = rest
+        .iter()
+        .try_fold(base.dtype.size() as u64, |a, &d| a.checked_mul(d))?;
+    let len = usize::try_from(rows.checked_mul(row_bytes)?).ok()?;
+    TensorData::new(base.dtype, &entry.shape, base.bytes.get(..len)?)
+}
+
+#[cfg(test)]
+#[path = "delta_tests.rs"]
+mod tests;

@@ -1,0 +1,305 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+use crate::bitdelta::{Encoding, Granularity};
+use crate::safetensors::{encode_header, TensorLayout};
+use crate::DType;
+use proptest::prelude::*;
+
+fn h(b: u8) -> Hash {
+    Hash::from_bytes([b; 32])
+}
+
+fn sample() -> FolderDelta {
+    FolderDelta {
+        format: FORMAT.into(),
+        files: vec![
+            OutputFile {
+                path: "config.json".into(),
+                from: Source::Carried,
+                len: 10,
+                blake3: Some(h(1)),
+            },
+            OutputFile {
+                path: "model-00001-of-00002.safetensors".into(),
+                from: Source::Tensors,
+                len: 100,
+                blake3: None,
+            },
+            OutputFile {
+                path: "tokenizer.json".into(),
+                from: Source::Base,
+                len: 7,
+                blake3: Some(h(2)),
+            },
+        ],
+        grown: vec![GrownTensor {
+            name: "lm_head.weight".into(),
+            rows: format!("lm_head.weight{GROWN_SUFFIX}"),
+        }],
+    }
+}
+
+/// The layout's JSON is part of the format: this is what `sample()` is, byte for byte.
+#[test]
+fn golden_layout_bytes() {
+    let want = format!(
+        r#"{{
+  "format": "zdn-folder-delta/1",
+  "files": [
+    {{
+      "path": "config.json",
+      "from": "carried",
+      "len": 10,
+      "blake3": "{}"
+    }},
+    {{
+      "path": "model-00001-of-00002.safetensors",
+      "from": "tensors",
+      "len": 100
+    }},
+    {{
+      "path": "tokenizer.json",
+      "from": "base",
+      "len": 7,
+      "blake3": "{}"
+    }}
+  ],
+  "grown": [
+    {{
+      "name": "lm_head.weight",
+      "rows": "lm_head.weight.zdn_new_rows"
+    }}
+  ]
+}}
+"#,
+        h(1).to_hex(),
+        h(2).to_hex()
+    );
+    assert_eq!(String::from_utf8(sample().to_bytes()).unwrap(), want);
+    assert_eq!(FolderDelta::parse(want.as_bytes()).unwrap(), sample());
+}
+
+#[test]
+fn bad_layouts_are_refused() {
+    let bad = |f: &dyn Fn(&mut FolderDelta)| {
+        let mut d = sample();
+        f(&mut d);
+        FolderDelta::parse(&d.to_bytes()).unwrap_err()
+    };
+    assert!(matches!(
+        bad(&|d| d.format = "zdn-folder-delta/2".into()),
+        FolderDeltaError::Format(_)
+    ));
+    assert!(matches!(
+        bad(&|d| d.files[0].path = "../config.json".into()),
+        FolderDeltaError::Files(_)
+    ));
+    assert!(matches!(
+        bad(&|d| d.files.swap(0, 2)),
+        FolderDeltaError::Files(_)
+    ));
+    assert!(matches!(
+        bad(&|d| d.files[0].blake3 = None),
+        FolderDeltaError::File { .. }
+    ));
+    assert!(matches!(
+        bad(&|d| d.files[1].blake3 = Some(h(3))),
+        FolderDeltaError::File { .. }
+    ));
+    assert!(matches!(
+        bad(&|d| d.files[1].path = "model.bin".into()),
+        FolderDeltaError::File { .. }
+    ));
+    assert!(matches!(
+        bad(&|d| d.grown.push(d.grown[0].clone())),
+        FolderDeltaError::Grown(_)
+    ));
+    assert!(matches!(
+        bad(&|d| d.grown[0].rows = "lm_head.weight".into()),
+        FolderDeltaError::Grown(_)
+    ));
+    assert!(matches!(
+        bad(&|d| d.files.clear()),
+        FolderDeltaError::Files(FolderError::Empty)
+    ));
+    // Unknown fields are refused, not ignored.
+    let text = String::from_utf8(sample().to_bytes()).unwrap().replacen(
+        "\"format\"",
+        "\"extra\": 1, \"format\"",
+        1,
+    );
+    assert!(matches!(
+        FolderDelta::parse(text.as_bytes()),
+        Err(FolderDeltaError::Json(_))
+    ));
+    let big = vec![b' '; MAX_LAYOUT_LEN + 1];
+    assert!(matches!(
+        FolderDelta::parse(&big),
+        Err(FolderDeltaError::TooLarge(_))
+    ));
+}
+
+#[test]
+fn members_must_match_the_layout() {
+    let d = sample();
+    let good = [
+        ("delta.bitdelta", 5),
+        ("files/config.json", 10),
+        ("headers/model-00001-of-00002.safetensors", 40),
+        ("zdn-delta.json", 300),
+    ];
+    d.check_members(good).unwrap();
+    let e = d.check_members(good[..3].iter().copied()).unwrap_err();
+    assert_eq!(e, FolderDeltaError::MissingMember(LAYOUT_MEMBER.into()));
+    let mut stray = good.to_vec();
+    stray.push(("files/tokenizer.json", 7));
+    assert!(matches!(
+        d.check_members(stray).unwrap_err(),
+        FolderDeltaError::StrayMember(_)
+    ));
+    let mut short = good.to_vec();
+    short[1].1 = 9;
+    assert!(matches!(
+        d.check_members(short).unwrap_err(),
+        FolderDeltaError::File { .. }
+    ));
+}
+
+fn header(tensors: &[(&str, Vec<u64>)]) -> Vec<u8> {
+    let layouts: Vec<TensorLayout> = tensors
+        .iter()
+        .map(|(n, s)| TensorLayout {
+            name: (*n).into(),
+            dtype: DType::F32,
+            shape: s.clone(),
+        })
+        .collect();
+    encode_header(&layouts, &Default::default()).unwrap().0
+}
+
+fn entry(name: &str, shape: Vec<u64>) -> IndexEntry {
+    IndexEntry {
+        name: name.into(),
+        dtype: DType::F32,
+        shape,
+        encoding: Encoding::Raw,
+        granularity: Granularity::Tensor,
+        offset: 0,
+        length: 0,
+    }
+}
+
+#[test]
+fn a_header_alone_parses_when_its_tensors_tile_the_data() {
+    let hb = header(&[("a", vec![2, 3]), ("b", vec![4])]);
+    let hd = parse_header("m.safetensors", &hb).unwrap();
+    assert_eq!(file_len(&hd), hb.len() as u64 + 24 + 16);
+    // A header member with trailing bytes, or cut short, is refused.
+    let mut long = hb.clone();
+    long.push(0);
+    assert!(parse_header("m.safetensors", &long).is_err());
+    assert!(parse_header("m.safetensors", &hb[..hb.len() - 1]).is_err());
+    assert!(parse_header("m.safetensors", &hb[..4]).is_err());
+    // A gap in the data section is refused (the file could not be rebuilt byte for byte).
+    let json = br#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+    let mut gap = (json.len() as u64).to_le_bytes().to_vec();
+    gap.extend_from_slice(json);
+    let e = parse_header("g.safetensors", &gap).unwrap_err();
+    assert!(matches!(e, FolderDeltaError::Shard { .. }), "{e}");
+}
+
+#[test]
+fn plans_pair_header_tensors_with_entries_and_grown_rows() {
+    let hb = header(&[("emb", vec![6, 2]), ("w", vec![2, 2])]);
+    let hd = parse_header("m.safetensors", &hb).unwrap();
+    let rows = format!("emb{GROWN_SUFFIX}");
+    let entries = vec![
+        entry("w", vec![2, 2]),
+        entry("emb", vec![4, 2]),
+        entry(&rows, vec![2, 2]),
+    ];
+    let by_name: HashMap<&str, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.name.as_str(), i))
+        .collect();
+    let grown: HashMap<&str, &str> = [("emb", rows.as_str())].into_iter().collect();
+    let mut used = vec![false; 3];
+    let plan = plan_file(&hd, &entries, &by_name, &grown, &mut used).unwrap();
+    assert_eq!(
+        plan,
+        [
+            TensorPlan {
+                entry: 1,
+                rows: Some(2)
+            },
+            TensorPlan {
+                entry: 0,
+                rows: None
+            }
+        ]
+    );
+    assert_eq!(used, [true, true, true]);
+    // The same entries twice: refused.
+    let e = plan_file(&hd, &entries, &by_name, &grown, &mut used).unwrap_err();
+    assert!(matches!(e, FolderDeltaError::Tensor { .. }), "{e}");
+    // Rows that do not add up: refused.
+    let mut bad = entries.clone();
+    bad[2].shape = vec![1, 2];
+    let e = plan_file(&hd, &bad, &by_name, &grown, &mut [false; 3]).unwrap_err();
+    assert!(e.to_string().contains("do not add up"), "{e}");
+    // Not grown, and the shapes differ: refused.
+    let e = plan_file(&hd, &entries, &by_name, &HashMap::new(), &mut [false; 3]).unwrap_err();
+    assert!(e.to_string().contains("shape"), "{e}");
+    // A tensor the delta lacks: refused.
+    let e = plan_file(&hd, &entries[..1], &by_name, &grown, &mut [false; 1]).unwrap_err();
+    assert!(matches!(e, FolderDeltaError::Tensor { .. }), "{e}");
+}
+
+#[test]
+fn base_rows_are_a_prefix_of_a_bigger_base() {
+    let bytes: Vec<u8> = (0..24).collect();
+    let shape = [3u64, 2];
+    let base = TensorData::new(DType::F32, &shape, &bytes[..]).unwrap();
+    let e = entry("emb", vec![2, 2]);
+    let b = base_rows(&e, base).unwrap();
+    assert_eq!(b.bytes, &bytes[..16]);
+    assert_eq!(b.shape, &[2, 2]);
+    let same = entry("emb", vec![3, 2]);
+    assert_eq!(base_rows(&same, base).unwrap().bytes, &bytes[..]);
+    // More rows than the base, other trailing dimensions, other rank: no pairing.
+    assert!(base_rows(&entry("emb", vec![4, 2]), base).is_none());
+    assert!(base_rows(&entry("emb", vec![2, 3]), base).is_none());
+    assert!(base_rows(&entry("emb", vec![6]), base).is_none());
+    assert!(base_rows(&entry("emb", vec![]), base).is_none());
+}
+
+proptest! {
+    #[test]
+    fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = FolderDelta::parse(&bytes);
+    }
+
+    #[test]
+    fn header_parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = parse_header("x.safetensors", &bytes);
+    }
+
+    #[test]
+    fn layouts_round_trip(n in 1usize..6, carried in any::<u8>(), len in any::<u64>()) {
+        let files: Vec<OutputFile> = (0..n)
+            .map(|i| {
+                let from = [Source::Base, Source::Carried, Source::Tensors][(usize::from(carried) + i) % 3];
+                OutputFile {
+                    path: format!("f{i}{}", if from == Source::Tensors { ".safetensors" } else { ".json" }),
+                    from,
+                    len,
+                    blake3: (from != Source::Tensors).then(|| h(i as u8)),
+                }
+            })
+            .collect();
+        let d = FolderDelta { format: FORMAT.into(), files, grown: Vec::new() };
+        prop_assert_eq!(FolderDelta::parse(&d.to_bytes()).unwrap(), d);
+    }
+}

@@ -1,0 +1,389 @@
+//! End-to-end tests of folder deltas (docs/spec/folder-delta.md) with the real binary: a generated
+//! Llama-shaped base in 3 shards and a fine-tune in 5 with a grown vocabulary (embed_tokens and
+//! lm_head 320 → 322 rows), changed tensors, changed config and tokenizer, unchanged side files.
+//! Encode → the folder rebuilt byte for byte (lossless) or tensor for tensor (1-bit) by
+//! `zdn delta apply` from disk and by `zdn apply` from the store, also on a second node after a
+//! fetch; bad deltas, wrong bases and busy outputs are refused and leave the store as it was.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::common::llama_folder::{read_tree, LlamaSpec};
+use crate::common::net::NodeProc;
+use crate::common::*;
+use serde_json::Value;
+use zdn_protocol::bitdelta::{reconstruct, BitDeltaFile, TensorData};
+use zdn_protocol::folder::delta::{base_rows, GROWN_SUFFIX};
+use zdn_protocol::safetensors;
+
+const CHUNK: &str = "16384";
+
+/// (base folder, fine-tune folder) under `root`.
+fn pair(root: &Path) -> (PathBuf, PathBuf) {
+    let base = root.join("Llama-tiny");
+    LlamaSpec::small(3).write(&base);
+    let fine = root.join("Llama-tiny-chat");
+    let mut spec = LlamaSpec::small(5);
+    spec.vocab = 322;
+    spec.note = "chat fine-tune".into();
+    spec.changed = vec![
+        "model.layers.0.self_attn.q_proj.weight".into(),
+        "model.layers.2.mlp.down_proj.weight".into(),
+        "model.norm.weight".into(),
+    ];
+    spec.write(&fine);
+    std::fs::write(fine.join("chat_template.jinja"), "<|user|>{{ m }}<|end|>").unwrap();
+    (base, fine)
+}
+
+fn encode(base: &Path, fine: &Path, out: &Path, extra: &[&str]) -> Value {
+    let mut a = vec![
+        "delta",
+        "encode",
+        "--base",
+        s(base),
+        "--finetuned",
+        s(fine),
+        "-o",
+        s(out),
+        "--json",
+    ];
+    a.extend_from_slice(extra);
+    json(&zdn_ok(&a))
+}
+
+fn add(home: &Path, dir: &Path, extra: &[&str]) -> String {
+    let mut a = vec!["add", s(dir), "--chunk-size", CHUNK, "--json"];
+    a.extend_from_slice(extra);
+    json(&ok(home, &a))["hash"].as_str().unwrap().to_string()
+}
+
+/// Every tensor of every shard of `dir`: name → (dtype, shape, bytes).
+fn tensors(dir: &Path) -> HashMap<String, (zdn_protocol::DType, Vec<u64>, Vec<u8>)> {
+    let mut out = HashMap::new();
+    for (path, bytes) in read_tree(dir) {
+        if !path.ends_with(".safetensors") {
+            continue;
+        }
+        let h = safetensors::parse(&bytes).unwrap();
+        for t in h.tensors {
+            out.insert(
+                t.name.clone(),
+                (t.dtype, t.shape.clone(), bytes[t.range.clone()].to_vec()),
+            );
+        }
+    }
+    out
+}
+
+/// What the delta says each fine-tune tensor is: reconstructed here from `delta.bitdelta` and
+/// the base's tensors through the protocol crate, independently of the binary's assembly.
+fn expected_tensors(base: &Path, delta: &Path) -> HashMap<String, Vec<u8>> {
+    let base_t = tensors(base);
+    let bytes = std::fs::read(delta.join("delta.bitdelta")).unwrap();
+    let f = BitDeltaFile::parse(&bytes).unwrap();
+    let mut out: HashMap<String, Vec<u8>> = HashMap::new();
+    for (i, e) in f.entries.iter().enumerate() {
+        let mut buf = vec![0u8; e.byte_len() as usize];
+        if let Some(name) = e.name.strip_suffix(GROWN_SUFFIX) {
+            reconstruct(e, f.block(i), None, &mut buf).unwrap();
+            out.get_mut(name).unwrap().extend_from_slice(&buf);
+            continue;
+        }
+        let b = base_t.get(&e.name).map(|(d, s, b)| TensorData {
+            dtype: *d,
+            shape: s,
+            bytes: b,
+        });
+        let b = b.and_then(|b| base_rows(e, b));
+        reconstruct(e, f.block(i), b.as_ref(), &mut buf).unwrap();
+        out.insert(e.name.clone(), buf);
+    }
+    out
+}
+
+fn header_bytes(file: &[u8]) -> &[u8] {
+    &file[..safetensors::parse(file).unwrap().data_start]
+}
+
+#[test]
+fn a_lossless_folder_delta_rebuilds_the_fine_tune_byte_for_byte() {
+    let t = tmpdir();
+    let (base, fine) = pair(t.path());
+    let d = t.path().join("chat.delta");
+    let r = encode(&base, &fine, &d, &["--exclude", "*"]);
+    // Two shard layouts: every tensor was paired by name, none stored raw for want of a base
+    // tensor but the grown rows.
+    assert_eq!(r["finetune_only"], serde_json::json!([]));
+    assert_eq!(
+        r["grown"],
+        serde_json::json!(["model.embed_tokens.weight", "lm_head.weight"])
+    );
+    let from = |p: &str| {
+        r["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == p)
+            .unwrap()["from"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(from("generation_config.json"), "base");
+    assert_eq!(from("special_tokens_map.json"), "base");
+    assert_eq!(from("config.json"), "carried");
+    assert_eq!(from("tokenizer.json"), "carried");
+    assert_eq!(from("chat_template.jinja"), "carried");
+    assert_eq!(from("model-00004-of-00005.safetensors"), "tensors");
+    // Only what differs is carried.
+    assert!(!d.join("files/generation_config.json").exists());
+
+    let out = t.path().join("rebuilt");
+    zdn_ok(&[
+        "delta",
+        "apply",
+        "--base",
+        s(&base),
+        "--delta",
+        s(&d),
+        "-o",
+        s(&out),
+    ]);
+    assert_eq!(read_tree(&out), read_tree(&fine));
+}
+
+#[test]
+fn a_one_bit_folder_delta_goes_through_the_store_and_a_second_node() {
+    let publisher = tmpdir();
+    let (base, fine) = pair(publisher.path());
+    let d = publisher.path().join("chat.delta");
+    let r = encode(&base, &fine, &d, &[]);
+    let fine_bytes: u64 = read_tree(&fine).iter().map(|f| f.1.len() as u64).sum();
+    assert!(
+        r["delta_bytes"].as_u64().unwrap() * 4 < fine_bytes,
+        "a 1-bit folder delta should be a fraction of the bf16 fine-tune: {} of {fine_bytes}",
+        r["delta_bytes"]
+    );
+    let home = publisher.path();
+    let base_hash = add(home, &base, &[]);
+    let delta_hash = add(home, &d, &["--base", &base_hash]);
+
+    // From the store and from disk: the same folder.
+    let from_store = publisher.path().join("from-store");
+    ok(home, &["apply", &delta_hash, "-o", s(&from_store)]);
+    let from_disk = publisher.path().join("from-disk");
+    zdn_ok(&[
+        "delta",
+        "apply",
+        "--base",
+        s(&base),
+        "--delta",
+        s(&d),
+        "-o",
+        s(&from_disk),
+    ]);
+    let tree = read_tree(&from_store);
+    assert_eq!(tree, read_tree(&from_disk));
+
+    // The fine-tune's file set, shard layout and headers; side files exact.
+    let fine_tree = read_tree(&fine);
+    let names = |t: &[(String, Vec<u8>)]| t.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&tree), names(&fine_tree));
+    for ((path, got), (_, want)) in tree.iter().zip(&fine_tree) {
+        if path.ends_with(".safetensors") {
+            assert_eq!(header_bytes(got), header_bytes(want), "{path}");
+            assert_eq!(got.len(), want.len(), "{path}");
+        } else {
+            assert_eq!(got, want, "{path}");
+        }
+    }
+    // Every tensor is what the delta says; unchanged ones are the fine-tune's exactly.
+    let expected = expected_tensors(&base, &d);
+    let got = tensors(&from_store);
+    let fine_t = tensors(&fine);
+    assert_eq!(got.len(), fine_t.len());
+    for (name, (_, shape, bytes)) in &got {
+        assert_eq!(bytes, &expected[name], "{name}");
+        assert_eq!(shape, &fine_t[name].1, "{name}");
+    }
+    assert_eq!(
+        got["model.layers.1.self_attn.k_proj.weight"].2,
+        fine_t["model.layers.1.self_attn.k_proj.weight"].2
+    );
+    // The grown rows are the fine-tune's exactly.
+    let rows = |t: &Vec<u8>| t[320 * 64 * 2..].to_vec();
+    assert_eq!(
+        rows(&got["lm_head.weight"].2),
+        rows(&fine_t["lm_head.weight"].2)
+    );
+
+    // Encoded against the base object in the store (no loose base): the same delta, byte for byte.
+    let d2 = publisher.path().join("chat2.delta");
+    ok(
+        home,
+        &[
+            "delta",
+            "encode",
+            "--base",
+            &base_hash,
+            "--finetuned",
+            s(&fine),
+            "-o",
+            s(&d2),
+        ],
+    );
+    assert_eq!(read_tree(&d2), read_tree(&d));
+
+    // A second node fetches the delta (and its base) and applies it from its own store.
+    let key = ok(home, &["key", "show"]).trim().to_string();
+    let seeder = NodeProc::start(home, &[]);
+    let field = tmpdir();
+    ok(
+        field.path(),
+        &[
+            "fetch",
+            &delta_hash,
+            "--peer",
+            &seeder.addr,
+            "--trust",
+            &key,
+        ],
+    );
+    seeder.stop();
+    let out = field.path().join("chat");
+    ok(field.path(), &["apply", &delta_hash, "-o", s(&out)]);
+    assert_eq!(read_tree(&out), tree);
+}
+
+#[test]
+fn bad_folder_deltas_and_wrong_bases_are_refused() {
+    let t = tmpdir();
+    let (base, fine) = pair(t.path());
+    let d = t.path().join("chat.delta");
+    encode(&base, &fine, &d, &[]);
+    let home = t.path().join("home");
+    let base_hash = add(&home, &base, &[]);
+    let count = || {
+        json(&ok(&home, &["ls", "--json"]))
+            .as_array()
+            .unwrap()
+            .len()
+    };
+
+    // Another base (the fine-tune itself, as a base object): refused, store unchanged.
+    let other = add(&home, &fine, &[]);
+    assert_eq!(count(), 2);
+    let e = err(
+        &home,
+        &["add", s(&d), "--base", &other],
+        "made against base",
+    );
+    assert!(e.contains("store is unchanged"), "{e}");
+    // A folder delta without --base, and a model folder with one.
+    err(&home, &["add", s(&d)], "folder delta");
+    err(
+        &home,
+        &["add", s(&base), "--base", &base_hash],
+        "--base is for deltas",
+    );
+    assert_eq!(count(), 2);
+
+    // Tampered copies, each refused by add and by apply, the store and the output untouched.
+    let copy = |name: &str| {
+        let c = t.path().join(name);
+        std::process::Command::new("cp")
+            .args(["-r", s(&d), s(&c)])
+            .status()
+            .unwrap();
+        c
+    };
+    let layout = std::fs::read_to_string(d.join("zdn-delta.json")).unwrap();
+    let cases: Vec<(PathBuf, &str)> = vec![
+        {
+            let c = copy("stray");
+            std::fs::write(c.join("files/extra.txt"), "x").unwrap();
+            (c, "not part of the fine-tune's layout")
+        },
+        {
+            let c = copy("escape");
+            std::fs::write(
+                c.join("zdn-delta.json"),
+                layout.replacen("\"config.json\"", "\"../config.json\"", 1),
+            )
+            .unwrap();
+            (c, "config.json")
+        },
+        {
+            let c = copy("missing");
+            std::fs::remove_file(c.join("files/config.json")).unwrap();
+            (c, "lacks its member")
+        },
+        {
+            let c = copy("header");
+            let h = c.join("headers/model-00002-of-00005.safetensors");
+            let mut b = std::fs::read(&h).unwrap();
+            let n = b.len();
+            b[n - 3] = b'9';
+            std::fs::write(&h, b).unwrap();
+            (c, "model-00002-of-00005.safetensors")
+        },
+        {
+            let c = copy("carried");
+            std::fs::write(c.join("files/config.json"), b"{}").unwrap();
+            (c, "config.json")
+        },
+    ];
+    for (c, needle) in &cases {
+        err(&home, &["add", s(c), "--base", &base_hash], needle);
+        let out = t.path().join("out");
+        zdn_err(
+            &[
+                "delta",
+                "apply",
+                "--base",
+                s(&base),
+                "--delta",
+                s(c),
+                "-o",
+                s(&out),
+            ],
+            needle,
+        );
+        assert!(!out.exists(), "{}: an output was left behind", c.display());
+    }
+    assert_eq!(count(), 2);
+
+    // The right delta, applied to the wrong base or into a non-empty folder: refused.
+    let out = t.path().join("out");
+    zdn_err(
+        &[
+            "delta",
+            "apply",
+            "--base",
+            s(&fine),
+            "--delta",
+            s(&d),
+            "-o",
+            s(&out),
+        ],
+        "was made for base object",
+    );
+    assert!(!out.exists());
+    let delta_hash = add(&home, &d, &["--base", &base_hash]);
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("keep.txt"), "mine").unwrap();
+    err(
+        &home,
+        &["apply", &delta_hash, "-o", s(&out)],
+        "not an empty folder",
+    );
+    assert_eq!(std::fs::read(out.join("keep.txt")).unwrap(), b"mine");
+    // `zdn apply` of a base: refused with the reason.
+    err(
+        &home,
+        &["apply", &base_hash, "-o", s(&t.path().join("x"))],
+        "has no base",
+    );
+}
