@@ -9,12 +9,14 @@
 //!    changed tensor's bytes; every other base tensor is copied unchanged.
 
 mod config;
+mod merge;
 mod pairing;
 mod pattern;
 
 pub use config::{
     scale, AdapterConfig, ConfigError, MAX_CONFIG_BYTES, MAX_NAME_LEN, MAX_PATTERNS, MAX_RANK,
 };
+pub use merge::{merge_tensor, LoraFactors, MergeError};
 pub use pairing::{
     pair, AdapterPlan, LayerKind, MergeShape, ModuleMerge, PairError, TensorMeta,
     MAX_ADAPTER_TENSORS, PEFT_PREFIX,
