@@ -13,6 +13,9 @@ mod merge;
 mod pairing;
 mod pattern;
 
+#[cfg(test)]
+mod golden_tests;
+
 pub use config::{
     scale, AdapterConfig, ConfigError, MAX_CONFIG_BYTES, MAX_NAME_LEN, MAX_PATTERNS, MAX_RANK,
 };
