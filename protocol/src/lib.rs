@@ -7,6 +7,7 @@ pub mod dtype;
 pub mod folder;
 pub mod glob;
 pub mod hash;
+pub mod lora;
 pub mod manifest;
 pub mod object;
 pub mod paced;
