@@ -20,6 +20,7 @@ mod folder_delta;
 mod kad;
 mod lan;
 mod local;
+mod lora;
 mod minilm_pair;
 mod net;
 mod paced;

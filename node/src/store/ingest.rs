@@ -286,18 +286,23 @@ impl ObjectStore {
         })
     }
 
-    /// Checks a folder delta ([`folder::delta_layout`]) and that the base it names is a base in
-    /// the store whose object is the one `delta.bitdelta` records.
+    /// Checks a folder delta against the base it names, a base in the store: a LoRA adapter
+    /// folder pairs with the base's tensors ([`folder::adapter::adapter_layout`]); any other is a
+    /// folder delta ([`folder::delta_layout`]) whose `delta.bitdelta` records the base's object.
     fn check_folder_delta(
         &self,
         members: &[Member<'_>],
         base: Hash,
     ) -> Result<folder::FolderLayout, StoreError> {
-        let d = folder::delta_layout(members)?;
         let bm = self.manifest(&base)?.ok_or(StoreError::MissingBase(base))?;
         if bm.manifest.kind != Kind::Base {
             return Err(StoreError::NotABase(base, bm.manifest.kind.as_str()));
         }
+        if folder::adapter::is_adapter(members.iter().map(|m| m.path)) {
+            let tensors = base_tensors(&bm)?;
+            return Ok(folder::adapter::adapter_layout(members, &tensors)?.0);
+        }
+        let d = folder::delta_layout(members)?;
         if d.base_object != bm.manifest.object_hash {
             return Err(StoreError::WrongBase {
                 base,
@@ -474,4 +479,27 @@ impl ObjectStore {
             None => (manifest.sign(key)?, false),
         })
     }
+}
+
+/// A base's tensors by name, as its manifest lists them.
+fn base_tensors(
+    m: &SignedManifest,
+) -> Result<std::collections::BTreeMap<String, zdn_protocol::lora::TensorMeta>, StoreError> {
+    m.manifest
+        .tensors
+        .iter()
+        .map(|t| {
+            let dtype = DType::from_code(t.dtype).ok_or_else(|| StoreError::Corrupt {
+                key: format!("manifest {}", m.hash()),
+                problem: format!("tensor {:?} has an unknown dtype code", t.name),
+            })?;
+            Ok((
+                t.name.clone(),
+                zdn_protocol::lora::TensorMeta {
+                    dtype,
+                    shape: t.shape.clone(),
+                },
+            ))
+        })
+        .collect()
 }

@@ -8,6 +8,7 @@
 //! against the shards they name ([`shard_index`]). Paths are untrusted input everywhere: a reader
 //! re-checks them before writing anything to disk.
 
+pub mod adapter;
 pub mod delta;
 pub mod delta_layout;
 pub mod layout;

@@ -33,7 +33,8 @@ pub fn run(job: ApplyJob, device: ComputeDevice, json: bool) -> anyhow::Result<u
     Ok(0)
 }
 
-/// `zdn delta apply --base DIR --delta DELTA_DIR -o OUT_DIR`: a folder delta on disk.
+/// `zdn delta apply --base DIR --delta DELTA_DIR -o OUT_DIR`: a folder delta (or a LoRA adapter
+/// folder) on disk.
 pub fn run_folder(
     base: &std::path::Path,
     delta: &std::path::Path,
@@ -41,11 +42,20 @@ pub fn run_folder(
     force: bool,
     json: bool,
 ) -> anyhow::Result<u8> {
+    use crate::delta::folder::adapter::{apply_adapter, AdapterSource};
     use crate::delta::folder::apply::{apply_folder, DeltaSource};
     use crate::delta::folder::base::LooseBase;
-    let source = DeltaSource::loose(delta)?;
+    use zdn_protocol::folder::adapter::CONFIG_MEMBER;
     let base = LooseBase::open(base).with_context(|| format!("the base {}", base.display()))?;
-    let r = apply_folder(&source, &base, output, force, !json).context("delta apply failed")?;
+    let r = if delta.join(CONFIG_MEMBER).is_file() {
+        // A LoRA adapter: it records no base object, its pairing with the base is the check.
+        let adapter = AdapterSource::loose(delta)?;
+        apply_adapter(&adapter, &base, output, !json)
+    } else {
+        let source = DeltaSource::loose(delta)?;
+        apply_folder(&source, &base, output, force, !json)
+    }
+    .context("delta apply failed")?;
     if json {
         say!("{}", serde_json::to_string_pretty(&r)?);
     } else {

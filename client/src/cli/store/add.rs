@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::Context;
 use zdn_node::store::AddOptions;
 use zdn_protocol::bitdelta::MAGIC as BITDELTA_MAGIC;
+use zdn_protocol::folder::adapter::CONFIG_MEMBER as ADAPTER_CONFIG;
 use zdn_protocol::folder::delta::LAYOUT_MEMBER;
 use zdn_protocol::manifest::{Kind, PublisherKey};
 use zdn_protocol::soup::recipe::RECIPE_MAGIC;
@@ -67,15 +68,16 @@ fn add_folder(
     a: AddArgs,
     key: &PublisherKey,
 ) -> anyhow::Result<()> {
-    // A folder delta (docs/spec/folder-delta.md) has its layout file; a model folder has not.
-    let is_delta = a.file.join(LAYOUT_MEMBER).is_file();
+    // A folder delta (docs/spec/folder-delta.md) has its layout file, a LoRA adapter
+    // (docs/spec/lora.md) its config; a model folder has neither.
+    let is_delta = a.file.join(LAYOUT_MEMBER).is_file() || a.file.join(ADAPTER_CONFIG).is_file();
     match (&a.base, is_delta) {
         (Some(_), false) => anyhow::bail!(
-            "--base is for deltas; {} is a model folder (a base model: it has no {LAYOUT_MEMBER})",
+            "--base is for deltas; {} is a model folder (a base model: it has neither {LAYOUT_MEMBER} nor {ADAPTER_CONFIG})",
             a.file.display()
         ),
         (None, true) => anyhow::bail!(
-            "{} is a folder delta: say which base it applies to with --base HASH|NAME",
+            "{} is a folder delta or a LoRA adapter: say which base it applies to with --base HASH|NAME",
             a.file.display()
         ),
         _ => {}

@@ -1,11 +1,14 @@
-//! `zdn apply OBJ -o DIR`: a folder delta of the store applied to its base in the store.
+//! `zdn apply OBJ -o DIR`: a folder delta or a LoRA adapter of the store applied to its base in
+//! the store.
 
 use std::path::Path;
 
 use anyhow::Context;
+use zdn_protocol::folder::adapter::CONFIG_MEMBER;
 
 use crate::cli::args::Location;
 use crate::cli::output::say;
+use crate::delta::folder::adapter::{apply_adapter, AdapterSource};
 use crate::delta::folder::apply::{apply_folder, DeltaSource};
 use crate::delta::folder::base::StoreBase;
 use crate::home::config::Config;
@@ -20,14 +23,19 @@ pub(super) fn apply(
     let store = loc.open(config)?;
     let hash = store.resolve(object)?;
     let m = store.require_manifest(&hash)?;
-    let base_hash = m
-        .manifest
-        .base
-        .with_context(|| format!("{object} has no base: `zdn apply` takes a folder delta"))?;
-    let delta = DeltaSource::store(&store, &hash, output)?;
+    let base_hash = m.manifest.base.with_context(|| {
+        format!("{object} has no base: `zdn apply` takes a folder delta or a LoRA adapter")
+    })?;
     let base = StoreBase::open(&store, &base_hash)
         .with_context(|| format!("the delta's base {base_hash} (fetch it, or add it, first)"))?;
-    let r = apply_folder(&delta, &base, output, false, !json).with_context(|| {
+    let r = if m.manifest.file(CONFIG_MEMBER).is_some() {
+        let adapter = AdapterSource::store(&store, &hash, output)?;
+        apply_adapter(&adapter, &base, output, !json)
+    } else {
+        let delta = DeltaSource::store(&store, &hash, output)?;
+        apply_folder(&delta, &base, output, false, !json)
+    }
+    .with_context(|| {
         format!(
             "applying {hash} (nothing was written to {})",
             output.display()

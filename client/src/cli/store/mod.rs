@@ -51,11 +51,14 @@ pub enum StoreCommand {
     ///   zdn add Llama-2-7b-hf/ --name llama2-7b
     ///   zdn add ft.bitdelta --base minilm --name minilm-ft
     ///   zdn add llama2-chat.delta/ --base llama2-7b --name llama2-7b-chat   (a folder delta)
+    ///   zdn add my-lora/ --base llama2-7b --name llama2-7b-mylora   (a PEFT LoRA adapter folder)
     #[command(verbatim_doc_comment)]
     Add(AddArgs),
-    /// Rebuild a fine-tune from a folder delta in the store: its base is read from the store too,
-    /// tensor by tensor (no loose copy of either). Writes the fine-tune's folder — its files, shard
-    /// layout, headers and side files — into a new or empty folder. Example:
+    /// Rebuild a fine-tune from a folder delta or a LoRA adapter in the store: its base is read from
+    /// the store too, tensor by tensor (no loose copy of either). A folder delta writes the
+    /// fine-tune's folder (its files, shard layout, headers and side files); an adapter writes the
+    /// base's folder with the adapter merged (W + s·B·A, docs/spec/lora.md). Into a new or empty
+    /// folder. Example:
     ///
     ///   zdn fetch <hash> && zdn apply <hash> -o Llama-2-7b-chat-hf/
     #[command(verbatim_doc_comment)]

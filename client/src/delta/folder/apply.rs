@@ -64,6 +64,16 @@ pub enum FolderApplyError {
     },
     #[error("the fine-tune's folder is larger than 2^64 bytes")]
     Overflow,
+    #[error("not a valid LoRA adapter: {0}")]
+    Adapter(#[from] zdn_protocol::folder::adapter::AdapterError),
+    #[error(transparent)]
+    Merge(#[from] zdn_protocol::lora::MergeError),
+    #[error("the adapter has no tensor {0:?}")]
+    AdapterTensor(String),
+    #[error("the base's {path}: {problem}")]
+    BaseShard { path: String, problem: String },
+    #[error("the adapter changes {want} base tensors, {got} were found in the base's shards")]
+    Unmerged { want: usize, got: usize },
 }
 
 /// Where a folder delta is read from.
@@ -112,22 +122,7 @@ impl<'s> DeltaSource<'s> {
             };
             return Err(FolderApplyError::NotAFolderDelta(*hash, what));
         }
-        let (dir, prefix) = partial_sibling(output);
-        let io = |cause| FolderApplyError::Io {
-            path: dir.clone(),
-            cause,
-        };
-        let mut tmp = tempfile::Builder::new()
-            .prefix(&prefix)
-            .suffix(".bitdelta.partial")
-            .tempfile_in(&dir)
-            .map_err(io)?;
-        {
-            let mut w = std::io::BufWriter::new(tmp.as_file_mut());
-            store.read_file(hash, DELTA_MEMBER, &mut w)?;
-            w.flush().map_err(io)?;
-        }
-        let bitdelta = MappedFile::open(tmp.path())?;
+        let (tmp, bitdelta) = member_to_temp(store, hash, DELTA_MEMBER, output)?;
         Ok(DeltaSource::Store(Box::new(StoredDelta {
             store,
             manifest,
@@ -195,6 +190,34 @@ impl<'s> DeltaSource<'s> {
         self.write_member(path, &mut v)?;
         Ok(v)
     }
+}
+
+/// Copies member `member` of folder object `hash` to a temporary file beside `output` (verified
+/// chunk by chunk) and maps it: a large member is read without holding it in memory. The file is
+/// removed when the returned handle drops.
+pub(super) fn member_to_temp(
+    store: &ObjectStore,
+    hash: &Hash,
+    member: &str,
+    output: &Path,
+) -> Result<(tempfile::NamedTempFile, MappedFile), FolderApplyError> {
+    let (dir, prefix) = partial_sibling(output);
+    let io = |cause| FolderApplyError::Io {
+        path: dir.clone(),
+        cause,
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".member.partial")
+        .tempfile_in(&dir)
+        .map_err(io)?;
+    {
+        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+        store.read_file(hash, member, &mut w)?;
+        w.flush().map_err(io)?;
+    }
+    let map = MappedFile::open(tmp.path())?;
+    Ok((tmp, map))
 }
 
 /// What an apply wrote.
@@ -337,20 +360,20 @@ fn write_tensors(
 }
 
 /// A writer that hashes what passes through it.
-struct HashingWriter<'w> {
+pub(super) struct HashingWriter<'w> {
     inner: &'w mut dyn Write,
     hasher: blake3::Hasher,
 }
 
 impl<'w> HashingWriter<'w> {
-    fn new(inner: &'w mut dyn Write) -> Self {
+    pub(super) fn new(inner: &'w mut dyn Write) -> Self {
         HashingWriter {
             inner,
             hasher: blake3::Hasher::new(),
         }
     }
 
-    fn finish(self) -> Hash {
+    pub(super) fn finish(self) -> Hash {
         self.hasher.finalize().into()
     }
 }

@@ -47,6 +47,9 @@ pub enum BaseError {
     Dtype(String),
 }
 
+/// The name a single-file base goes by in an output folder.
+pub const SINGLE_FILE: &str = "model.safetensors";
+
 /// A tensor's dtype and shape.
 pub type Layout<'a> = (DType, &'a [u64]);
 
@@ -70,6 +73,17 @@ pub trait BaseModel {
     fn write_file(&self, path: &str, out: &mut dyn Write) -> Result<(), BaseError>;
     /// The names of the base's tensors, sorted.
     fn tensor_names(&self) -> Vec<&str>;
+    /// The base's files, (path, length) in canonical order; a single-file base is one file,
+    /// [`SINGLE_FILE`].
+    fn files(&self) -> Vec<(&str, u64)>;
+    /// Appends bytes `offset .. offset + len` of the base's file `path` to `out`.
+    fn read_file_range(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), BaseError>;
     /// Whether the base has a file at `path` with exactly `bytes` in it.
     fn same_file(&self, path: &str, bytes: &[u8]) -> Result<bool, BaseError> {
         if self.file_len(path) != Some(bytes.len() as u64) {
@@ -225,6 +239,38 @@ impl BaseModel for LooseBase {
     fn same_file(&self, path: &str, bytes: &[u8]) -> Result<bool, BaseError> {
         Ok(self.file_bytes(path) == Some(bytes))
     }
+
+    fn files(&self) -> Vec<(&str, u64)> {
+        self.files
+            .iter()
+            .map(|(p, m)| {
+                let p = if self.folder { p.as_str() } else { SINGLE_FILE };
+                (p, m.len() as u64)
+            })
+            .collect()
+    }
+
+    fn read_file_range(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), BaseError> {
+        let bytes = if self.folder {
+            self.file_bytes(path)
+        } else {
+            (path == SINGLE_FILE).then(|| self.files[0].1.bytes())
+        }
+        .ok_or_else(|| BaseError::NoFile(path.to_owned()))?;
+        let range = usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(len).ok())
+            .and_then(|(o, l)| bytes.get(o..o.checked_add(l)?))
+            .ok_or_else(|| BaseError::NoFile(format!("{path} bytes {offset}+{len}")))?;
+        out.extend_from_slice(range);
+        Ok(())
+    }
 }
 
 /// A base object in the store: tensors are read from its chunks by range, each chunk checked
@@ -312,5 +358,40 @@ impl BaseModel for StoreBase<'_> {
         let mut v: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
         v.sort_unstable();
         v
+    }
+
+    fn files(&self) -> Vec<(&str, u64)> {
+        let m = &self.manifest.manifest;
+        if m.is_folder() {
+            m.files.iter().map(|f| (f.path.as_str(), f.len)).collect()
+        } else {
+            vec![(SINGLE_FILE, m.object_len)]
+        }
+    }
+
+    fn read_file_range(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), BaseError> {
+        let m = &self.manifest.manifest;
+        let (start, file_len) = if m.is_folder() {
+            let f = m
+                .file(path)
+                .ok_or_else(|| BaseError::NoFile(path.to_owned()))?;
+            (f.offset, f.len)
+        } else if path == SINGLE_FILE {
+            (0, m.object_len)
+        } else {
+            return Err(BaseError::NoFile(path.to_owned()));
+        };
+        if offset.checked_add(len).is_none_or(|end| end > file_len) {
+            return Err(BaseError::NoFile(format!("{path} bytes {offset}+{len}")));
+        }
+        Ok(self
+            .store
+            .read_range(&self.manifest, start + offset, len, out)?)
     }
 }
