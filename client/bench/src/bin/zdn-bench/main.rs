@@ -6,6 +6,7 @@
 //! * `encode` — `encode_tensor` (1-bit, tensor scale) vs reading (summing) both input tensors;
 //! * `rss`    — the real `zdn delta encode` / `zdn delta apply` on a multi-GiB generated model: peak
 //!   resident set and wall time of each child process;
+//! * `folder` — two Llama-2-7B-shaped model folders through folder-delta encode, add and apply;
 //! * `minilm` — the same CLI runs on the real MiniLM pair, when it is installed under `models/`;
 //! * `all`    — all of the above.
 //!
@@ -16,6 +17,7 @@
 //! forces the portable one. Every table and the JSON name the kernel that ran.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod folder;
 mod kernels;
 mod machine;
 mod minilm;
@@ -41,6 +43,7 @@ use zdn_protocol::bitdelta::{
 };
 use zdn_protocol::DType;
 
+use folder::*;
 use kernels::*;
 use machine::*;
 use minilm::*;
@@ -67,6 +70,9 @@ enum Cmd {
     Encode(KernelArgs),
     /// Peak RSS and wall time of `zdn delta encode` / `zdn delta apply` on a generated multi-GiB model.
     Rss(RssArgs),
+    /// Two Llama-2-7B-shaped model folders through the CLI: folder delta encode, add, apply from the
+    /// store and from disk; peak RSS and wall time of each.
+    Folder(FolderArgs),
     /// `zdn delta encode` / `zdn delta apply` on the real MiniLM pair (skipped when not installed).
     Minilm(MinilmArgs),
     /// apply, encode, rss and minilm, in that order (each with the options below).
@@ -192,6 +198,12 @@ fn main() -> Result<()> {
         }
         Cmd::Rss(a) => {
             doc.insert("rss".into(), serde_json::to_value(bench_rss(a, say)?)?);
+        }
+        Cmd::Folder(a) => {
+            doc.insert(
+                "folder".into(),
+                serde_json::to_value(bench_folder(a, say)?)?,
+            );
         }
         Cmd::Minilm(a) => {
             doc.insert(

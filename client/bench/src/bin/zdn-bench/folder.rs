@@ -1,0 +1,437 @@
+//! `folder`: a Llama-2-7B-shaped base and fine-tune as Hugging Face folders (real widths and
+//! vocabulary; `--layers` of the 32), the fine-tune in another shard layout with a grown vocabulary
+//! and changed side files, through the real CLI: `delta encode` (two folders), `add` of the base and
+//! of the folder delta, `apply` from the store, `delta apply` from disk. Peak RSS and wall time of
+//! each child; the two outputs must be identical and have the fine-tune's files and headers. A
+//! plain copy of the base's biggest shard, in the same run, is the disk-rate reference.
+
+use std::collections::BTreeMap;
+use std::io::BufWriter;
+
+use zdn_protocol::safetensors::{encode_header, TensorLayout};
+
+use super::*;
+
+#[derive(Args, Debug, Clone)]
+pub(super) struct FolderArgs {
+    /// Working directory (deleted afterwards unless --keep).
+    #[arg(long, default_value = ".work/bench/folder")]
+    dir: PathBuf,
+    /// Decoder layers (Llama-2-7B has 32; memory is bounded by the largest tensor, not by this).
+    #[arg(long, default_value_t = 8)]
+    layers: u32,
+    #[arg(long, default_value_t = 4096)]
+    hidden: u64,
+    #[arg(long, default_value_t = 11008)]
+    intermediate: u64,
+    #[arg(long, default_value_t = 32000)]
+    vocab: u64,
+    /// Tokens the fine-tune adds (rows of embed_tokens and lm_head).
+    #[arg(long, default_value_t = 2)]
+    added_tokens: u64,
+    /// Largest shard of the base, and of the fine-tune, in MiB (different layouts on purpose).
+    #[arg(long, default_value_t = 2048)]
+    base_shard_mib: u64,
+    #[arg(long, default_value_t = 1024)]
+    finetune_shard_mib: u64,
+    #[arg(long, value_enum, default_value_t = RssMethod::Auto)]
+    method: RssMethod,
+    #[arg(long)]
+    zdn: Option<PathBuf>,
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct FolderReport {
+    layers: u32,
+    base_bytes: u64,
+    finetune_bytes: u64,
+    base_shards: usize,
+    finetune_shards: usize,
+    delta_bytes: u64,
+    largest_tensor_bytes: u64,
+    /// 2 × the largest tensor + 256 MiB (issue 20's bound).
+    rss_goal_bytes: u64,
+    /// Copying the base's biggest shard with `std::fs::copy`, bytes/s: the disk reference.
+    disk_copy_bytes_per_sec: f64,
+    runs: Vec<FolderRun>,
+    outputs_identical: bool,
+    output_matches_finetune_layout: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct FolderRun {
+    step: &'static str,
+    #[serde(flatten)]
+    child: ChildRun,
+    /// Bytes the step reads (its input), per second.
+    input_bytes_per_sec: f64,
+    /// The step's rate ÷ the disk copy's.
+    vs_disk_copy: f64,
+    rss_goal_met: bool,
+}
+
+/// The tensors of a Llama-2 decoder of `layers` layers and `vocab` rows, in Hugging Face order.
+fn llama_layouts(a: &FolderArgs, vocab: u64) -> Vec<TensorLayout> {
+    let (h, i) = (a.hidden, a.intermediate);
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![vocab, h])];
+    for l in 0..a.layers {
+        let p = format!("model.layers.{l}");
+        for m in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+            out.push((format!("{p}.self_attn.{m}.weight"), vec![h, h]));
+        }
+        out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
+        out.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
+        out.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+        out.push((format!("{p}.input_layernorm.weight"), vec![h]));
+        out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+    }
+    out.push(("model.norm.weight".into(), vec![h]));
+    out.push(("lm_head.weight".into(), vec![vocab, h]));
+    out.into_iter()
+        .map(|(name, shape)| TensorLayout {
+            name,
+            dtype: DType::BF16,
+            shape,
+        })
+        .collect()
+}
+
+/// Writes one tensor's bf16 values: the base's from a stream keyed by its name, the fine-tune's
+/// the same values plus a small change (and new rows from their own stream).
+fn write_values(w: &mut impl Write, t: &TensorLayout, base_rows: u64, fine: bool) -> Result<()> {
+    let seed = t.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let row: u64 = t.shape.iter().skip(1).product();
+    let n: u64 = t.shape.iter().product();
+    let common = if t.shape.len() == 2 {
+        base_rows.min(t.shape[0]) * row
+    } else {
+        n
+    };
+    let (mut base, mut change, mut extra) =
+        (Rng::new(seed), Rng::new(seed ^ 1), Rng::new(seed ^ 2));
+    let mut buf = Vec::with_capacity(1 << 21);
+    for k in 0..n {
+        let v = if k < common {
+            let b = base.uniform() * 0.04;
+            if fine {
+                b + change.uniform() * 0.002
+            } else {
+                b
+            }
+        } else {
+            extra.uniform() * 0.04
+        };
+        buf.extend_from_slice(&bf16::from_f32(v).to_le_bytes());
+        if buf.len() >= 1 << 21 {
+            w.write_all(&buf)?;
+            buf.clear();
+        }
+    }
+    w.write_all(&buf)?;
+    Ok(())
+}
+
+/// Writes a model folder: shards of at most `shard_mib`, the index and the side files.
+fn write_folder(a: &FolderArgs, dir: &Path, fine: bool) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let vocab = a.vocab + if fine { a.added_tokens } else { 0 };
+    let layouts = llama_layouts(a, vocab);
+    let max = (if fine {
+        a.finetune_shard_mib
+    } else {
+        a.base_shard_mib
+    }) << 20;
+    let mut shards: Vec<Vec<TensorLayout>> = vec![Vec::new()];
+    let mut acc = 0u64;
+    for t in layouts {
+        let len = t.byte_len().context("tensor size")?;
+        if acc > 0 && acc + len > max {
+            shards.push(Vec::new());
+            acc = 0;
+        }
+        acc += len;
+        shards.last_mut().context("a shard")?.push(t);
+    }
+    let n = shards.len();
+    let mut weight_map = BTreeMap::new();
+    let mut total = 0u64;
+    for (k, shard) in shards.iter().enumerate() {
+        let name = format!("model-{:05}-of-{n:05}.safetensors", k + 1);
+        let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        let (header, _) = encode_header(shard, &meta)?;
+        let mut w = BufWriter::with_capacity(1 << 22, File::create(dir.join(&name))?);
+        w.write_all(&header)?;
+        for t in shard {
+            write_values(&mut w, t, a.vocab, fine)?;
+            total += t.byte_len().context("tensor size")?;
+            weight_map.insert(t.name.clone(), name.clone());
+        }
+        w.flush()?;
+    }
+    let json = |name: &str, v: serde_json::Value| -> Result<()> {
+        Ok(std::fs::write(
+            dir.join(name),
+            serde_json::to_string_pretty(&v)? + "\n",
+        )?)
+    };
+    json(
+        "model.safetensors.index.json",
+        serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map}),
+    )?;
+    json(
+        "config.json",
+        serde_json::json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "hidden_size": a.hidden, "intermediate_size": a.intermediate,
+            "num_hidden_layers": a.layers, "vocab_size": vocab, "torch_dtype": "bfloat16"}),
+    )?;
+    json(
+        "generation_config.json",
+        serde_json::json!({"bos_token_id": 1, "eos_token_id": 2}),
+    )?;
+    let added: Vec<String> = (0..vocab - a.vocab)
+        .map(|i| format!("<|special_{i}|>"))
+        .collect();
+    json(
+        "tokenizer_config.json",
+        serde_json::json!({"bos_token": "<s>", "eos_token": "</s>", "added_tokens": added,
+            "chat_template": if fine { "{% for m in messages %}<|special_0|>{{ m.content }}{% endfor %}" } else { "" }}),
+    )?;
+    Ok(())
+}
+
+fn dir_bytes(dir: &Path) -> Result<(u64, usize)> {
+    let mut bytes = 0;
+    let mut shards = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        bytes += e.metadata()?.len();
+        shards += usize::from(e.file_name().to_string_lossy().ends_with(".safetensors"));
+    }
+    Ok((bytes, shards))
+}
+
+/// BLAKE3 of every file of a flat folder, by name.
+fn tree_hashes(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let mut h = blake3::Hasher::new();
+        std::io::copy(&mut File::open(e.path())?, &mut h)?;
+        out.insert(
+            e.file_name().to_string_lossy().into_owned(),
+            h.finalize().to_hex().to_string(),
+        );
+    }
+    Ok(out)
+}
+
+/// Whether `out` has the fine-tune's files, its side files and its shard headers exactly.
+fn matches_layout(out: &Path, fine: &Path) -> Result<bool> {
+    let (o, f) = (tree_hashes(out)?, tree_hashes(fine)?);
+    if o.keys().ne(f.keys()) {
+        return Ok(false);
+    }
+    for name in f.keys() {
+        let (a, b) = (
+            std::fs::read(out.join(name))?,
+            std::fs::read(fine.join(name))?,
+        );
+        let same = if name.ends_with(".safetensors") {
+            let (ha, hb) = (
+                zdn_protocol::safetensors::parse(&a)?,
+                zdn_protocol::safetensors::parse(&b)?,
+            );
+            a.len() == b.len() && a[..ha.data_start] == b[..hb.data_start]
+        } else {
+            a == b
+        };
+        if !same {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+pub(super) fn bench_folder(a: &FolderArgs, say: bool) -> Result<FolderReport> {
+    let zdn = zdn_path(a.zdn.as_deref())?;
+    let (base, fine) = (a.dir.join("base"), a.dir.join("finetune"));
+    let (delta, home) = (a.dir.join("chat.delta"), a.dir.join("home"));
+    let (out1, out2) = (a.dir.join("from-store"), a.dir.join("from-disk"));
+    for p in [&delta, &home, &out1, &out2] {
+        let _ = std::fs::remove_dir_all(p);
+    }
+    if !(a.keep && base.is_dir() && fine.is_dir()) {
+        let _ = std::fs::remove_dir_all(&a.dir);
+        if say {
+            eprintln!("generating {} and {} …", base.display(), fine.display());
+        }
+        write_folder(a, &base, false)?;
+        write_folder(a, &fine, true)?;
+    }
+    let (base_bytes, base_shards) = dir_bytes(&base)?;
+    let (finetune_bytes, finetune_shards) = dir_bytes(&fine)?;
+    let largest = (a.vocab + a.added_tokens) * a.hidden * 2;
+    let goal = 2 * largest + (256 << 20);
+    let biggest = std::fs::read_dir(&base)?
+        .filter_map(|e| e.ok())
+        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .context("a base file")?
+        .path();
+    let copy_s = file_copy_time(&biggest, &a.dir.join("copy.tmp"))?;
+    let disk = std::fs::metadata(&biggest)?.len() as f64 / copy_s;
+    let _ = std::fs::remove_file(a.dir.join("copy.tmp"));
+
+    let mut runs = Vec::new();
+    let mut step = |step: &'static str, input: u64, args: &[&std::ffi::OsStr]| -> Result<String> {
+        let stdout = a.dir.join(format!("{step}.out"));
+        let child = run_child(&zdn, args, &stdout, a.method)?;
+        let rate = input as f64 / child.wall_s;
+        if say {
+            eprintln!(
+                "{step}: {:.1} s, peak RSS {:.0} MiB",
+                child.wall_s,
+                mib(child.peak_rss_bytes)
+            );
+        }
+        runs.push(FolderRun {
+            step,
+            input_bytes_per_sec: rate,
+            vs_disk_copy: rate / disk,
+            rss_goal_met: child.peak_rss_bytes <= goal,
+            child,
+        });
+        Ok(std::fs::read_to_string(stdout)?)
+    };
+    let h = os(home.to_str().context("utf-8 path")?);
+    step(
+        "delta encode (two folders)",
+        base_bytes + finetune_bytes,
+        &[
+            os("delta"),
+            os("encode"),
+            os("--base"),
+            base.as_os_str(),
+            os("--finetuned"),
+            fine.as_os_str(),
+            os("-o"),
+            delta.as_os_str(),
+            os("--json"),
+        ],
+    )?;
+    let delta_bytes: u64 = ["", "files", "headers"]
+        .iter()
+        .map(|sub| dir_bytes(&delta.join(sub)).map_or(0, |d| d.0))
+        .sum();
+    let hash = |out: String| -> Result<String> {
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v["hash"].as_str().context("a hash")?.to_string())
+    };
+    let base_hash = hash(step(
+        "add base folder",
+        base_bytes,
+        &[os("--home"), h, os("add"), base.as_os_str(), os("--json")],
+    )?)?;
+    let delta_hash = hash(step(
+        "add folder delta",
+        delta_bytes,
+        &[
+            os("--home"),
+            h,
+            os("add"),
+            delta.as_os_str(),
+            os("--base"),
+            os(&base_hash),
+            os("--json"),
+        ],
+    )?)?;
+    step(
+        "apply from the store",
+        finetune_bytes,
+        &[
+            os("--home"),
+            h,
+            os("apply"),
+            os(&delta_hash),
+            os("-o"),
+            out1.as_os_str(),
+            os("--json"),
+        ],
+    )?;
+    step(
+        "delta apply from disk",
+        finetune_bytes,
+        &[
+            os("delta"),
+            os("apply"),
+            os("--base"),
+            base.as_os_str(),
+            os("--delta"),
+            delta.as_os_str(),
+            os("-o"),
+            out2.as_os_str(),
+            os("--json"),
+        ],
+    )?;
+    let outputs_identical = tree_hashes(&out1)? == tree_hashes(&out2)?;
+    let output_matches_finetune_layout = matches_layout(&out1, &fine)?;
+    if !a.keep {
+        let _ = std::fs::remove_dir_all(&a.dir);
+    }
+    let r = FolderReport {
+        layers: a.layers,
+        base_bytes,
+        finetune_bytes,
+        base_shards,
+        finetune_shards,
+        delta_bytes,
+        largest_tensor_bytes: largest,
+        rss_goal_bytes: goal,
+        disk_copy_bytes_per_sec: disk,
+        runs,
+        outputs_identical,
+        output_matches_finetune_layout,
+    };
+    if say {
+        print_folder(&r);
+    }
+    Ok(r)
+}
+
+fn print_folder(r: &FolderReport) {
+    println!(
+        "folder: Llama-2-7B shapes, {} layers; base {:.2} GiB in {} shards, fine-tune {:.2} GiB in {} shards; folder delta {:.1} MiB",
+        r.layers,
+        r.base_bytes as f64 / (1u64 << 30) as f64,
+        r.base_shards,
+        r.finetune_bytes as f64 / (1u64 << 30) as f64,
+        r.finetune_shards,
+        mib(r.delta_bytes)
+    );
+    println!(
+        "        largest tensor {:.1} MiB; goal: peak RSS ≤ 2 × largest + 256 MiB = {:.1} MiB; disk copy {:.0} MiB/s",
+        mib(r.largest_tensor_bytes),
+        mib(r.rss_goal_bytes),
+        r.disk_copy_bytes_per_sec / (1u64 << 20) as f64
+    );
+    println!("| step | wall s | input MiB/s | ÷ disk copy | peak RSS MiB | RSS goal |");
+    println!("|---|---|---|---|---|---|");
+    for s in &r.runs {
+        println!(
+            "| {} | {:.1} | {:.0} | {:.2} | {:.0} | {} |",
+            s.step,
+            s.child.wall_s,
+            s.input_bytes_per_sec / (1u64 << 20) as f64,
+            s.vs_disk_copy,
+            mib(s.child.peak_rss_bytes),
+            goal(s.rss_goal_met)
+        );
+    }
+    println!(
+        "outputs of apply and delta apply identical: {}; the fine-tune's files, side files and headers: {}",
+        r.outputs_identical, r.output_matches_finetune_layout
+    );
+}
