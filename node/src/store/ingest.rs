@@ -75,6 +75,11 @@ struct Compressed {
 
 /// An object ready to be chunked: its bytes as consecutive parts (one file, or a folder's files in
 /// canonical order), where chunks must start, and what the manifest says about its contents.
+/// Called with (part index, byte range in that part) once the store is done with those bytes, so
+/// that a caller holding memory maps can drop their pages (peak memory then stays bounded by a
+/// window of chunks, not by the object).
+pub type Release<'a> = &'a (dyn Fn(usize, Range<usize>) + Sync);
+
 struct Planned<'a> {
     parts: Vec<&'a [u8]>,
     object_len: u64,
@@ -122,11 +127,16 @@ impl<'a> Planned<'a> {
 
     /// The bytes of `r`, which lies inside one part (every part start is a chunk boundary).
     fn slice(&self, starts: &[u64], r: &Range<u64>) -> Option<&'a [u8]> {
+        let (i, range) = self.locate(starts, r)?;
+        self.parts.get(i)?.get(range)
+    }
+
+    /// The part `r` lies in and its range there.
+    fn locate(&self, starts: &[u64], r: &Range<u64>) -> Option<(usize, Range<usize>)> {
         let i = starts.partition_point(|&s| s <= r.start).checked_sub(1)?;
-        let part: &'a [u8] = self.parts.get(i)?;
         let from = usize::try_from(r.start - starts[i]).ok()?;
         let to = usize::try_from(r.end - starts[i]).ok()?;
-        part.get(from..to)
+        Some((i, from..to))
     }
 }
 
@@ -249,9 +259,20 @@ impl ObjectStore {
         opts: &AddOptions,
         key: &PublisherKey,
     ) -> Result<(SignedManifest, AddReport), StoreError> {
+        self.add_releasing(bytes, opts, key, &|_, _| {})
+    }
+
+    /// [`Self::add`], calling `release` for each range of `bytes` (part 0) it is done with.
+    pub fn add_releasing(
+        &self,
+        bytes: &[u8],
+        opts: &AddOptions,
+        key: &PublisherKey,
+        release: Release<'_>,
+    ) -> Result<(SignedManifest, AddReport), StoreError> {
         self.undo_on_error(|written| {
             let planned = self.plan_file(bytes, opts)?;
-            self.add_planned(&planned, opts, key, written)
+            self.add_planned(&planned, opts, key, written, release)
         })
     }
 
@@ -264,6 +285,17 @@ impl ObjectStore {
         members: &[Member<'_>],
         opts: &AddOptions,
         key: &PublisherKey,
+    ) -> Result<(SignedManifest, AddReport), StoreError> {
+        self.add_folder_releasing(members, opts, key, &|_, _| {})
+    }
+
+    /// [`Self::add_folder`], calling `release` with (member index, range) as it is done with them.
+    pub fn add_folder_releasing(
+        &self,
+        members: &[Member<'_>],
+        opts: &AddOptions,
+        key: &PublisherKey,
+        release: Release<'_>,
     ) -> Result<(SignedManifest, AddReport), StoreError> {
         let layout = match (opts.kind, opts.base) {
             (Kind::Base, None) => None,
@@ -282,7 +314,7 @@ impl ObjectStore {
                 tensors: layout.tensors,
                 files: layout.files,
             };
-            self.add_planned(&planned, opts, key, written)
+            self.add_planned(&planned, opts, key, written, release)
         })
     }
 
@@ -374,6 +406,7 @@ impl ObjectStore {
         opts: &AddOptions,
         key: &PublisherKey,
         written: &mut Vec<Hash>,
+        release: Release<'_>,
     ) -> Result<(SignedManifest, AddReport), StoreError> {
         let len = p.object_len;
         if len > self.limits.max_object_size {
@@ -389,54 +422,55 @@ impl ObjectStore {
             Kind::Delta | Kind::Soup => &[],
         });
 
-        let mut object_hash = None;
         let mut chunks = Vec::with_capacity(ranges.len());
         let mut report = AddReport::starting(opts, p, ranges.len());
         // Ids written by this add: a set, so each check is O(1) however many chunks the object has.
         let mut new_ids: HashSet<Hash> = HashSet::new();
-        std::thread::scope(|s| -> Result<(), StoreError> {
-            // Hash the whole object beside the compression, part after part.
-            let hasher = s.spawn(|| {
-                let mut h = blake3::Hasher::new();
-                for part in &p.parts {
-                    h.update(part);
-                }
-                Hash::from(h.finalize())
-            });
-            for window in ranges.chunks(WINDOW) {
-                let pieces = window
-                    .iter()
-                    .map(|r| {
-                        p.slice(&starts, r).map(|d| (r.clone(), d)).ok_or_else(|| {
-                            StoreError::Corrupt {
-                                key: "object layout".into(),
-                                problem: format!("chunk {r:?} does not lie inside one file"),
-                            }
+        // The whole-object hash, window after window beside the window's compression; then the
+        // window's bytes are released, so only a window is ever resident.
+        let mut hasher = blake3::Hasher::new();
+        for window in ranges.chunks(WINDOW) {
+            let pieces = window
+                .iter()
+                .map(|r| {
+                    p.slice(&starts, r)
+                        .map(|d| (r.clone(), d))
+                        .ok_or_else(|| StoreError::Corrupt {
+                            key: "object layout".into(),
+                            problem: format!("chunk {r:?} does not lie inside one file"),
                         })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let compressed = compress_window(&pieces, opts.zstd_level, &spans);
-                let mut batch = Vec::new();
-                for c in compressed {
-                    report.stored_bytes += c.stored.len() as u64;
-                    if new_ids.contains(&c.r.id) || self.has_chunk(&c.r.id)? {
-                        report.dedup_bytes += u64::from(c.r.len);
-                    } else {
-                        new_ids.insert(c.r.id);
-                        report.new_stored_bytes += c.stored.len() as u64;
-                        batch.push((c.r.id, c.stored));
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let compressed = std::thread::scope(|s| {
+                let h = s.spawn(|| {
+                    for (_, d) in &pieces {
+                        hasher.update(d);
                     }
-                    chunks.push(c.r);
+                });
+                let c = compress_window(&pieces, opts.zstd_level, &spans);
+                h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                c
+            });
+            for r in window {
+                if let Some((i, range)) = p.locate(&starts, r) {
+                    release(i, range);
                 }
-                written.extend(self.put_chunks(batch)?);
             }
-            object_hash = Some(
-                hasher
-                    .join()
-                    .unwrap_or_else(|p| std::panic::resume_unwind(p)),
-            );
-            Ok(())
-        })?;
+            let mut batch = Vec::new();
+            for c in compressed {
+                report.stored_bytes += c.stored.len() as u64;
+                if new_ids.contains(&c.r.id) || self.has_chunk(&c.r.id)? {
+                    report.dedup_bytes += u64::from(c.r.len);
+                } else {
+                    new_ids.insert(c.r.id);
+                    report.new_stored_bytes += c.stored.len() as u64;
+                    batch.push((c.r.id, c.stored));
+                }
+                chunks.push(c.r);
+            }
+            written.extend(self.put_chunks(batch)?);
+        }
+        let object_hash = Some(Hash::from(hasher.finalize()));
         report.new_chunks = written.len();
 
         let manifest = Manifest {

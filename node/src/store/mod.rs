@@ -24,7 +24,7 @@ pub use actor::StoreHandle;
 pub use backend::{Backend, Column, Write};
 pub use batched::{BATCH_BYTES, BATCH_IDS};
 pub use error::StoreError;
-pub use ingest::{AddOptions, AddReport};
+pub use ingest::{AddOptions, AddReport, Release};
 pub use maintenance::{GcReport, Problem, VerifyReport};
 pub use memory::MemoryBackend;
 pub use objects::{Holding, ObjectInfo, ObjectStore, StoreLimits};

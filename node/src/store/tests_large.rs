@@ -101,7 +101,7 @@ fn a_folder_is_one_object_and_shares_chunks_across_versions() {
         assert_eq!(r2.dedup_bytes, r2.object_len - c.len);
         assert!(s.verify(None, &mut |_| {}).unwrap().is_clean());
 
-        // A single file is not a folder; a delta or soup cannot name a folder base.
+        // A single file is not a folder; a model folder is no folder delta; a soup is no folder.
         let (single, _) = s.add(&s1, &opts("single", 4096), &key()).unwrap();
         assert!(matches!(
             s.read_file(&single.hash(), "x", &mut Vec::new()),
@@ -110,6 +110,11 @@ fn a_folder_is_one_object_and_shares_chunks_across_versions() {
         let mut d = opts("d", 4096);
         d.kind = Kind::Delta;
         d.base = Some(m.hash());
+        assert!(matches!(
+            s.add_folder(&v1, &d, &key()),
+            Err(StoreError::FolderDelta(_))
+        ));
+        d.kind = Kind::Soup;
         assert!(matches!(
             s.add_folder(&v1, &d, &key()),
             Err(StoreError::FolderKind)

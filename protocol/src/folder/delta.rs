@@ -41,6 +41,10 @@ pub const FORMAT: &str = "zdn-folder-delta/1";
 pub const MAX_LAYOUT_LEN: usize = 16 << 20;
 /// What the entry of a grown tensor's new rows is called: the tensor's name and this suffix.
 pub const GROWN_SUFFIX: &str = ".zdn_new_rows";
+/// What the entry of a tensor's exactly kept rows is called: the tensor's name and this suffix.
+pub const EXACT_SUFFIX: &str = ".zdn_exact_rows";
+/// Most rows one tensor may keep exactly (a 256k vocabulary's every row).
+pub const MAX_EXACT_ROWS: usize = 1 << 18;
 
 /// `zdn-delta.json`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -53,6 +57,21 @@ pub struct FolderDelta {
     /// Tensors whose leading dimension grew: their new rows are a second entry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grown: Vec<GrownTensor>,
+    /// Tensors some of whose rows are kept exactly (trained special tokens of a vocabulary
+    /// matrix): those rows are a separate entry, written over the reconstruction.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exact_rows: Vec<ExactRows>,
+}
+
+/// Rows of a tensor kept exactly: after the tensor's entry is reconstructed, row `indices[i]` is
+/// replaced by row `i` of the entry `rows` (stored exactly, no base). The indices are strictly
+/// increasing and lie in the entry's rows (for a grown tensor: its common rows).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExactRows {
+    pub name: String,
+    pub rows: String,
+    pub indices: Vec<u64>,
 }
 
 /// One file of the fine-tune's folder and where its bytes come from.
@@ -107,6 +126,8 @@ pub enum FolderDeltaError {
         "{LAYOUT_MEMBER}: grown tensor {0:?} is listed twice, or its rows entry is a tensor too"
     )]
     Grown(String),
+    #[error("{LAYOUT_MEMBER}: exact rows of {0:?}: listed twice, named like another entry, or indices not strictly increasing (1 ..= {MAX_EXACT_ROWS})")]
+    ExactRows(String),
     #[error("the delta folder lacks its member {0:?}")]
     MissingMember(String),
     #[error("the delta folder's member {0:?} is not part of the fine-tune's layout")]
@@ -194,7 +215,30 @@ impl FolderDelta {
                 return Err(FolderDeltaError::Grown(g.rows.clone()));
             }
         }
+        // Exact rows: each tensor once; their entries distinct from every other name.
+        let grown: HashSet<&str> = self.grown.iter().map(|g| g.name.as_str()).collect();
+        let mut names = HashSet::new();
+        for x in &self.exact_rows {
+            let bad = !names.insert(x.name.as_str())
+                || x.rows == x.name
+                || !seen.insert(x.rows.as_str())
+                || (seen.contains(x.name.as_str()) && !grown.contains(x.name.as_str()))
+                || x.indices.is_empty()
+                || x.indices.len() > MAX_EXACT_ROWS
+                || x.indices.windows(2).any(|w| w[0] >= w[1]);
+            if bad {
+                return Err(FolderDeltaError::ExactRows(x.name.clone()));
+            }
+        }
         Ok(())
+    }
+
+    /// The tensors with exact rows, by name.
+    pub fn exact_map(&self) -> HashMap<&str, &ExactRows> {
+        self.exact_rows
+            .iter()
+            .map(|x| (x.name.as_str(), x))
+            .collect()
     }
 
     /// Checks the delta folder's members (`(path, len)`, any order) against the layout: the two
@@ -305,12 +349,14 @@ pub fn file_len(h: &SafetensorsHeader) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// How one tensor of an output file is rebuilt: entry `entry` of `delta.bitdelta`, then (for a
-/// grown tensor) entry `rows`.
+/// How one tensor of an output file is rebuilt: entry `entry` of `delta.bitdelta` (with its exact
+/// rows written over it), then (for a grown tensor) entry `rows`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TensorPlan {
     pub entry: usize,
     pub rows: Option<usize>,
+    /// Rows kept exactly: the entry holding them, and the index into [`FolderDelta::exact_rows`].
+    pub exact: Option<(usize, usize)>,
 }
 
 /// The plan of one `tensors` file: for each tensor of `header`, in data order, the entries that
@@ -320,9 +366,16 @@ pub fn plan_file(
     header: &SafetensorsHeader,
     entries: &[IndexEntry],
     by_name: &HashMap<&str, usize>,
-    grown: &HashMap<&str, &str>,
+    delta: &FolderDelta,
     used: &mut [bool],
 ) -> Result<Vec<TensorPlan>, FolderDeltaError> {
+    let grown = delta.grown_map();
+    let exact: HashMap<&str, usize> = delta
+        .exact_rows
+        .iter()
+        .enumerate()
+        .map(|(i, x)| (x.name.as_str(), i))
+        .collect();
     let mut take = |name: &str, want: &str| -> Result<usize, FolderDeltaError> {
         let i = *by_name
             .get(name)
@@ -362,9 +415,69 @@ pub fn plan_file(
                 Some(r)
             }
         };
-        plan.push(TensorPlan { entry, rows });
+        let exact = match exact.get(t.name.as_str()) {
+            None => None,
+            Some(&x) => {
+                let spec = &delta.exact_rows[x];
+                let r = take(&spec.rows, &t.name)?;
+                check_exact(&t.name, e, &entries[r], &spec.indices)?;
+                Some((r, x))
+            }
+        };
+        plan.push(TensorPlan { entry, rows, exact });
     }
     Ok(plan)
+}
+
+/// A tensor's exact rows: an entry of the same dtype and trailing dimensions with one row per
+/// index, every index inside the tensor's entry.
+fn check_exact(
+    name: &str,
+    e: &IndexEntry,
+    rows: &IndexEntry,
+    indices: &[u64],
+) -> Result<(), FolderDeltaError> {
+    let ok = !e.shape.is_empty()
+        && rows.dtype == e.dtype
+        && rows.shape.len() == e.shape.len()
+        && rows.shape[1..] == e.shape[1..]
+        && rows.shape[0] == indices.len() as u64
+        && indices.last().is_some_and(|&last| last < e.shape[0]);
+    if ok {
+        Ok(())
+    } else {
+        Err(tensor_err(
+            name,
+            format!(
+                "its exact rows (entry {:?}, {} indices) do not fit its entry {:?}",
+                rows.shape,
+                indices.len(),
+                e.shape
+            ),
+        ))
+    }
+}
+
+/// Writes the exact rows over a reconstructed tensor: row `indices[i]` of `out` becomes row `i`
+/// of `rows`. The shapes were checked by [`plan_file`]; `false` when the lengths disagree.
+pub fn scatter_rows(out: &mut [u8], rows: &[u8], indices: &[u64]) -> bool {
+    let Some(row) = rows.len().checked_div(indices.len()) else {
+        return indices.is_empty();
+    };
+    if row * indices.len() != rows.len() {
+        return false;
+    }
+    for (i, &at) in indices.iter().enumerate() {
+        let Some(dst) = usize::try_from(at)
+            .ok()
+            .and_then(|a| a.checked_mul(row))
+            .and_then(|start| out.get_mut(start..start.checked_add(row)?))
+        else {
+            return false;
+        };
+        dst.copy_from_slice(&rows[i * row..(i + 1) * row]);
+    }
+    true
 }
 
 /// A grown tensor's two entries: same dtype and trailing dimensions as the header's tensor, rows

@@ -60,7 +60,6 @@ pub fn check_delta<'a>(
         .enumerate()
         .map(|(i, e)| (e.name.as_str(), i))
         .collect();
-    let grown = delta.grown_map();
     let mut used = vec![false; bitdelta.entries.len()];
     let mut plans = Vec::new();
     for (i, f) in delta.files.iter().enumerate() {
@@ -87,7 +86,7 @@ pub fn check_delta<'a>(
                 ),
             });
         }
-        let tensors = plan_file(&h, &bitdelta.entries, &by_name, &grown, &mut used)?;
+        let tensors = plan_file(&h, &bitdelta.entries, &by_name, &delta, &mut used)?;
         plans.push(FilePlan {
             file: i,
             header_bytes,

@@ -37,6 +37,7 @@ fn sample() -> FolderDelta {
             name: "lm_head.weight".into(),
             rows: format!("lm_head.weight{GROWN_SUFFIX}"),
         }],
+        exact_rows: Vec::new(),
     }
 }
 
@@ -209,14 +210,25 @@ fn a_header_alone_parses_when_its_tensors_tile_the_data() {
     assert!(matches!(e, FolderDeltaError::Shard { .. }), "{e}");
 }
 
+fn layout_with(grown: Vec<GrownTensor>, exact_rows: Vec<ExactRows>) -> FolderDelta {
+    FolderDelta {
+        format: FORMAT.into(),
+        files: sample().files,
+        grown,
+        exact_rows,
+    }
+}
+
 #[test]
-fn plans_pair_header_tensors_with_entries_and_grown_rows() {
+fn plans_pair_header_tensors_with_entries_grown_and_exact_rows() {
     let hb = header(&[("emb", vec![6, 2]), ("w", vec![2, 2])]);
     let hd = parse_header("m.safetensors", &hb).unwrap();
     let rows = format!("emb{GROWN_SUFFIX}");
+    let exact = format!("emb{EXACT_SUFFIX}");
     let entries = vec![
         entry("w", vec![2, 2]),
         entry("emb", vec![4, 2]),
+        entry(&exact, vec![2, 2]),
         entry(&rows, vec![2, 2]),
     ];
     let by_name: HashMap<&str, usize> = entries
@@ -224,37 +236,105 @@ fn plans_pair_header_tensors_with_entries_and_grown_rows() {
         .enumerate()
         .map(|(i, e)| (e.name.as_str(), i))
         .collect();
-    let grown: HashMap<&str, &str> = [("emb", rows.as_str())].into_iter().collect();
-    let mut used = vec![false; 3];
-    let plan = plan_file(&hd, &entries, &by_name, &grown, &mut used).unwrap();
+    let grown = vec![GrownTensor {
+        name: "emb".into(),
+        rows: rows.clone(),
+    }];
+    let x = ExactRows {
+        name: "emb".into(),
+        rows: exact.clone(),
+        indices: vec![0, 3],
+    };
+    let d = layout_with(grown.clone(), vec![x.clone()]);
+    d.check().unwrap();
+    let mut used = vec![false; 4];
+    let plan = plan_file(&hd, &entries, &by_name, &d, &mut used).unwrap();
     assert_eq!(
         plan,
         [
             TensorPlan {
                 entry: 1,
-                rows: Some(2)
+                rows: Some(3),
+                exact: Some((2, 0)),
             },
             TensorPlan {
                 entry: 0,
-                rows: None
+                rows: None,
+                exact: None,
             }
         ]
     );
-    assert_eq!(used, [true, true, true]);
+    assert_eq!(used, [true; 4]);
     // The same entries twice: refused.
-    let e = plan_file(&hd, &entries, &by_name, &grown, &mut used).unwrap_err();
+    let e = plan_file(&hd, &entries, &by_name, &d, &mut used).unwrap_err();
     assert!(matches!(e, FolderDeltaError::Tensor { .. }), "{e}");
-    // Rows that do not add up: refused.
+    // Grown rows that do not add up: refused.
     let mut bad = entries.clone();
-    bad[2].shape = vec![1, 2];
-    let e = plan_file(&hd, &bad, &by_name, &grown, &mut [false; 3]).unwrap_err();
+    bad[3].shape = vec![1, 2];
+    let e = plan_file(&hd, &bad, &by_name, &d, &mut [false; 4]).unwrap_err();
     assert!(e.to_string().contains("do not add up"), "{e}");
+    // Exact rows outside the entry, or of another count: refused.
+    for indices in [vec![0, 4], vec![1]] {
+        let d = layout_with(
+            grown.clone(),
+            vec![ExactRows {
+                indices,
+                ..x.clone()
+            }],
+        );
+        let e = plan_file(&hd, &entries, &by_name, &d, &mut [false; 4]).unwrap_err();
+        assert!(e.to_string().contains("exact rows"), "{e}");
+    }
     // Not grown, and the shapes differ: refused.
-    let e = plan_file(&hd, &entries, &by_name, &HashMap::new(), &mut [false; 3]).unwrap_err();
+    let d = layout_with(Vec::new(), Vec::new());
+    let e = plan_file(&hd, &entries, &by_name, &d, &mut [false; 4]).unwrap_err();
     assert!(e.to_string().contains("shape"), "{e}");
     // A tensor the delta lacks: refused.
-    let e = plan_file(&hd, &entries[..1], &by_name, &grown, &mut [false; 1]).unwrap_err();
+    let d = layout_with(grown.clone(), Vec::new());
+    let e = plan_file(&hd, &entries[..1], &by_name, &d, &mut [false; 1]).unwrap_err();
     assert!(matches!(e, FolderDeltaError::Tensor { .. }), "{e}");
+}
+
+#[test]
+fn bad_exact_rows_are_refused() {
+    let x = ExactRows {
+        name: "emb".into(),
+        rows: format!("emb{EXACT_SUFFIX}"),
+        indices: vec![1, 5],
+    };
+    let bad = |f: &dyn Fn(&mut ExactRows)| {
+        let mut y = x.clone();
+        f(&mut y);
+        layout_with(Vec::new(), vec![y]).check().unwrap_err()
+    };
+    layout_with(Vec::new(), vec![x.clone()]).check().unwrap();
+    for e in [
+        bad(&|y| y.indices = vec![5, 1]),
+        bad(&|y| y.indices = vec![1, 1]),
+        bad(&|y| y.indices.clear()),
+        bad(&|y| y.rows = "emb".into()),
+    ] {
+        assert!(matches!(e, FolderDeltaError::ExactRows(_)), "{e}");
+    }
+    let twice = layout_with(Vec::new(), vec![x.clone(), x.clone()]).check();
+    assert!(matches!(twice, Err(FolderDeltaError::ExactRows(_))));
+    // An exact-rows entry named like a grown tensor's rows entry.
+    let g = GrownTensor {
+        name: "lm".into(),
+        rows: x.rows.clone(),
+    };
+    let e = layout_with(vec![g], vec![x]).check().unwrap_err();
+    assert!(matches!(e, FolderDeltaError::ExactRows(_)), "{e}");
+}
+
+#[test]
+fn exact_rows_are_scattered_over_the_tensor() {
+    let mut out = vec![0u8; 8];
+    assert!(scatter_rows(&mut out, &[1, 1, 3, 3], &[0, 2]));
+    assert_eq!(out, [1, 1, 0, 0, 3, 3, 0, 0]);
+    assert!(!scatter_rows(&mut out, &[1, 1, 3, 3], &[0, 4]));
+    assert!(!scatter_rows(&mut out, &[1, 1, 3], &[0, 2]));
+    assert!(scatter_rows(&mut out, &[], &[]));
 }
 
 #[test]
@@ -299,7 +379,7 @@ proptest! {
                 }
             })
             .collect();
-        let d = FolderDelta { format: FORMAT.into(), files, grown: Vec::new() };
+        let d = FolderDelta { format: FORMAT.into(), files, grown: Vec::new(), exact_rows: Vec::new() };
         prop_assert_eq!(FolderDelta::parse(&d.to_bytes()).unwrap(), d);
     }
 }

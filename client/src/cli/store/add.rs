@@ -55,7 +55,7 @@ pub(super) fn add(loc: &Location, config: &Config, a: AddArgs) -> anyhow::Result
     let name = file_stem(&a.file);
     let opts = add_options(config, &a, kind, base, name)?;
     let (_, r) = store
-        .add(bytes, &opts, &key)
+        .add_releasing(bytes, &opts, &key, &|_, range| file.release(range))
         .with_context(|| format!("adding {} (the store is unchanged)", a.file.display()))?;
     print_added(a.json, &r)
 }
@@ -101,8 +101,14 @@ fn add_folder(
         None => (Kind::Base, None),
     };
     let opts = add_options(config, &a, kind, base, name)?;
+    let files = folder.files();
+    let release = |i: usize, range: std::ops::Range<usize>| {
+        if let Some((_, map)) = files.get(i) {
+            map.release(range);
+        }
+    };
     let (_, r) = store
-        .add_folder(&folder.members(), &opts, key)
+        .add_folder_releasing(&folder.members(), &opts, key, &release)
         .with_context(|| format!("adding {} (the store is unchanged)", a.file.display()))?;
     print_added(a.json, &r)
 }

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use zdn_node::store::{ObjectStore, StoreError};
 use zdn_protocol::bitdelta::{reconstruct, BitDeltaFile, FormatError, ReconstructError};
 use zdn_protocol::folder::delta::{
-    base_rows, FolderDeltaError, Source, DELTA_MEMBER, LAYOUT_MEMBER, MAX_LAYOUT_LEN,
+    base_rows, scatter_rows, FolderDelta, FolderDeltaError, Source, DELTA_MEMBER, LAYOUT_MEMBER,
+    MAX_LAYOUT_LEN,
 };
 use zdn_protocol::folder::{check_delta, FileEntry, FilePlan};
 use zdn_protocol::manifest::{Kind, SignedManifest};
@@ -307,7 +308,7 @@ pub fn apply_folder(
                 let plan = plans
                     .next()
                     .ok_or(FolderDeltaError::MissingMember(f.path.clone()))?;
-                tensors += write_tensors(&mut out, plan, &bitdelta, base)?;
+                tensors += write_tensors(&mut out, plan, &layout, &bitdelta, base)?;
             }
         }
         bar.inc(f.len);
@@ -328,6 +329,7 @@ pub fn apply_folder(
 fn write_tensors(
     out: &mut FolderOutput,
     plan: &FilePlan,
+    layout: &FolderDelta,
     bitdelta: &BitDeltaFile<'_>,
     base: &dyn BaseModel,
 ) -> Result<usize, FolderApplyError> {
@@ -338,6 +340,7 @@ fn write_tensors(
     out.write_all(&plan.header_bytes).map_err(io)?;
     let mut buf = Vec::new();
     let mut base_buf = Vec::new();
+    let mut rows_buf = Vec::new();
     for t in &plan.tensors {
         for (i, with_base) in [(Some(t.entry), true), (t.rows, false)] {
             let Some(i) = i else { continue };
@@ -348,15 +351,34 @@ fn write_tensors(
             } else {
                 None
             };
-            buf.clear();
-            // byte_len is capped by the parser (MAX_TENSOR_BYTES).
-            buf.resize(e.byte_len() as usize, 0);
-            reconstruct(e, bitdelta.block(i), b.as_ref(), &mut buf)?;
+            reconstruct_into(&mut buf, bitdelta, i, b.as_ref())?;
             base.release(&e.name);
+            if let Some((r, x)) = t.exact.filter(|_| with_base) {
+                reconstruct_into(&mut rows_buf, bitdelta, r, None)?;
+                let indices = &layout.exact_rows[x].indices;
+                if !scatter_rows(&mut buf, &rows_buf, indices) {
+                    return Err(FolderDeltaError::ExactRows(e.name.clone()).into());
+                }
+            }
             out.write_all(&buf).map_err(io)?;
         }
     }
     Ok(plan.tensors.len())
+}
+
+/// Entry `i` reconstructed into `buf` (resized to its byte length).
+fn reconstruct_into(
+    buf: &mut Vec<u8>,
+    bitdelta: &BitDeltaFile<'_>,
+    i: usize,
+    base: Option<&zdn_protocol::bitdelta::TensorData<'_>>,
+) -> Result<(), FolderApplyError> {
+    let e = &bitdelta.entries[i];
+    buf.clear();
+    // byte_len is capped by the parser (MAX_TENSOR_BYTES).
+    buf.resize(e.byte_len() as usize, 0);
+    reconstruct(e, bitdelta.block(i), base, buf)?;
+    Ok(())
 }
 
 /// A writer that hashes what passes through it.

@@ -172,6 +172,7 @@ pub fn encode_folder(
         format: FORMAT.into(),
         files,
         grown,
+        exact_rows: Vec::new(),
     };
     layout.check()?;
     out.write(LAYOUT_MEMBER, &layout.to_bytes())?;
