@@ -470,7 +470,7 @@ impl ObjectStore {
             }
             written.extend(self.put_chunks(batch)?);
         }
-        let object_hash = Some(Hash::from(hasher.finalize()));
+        let object_hash = Hash::from(hasher.finalize());
         report.new_chunks = written.len();
 
         let manifest = Manifest {
@@ -480,7 +480,7 @@ impl ObjectStore {
             created_at: opts.created_at,
             base: opts.base,
             object_len: len,
-            object_hash: object_hash.unwrap_or(Hash::ZERO),
+            object_hash,
             chunks,
             tensors: p.tensors.clone(),
             files: p.files.clone(),
