@@ -14,7 +14,7 @@ use crate::common::net::NodeProc;
 use crate::common::*;
 use serde_json::Value;
 use zdn_protocol::bitdelta::{reconstruct, BitDeltaFile, TensorData};
-use zdn_protocol::folder::delta::{base_rows, GROWN_SUFFIX};
+use zdn_protocol::folder::delta::{base_rows, EXACT_SUFFIX, GROWN_SUFFIX};
 use zdn_protocol::safetensors;
 
 const CHUNK: &str = "16384";
@@ -31,9 +31,18 @@ fn pair(root: &Path) -> (PathBuf, PathBuf) {
         "model.layers.0.self_attn.q_proj.weight".into(),
         "model.layers.2.mlp.down_proj.weight".into(),
         "model.norm.weight".into(),
+        "lm_head.weight".into(),
     ];
     spec.write(&fine);
     std::fs::write(fine.join("chat_template.jinja"), "<|user|>{{ m }}<|end|>").unwrap();
+    // The chat tokens the fine-tune declares special: their rows of lm_head are kept exactly.
+    let special = serde_json::json!({"added_tokens": [
+        {"id": 1, "content": "<s>", "special": true},
+        {"id": 2, "content": "</s>", "special": true},
+        {"id": 320, "content": "<|user|>", "special": true},
+        {"id": 321, "content": "<|end|>", "special": true},
+    ]});
+    std::fs::write(fine.join("tokenizer.json"), special.to_string()).unwrap();
     (base, fine)
 }
 
@@ -83,12 +92,31 @@ fn expected_tensors(base: &Path, delta: &Path) -> HashMap<String, Vec<u8>> {
     let base_t = tensors(base);
     let bytes = std::fs::read(delta.join("delta.bitdelta")).unwrap();
     let f = BitDeltaFile::parse(&bytes).unwrap();
+    let layout: Value =
+        serde_json::from_slice(&std::fs::read(delta.join("zdn-delta.json")).unwrap()).unwrap();
     let mut out: HashMap<String, Vec<u8>> = HashMap::new();
     for (i, e) in f.entries.iter().enumerate() {
         let mut buf = vec![0u8; e.byte_len() as usize];
         if let Some(name) = e.name.strip_suffix(GROWN_SUFFIX) {
             reconstruct(e, f.block(i), None, &mut buf).unwrap();
             out.get_mut(name).unwrap().extend_from_slice(&buf);
+            continue;
+        }
+        if let Some(name) = e.name.strip_suffix(EXACT_SUFFIX) {
+            // Row k of this entry replaces row indices[k] of the tensor.
+            reconstruct(e, f.block(i), None, &mut buf).unwrap();
+            let x = layout["exact_rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["name"] == name)
+                .unwrap();
+            let t = out.get_mut(name).unwrap();
+            let row = buf.len() / e.shape[0] as usize;
+            for (k, at) in x["indices"].as_array().unwrap().iter().enumerate() {
+                let at = at.as_u64().unwrap() as usize * row;
+                t[at..at + row].copy_from_slice(&buf[k * row..(k + 1) * row]);
+            }
             continue;
         }
         let b = base_t.get(&e.name).map(|(d, s, b)| TensorData {
@@ -166,6 +194,28 @@ fn a_one_bit_folder_delta_goes_through_the_store_and_a_second_node() {
         "a 1-bit folder delta should be a fraction of the bf16 fine-tune: {} of {fine_bytes}",
         r["delta_bytes"]
     );
+    // The decoder defaults (config.json says llama): projections with row scales, vocabulary
+    // matrices by rows with the special tokens' rows exact (ids 1 and 2; 320 and 321 are new rows).
+    assert!(r["defaults"]["applied"]
+        .as_str()
+        .unwrap()
+        .starts_with("decoder defaults"));
+    let exact = r["exact_rows"].as_array().unwrap();
+    let lm = exact
+        .iter()
+        .find(|x| x["name"] == "lm_head.weight")
+        .unwrap();
+    assert_eq!(lm["special"], 2, "{lm}");
+    let q = r["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "model.layers.0.self_attn.q_proj.weight")
+        .unwrap();
+    assert_eq!(
+        (q["encoding"].as_str(), q["class"].as_str()),
+        (Some("sign1"), Some("projection"))
+    );
     let home = publisher.path();
     let base_hash = add(home, &base, &[]);
     let delta_hash = add(home, &d, &["--base", &base_hash]);
@@ -211,6 +261,18 @@ fn a_one_bit_folder_delta_goes_through_the_store_and_a_second_node() {
     assert_eq!(
         got["model.layers.1.self_attn.k_proj.weight"].2,
         fine_t["model.layers.1.self_attn.k_proj.weight"].2
+    );
+    // The special tokens' rows (1 and 2, 64 bf16 each) are the fine-tune's exactly, the others not.
+    let row = |t: &Vec<u8>, i: usize| t[i * 128..(i + 1) * 128].to_vec();
+    for i in [1, 2] {
+        assert_eq!(
+            row(&got["lm_head.weight"].2, i),
+            row(&fine_t["lm_head.weight"].2, i)
+        );
+    }
+    assert_ne!(
+        row(&got["lm_head.weight"].2, 3),
+        row(&fine_t["lm_head.weight"].2, 3)
     );
     // The grown rows are the fine-tune's exactly.
     let rows = |t: &Vec<u8>| t[320 * 64 * 2..].to_vec();

@@ -46,9 +46,13 @@ pub fn run(a: DecoderEvalArgs<'_>) -> anyhow::Result<u8> {
     let report = evaluate(&DecoderEvalJob {
         base: folder(a.base),
         finetuned: folder(a.finetuned),
-        applied: AppliedWeights::Delta {
-            delta: a.delta.to_owned(),
-            onto: folder(a.delta_base.unwrap_or(a.base)),
+        applied: if a.delta.is_dir() {
+            AppliedWeights::FolderDelta(a.delta.to_owned())
+        } else {
+            AppliedWeights::Delta {
+                delta: a.delta.to_owned(),
+                onto: folder(a.delta_base.unwrap_or(a.base)),
+            }
         },
         corpus: a.corpus.to_owned(),
         max_conversations: a.max_conversations,

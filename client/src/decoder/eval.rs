@@ -50,6 +50,9 @@ pub enum AppliedWeights {
     Delta { delta: PathBuf, onto: PathBuf },
     /// A model folder holding them (same configuration as the fine-tune).
     Folder(PathBuf),
+    /// A folder delta (docs/spec/folder-delta.md) applied to the base: the fine-tune's folder is
+    /// rebuilt in a temporary folder and read from there.
+    FolderDelta(PathBuf),
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +94,12 @@ pub enum DecoderEvalError {
     },
     #[error(transparent)]
     Chat(#[from] ChatError),
+    #[error("applying the folder delta: {0}")]
+    ApplyFolder(#[from] crate::delta::folder::apply::FolderApplyError),
+    #[error("the base: {0}")]
+    ApplyBase(#[from] crate::delta::folder::base::BaseError),
+    #[error("a temporary folder for the applied model: {0}")]
+    Temp(std::io::Error),
     #[error(transparent)]
     Open(#[from] OpenError),
     #[error("{path} is not a valid .bitdelta file: {cause}")]
@@ -402,6 +411,22 @@ fn applied_weights(
         AppliedWeights::Folder(dir) => {
             let f = open_folder(dir, "applied")?;
             Ok((load(&f, cfg, "applied", device)?.into_tensors(), None))
+        }
+        AppliedWeights::FolderDelta(delta) => {
+            use crate::delta::folder::{apply, base::LooseBase};
+            let tmp = tempfile::tempdir().map_err(DecoderEvalError::Temp)?;
+            let out = tmp.path().join("applied");
+            let source = apply::DeltaSource::loose(delta)?;
+            let base = LooseBase::open(&job.base)?;
+            apply::apply_folder(&source, &base, &out, job.force, false)?;
+            let bytes = crate::model::folder::ModelFolder::open(delta)
+                .map_err(apply::FolderApplyError::from)?
+                .files()
+                .iter()
+                .map(|(_, m)| m.len() as u64)
+                .sum();
+            let f = open_folder(&out, "applied")?;
+            Ok((load(&f, cfg, "applied", device)?.into_tensors(), Some(bytes)))
         }
     }
 }

@@ -52,6 +52,9 @@ pub struct EncodedTensorReport {
     pub shape: Vec<u64>,
     pub encoding: Encoding,
     pub block_bytes: u64,
+    /// The tensor's class, when the encode chose by architecture (a folder encode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<zdn_protocol::folder::architecture::TensorClass>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +128,7 @@ pub fn encode(job: &EncodeJob) -> Result<EncodeReport, DeltaEncodeError> {
                 shape: e.shape,
                 encoding: e.encoding,
                 block_bytes: e.length,
+                class: None,
             })
             .collect(),
         skipped_base_only,

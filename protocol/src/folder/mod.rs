@@ -9,6 +9,7 @@
 //! re-checks them before writing anything to disk.
 
 pub mod adapter;
+pub mod architecture;
 pub mod delta;
 pub mod delta_layout;
 pub mod layout;

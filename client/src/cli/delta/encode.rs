@@ -15,6 +15,7 @@ use crate::cli::output::say;
 use crate::delta::encode::{encode, EncodeJob, EncodeReport};
 use crate::delta::folder::base::{LooseBase, StoreBase};
 use crate::delta::folder::encode::{encode_folder, FolderEncodeJob, FolderEncodeReport};
+use crate::delta::folder::selection::Choices;
 
 #[derive(Args, Debug)]
 pub struct EncodeArgs {
@@ -34,8 +35,10 @@ pub struct EncodeArgs {
     #[arg(long, default_value_t = 1, value_parser = parse_bits)]
     bits: u32,
     /// Elements sharing one scale: tensor, row, or group:N (N consecutive elements of a row).
-    #[arg(long, default_value = "tensor")]
-    scale: Granularity,
+    /// Default: row for a fine-tune folder of a known decoder family (see --architecture), else
+    /// tensor.
+    #[arg(long)]
+    scale: Option<Granularity>,
     /// Clip deltas at K standard deviations before computing scales (off by default).
     #[arg(long, value_name = "K")]
     clip: Option<f32>,
@@ -45,9 +48,18 @@ pub struct EncodeArgs {
     /// Store tensors whose name matches losslessly (beats --include); repeatable.
     #[arg(long, value_name = "GLOB")]
     exclude: Vec<String>,
-    /// Embedding matrices: keep the base's (base), store exactly (exact), or quantize.
-    #[arg(long, default_value = "base")]
-    embeddings: EmbeddingPolicy,
+    /// Embedding matrices: keep the base's (base), store exactly (exact), or quantize. Default:
+    /// base; for a fine-tune folder of a known decoder family the vocabulary matrices
+    /// (embed_tokens, lm_head) are instead quantized per row with their special-token and
+    /// most-changed rows kept exactly (see --architecture).
+    #[arg(long)]
+    embeddings: Option<EmbeddingPolicy>,
+    /// For a fine-tune folder: `auto` reads its config.json and, for a known decoder family
+    /// (llama, mistral, mixtral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi, phi3, olmo), uses the
+    /// decoder defaults (docs/spec/folder-delta.md "Selection by architecture"); `generic` uses the
+    /// rules every model gets.
+    #[arg(long, value_enum, default_value = "auto")]
+    architecture: ArchitectureMode,
     /// zstd level for losslessly stored tensors (1–22).
     #[arg(long, default_value_t = DEFAULT_ZSTD_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
     zstd_level: i32,
@@ -57,6 +69,13 @@ pub struct EncodeArgs {
     /// Print a JSON report instead of a summary.
     #[arg(long)]
     json: bool,
+}
+
+/// How `--architecture` chooses defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArchitectureMode {
+    Auto,
+    Generic,
 }
 
 pub fn run(loc: &Location, a: EncodeArgs) -> anyhow::Result<u8> {
@@ -73,7 +92,7 @@ pub fn run(loc: &Location, a: EncodeArgs) -> anyhow::Result<u8> {
         options: EncodeOptions {
             spec: QuantSpec {
                 bits: a.bits,
-                granularity: a.scale,
+                granularity: a.scale.unwrap_or(Granularity::Tensor),
                 clip_sigma: a.clip,
             },
             zstd_level: a.zstd_level,
@@ -81,7 +100,7 @@ pub fn run(loc: &Location, a: EncodeArgs) -> anyhow::Result<u8> {
         selection: Selection {
             include: a.include.iter().map(|g| Glob::new(g)).collect(),
             exclude: a.exclude.iter().map(|g| Glob::new(g)).collect(),
-            embeddings: a.embeddings,
+            embeddings: a.embeddings.unwrap_or(EmbeddingPolicy::Base),
         },
         model_name: a.name,
         progress: !a.json,
@@ -94,6 +113,11 @@ pub fn run(loc: &Location, a: EncodeArgs) -> anyhow::Result<u8> {
             selection: job.selection,
             model_name: job.model_name,
             progress: job.progress,
+            choices: Choices {
+                by_architecture: a.architecture == ArchitectureMode::Auto,
+                granularity: a.scale,
+                embeddings_given: a.embeddings.is_some(),
+            },
         };
         let report = if job.base.exists() {
             let base = LooseBase::open(&job.base)
@@ -189,6 +213,24 @@ pub fn print_folder_encode(r: &FolderEncodeReport) {
         files(Source::Carried)
     );
     say!("  tensors          {}", counts.join(", "));
+    say!("  selection        {}", r.defaults.applied);
+    for c in &r.classes {
+        say!(
+            "  {:<16} {} tensors, {} params, {} bytes",
+            format!("{:?}", c.class).to_lowercase(),
+            c.tensors,
+            c.params,
+            c.block_bytes
+        );
+    }
+    for x in &r.exact_rows {
+        say!(
+            "  exact rows       {}: {} rows ({} special tokens)",
+            x.name,
+            x.rows,
+            x.special
+        );
+    }
     say!(
         "  size             {:.3} bits/param; {:.1}x smaller than the fine-tune",
         r.bits_per_param,

@@ -12,17 +12,21 @@ use zdn_protocol::bitdelta::{
     assign_offsets, encode_prelude, encode_tensor, prelude_len, Choice, EncodeError, EncodeOptions,
     EncodedTensor, Encoding, Granularity, IndexEntry, Metadata, Selection, TensorData,
 };
+use zdn_protocol::folder::architecture::TensorClass;
 use zdn_protocol::folder::delta::{
-    base_rows, parse_header, FolderDelta, FolderDeltaError, GrownTensor, OutputFile, Source,
-    CARRIED_DIR, DELTA_MEMBER, FORMAT, GROWN_SUFFIX, HEADER_DIR, LAYOUT_MEMBER,
+    base_rows, parse_header, ExactRows, FolderDelta, FolderDeltaError, GrownTensor, OutputFile,
+    Source, CARRIED_DIR, DELTA_MEMBER, EXACT_SUFFIX, FORMAT, GROWN_SUFFIX, HEADER_DIR,
+    LAYOUT_MEMBER,
 };
 use zdn_protocol::folder::layout::is_safetensors;
 use zdn_protocol::safetensors::TensorInfo;
 use zdn_protocol::Hash;
 
 use super::base::{BaseError, BaseModel};
+use super::encode_report::report;
+pub use super::encode_report::{ClassReport, ExactRowsReport, FolderEncodeReport};
 use super::output::{OutputDir, OutputDirError};
-use crate::delta::encode::{ratio, EncodedTensorReport};
+use super::selection::{resolve, Choices, Defaults};
 use crate::fs::atomic_file::AtomicFileError;
 use crate::fs::mapped_file::MappedFile;
 use crate::fs::progress::Progress;
@@ -39,31 +43,9 @@ pub struct FolderEncodeJob {
     pub selection: Selection,
     pub model_name: Option<String>,
     pub progress: bool,
-}
-
-/// What a folder encode did.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct FolderEncodeReport {
-    pub output: PathBuf,
-    /// Bytes of the whole delta folder.
-    pub delta_bytes: u64,
-    /// BLAKE3 of the base object the delta records.
-    pub base_hash: Hash,
-    pub n_params: u64,
-    pub n_quantized: u64,
-    pub bits_per_param: f64,
-    /// Fine-tune folder bytes ÷ delta folder bytes.
-    pub ratio_vs_finetuned: f64,
-    pub files: Vec<OutputFile>,
-    pub tensors: Vec<EncodedTensorReport>,
-    /// Tensors whose leading dimension grew (vocabulary growth): new rows stored exactly.
-    pub grown: Vec<String>,
-    /// Tensors paired with the first rows of a bigger base tensor (vocabulary shrink).
-    pub shrunk: Vec<String>,
-    /// Base tensors the fine-tune lacks.
-    pub skipped_base_only: Vec<String>,
-    /// Fine-tune tensors the base lacks: stored exactly.
-    pub finetune_only: Vec<String>,
+    /// What the user left to the architecture (`options.spec.granularity` is used only when
+    /// `choices.granularity` is set).
+    pub choices: Choices,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,12 +93,15 @@ pub enum FolderEncodeError {
 }
 
 /// One fine-tune tensor and how it pairs with the base.
-struct Pairing<'a> {
-    file: usize,
-    info: &'a TensorInfo,
+pub(super) struct Pairing<'a> {
+    pub(super) file: usize,
+    pub(super) info: &'a TensorInfo,
     /// Rows paired with the base (the leading dimension of the common entry); `None`: the whole
     /// tensor, shapes equal or no base tensor.
-    common_rows: Option<u64>,
+    pub(super) common_rows: Option<u64>,
+    pub(super) class: TensorClass,
+    /// Rows of the common part kept exactly (vocabulary matrices under the decoder defaults).
+    pub(super) exact: Vec<u64>,
 }
 
 /// Encodes the folder delta. See the module documentation.
@@ -130,7 +115,9 @@ pub fn encode_folder(
     if headers.is_empty() {
         return Err(FolderEncodeError::NoWeights(job.finetuned.clone()));
     }
-    let pairs = pair_tensors(fine_files, &headers, base)?;
+    let defaults = resolve(job.choices, fine_files);
+    let mut pairs = pair_tensors(fine_files, &headers, base, &defaults)?;
+    choose_exact_rows(&mut pairs, fine_files, base, &defaults)?;
     let (files, carried) = output_files(fine_files, &headers, base)?;
 
     let mut out = OutputDir::create(&job.output)?;
@@ -146,13 +133,20 @@ pub fn encode_folder(
     }
     let weights: u64 = pairs.iter().map(|p| p.info.range.len() as u64).sum();
     let progress = Progress::new(weights, "encode", job.progress);
-    let mut meta = metadata(job, &pairs, base.object_hash());
+    let mut meta = metadata(job, &pairs, base.object_hash(), defaults.granularity);
+    if defaults.vocab_rows {
+        meta.embeddings = zdn_protocol::bitdelta::EmbeddingPolicy::Quantize.code();
+    }
     let mut entries = index_entries(&pairs);
-    write_bitdelta(
+    let target = Target {
         job,
-        &mut out,
+        defaults: &defaults,
         base,
-        fine_files,
+        files: fine_files,
+    };
+    write_bitdelta(
+        &target,
+        &mut out,
         &pairs,
         &mut meta,
         &mut entries,
@@ -168,11 +162,20 @@ pub fn encode_folder(
             rows: format!("{}{GROWN_SUFFIX}", p.info.name),
         })
         .collect();
+    let exact_rows = pairs
+        .iter()
+        .filter(|p| !p.exact.is_empty())
+        .map(|p| ExactRows {
+            name: p.info.name.clone(),
+            rows: format!("{}{EXACT_SUFFIX}", p.info.name),
+            indices: p.exact.clone(),
+        })
+        .collect();
     let layout = FolderDelta {
         format: FORMAT.into(),
         files,
         grown,
-        exact_rows: Vec::new(),
+        exact_rows,
     };
     layout.check()?;
     out.write(LAYOUT_MEMBER, &layout.to_bytes())?;
@@ -182,16 +185,7 @@ pub fn encode_folder(
             .map_err(FolderEncodeError::SelfCheck)
     })?;
     let delta_bytes = out.commit()?;
-    Ok(report(
-        job,
-        layout,
-        &pairs,
-        base,
-        fine_files,
-        meta,
-        entries,
-        delta_bytes,
-    ))
+    Ok(report(&target, layout, &pairs, meta, entries, delta_bytes))
 }
 
 /// The fine-tune's `*.safetensors` files: (file index, header), each checked to be exactly its
@@ -228,6 +222,7 @@ fn pair_tensors<'a>(
     files: &[(String, MappedFile)],
     headers: &'a [(usize, zdn_protocol::safetensors::SafetensorsHeader)],
     base: &dyn BaseModel,
+    defaults: &Defaults,
 ) -> Result<Vec<Pairing<'a>>, FolderEncodeError> {
     let mut owner: HashMap<&str, usize> = HashMap::new();
     let mut pairs = Vec::new();
@@ -257,16 +252,41 @@ fn pair_tensors<'a>(
                 file: *i,
                 info: t,
                 common_rows,
+                class: defaults.class(&t.name, &t.shape),
+                exact: Vec::new(),
             });
         }
     }
-    for p in pairs.iter().filter(|p| p.common_rows.is_some()) {
-        let rows = format!("{}{GROWN_SUFFIX}", p.info.name);
-        if owner.contains_key(rows.as_str()) {
-            return Err(FolderEncodeError::GrownName(p.info.name.clone()));
+    for p in &pairs {
+        for suffix in [GROWN_SUFFIX, EXACT_SUFFIX] {
+            if owner.contains_key(format!("{}{suffix}", p.info.name).as_str()) {
+                return Err(FolderEncodeError::GrownName(p.info.name.clone()));
+            }
         }
     }
     Ok(pairs)
+}
+
+/// Decides the exact rows of every vocabulary matrix the decoder defaults treat by rows.
+fn choose_exact_rows(
+    pairs: &mut [Pairing<'_>],
+    files: &[(String, MappedFile)],
+    base: &dyn BaseModel,
+    defaults: &Defaults,
+) -> Result<(), FolderEncodeError> {
+    for p in pairs.iter_mut() {
+        let t = p.info;
+        if !defaults.vocab(&t.name, &t.shape) || base.layout(&t.name).is_none() {
+            continue;
+        }
+        let map = &files[p.file].1;
+        let rows = p.common_rows.unwrap_or(t.shape[0]);
+        let fine = TensorData::new(t.dtype, &t.shape, &map.bytes()[t.range.clone()])
+            .ok_or_else(|| rows_error(&t.name))?;
+        p.exact = defaults.exact_rows_of(&t.name, &fine, rows, base)?;
+        map.release(t.range.clone());
+    }
+    Ok(())
 }
 
 /// `None` when the shapes are equal; the rows in common when only the leading dimension differs.
@@ -326,7 +346,12 @@ fn output_files(
     Ok((out, carried))
 }
 
-fn metadata(job: &FolderEncodeJob, pairs: &[Pairing<'_>], base_hash: Hash) -> Metadata {
+fn metadata(
+    job: &FolderEncodeJob,
+    pairs: &[Pairing<'_>],
+    base_hash: Hash,
+    granularity: Granularity,
+) -> Metadata {
     let spec = job.options.spec;
     let name = job.model_name.clone().unwrap_or_else(|| {
         job.finetuned
@@ -339,7 +364,7 @@ fn metadata(job: &FolderEncodeJob, pairs: &[Pairing<'_>], base_hash: Hash) -> Me
         n_params: pairs.iter().map(|p| p.info.numel()).sum(),
         n_quantized: 0,
         bits: spec.bits as u8,
-        granularity: spec.granularity,
+        granularity,
         clip_sigma: spec.clip_sigma.unwrap_or(0.0),
         embeddings: job.selection.embeddings.code(),
         model_name: name,
@@ -347,7 +372,7 @@ fn metadata(job: &FolderEncodeJob, pairs: &[Pairing<'_>], base_hash: Hash) -> Me
 }
 
 /// The entries in file order: each tensor (its common rows, for a tensor paired by rows), then
-/// the new rows of a grown tensor.
+/// its exact rows, then the new rows of a grown tensor.
 fn index_entries(pairs: &[Pairing<'_>]) -> Vec<IndexEntry> {
     let entry = |name: String, t: &TensorInfo, rows: u64| {
         let mut shape = t.shape.clone();
@@ -370,6 +395,10 @@ fn index_entries(pairs: &[Pairing<'_>]) -> Vec<IndexEntry> {
         let all = t.shape.first().copied().unwrap_or(1);
         let k = p.common_rows.unwrap_or(all);
         out.push(entry(t.name.clone(), t, k));
+        if !p.exact.is_empty() {
+            let n = p.exact.len() as u64;
+            out.push(entry(format!("{}{EXACT_SUFFIX}", t.name), t, n));
+        }
         if k < all {
             out.push(entry(format!("{}{GROWN_SUFFIX}", t.name), t, all - k));
         }
@@ -377,13 +406,48 @@ fn index_entries(pairs: &[Pairing<'_>]) -> Vec<IndexEntry> {
     out
 }
 
+/// What the blocks are encoded from and how.
+pub(super) struct Target<'a> {
+    pub(super) job: &'a FolderEncodeJob,
+    pub(super) defaults: &'a Defaults,
+    pub(super) base: &'a dyn BaseModel,
+    pub(super) files: &'a [(String, MappedFile)],
+}
+
+impl Target<'_> {
+    /// The choice and options for a tensor's (common) entry.
+    fn plan(
+        &self,
+        t: &TensorInfo,
+        target: &TensorData<'_>,
+        base: Option<&TensorData<'_>>,
+    ) -> (Choice, EncodeOptions) {
+        let mut opts = self.job.options;
+        opts.spec.granularity = self.defaults.granularity;
+        let sel = &self.job.selection;
+        if !self.defaults.vocab(&t.name, &t.shape) {
+            let b = base.map(|b| (b.dtype, b.shape));
+            return (sel.choose(&t.name, (t.dtype, target.shape), b), opts);
+        }
+        // A vocabulary matrix under the decoder defaults: quantized row by row (its exact rows
+        // are written over it), unless excluded or not quantizable.
+        opts.spec.granularity = Granularity::Row;
+        let quantizable = target.dtype.is_quantizable()
+            && base.is_some_and(|b| b.dtype.is_quantizable() && b.shape == target.shape);
+        let excluded = sel.exclude.iter().any(|g| g.matches(&t.name));
+        let choice = if quantizable && !excluded && !target.shape.contains(&0) {
+            Choice::Quantize
+        } else {
+            Choice::Exact
+        };
+        (choice, opts)
+    }
+}
+
 /// Writes `delta.bitdelta` into the output: a reserved prelude, the blocks, then the prelude.
-#[allow(clippy::too_many_arguments)]
 fn write_bitdelta(
-    job: &FolderEncodeJob,
+    target: &Target<'_>,
     out: &mut OutputDir,
-    base: &dyn BaseModel,
-    files: &[(String, MappedFile)],
     pairs: &[Pairing<'_>],
     meta: &mut Metadata,
     entries: &mut [IndexEntry],
@@ -394,38 +458,46 @@ fn write_bitdelta(
     file.write_all(&vec![0u8; reserved])?;
     let mut next = 0usize;
     let mut buf = Vec::new();
+    let opts = target.job.options;
     for p in pairs {
         let t = p.info;
-        let map = &files[p.file].1;
+        let map = &target.files[p.file].1;
         let bytes = &map.bytes()[t.range.clone()];
-        // The entries of this tensor: its common rows (or all of it), then any new rows.
-        let common = &entries[next];
+        // The entries of this tensor: its common rows (or all of it), its exact rows, its new rows.
+        let common = entries[next].clone();
+        let common = &common;
         let at = row_split(common, bytes).ok_or_else(|| rows_error(&t.name))?;
-        let target = TensorData::new(t.dtype, &common.shape, &bytes[..at])
+        let data = TensorData::new(t.dtype, &common.shape, &bytes[..at])
             .ok_or_else(|| rows_error(&t.name))?;
-        let b = base
+        let b = target
+            .base
             .tensor(&t.name, &mut buf)?
             .and_then(|b| base_rows(common, b));
-        let choice = job.selection.choose(
-            &t.name,
-            (t.dtype, target.shape),
-            b.as_ref().map(|b| (b.dtype, b.shape)),
-        );
-        let enc = encode_tensor(&t.name, choice, b.as_ref(), &target, &job.options, None)?;
+        let (choice, o) = target.plan(t, &data, b.as_ref());
+        let enc = encode_tensor(&t.name, choice, b.as_ref(), &data, &o, None)?;
         file.write_all(&enc.block)?;
         set_block(&mut entries[next], &enc, meta);
         next += 1;
+        let mut extra = Vec::new();
+        if !p.exact.is_empty() {
+            let rows = common.shape.first().copied().unwrap_or(1);
+            let exact = gather_rows(&bytes[..at], rows, &p.exact);
+            extra.push(exact.ok_or_else(|| rows_error(&t.name))?);
+        }
         if at < bytes.len() {
+            extra.push(bytes[at..].to_vec());
+        }
+        for rows in extra {
             let e = &entries[next];
-            let rows = TensorData::new(t.dtype, &e.shape, &bytes[at..])
-                .ok_or_else(|| rows_error(&t.name))?;
-            let enc = encode_tensor(&e.name, Choice::Exact, None, &rows, &job.options, None)?;
+            let data =
+                TensorData::new(t.dtype, &e.shape, &rows).ok_or_else(|| rows_error(&t.name))?;
+            let enc = encode_tensor(&e.name, Choice::Exact, None, &data, &opts, None)?;
             file.write_all(&enc.block)?;
             set_block(&mut entries[next], &enc, meta);
             next += 1;
         }
         map.release(t.range.clone());
-        base.release(&t.name);
+        target.base.release(&t.name);
         progress.inc(t.range.len() as u64);
     }
     assign_offsets(meta, entries);
@@ -433,6 +505,18 @@ fn write_bitdelta(
     file.write_at(0, &prelude)?;
     file.commit()?;
     Ok(())
+}
+
+/// Rows `indices` of a row-major tensor's bytes of `rows` rows, concatenated; `None` when an
+/// index is outside.
+fn gather_rows(bytes: &[u8], rows: u64, indices: &[u64]) -> Option<Vec<u8>> {
+    let row = usize::try_from((bytes.len() as u64).checked_div(rows)?).ok()?;
+    let mut out = Vec::with_capacity(row.checked_mul(indices.len())?);
+    for &i in indices {
+        let start = usize::try_from(i).ok()?.checked_mul(row)?;
+        out.extend_from_slice(bytes.get(start..start.checked_add(row)?)?);
+    }
+    Some(out)
 }
 
 /// Where the common rows of a tensor's bytes end (the entry's byte length), if inside them.
@@ -454,61 +538,5 @@ fn set_block(entry: &mut IndexEntry, enc: &EncodedTensor, meta: &mut Metadata) {
     entry.length = enc.block.len() as u64;
     if enc.encoding.bits().is_some() {
         meta.n_quantized += entry.numel();
-    }
-}
-
-/// The report, from what was written.
-#[allow(clippy::too_many_arguments)]
-fn report(
-    job: &FolderEncodeJob,
-    layout: FolderDelta,
-    pairs: &[Pairing<'_>],
-    base: &dyn BaseModel,
-    files: &[(String, MappedFile)],
-    meta: Metadata,
-    entries: Vec<IndexEntry>,
-    delta_bytes: u64,
-) -> FolderEncodeReport {
-    let fine_bytes: u64 = files.iter().map(|(_, m)| m.len() as u64).sum();
-    let names: HashSet<&str> = pairs.iter().map(|p| p.info.name.as_str()).collect();
-    let by_rows = |grew: bool| -> Vec<String> {
-        pairs
-            .iter()
-            .filter(|p| p.common_rows.is_some_and(|k| (k < p.info.shape[0]) == grew))
-            .map(|p| p.info.name.clone())
-            .collect()
-    };
-    FolderEncodeReport {
-        output: job.output.clone(),
-        delta_bytes,
-        base_hash: meta.base_hash,
-        n_params: meta.n_params,
-        n_quantized: meta.n_quantized,
-        bits_per_param: ratio(delta_bytes as f64 * 8.0, meta.n_params as f64),
-        ratio_vs_finetuned: ratio(fine_bytes as f64, delta_bytes as f64),
-        files: layout.files,
-        grown: by_rows(true),
-        shrunk: by_rows(false),
-        skipped_base_only: base
-            .tensor_names()
-            .into_iter()
-            .filter(|n| !names.contains(n))
-            .map(str::to_owned)
-            .collect(),
-        finetune_only: pairs
-            .iter()
-            .filter(|p| base.layout(&p.info.name).is_none())
-            .map(|p| p.info.name.clone())
-            .collect(),
-        tensors: entries
-            .into_iter()
-            .map(|e| EncodedTensorReport {
-                name: e.name,
-                dtype: e.dtype,
-                shape: e.shape,
-                encoding: e.encoding,
-                block_bytes: e.length,
-            })
-            .collect(),
     }
 }

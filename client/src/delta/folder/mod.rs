@@ -7,4 +7,6 @@ pub mod adapter;
 pub mod apply;
 pub mod base;
 pub mod encode;
+pub mod encode_report;
 pub mod output;
+pub mod selection;
