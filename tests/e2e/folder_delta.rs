@@ -218,7 +218,21 @@ fn a_one_bit_folder_delta_goes_through_the_store_and_a_second_node() {
     );
     let home = publisher.path();
     let base_hash = add(home, &base, &[]);
-    let delta_hash = add(home, &d, &["--base", &base_hash]);
+    // A decoder quality report (the raw `zdn eval --json` of the decoder table) rides signed in
+    // the manifest and is shown by `delta inspect`, as is the folder delta's delta.bitdelta.
+    let report = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/results/decoder-pair-folder/2.eval.json");
+    let delta_hash = add(home, &d, &["--base", &base_hash, "--quality", s(&report)]);
+    let shown = ok(home, &["delta", "inspect", &delta_hash]);
+    assert!(shown.contains("KL(fine-tune ‖ applied) 0.0813"), "{shown}");
+    let v = json(&ok(home, &["delta", "inspect", &delta_hash, "--json"]));
+    assert_eq!(v["quality"]["conversations"], 303);
+    assert_eq!(
+        v["n_tensors"].as_u64().unwrap() as usize,
+        r["tensors"].as_array().unwrap().len()
+    );
+    let on_disk = json(&zdn_ok(&["delta", "inspect", s(&d), "--json"]));
+    assert_eq!(on_disk["file_bytes"], v["file_bytes"]);
 
     // From the store and from disk: the same folder.
     let from_store = publisher.path().join("from-store");

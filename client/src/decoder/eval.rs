@@ -426,7 +426,10 @@ fn applied_weights(
                 .map(|(_, m)| m.len() as u64)
                 .sum();
             let f = open_folder(&out, "applied")?;
-            Ok((load(&f, cfg, "applied", device)?.into_tensors(), Some(bytes)))
+            Ok((
+                load(&f, cfg, "applied", device)?.into_tensors(),
+                Some(bytes),
+            ))
         }
     }
 }

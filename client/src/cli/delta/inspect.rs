@@ -23,7 +23,10 @@ pub fn run(loc: &Location, delta: PathBuf, json: bool) -> anyhow::Result<u8> {
             soup::inspect_recipe(loc, &bytes, None, json)?;
             return Ok(0);
         }
-        (delta, None, None)
+        // A folder delta on disk: its tensors are its delta.bitdelta.
+        let member = delta.join(zdn_protocol::folder::delta::DELTA_MEMBER);
+        let path = if delta.is_dir() { member } else { delta };
+        (path, None, None)
     } else {
         let (tmp, m) = store::object_to_temp(loc, &delta.to_string_lossy()).with_context(|| {
             format!(
@@ -51,7 +54,21 @@ pub fn run(loc: &Location, delta: PathBuf, json: bool) -> anyhow::Result<u8> {
         say!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_inspect(&path, &report);
-        if let Some(q) = quality {
+        if let Some(q) = quality
+            .as_ref()
+            .filter(|q| q.get("kl_finetuned_applied").is_some())
+        {
+            say!(
+                "quality (signed in the manifest): KL(fine-tune ‖ applied) {} nats/token, perplexity gain kept {}, top-1 agreement {}, special-token top-1 {} on {} held-out conversations of {}; base alone KL {}",
+                q["kl_finetuned_applied"],
+                q["gain_kept"],
+                q["top1_agreement"]["applied"],
+                q["special_tokens"]["applied"],
+                q["conversations"],
+                q["corpus"].as_str().unwrap_or("?"),
+                q["kl_finetuned_base"]
+            );
+        } else if let Some(q) = quality {
             say!(
                 "quality (signed in the manifest): mean cosine {} (min {}, p5 {}) to the fine-tune on {} sentences of {}; base alone {}",
                 q["delta"]["mean"],

@@ -161,10 +161,14 @@ fn print_added(json: bool, r: &zdn_node::store::AddReport) -> anyhow::Result<()>
 fn quality_note(path: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the quality report {}", path.display()))?;
-    let r: crate::quality::eval::QualityReport =
-        serde_json::from_str(&text).with_context(|| {
+    // A sentence-embedding report, or a decoder report (`zdn eval` of a decoder LLM).
+    if let Ok(r) = serde_json::from_str::<crate::quality::eval::QualityReport>(&text) {
+        return Ok(serde_json::to_string(&r)?);
+    }
+    let r: crate::decoder::eval::DecoderQualityReport = serde_json::from_str(&text)
+        .with_context(|| {
             format!(
-                "{} is not a quality report (the JSON `zdn eval --json` prints)",
+                "{} is not a quality report (the JSON `zdn eval --json` prints, for a sentence encoder or a decoder)",
                 path.display()
             )
         })?;

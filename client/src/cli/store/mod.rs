@@ -287,6 +287,15 @@ pub fn object_to_temp(
     let store = loc.open(&config)?;
     let hash = store.resolve(what)?;
     let mut tmp = tempfile::NamedTempFile::new()?;
+    let m = store.require_manifest(&hash)?;
+    // A folder delta's tensors are its `delta.bitdelta` member.
+    let member = zdn_protocol::folder::delta::DELTA_MEMBER;
+    if m.manifest.file(member).is_some() {
+        store
+            .read_file(&hash, member, tmp.as_file_mut())
+            .with_context(|| format!("reading {member} of {hash}"))?;
+        return Ok((tmp, m));
+    }
     let m = store
         .read_object(&hash, tmp.as_file_mut(), &mut |_| {})
         .with_context(|| format!("reading {hash}"))?;
