@@ -7,20 +7,9 @@ use std::path::Path;
 pub const SUPPORTED_MODEL_TYPES: [&str; 1] = ["llama"];
 
 /// `model_type`s of decoder LLM families: `zdn eval` measures these with the decoder measure (and
-/// says which of them the forward pass does not implement yet) instead of the BERT one.
-pub const DECODER_MODEL_TYPES: [&str; 11] = [
-    "llama",
-    "mistral",
-    "mixtral",
-    "qwen2",
-    "qwen3",
-    "gemma",
-    "gemma2",
-    "gemma3_text",
-    "phi",
-    "phi3",
-    "olmo",
-];
+/// says which of them the forward pass does not implement yet) instead of the BERT one; the same
+/// families get the decoder defaults of a folder encode.
+pub use zdn_protocol::folder::architecture::DECODER_FAMILIES as DECODER_MODEL_TYPES;
 
 /// Whether a config.json's `model_type` is a decoder family (see [`DECODER_MODEL_TYPES`]).
 pub fn is_decoder_model_type(model_type: &str) -> bool {

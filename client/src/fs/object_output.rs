@@ -134,6 +134,33 @@ fn is_empty_dir(p: &Path) -> Result<bool, ObjectOutputError> {
     Ok(std::fs::read_dir(p).map_err(io(p))?.next().is_none())
 }
 
+/// Checks that a folder may be written at `dest` (absent, an empty folder, or with `force` any
+/// folder; never a link or a file) and makes the temporary folder beside it that becomes it.
+pub(crate) fn staging_folder(
+    dest: &Path,
+    force: bool,
+) -> Result<tempfile::TempDir, ObjectOutputError> {
+    match std::fs::symlink_metadata(dest) {
+        Ok(meta) if meta.is_dir() => {
+            if !force && !is_empty_dir(dest)? {
+                return Err(ObjectOutputError::NotEmpty(dest.to_owned()));
+            }
+        }
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(ObjectOutputError::Link(dest.to_owned()))
+        }
+        Ok(_) => return Err(ObjectOutputError::NotAFolder(dest.to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(dest)(e)),
+    }
+    let (parent, prefix) = partial_sibling(dest);
+    tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".partial")
+        .tempdir_in(&parent)
+        .map_err(io(&parent))
+}
+
 impl FolderOutput {
     pub fn create(
         dest: &Path,
@@ -143,25 +170,7 @@ impl FolderOutput {
         for f in files {
             safe(&f.path)?;
         }
-        match std::fs::symlink_metadata(dest) {
-            Ok(meta) if meta.is_dir() => {
-                if !force && !is_empty_dir(dest)? {
-                    return Err(ObjectOutputError::NotEmpty(dest.to_owned()));
-                }
-            }
-            Ok(meta) if meta.file_type().is_symlink() => {
-                return Err(ObjectOutputError::Link(dest.to_owned()))
-            }
-            Ok(_) => return Err(ObjectOutputError::NotAFolder(dest.to_owned())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(dest)(e)),
-        }
-        let (parent, prefix) = partial_sibling(dest);
-        let tmp = tempfile::Builder::new()
-            .prefix(&prefix)
-            .suffix(".partial")
-            .tempdir_in(&parent)
-            .map_err(io(&parent))?;
+        let tmp = staging_folder(dest, force)?;
         Ok(FolderOutput {
             dest: dest.to_owned(),
             force,

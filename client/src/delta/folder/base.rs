@@ -231,9 +231,7 @@ impl BaseModel for LooseBase {
     }
 
     fn tensor_names(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
-        v.sort_unstable();
-        v
+        sorted_keys(&self.tensors)
     }
 
     fn same_file(&self, path: &str, bytes: &[u8]) -> Result<bool, BaseError> {
@@ -355,9 +353,7 @@ impl BaseModel for StoreBase<'_> {
     }
 
     fn tensor_names(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
-        v.sort_unstable();
-        v
+        sorted_keys(&self.tensors)
     }
 
     fn files(&self) -> Vec<(&str, u64)> {
@@ -394,4 +390,11 @@ impl BaseModel for StoreBase<'_> {
             .store
             .read_range(&self.manifest, start + offset, len, out)?)
     }
+}
+
+/// The keys of a map, sorted.
+fn sorted_keys<V>(m: &HashMap<String, V>) -> Vec<&str> {
+    let mut v: Vec<&str> = m.keys().map(String::as_str).collect();
+    v.sort_unstable();
+    v
 }

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use zdn_protocol::folder::{check_path, Member};
 
-use crate::fs::atomic_file::{partial_sibling, AtomicFile};
+use crate::fs::atomic_file::AtomicFile;
+use crate::fs::object_output::staging_folder;
 use crate::model::folder::{ModelFolder, ModelFolderError};
 
 #[derive(Debug, thiserror::Error)]
@@ -17,8 +18,8 @@ pub enum OutputDirError {
         path: PathBuf,
         cause: std::io::Error,
     },
-    #[error("{0} exists and is not an empty folder: name a new or empty folder for the output")]
-    NotEmpty(PathBuf),
+    #[error(transparent)]
+    Destination(#[from] crate::fs::object_output::ObjectOutputError),
     #[error("member path {path:?} cannot be written: {problem}")]
     Path { path: String, problem: String },
     #[error(transparent)]
@@ -43,25 +44,9 @@ pub struct OutputDir {
 
 impl OutputDir {
     pub fn create(dest: &Path) -> Result<Self, OutputDirError> {
-        match std::fs::symlink_metadata(dest) {
-            Ok(m) if m.is_dir() => {
-                if std::fs::read_dir(dest).map_err(io(dest))?.next().is_some() {
-                    return Err(OutputDirError::NotEmpty(dest.to_owned()));
-                }
-            }
-            Ok(_) => return Err(OutputDirError::NotEmpty(dest.to_owned())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(dest)(e)),
-        }
-        let (parent, prefix) = partial_sibling(dest);
-        let tmp = tempfile::Builder::new()
-            .prefix(&prefix)
-            .suffix(".partial")
-            .tempdir_in(&parent)
-            .map_err(io(&parent))?;
         Ok(OutputDir {
             dest: dest.to_owned(),
-            tmp,
+            tmp: staging_folder(dest, false)?,
         })
     }
 

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::BufWriter;
 
+use zdn::model::folder::ModelFolder;
 use zdn_protocol::safetensors::{encode_header, TensorLayout};
 
 use super::*;
@@ -256,126 +257,147 @@ fn matches_layout(out: &Path, fine: &Path) -> Result<bool> {
     Ok(true)
 }
 
+/// Command-line arguments from strings and paths.
+fn argv(parts: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<std::ffi::OsString> {
+    parts.iter().map(|p| p.as_ref().to_owned()).collect()
+}
+
+/// Bytes per second of a plain copy of the biggest file of `dir` (into `work`, removed after).
+fn disk_copy_rate(dir: &Path, work: &Path) -> Result<f64> {
+    let biggest = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .context("a base file")?
+        .path();
+    let copy = work.join("copy.tmp");
+    let secs = file_copy_time(&biggest, &copy)?;
+    let _ = std::fs::remove_file(copy);
+    Ok(std::fs::metadata(&biggest)?.len() as f64 / secs)
+}
+
+/// Removes what an earlier run left in `stale`; generates the pair, unless `--keep` finds one.
+fn prepare(a: &FolderArgs, base: &Path, fine: &Path, stale: &[&Path], say: bool) -> Result<()> {
+    for p in stale {
+        let _ = std::fs::remove_dir_all(p);
+    }
+    if a.keep && base.is_dir() && fine.is_dir() {
+        return Ok(());
+    }
+    let _ = std::fs::remove_dir_all(&a.dir);
+    if say {
+        eprintln!("generating {} and {} …", base.display(), fine.display());
+    }
+    write_folder(a, base, false)?;
+    write_folder(a, fine, true)
+}
+
+/// Runs the CLI steps, each measured.
+struct Steps<'a> {
+    zdn: &'a Path,
+    a: &'a FolderArgs,
+    say: bool,
+    disk: f64,
+    goal: u64,
+    runs: Vec<FolderRun>,
+}
+
+impl Steps<'_> {
+    /// Runs `zdn args…` as step `step` reading `input` bytes; returns its stdout.
+    fn run(
+        &mut self,
+        step: &'static str,
+        input: u64,
+        args: &[std::ffi::OsString],
+    ) -> Result<String> {
+        let stdout = self.a.dir.join(format!("{step}.out"));
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let child = run_child(self.zdn, &args, &stdout, self.a.method)?;
+        let rate = input as f64 / child.wall_s;
+        if self.say {
+            let rss = mib(child.peak_rss_bytes);
+            eprintln!("{step}: {:.1} s, peak RSS {rss:.0} MiB", child.wall_s);
+        }
+        self.runs.push(FolderRun {
+            step,
+            input_bytes_per_sec: rate,
+            vs_disk_copy: rate / self.disk,
+            rss_goal_met: child.peak_rss_bytes <= self.goal,
+            child,
+        });
+        Ok(std::fs::read_to_string(stdout)?)
+    }
+
+    /// The CLI steps on (base, fine-tune, delta, home, store output, disk output); returns the
+    /// folder delta's size.
+    fn all(&mut self, paths: [&PathBuf; 6], base_bytes: u64, finetune_bytes: u64) -> Result<u64> {
+        let [base, fine, delta, home, out1, out2] = paths;
+        let h = home.as_os_str();
+        let (b, f, d) = (base.as_os_str(), fine.as_os_str(), delta.as_os_str());
+        let both = base_bytes + finetune_bytes;
+        self.run(
+            "delta encode (two folders)",
+            both,
+            &argv(&[
+                &"delta",
+                &"encode",
+                &"--base",
+                &b,
+                &"--finetuned",
+                &f,
+                &"-o",
+                &d,
+                &"--json",
+            ]),
+        )?;
+        let delta_bytes = ModelFolder::open(&delta)?
+            .files()
+            .iter()
+            .map(|(_, m)| m.len() as u64)
+            .sum();
+        let hash = |out: String| -> Result<String> {
+            let v: serde_json::Value = serde_json::from_str(&out)?;
+            Ok(v["hash"].as_str().context("a hash")?.to_string())
+        };
+        let base_hash = hash(self.run(
+            "add base folder",
+            base_bytes,
+            &argv(&[&"--home", &h, &"add", &b, &"--json"]),
+        )?)?;
+        let add_delta = argv(&[&"--home", &h, &"add", &d, &"--base", &base_hash, &"--json"]);
+        let delta_hash = hash(self.run("add folder delta", delta_bytes, &add_delta)?)?;
+        let (o1, o2) = (out1.as_os_str(), out2.as_os_str());
+        let apply = argv(&[&"--home", &h, &"apply", &delta_hash, &"-o", &o1, &"--json"]);
+        self.run("apply from the store", finetune_bytes, &apply)?;
+        let apply = argv(&[
+            &"delta", &"apply", &"--base", &b, &"--delta", &d, &"-o", &o2, &"--json",
+        ]);
+        self.run("delta apply from disk", finetune_bytes, &apply)?;
+        Ok(delta_bytes)
+    }
+}
+
 pub(super) fn bench_folder(a: &FolderArgs, say: bool) -> Result<FolderReport> {
     let zdn = zdn_path(a.zdn.as_deref())?;
     let (base, fine) = (a.dir.join("base"), a.dir.join("finetune"));
     let (delta, home) = (a.dir.join("chat.delta"), a.dir.join("home"));
     let (out1, out2) = (a.dir.join("from-store"), a.dir.join("from-disk"));
-    for p in [&delta, &home, &out1, &out2] {
-        let _ = std::fs::remove_dir_all(p);
-    }
-    if !(a.keep && base.is_dir() && fine.is_dir()) {
-        let _ = std::fs::remove_dir_all(&a.dir);
-        if say {
-            eprintln!("generating {} and {} …", base.display(), fine.display());
-        }
-        write_folder(a, &base, false)?;
-        write_folder(a, &fine, true)?;
-    }
+    prepare(a, &base, &fine, &[&delta, &home, &out1, &out2], say)?;
     let (base_bytes, base_shards) = dir_bytes(&base)?;
     let (finetune_bytes, finetune_shards) = dir_bytes(&fine)?;
     let largest = (a.vocab + a.added_tokens) * a.hidden * 2;
     let goal = 2 * largest + (256 << 20);
-    let biggest = std::fs::read_dir(&base)?
-        .filter_map(|e| e.ok())
-        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
-        .context("a base file")?
-        .path();
-    let copy_s = file_copy_time(&biggest, &a.dir.join("copy.tmp"))?;
-    let disk = std::fs::metadata(&biggest)?.len() as f64 / copy_s;
-    let _ = std::fs::remove_file(a.dir.join("copy.tmp"));
+    let disk = disk_copy_rate(&base, &a.dir)?;
 
-    let mut runs = Vec::new();
-    let mut step = |step: &'static str, input: u64, args: &[&std::ffi::OsStr]| -> Result<String> {
-        let stdout = a.dir.join(format!("{step}.out"));
-        let child = run_child(&zdn, args, &stdout, a.method)?;
-        let rate = input as f64 / child.wall_s;
-        if say {
-            eprintln!(
-                "{step}: {:.1} s, peak RSS {:.0} MiB",
-                child.wall_s,
-                mib(child.peak_rss_bytes)
-            );
-        }
-        runs.push(FolderRun {
-            step,
-            input_bytes_per_sec: rate,
-            vs_disk_copy: rate / disk,
-            rss_goal_met: child.peak_rss_bytes <= goal,
-            child,
-        });
-        Ok(std::fs::read_to_string(stdout)?)
+    let mut steps = Steps {
+        zdn: &zdn,
+        a,
+        say,
+        disk,
+        goal,
+        runs: Vec::new(),
     };
-    let h = os(home.to_str().context("utf-8 path")?);
-    step(
-        "delta encode (two folders)",
-        base_bytes + finetune_bytes,
-        &[
-            os("delta"),
-            os("encode"),
-            os("--base"),
-            base.as_os_str(),
-            os("--finetuned"),
-            fine.as_os_str(),
-            os("-o"),
-            delta.as_os_str(),
-            os("--json"),
-        ],
-    )?;
-    let delta_bytes: u64 = ["", "files", "headers"]
-        .iter()
-        .map(|sub| dir_bytes(&delta.join(sub)).map_or(0, |d| d.0))
-        .sum();
-    let hash = |out: String| -> Result<String> {
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        Ok(v["hash"].as_str().context("a hash")?.to_string())
-    };
-    let base_hash = hash(step(
-        "add base folder",
-        base_bytes,
-        &[os("--home"), h, os("add"), base.as_os_str(), os("--json")],
-    )?)?;
-    let delta_hash = hash(step(
-        "add folder delta",
-        delta_bytes,
-        &[
-            os("--home"),
-            h,
-            os("add"),
-            delta.as_os_str(),
-            os("--base"),
-            os(&base_hash),
-            os("--json"),
-        ],
-    )?)?;
-    step(
-        "apply from the store",
-        finetune_bytes,
-        &[
-            os("--home"),
-            h,
-            os("apply"),
-            os(&delta_hash),
-            os("-o"),
-            out1.as_os_str(),
-            os("--json"),
-        ],
-    )?;
-    step(
-        "delta apply from disk",
-        finetune_bytes,
-        &[
-            os("delta"),
-            os("apply"),
-            os("--base"),
-            base.as_os_str(),
-            os("--delta"),
-            delta.as_os_str(),
-            os("-o"),
-            out2.as_os_str(),
-            os("--json"),
-        ],
-    )?;
+    let paths = [&base, &fine, &delta, &home, &out1, &out2];
+    let delta_bytes = steps.all(paths, base_bytes, finetune_bytes)?;
     let outputs_identical = tree_hashes(&out1)? == tree_hashes(&out2)?;
     let output_matches_finetune_layout = matches_layout(&out1, &fine)?;
     if !a.keep {
@@ -391,7 +413,7 @@ pub(super) fn bench_folder(a: &FolderArgs, say: bool) -> Result<FolderReport> {
         largest_tensor_bytes: largest,
         rss_goal_bytes: goal,
         disk_copy_bytes_per_sec: disk,
-        runs,
+        runs: steps.runs,
         outputs_identical,
         output_matches_finetune_layout,
     };
