@@ -349,7 +349,7 @@ impl Steps<'_> {
                 &"--json",
             ]),
         )?;
-        let delta_bytes = ModelFolder::open(&delta)?
+        let delta_bytes = ModelFolder::open(delta)?
             .files()
             .iter()
             .map(|(_, m)| m.len() as u64)
