@@ -463,3 +463,48 @@ fn bad_folder_deltas_and_wrong_bases_are_refused() {
         "has no base",
     );
 }
+
+#[test]
+fn a_single_file_delta_is_applied_from_the_store() {
+    let t = tmpdir();
+    let (b, f) = (
+        t.path().join("base.safetensors"),
+        t.path().join("ft.safetensors"),
+    );
+    let w = |seed| T::f32("w", &[64, 32], values(64 * 32, seed, 0.1));
+    write_model(&b, &[w(1), T::f32("n", &[32], values(32, 3, 1.0))]);
+    write_model(&f, &[w(2), T::f32("n", &[32], values(32, 4, 1.0))]);
+    let d = t.path().join("ft.bitdelta");
+    zdn_ok(&[
+        "delta",
+        "encode",
+        "--base",
+        s(&b),
+        "--finetuned",
+        s(&f),
+        "-o",
+        s(&d),
+    ]);
+    let home = t.path().join("home");
+    let base_hash = add(&home, &b, &[]);
+    let delta_hash = add(&home, &d, &["--base", &base_hash]);
+    let (from_store, from_disk) = (
+        t.path().join("a.safetensors"),
+        t.path().join("b.safetensors"),
+    );
+    ok(&home, &["apply", &delta_hash, "-o", s(&from_store)]);
+    zdn_ok(&[
+        "delta",
+        "apply",
+        "--base",
+        s(&b),
+        "--delta",
+        s(&d),
+        "-o",
+        s(&from_disk),
+    ]);
+    assert_eq!(
+        std::fs::read(&from_store).unwrap(),
+        std::fs::read(&from_disk).unwrap()
+    );
+}

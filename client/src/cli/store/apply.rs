@@ -5,12 +5,14 @@ use std::path::Path;
 
 use anyhow::Context;
 use zdn_protocol::folder::adapter::CONFIG_MEMBER;
+use zdn_protocol::manifest::Kind;
 
 use crate::cli::args::Location;
 use crate::cli::output::say;
 use crate::delta::folder::adapter::{apply_adapter, AdapterSource};
-use crate::delta::folder::apply::{apply_folder, DeltaSource};
+use crate::delta::folder::apply::{apply_file_delta, apply_folder, DeltaSource};
 use crate::delta::folder::base::StoreBase;
+use crate::fs::mapped_file::MappedFile;
 use crate::home::config::Config;
 
 pub(super) fn apply(
@@ -28,7 +30,13 @@ pub(super) fn apply(
     })?;
     let base = StoreBase::open(&store, &base_hash)
         .with_context(|| format!("the delta's base {base_hash} (fetch it, or add it, first)"))?;
-    let r = if m.manifest.file(CONFIG_MEMBER).is_some() {
+    let r = if !m.manifest.is_folder() && m.manifest.kind == Kind::Delta {
+        // A single-file .bitdelta: the fine-tune as one safetensors file.
+        let mut tmp = tempfile::NamedTempFile::new()?;
+        store.read_object(&hash, tmp.as_file_mut(), &mut |_| {})?;
+        let map = MappedFile::open(tmp.path())?;
+        apply_file_delta(map.bytes(), &base, output)
+    } else if m.manifest.file(CONFIG_MEMBER).is_some() {
         let adapter = AdapterSource::store(&store, &hash, output)?;
         apply_adapter(&adapter, &base, output, !json)
     } else {

@@ -54,18 +54,18 @@ pub enum StoreCommand {
     ///   zdn add my-lora/ --base llama2-7b --name llama2-7b-mylora   (a PEFT LoRA adapter folder)
     #[command(verbatim_doc_comment)]
     Add(AddArgs),
-    /// Rebuild a fine-tune from a folder delta or a LoRA adapter in the store: its base is read from
-    /// the store too, tensor by tensor (no loose copy of either). A folder delta writes the
-    /// fine-tune's folder (its files, shard layout, headers and side files); an adapter writes the
-    /// base's folder with the adapter merged (W + s·B·A, docs/spec/lora.md). Into a new or empty
-    /// folder. Example:
+    /// Rebuild a fine-tune from a delta in the store: its base is read from the store too, tensor by
+    /// tensor (no loose copy of either). A folder delta writes the fine-tune's folder (its files,
+    /// shard layout, headers and side files) and a LoRA adapter the base's folder with the adapter
+    /// merged (W + s·B·A, docs/spec/lora.md), into a new or empty folder; a single-file .bitdelta
+    /// writes one safetensors file. Example:
     ///
     ///   zdn fetch <hash> && zdn apply <hash> -o Llama-2-7b-chat-hf/
     #[command(verbatim_doc_comment)]
     Apply {
-        /// The folder delta: manifest hash, unique hash prefix, or name.
+        /// The delta: manifest hash, unique hash prefix, or name.
         object: String,
-        /// The folder to write (must not exist, or be empty).
+        /// The folder to write (must not exist, or be empty); for a single-file delta, the file.
         #[arg(short, long)]
         output: PathBuf,
         /// Print a JSON report.

@@ -411,3 +411,58 @@ impl Write for HashingWriter<'_> {
         self.inner.flush()
     }
 }
+
+/// A single-file `.bitdelta` (`bytes`) applied to `base` (a file or store object): the fine-tune
+/// as one safetensors file at `output`, in the delta's tensor order, written to a temporary file
+/// renamed into place when complete. Refuses a base whose object hash differs from the recorded one.
+pub fn apply_file_delta(
+    bytes: &[u8],
+    base: &dyn BaseModel,
+    output: &Path,
+) -> Result<FolderApplyReport, FolderApplyError> {
+    let delta = BitDeltaFile::parse(bytes)?;
+    let (expected, actual) = (delta.meta.base_hash, base.object_hash());
+    if !expected.is_zero() && expected != actual {
+        return Err(FolderApplyError::WrongBase { expected, actual });
+    }
+    let layouts: Vec<zdn_protocol::safetensors::TensorLayout> = delta
+        .entries
+        .iter()
+        .map(|e| zdn_protocol::safetensors::TensorLayout {
+            name: e.name.clone(),
+            dtype: e.dtype,
+            shape: e.shape.clone(),
+        })
+        .collect();
+    let (header, _) = zdn_protocol::safetensors::encode_header(&layouts, &Default::default())
+        .map_err(|e| FolderApplyError::BaseShard {
+            path: output.display().to_string(),
+            problem: e.to_string(),
+        })?;
+    let mut out =
+        crate::fs::atomic_file::AtomicFile::create(output).map_err(ObjectOutputError::from)?;
+    let io = |e: crate::fs::atomic_file::AtomicFileError| FolderApplyError::Output(e.into());
+    out.write_all(&header).map_err(io)?;
+    let (mut buf, mut base_buf) = (Vec::new(), Vec::new());
+    let mut written = header.len() as u64;
+    for (i, e) in delta.entries.iter().enumerate() {
+        let b = if e.encoding.needs_base() {
+            base.tensor(&e.name, &mut base_buf)?
+        } else {
+            None
+        };
+        reconstruct_into(&mut buf, &delta, i, b.as_ref())?;
+        base.release(&e.name);
+        out.write_all(&buf).map_err(io)?;
+        written += buf.len() as u64;
+    }
+    out.commit().map_err(io)?;
+    Ok(FolderApplyReport {
+        output: output.to_owned(),
+        files: 1,
+        tensors: delta.entries.len(),
+        bytes_written: written,
+        base_hash: actual,
+        base_verified: !expected.is_zero(),
+    })
+}
