@@ -1,7 +1,8 @@
 //! `folder`: a Llama-2-7B-shaped base and fine-tune as Hugging Face folders (real widths and
 //! vocabulary; `--layers` of the 32), the fine-tune in another shard layout with a grown vocabulary
 //! and changed side files, through the real CLI: `delta encode` (two folders), `add` of the base and
-//! of the folder delta, `apply` from the store, `delta apply` from disk. Peak RSS and wall time of
+//! of the folder delta, a `fetch` of both by a second home from a seeding node over loopback,
+//! `apply` from that home's store, `delta apply` from disk. Peak RSS and wall time of
 //! each child; the two outputs must be identical and have the fine-tune's files and headers. A
 //! plain copy of the base's biggest shard, in the same run, is the disk-rate reference.
 
@@ -56,6 +57,8 @@ pub(super) struct FolderReport {
     rss_goal_bytes: u64,
     /// Copying the base's biggest shard with `std::fs::copy`, bytes/s: the disk reference.
     disk_copy_bytes_per_sec: f64,
+    /// Peak RSS of the `zdn node run` that seeded the fetch (VmHWM before it stopped).
+    seeder_peak_rss_bytes: u64,
     runs: Vec<FolderRun>,
     outputs_identical: bool,
     output_matches_finetune_layout: bool,
@@ -275,6 +278,50 @@ fn disk_copy_rate(dir: &Path, work: &Path) -> Result<f64> {
     Ok(std::fs::metadata(&biggest)?.len() as f64 / secs)
 }
 
+/// A `zdn node run` seeding from a home, on a free loopback port.
+struct Seeder {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Seeder {
+    fn start(zdn: &Path, home: &Path) -> Result<Self> {
+        use std::io::BufRead;
+        let mut child = Command::new(zdn)
+            .arg("--home")
+            .arg(home)
+            .args([
+                "node",
+                "run",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--no-mdns",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let out = child.stdout.take().context("the node's stdout")?;
+        for line in std::io::BufReader::new(out).lines() {
+            if let Some(addr) = line?.strip_prefix("listening ") {
+                return Ok(Seeder {
+                    child,
+                    addr: addr.to_string(),
+                });
+            }
+        }
+        let _ = child.kill();
+        anyhow::bail!("the seeding node stopped before it listened")
+    }
+
+    /// Its peak RSS, then SIGKILL.
+    fn stop(mut self) -> u64 {
+        let kib = read_vmhwm_kib(&format!("/proc/{}/status", self.child.id())).unwrap_or(0);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        kib * 1024
+    }
+}
+
 /// Removes what an earlier run left in `stale`; generates the pair, unless `--keep` finds one.
 fn prepare(a: &FolderArgs, base: &Path, fine: &Path, stale: &[&Path], say: bool) -> Result<()> {
     for p in stale {
@@ -299,6 +346,8 @@ struct Steps<'a> {
     disk: f64,
     goal: u64,
     runs: Vec<FolderRun>,
+    /// Peak RSS of the seeding node over its life.
+    seeder_peak_rss_bytes: u64,
 }
 
 impl Steps<'_> {
@@ -365,8 +414,39 @@ impl Steps<'_> {
         )?)?;
         let add_delta = argv(&[&"--home", &h, &"add", &d, &"--base", &base_hash, &"--json"]);
         let delta_hash = hash(self.run("add folder delta", delta_bytes, &add_delta)?)?;
+        // A second home fetches the delta (and its base) from a seeding node over loopback, and
+        // applies it from its own store.
+        let station = home.with_file_name("station");
+        let _ = std::fs::remove_dir_all(&station);
+        let key = Command::new(self.zdn)
+            .arg("--home")
+            .arg(home)
+            .args(["key", "show"])
+            .output()?
+            .stdout;
+        let key = String::from_utf8(key)?;
+        let seeder = Seeder::start(self.zdn, home)?;
+        let st = station.as_os_str();
+        let fetch = argv(&[
+            &"--home",
+            &st,
+            &"fetch",
+            &delta_hash,
+            &"--peer",
+            &seeder.addr,
+            &"--trust",
+            &key.trim(),
+            &"--json",
+        ]);
+        let fetched = self.run(
+            "fetch base and delta over loopback",
+            base_bytes + delta_bytes,
+            &fetch,
+        );
+        self.seeder_peak_rss_bytes = seeder.stop();
+        fetched?;
         let (o1, o2) = (out1.as_os_str(), out2.as_os_str());
-        let apply = argv(&[&"--home", &h, &"apply", &delta_hash, &"-o", &o1, &"--json"]);
+        let apply = argv(&[&"--home", &st, &"apply", &delta_hash, &"-o", &o1, &"--json"]);
         self.run("apply from the store", finetune_bytes, &apply)?;
         let apply = argv(&[
             &"delta", &"apply", &"--base", &b, &"--delta", &d, &"-o", &o2, &"--json",
@@ -395,6 +475,7 @@ pub(super) fn bench_folder(a: &FolderArgs, say: bool) -> Result<FolderReport> {
         disk,
         goal,
         runs: Vec::new(),
+        seeder_peak_rss_bytes: 0,
     };
     let paths = [&base, &fine, &delta, &home, &out1, &out2];
     let delta_bytes = steps.all(paths, base_bytes, finetune_bytes)?;
@@ -413,6 +494,7 @@ pub(super) fn bench_folder(a: &FolderArgs, say: bool) -> Result<FolderReport> {
         largest_tensor_bytes: largest,
         rss_goal_bytes: goal,
         disk_copy_bytes_per_sec: disk,
+        seeder_peak_rss_bytes: steps.seeder_peak_rss_bytes,
         runs: steps.runs,
         outputs_identical,
         output_matches_finetune_layout,
@@ -452,6 +534,10 @@ fn print_folder(r: &FolderReport) {
             goal(s.rss_goal_met)
         );
     }
+    println!(
+        "seeding node's peak RSS: {:.0} MiB",
+        mib(r.seeder_peak_rss_bytes)
+    );
     println!(
         "outputs of apply and delta apply identical: {}; the fine-tune's files, side files and headers: {}",
         r.outputs_identical, r.output_matches_finetune_layout

@@ -156,7 +156,7 @@ fn run_polling_vmhwm(
 }
 
 /// VmHWM (KiB) from a `/proc/PID/status`, if it can be read.
-fn read_vmhwm_kib(status_path: &str) -> Option<u64> {
+pub(super) fn read_vmhwm_kib(status_path: &str) -> Option<u64> {
     std::fs::read_to_string(status_path)
         .ok()?
         .lines()
