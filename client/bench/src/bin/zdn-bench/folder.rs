@@ -36,6 +36,10 @@ pub(super) struct FolderArgs {
     base_shard_mib: u64,
     #[arg(long, default_value_t = 1024)]
     finetune_shard_mib: u64,
+    /// Chunk size of the adds (`zdn add --chunk-size`; default: zdn's, 1 MiB). 32768 cuts a 7B
+    /// model into ~400 k chunks, a 70B model's count at 1 MiB and more.
+    #[arg(long)]
+    chunk_size: Option<u32>,
     #[arg(long, value_enum, default_value_t = RssMethod::Auto)]
     method: RssMethod,
     #[arg(long)]
@@ -57,6 +61,9 @@ pub(super) struct FolderReport {
     rss_goal_bytes: u64,
     /// Copying the base's biggest shard with `std::fs::copy`, bytes/s: the disk reference.
     disk_copy_bytes_per_sec: f64,
+    /// The adds' chunk size, and the base's chunk count.
+    chunk_size: u32,
+    base_chunks: u64,
     /// Peak RSS of the `zdn node run` that seeded the fetch (VmHWM before it stopped).
     seeder_peak_rss_bytes: u64,
     runs: Vec<FolderRun>,
@@ -348,6 +355,7 @@ struct Steps<'a> {
     runs: Vec<FolderRun>,
     /// Peak RSS of the seeding node over its life.
     seeder_peak_rss_bytes: u64,
+    base_chunks: u64,
 }
 
 impl Steps<'_> {
@@ -407,12 +415,32 @@ impl Steps<'_> {
             let v: serde_json::Value = serde_json::from_str(&out)?;
             Ok(v["hash"].as_str().context("a hash")?.to_string())
         };
-        let base_hash = hash(self.run(
-            "add base folder",
-            base_bytes,
-            &argv(&[&"--home", &h, &"add", &b, &"--json"]),
-        )?)?;
-        let add_delta = argv(&[&"--home", &h, &"add", &d, &"--base", &base_hash, &"--json"]);
+        let chunk = self.a.chunk_size.unwrap_or(1 << 20).to_string();
+        let add_base = argv(&[
+            &"--home",
+            &h,
+            &"add",
+            &b,
+            &"--chunk-size",
+            &chunk,
+            &"--json",
+        ]);
+        let added = self.run("add base folder", base_bytes, &add_base)?;
+        self.base_chunks = serde_json::from_str::<serde_json::Value>(&added)?["chunks"]
+            .as_u64()
+            .unwrap_or(0);
+        let base_hash = hash(added)?;
+        let add_delta = argv(&[
+            &"--home",
+            &h,
+            &"add",
+            &d,
+            &"--base",
+            &base_hash,
+            &"--chunk-size",
+            &chunk,
+            &"--json",
+        ]);
         let delta_hash = hash(self.run("add folder delta", delta_bytes, &add_delta)?)?;
         // A second home fetches the delta (and its base) from a seeding node over loopback, and
         // applies it from its own store.
@@ -476,6 +504,7 @@ pub(super) fn bench_folder(a: &FolderArgs, say: bool) -> Result<FolderReport> {
         goal,
         runs: Vec::new(),
         seeder_peak_rss_bytes: 0,
+        base_chunks: 0,
     };
     let paths = [&base, &fine, &delta, &home, &out1, &out2];
     let delta_bytes = steps.all(paths, base_bytes, finetune_bytes)?;
@@ -495,6 +524,8 @@ pub(super) fn bench_folder(a: &FolderArgs, say: bool) -> Result<FolderReport> {
         rss_goal_bytes: goal,
         disk_copy_bytes_per_sec: disk,
         seeder_peak_rss_bytes: steps.seeder_peak_rss_bytes,
+        chunk_size: a.chunk_size.unwrap_or(1 << 20),
+        base_chunks: steps.base_chunks,
         runs: steps.runs,
         outputs_identical,
         output_matches_finetune_layout,
@@ -535,8 +566,10 @@ fn print_folder(r: &FolderReport) {
         );
     }
     println!(
-        "seeding node's peak RSS: {:.0} MiB",
-        mib(r.seeder_peak_rss_bytes)
+        "seeding node's peak RSS: {:.0} MiB; chunk size {} bytes, {} chunks in the base",
+        mib(r.seeder_peak_rss_bytes),
+        r.chunk_size,
+        r.base_chunks
     );
     println!(
         "outputs of apply and delta apply identical: {}; the fine-tune's files, side files and headers: {}",
