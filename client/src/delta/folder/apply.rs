@@ -65,6 +65,8 @@ pub enum FolderApplyError {
     },
     #[error("the fine-tune's folder is larger than 2^64 bytes")]
     Overflow,
+    #[error("tensor {name:?} is {bytes} bytes: more memory than this machine can give it")]
+    TooLarge { name: String, bytes: u64 },
     #[error("not a valid LoRA adapter: {0}")]
     Adapter(#[from] zdn_protocol::folder::adapter::AdapterError),
     #[error(transparent)]
@@ -375,8 +377,15 @@ fn reconstruct_into(
 ) -> Result<(), FolderApplyError> {
     let e = &bitdelta.entries[i];
     buf.clear();
-    // byte_len is capped by the parser (MAX_TENSOR_BYTES).
-    buf.resize(e.byte_len() as usize, 0);
+    // byte_len is capped by the parser (MAX_TENSOR_BYTES, 1 TiB): a size this machine cannot hold
+    // is a clear error, not an abort.
+    let n = e.byte_len() as usize;
+    buf.try_reserve_exact(n)
+        .map_err(|_| FolderApplyError::TooLarge {
+            name: e.name.clone(),
+            bytes: e.byte_len(),
+        })?;
+    buf.resize(n, 0);
     reconstruct(e, bitdelta.block(i), base, buf)?;
     Ok(())
 }
