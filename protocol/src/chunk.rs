@@ -124,38 +124,27 @@ pub fn encode(data: &[u8], level: i32) -> (Codec, Vec<u8>, Hash) {
 }
 
 /// Like [`encode`], for a chunk that holds whole elements of one tensor of `dtype`: a float dtype
-/// first tries the [`crate::planes`] codec, kept at once when it saves at least 1/16 of the bytes;
-/// otherwise whichever of raw, zstd and planes is smallest (ties go to the earlier of zstd, planes).
-/// Deterministic: the choice depends on the chunk's bytes alone.
+/// also tries the [`crate::planes`] codec and keeps whichever of raw, zstd and planes is smallest
+/// (ties go to the earlier of zstd, planes). Deterministic.
 pub fn encode_elements(
     data: &[u8],
     level: i32,
     dtype: Option<crate::DType>,
 ) -> (Codec, Vec<u8>, Hash) {
     use crate::DType;
-    let mut planes = None;
-    if let Some(d @ (DType::F32 | DType::F16 | DType::BF16)) = dtype {
-        if data.len().is_multiple_of(d.size()) {
-            if let Ok(p) = crate::planes::encode(d, data, level) {
-                // The planes codec already zstd-codes each byte plane: when it saves at least a
-                // sixteenth of the bytes, a whole-chunk zstd pass (which rarely beats it on float
-                // elements, and costs as much again) is not tried. A function of the chunk's bytes
-                // alone, so equal chunks still get equal ids.
-                if p.len() <= data.len() - data.len() / 16 {
-                    let id = Hash::of(&p);
-                    return (Codec::Planes, p, id);
-                }
-                planes = Some(p);
-            }
-        }
-    }
     let (mut codec, mut stored) = match zstd::bulk::compress(data, level) {
         Ok(z) if z.len() < data.len() => (Codec::Zstd, z),
         _ => (Codec::Raw, data.to_vec()),
     };
-    if let Some(p) = planes.filter(|p| p.len() < stored.len()) {
-        codec = Codec::Planes;
-        stored = p;
+    if let Some(d @ (DType::F32 | DType::F16 | DType::BF16)) = dtype {
+        if data.len().is_multiple_of(d.size()) {
+            if let Ok(p) = crate::planes::encode(d, data, level) {
+                if p.len() < stored.len() {
+                    codec = Codec::Planes;
+                    stored = p;
+                }
+            }
+        }
     }
     let id = Hash::of(&stored);
     (codec, stored, id)
