@@ -60,9 +60,9 @@ pub struct Cell {
 
 /// `64kbit`, `1mbit`, `1500bit`.
 pub fn rate_text(bps: u64) -> String {
-    if bps % 1_000_000 == 0 {
+    if bps.is_multiple_of(1_000_000) {
         format!("{}mbit", bps / 1_000_000)
-    } else if bps % 1000 == 0 {
+    } else if bps.is_multiple_of(1000) {
         format!("{}kbit", bps / 1000)
     } else {
         format!("{bps}bit")
