@@ -5,6 +5,7 @@
 
 pub mod cells;
 pub mod error;
+pub mod midway;
 pub mod run;
 pub mod spec;
 pub mod table;

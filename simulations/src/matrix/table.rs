@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::cells::{rate_text, Cell};
 use super::error::MatrixError;
+use super::midway::mid_transfer_use;
 use super::run::CellRun;
 use super::spec::Matrix;
 
@@ -74,6 +75,10 @@ pub struct Row {
     pub zdn_over_tcp: Option<f64>,
     pub down_bytes_per_payload: Option<f64>,
     pub up_bytes_per_payload: Option<f64>,
+    /// The share of the link zdn's and the TCP reference's bytes used between 10 % and 90 % of
+    /// their transfer ([`mid_transfer_use`]).
+    pub mid_use: Option<f64>,
+    pub tcp_mid_use: Option<f64>,
     /// The TCP reference's IP bytes delivered to its receiver ÷ the same payload.
     pub tcp_down_bytes_per_payload: Option<f64>,
     /// The most other cells that ran beside this one (none known: not run here).
@@ -129,6 +134,19 @@ fn f64_at(v: &Value, path: &[&str]) -> Option<f64> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_f64()
 }
 
+fn as_f64s(v: &Value) -> Option<Vec<f64>> {
+    v.as_array()?.iter().map(Value::as_f64).collect()
+}
+
+fn as_u64s(v: &Value) -> Option<Vec<u64>> {
+    v.as_array()?.iter().map(Value::as_u64).collect()
+}
+
+/// The byte curve `(times, bytes)` under keys `t` and `b` of `v`.
+fn curve(v: &Value, t: &str, b: &str) -> Option<(Vec<f64>, Vec<u64>)> {
+    Some((as_f64s(v.get(t)?)?, as_u64s(v.get(b)?)?))
+}
+
 /// A cell's row from its report (`None`: not run).
 pub fn row(c: &Cell, report: Option<&Value>, goals: &Goals) -> Row {
     let mut r = Row {
@@ -180,9 +198,29 @@ pub fn row(c: &Cell, report: Option<&Value>, goals: &Goals) -> Row {
             .get("reference")
             .and_then(|x| x.get("down_ip_bytes"))
             .and_then(Value::as_u64);
+        if let Some(rf) = s.get("reference") {
+            r.tcp_mid_use = curve(rf, "t", "received")
+                .and_then(|(t, b)| mid_transfer_use(&t, &b, f64_at(rf, &["started_s"])?, c));
+        }
         r.tcp_down_bytes_per_payload = tcp_down
             .filter(|_| payload > 0)
             .map(|d| d as f64 / payload as f64);
+    }
+    let station = rep
+        .get("series")
+        .zip(fetch.and_then(|f| f.get("node")).and_then(Value::as_str));
+    if let Some((series, node)) = station {
+        let nodes = series.get("nodes").and_then(Value::as_array);
+        let mine = nodes.and_then(|n| {
+            n.iter()
+                .find(|x| x.get("name").and_then(Value::as_str) == Some(node))
+        });
+        let t = series.get("t").and_then(as_f64s);
+        let b = mine.and_then(|m| m.get("received")).and_then(as_u64s);
+        let from = fetch.and_then(|f| f64_at(f, &["started_s"]));
+        if let (Some(t), Some(b), Some(from)) = (t, b, from) {
+            r.mid_use = mid_transfer_use(&t, &b, from, c);
+        }
     }
     let done = r.completed && r.verified && r.attempts == Some(1);
     r.meets_goodput = done && r.goodput.is_some_and(|g| g >= r.goodput_goal);
@@ -272,7 +310,9 @@ pub fn markdown(s: &Summary) -> String {
          Goals: goodput ≥ {} while the link is up at loss ≤ {} % and ≥ {} above; zdn ÷ TCP ≥ {}; \
          IP bytes delivered to the station ÷ payload ≤ {}; one `zdn fetch`, verified. \
          `beside`: the most other cells that ran at the same time; `zdn s (up)`: the fetch's seconds \
-         (of them with the link up); down ÷ payload in brackets: the TCP reference's.\n",
+         (of them with the link up); link use mid-transfer: \
+         IP bytes between the moments 10 % and 90 % of the transfer's bytes had arrived ÷ what the link \
+         could carry in between (start-up and tail left out); in brackets: the TCP reference's.\n",
         s.matrix,
         s.payload_seconds,
         g.goodput,
@@ -287,9 +327,9 @@ pub fn markdown(s: &Summary) -> String {
         c.cells, c.ran, c.completed_verified, c.goodput, c.tcp, g.down_bytes_per_payload, c.bytes, c.all
     );
     t.push_str(
-        "| cell | rate | delay (one way) | loss | `--link-rate` | events | beside | zdn s (up) | goodput | goal | TCP goodput (s) | zdn ÷ TCP | down ÷ payload (TCP's) | up ÷ payload | goodput goal | ≥ TCP | bytes goal | note |\n",
+        "| cell | rate | delay (one way) | loss | `--link-rate` | events | beside | zdn s (up) | goodput | goal | TCP goodput (s) | zdn ÷ TCP | link use mid-transfer, zdn (TCP) | down ÷ payload (TCP's) | up ÷ payload | goodput goal | ≥ TCP | bytes goal | note |\n",
     );
-    t.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    t.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in &s.rows {
         let secs = match (r.seconds, r.link_up_seconds) {
             (Some(a), Some(b)) if (a - b).abs() > 0.05 => format!("{a:.1} ({b:.1})"),
@@ -303,7 +343,7 @@ pub fn markdown(s: &Summary) -> String {
         };
         let _ = writeln!(
             t,
-            "| {} | {} | {} ms | {} % | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} ms | {} % | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} ({}) | {} | {} | {} | {} | {} |",
             r.cell,
             rate_text(r.rate_bps),
             r.delay_ms,
@@ -316,6 +356,8 @@ pub fn markdown(s: &Summary) -> String {
             r.goodput_goal,
             tcp,
             num(r.zdn_over_tcp),
+            num(r.mid_use),
+            num(r.tcp_mid_use),
             num(r.down_bytes_per_payload),
             num(r.tcp_down_bytes_per_payload),
             num(r.up_bytes_per_payload),
