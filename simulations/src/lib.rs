@@ -2,4 +2,5 @@
 //! in network namespaces behind emulated links (zdn-linkem), fetches, measures and writes a JSON
 //! report and a PNG plot.
 
+pub mod matrix;
 pub mod scenario;

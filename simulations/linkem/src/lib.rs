@@ -13,5 +13,5 @@ pub mod units;
 
 pub use forwarder::{spawn_direction, DirectionStats};
 pub use netns::{tun_link, LinkEnd, Netns, NetnsError, NetnsPair};
-pub use shaper::{LinkSpec, Outage, Shaper, Verdict};
+pub use shaper::{LinkSpec, Outage, RateChange, Shaper, Verdict};
 pub use tun::Tun;

@@ -7,7 +7,9 @@
 //!   (a later packet never arrives before an earlier one, as on a real single path);
 //! - **loss**: each packet that was serialised is lost with probability `loss` (it still used its
 //!   link time, as a packet corrupted in flight does);
-//! - **outages**: a packet that arrives or would be on the link during an outage is dropped.
+//! - **outages**: a packet that arrives or would be on the link during an outage is dropped;
+//! - **rate changes** ([`RateChange`], optional): from a given time on the link serialises at
+//!   another rate (rain fade, a shared beam), until the next change.
 //!
 //! The clock is passed in, so tests and the forwarder drive the same code.
 
@@ -24,6 +26,36 @@ impl Outage {
     fn covers(&self, t: Duration) -> bool {
         self.from <= t && t < self.to
     }
+}
+
+/// From `at` (from the link's start) on, the link serialises at `rate_bps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateChange {
+    pub at: Duration,
+    pub rate_bps: u64,
+}
+
+/// Checks a list of rate changes: each rate positive, times strictly increasing.
+pub fn validate_rate_changes(changes: &[RateChange]) -> Result<(), String> {
+    if let Some(c) = changes.iter().find(|c| c.rate_bps == 0) {
+        return Err(format!("the rate from {:?} must be positive", c.at));
+    }
+    if let Some(w) = changes.windows(2).find(|w| w[1].at <= w[0].at) {
+        return Err(format!(
+            "rate changes out of order: {:?} after {:?} (list them in time order, one per time)",
+            w[1].at, w[0].at
+        ));
+    }
+    Ok(())
+}
+
+/// The rate in force at `t`: the last change at or before `t`, else `base_bps`.
+pub fn rate_at(base_bps: u64, changes: &[RateChange], t: Duration) -> u64 {
+    changes
+        .iter()
+        .take_while(|c| c.at <= t)
+        .last()
+        .map_or(base_bps, |c| c.rate_bps)
 }
 
 /// One direction of an emulated link.
@@ -82,6 +114,7 @@ pub enum Verdict {
 #[derive(Debug, Clone)]
 pub struct Shaper {
     spec: LinkSpec,
+    rate_changes: Vec<RateChange>,
     busy_until: Duration,
     last_delivery: Duration,
     rng: u64,
@@ -91,6 +124,7 @@ impl Shaper {
     pub fn new(spec: LinkSpec, seed: u64) -> Self {
         Shaper {
             spec,
+            rate_changes: Vec::new(),
             busy_until: Duration::ZERO,
             last_delivery: Duration::ZERO,
             // xorshift64* must not start at zero.
@@ -98,8 +132,25 @@ impl Shaper {
         }
     }
 
+    /// The same, with the rate changing over time (see [`validate_rate_changes`]).
+    pub fn with_rate_changes(
+        spec: LinkSpec,
+        rate_changes: Vec<RateChange>,
+        seed: u64,
+    ) -> Result<Self, String> {
+        validate_rate_changes(&rate_changes)?;
+        let mut s = Shaper::new(spec, seed);
+        s.rate_changes = rate_changes;
+        Ok(s)
+    }
+
     pub fn spec(&self) -> &LinkSpec {
         &self.spec
+    }
+
+    /// The rate in force at `t`.
+    pub fn rate_bps_at(&self, t: Duration) -> u64 {
+        rate_at(self.spec.rate_bps, &self.rate_changes, t)
     }
 
     fn next_unit(&mut self) -> f64 {
@@ -120,11 +171,14 @@ impl Shaper {
             return Verdict::Outage;
         }
         let start = self.busy_until.max(now);
-        let rate = u128::from(self.spec.rate_bps);
-        let backlog = (start - now).as_nanos() * rate / 8 / 1_000_000_000;
+        // The backlog drains at today's rate; this packet goes out at the rate in force when its
+        // serialisation starts (a validated rate is never zero).
+        let backlog =
+            (start - now).as_nanos() * u128::from(self.rate_bps_at(now)) / 8 / 1_000_000_000;
         if backlog + len as u128 > u128::from(self.spec.queue_bytes) {
             return Verdict::QueueFull;
         }
+        let rate = u128::from(self.rate_bps_at(start).max(1));
         let tx_ns = (len as u128 * 8 * 1_000_000_000).div_ceil(rate);
         self.busy_until = start + Duration::from_nanos(u64::try_from(tx_ns).unwrap_or(u64::MAX));
         if self.spec.loss > 0.0 && self.next_unit() < self.spec.loss {
@@ -233,6 +287,57 @@ mod tests {
                 prev = at;
             }
         }
+    }
+
+    #[test]
+    fn rate_changes_take_effect_at_their_time_and_recover() {
+        let ch = |at, rate_bps| RateChange {
+            at: Duration::from_secs(at),
+            rate_bps,
+        };
+        let mut s =
+            Shaper::with_rate_changes(spec(1_000_000), vec![ch(10, 500_000), ch(20, 1_000_000)], 1)
+                .unwrap();
+        // Delivery time of one 1250-byte packet offered to an idle link at `at`, minus the delay.
+        let mut serialised = |at: Duration| match s.offer(at, 1250) {
+            Verdict::Deliver(d) => d - at - Duration::from_millis(300),
+            v => panic!("{v:?}"),
+        };
+        assert_eq!(
+            serialised(Duration::from_secs(5)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            serialised(Duration::from_secs(15)),
+            Duration::from_millis(20)
+        );
+        assert_eq!(
+            serialised(Duration::from_secs(25)),
+            Duration::from_millis(10)
+        );
+        // A second of back-to-back packets at half rate carries half as many.
+        let mut s = Shaper::with_rate_changes(spec(1_000_000), vec![ch(10, 500_000)], 1).unwrap();
+        let t0 = Duration::from_secs(10);
+        let delivered = (0..200)
+            .filter(|_| matches!(s.offer(t0, 1250), Verdict::Deliver(at) if at <= t0 + Duration::from_millis(1300)))
+            .count();
+        assert_eq!(delivered, 50);
+    }
+
+    #[test]
+    fn rate_changes_are_checked() {
+        let ch = |at, rate_bps| RateChange {
+            at: Duration::from_secs(at),
+            rate_bps,
+        };
+        assert!(validate_rate_changes(&[ch(1, 5), ch(2, 6)]).is_ok());
+        assert!(validate_rate_changes(&[ch(2, 5), ch(1, 6)]).is_err());
+        assert!(validate_rate_changes(&[ch(2, 5), ch(2, 6)]).is_err());
+        assert!(validate_rate_changes(&[ch(2, 0)]).is_err());
+        assert!(Shaper::with_rate_changes(spec(1), vec![ch(1, 0)], 1).is_err());
+        assert_eq!(rate_at(7, &[ch(1, 5), ch(2, 6)], Duration::ZERO), 7);
+        assert_eq!(rate_at(7, &[ch(1, 5), ch(2, 6)], Duration::from_secs(1)), 5);
+        assert_eq!(rate_at(7, &[ch(1, 5), ch(2, 6)], Duration::from_secs(9)), 6);
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! The units people write link settings in: durations (`300ms`, `30s`, `2m`), rates (`1mbit`),
-//! sizes (`50MiB`, `125kB`) and outage windows (`20s-50s`). Shared by `zdn-linkem`'s flags and
+//! sizes (`50MiB`, `125kB`), outage windows (`20s-50s`) and rate changes (`60s:500kbit`). Shared by `zdn-linkem`'s flags and
 //! `zdn-sim`'s scenario files, so both accept the same spellings.
 
 use std::time::Duration;
 
-use crate::shaper::Outage;
+use crate::shaper::{Outage, RateChange};
 
 /// A duration: a number with `ms`, `s` (the default), `m`/`min` or `h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -102,6 +102,17 @@ pub fn parse_outage(s: &str) -> Result<Outage, String> {
     Ok(o)
 }
 
+/// A rate change `AT:RATE`, the time from the link's start (`60s:500kbit`).
+pub fn parse_rate_change(s: &str) -> Result<RateChange, String> {
+    let (a, r) = s
+        .split_once(':')
+        .ok_or_else(|| format!("rate change {s:?}: AT:RATE, e.g. 60s:500kbit"))?;
+    Ok(RateChange {
+        at: parse_duration(a.trim()).map_err(|e| format!("rate change {s:?}: {e}"))?,
+        rate_bps: parse_bits_per_sec(r.trim()).map_err(|e| format!("rate change {s:?}: {e}"))?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +144,21 @@ mod tests {
         assert_eq!(parse_size("1500"), Ok(1500));
         assert_eq!(parse_size("1.5 KiB"), Ok(1536));
         assert!(parse_size("1 parsec").is_err());
+    }
+
+    #[test]
+    fn rate_change() {
+        assert_eq!(
+            parse_rate_change("60s:500kbit"),
+            Ok(RateChange {
+                at: Duration::from_secs(60),
+                rate_bps: 500_000
+            })
+        );
+        assert!(parse_rate_change("60s").is_err());
+        assert!(parse_rate_change("60s:0").is_err());
+        assert!(parse_rate_change("soon:1mbit").is_err());
+        assert!(parse_rate_change(":1mbit").is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use zdn_linkem::bulk;
 use zdn_linkem::units::parse_duration;
+use zdn_simulations::matrix::{self, run::MatrixOptions, Matrix};
 use zdn_simulations::scenario::{self, RunOptions, Scenario};
 
 /// Scenario runner for zdn's field conditions: starts real `zdn` nodes in network
@@ -53,6 +54,34 @@ enum Command {
         /// Keep the scratch directory (node logs, stores) after the run.
         #[arg(long)]
         keep_work: bool,
+    },
+    /// Run a matrix file: one scenario per cell (a grid of link rates × one-way delays × losses,
+    /// and extra cells), each by `zdn-sim scenario` with its TCP reference, up to `jobs` at once;
+    /// then OUT/matrix.json and OUT/matrix.md, the table of every cell against the goals. Each
+    /// cell's report is OUT/CELL.json and .png, its scenario file OUT/scenarios/CELL.toml. Example:
+    ///
+    ///   sudo target/debug/zdn-sim matrix simulations/matrices/satellite.toml --out docs/plots/matrix
+    ///
+    /// Exit status: 0 when every cell ran, 1 when the matrix could not run or was stopped.
+    #[command(verbatim_doc_comment)]
+    Matrix {
+        /// The matrix (TOML; see simulations/matrices/*.toml).
+        file: PathBuf,
+        /// Where to write the reports, scenario files and the summary.
+        #[arg(long, value_name = "DIR", default_value = "zdn-sim-matrix")]
+        out: PathBuf,
+        /// The zdn binary each cell runs (default: the `zdn` next to this executable).
+        #[arg(long, value_name = "PATH")]
+        zdn: Option<PathBuf>,
+        /// Where each cell's `zdn-sim scenario` output goes (default: OUT/../matrix-logs).
+        #[arg(long, value_name = "DIR")]
+        logs: Option<PathBuf>,
+        /// Keep cells whose report is already in OUT instead of running them again.
+        #[arg(long)]
+        keep_done: bool,
+        /// Run nothing: write the summary from the reports already in OUT.
+        #[arg(long)]
+        table_only: bool,
     },
     /// Check scenario files without running them: print what each describes.
     Check {
@@ -177,6 +206,79 @@ fn run_scenario(
     })
 }
 
+fn read_matrix(file: &Path) -> anyhow::Result<Matrix> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    Ok(Matrix::parse(&file.display().to_string(), &text)?)
+}
+
+/// The runs recorded by an earlier `zdn-sim matrix` in `out` (for `--table-only` and kept cells).
+fn earlier_runs(out: &Path) -> Vec<matrix::run::CellRun> {
+    std::fs::read_to_string(out.join("matrix-runs.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+fn run_matrix(
+    file: PathBuf,
+    out: PathBuf,
+    zdn: Option<PathBuf>,
+    logs: Option<PathBuf>,
+    keep_done: bool,
+    table_only: bool,
+) -> anyhow::Result<ExitCode> {
+    let m = read_matrix(&file)?;
+    let earlier = earlier_runs(&out);
+    let mut complete = true;
+    let runs = if table_only {
+        earlier
+    } else {
+        scenario::check_available()?;
+        // SAFETY: installing an async-signal-safe handler (it only stores to an atomic).
+        unsafe {
+            libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+            libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        }
+        let logs =
+            logs.unwrap_or_else(|| out.parent().unwrap_or(Path::new(".")).join("matrix-logs"));
+        let opts = MatrixOptions {
+            out: out.clone(),
+            logs,
+            exe: std::env::current_exe().context("finding this executable")?,
+            zdn,
+            keep_done,
+            stop: &STOP,
+        };
+        let mut runs = matrix::run::run(&m, &opts)?;
+        for r in runs.iter_mut().filter(|r| r.kept) {
+            if let Some(e) = earlier.iter().find(|e| e.cell == r.cell) {
+                *r = matrix::run::CellRun {
+                    kept: true,
+                    ..e.clone()
+                };
+            }
+        }
+        complete = !STOP.load(Ordering::Relaxed);
+        let path = out.join("matrix-runs.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&runs)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        runs
+    };
+    let summary = matrix::table::summarise(&m, &out, runs)?;
+    let c = &summary.counts;
+    println!("summary {}", out.join("matrix.md").display());
+    println!(
+        "cells {}: run {}, completed and verified {}; goodput goal {}, >= TCP {}, bytes goal {}, all {}",
+        c.cells, c.ran, c.completed_verified, c.goodput, c.tcp, c.bytes, c.all
+    );
+    Ok(if complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
@@ -187,6 +289,14 @@ fn main() -> ExitCode {
             work,
             keep_work,
         } => run_scenario(file, zdn, out, work, keep_work),
+        Command::Matrix {
+            file,
+            out,
+            zdn,
+            logs,
+            keep_done,
+            table_only,
+        } => run_matrix(file, out, zdn, logs, keep_done, table_only),
         Command::Check { files } => files
             .iter()
             .try_for_each(|f| {

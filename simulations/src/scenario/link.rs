@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use zdn_linkem::forwarder::{spawn_direction, DirectionStats};
 use zdn_linkem::netns::{tun_link, LinkEnd};
-use zdn_linkem::shaper::{LinkSpec, Shaper};
+use zdn_linkem::shaper::{LinkSpec, RateChange, Shaper};
 
 use super::error::ScenarioError;
 
@@ -26,12 +26,14 @@ pub struct EmulatedLink {
 }
 
 impl EmulatedLink {
-    /// Joins `upper` and `lower` and starts forwarding through `spec` (each direction; outages
-    /// count from `epoch`). `devs` are the TUN device names, unique on the machine.
+    /// Joins `upper` and `lower` and starts forwarding through `spec` with its `rate_changes`
+    /// (each direction; outages and rate changes count from `epoch`). `devs` are the TUN device
+    /// names, unique on the machine.
     pub fn start(
         upper: LinkEnd<'_>,
         lower: LinkEnd<'_>,
         spec: &LinkSpec,
+        rate_changes: &[RateChange],
         seed: u64,
         epoch: Instant,
     ) -> Result<EmulatedLink, ScenarioError> {
@@ -39,6 +41,14 @@ impl EmulatedLink {
         let io = |source| ScenarioError::Spawn {
             what: "the link's forwarder".into(),
             source,
+        };
+        let shaper = |seed| {
+            Shaper::with_rate_changes(spec.clone(), rate_changes.to_vec(), seed).map_err(|e| {
+                ScenarioError::Invalid {
+                    file: "the link".into(),
+                    message: e,
+                }
+            })
         };
         let stop = Arc::new(AtomicBool::new(false));
         let down = Arc::new(DirectionStats::default());
@@ -55,7 +65,7 @@ impl EmulatedLink {
         let (r, w) = spawn_direction(
             tun_u.try_clone().map_err(io)?,
             tun_l.try_clone().map_err(io)?,
-            Shaper::new(spec.clone(), seed),
+            shaper(seed)?,
             epoch,
             stop.clone(),
             down,
@@ -65,7 +75,7 @@ impl EmulatedLink {
         let (r, w) = spawn_direction(
             tun_l,
             tun_u,
-            Shaper::new(spec.clone(), seed.wrapping_add(0x9e37_79b9)),
+            shaper(seed.wrapping_add(0x9e37_79b9))?,
             epoch,
             stop,
             up,

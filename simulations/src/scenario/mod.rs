@@ -11,6 +11,8 @@ pub mod reference;
 pub mod report;
 pub mod runner;
 pub mod spec;
+#[cfg(test)]
+mod spec_tests;
 pub mod summary;
 pub mod text;
 pub mod topology;

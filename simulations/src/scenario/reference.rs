@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use zdn_linkem::netns::{LinkEnd, Netns};
-use zdn_linkem::shaper::LinkSpec;
+use zdn_linkem::shaper::{LinkSpec, RateChange};
 
 use super::error::ScenarioError;
 use super::link::EmulatedLink;
 use super::process::Reaped;
-use super::report::{goodput, up_seconds, ReferenceReport};
+use super::report::{goodput_between, up_seconds, ReferenceReport};
 use super::topology::prefix;
 
 const SINK: &str = "10.211.0.2:9000";
@@ -23,6 +23,7 @@ const SINK: &str = "10.211.0.2:9000";
 #[derive(Debug)]
 pub struct ReferenceRun<'a> {
     pub spec: &'a LinkSpec,
+    pub rate_changes: &'a [RateChange],
     pub seed: u64,
     pub bytes: u64,
     /// Offset from the link's start at which the sender starts.
@@ -55,6 +56,7 @@ impl ReferenceRun<'_> {
                 addr: "10.211.0.2",
             },
             self.spec,
+            self.rate_changes,
             self.seed,
             epoch,
         )?;
@@ -114,7 +116,13 @@ impl ReferenceRun<'_> {
                     r.finished_s = Some(end);
                     r.seconds = Some(end - r.started_s);
                     r.link_up_seconds = Some(up);
-                    r.goodput = goodput(got.unwrap_or(0), self.spec.rate_bps, up);
+                    r.goodput = goodput_between(
+                        got.unwrap_or(0),
+                        self.spec,
+                        self.rate_changes,
+                        r.started_s,
+                        end,
+                    );
                 }
                 break;
             }

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use zdn_linkem::shaper::{LinkSpec, Outage};
+use zdn_linkem::shaper::{rate_at, LinkSpec, Outage, RateChange};
 
 use super::spec::{Place, Transport};
 
@@ -46,10 +46,12 @@ pub struct LinkReport {
     pub queue_bytes: u64,
     /// `[from, to]` seconds from the link's start.
     pub outages: Vec<[f64; 2]>,
+    /// `[at, rate_bps]`: from `at` seconds on, the link runs at this rate.
+    pub rate_changes: Vec<[f64; 2]>,
 }
 
 impl LinkReport {
-    pub fn of(s: &LinkSpec) -> Self {
+    pub fn of(s: &LinkSpec, rate_changes: &[RateChange]) -> Self {
         LinkReport {
             rate_bps: s.rate_bps,
             delay_ms: s.delay.as_secs_f64() * 1000.0,
@@ -60,6 +62,10 @@ impl LinkReport {
                 .outages
                 .iter()
                 .map(|o| [o.from.as_secs_f64(), o.to.as_secs_f64()])
+                .collect(),
+            rate_changes: rate_changes
+                .iter()
+                .map(|c| [c.at.as_secs_f64(), c.rate_bps as f64])
                 .collect(),
         }
     }
@@ -215,6 +221,41 @@ pub fn up_seconds(outages: &[Outage], from: f64, to: f64) -> f64 {
     (to - from - down).max(0.0)
 }
 
+/// Bytes the link could carry in `[from, to]` (seconds from its start): its rate, as it
+/// changes, over the seconds outside every outage.
+pub fn capacity_bytes(spec: &LinkSpec, changes: &[RateChange], from: f64, to: f64) -> f64 {
+    let mut cuts: Vec<f64> = vec![from];
+    cuts.extend(
+        changes
+            .iter()
+            .map(|c| c.at.as_secs_f64())
+            .filter(|&t| t > from && t < to),
+    );
+    cuts.push(to);
+    cuts.windows(2)
+        .map(|w| {
+            let rate = rate_at(
+                spec.rate_bps,
+                changes,
+                std::time::Duration::from_secs_f64(w[0].max(0.0)),
+            );
+            rate as f64 / 8.0 * up_seconds(&spec.outages, w[0], w[1])
+        })
+        .sum()
+}
+
+/// Payload ÷ what the link could carry while up in `[from, to]` (see [`capacity_bytes`]).
+pub fn goodput_between(
+    payload: u64,
+    spec: &LinkSpec,
+    changes: &[RateChange],
+    from: f64,
+    to: f64,
+) -> Option<f64> {
+    let capacity = capacity_bytes(spec, changes, from, to);
+    (capacity > 0.0).then(|| payload as f64 / capacity)
+}
+
 /// Payload ÷ (rate × up seconds); none for an empty window.
 pub fn goodput(payload: u64, rate_bps: u64, up_seconds: f64) -> Option<f64> {
     let capacity = rate_bps as f64 / 8.0 * up_seconds;
@@ -249,5 +290,29 @@ mod tests {
         assert_eq!(goodput(1_000_000, 1_000_000, 8.0), Some(1.0));
         assert_eq!(goodput(500_000, 1_000_000, 8.0), Some(0.5));
         assert_eq!(goodput(1, 1_000_000, 0.0), None);
+    }
+
+    #[test]
+    fn capacity_follows_rate_changes_and_skips_outages() {
+        let mut spec = LinkSpec::satellite();
+        let ch = |at, rate_bps| RateChange {
+            at: Duration::from_secs(at),
+            rate_bps,
+        };
+        // No changes: rate × up seconds.
+        assert_eq!(capacity_bytes(&spec, &[], 0.0, 8.0), 1_000_000.0);
+        // Half rate from 10 s to 20 s: 10 s at 125 kB/s + 10 s at 62.5 kB/s + 10 s at 125 kB/s.
+        let changes = [ch(10, 500_000), ch(20, 1_000_000)];
+        assert_eq!(capacity_bytes(&spec, &changes, 0.0, 30.0), 3_125_000.0);
+        // A window starting inside the slow span.
+        assert_eq!(capacity_bytes(&spec, &changes, 15.0, 25.0), 937_500.0);
+        // An outage inside the slow span counts nothing.
+        spec.outages = vec![o(12, 14)];
+        assert_eq!(capacity_bytes(&spec, &changes, 0.0, 30.0), 3_000_000.0);
+        assert_eq!(
+            goodput_between(1_500_000, &spec, &changes, 0.0, 30.0),
+            Some(0.5)
+        );
+        assert_eq!(goodput_between(1, &spec, &changes, 13.0, 13.5), None);
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::error::ScenarioError;
 use super::objects::{publish, same_bytes, Published};
 use super::process::Reaped;
-use super::report::{goodput, up_seconds, FetchResult, NodeSeries, Report, Series};
+use super::report::{goodput_between, up_seconds, FetchResult, NodeSeries, Report, Series};
 use super::spec::{Place, Scenario, Transport};
 use super::summary::{node_reports, object_reports, plot_of, satellite_reports};
 use super::topology::Topology;
@@ -305,8 +305,8 @@ pub fn run(s: &Scenario, o: &RunOptions) -> Result<Report, ScenarioError> {
         seed: s.seed,
         ok,
         error,
-        link: super::report::LinkReport::of(&s.link),
-        lan: super::report::LinkReport::of(&s.lan),
+        link: super::report::LinkReport::of(&s.link, &s.rate_changes),
+        lan: super::report::LinkReport::of(&s.lan, &[]),
         nodes: node_reports,
         objects: object_reports(&published),
         fetches,
@@ -459,10 +459,14 @@ fn finish_fetch(
     }
     let _ = std::fs::remove_file(&r.output);
     if let Some(end) = res.finished_s {
-        let link = if res.over_satellite { &s.link } else { &s.lan };
+        let (link, changes): (_, &[_]) = if res.over_satellite {
+            (&s.link, &s.rate_changes)
+        } else {
+            (&s.lan, &[])
+        };
         let up = up_seconds(&link.outages, res.started_s, end);
         res.link_up_seconds = Some(up);
-        res.goodput = goodput(res.payload_bytes, link.rate_bps, up);
+        res.goodput = goodput_between(res.payload_bytes, link, changes, res.started_s, end);
     }
     Ok(())
 }

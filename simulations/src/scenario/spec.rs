@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use zdn_linkem::shaper::LinkSpec;
-use zdn_linkem::units::{parse_bits_per_sec, parse_duration, parse_outage, parse_size};
+use zdn_linkem::shaper::{validate_rate_changes, LinkSpec, RateChange};
+use zdn_linkem::units::{
+    parse_bits_per_sec, parse_duration, parse_outage, parse_rate_change, parse_size,
+};
 
 use super::error::ScenarioError;
 
@@ -60,6 +62,9 @@ struct LinkFile {
     queue: Option<String>,
     #[serde(default)]
     outages: Vec<String>,
+    /// `["60s:500kbit", "120s:1mbit"]`: the rate from then on (satellite links only).
+    #[serde(default)]
+    rate_changes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,6 +228,8 @@ pub struct Scenario {
     pub transport: Transport,
     /// Each satellite link, each direction.
     pub link: LinkSpec,
+    /// The satellite links' rate over time (empty: `link.rate_bps` throughout).
+    pub rate_changes: Vec<RateChange>,
     /// Each site-network link, each direction.
     pub lan: LinkSpec,
     pub nodes: Vec<NodeSpec>,
@@ -272,7 +279,14 @@ impl Scenario {
         };
         check_name("scenario name", &name).map_err(bad)?;
         let link = link_spec(&f.link).map_err(|e| bad(format!("[link]: {e}")))?;
+        let rate_changes =
+            rate_changes(&f.link.rate_changes).map_err(|e| bad(format!("[link]: {e}")))?;
         let lan = match &f.lan {
+            Some(l) if !l.rate_changes.is_empty() => {
+                return Err(bad(
+                    "[lan]: rate_changes are for the satellite link ([link]) only".into(),
+                ))
+            }
             Some(l) => link_spec(l).map_err(|e| bad(format!("[lan]: {e}")))?,
             None => LinkSpec {
                 rate_bps: 100_000_000,
@@ -302,6 +316,7 @@ impl Scenario {
             seed: f.seed,
             transport: f.transport,
             link,
+            rate_changes,
             lan,
             nodes,
             objects,
@@ -395,6 +410,15 @@ fn link_spec(l: &LinkFile) -> Result<LinkSpec, String> {
     };
     spec.validate()?;
     Ok(spec)
+}
+
+fn rate_changes(texts: &[String]) -> Result<Vec<RateChange>, String> {
+    let changes = texts
+        .iter()
+        .map(|t| parse_rate_change(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    validate_rate_changes(&changes).map_err(|e| format!("rate_changes: {e}"))?;
+    Ok(changes)
 }
 
 fn nodes(files: &[NodeFile]) -> Result<Vec<NodeSpec>, String> {

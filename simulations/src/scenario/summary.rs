@@ -9,7 +9,7 @@ use super::objects::Published;
 use super::plot::{Curve, Plot};
 use super::reference::ReferenceRun;
 use super::report::{
-    goodput, up_seconds, FetchResult, IdleReport, NodeReport, ObjectReport, Report,
+    goodput_between, up_seconds, FetchResult, IdleReport, NodeReport, ObjectReport, Report,
     SatelliteReport, Series,
 };
 use super::runner::RunOptions;
@@ -88,7 +88,10 @@ pub fn satellite_reports(
             (Some(a), Some(b)) => Some(up_seconds(&s.link.outages, a, b)),
             _ => None,
         };
-        let zdn_goodput = up.and_then(|u| goodput(payload, s.link.rate_bps, u));
+        let zdn_goodput = match (started, finished) {
+            (Some(a), Some(b)) => goodput_between(payload, &s.link, &s.rate_changes, a, b),
+            _ => None,
+        };
         let (down, upb) = down_up.get(i).copied().unwrap_or_default();
         let reference = match started {
             Some(at) if reference && s.reference_tcp && payload > 0 => {
@@ -98,6 +101,7 @@ pub fn satellite_reports(
                 );
                 let r = ReferenceRun {
                     spec: &s.link,
+                    rate_changes: &s.rate_changes,
                     seed: s.seed.wrapping_mul(1000).wrapping_add(i as u64),
                     bytes: payload,
                     start_at: Duration::from_secs_f64(at),
@@ -167,9 +171,19 @@ fn describe_link(l: &super::report::LinkReport) -> String {
         .iter()
         .map(|[a, b]| format!("{a:.0}-{b:.0} s"))
         .collect();
+    let changes: Vec<String> = l
+        .rate_changes
+        .iter()
+        .map(|[at, rate]| format!("{:.0} kbit/s from {at:.0} s", rate / 1000.0))
+        .collect();
     format!(
-        "satellite link, each way: {} kbit/s, {:.0} ms delay{}, {:.1} % loss, {} B queue{}",
+        "satellite link, each way: {} kbit/s{}, {:.0} ms delay{}, {:.1} % loss, {} B queue{}",
         l.rate_bps / 1000,
+        if changes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", changes.join(", "))
+        },
         l.delay_ms,
         if l.jitter_ms > 0.0 {
             format!(" + up to {:.0} ms jitter", l.jitter_ms)

@@ -58,10 +58,10 @@ impl Topology {
                 t.uplinks.push(None);
                 continue;
             };
-            let spec: &LinkSpec = if n.place == Place::Station {
-                &s.link
+            let (spec, changes): (&LinkSpec, &[_]) = if n.place == Place::Station {
+                (&s.link, &s.rate_changes)
             } else {
-                &s.lan
+                (&s.lan, &[])
             };
             let (dev_u, dev_l) = (format!("{p}l{i}u"), format!("{p}l{i}d"));
             let (addr_u, addr_l) = (format!("10.210.{i}.1"), format!("10.210.{i}.2"));
@@ -77,6 +77,7 @@ impl Topology {
                     addr: &addr_l,
                 },
                 spec,
+                changes,
                 s.seed.wrapping_mul(1000).wrapping_add(i as u64),
                 t.epoch,
             )?;

@@ -71,6 +71,8 @@ struct Heard {
 struct Turn {
     t0: Instant,
     path: PathValidator<SocketAddr>,
+    /// Keys this path's challenge nonces (see [`address_nonce`]); new when the path is new.
+    nonce_key: [u8; 32],
     last_heard: Option<Instant>,
     /// An address was validated at least once.
     reached: bool,
@@ -91,6 +93,7 @@ impl PacedServer {
         let mut t = Turn {
             t0: Instant::now(),
             path: PathValidator::new(),
+            nonce_key: fresh_key(),
             last_heard: None,
             reached: false,
             parked: false,
@@ -117,10 +120,13 @@ impl PacedServer {
                         }
                         t.parked = true;
                         t.path = PathValidator::new();
+                        t.nonce_key = fresh_key();
                     }
                 }
             }
-            let heard = self.read_control(&mut s, &mut t.path, t.t0).await;
+            let heard = self
+                .read_control(&mut s, &mut t.path, &t.nonce_key, t.t0)
+                .await;
             if heard.done {
                 return EndReason::Complete;
             }
@@ -214,6 +220,7 @@ impl PacedServer {
         &self,
         s: &mut Session,
         path: &mut PathValidator<SocketAddr>,
+        nonce_key: &[u8; 32],
         t0: Instant,
     ) -> Heard {
         let mut heard = Heard::default();
@@ -241,9 +248,11 @@ impl PacedServer {
                 }
                 ack @ ToSender::Ack { .. } => {
                     s.tx.on_ack(now, &ack);
-                    path.on_datagram(from, n, now, fresh_nonce)
+                    path.on_datagram(from, n, now, || address_nonce(nonce_key, from))
                 }
-                ToSender::Hello | ToSender::Probe => path.on_datagram(from, n, now, fresh_nonce),
+                ToSender::Hello | ToSender::Probe => {
+                    path.on_datagram(from, n, now, || address_nonce(nonce_key, from))
+                }
             };
             if let PathAction::Challenge { to, nonce } = action {
                 if s.seal
@@ -274,10 +283,80 @@ impl Turn {
     }
 }
 
-/// A challenge nonce from the OS's CSPRNG (all zero only if it fails, which only weakens that one
-/// challenge: a zero nonce is still unknown to an off-path attacker without the session key).
-fn fresh_nonce() -> [u8; 8] {
+/// A key from the OS's CSPRNG (all zero only if it fails, which only weakens the challenges of
+/// that one path: their nonces stay unknown to an off-path attacker without the session key).
+fn fresh_key() -> [u8; 32] {
+    let mut k = [0u8; 32];
+    let _ = getrandom::getrandom(&mut k);
+    k
+}
+
+/// The challenge nonce for `addr` on a path keyed by `key`: random to anyone without the key, one
+/// per address, and the same for every challenge to that address. The receiver sends Hellos every
+/// 250 ms until data comes and the sender challenges each (at most every 200 ms); were each
+/// challenge's nonce new, it would replace the one whose answer is still in flight, and on a
+/// round trip longer than that interval (every satellite link) no answer would ever match.
+fn address_nonce(key: &[u8; 32], addr: SocketAddr) -> [u8; 8] {
+    let mut h = blake3::Hasher::new_keyed(key);
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => h.update(&ip.to_ipv6_mapped().octets()),
+        std::net::IpAddr::V6(ip) => h.update(&ip.octets()),
+    };
+    h.update(&addr.port().to_be_bytes());
     let mut n = [0u8; 8];
-    let _ = getrandom::getrandom(&mut n);
+    n.copy_from_slice(&h.finalize().as_bytes()[..8]);
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use zdn_protocol::paced::PathValidator;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    #[test]
+    fn nonces_are_per_address_and_per_key() {
+        let (k1, k2) = ([1u8; 32], [2u8; 32]);
+        let a = addr("10.0.0.1:4000");
+        assert_eq!(address_nonce(&k1, a), address_nonce(&k1, a));
+        assert_ne!(address_nonce(&k1, a), address_nonce(&k2, a));
+        assert_ne!(
+            address_nonce(&k1, a),
+            address_nonce(&k1, addr("10.0.0.1:4001"))
+        );
+        assert_ne!(
+            address_nonce(&k1, a),
+            address_nonce(&k1, addr("10.0.0.2:4000"))
+        );
+        assert_ne!(fresh_key(), fresh_key());
+    }
+
+    /// A receiver 600 ms away (a satellite round trip) says Hello every 250 ms; the sender
+    /// challenges each. The answer to the first challenge, arriving after later challenges went
+    /// out, still validates the address.
+    #[test]
+    fn an_answer_in_flight_survives_later_challenges_on_a_long_round_trip() {
+        let key = fresh_key();
+        let rx = addr("10.210.1.2:5000");
+        let mut p = PathValidator::<SocketAddr>::new();
+        let ms = Duration::from_millis;
+        let mut sent = Vec::new();
+        // Hellos sent at 0, 250, 500, 750 ms arrive 300 ms later.
+        for k in 0..4u64 {
+            if let zdn_protocol::paced::PathAction::Challenge { nonce, .. } =
+                p.on_datagram(rx, 100, ms(300 + 250 * k), || address_nonce(&key, rx))
+            {
+                sent.push(nonce);
+            }
+        }
+        assert!(sent.len() >= 2, "each Hello 250 ms apart draws a challenge");
+        // The first challenge (sent at 300 ms) is answered at 900 ms, after two more went out.
+        assert!(p.on_response(rx, sent[0]));
+        assert_eq!(p.target(), Some(rx));
+    }
 }
