@@ -38,8 +38,8 @@ pub enum LayerKind {
 /// Everything the merge arithmetic needs about one base tensor.
 ///
 /// The base tensor is `[rows, cols]`. Not transposed: A is `[rank, cols]`, B is `[rows, rank]` and
-/// element (i, j) gains s·Σₖ B[i,k]·A[k,j]. Transposed (`fan_in_fan_out`, embeddings): A is
-/// `[rank, rows]`, B is `[cols, rank]` and element (i, j) gains s·Σₖ B[j,k]·A[k,i].
+/// element (i, j) gains `s·Σₖ B[i,k]·A[k,j]`. Transposed (`fan_in_fan_out`, embeddings): A is
+/// `[rank, rows]`, B is `[cols, rank]` and element (i, j) gains `s·Σₖ B[j,k]·A[k,i]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MergeShape {
     pub rows: u64,
