@@ -25,7 +25,7 @@ pub fn run(loc: &Location, delta: PathBuf, json: bool) -> anyhow::Result<u8> {
         }
         // A folder delta on disk: its tensors are its delta.bitdelta.
         let member = delta.join(zdn_protocol::folder::delta::DELTA_MEMBER);
-        let path = if delta.is_dir() { member } else { delta };
+        let path = if member.is_file() { member } else { delta };
         (path, None, None)
     } else {
         let (tmp, m) = store::object_to_temp(loc, &delta.to_string_lossy()).with_context(|| {
