@@ -166,6 +166,47 @@ pub fn shard_indexes() -> Vec<Vec<u8>> {
     ]
 }
 
+/// `zdn-delta.json` layouts of folder deltas (every source, grown and exact rows).
+pub fn folder_delta_layouts() -> Vec<Vec<u8>> {
+    let h = "ab".repeat(32);
+    vec![format!(
+        r#"{{"format":"zdn-folder-delta/1","files":[
+  {{"path":"config.json","from":"carried","len":10,"blake3":"{h}"}},
+  {{"path":"model-00001-of-00002.safetensors","from":"tensors","len":100}},
+  {{"path":"tokenizer.json","from":"base","len":7,"blake3":"{h}"}}],
+ "grown":[{{"name":"lm_head.weight","rows":"lm_head.weight.zdn_new_rows"}}],
+ "exact_rows":[{{"name":"lm_head.weight","rows":"lm_head.weight.zdn_exact_rows","indices":[1,2,7]}}]}}"#
+    )
+    .into_bytes()]
+}
+
+/// Shard headers kept apart from their data (a folder delta's `headers/…` members).
+pub fn shard_headers() -> Vec<Vec<u8>> {
+    let t = |name: &str, dtype, shape: Vec<u64>| TensorLayout {
+        name: name.into(),
+        dtype,
+        shape,
+    };
+    let layouts = [
+        t("model.embed_tokens.weight", DType::BF16, vec![8, 4]),
+        t("model.norm.weight", DType::F32, vec![4]),
+    ];
+    let meta = [("format".to_string(), "pt".to_string())]
+        .into_iter()
+        .collect();
+    encode_header(&layouts, &meta)
+        .map(|h| vec![h.0])
+        .unwrap_or_default()
+}
+
+/// PEFT `adapter_config.json` files as trainers write them.
+pub fn adapter_configs() -> Vec<Vec<u8>> {
+    vec![
+        br#"{"peft_type":"LORA","task_type":"CAUSAL_LM","r":16,"lora_alpha":32,"lora_dropout":0.05,"bias":"none","fan_in_fan_out":false,"use_rslora":false,"target_modules":["q_proj","k_proj","v_proj","o_proj"],"base_model_name_or_path":"meta-llama/Llama-2-7b-hf","modules_to_save":null,"rank_pattern":{},"alpha_pattern":{}}"#.to_vec(),
+        br#"{"peft_type":"LORA","r":8,"lora_alpha":8,"target_modules":"q_proj|v_proj","use_rslora":true}"#.to_vec(),
+    ]
+}
+
 /// Folder member paths, as a folder manifest's file table or `zdn add DIR` meets them.
 pub fn folder_paths() -> Vec<Vec<u8>> {
     [

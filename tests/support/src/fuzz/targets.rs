@@ -182,6 +182,45 @@ pub fn targets() -> Vec<Target> {
             },
         },
         Target {
+            name: "folder-delta-layout",
+            seeds: seeds::folder_delta_layouts,
+            check: |b| {
+                use zdn_protocol::folder::delta::FolderDelta;
+                match FolderDelta::parse(b) {
+                    Err(_) => Ok(false),
+                    // What zdn writes of an accepted layout reads back as the same layout.
+                    Ok(d) => match FolderDelta::parse(&d.to_bytes()) {
+                        Ok(again) if again == d => Ok(true),
+                        _ => Err("an accepted layout does not read back from its own bytes".into()),
+                    },
+                }
+            },
+        },
+        Target {
+            name: "shard-header",
+            seeds: seeds::shard_headers,
+            check: |b| {
+                use zdn_protocol::folder::delta::{file_len, parse_header};
+                match parse_header("x.safetensors", b) {
+                    Err(_) => Ok(false),
+                    // Accepted: its tensors tile the data section from the header's end.
+                    Ok(h) => {
+                        let data: u64 = h.tensors.iter().map(|t| t.range.len() as u64).sum();
+                        if file_len(&h) == b.len() as u64 + data {
+                            Ok(true)
+                        } else {
+                            Err("an accepted header's tensors do not tile its data".into())
+                        }
+                    }
+                }
+            },
+        },
+        Target {
+            name: "adapter-config",
+            seeds: seeds::adapter_configs,
+            check: |b| Ok(zdn_protocol::lora::AdapterConfig::parse(b).is_ok()),
+        },
+        Target {
             name: "chunk-codecs",
             seeds: seeds::chunks,
             check: |b| {
