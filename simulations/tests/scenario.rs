@@ -181,6 +181,13 @@ fn ci_short_scenario_runs_real_nodes_end_to_end() {
         duplicates * 100 <= datagrams * 3,
         "{duplicates} of {datagrams} datagrams arrived twice"
     );
+    // Resent bytes: what the lane delivered (duplicates included) is at most 3 % over the object.
+    let object_len = r["objects"][0]["object_len"].as_u64().unwrap();
+    let lane_bytes = lane["payload_bytes"].as_u64().unwrap();
+    assert!(
+        lane_bytes * 100 <= object_len * 103,
+        "the lane delivered {lane_bytes} payload bytes for a {object_len}-byte object"
+    );
     assert_eq!(fetches[1]["over_satellite"], false);
 
     let sat = &r["satellite"][0];
@@ -213,6 +220,30 @@ fn ci_short_scenario_runs_real_nodes_end_to_end() {
     assert!(t.len() > 10);
     let nodes = series["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 4);
+    // Restart after the outage (6–10 s from the link's start, in the middle of the station's
+    // fetch): data flows again (16 kB more at the station) within the lane's probe interval (4 s)
+    // + 2 round trips (0.4 s) + one sample (0.25 s) of the link's return (docs/spec/lane.md).
+    let station = nodes.iter().find(|n| n["name"] == "station").unwrap();
+    let received: Vec<u64> = station["received"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let times: Vec<f64> = t.iter().map(|v| v.as_f64().unwrap()).collect();
+    let at_return = times.iter().position(|&x| x >= 10.0).unwrap();
+    let resumed = (at_return..times.len())
+        .find(|&i| received[i] >= received[at_return] + 16_000)
+        .map(|i| times[i] - 10.0);
+    assert!(
+        fetches[0]["finished_s"].as_f64().unwrap() > 10.0,
+        "the station's fetch ended before the link returned: the restart is not measured"
+    );
+    let resumed = resumed.expect("no data at the station after the outage");
+    assert!(
+        resumed <= 4.65,
+        "data resumed {resumed:.2} s after the link returned"
+    );
     for n in nodes {
         let rx: Vec<u64> = n["received"]
             .as_array()
