@@ -152,16 +152,6 @@ impl ModelFolder {
         &self.files
     }
 
-    /// The BLAKE3 of the folder as one object: its files concatenated in canonical order (what a
-    /// folder object's manifest records as `object_hash`).
-    pub fn object_blake3(&self) -> zdn_protocol::Hash {
-        let mut h = blake3::Hasher::new();
-        for (_, map) in &self.files {
-            map.hash_into(&mut h);
-        }
-        h.finalize().into()
-    }
-
     pub fn len(&self) -> usize {
         self.files.len()
     }

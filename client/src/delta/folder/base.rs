@@ -89,23 +89,9 @@ pub trait BaseModel {
         if self.file_len(path) != Some(bytes.len() as u64) {
             return Ok(false);
         }
-        let mut h = HashWriter(blake3::Hasher::new());
+        let mut h = blake3::Hasher::new();
         self.write_file(path, &mut h)?;
-        Ok(Hash::from(h.0.finalize()) == Hash::of(bytes))
-    }
-}
-
-/// Hashes what is written to it.
-struct HashWriter(blake3::Hasher);
-
-impl Write for HashWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        Ok(Hash::from(h.finalize()) == Hash::of(bytes))
     }
 }
 
