@@ -21,6 +21,18 @@ impl ObjectStore {
         out: &mut dyn Write,
     ) -> Result<FileEntry, StoreError> {
         let m = self.require_manifest(hash)?;
+        self.read_member(&m, path, out)
+    }
+
+    /// [`Self::read_file`] of the object `m` describes, for a caller that holds its manifest (no
+    /// second read and decode of it).
+    pub fn read_member(
+        &self,
+        m: &SignedManifest,
+        path: &str,
+        out: &mut dyn Write,
+    ) -> Result<FileEntry, StoreError> {
+        let hash = &m.hash();
         let missing = || StoreError::NoSuchFile {
             object: *hash,
             path: path.to_owned(),

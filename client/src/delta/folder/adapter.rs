@@ -80,8 +80,8 @@ impl AdapterSource {
             ));
         }
         let mut config = Vec::new();
-        store.read_file(hash, CONFIG_MEMBER, &mut config)?;
-        let (tmp, weights) = member_to_temp(store, hash, WEIGHTS_MEMBER, output)?;
+        store.read_member(&m, CONFIG_MEMBER, &mut config)?;
+        let (tmp, weights) = member_to_temp(store, &m, WEIGHTS_MEMBER, output)?;
         Ok(AdapterSource {
             config,
             weights,

@@ -125,7 +125,7 @@ impl<'s> DeltaSource<'s> {
             };
             return Err(FolderApplyError::NotAFolderDelta(*hash, what));
         }
-        let (tmp, bitdelta) = member_to_temp(store, hash, DELTA_MEMBER, output)?;
+        let (tmp, bitdelta) = member_to_temp(store, &manifest, DELTA_MEMBER, output)?;
         Ok(DeltaSource::Store(Box::new(StoredDelta {
             store,
             manifest,
@@ -180,7 +180,7 @@ impl<'s> DeltaSource<'s> {
                 })
             }
             DeltaSource::Store(d) => {
-                d.store.read_file(&d.manifest.hash(), path, out)?;
+                d.store.read_member(&d.manifest, path, out)?;
                 Ok(())
             }
         }
@@ -195,12 +195,12 @@ impl<'s> DeltaSource<'s> {
     }
 }
 
-/// Copies member `member` of folder object `hash` to a temporary file beside `output` (verified
+/// Copies member `member` of the folder object `m` describes to a temporary file beside `output` (verified
 /// chunk by chunk) and maps it: a large member is read without holding it in memory. The file is
 /// removed when the returned handle drops.
 pub(super) fn member_to_temp(
     store: &ObjectStore,
-    hash: &Hash,
+    m: &SignedManifest,
     member: &str,
     output: &Path,
 ) -> Result<(tempfile::NamedTempFile, MappedFile), FolderApplyError> {
@@ -216,7 +216,7 @@ pub(super) fn member_to_temp(
         .map_err(io)?;
     {
         let mut w = std::io::BufWriter::new(tmp.as_file_mut());
-        store.read_file(hash, member, &mut w)?;
+        store.read_member(m, member, &mut w)?;
         w.flush().map_err(io)?;
     }
     let map = MappedFile::open(tmp.path())?;

@@ -333,7 +333,7 @@ impl BaseModel for StoreBase<'_> {
 
     fn write_file(&self, path: &str, out: &mut dyn Write) -> Result<(), BaseError> {
         self.store
-            .read_file(&self.manifest.hash(), path, out)
+            .read_member(&self.manifest, path, out)
             .map(drop)
             .map_err(BaseError::from)
     }
