@@ -276,7 +276,7 @@ fn choose_exact_rows(
 ) -> Result<(), FolderEncodeError> {
     for p in pairs.iter_mut() {
         let t = p.info;
-        if !defaults.vocab(&t.name, &t.shape) || base.layout(&t.name).is_none() {
+        if !defaults.by_rows(p.class) || base.layout(&t.name).is_none() {
             continue;
         }
         let map = &files[p.file].1;
@@ -418,14 +418,15 @@ impl Target<'_> {
     /// The choice and options for a tensor's (common) entry.
     fn plan(
         &self,
-        t: &TensorInfo,
+        p: &Pairing<'_>,
         target: &TensorData<'_>,
         base: Option<&TensorData<'_>>,
     ) -> (Choice, EncodeOptions) {
+        let t = p.info;
         let mut opts = self.job.options;
         opts.spec.granularity = self.defaults.granularity;
         let sel = &self.job.selection;
-        if !self.defaults.vocab(&t.name, &t.shape) {
+        if !self.defaults.by_rows(p.class) {
             let b = base.map(|b| (b.dtype, b.shape));
             return (sel.choose(&t.name, (t.dtype, target.shape), b), opts);
         }
@@ -473,7 +474,7 @@ fn write_bitdelta(
             .base
             .tensor(&t.name, &mut buf)?
             .and_then(|b| base_rows(common, b));
-        let (choice, o) = target.plan(t, &data, b.as_ref());
+        let (choice, o) = target.plan(p, &data, b.as_ref());
         let enc = encode_tensor(&t.name, choice, b.as_ref(), &data, &o, None)?;
         file.write_all(&enc.block)?;
         set_block(&mut entries[next], &enc, meta);

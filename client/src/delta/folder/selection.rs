@@ -86,9 +86,9 @@ impl Defaults {
         self.architecture.classify(name, shape)
     }
 
-    /// Whether a tensor gets the vocabulary treatment.
-    pub fn vocab(&self, name: &str, shape: &[u64]) -> bool {
-        self.vocab_rows && self.class(name, shape) == TensorClass::Vocabulary
+    /// Whether a tensor of `class` gets the vocabulary treatment.
+    pub fn by_rows(&self, class: TensorClass) -> bool {
+        self.vocab_rows && class == TensorClass::Vocabulary
     }
 
     /// The rows of a vocabulary tensor kept exactly: its first `rows` rows (those paired with the
