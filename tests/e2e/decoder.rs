@@ -152,22 +152,6 @@ fn forward_matches_transformers() {
     println!("largest logit difference to transformers: {worst:.2e}");
 }
 
-fn delta(base: &Path, fine: &Path, out: &Path, extra: &[&str]) -> Value {
-    let mut args = vec![
-        "delta",
-        "encode",
-        "--base",
-        s(base),
-        "--finetuned",
-        s(fine),
-        "-o",
-        s(out),
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    json(&zdn_ok(&args))
-}
-
 /// `zdn eval --json` of a decoder delta applied to `onto` (the grafted base), the base the floor.
 fn eval(pair: &DecoderPair, delta: &Path, onto: &Path, extra: &[&str]) -> Value {
     let mut args = vec![
@@ -207,7 +191,7 @@ fn pair_delta(pair: &DecoderPair, dir: &Path, extra: &[&str]) -> (std::path::Pat
     for g in GROWN {
         args.extend(["--exclude", g]);
     }
-    let enc = delta(
+    let enc = delta_encode(
         &onto.join("model.safetensors"),
         &fine.join("model.safetensors"),
         &d,
@@ -307,16 +291,11 @@ fn bad_decoder_inputs_are_refused_clearly() {
     merge_shards(&pair.base, &b1);
     merge_shards(&pair.finetuned, &f1);
     zdn_err(
-        &[
-            "delta",
-            "encode",
-            "--base",
-            s(&b1.join("model.safetensors")),
-            "--finetuned",
-            s(&f1.join("model.safetensors")),
-            "-o",
-            s(&dir.path().join("x.bitdelta")),
-        ],
+        &delta_encode_args(
+            &b1.join("model.safetensors"),
+            &f1.join("model.safetensors"),
+            &dir.path().join("x.bitdelta"),
+        ),
         "base shape [4096, 256] differs from fine-tune shape [4098, 256]",
     );
     let (onto, _) = pair_delta(&pair, dir.path(), &[]);

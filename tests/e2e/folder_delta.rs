@@ -46,22 +46,6 @@ fn pair(root: &Path) -> (PathBuf, PathBuf) {
     (base, fine)
 }
 
-fn encode(base: &Path, fine: &Path, out: &Path, extra: &[&str]) -> Value {
-    let mut a = vec![
-        "delta",
-        "encode",
-        "--base",
-        s(base),
-        "--finetuned",
-        s(fine),
-        "-o",
-        s(out),
-        "--json",
-    ];
-    a.extend_from_slice(extra);
-    json(&zdn_ok(&a))
-}
-
 fn add(home: &Path, dir: &Path, extra: &[&str]) -> String {
     let mut a = vec!["add", s(dir), "--chunk-size", CHUNK, "--json"];
     a.extend_from_slice(extra);
@@ -140,7 +124,7 @@ fn a_lossless_folder_delta_rebuilds_the_fine_tune_byte_for_byte() {
     let t = tmpdir();
     let (base, fine) = pair(t.path());
     let d = t.path().join("chat.delta");
-    let r = encode(&base, &fine, &d, &["--exclude", "*"]);
+    let r = delta_encode(&base, &fine, &d, &["--exclude", "*"]);
     // Two shard layouts: every tensor was paired by name, none stored raw for want of a base
     // tensor but the grown rows.
     assert_eq!(r["finetune_only"], serde_json::json!([]));
@@ -169,16 +153,7 @@ fn a_lossless_folder_delta_rebuilds_the_fine_tune_byte_for_byte() {
     assert!(!d.join("files/generation_config.json").exists());
 
     let out = t.path().join("rebuilt");
-    zdn_ok(&[
-        "delta",
-        "apply",
-        "--base",
-        s(&base),
-        "--delta",
-        s(&d),
-        "-o",
-        s(&out),
-    ]);
+    zdn_ok(&delta_apply_args(&base, &d, &out));
     assert_eq!(read_tree(&out), read_tree(&fine));
 }
 
@@ -187,7 +162,7 @@ fn a_one_bit_folder_delta_goes_through_the_store_and_a_second_node() {
     let publisher = tmpdir();
     let (base, fine) = pair(publisher.path());
     let d = publisher.path().join("chat.delta");
-    let r = encode(&base, &fine, &d, &[]);
+    let r = delta_encode(&base, &fine, &d, &[]);
     let fine_bytes: u64 = read_tree(&fine).iter().map(|f| f.1.len() as u64).sum();
     assert!(
         r["delta_bytes"].as_u64().unwrap() * 4 < fine_bytes,
@@ -238,16 +213,7 @@ fn a_one_bit_folder_delta_goes_through_the_store_and_a_second_node() {
     let from_store = publisher.path().join("from-store");
     ok(home, &["apply", &delta_hash, "-o", s(&from_store)]);
     let from_disk = publisher.path().join("from-disk");
-    zdn_ok(&[
-        "delta",
-        "apply",
-        "--base",
-        s(&base),
-        "--delta",
-        s(&d),
-        "-o",
-        s(&from_disk),
-    ]);
+    zdn_ok(&delta_apply_args(&base, &d, &from_disk));
     let tree = read_tree(&from_store);
     assert_eq!(tree, read_tree(&from_disk));
 
@@ -338,7 +304,7 @@ fn bad_folder_deltas_and_wrong_bases_are_refused() {
     let t = tmpdir();
     let (base, fine) = pair(t.path());
     let d = t.path().join("chat.delta");
-    encode(&base, &fine, &d, &[]);
+    delta_encode(&base, &fine, &d, &[]);
     let home = t.path().join("home");
     let base_hash = add(&home, &base, &[]);
     let count = || {
@@ -414,19 +380,7 @@ fn bad_folder_deltas_and_wrong_bases_are_refused() {
     for (c, needle) in &cases {
         err(&home, &["add", s(c), "--base", &base_hash], needle);
         let out = t.path().join("out");
-        zdn_err(
-            &[
-                "delta",
-                "apply",
-                "--base",
-                s(&base),
-                "--delta",
-                s(c),
-                "-o",
-                s(&out),
-            ],
-            needle,
-        );
+        zdn_err(&delta_apply_args(&base, c, &out), needle);
         assert!(!out.exists(), "{}: an output was left behind", c.display());
     }
     assert_eq!(count(), 2);
@@ -434,16 +388,7 @@ fn bad_folder_deltas_and_wrong_bases_are_refused() {
     // The right delta, applied to the wrong base or into a non-empty folder: refused.
     let out = t.path().join("out");
     zdn_err(
-        &[
-            "delta",
-            "apply",
-            "--base",
-            s(&fine),
-            "--delta",
-            s(&d),
-            "-o",
-            s(&out),
-        ],
+        &delta_apply_args(&fine, &d, &out),
         "was made for base object",
     );
     assert!(!out.exists());
@@ -475,16 +420,7 @@ fn a_single_file_delta_is_applied_from_the_store() {
     write_model(&b, &[w(1), T::f32("n", &[32], values(32, 3, 1.0))]);
     write_model(&f, &[w(2), T::f32("n", &[32], values(32, 4, 1.0))]);
     let d = t.path().join("ft.bitdelta");
-    zdn_ok(&[
-        "delta",
-        "encode",
-        "--base",
-        s(&b),
-        "--finetuned",
-        s(&f),
-        "-o",
-        s(&d),
-    ]);
+    zdn_ok(&delta_encode_args(&b, &f, &d));
     let home = t.path().join("home");
     let base_hash = add(&home, &b, &[]);
     let delta_hash = add(&home, &d, &["--base", &base_hash]);
@@ -493,16 +429,7 @@ fn a_single_file_delta_is_applied_from_the_store() {
         t.path().join("b.safetensors"),
     );
     ok(&home, &["apply", &delta_hash, "-o", s(&from_store)]);
-    zdn_ok(&[
-        "delta",
-        "apply",
-        "--base",
-        s(&b),
-        "--delta",
-        s(&d),
-        "-o",
-        s(&from_disk),
-    ]);
+    zdn_ok(&delta_apply_args(&b, &d, &from_disk));
     assert_eq!(
         std::fs::read(&from_store).unwrap(),
         std::fs::read(&from_disk).unwrap()

@@ -169,22 +169,6 @@ fn add(home: &Path, dir: &Path, extra: &[&str]) -> String {
     json(&ok(home, &a))["hash"].as_str().unwrap().to_string()
 }
 
-fn delta_apply(base: &Path, delta: &Path, out: &Path) -> Vec<String> {
-    [
-        "delta",
-        "apply",
-        "--base",
-        s(base),
-        "--delta",
-        s(delta),
-        "-o",
-        s(out),
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect()
-}
-
 #[test]
 fn an_adapter_is_an_object_merged_from_the_store_and_from_disk() {
     let t = tmpdir();
@@ -197,8 +181,7 @@ fn an_adapter_is_an_object_merged_from_the_store_and_from_disk() {
     let lora_hash = add(&home, &lora, &["--base", &base_hash, "--name", "tiny-lora"]);
 
     let from_disk = t.path().join("from-disk");
-    let a = delta_apply(&base, &lora, &from_disk);
-    zdn_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    zdn_ok(&delta_apply_args(&base, &lora, &from_disk));
     check_merged(&base, &from_disk);
 
     // A second node fetches the adapter with its base, and merges it from its own store.
@@ -264,8 +247,7 @@ fn bad_adapters_are_refused_and_leave_the_store_as_it_was() {
     for (d, needle) in &cases {
         err(&home, &["add", s(d), "--base", &base_hash], needle);
         let out = t.path().join("out");
-        let a = delta_apply(&base, d, &out);
-        zdn_err(&a.iter().map(String::as_str).collect::<Vec<_>>(), needle);
+        zdn_err(&delta_apply_args(&base, d, &out), needle);
         assert!(!out.exists(), "{}: output left behind", d.display());
     }
     assert_eq!(

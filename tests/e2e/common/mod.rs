@@ -165,6 +165,42 @@ pub fn lee_corpus() -> (PathBuf, PathBuf) {
 }
 
 /// Parses a command's JSON output.
+/// The arguments of `zdn delta encode --base BASE --finetuned FINE -o OUT`.
+pub fn delta_encode_args<'a>(base: &'a Path, fine: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "delta",
+        "encode",
+        "--base",
+        s(base),
+        "--finetuned",
+        s(fine),
+        "-o",
+        s(out),
+    ]
+}
+
+/// `zdn delta encode … --json EXTRA…` ([`delta_encode_args`]), asserting success: its report.
+pub fn delta_encode(base: &Path, fine: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut a = delta_encode_args(base, fine, out);
+    a.push("--json");
+    a.extend_from_slice(extra);
+    json(&zdn_ok(&a))
+}
+
+/// The arguments of `zdn delta apply --base BASE --delta DELTA -o OUT`.
+pub fn delta_apply_args<'a>(base: &'a Path, delta: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
+        "delta",
+        "apply",
+        "--base",
+        s(base),
+        "--delta",
+        s(delta),
+        "-o",
+        s(out),
+    ]
+}
+
 pub fn json(out: &str) -> serde_json::Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
