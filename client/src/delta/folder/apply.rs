@@ -336,7 +336,7 @@ fn write_tensors(
     base: &dyn BaseModel,
 ) -> Result<usize, FolderApplyError> {
     let io = |cause| FolderApplyError::Io {
-        path: PathBuf::from(&plan.header.tensors.first().map_or("", |t| t.name.as_str())),
+        path: PathBuf::from(layout.files.get(plan.file).map_or("", |f| f.path.as_str())),
         cause,
     };
     out.write_all(&plan.header_bytes).map_err(io)?;
