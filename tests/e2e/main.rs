@@ -14,6 +14,7 @@ mod common;
 
 mod adversary;
 mod decoder;
+mod decoder_calibrate;
 mod delta;
 mod folder;
 mod folder_delta;

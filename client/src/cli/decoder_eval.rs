@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::cli::output::say;
+use crate::decoder::calibrate::{calibrate, DecoderCalibrateJob};
 use crate::decoder::config::{is_decoder_model_type, model_type_of};
 use crate::decoder::eval::{
     evaluate, AppliedWeights, DecoderEvalJob, DecoderQualityReport, DEFAULT_BATCH,
@@ -14,7 +15,7 @@ use crate::decoder::eval::{
 };
 
 /// The model folder of `path`: itself if it is a folder, else the folder the file is in.
-fn folder(path: &Path) -> PathBuf {
+pub fn folder(path: &Path) -> PathBuf {
     if path.is_dir() {
         path.to_owned()
     } else {
@@ -133,4 +134,28 @@ fn print_report(r: &DecoderQualityReport) {
             r.finetuned_bytes
         );
     }
+}
+
+/// `zdn delta calibrate` of a folder delta of a decoder.
+pub fn run_calibrate(job: DecoderCalibrateJob, json: bool) -> anyhow::Result<u8> {
+    let r = calibrate(&job).context("delta calibrate failed")?;
+    if json {
+        say!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        say!(
+            "wrote {}: {} scales of {} projections fitted on {} conversations in {} steps \
+             ({:.0} s); next-token KL on the calibration text {:.4} → {:.4}; largest scale \
+             change {:.1} %",
+            r.output.display(),
+            r.scales,
+            r.tensors,
+            r.conversations,
+            r.steps,
+            r.seconds,
+            r.kl_first,
+            r.kl_last,
+            100.0 * r.max_relative_change
+        );
+    }
+    Ok(0)
 }

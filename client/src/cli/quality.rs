@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::decoder::calibrate::DecoderCalibrateJob;
 use crate::quality::calibrate::{calibrate, CalibrateJob};
 use crate::quality::eval::{quality, QualityJob, QualityReport};
 use anyhow::Context;
@@ -50,40 +51,45 @@ pub struct EvalArgs {
 
 #[derive(Args, Debug)]
 pub struct CalibrateArgs {
-    /// The base model (safetensors); its config.json and tokenizer.json are read from beside it.
+    /// The base model: a safetensors file (its config.json and tokenizer.json are read from beside
+    /// it), or a decoder LLM's model folder (config.json model_type llama, …).
     #[arg(long)]
     base: PathBuf,
-    /// The fine-tuned model whose hidden states the scales are fitted to.
+    /// The fine-tuned model (file or folder) whose outputs the scales are fitted to: hidden states
+    /// for an encoder, next-token distributions for a decoder.
     #[arg(long)]
     finetuned: PathBuf,
-    /// The .bitdelta whose scales are calibrated (its signs and levels are kept).
+    /// The delta whose scales are calibrated (its signs and levels are kept): a .bitdelta, or for a
+    /// decoder a folder delta (`zdn delta encode` of two model folders).
     #[arg(long)]
     delta: PathBuf,
-    /// Calibration text (one document per line).
+    /// Calibration text: one document per line; for a decoder, conversations as JSON lines
+    /// ({"messages": [{"role": …, "content": …}, …]}), rendered by the fine-tune's chat template.
     #[arg(long)]
     corpus: PathBuf,
-    /// Never calibrate on sentences of this corpus (keep the evaluation text held out).
+    /// Never calibrate on sentences (conversations) of this file: keep the evaluation text held out.
     #[arg(long, value_name = "FILE")]
     exclude_corpus: Option<PathBuf>,
-    /// Output .bitdelta (same size as the input; only scale bytes differ).
+    /// Output: a .bitdelta, or for a folder delta a new folder (must not exist). Same size as the
+    /// input; only scale bytes differ.
     #[arg(short, long)]
     output: PathBuf,
     #[arg(long)]
     config: Option<PathBuf>,
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Calibration sentences drawn from the corpus.
-    #[arg(long, default_value_t = CalibrateJob::DEFAULT_SENTENCES)]
-    sentences: usize,
-    /// Adam steps (one batch each).
-    #[arg(long, default_value_t = CalibrateJob::DEFAULT_STEPS)]
-    steps: usize,
-    /// Sentences per step.
-    #[arg(long, default_value_t = CalibrateJob::DEFAULT_BATCH)]
-    batch: usize,
-    /// Adam step size on the relative scales s/s₀ − 1.
-    #[arg(long, default_value_t = CalibrateJob::DEFAULT_LEARNING_RATE)]
-    learning_rate: f64,
+    /// Calibration sentences (decoder: conversations) drawn from the corpus [default: 256].
+    #[arg(long, value_name = "N")]
+    sentences: Option<usize>,
+    /// Adam steps, one batch each [default: 60].
+    #[arg(long, value_name = "N")]
+    steps: Option<usize>,
+    /// Sentences per step [default: 16; decoder: 8 conversations].
+    #[arg(long, value_name = "N")]
+    batch: Option<usize>,
+    /// Adam step size on the relative scales s/s₀ − 1 [default: 0.01].
+    #[arg(long, value_name = "RATE")]
+    learning_rate: Option<f64>,
     /// Seed of the sentence draw.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -149,14 +155,49 @@ fn print_quality(r: &QualityReport) {
 }
 
 pub fn run_calibrate(a: CalibrateArgs) -> anyhow::Result<u8> {
-    anyhow::ensure!(a.steps > 0, "--steps must be at least 1");
-    anyhow::ensure!(a.sentences > 0, "--sentences must be at least 1");
-    anyhow::ensure!(a.batch > 0, "--batch must be at least 1");
+    let decoder = decoder_eval::is_decoder(&a.base, a.config.as_deref());
+    let steps = a.steps.unwrap_or(CalibrateJob::DEFAULT_STEPS);
+    let sentences = a.sentences.unwrap_or(CalibrateJob::DEFAULT_SENTENCES);
+    let batch = a.batch.unwrap_or(if decoder {
+        DecoderCalibrateJob::DEFAULT_BATCH
+    } else {
+        CalibrateJob::DEFAULT_BATCH
+    });
+    let learning_rate = a
+        .learning_rate
+        .unwrap_or(CalibrateJob::DEFAULT_LEARNING_RATE);
+    anyhow::ensure!(steps > 0, "--steps must be at least 1");
+    anyhow::ensure!(sentences > 0, "--sentences must be at least 1");
+    anyhow::ensure!(batch > 0, "--batch must be at least 1");
     anyhow::ensure!(
-        a.learning_rate.is_finite() && a.learning_rate > 0.0 && a.learning_rate < 1.0,
-        "--learning-rate must be in (0, 1), got {}",
-        a.learning_rate
+        learning_rate.is_finite() && learning_rate > 0.0 && learning_rate < 1.0,
+        "--learning-rate must be in (0, 1), got {learning_rate}"
     );
+    if decoder {
+        anyhow::ensure!(
+            a.config.is_none() && a.tokenizer.is_none(),
+            "--config and --tokenizer are read from the decoder's model folders"
+        );
+        return decoder_eval::run_calibrate(
+            DecoderCalibrateJob {
+                base: decoder_eval::folder(&a.base),
+                finetuned: decoder_eval::folder(&a.finetuned),
+                delta: a.delta,
+                corpus: a.corpus,
+                exclude_corpus: a.exclude_corpus,
+                output: a.output,
+                conversations: sentences,
+                steps,
+                batch,
+                max_tokens: crate::decoder::eval::DEFAULT_MAX_TOKENS,
+                learning_rate,
+                seed: a.seed,
+                force: a.force,
+                progress: !a.json,
+            },
+            a.json,
+        );
+    }
     let report = calibrate(&CalibrateJob {
         base: a.base,
         finetuned: a.finetuned,
@@ -166,10 +207,10 @@ pub fn run_calibrate(a: CalibrateArgs) -> anyhow::Result<u8> {
         config: a.config,
         tokenizer: a.tokenizer,
         exclude_corpus: a.exclude_corpus,
-        sentences: a.sentences,
-        steps: a.steps,
-        batch: a.batch,
-        learning_rate: a.learning_rate,
+        sentences,
+        steps,
+        batch,
+        learning_rate,
         seed: a.seed,
         force: a.force,
         progress: !a.json,

@@ -22,7 +22,7 @@ use zdn_protocol::bitdelta::BitDeltaFile;
 use zdn_protocol::Hash;
 
 use super::apply::{apply_to_folder, FolderApplyError};
-use super::chat::{read_conversations, ChatError};
+use super::chat::{read_conversations, ChatError, ChatMessage};
 use super::config::{ConfigError, LlamaConfig};
 use super::folder::{FolderError, FolderWeights};
 use super::llama::{DecoderBatch, LlamaError, LlamaModel, LlamaWeights};
@@ -220,12 +220,18 @@ impl Model {
     }
 }
 
-fn open_config(dir: &Path, which: &'static str) -> Result<LlamaConfig, DecoderEvalError> {
+pub(crate) fn open_config(
+    dir: &Path,
+    which: &'static str,
+) -> Result<LlamaConfig, DecoderEvalError> {
     LlamaConfig::from_file(&dir.join("config.json"))
         .map_err(|cause| DecoderEvalError::Config { which, cause })
 }
 
-fn open_folder(dir: &Path, which: &'static str) -> Result<FolderWeights, DecoderEvalError> {
+pub(crate) fn open_folder(
+    dir: &Path,
+    which: &'static str,
+) -> Result<FolderWeights, DecoderEvalError> {
     FolderWeights::open(dir).map_err(|cause| DecoderEvalError::Folder { which, cause })
 }
 
@@ -240,7 +246,7 @@ fn weights(
     })
 }
 
-fn load(
+pub(crate) fn load(
     folder: &FolderWeights,
     cfg: &LlamaConfig,
     which: &'static str,
@@ -310,7 +316,11 @@ pub fn evaluate(job: &DecoderEvalJob) -> Result<DecoderQualityReport, DecoderEva
         .max_tokens
         .min(fcfg.max_position_embeddings)
         .min(bcfg.max_position_embeddings);
-    let (seqs, truncated) = encode_conversations(job, &ftok, max_tokens)?;
+    let mut convs = read_conversations(&job.corpus)?;
+    if let Some(n) = job.max_conversations {
+        convs.truncate(n);
+    }
+    let (seqs, truncated) = encode_conversations(&convs, &job.corpus, &ftok, max_tokens)?;
 
     let base_folder = open_folder(&job.base, "base")?;
     let fine_folder = open_folder(&job.finetuned, "fine-tune")?;
@@ -346,18 +356,15 @@ pub fn evaluate(job: &DecoderEvalJob) -> Result<DecoderQualityReport, DecoderEva
     }))
 }
 
-/// Token ids of the held-out conversations (rendered by the chat template), each cut at
+/// Token ids of conversations (rendered by the chat template), each cut at
 /// `max_tokens`; conversations of fewer than 2 tokens have nothing to predict and are left out.
 /// Returns the sequences and how many were cut.
-fn encode_conversations(
-    job: &DecoderEvalJob,
+pub(crate) fn encode_conversations(
+    convs: &[Vec<ChatMessage>],
+    corpus: &Path,
     tok: &DecoderTokenizer,
     max_tokens: usize,
 ) -> Result<(Vec<Vec<u32>>, usize), DecoderEvalError> {
-    let mut convs = read_conversations(&job.corpus)?;
-    if let Some(n) = job.max_conversations {
-        convs.truncate(n);
-    }
     let mut seqs = Vec::with_capacity(convs.len());
     let mut truncated = 0;
     for (index, c) in convs.iter().enumerate() {
@@ -375,7 +382,7 @@ fn encode_conversations(
     if seqs.is_empty() {
         return Err(DecoderEvalError::Input(format!(
             "{}: no conversation of 2 or more tokens",
-            job.corpus.display()
+            corpus.display()
         )));
     }
     Ok((seqs, truncated))
@@ -413,24 +420,46 @@ fn applied_weights(
             Ok((load(&f, cfg, "applied", device)?.into_tensors(), None))
         }
         AppliedWeights::FolderDelta(delta) => {
-            use crate::delta::folder::{apply, base::LooseBase};
-            let tmp = tempfile::tempdir().map_err(DecoderEvalError::Temp)?;
-            let out = tmp.path().join("applied");
-            let source = apply::DeltaSource::loose(delta)?;
-            let base = LooseBase::open(&job.base)?;
-            apply::apply_folder(&source, &base, &out, job.force, false)?;
-            let bytes = crate::model::folder::ModelFolder::open(delta)
-                .map_err(apply::FolderApplyError::from)?
-                .files()
-                .iter()
-                .map(|(_, m)| m.len() as u64)
-                .sum();
-            let f = open_folder(&out, "applied")?;
+            let applied = AppliedFolder::rebuild(&job.base, delta, job.force)?;
+            let f = open_folder(&applied.dir(), "applied")?;
             Ok((
                 load(&f, cfg, "applied", device)?.into_tensors(),
-                Some(bytes),
+                Some(applied.delta_bytes),
             ))
         }
+    }
+}
+
+/// The fine-tune's folder rebuilt from a folder delta and its base, in a temporary folder that
+/// lives as long as this.
+pub(crate) struct AppliedFolder {
+    tmp: tempfile::TempDir,
+    /// Bytes of the folder delta's files.
+    pub delta_bytes: u64,
+}
+
+impl AppliedFolder {
+    pub(crate) fn rebuild(
+        base: &Path,
+        delta: &Path,
+        force: bool,
+    ) -> Result<Self, DecoderEvalError> {
+        use crate::delta::folder::{apply, base::LooseBase};
+        let tmp = tempfile::tempdir().map_err(DecoderEvalError::Temp)?;
+        let source = apply::DeltaSource::loose(delta)?;
+        let loose = LooseBase::open(base)?;
+        apply::apply_folder(&source, &loose, &tmp.path().join("applied"), force, false)?;
+        let delta_bytes = crate::model::folder::ModelFolder::open(delta)
+            .map_err(apply::FolderApplyError::from)?
+            .files()
+            .iter()
+            .map(|(_, m)| m.len() as u64)
+            .sum();
+        Ok(AppliedFolder { tmp, delta_bytes })
+    }
+
+    pub(crate) fn dir(&self) -> PathBuf {
+        self.tmp.path().join("applied")
     }
 }
 

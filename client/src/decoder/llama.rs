@@ -134,6 +134,18 @@ impl LlamaWeights {
         self.map.get(name)
     }
 
+    /// Replaces tensor `name` by `t` of the same shape (calibration swaps in trainable weights);
+    /// `false`, and nothing replaced, when there is no such tensor or the shape differs.
+    pub fn replace(&mut self, name: &str, t: Tensor) -> bool {
+        match self.map.get_mut(name) {
+            Some(old) if old.dims() == t.dims() && t.dtype().is_float() => {
+                *old = t;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The named tensors, in no particular order.
     pub fn into_tensors(self) -> Vec<(String, Tensor)> {
         self.map.into_iter().collect()

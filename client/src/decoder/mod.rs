@@ -3,6 +3,7 @@
 //! chat text (next-token KL, perplexity, special-token agreement).
 
 pub mod apply;
+pub mod calibrate;
 pub mod chat;
 pub mod config;
 pub mod eval;

@@ -10,14 +10,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{DType as CDType, Device, Tensor, Var};
-use zdn_protocol::bitdelta::{
-    check_inputs, matrix_of, reconstruct, scale_count, BitDeltaFile, Granularity, IndexEntry,
-    TensorData,
-};
-use zdn_protocol::DType;
+use candle_core::{Device, Tensor};
+use zdn_protocol::bitdelta::BitDeltaFile;
 
-use crate::device::apply::{apply_delta, tensor_from_bytes, CandleApplyError};
+use crate::device::apply::{apply_delta, CandleApplyError};
 use crate::fs::atomic_file::AtomicFile;
 use crate::fs::mapped_file::MappedFile;
 use crate::fs::progress::Progress;
@@ -27,6 +23,7 @@ use crate::quality::bert::{BertConfig, BertError, BertWeights, TokenBatch};
 use crate::quality::corpus::read_sentences;
 use crate::quality::embedder::SentenceEmbedder;
 use crate::quality::eval::{bert_weights, QualityError};
+use crate::quality::scales::{calibrated_bytes, mean, ScaledTensor, ScalesError};
 
 #[derive(Debug, Clone)]
 pub struct CalibrateJob {
@@ -80,8 +77,8 @@ pub enum CalibrateError {
     NoSentences,
     #[error("the delta has no quantized tensor used by the model: nothing to calibrate")]
     NothingToCalibrate,
-    #[error("tensor {name:?}: {problem}")]
-    Tensor { name: String, problem: String },
+    #[error(transparent)]
+    Scales(#[from] ScalesError),
     #[error("calibration diverged at step {step} (loss {loss}); try a smaller --learning-rate")]
     Diverged { step: usize, loss: f64 },
     #[error("candle: {0}")]
@@ -100,97 +97,6 @@ impl From<BertError> for CalibrateError {
             source: e,
         })
     }
-}
-
-/// One quantized tensor under calibration: W(u) = B + expand(s₀ ⊙ (1 + u)) ⊙ L.
-struct ScaledTensor {
-    index: usize,
-    name: String,
-    base: Tensor,
-    levels: Tensor,
-    s0: Tensor,
-    u: Var,
-    granularity: Granularity,
-    rows: usize,
-    cols: usize,
-    m: Tensor,
-    v: Tensor,
-}
-
-impl ScaledTensor {
-    fn weight(&self) -> Result<Tensor, candle_core::Error> {
-        let s = self.s0.mul(&(self.u.as_tensor() + 1.0)?)?;
-        let (r, c) = (self.rows, self.cols);
-        let scaled = match self.granularity {
-            Granularity::Tensor => self.levels.broadcast_mul(&s.reshape(())?)?,
-            Granularity::Row => self.levels.broadcast_mul(&s.reshape((r, 1))?)?,
-            Granularity::Group(n) => {
-                let n = n as usize;
-                let g = c.div_ceil(n);
-                if c.is_multiple_of(n) {
-                    self.levels
-                        .reshape((r, g, n))?
-                        .broadcast_mul(&s.reshape((r, g, 1))?)?
-                        .reshape((r, c))?
-                } else {
-                    // Ragged last group: expand by index (scale k of row i covers columns k·n…).
-                    let idx: Vec<u32> = (0..r * c)
-                        .map(|i| ((i / c) * g + (i % c) / n) as u32)
-                        .collect();
-                    let idx = Tensor::from_vec(idx, r * c, s.device())?;
-                    self.levels
-                        .mul(&s.index_select(&idx, 0)?.reshape((r, c))?)?
-                }
-            }
-        };
-        self.base.add(&scaled)
-    }
-}
-
-/// The levels (odd integers: ±1 at 1 bit) of a quantized tensor: its block reconstructed with every
-/// scale set to 1 onto a zero base, through the one reconstruction routine.
-fn levels_of(entry: &IndexEntry, block: &[u8], device: &Device) -> Result<Tensor, CalibrateError> {
-    let err = |problem: String| CalibrateError::Tensor {
-        name: entry.name.clone(),
-        problem,
-    };
-    let (rows, cols) = matrix_of(&entry.shape);
-    let n_scales = scale_count(rows, cols, entry.granularity)
-        .and_then(|n| usize::try_from(n).ok())
-        .ok_or_else(|| err("scale count overflows".into()))?;
-    let mut unit = block.to_vec();
-    let end = n_scales
-        .checked_mul(4)
-        .filter(|&e| e <= unit.len())
-        .ok_or_else(|| err("block shorter than its scales".into()))?;
-    for s in unit[..end].chunks_exact_mut(4) {
-        s.copy_from_slice(&1f32.to_le_bytes());
-    }
-    let mut e = entry.clone();
-    e.dtype = DType::F32;
-    let zeros = vec![0u8; e.byte_len() as usize];
-    let zero = TensorData {
-        dtype: DType::F32,
-        shape: &entry.shape,
-        bytes: &zeros,
-    };
-    check_inputs(&e, &unit, Some(&zero)).map_err(|c| err(c.to_string()))?;
-    let mut out = vec![0u8; e.byte_len() as usize];
-    reconstruct(&e, &unit, Some(&zero), &mut out).map_err(|c| err(c.to_string()))?;
-    Ok(
-        tensor_from_bytes(&entry.name, DType::F32, &entry.shape, &out, device)?
-            .reshape((rows as usize, cols as usize))?,
-    )
-}
-
-fn scales_of(entry: &IndexEntry, block: &[u8]) -> Vec<f32> {
-    let (rows, cols) = matrix_of(&entry.shape);
-    let n = scale_count(rows, cols, entry.granularity).unwrap_or(0) as usize;
-    block
-        .chunks_exact(4)
-        .take(n)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
 }
 
 /// Masked mean squared error between hidden states `[b, t, h]`.
@@ -248,7 +154,6 @@ pub fn calibrate(job: &CalibrateJob) -> Result<CalibrateReport, CalibrateError> 
     };
     let (first, last) = training.run(job, &mut weights, &mut tensors)?;
     let (n_scales, max_change) = write_calibrated(job, dm.bytes(), &delta, &tensors)?;
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     Ok(CalibrateReport {
         output: job.output.clone(),
         tensors: tensors.len(),
@@ -314,31 +219,11 @@ fn scaled_tensors(
         if e.encoding.bits().is_none() || !used.contains(plain) {
             continue;
         }
-        let block = delta.block(i);
-        let bt = base.get(&e.name).ok_or_else(|| CalibrateError::Tensor {
+        let bt = base.get(&e.name).ok_or_else(|| ScalesError::Tensor {
             name: e.name.clone(),
             problem: "the base lacks it".into(),
         })?;
-        let bd = base.data(bt);
-        let (rows, cols) = matrix_of(&e.shape);
-        let btensor = tensor_from_bytes(&e.name, bd.dtype, bd.shape, bd.bytes, device)?
-            .to_dtype(CDType::F32)?
-            .reshape((rows as usize, cols as usize))?;
-        let s0 = scales_of(e, block);
-        let n = s0.len();
-        tensors.push(ScaledTensor {
-            index: i,
-            name: e.name.clone(),
-            base: btensor,
-            levels: levels_of(e, block, device)?,
-            s0: Tensor::from_vec(s0, n, device)?,
-            u: Var::zeros(n, CDType::F32, device)?,
-            granularity: e.granularity,
-            rows: rows as usize,
-            cols: cols as usize,
-            m: Tensor::zeros(n, CDType::F32, device)?,
-            v: Tensor::zeros(n, CDType::F32, device)?,
-        });
+        tensors.push(ScaledTensor::new(delta, i, base.data(bt), device)?);
     }
     if tensors.is_empty() {
         return Err(CalibrateError::NothingToCalibrate);
@@ -364,7 +249,6 @@ impl Training<'_> {
         tensors: &mut [ScaledTensor],
     ) -> Result<(Vec<f64>, Vec<f64>), CalibrateError> {
         let progress = Progress::new(job.steps as u64, "calibrate", job.progress);
-        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
         let nb = self.batches.len();
         let (mut first, mut last) = (Vec::new(), Vec::new());
         for step in 0..job.steps {
@@ -375,7 +259,7 @@ impl Training<'_> {
                     .iter()
                     .map(|&d| d as usize)
                     .collect::<Vec<_>>();
-                weights.set(&t.name, t.weight()?.reshape(shape)?);
+                weights.set(&t.name, t.weight(&shape)?);
             }
             let h = self
                 .embedder
@@ -393,18 +277,10 @@ impl Training<'_> {
                 last.push(lv);
             }
             let grads = loss.backward()?;
-            let tstep = (step + 1) as i32;
-            let (c1, c2) = (1.0 - b1.powi(tstep), 1.0 - b2.powi(tstep));
             for t in tensors.iter_mut() {
-                let Some(g) = grads.get(t.u.as_tensor()) else {
-                    continue;
-                };
-                t.m = ((&t.m * b1)? + (g * (1.0 - b1))?)?;
-                t.v = ((&t.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-                let mhat = (&t.m / c1)?;
-                let vhat = (&t.v / c2)?;
-                let upd = (mhat / (vhat.sqrt()? + eps)?)? * job.learning_rate;
-                t.u.set(&(t.u.as_tensor() - upd?)?)?;
+                if let Some(g) = grads.get(t.variable()) {
+                    t.adam_step(g, step + 1, job.learning_rate)?;
+                }
             }
             progress.inc(1);
         }
@@ -422,31 +298,7 @@ fn write_calibrated(
     tensors: &[ScaledTensor],
 ) -> Result<(usize, f64), CalibrateError> {
     let q = |e: QualityError| CalibrateError::Quality(e);
-    let mut out_bytes = input.to_vec();
-    let mut n_scales = 0;
-    let mut max_change = 0f64;
-    for t in tensors {
-        let e = &delta.entries[t.index];
-        let s = t.s0.mul(&(t.u.as_tensor() + 1.0)?)?.to_vec1::<f32>()?;
-        let rel = (t.u.as_tensor().abs()?.max(0)?.to_scalar::<f32>()?) as f64;
-        max_change = max_change.max(rel);
-        if let Some(bad) = s.iter().find(|x| !x.is_finite()) {
-            return Err(CalibrateError::Tensor {
-                name: e.name.clone(),
-                problem: format!("calibrated scale {bad} is not finite"),
-            });
-        }
-        let off = e.offset as usize;
-        for (j, v) in s.iter().enumerate() {
-            out_bytes[off + 4 * j..off + 4 * j + 4].copy_from_slice(&v.to_le_bytes());
-        }
-        n_scales += s.len();
-    }
-    // The result must still be a valid file (and it is applied exactly like the input).
-    BitDeltaFile::parse(&out_bytes).map_err(|c| CalibrateError::Tensor {
-        name: "(file)".into(),
-        problem: c.to_string(),
-    })?;
+    let (out_bytes, n_scales, max_change) = calibrated_bytes(input, delta, tensors)?;
     let mut out = AtomicFile::create(&job.output)
         .map_err(|e| q(QualityError::Apply(CandleApplyError::Output(e))))?;
     out.write_all(&out_bytes)

@@ -6,3 +6,4 @@ pub mod calibrate;
 pub mod corpus;
 pub mod embedder;
 pub mod eval;
+pub mod scales;

@@ -223,3 +223,31 @@ pub fn err(home: &Path, args: &[&str], needle: &str) -> String {
     let v = at(home, args);
     zdn_err(&v.iter().map(String::as_str).collect::<Vec<_>>(), needle)
 }
+
+/// Two `.bitdelta` files with the same index whose blocks differ at most in their scales (what
+/// `zdn delta calibrate` may change): the packed levels of every quantized tensor and every exact
+/// tensor are byte-identical. Returns how many tensors' scales differ.
+pub fn assert_only_scales_differ(a: &[u8], c: &[u8]) -> usize {
+    assert_eq!(a.len(), c.len());
+    let fa = zdn_protocol::bitdelta::BitDeltaFile::parse(a).unwrap();
+    let fc = zdn_protocol::bitdelta::BitDeltaFile::parse(c).unwrap();
+    assert_eq!(fa.entries, fc.entries);
+    assert_eq!(
+        a[..zdn_protocol::bitdelta::HEADER_LEN],
+        c[..zdn_protocol::bitdelta::HEADER_LEN]
+    );
+    let mut changed = 0;
+    for (i, e) in fa.entries.iter().enumerate() {
+        let (ba, bc) = (fa.block(i), fc.block(i));
+        if e.encoding.bits().is_some() {
+            let (rows, cols) = e.matrix();
+            let n =
+                zdn_protocol::bitdelta::scale_count(rows, cols, e.granularity).unwrap() as usize;
+            assert_eq!(ba[4 * n..], bc[4 * n..], "{}", e.name);
+            changed += usize::from(ba[..4 * n] != bc[..4 * n]);
+        } else {
+            assert_eq!(ba, bc, "{}", e.name);
+        }
+    }
+    changed
+}

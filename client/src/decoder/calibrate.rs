@@ -1,0 +1,451 @@
+//! `zdn delta calibrate` for decoder LLMs: BitDelta's scale distillation on a folder delta. The signs
+//! (levels) of every quantized projection stay as encoded; only their scales change, fitted so the
+//! delta-applied model's next-token distributions match the fine-tune's on calibration
+//! conversations (rendered by the fine-tune's chat template): the loss is the mean next-token
+//! KL(fine-tune ‖ applied), the quantity `zdn eval` reports on held-out conversations. Adam on the
+//! scales' relative changes ([`crate::quality::scales`]), gradients through the candle forward pass
+//! of [`super::llama`].
+//!
+//! What is calibrated: every quantized entry of `delta.bitdelta` that is one of the model's layer
+//! projections (attention q/k/v/o, MLP gate/up/down) and has the base's shape. Vocabulary matrices
+//! (their exact rows live in other entries) and exact tensors are left as they are. The output is a
+//! folder delta identical to the input except for scale bytes inside `delta.bitdelta`: same files,
+//! same sizes, same reconstruction arithmetic.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, D};
+use zdn_protocol::bitdelta::BitDeltaFile;
+use zdn_protocol::folder::delta::DELTA_MEMBER;
+
+use super::chat::{read_conversations, ChatMessage};
+use super::config::LlamaConfig;
+use super::eval::{
+    encode_conversations, load, open_config, open_folder, AppliedFolder, DecoderEvalError,
+};
+use super::llama::{DecoderBatch, LlamaError, LlamaModel, LlamaWeights};
+use super::tokenizer::{DecoderTokenizer, TokenizerError};
+use crate::delta::folder::output::{OutputDir, OutputDirError};
+use crate::fs::mapped_file::MappedFile;
+use crate::fs::progress::Progress;
+use crate::model::folder::ModelFolder;
+use crate::model::synthetic::Rng;
+use crate::quality::scales::{calibrated_bytes, mean, ScaledTensor, ScalesError};
+
+#[derive(Debug, Clone)]
+pub struct DecoderCalibrateJob {
+    /// Model folders.
+    pub base: PathBuf,
+    pub finetuned: PathBuf,
+    /// The folder delta whose scales are calibrated.
+    pub delta: PathBuf,
+    /// Calibration conversations (JSON lines, `{"messages": [...]}`).
+    pub corpus: PathBuf,
+    /// Conversations of this file are never used (the held-out set).
+    pub exclude_corpus: Option<PathBuf>,
+    /// The calibrated folder delta (must not exist, or be an empty folder).
+    pub output: PathBuf,
+    /// Conversations drawn (deterministically, by `seed`) from the corpus.
+    pub conversations: usize,
+    pub steps: usize,
+    /// Conversations per step.
+    pub batch: usize,
+    pub max_tokens: usize,
+    /// Adam step size on the relative scales.
+    pub learning_rate: f64,
+    pub seed: u64,
+    pub force: bool,
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DecoderCalibrateReport {
+    pub output: PathBuf,
+    pub tensors: usize,
+    pub scales: usize,
+    pub conversations: usize,
+    /// Conversations cut at `max_tokens`.
+    pub truncated: usize,
+    pub steps: usize,
+    /// Mean next-token KL(fine-tune ‖ applied), nats per position, over the first and the last
+    /// pass over the calibration batches (calibration text, not held out).
+    pub kl_first: f64,
+    pub kl_last: f64,
+    /// Largest relative change of any scale, |s/s₀ − 1|.
+    pub max_relative_change: f64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecoderCalibrateError {
+    #[error(transparent)]
+    Model(Box<DecoderEvalError>),
+    #[error("{0}")]
+    Input(String),
+    #[error("{path}: {cause}")]
+    Format {
+        path: PathBuf,
+        cause: zdn_protocol::bitdelta::FormatError,
+    },
+    #[error("the delta has no quantized layer projection: nothing to calibrate")]
+    NothingToCalibrate,
+    #[error(transparent)]
+    Scales(#[from] ScalesError),
+    #[error("calibration diverged at step {step} (KL {loss}); try a smaller --learning-rate")]
+    Diverged { step: usize, loss: f64 },
+    #[error("writing the calibrated folder delta: {0}")]
+    Output(#[from] OutputDirError),
+    #[error("the calibrated folder delta fails its own check: {0}")]
+    SelfCheck(zdn_protocol::folder::delta::FolderDeltaError),
+    #[error("{which} model: {cause}")]
+    Forward {
+        which: &'static str,
+        cause: Box<LlamaError>,
+    },
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl DecoderCalibrateJob {
+    pub const DEFAULT_CONVERSATIONS: usize = 256;
+    pub const DEFAULT_STEPS: usize = 60;
+    pub const DEFAULT_BATCH: usize = 8;
+    pub const DEFAULT_LEARNING_RATE: f64 = 0.01;
+}
+
+impl From<DecoderEvalError> for DecoderCalibrateError {
+    fn from(e: DecoderEvalError) -> Self {
+        DecoderCalibrateError::Model(Box::new(e))
+    }
+}
+
+fn forward(which: &'static str) -> impl Fn(LlamaError) -> DecoderCalibrateError {
+    move |cause| DecoderCalibrateError::Forward {
+        which,
+        cause: Box::new(cause),
+    }
+}
+
+pub fn calibrate(
+    job: &DecoderCalibrateJob,
+) -> Result<DecoderCalibrateReport, DecoderCalibrateError> {
+    let started = Instant::now();
+    if job.steps == 0 || job.conversations == 0 || job.batch == 0 || job.max_tokens < 2 {
+        return Err(DecoderCalibrateError::Input(
+            "steps, conversations and batch must be at least 1, max_tokens at least 2".into(),
+        ));
+    }
+    // Refused before the long work, not after it.
+    let empty_dir = |p: &Path| std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_none());
+    if std::fs::symlink_metadata(&job.output).is_ok() && !empty_dir(&job.output) {
+        return Err(DecoderCalibrateError::Input(format!(
+            "{} exists and is not an empty folder: name a new folder for the calibrated delta",
+            job.output.display()
+        )));
+    }
+    let device = Device::Cpu;
+    let cfg = open_config(&job.finetuned, "fine-tune")?;
+    let tok =
+        DecoderTokenizer::open(&job.finetuned).map_err(|cause| DecoderEvalError::Tokenizer {
+            which: "fine-tune",
+            cause,
+        })?;
+    if !tok.has_chat_template() {
+        return Err(DecoderEvalError::Tokenizer {
+            which: "fine-tune",
+            cause: TokenizerError::NoTemplate(job.finetuned.display().to_string()),
+        }
+        .into());
+    }
+    let (batches, conversations, truncated) = calibration_batches(job, &tok, &cfg, &device)?;
+
+    // The applied model (the folder delta rebuilt onto the base, checked whole on the way), the
+    // fine-tune, and the projections to calibrate over the base's tensors.
+    let applied_folder = AppliedFolder::rebuild(&job.base, &job.delta, job.force)?;
+    let mut applied = load(
+        &open_folder(&applied_folder.dir(), "applied")?,
+        &cfg,
+        "delta-applied",
+        &device,
+    )?;
+    let fine = load(
+        &open_folder(&job.finetuned, "fine-tune")?,
+        &cfg,
+        "fine-tuned",
+        &device,
+    )?;
+    let bitdelta_path = job.delta.join(DELTA_MEMBER);
+    let dm = MappedFile::open(&bitdelta_path).map_err(DecoderEvalError::from)?;
+    let delta = BitDeltaFile::parse(dm.bytes()).map_err(|cause| DecoderCalibrateError::Format {
+        path: bitdelta_path.clone(),
+        cause,
+    })?;
+    let mut tensors = projections(&delta, &job.base, &cfg, &device)?;
+
+    let training = Training {
+        model: LlamaModel::new(cfg),
+        fine: &fine,
+        batches: &batches,
+    };
+    let (first, last) = training.run(job, &mut applied, &mut tensors)?;
+    let (bytes, n_scales, max_change) = calibrated_bytes(dm.bytes(), &delta, &tensors)?;
+    write_folder(job, &bytes)?;
+    Ok(DecoderCalibrateReport {
+        output: job.output.clone(),
+        tensors: tensors.len(),
+        scales: n_scales,
+        conversations,
+        truncated,
+        steps: job.steps,
+        kl_first: mean(&first),
+        kl_last: mean(&last),
+        max_relative_change: max_change,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The calibration conversations (the corpus less any held-out conversation, shuffled
+/// deterministically, the first N) as token batches of similar lengths; how many conversations
+/// and how many of them were cut at `max_tokens`.
+fn calibration_batches(
+    job: &DecoderCalibrateJob,
+    tok: &DecoderTokenizer,
+    cfg: &LlamaConfig,
+    device: &Device,
+) -> Result<(Vec<DecoderBatch>, usize, usize), DecoderCalibrateError> {
+    let mut convs = read_conversations(&job.corpus).map_err(DecoderEvalError::from)?;
+    if let Some(ex) = &job.exclude_corpus {
+        let key = |c: &Vec<ChatMessage>| serde_json::to_string(c).unwrap_or_default();
+        let held: HashSet<String> = read_conversations(ex)
+            .map_err(DecoderEvalError::from)?
+            .iter()
+            .map(key)
+            .collect();
+        convs.retain(|c| !held.contains(&key(c)));
+    }
+    let mut rng = Rng::new(job.seed);
+    for i in (1..convs.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        convs.swap(i, j);
+    }
+    convs.truncate(job.conversations);
+    if convs.is_empty() {
+        return Err(DecoderCalibrateError::Input(format!(
+            "{}: no conversation left for calibration after excluding the held-out ones",
+            job.corpus.display()
+        )));
+    }
+    let max_tokens = job.max_tokens.min(cfg.max_position_embeddings);
+    let (mut seqs, truncated) = encode_conversations(&convs, &job.corpus, tok, max_tokens)?;
+    let n = seqs.len();
+    seqs.sort_by_key(Vec::len);
+    let batches = seqs
+        .chunks(job.batch)
+        .map(|c| DecoderBatch::new(c, 0, device))
+        .collect::<Result<_, _>>()
+        .map_err(forward("calibration batch"))?;
+    Ok((batches, n, truncated))
+}
+
+/// The quantized layer projections of `delta`, each over its base tensor.
+fn projections(
+    delta: &BitDeltaFile<'_>,
+    base_dir: &Path,
+    cfg: &LlamaConfig,
+    device: &Device,
+) -> Result<Vec<ScaledTensor>, DecoderCalibrateError> {
+    let base = open_folder(base_dir, "base")?;
+    let linears: HashSet<String> = (0..cfg.num_hidden_layers)
+        .flat_map(|l| {
+            cfg.layer_linears()
+                .into_iter()
+                .map(move |(n, _)| format!("model.layers.{l}.{n}.weight"))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (i, e) in delta.entries.iter().enumerate() {
+        if e.encoding.bits().is_none() || !linears.contains(&e.name) {
+            continue;
+        }
+        let Some(b) = base.data(&e.name).filter(|b| b.shape == e.shape.as_slice()) else {
+            continue;
+        };
+        out.push(ScaledTensor::new(delta, i, b, device)?);
+        base.release(&e.name);
+    }
+    if out.is_empty() {
+        return Err(DecoderCalibrateError::NothingToCalibrate);
+    }
+    Ok(out)
+}
+
+/// log softmax over the last dimension (the max is a constant shift: no gradient through it).
+fn log_softmax(x: &Tensor) -> Result<Tensor, candle_core::Error> {
+    let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// `[b, t]` f32: 1 where position p of sequence i has a next token (p + 1 < length), else 0 —
+/// the positions `zdn eval` scores.
+fn position_mask(batch: &DecoderBatch, device: &Device) -> Result<Tensor, candle_core::Error> {
+    let t = batch.lengths.iter().copied().max().unwrap_or(0);
+    let m: Vec<f32> = batch
+        .lengths
+        .iter()
+        .flat_map(|&len| (0..t).map(move |p| if p + 1 < len { 1.0 } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(m, (batch.lengths.len(), t), device)
+}
+
+/// Mean over the masked positions of KL(p ‖ q) with log p = `target_logp` (a constant) and
+/// logits of q = `logits`, all `[b, t, v]`.
+fn masked_kl(
+    logits: &Tensor,
+    target_logp: &Tensor,
+    mask: &Tensor,
+) -> Result<Tensor, candle_core::Error> {
+    let per = target_logp
+        .exp()?
+        .mul(&(target_logp - log_softmax(logits)?)?)?
+        .sum(D::Minus1)?;
+    let count = mask.sum_all()?.to_scalar::<f32>()?.max(1.0);
+    per.mul(mask)?.sum_all()? / f64::from(count)
+}
+
+/// What the training loop works on.
+struct Training<'a> {
+    model: LlamaModel,
+    fine: &'a LlamaWeights,
+    batches: &'a [DecoderBatch],
+}
+
+impl Training<'_> {
+    /// Adam on the projections' relative scales, one batch per step, round robin; returns the
+    /// losses of the first and of the last pass over the batches.
+    fn run(
+        &self,
+        job: &DecoderCalibrateJob,
+        applied: &mut LlamaWeights,
+        tensors: &mut [ScaledTensor],
+    ) -> Result<(Vec<f64>, Vec<f64>), DecoderCalibrateError> {
+        let progress = Progress::new(job.steps as u64, "calibrate", job.progress);
+        let nb = self.batches.len();
+        let (mut first, mut last) = (Vec::new(), Vec::new());
+        for step in 0..job.steps {
+            let batch = &self.batches[step % nb];
+            let device = batch.ids.device();
+            let target = log_softmax(
+                &self
+                    .model
+                    .logits(self.fine, batch)
+                    .map_err(forward("fine-tuned"))?,
+            )?;
+            for t in tensors.iter() {
+                let shape = applied
+                    .get(&t.name)
+                    .map(|w| w.dims().to_vec())
+                    .unwrap_or_default();
+                if !applied.replace(&t.name, t.weight(&shape)?) {
+                    return Err(DecoderCalibrateError::Input(format!(
+                        "{} is not a tensor of the applied model's shape",
+                        t.name
+                    )));
+                }
+            }
+            let logits = self
+                .model
+                .logits(applied, batch)
+                .map_err(forward("delta-applied"))?;
+            let loss = masked_kl(&logits, &target, &position_mask(batch, device)?)?;
+            let lv = f64::from(loss.to_scalar::<f32>()?);
+            if !lv.is_finite() {
+                return Err(DecoderCalibrateError::Diverged { step, loss: lv });
+            }
+            if step < nb {
+                first.push(lv);
+            }
+            if step + nb >= job.steps {
+                last.push(lv);
+            }
+            let grads = loss.backward()?;
+            for t in tensors.iter_mut() {
+                if let Some(g) = grads.get(t.variable()) {
+                    t.adam_step(g, step + 1, job.learning_rate)?;
+                }
+            }
+            progress.inc(1);
+        }
+        progress.finish();
+        Ok((first, last))
+    }
+}
+
+/// The input folder delta with `delta.bitdelta` replaced by `bitdelta`, checked and moved into
+/// place.
+fn write_folder(job: &DecoderCalibrateJob, bitdelta: &[u8]) -> Result<(), DecoderCalibrateError> {
+    let input =
+        ModelFolder::open(&job.delta).map_err(|e| DecoderEvalError::ApplyFolder(e.into()))?;
+    let mut out = OutputDir::create(&job.output)?;
+    for (rel, file) in input.files() {
+        let bytes = if rel == DELTA_MEMBER {
+            bitdelta
+        } else {
+            file.bytes()
+        };
+        out.write(rel, bytes)?;
+    }
+    out.check(|members| {
+        zdn_protocol::folder::delta_layout(members)
+            .map(drop)
+            .map_err(DecoderCalibrateError::SelfCheck)
+    })?;
+    out.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The KL of identical distributions is 0; of two known ones, the hand-computed value; padded
+    /// positions do not count.
+    #[test]
+    fn masked_kl_matches_hand_computation() {
+        let d = Device::Cpu;
+        // One sequence of 2 positions (the second masked), vocabulary 2.
+        let p = [0.25f64, 0.75];
+        let q = [0.5f64, 0.5];
+        let lp: Vec<f32> = p.iter().chain(&p).map(|x| x.ln() as f32).collect();
+        let lq: Vec<f32> = q.iter().chain(&[0.9, 0.1]).map(|x| x.ln() as f32).collect();
+        let lp = Tensor::from_vec(lp, (1, 2, 2), &d).unwrap();
+        let logits = Tensor::from_vec(lq, (1, 2, 2), &d).unwrap();
+        let mask = Tensor::from_vec(vec![1f32, 0.0], (1, 2), &d).unwrap();
+        let want: f64 = p.iter().zip(&q).map(|(a, b)| a * (a / b).ln()).sum();
+        let got = f64::from(
+            masked_kl(&logits, &lp, &mask)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+        );
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        // Logits shifted by a constant are the same distribution.
+        let same = masked_kl(&(lp.clone() + 3.0).unwrap(), &lp, &mask)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(same.abs() < 1e-6, "{same}");
+    }
+
+    #[test]
+    fn the_mask_covers_positions_with_a_next_token() {
+        let b = DecoderBatch::new(&[vec![1, 2, 3], vec![4, 5]], 0, &Device::Cpu).unwrap();
+        let m = position_mask(&b, &Device::Cpu).unwrap();
+        assert_eq!(
+            m.to_vec2::<f32>().unwrap(),
+            vec![vec![1.0, 1.0, 0.0], vec![1.0, 0.0, 0.0]]
+        );
+    }
+}
