@@ -79,11 +79,14 @@ pub enum DeltaCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Fit a delta's scales so the applied model's hidden states match the fine-tune's on a
-    /// calibration corpus (BitDelta's scale distillation; signs kept, same file size). Example:
+    /// Fit a delta's scales so the applied model matches the fine-tune on a calibration corpus
+    /// (BitDelta's scale distillation; signs kept, same size): an encoder's hidden states, or a
+    /// decoder LLM's next-token distributions (KL) on chat conversations. Examples:
     ///
     ///   zdn delta calibrate --base base/model.safetensors --finetuned ft/model.safetensors \
     ///       --delta ft.bitdelta --corpus background.txt --exclude-corpus heldout.txt -o ft.cal.bitdelta
+    ///   zdn delta calibrate --base llama/ --finetuned llama-chat/ --delta chat.delta/ \
+    ///       --corpus calibration.jsonl --exclude-corpus heldout.jsonl -o chat.cal.delta/
     #[command(verbatim_doc_comment)]
     Calibrate(quality::CalibrateArgs),
 }
