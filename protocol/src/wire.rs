@@ -13,12 +13,16 @@
 //!   3 Have         object 32 | n_chunks u32 | bitmap ⌈n/8⌉ bytes (bit i of byte i/8 = chunk i held)
 //!   4 NotFound     what 32
 //!   5 Busy         retry_after_ms u32
-//! announcement (gossip) = "ZDNA" | version u8 = 1 | manifest hash 32 | kind u8 | object_len u64
-//!                         | base flag u8 [ base 32 ] | publisher 32 | name str16
+//! announcement (gossip) = body | signature 64
+//!   body = "ZDNA" | version u8 = 3 | manifest hash 32 | kind u8 | object_len u64
+//!          | base flag u8 [ base 32 ] | publisher 32 | manifest_len u32 | name str16
+//!   signature = ed25519 by `publisher` over ANNOUNCE_SIGNING_CONTEXT | body
 //! ```
 //! Integers little-endian. An announcement is small on purpose (gossip reaches every peer, on
-//! satellite links too); a peer that wants the object asks for the manifest and checks its signature
-//! and hash before anything else.
+//! satellite links too): it stands for a manifest too big to travel itself. Its publisher signs it
+//! when it signs the manifest, so a peer cannot claim a trusted publisher for a hash it made up; a
+//! peer that wants the object still asks for the manifest and checks its own signature and hash
+//! before anything else. (Version 2 was the same body unsigned; it is refused.)
 
 use crate::chunk::MAX_CHUNK_SIZE;
 use crate::hash::Hash;
@@ -31,7 +35,7 @@ pub const MAX_REQUEST_LEN: usize = 1 + 64;
 /// Largest response frame: a manifest, or a chunk that did not compress, plus its header.
 pub const MAX_RESPONSE_LEN: usize = 1 + 32 + MAX_MANIFEST_LEN;
 /// Largest announcement.
-pub const MAX_ANNOUNCEMENT_LEN: usize = 4 + 1 + 32 + 1 + 8 + 1 + 32 + 32 + 4 + 2 + 256;
+pub const MAX_ANNOUNCEMENT_LEN: usize = 4 + 1 + 32 + 1 + 8 + 1 + 32 + 32 + 4 + 2 + 256 + 64;
 /// Largest stored chunk a response may carry: a raw chunk plus slack for a zstd frame that did not
 /// shrink it (zdn stores those raw; gzip from HTTP seeds can be slightly larger).
 pub const MAX_STORED_CHUNK: usize = MAX_CHUNK_SIZE as usize + (MAX_CHUNK_SIZE as usize >> 7) + 512;
@@ -47,7 +51,10 @@ pub fn max_stored_len(len: u32) -> usize {
 /// The first bytes of an [`Announcement`] (a signed manifest starts with `ZDNM`).
 pub const ANNOUNCE_MAGIC: &[u8; 4] = b"ZDNA";
 /// The announcement's version byte.
-const ANNOUNCE_VERSION: u8 = 2;
+const ANNOUNCE_VERSION: u8 = 3;
+/// What an announcement's signature is over, before its body: no signature over an announcement
+/// is a valid signature over a manifest, or the other way round.
+pub const ANNOUNCE_SIGNING_CONTEXT: &[u8] = b"zdn announcement v3\0";
 
 /// The first byte of a `Manifest` response and of a `Chunk` response: a server may write it, then
 /// (for a chunk) the id, then the bytes from a buffer it shares, without building the response.
@@ -138,8 +145,8 @@ impl ChunkBitmap {
 }
 
 /// What gossip carries of a manifest too big to travel itself: its hash and what a receiver needs
-/// to decide whether it wants the object. Not signed: every field is a claim until the manifest,
-/// fetched by hash from the peers that have it, hashes to `manifest` and its signature verifies.
+/// to decide whether it wants the object, signed by the manifest's publisher. The signature makes
+/// every field the publisher's word; the manifest, fetched by hash, is still checked on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Announcement {
     pub manifest: Hash,
@@ -151,12 +158,23 @@ pub struct Announcement {
     /// when it fetches it.
     pub manifest_len: u32,
     pub name: String,
+    /// ed25519 by `publisher` over [`ANNOUNCE_SIGNING_CONTEXT`] and the body.
+    pub signature: [u8; 64],
 }
 
 impl Announcement {
-    /// The announcement of `m`.
-    pub fn of(m: &crate::manifest::SignedManifest) -> Announcement {
-        Announcement {
+    /// The announcement of `m`, signed by `key`, which must be `m`'s publisher's.
+    pub fn signed(
+        m: &crate::manifest::SignedManifest,
+        key: &crate::manifest::PublisherKey,
+    ) -> Result<Announcement, WireError> {
+        if key.public() != m.publisher {
+            return Err(WireError::Invalid {
+                what: "announcement",
+                problem: "only the manifest's publisher can sign its announcement",
+            });
+        }
+        let mut a = Announcement {
             manifest: m.hash(),
             kind: m.manifest.kind,
             object_len: m.manifest.object_len,
@@ -164,7 +182,30 @@ impl Announcement {
             publisher: m.publisher,
             manifest_len: u32::try_from(m.as_bytes().len()).unwrap_or(u32::MAX),
             name: m.manifest.name.clone(),
-        }
+            signature: [0; 64],
+        };
+        a.signature = key.sign(&a.signing_bytes()?);
+        Ok(a)
+    }
+
+    fn signing_bytes(&self) -> Result<Vec<u8>, WireError> {
+        let mut out = ANNOUNCE_SIGNING_CONTEXT.to_vec();
+        out.extend_from_slice(&self.body()?);
+        Ok(out)
+    }
+
+    /// Whether the signature is the publisher's over the rest.
+    pub fn verify(&self) -> Result<(), WireError> {
+        crate::manifest::verify_signature(&self.publisher, &self.signing_bytes()?, &self.signature)
+            .map_err(|_| WireError::Invalid {
+                what: "announcement",
+                problem: "its signature is not its publisher's",
+            })
+    }
+
+    /// Whether this announces `m`: its hash, by its publisher.
+    pub fn announces(&self, m: &crate::manifest::SignedManifest) -> bool {
+        self.manifest == m.hash() && self.publisher == m.publisher
     }
 }
 
@@ -339,6 +380,13 @@ impl Response {
 
 impl Announcement {
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let mut out = self.body()?;
+        out.extend_from_slice(&self.signature);
+        Ok(out)
+    }
+
+    /// Everything but the signature.
+    fn body(&self) -> Result<Vec<u8>, WireError> {
         if self.name.len() > 256 {
             return Err(WireError::Invalid {
                 what: "announcement",
@@ -371,10 +419,16 @@ impl Announcement {
         if b.len() < 5 {
             return Err(WireError::Truncated(WHAT));
         }
-        if &b[..4] != ANNOUNCE_MAGIC || b[4] != ANNOUNCE_VERSION {
+        if &b[..4] != ANNOUNCE_MAGIC {
             return Err(WireError::Invalid {
                 what: WHAT,
-                problem: "bad magic or version",
+                problem: "bad magic",
+            });
+        }
+        if b[4] != ANNOUNCE_VERSION {
+            return Err(WireError::Invalid {
+                what: WHAT,
+                problem: "unknown version (version 2 was unsigned)",
             });
         }
         let manifest = hash_at(b, 5, WHAT)?;
@@ -412,8 +466,8 @@ impl Announcement {
         let n = b.get(at..at + 2).ok_or(WireError::Truncated(WHAT))?;
         let n = usize::from(u16::from_le_bytes([n[0], n[1]]));
         at += 2;
-        exact(b, at + n, WHAT)?;
-        let name = std::str::from_utf8(&b[at..])
+        exact(b, at + n + 64, WHAT)?;
+        let name = std::str::from_utf8(&b[at..at + n])
             .map_err(|_| WireError::Invalid {
                 what: WHAT,
                 problem: "name is not UTF-8",
@@ -425,6 +479,8 @@ impl Announcement {
                 problem: "a delta or soup names its base, a base does not",
             });
         }
+        let mut signature = [0u8; 64];
+        signature.copy_from_slice(&b[at + n..]);
         Ok(Announcement {
             manifest,
             kind,
@@ -433,6 +489,7 @@ impl Announcement {
             publisher,
             manifest_len,
             name,
+            signature,
         })
     }
 }

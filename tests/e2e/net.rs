@@ -299,6 +299,9 @@ fn a_manifest_too_big_for_gossip_is_announced_by_hash_and_auto_fetched() {
     );
     let l = node.wait_for("auto-fetch: ", Duration::from_secs(300));
     assert!(l.contains("fetched") && l.contains(&big_hash), "{l}");
+    // The station kept the publisher's signed announcement with the object: it can announce it
+    // too.
+    ok(field.path(), &["announce", &big_hash]);
     node.stop();
     let v = json(&ok(field.path(), &["verify", &big_hash, "--json"]));
     assert_eq!(v["problems"].as_array().map(Vec::len), Some(0), "{v}");

@@ -111,13 +111,18 @@ impl NodeService {
     /// announced by hash; its fetch gets the manifest first and verifies it like any other.
     pub async fn run_auto_fetch(self: Arc<Self>, mut events: mpsc::Receiver<NodeEvent>) {
         while let Some(ev) = events.recv().await {
-            let (heard, from, how) = match ev {
+            // An announcement by hash (checked by the node: signed by its publisher) is kept with
+            // the object once fetched, so this node can announce the object too.
+            let (heard, from, how, signed) = match ev {
                 NodeEvent::Announced { manifest, from } => {
-                    (Heard::of_manifest(&manifest), from, "")
+                    (Heard::of_manifest(&manifest), from, "", None)
                 }
-                NodeEvent::AnnouncedByHash { announcement, from } => {
-                    (Heard::of_announcement(&announcement), from, " by hash")
-                }
+                NodeEvent::AnnouncedByHash { announcement, from } => (
+                    Heard::of_announcement(&announcement),
+                    from,
+                    " by hash",
+                    Some(announcement),
+                ),
                 NodeEvent::Banned { peer, reason } => {
                     let _ = self.log.send(format!("banned {peer}: {reason}"));
                     continue;
@@ -166,7 +171,20 @@ impl NodeService {
                     sync_windows: svc.sync_windows.clone(),
                     ..Default::default()
                 };
-                let line = match svc.fetch(hash, &opts, &mut |_| {}).await {
+                let fetched = svc.fetch(hash, &opts, &mut |_| {}).await;
+                if let (Ok(_), Some(a)) = (&fetched, signed) {
+                    let kept = svc
+                        .handle
+                        .store()
+                        .call(move |s| s.put_announcement(&a))
+                        .await;
+                    if let Err(e) = kept {
+                        let _ = svc
+                            .log
+                            .send(format!("keeping the announcement of {hash}: {e}"));
+                    }
+                }
+                let line = match fetched {
                     Ok(r) => format!(
                         "auto-fetch: fetched {} {hash}: {} bytes received in {:.1} s from {} peers",
                         r.name,

@@ -19,6 +19,9 @@ pub enum Fault {
     /// Instead of each announcement, gossip a burst of invalid ones (garbage, and the manifest with
     /// its signature broken).
     BogusAnnouncements,
+    /// Instead of a signed announcement by hash, gossip one that claims the same publisher for a
+    /// made-up manifest hash, a new one each time (its signature then is not the publisher's).
+    ForgedAnnouncements,
 }
 
 impl std::str::FromStr for Fault {
@@ -28,6 +31,7 @@ impl std::str::FromStr for Fault {
             "corrupt-chunks" => Ok(Fault::CorruptChunks),
             "stall-chunks" => Ok(Fault::StallChunks),
             "bogus-announcements" => Ok(Fault::BogusAnnouncements),
+            "forged-announcements" => Ok(Fault::ForgedAnnouncements),
             _ => Err(format!("unknown fault {s:?}")),
         }
     }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
+use zdn_protocol::manifest::decode;
 use zdn_protocol::wire::CHUNK_PROTOCOL;
 use zdn_protocol::Hash;
 
@@ -17,6 +18,7 @@ use crate::store::{StoreHandle, TrustPolicy};
 use crate::net::peers::{Offence, PeerScores, PeerTable};
 use crate::net::profile::Tuning;
 use crate::net::rate_limit::RateLimiter;
+use crate::net::swarm::behaviour::MAX_GOSSIP_LEN;
 use crate::net::NetError;
 
 pub(crate) const CHUNK_STREAM: StreamProtocol = StreamProtocol::new(CHUNK_PROTOCOL);
@@ -59,8 +61,9 @@ pub(crate) enum Command {
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
     },
+    /// Publish on the topic: a signed manifest, or the signed announcement of one.
     Announce {
-        manifest: Vec<u8>,
+        gossip: Vec<u8>,
         reply: oneshot::Sender<Result<(), NetError>>,
     },
     /// A peer's penalty just crossed the ban line: disconnect it and say so.
@@ -235,9 +238,27 @@ impl NodeHandle {
         self.scores.penalty(peer)
     }
 
-    /// Gossips a signed manifest to the network. Queued and retried while no peer is subscribed.
+    /// Gossips a signed manifest to the network: the manifest itself when it fits, else its
+    /// publisher's signed [`Announcement`](zdn_protocol::wire::Announcement) (receivers fetch the manifest by hash), which this
+    /// node's store must hold. Queued and retried while no peer is subscribed.
     pub async fn announce(&self, manifest: Vec<u8>) -> Result<(), NetError> {
-        self.ask(|reply| Command::Announce { manifest, reply })
+        let gossip = if manifest.len() <= MAX_GOSSIP_LEN {
+            manifest
+        } else {
+            let m = decode(&manifest).map_err(|e| NetError::Announce(e.to_string()))?;
+            let (hash, len) = (m.hash(), manifest.len());
+            let a = self.store.call(move |s| s.announcement(&hash)).await?;
+            let a = a.ok_or_else(|| {
+                NetError::Announce(format!(
+                    "manifest {hash} is {len} bytes, over gossip's {MAX_GOSSIP_LEN}, so it is \
+                     announced by hash, which takes its publisher's signed announcement; this node \
+                     has none (a node has the announcements of what it added with its own key and \
+                     of what it received announced by hash)"
+                ))
+            })?;
+            a.encode().map_err(|e| NetError::Announce(e.to_string()))?
+        };
+        self.ask(|reply| Command::Announce { gossip, reply })
             .await?
     }
 }

@@ -8,6 +8,7 @@ use zdn_protocol::folder::{self, FileEntry, Member};
 use zdn_protocol::manifest::{Kind, Manifest, PublisherKey, SignedManifest, TensorEntry};
 use zdn_protocol::object::{self, ObjectError};
 use zdn_protocol::soup::Recipe;
+use zdn_protocol::wire::Announcement;
 use zdn_protocol::{DType, Hash};
 
 use super::{ObjectStore, StoreError};
@@ -490,6 +491,12 @@ impl ObjectStore {
         report.already_present = already_present;
         report.hash = signed.hash();
         self.commit(&signed, opts.pin)?;
+        // Its publisher's signed announcement, for when the manifest is too big for gossip. (A
+        // name over an announcement's 256 bytes has none: such an object is announced whole or not
+        // at all.)
+        if let Ok(a) = Announcement::signed(&signed, key) {
+            self.put_announcement(&a)?;
+        }
         Ok((signed, report))
     }
 

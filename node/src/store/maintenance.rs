@@ -311,6 +311,17 @@ impl ObjectStore {
             }
             true
         })?;
+        // And their signed announcements (a key that names no hash is dropped too).
+        let prefix = super::announcements::ANNOUNCE_PREFIX;
+        self.backend().scan(Column::Refs, prefix, &mut |k, _| {
+            let hash = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(|hex| hex.parse::<Hash>().ok());
+            if hash.is_none_or(|h| !keep.contains(&h)) {
+                drop_manifests.push(super::Write::delete(Column::Refs, k.to_vec()));
+            }
+            true
+        })?;
         report.manifests_removed = drop_manifests
             .iter()
             .filter(|w| w.column == Column::Manifests)

@@ -7,6 +7,7 @@
 //! as such (not as corruption).
 
 mod actor;
+mod announcements;
 mod backend;
 mod batched;
 mod dependencies;

@@ -376,3 +376,34 @@ fn a_decompression_bomb_is_refused_on_read_and_import() {
         assert_eq!(chunk_count(&dst), 0);
     }
 }
+
+/// `add` keeps the publisher's signed announcement of what it made; one that does not verify, or
+/// whose manifest the store lacks, is refused; gc removes it with its manifest.
+#[test]
+fn signed_announcements_are_kept_checked_and_collected() {
+    use zdn_protocol::wire::Announcement;
+    for (s, _dir) in stores() {
+        let (m, _) = s
+            .add(&model(&[3], 4000), &opts("a", 8 << 10), &key())
+            .unwrap();
+        let a = s.announcement(&m.hash()).unwrap().expect("add keeps one");
+        a.verify().unwrap();
+        assert!(a.announces(&m));
+        let mut forged = a.clone();
+        forged.object_len += 1;
+        let e = s.put_announcement(&forged).unwrap_err().to_string();
+        assert!(e.contains("signature"), "{e}");
+        let other = PublisherKey::from_seed(&[6; 32]);
+        let (m2, _) = ObjectStore::in_memory()
+            .add(&model(&[4], 4000), &opts("b", 8 << 10), &other)
+            .unwrap();
+        let e = s
+            .put_announcement(&Announcement::signed(&m2, &other).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lacks its manifest"), "{e}");
+        s.set_pin(&m.hash(), false).unwrap();
+        s.gc().unwrap();
+        assert_eq!(s.announcement(&m.hash()).unwrap(), None);
+    }
+}

@@ -10,7 +10,7 @@
 mod signing;
 mod wire;
 
-pub use signing::{PublisherKey, SigningError};
+pub use signing::{verify as verify_signature, PublisherKey, SigningError};
 pub use wire::{decode, ManifestError, MAX_MANIFEST_LEN};
 
 use crate::chunk::ChunkRef;

@@ -49,15 +49,17 @@ fn golden_bytes() {
         publisher: [6; 32],
         manifest_len: 300_000,
         name: "ft".into(),
+        signature: [8; 64],
     };
     assert_eq!(
         hex(a.encode().unwrap()),
         format!(
-            "5a444e4102{}01{}01{}{}e093040002006674",
+            "5a444e4103{}01{}01{}{}e093040002006674{}",
             "04".repeat(32),
             "30ee150000000000",
             "05".repeat(32),
-            "06".repeat(32)
+            "06".repeat(32),
+            "08".repeat(64)
         )
     );
 }
@@ -158,10 +160,10 @@ fn arb_announcement() -> impl Strategy<Value = Announcement> {
         any::<u64>(),
         any::<[u8; 32]>(),
         any::<[u8; 32]>(),
-        (0..=MAX_MANIFEST_LEN as u32, ".{0,40}"),
+        (0..=MAX_MANIFEST_LEN as u32, ".{0,40}", any::<[u8; 32]>()),
     )
         .prop_map(
-            |(m, delta, object_len, b, publisher, (manifest_len, name))| Announcement {
+            |(m, delta, object_len, b, publisher, (manifest_len, name, sig))| Announcement {
                 manifest: Hash::from_bytes(m),
                 kind: if delta { Kind::Delta } else { Kind::Base },
                 object_len,
@@ -169,6 +171,7 @@ fn arb_announcement() -> impl Strategy<Value = Announcement> {
                 publisher,
                 manifest_len,
                 name,
+                signature: [sig, [7; 32]].concat().try_into().unwrap(),
             },
         )
 }
@@ -210,4 +213,63 @@ proptest! {
             }
         }
     }
+}
+
+/// An announcement signed with its manifest's publisher key verifies; any changed field, another
+/// key, or an unsigned (version 2) encoding does not; only the publisher can sign.
+#[test]
+fn announcements_are_signed_by_the_publisher() {
+    use crate::chunk::{ChunkRef, Codec};
+    use crate::manifest::{Manifest, PublisherKey};
+    let key = PublisherKey::from_seed(&[3; 32]);
+    let m = Manifest {
+        kind: Kind::Base,
+        name: "llama".into(),
+        version: "1".into(),
+        created_at: 1_790_000_000,
+        base: None,
+        object_len: 100,
+        object_hash: Hash::of(b"object"),
+        chunks: vec![ChunkRef {
+            id: Hash::of(b"c0"),
+            offset: 0,
+            len: 100,
+            codec: Codec::Raw,
+        }],
+        tensors: Vec::new(),
+        files: Vec::new(),
+        extra: Vec::new(),
+    }
+    .sign(&key)
+    .unwrap();
+    let a = Announcement::signed(&m, &key).unwrap();
+    assert!(a.announces(&m));
+    a.verify().unwrap();
+    let b = Announcement::decode(&a.encode().unwrap()).unwrap();
+    b.verify().unwrap();
+    let bad = |f: &dyn Fn(&mut Announcement)| {
+        let mut x = a.clone();
+        f(&mut x);
+        let e = Announcement::decode(&x.encode().unwrap())
+            .unwrap()
+            .verify()
+            .unwrap_err();
+        assert!(e.to_string().contains("signature"), "{e}");
+    };
+    bad(&|x| x.manifest = h(9));
+    bad(&|x| x.object_len += 1);
+    bad(&|x| x.manifest_len += 1);
+    bad(&|x| x.name.push('x'));
+    bad(&|x| x.signature[0] ^= 1);
+    // Another publisher's key over the same fields: signed, but by someone else.
+    let other = PublisherKey::from_seed(&[4; 32]);
+    bad(&|x| x.publisher = other.public());
+    let e = Announcement::signed(&m, &other).unwrap_err();
+    assert!(e.to_string().contains("publisher"), "{e}");
+    // The unsigned version 2 is refused.
+    let mut v2 = a.encode().unwrap();
+    v2[4] = 2;
+    v2.truncate(v2.len() - 64);
+    let e = Announcement::decode(&v2).unwrap_err();
+    assert!(e.to_string().contains("version 2"), "{e}");
 }

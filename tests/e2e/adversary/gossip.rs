@@ -220,3 +220,101 @@ fn item5_a_replayed_older_version_does_not_move_a_name_back() {
     );
     hub.stop();
 }
+
+/// A copy of `home` with its own node identity (its store's node.key left out): the same objects
+/// and publisher key, another peer id.
+fn copy_home(home: &std::path::Path) -> tempfile::TempDir {
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let (src, dst) = (e.path(), to.join(e.file_name()));
+            if e.file_type().unwrap().is_dir() {
+                copy(&src, &dst);
+            } else if e.file_name() != "node.key" {
+                std::fs::copy(&src, &dst).unwrap();
+            }
+        }
+    }
+    let out = tmpdir();
+    copy(home, out.path());
+    out
+}
+
+/// A manifest too big for gossip travels as an announcement by hash. A peer that claims a trusted
+/// publisher for a hash it made up (a node with the publisher's objects, made to forge by a fault)
+/// is refused: the announcement's signature is not the publisher's, so the station neither logs
+/// nor fetches it, and bans the forger after the third. The genuine announcement of the same
+/// object, by the publisher's node, is acted on.
+///
+/// The old code did not sign announcements by hash: the station took the made-up hash for the
+/// trusted publisher's, logged it and started an auto-fetch of it.
+#[test]
+fn item5_an_announcement_by_hash_its_publisher_did_not_sign_is_refused() {
+    let p = publish(2);
+    let big = json(&ok(
+        p.home.path(),
+        &[
+            "add",
+            s(&p.delta_file),
+            "--base",
+            "base",
+            "--name",
+            "fine-big",
+            "--chunk-size",
+            "16",
+            "--json",
+        ],
+    ));
+    let big = big["hash"].as_str().unwrap().to_string();
+    let forger_home = copy_home(p.home.path());
+    let forger = NodeProc::start(forger_home.path(), &["--fault", "forged-announcements"]);
+    let honest = NodeProc::start(p.home.path(), &[]);
+    let home = tmpdir();
+    ok(home.path(), &fetch_json_args(&p.base, &honest.addr, &p.key));
+    let mut station = NodeProc::start(
+        home.path(),
+        &[
+            "--peer",
+            &forger.addr,
+            "--peer",
+            &honest.addr,
+            "--trust",
+            &p.key,
+            "--auto-fetch",
+            "fine*",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let forger_id = forger.addr.rsplit('/').next().unwrap().to_string();
+    for _ in 0..3 {
+        ok(forger_home.path(), &["announce", &big]);
+    }
+    let mut lines = Vec::new();
+    let end = Instant::now() + Duration::from_secs(60);
+    let banned = loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match station.lines.recv_timeout(left) {
+            Ok(l) if l.starts_with("banned ") => break l,
+            Ok(l) => lines.push(l),
+            Err(_) => panic!("the forger was not banned: {lines:?}"),
+        }
+    };
+    assert!(
+        banned.contains(&forger_id) && banned.contains("its publisher did not sign"),
+        "{banned}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("announced") || l.starts_with("auto-fetch")),
+        "a forged announcement was acted on: {lines:?}"
+    );
+    // The publisher's node announces the real object: the station fetches it.
+    ok(p.home.path(), &["announce", &big]);
+    let l = line_with(&mut station, "auto-fetch: ", &big, Duration::from_secs(120));
+    assert!(l.as_ref().is_some_and(|l| l.contains("fetched")), "{l:?}");
+    station.stop();
+    honest.stop();
+    forger.stop();
+}

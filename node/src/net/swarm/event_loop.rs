@@ -145,7 +145,7 @@ impl EventLoop {
                     let _ = reply.send(self.listen_addrs.clone());
                 }
             }
-            Command::Announce { manifest, reply } => self.announce(manifest, reply),
+            Command::Announce { gossip, reply } => self.announce(gossip, reply),
             Command::Ban { peer, reason } => self.ban(peer, reason),
             Command::ProviderVerified { hash, peer } => {
                 self.dht.verified(&mut self.swarm, hash, peer)
@@ -176,16 +176,10 @@ impl EventLoop {
             .collect()
     }
 
-    /// Publishes `manifest` (or its announcement, when too big) on the topic; retried until a
-    /// peer subscribes or [`ANNOUNCE_PATIENCE`] passes.
-    fn announce(&mut self, manifest: Vec<u8>, reply: oneshot::Sender<Result<(), NetError>>) {
-        let manifest = match gossip_form(manifest) {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
+    /// Publishes `gossip` (a manifest, or a manifest's announcement) on the topic; retried until
+    /// a peer subscribes or [`ANNOUNCE_PATIENCE`] passes.
+    fn announce(&mut self, gossip: Vec<u8>, reply: oneshot::Sender<Result<(), NetError>>) {
+        let manifest = gossip;
         let deadline = Instant::now() + ANNOUNCE_PATIENCE;
         if self.fault == Some(crate::net::config::Fault::BogusAnnouncements) {
             for i in 0u8..10 {
@@ -198,6 +192,19 @@ impl EventLoop {
                 *b ^= 1;
             }
             self.pending_announce.push((broken, deadline, reply));
+        } else if self.fault == Some(crate::net::config::Fault::ForgedAnnouncements) {
+            let forged = Announcement::decode(&manifest).ok().and_then(|mut a| {
+                // A new made-up hash each time (gossip drops a message it has seen).
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                a.manifest = zdn_protocol::Hash::of(
+                    &[a.manifest.as_bytes(), &nanos.to_le_bytes()[..]].concat(),
+                );
+                a.encode().ok()
+            });
+            self.pending_announce
+                .push((forged.unwrap_or(manifest), deadline, reply));
         } else {
             self.pending_announce.push((manifest, deadline, reply));
         }
@@ -448,6 +455,10 @@ impl EventLoop {
             Ok(a) if a.manifest_len as usize <= MAX_GOSSIP_LEN => {
                 self.reject(from, "a small manifest announced by hash".into())
             }
+            // Only its publisher can make it: a claim checked before anything is done with it.
+            Ok(a) if a.verify().is_err() => {
+                self.reject(from, "an announcement its publisher did not sign".into())
+            }
             Ok(a) => match self.seen.check(a.manifest) {
                 Seen::Again => gossipsub::MessageAcceptance::Ignore,
                 Seen::First => {
@@ -493,18 +504,6 @@ impl EventLoop {
             Err(why) => self.reject(from, why),
         }
     }
-}
-
-/// What gossip carries for a signed manifest: the manifest itself when it fits, else its
-/// [`Announcement`] (the receivers fetch the manifest by hash).
-fn gossip_form(manifest: Vec<u8>) -> Result<Vec<u8>, NetError> {
-    if manifest.len() <= MAX_GOSSIP_LEN {
-        return Ok(manifest);
-    }
-    let m = manifest::decode(&manifest).map_err(|e| NetError::Announce(e.to_string()))?;
-    Announcement::of(&m)
-        .encode()
-        .map_err(|e| NetError::Announce(e.to_string()))
 }
 
 /// A dial from a fresh local port. Dialing from the listening port (libp2p's default) collides

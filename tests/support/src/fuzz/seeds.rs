@@ -288,7 +288,7 @@ pub fn responses() -> Vec<Vec<u8>> {
 pub fn announcements() -> Vec<Vec<u8>> {
     manifests()
         .iter()
-        .filter_map(|m| Announcement::of(m).encode().ok())
+        .filter_map(|m| Announcement::signed(m, &publisher()).ok()?.encode().ok())
         .collect()
 }
 
