@@ -259,11 +259,19 @@ pub fn apply_folder(
         return Err(FolderDeltaError::TooLarge(layout_len as usize).into());
     }
     let layout_bytes = delta.read_member(LAYOUT_MEMBER)?;
-    let (layout, plans) = check_delta(&table, &layout_bytes, &bitdelta, &mut |p| {
-        delta
-            .read_member(p)
-            .map_err(|e| FolderDeltaError::MissingMember(format!("{p}: {e}")))
-    })?;
+    // A header that cannot be read is reported as what went wrong (a store or disk error), not
+    // as a malformed delta.
+    let mut read_error = None;
+    let checked = check_delta(&table, &layout_bytes, &bitdelta, &mut |p| {
+        delta.read_member(p).map_err(|e| {
+            read_error = Some(e);
+            FolderDeltaError::MissingMember(p.into())
+        })
+    });
+    if let (Err(_), Some(e)) = (&checked, read_error) {
+        return Err(e);
+    }
+    let (layout, plans) = checked?;
     let mut entries = Vec::with_capacity(layout.files.len());
     let mut offset = 0u64;
     for f in &layout.files {
