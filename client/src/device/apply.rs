@@ -130,37 +130,99 @@ pub fn apply_delta(
     let check = check_base(delta, base, force)?;
     let mut tensors = Vec::with_capacity(delta.entries.len());
     let mut buf = Vec::new();
-    for (i, e) in delta.entries.iter().enumerate() {
-        let b = base.get(&e.name);
-        let bdata = b.map(|b| base.data(b));
-        // Checked before the output is allocated (byte_len is capped by the parser).
-        check_inputs(e, delta.block(i), bdata.as_ref())?;
-        let dims: Vec<usize> = e.shape.iter().map(|&d| d as usize).collect();
-        // Float tensors on the CPU are reconstructed straight into the vector the tensor takes
-        // over: one write of every byte instead of three (zero-fill, reconstruct, copy).
-        let mut fill = |out: &mut [u8]| reconstruct(e, delta.block(i), bdata.as_ref(), out);
-        let t = match (e.dtype, device) {
-            (DType::F32, Device::Cpu) if LITTLE_ENDIAN => {
-                in_place(&e.name, 0f32, e.numel(), dims, &mut fill)?
-            }
-            (DType::F16, Device::Cpu) if LITTLE_ENDIAN => {
-                in_place(&e.name, half::f16::ZERO, e.numel(), dims, &mut fill)?
-            }
-            (DType::BF16, Device::Cpu) if LITTLE_ENDIAN => {
-                in_place(&e.name, half::bf16::ZERO, e.numel(), dims, &mut fill)?
-            }
-            _ => {
-                buf.clear();
-                buf.resize(e.byte_len() as usize, 0);
-                fill(&mut buf)?;
-                tensor_from_bytes(&e.name, e.dtype, &e.shape, &buf, device)?
-            }
-        };
-        tensors.push((e.name.clone(), t));
+    for i in 0..delta.entries.len() {
+        let t = applied_tensor(base, delta, i, device, &mut buf)?;
+        tensors.push((delta.entries[i].name.clone(), t));
     }
     Ok(AppliedModel {
         tensors,
         base: check,
+    })
+}
+
+/// [`apply_delta`] into the weights of `live` (another fine-tune of the same base, say), tensor by
+/// tensor: each new tensor replaces the old one of the same name and place, which is freed before
+/// the next is made, so memory holds one model and one tensor, not two models. Where `live` does
+/// not have the delta's tensors in the delta's order it is emptied first. On error `live` is left
+/// empty (no half-switched model stays in use).
+pub fn apply_delta_into(
+    base: &ModelFile,
+    delta: &BitDeltaFile<'_>,
+    device: &Device,
+    force: bool,
+    live: &mut AppliedModel,
+) -> Result<(), CandleApplyError> {
+    let same_layout = live.tensors.len() == delta.entries.len()
+        && live.tensors.iter().zip(&delta.entries).all(|((n, t), e)| {
+            n == &e.name
+                && t.dims()
+                    .iter()
+                    .map(|&d| d as u64)
+                    .eq(e.shape.iter().copied())
+        });
+    let check = match check_base(delta, base, force) {
+        Ok(c) => c,
+        Err(e) => {
+            live.tensors.clear();
+            return Err(e.into());
+        }
+    };
+    if !same_layout {
+        live.tensors.clear();
+    }
+    let mut buf = Vec::new();
+    for i in 0..delta.entries.len() {
+        let t = match applied_tensor(base, delta, i, device, &mut buf) {
+            Ok(t) => t,
+            Err(e) => {
+                live.tensors.clear();
+                return Err(e);
+            }
+        };
+        if same_layout {
+            live.tensors[i].1 = t;
+        } else {
+            live.tensors.push((delta.entries[i].name.clone(), t));
+        }
+    }
+    live.base = check;
+    Ok(())
+}
+
+/// Tensor `i` of `delta` reconstructed onto `base`, on `device` (`buf`: scratch for the dtypes and
+/// devices that cannot be written in place).
+fn applied_tensor(
+    base: &ModelFile,
+    delta: &BitDeltaFile<'_>,
+    i: usize,
+    device: &Device,
+    buf: &mut Vec<u8>,
+) -> Result<Tensor, CandleApplyError> {
+    let e = &delta.entries[i];
+    let b = base.get(&e.name);
+    let bdata = b.map(|b| base.data(b));
+    // Checked before the output is allocated (byte_len is capped by the parser).
+    check_inputs(e, delta.block(i), bdata.as_ref())?;
+    let dims: Vec<usize> = e.shape.iter().map(|&d| d as usize).collect();
+    // Float tensors on the CPU are reconstructed straight into the vector the tensor takes
+    // over: one write of every byte instead of three (zero-fill, reconstruct, copy).
+    let mut fill = |out: &mut [u8]| reconstruct(e, delta.block(i), bdata.as_ref(), out);
+    Ok(match (e.dtype, device) {
+        (DType::F32, Device::Cpu) if LITTLE_ENDIAN => {
+            in_place(&e.name, 0f32, e.numel(), dims, &mut fill)?
+        }
+        (DType::F16, Device::Cpu) if LITTLE_ENDIAN => {
+            in_place(&e.name, half::f16::ZERO, e.numel(), dims, &mut fill)?
+        }
+        (DType::BF16, Device::Cpu) if LITTLE_ENDIAN => {
+            in_place(&e.name, half::bf16::ZERO, e.numel(), dims, &mut fill)?
+        }
+        _ => {
+            buf.clear();
+            buf.resize(e.byte_len() as usize, 0);
+            fill(buf)?;
+            tensor_from_bytes(&e.name, e.dtype, &e.shape, buf, device)?
+        }
     })
 }
 

@@ -21,7 +21,7 @@ use zdn_protocol::Hash;
 use zdn_node::store::ObjectStore;
 
 use crate::delta::apply::check_base;
-use crate::device::apply::{apply_delta, AppliedModel, CandleApplyError};
+use crate::device::apply::{apply_delta, apply_delta_into, AppliedModel, CandleApplyError};
 use crate::model::file::{ModelFile, ModelFileError};
 use crate::soup::build::{build, load_recipe, BuildJob, SoupBuildError};
 
@@ -177,8 +177,54 @@ impl FineTuneSet {
         Ok(path)
     }
 
-    /// FineTune `name`'s weights, in the delta's tensor order, on the set's device.
+    /// FineTune `name`'s weights, in the delta's tensor order, on the set's device: a new model
+    /// (see [`Self::switch_into`] to reuse one).
     pub fn materialise(&mut self, name: &str) -> Result<AppliedModel, FineTuneSetError> {
+        let (k, bytes) = self.delta_bytes(name)?;
+        let f = self.parse(k, &bytes)?;
+        let model = apply_delta(&self.base, &f, &self.device, self.force)?;
+        self.stats.materialised += 1;
+        Ok(model)
+    }
+
+    /// Makes `live` fine-tune `name`'s weights, re-applied tensor by tensor from the base over
+    /// what `live` held (any fine-tune of the set, or an empty model): the set keeps one
+    /// materialised model, and a switch needs one more tensor, not a second model. On error
+    /// `live` is left empty.
+    pub fn switch_into(
+        &mut self,
+        name: &str,
+        live: &mut AppliedModel,
+    ) -> Result<(), FineTuneSetError> {
+        let (k, bytes) = match self.delta_bytes(name) {
+            Ok(x) => x,
+            Err(e) => {
+                live.tensors.clear();
+                return Err(e);
+            }
+        };
+        let f = match self.parse(k, &bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                live.tensors.clear();
+                return Err(e);
+            }
+        };
+        apply_delta_into(&self.base, &f, &self.device, self.force, live)?;
+        self.stats.materialised += 1;
+        Ok(())
+    }
+
+    fn parse<'b>(&self, k: usize, bytes: &'b [u8]) -> Result<BitDeltaFile<'b>, FineTuneSetError> {
+        BitDeltaFile::parse(bytes).map_err(|cause| FineTuneSetError::Format {
+            path: self.fine_tunes[k].path.clone(),
+            cause,
+        })
+    }
+
+    /// The packed delta of fine-tune `name` (its index), read again from disk if it was evicted
+    /// (and checked to be the file that was added).
+    fn delta_bytes(&mut self, name: &str) -> Result<(usize, Arc<Vec<u8>>), FineTuneSetError> {
         let k = self
             .fine_tunes
             .iter()
@@ -205,13 +251,7 @@ impl FineTuneSet {
         };
         self.tick += 1;
         self.fine_tunes[k].last_used = self.tick;
-        let f = BitDeltaFile::parse(&bytes).map_err(|cause| FineTuneSetError::Format {
-            path: self.fine_tunes[k].path.clone(),
-            cause,
-        })?;
-        let model = apply_delta(&self.base, &f, &self.device, self.force)?;
-        self.stats.materialised += 1;
-        Ok(model)
+        Ok((k, bytes))
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -331,6 +371,47 @@ mod tests {
         assert_eq!(s.materialised, 4);
         assert_eq!(s.loads, 3 + 3);
         assert!(set.resident_bytes() <= 2 * len + len / 2);
+    }
+
+    /// One live model switched through the set's fine-tunes holds, after each switch, exactly what
+    /// `materialise` gives (byte for byte), in the same tensor list (replaced in place, not
+    /// rebuilt); a failed switch leaves it empty.
+    #[test]
+    fn switch_into_reuses_one_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, deltas) = three_fine_tunes(dir.path());
+        let mut set = FineTuneSet::new(&base, Device::Cpu, 1 << 30, false).unwrap();
+        for (i, d) in deltas.iter().enumerate() {
+            set.add(&format!("p{i}"), d).unwrap();
+        }
+        let mut live = AppliedModel {
+            tensors: Vec::new(),
+            base: crate::delta::apply::BaseCheck {
+                base_hash: Hash::ZERO,
+                verified: false,
+            },
+        };
+        let bytes = |m: &AppliedModel, path: &Path| {
+            write_safetensors(&m.tensors, path).unwrap();
+            std::fs::read(path).unwrap()
+        };
+        let (a, b) = (dir.path().join("a.st"), dir.path().join("b.st"));
+        let mut list = None;
+        for name in ["p0", "p2", "p1", "p0"] {
+            set.switch_into(name, &mut live).unwrap();
+            let fresh = set.materialise(name).unwrap();
+            assert_eq!(bytes(&live, &a), bytes(&fresh, &b), "{name}");
+            assert!(live.base.verified);
+            let ptr = live.tensors.as_ptr();
+            assert_eq!(
+                *list.get_or_insert(ptr),
+                ptr,
+                "{name}: the tensor list was rebuilt"
+            );
+        }
+        let e = set.switch_into("nope", &mut live).unwrap_err();
+        assert!(matches!(e, FineTuneSetError::Unknown(_)), "{e}");
+        assert!(live.tensors.is_empty());
     }
 
     /// A recipe of two fine_tunes' deltas, from a store, gives the same weights as `zdn delta apply`

@@ -4,7 +4,11 @@
 //! * `apply`  — `candle_apply::apply_delta` (the whole model, base + delta → CPU tensors) vs a
 //!   `copy_from_slice` of the same number of bytes;
 //! * `switch` — `FineTuneSet::materialise` alternating between two fine-tunes whose deltas are resident,
-//!   vs the same memcpy; and with a budget that holds one delta (every switch re-reads from disk).
+//!   vs the same memcpy; and with a budget that holds one delta (every switch re-reads from disk);
+//! * switch memory — the peak resident memory grown over five switches, ÷ the weights' bytes: a new
+//!   model per switch (`materialise`, the old one dropped once the new one exists) vs one model
+//!   re-applied in place (`FineTuneSet::switch_into`). Linux only (VmHWM, reset through
+//!   /proc/self/clear_refs).
 //!
 //! Inputs: the MiniLM pair under `models/` when present (two deltas: 1-bit per-tensor and per-row), else
 //! a generated MiniLM-sized pair. Build with `cargo build --release -p zdn-bench --bin zdn-switch-bench`.
@@ -57,7 +61,34 @@ struct Report {
     switch_resident_over_memcpy: f64,
     switch_reload_ms: f64,
     switch_reload_over_memcpy: f64,
+    /// Peak RSS grown over five switches ÷ weight bytes.
+    switch_new_model_peak_over_weights: f64,
+    switch_in_place_peak_over_weights: f64,
     threads: usize,
+}
+
+/// A field of /proc/self/status, in bytes.
+fn status_bytes(field: &str) -> Result<u64> {
+    let s = std::fs::read_to_string("/proc/self/status")?;
+    let line = s
+        .lines()
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("no {field} in /proc/self/status"))?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .with_context(|| format!("bad line {line:?}"))?
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+/// How far resident memory rose above its level before `f`, at its peak during `f`.
+fn peak_growth(f: impl FnOnce() -> Result<()>) -> Result<u64> {
+    // "5" resets the peak (VmHWM) to the current RSS.
+    std::fs::write("/proc/self/clear_refs", "5").context("resetting VmHWM")?;
+    let before = status_bytes("VmRSS:")?;
+    f()?;
+    Ok(status_bytes("VmHWM:")?.saturating_sub(before))
 }
 
 fn encode_delta(base: &Path, fine: &Path, out: &Path, g: Granularity) -> Result<()> {
@@ -145,6 +176,25 @@ fn main() -> Result<()> {
         black_box(small.materialise(["tensor", "row"][k % 2]).unwrap());
     });
 
+    drop((src, dst));
+    let names = ["tensor", "row", "tensor", "row", "tensor", "row"];
+    let new_model = peak_growth(|| {
+        let mut m = set.materialise(names[0])?;
+        for n in &names[1..] {
+            m = set.materialise(n)?;
+        }
+        black_box(&m);
+        Ok(())
+    })?;
+    let in_place = peak_growth(|| {
+        let mut live = set.materialise(names[0])?;
+        for n in &names[1..] {
+            set.switch_into(n, &mut live)?;
+        }
+        black_box(&live);
+        Ok(())
+    })?;
+
     let r = Report {
         model,
         weight_bytes,
@@ -156,6 +206,8 @@ fn main() -> Result<()> {
         switch_resident_over_memcpy: switch_resident_ms / memcpy_ms,
         switch_reload_ms,
         switch_reload_over_memcpy: switch_reload_ms / memcpy_ms,
+        switch_new_model_peak_over_weights: new_model as f64 / weight_bytes as f64,
+        switch_in_place_peak_over_weights: in_place as f64 / weight_bytes as f64,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     if cli.json {
@@ -176,6 +228,11 @@ fn main() -> Result<()> {
         println!(
             "| fine-tune switch, delta re-read from disk | {:.2} | {:.2} |",
             r.switch_reload_ms, r.switch_reload_over_memcpy
+        );
+        println!(
+            "peak memory grown over five switches ÷ weight bytes: a new model each {:.2}, one \
+             model re-applied in place {:.2}",
+            r.switch_new_model_peak_over_weights, r.switch_in_place_peak_over_weights
         );
     }
     Ok(())
