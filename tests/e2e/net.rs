@@ -274,21 +274,7 @@ fn gossip_announcement_auto_fetches_the_delta_from_two_seeders() {
 #[test]
 fn a_manifest_too_big_for_gossip_is_announced_by_hash_and_auto_fetched() {
     let p = publish(2);
-    let big = json(&ok(
-        p.home.path(),
-        &[
-            "add",
-            s(&p.delta_file),
-            "--base",
-            "base",
-            "--name",
-            "fine-big",
-            "--chunk-size",
-            "16",
-            "--json",
-        ],
-    ));
-    let big_hash = big["hash"].as_str().unwrap().to_string();
+    let big_hash = add_big_delta(&p);
     let (_second, publisher, seeder2) = two_seeders(&p, &[]);
     let (field, mut node) = field_station(&p, &publisher, &seeder2);
     ok(p.home.path(), &["announce", &big_hash]);

@@ -29,10 +29,9 @@ use super::llama::{DecoderBatch, LlamaError, LlamaModel, LlamaWeights};
 use super::tokenizer::{DecoderTokenizer, TokenizerError};
 use crate::delta::folder::output::{OutputDir, OutputDirError};
 use crate::fs::mapped_file::MappedFile;
-use crate::fs::progress::Progress;
 use crate::model::folder::ModelFolder;
 use crate::model::synthetic::Rng;
-use crate::quality::scales::{calibrated_bytes, mean, ScaledTensor, ScalesError};
+use crate::quality::scales::{calibrated_bytes, mean, Fit, ScaledTensor, ScalesError};
 
 #[derive(Debug, Clone)]
 pub struct DecoderCalibrateJob {
@@ -93,8 +92,6 @@ pub enum DecoderCalibrateError {
     NothingToCalibrate,
     #[error(transparent)]
     Scales(#[from] ScalesError),
-    #[error("calibration diverged at step {step} (KL {loss}); try a smaller --learning-rate")]
-    Diverged { step: usize, loss: f64 },
     #[error("writing the calibrated folder delta: {0}")]
     Output(#[from] OutputDirError),
     #[error("the calibrated folder delta fails its own check: {0}")]
@@ -323,27 +320,29 @@ struct Training<'a> {
 }
 
 impl Training<'_> {
-    /// Adam on the projections' relative scales, one batch per step, round robin; returns the
-    /// losses of the first and of the last pass over the batches.
+    /// The calibration's steps on the Llama forward pass: the loss is the next-token KL to the
+    /// fine-tune; the losses of the first and last pass.
     fn run(
         &self,
         job: &DecoderCalibrateJob,
         applied: &mut LlamaWeights,
         tensors: &mut [ScaledTensor],
     ) -> Result<(Vec<f64>, Vec<f64>), DecoderCalibrateError> {
-        let progress = Progress::new(job.steps as u64, "calibrate", job.progress);
-        let nb = self.batches.len();
-        let (mut first, mut last) = (Vec::new(), Vec::new());
-        for step in 0..job.steps {
-            let batch = &self.batches[step % nb];
-            let device = batch.ids.device();
+        let fit = Fit {
+            steps: job.steps,
+            batches: self.batches.len(),
+            learning_rate: job.learning_rate,
+            progress: job.progress,
+        };
+        fit.run(tensors, |k, tensors| {
+            let batch = &self.batches[k];
             let target = log_softmax(
                 &self
                     .model
                     .logits(self.fine, batch)
                     .map_err(forward("fine-tuned"))?,
             )?;
-            for t in tensors.iter() {
+            for t in tensors {
                 let shape = applied
                     .get(&t.name)
                     .map(|w| w.dims().to_vec())
@@ -359,27 +358,12 @@ impl Training<'_> {
                 .model
                 .logits(applied, batch)
                 .map_err(forward("delta-applied"))?;
-            let loss = masked_kl(&logits, &target, &position_mask(batch, device)?)?;
-            let lv = f64::from(loss.to_scalar::<f32>()?);
-            if !lv.is_finite() {
-                return Err(DecoderCalibrateError::Diverged { step, loss: lv });
-            }
-            if step < nb {
-                first.push(lv);
-            }
-            if step + nb >= job.steps {
-                last.push(lv);
-            }
-            let grads = loss.backward()?;
-            for t in tensors.iter_mut() {
-                if let Some(g) = grads.get(t.variable()) {
-                    t.adam_step(g, step + 1, job.learning_rate)?;
-                }
-            }
-            progress.inc(1);
-        }
-        progress.finish();
-        Ok((first, last))
+            Ok(masked_kl(
+                &logits,
+                &target,
+                &position_mask(batch, batch.ids.device())?,
+            )?)
+        })
     }
 }
 

@@ -16,14 +16,13 @@ use zdn_protocol::bitdelta::BitDeltaFile;
 use crate::device::apply::{apply_delta, CandleApplyError};
 use crate::fs::atomic_file::AtomicFile;
 use crate::fs::mapped_file::MappedFile;
-use crate::fs::progress::Progress;
 use crate::model::file::ModelFile;
 use crate::model::synthetic::Rng;
 use crate::quality::bert::{BertConfig, BertError, BertWeights, TokenBatch};
 use crate::quality::corpus::read_sentences;
 use crate::quality::embedder::SentenceEmbedder;
 use crate::quality::eval::{bert_weights, QualityError};
-use crate::quality::scales::{calibrated_bytes, mean, ScaledTensor, ScalesError};
+use crate::quality::scales::{calibrated_bytes, mean, Fit, ScaledTensor, ScalesError};
 
 #[derive(Debug, Clone)]
 pub struct CalibrateJob {
@@ -79,8 +78,6 @@ pub enum CalibrateError {
     NothingToCalibrate,
     #[error(transparent)]
     Scales(#[from] ScalesError),
-    #[error("calibration diverged at step {step} (loss {loss}); try a smaller --learning-rate")]
-    Diverged { step: usize, loss: f64 },
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
 }
@@ -240,20 +237,21 @@ struct Training<'a> {
 }
 
 impl Training<'_> {
-    /// Adam on the scales' relative changes, one batch per step, round robin; returns the losses
-    /// of the first and of the last pass over the batches.
+    /// The calibration's steps on the BERT forward pass; the losses of the first and last pass.
     fn run(
         &self,
         job: &CalibrateJob,
         weights: &mut BertWeights,
         tensors: &mut [ScaledTensor],
     ) -> Result<(Vec<f64>, Vec<f64>), CalibrateError> {
-        let progress = Progress::new(job.steps as u64, "calibrate", job.progress);
-        let nb = self.batches.len();
-        let (mut first, mut last) = (Vec::new(), Vec::new());
-        for step in 0..job.steps {
-            let k = step % nb;
-            for t in tensors.iter() {
+        let fit = Fit {
+            steps: job.steps,
+            batches: self.batches.len(),
+            learning_rate: job.learning_rate,
+            progress: job.progress,
+        };
+        fit.run(tensors, |k, tensors| {
+            for t in tensors {
                 let shape = self.delta.entries[t.index]
                     .shape
                     .iter()
@@ -265,27 +263,8 @@ impl Training<'_> {
                 .embedder
                 .encoder
                 .hidden_states(weights, &self.batches[k])?;
-            let loss = masked_mse(&h, &self.targets[k], &self.batches[k].mask)?;
-            let lv = f64::from(loss.to_scalar::<f32>()?);
-            if !lv.is_finite() {
-                return Err(CalibrateError::Diverged { step, loss: lv });
-            }
-            if step < nb {
-                first.push(lv);
-            }
-            if step + nb >= job.steps {
-                last.push(lv);
-            }
-            let grads = loss.backward()?;
-            for t in tensors.iter_mut() {
-                if let Some(g) = grads.get(t.variable()) {
-                    t.adam_step(g, step + 1, job.learning_rate)?;
-                }
-            }
-            progress.inc(1);
-        }
-        progress.finish();
-        Ok((first, last))
+            Ok(masked_mse(&h, &self.targets[k], &self.batches[k].mask)?)
+        })
     }
 }
 

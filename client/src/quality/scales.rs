@@ -21,6 +21,8 @@ pub enum ScalesError {
     Tensor { name: String, problem: String },
     #[error(transparent)]
     Load(#[from] CandleApplyError),
+    #[error("calibration diverged at step {step} (loss {loss}); try a smaller --learning-rate")]
+    Diverged { step: usize, loss: f64 },
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
 }
@@ -245,6 +247,58 @@ pub fn calibrated_bytes(
         problem: c.to_string(),
     })?;
     Ok((out, n_scales, max_change))
+}
+
+/// How a calibration runs: Adam steps of `learning_rate` on the scales' relative changes, one batch
+/// per step, round robin over `batches`.
+#[derive(Debug, Clone, Copy)]
+pub struct Fit {
+    pub steps: usize,
+    pub batches: usize,
+    pub learning_rate: f64,
+    pub progress: bool,
+}
+
+impl Fit {
+    /// Runs the steps: `loss(batch, tensors)` computes the (scalar) loss of the model with the
+    /// tensors' current weights on batch number `batch`. Returns the losses of the first and of the
+    /// last pass over the batches.
+    pub fn run<E, F>(
+        &self,
+        tensors: &mut [ScaledTensor],
+        mut loss: F,
+    ) -> Result<(Vec<f64>, Vec<f64>), E>
+    where
+        E: From<ScalesError> + From<candle_core::Error>,
+        F: FnMut(usize, &[ScaledTensor]) -> Result<Tensor, E>,
+    {
+        let progress =
+            crate::fs::progress::Progress::new(self.steps as u64, "calibrate", self.progress);
+        let nb = self.batches.max(1);
+        let (mut first, mut last) = (Vec::new(), Vec::new());
+        for step in 0..self.steps {
+            let l = loss(step % nb, tensors)?;
+            let lv = f64::from(l.to_scalar::<f32>()?);
+            if !lv.is_finite() {
+                return Err(ScalesError::Diverged { step, loss: lv }.into());
+            }
+            if step < nb {
+                first.push(lv);
+            }
+            if step + nb >= self.steps {
+                last.push(lv);
+            }
+            let grads = l.backward()?;
+            for t in tensors.iter_mut() {
+                if let Some(g) = grads.get(t.variable()) {
+                    t.adam_step(g, step + 1, self.learning_rate)?;
+                }
+            }
+            progress.inc(1);
+        }
+        progress.finish();
+        Ok((first, last))
+    }
 }
 
 /// Mean of a list of losses (0 for none).

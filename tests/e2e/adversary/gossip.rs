@@ -252,21 +252,7 @@ fn copy_home(home: &std::path::Path) -> tempfile::TempDir {
 #[test]
 fn item5_an_announcement_by_hash_its_publisher_did_not_sign_is_refused() {
     let p = publish(2);
-    let big = json(&ok(
-        p.home.path(),
-        &[
-            "add",
-            s(&p.delta_file),
-            "--base",
-            "base",
-            "--name",
-            "fine-big",
-            "--chunk-size",
-            "16",
-            "--json",
-        ],
-    ));
-    let big = big["hash"].as_str().unwrap().to_string();
+    let big = add_big_delta(&p);
     let forger_home = copy_home(p.home.path());
     let forger = NodeProc::start(forger_home.path(), &["--fault", "forged-announcements"]);
     let honest = NodeProc::start(p.home.path(), &[]);

@@ -132,6 +132,26 @@ pub fn second_seeder(p: &Published) -> tempfile::TempDir {
     other
 }
 
+/// Adds `p`'s delta again as `fine-big`, cut into 16-byte chunks so that its manifest is over
+/// gossip's 256 KiB (it is announced by hash); returns its hash.
+pub fn add_big_delta(p: &Published) -> String {
+    let big = json(&ok(
+        p.home.path(),
+        &[
+            "add",
+            s(&p.delta_file),
+            "--base",
+            "base",
+            "--name",
+            "fine-big",
+            "--chunk-size",
+            "16",
+            "--json",
+        ],
+    ));
+    big["hash"].as_str().unwrap().to_string()
+}
+
 /// The publisher's node and a second seeder of the same objects (started with `second_args`,
 /// e.g. a fault), with the second seeder's home.
 pub fn two_seeders(p: &Published, second_args: &[&str]) -> (tempfile::TempDir, NodeProc, NodeProc) {

@@ -177,23 +177,7 @@ fn main() -> Result<()> {
     });
 
     drop((src, dst));
-    let names = ["tensor", "row", "tensor", "row", "tensor", "row"];
-    let new_model = peak_growth(|| {
-        let mut m = set.materialise(names[0])?;
-        for n in &names[1..] {
-            m = set.materialise(n)?;
-        }
-        black_box(&m);
-        Ok(())
-    })?;
-    let in_place = peak_growth(|| {
-        let mut live = set.materialise(names[0])?;
-        for n in &names[1..] {
-            set.switch_into(n, &mut live)?;
-        }
-        black_box(&live);
-        Ok(())
-    })?;
+    let (new_model, in_place) = switch_memory(&mut set)?;
 
     let r = Report {
         model,
@@ -213,27 +197,53 @@ fn main() -> Result<()> {
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        println!("model: {} ({} weight bytes)", r.model, r.weight_bytes);
-        println!("| what | median ms | ÷ memcpy |");
-        println!("|---|---:|---:|");
-        println!("| memcpy of the weights | {:.2} | 1 |", r.memcpy_ms);
-        println!(
-            "| candle apply (1-bit tensor delta) | {:.2} | {:.2} |",
-            r.apply_ms, r.apply_over_memcpy
-        );
-        println!(
-            "| fine-tune switch, deltas resident | {:.2} | {:.2} |",
-            r.switch_resident_ms, r.switch_resident_over_memcpy
-        );
-        println!(
-            "| fine-tune switch, delta re-read from disk | {:.2} | {:.2} |",
-            r.switch_reload_ms, r.switch_reload_over_memcpy
-        );
-        println!(
-            "peak memory grown over five switches ÷ weight bytes: a new model each {:.2}, one \
-             model re-applied in place {:.2}",
-            r.switch_new_model_peak_over_weights, r.switch_in_place_peak_over_weights
-        );
+        print_tables(&r);
     }
     Ok(())
+}
+
+/// Peak memory grown over five switches: a new model each, then one model re-applied in place.
+fn switch_memory(set: &mut FineTuneSet) -> Result<(u64, u64)> {
+    let names = ["tensor", "row", "tensor", "row", "tensor", "row"];
+    let new_model = peak_growth(|| {
+        let mut m = set.materialise(names[0])?;
+        for n in &names[1..] {
+            m = set.materialise(n)?;
+        }
+        black_box(&m);
+        Ok(())
+    })?;
+    let in_place = peak_growth(|| {
+        let mut live = set.materialise(names[0])?;
+        for n in &names[1..] {
+            set.switch_into(n, &mut live)?;
+        }
+        black_box(&live);
+        Ok(())
+    })?;
+    Ok((new_model, in_place))
+}
+
+fn print_tables(r: &Report) {
+    println!("model: {} ({} weight bytes)", r.model, r.weight_bytes);
+    println!("| what | median ms | ÷ memcpy |");
+    println!("|---|---:|---:|");
+    println!("| memcpy of the weights | {:.2} | 1 |", r.memcpy_ms);
+    println!(
+        "| candle apply (1-bit tensor delta) | {:.2} | {:.2} |",
+        r.apply_ms, r.apply_over_memcpy
+    );
+    println!(
+        "| fine-tune switch, deltas resident | {:.2} | {:.2} |",
+        r.switch_resident_ms, r.switch_resident_over_memcpy
+    );
+    println!(
+        "| fine-tune switch, delta re-read from disk | {:.2} | {:.2} |",
+        r.switch_reload_ms, r.switch_reload_over_memcpy
+    );
+    println!(
+        "peak memory grown over five switches ÷ weight bytes: a new model each {:.2}, one \
+         model re-applied in place {:.2}",
+        r.switch_new_model_peak_over_weights, r.switch_in_place_peak_over_weights
+    );
 }
