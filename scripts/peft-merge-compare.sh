@@ -9,25 +9,36 @@
 # merged tensor, with the spec's arithmetic and with PEFT's arithmetic (both re-done from the files).
 #
 # Usage: peft-merge-compare.sh ZDN_BIN PAIR_DIR WORK_DIR REPORT_JSON
+#        peft-merge-compare.sh golden PAIR_DIR OUT_DIR
 #   ZDN_BIN   the zdn binary (e.g. target/debug/zdn)
 #   PAIR_DIR  the decoder pair made by scripts/make-decoder-pair.sh with ZDN_KEEP_PYTHON=1 (its
 #             base/ and py/: torch, transformers, safetensors, numpy)
 #   WORK_DIR  scratch (adapters, PEFT's merges, zdn homes and outputs); emptied first
+# The second form writes the small regression vector of tests/e2e/lora.rs (tests/vectors/peft_merge:
+# a tiny Llama made by transformers, both adapters, PEFT's merges, the spec's arithmetic) into OUT_DIR
+# (emptied first); it needs only the pair's py/.
 # Installs the pinned packages of scripts/peft-requirements.txt (peft, accelerate, psutil) into
 # $ZDN_PEFT_PY (default ~/.cache/zdn-peft-py) once; a later call reuses them. Exits non-zero when
 # an output differs from the arithmetic that should explain it, or an untargeted tensor changed.
 set -euo pipefail
-if [ $# -ne 4 ]; then
-  echo "usage: peft-merge-compare.sh ZDN_BIN PAIR_DIR WORK_DIR REPORT_JSON" >&2
+usage="usage: peft-merge-compare.sh ZDN_BIN PAIR_DIR WORK_DIR REPORT_JSON | golden PAIR_DIR OUT_DIR"
+if [ $# -eq 3 ] && [ "$1" = golden ]; then
+  mode=golden
+  pair=$(realpath "$2")
+  work=$3
+elif [ $# -eq 4 ]; then
+  mode=compare
+  zdn=$(realpath "$1")
+  pair=$(realpath "$2")
+  work=$3
+  report=$(realpath -m "$4")
+  [ -x "$zdn" ] || { echo "no zdn binary at $zdn" >&2; exit 1; }
+else
+  echo "$usage" >&2
   exit 2
 fi
-zdn=$(realpath "$1")
-pair=$(realpath "$2")
-work=$3
-report=$(realpath -m "$4")
 here=$(cd "$(dirname "$0")" && pwd)
 peft_py=${ZDN_PEFT_PY:-$HOME/.cache/zdn-peft-py}
-[ -x "$zdn" ] || { echo "no zdn binary at $zdn" >&2; exit 1; }
 [ -f "$pair/base/config.json" ] && [ -d "$pair/py/torch" ] ||
   { echo "$pair is not a decoder pair with its python packages (ZDN_KEEP_PYTHON=1)" >&2; exit 1; }
 
@@ -35,12 +46,18 @@ peft_py=${ZDN_PEFT_PY:-$HOME/.cache/zdn-peft-py}
 want=$(sha256sum "$here/peft-requirements.txt" | cut -d' ' -f1)
 if [ "$(cat "$peft_py/.installed" 2>/dev/null || true)" != "$want" ]; then
   rm -rf "$peft_py"
-  python3.11 -m pip install --quiet --require-hashes --no-deps --only-binary=:all: \
+  python3.11 -m pip install --quiet --root-user-action=ignore --require-hashes --no-deps --only-binary=:all: \
     --target "$peft_py" -r "$here/peft-requirements.txt"
   echo "$want" > "$peft_py/.installed"
 fi
 export PYTHONPATH="$peft_py:$pair/py"
-export PYTHONHASHSEED=0
+export PYTHONHASHSEED=0  # PEFT saves target_modules in set order
+
+if [ "$mode" = golden ]; then
+  rm -rf "$work"
+  python3.11 "$here/peft_merge_compare.py" golden "$work"
+  exit 0
+fi
 
 rm -rf "$work"
 mkdir -p "$work"

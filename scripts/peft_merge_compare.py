@@ -12,6 +12,7 @@ Driven by scripts/peft-merge-compare.sh; two stages:
                                                              one rounding to bf16);
                            WORK/NAME/peft_arith.safetensors  PEFT's get_delta_weight + merge arithmetic
                                                              re-done with plain torch ops.
+  golden OUT_DIR           the small regression vector of tests/e2e/lora.rs (see golden()).
   compare BASE_DIR WORK_DIR REPORT_JSON
                            reads WORK/NAME/zdn_out/ (written by `zdn apply`) and compares every tensor
                            with PEFT's merge and the two references; writes the JSON report.
@@ -152,35 +153,92 @@ def references(base, adapter_dir):
     return cfg, zdn_arith, peft_arith, peft_seq, product_diffs, product_fma
 
 
-def make(base_dir, work):
+def peft_merge(base_dir, base, name, out):
+    """One configuration: PEFT wraps the base, seeded A and B, save_pretrained to OUT/adapter,
+    merge_and_unload(); returns the merged model's tensors."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    kwargs, autocast, magnitude = CONFIGS[name]
     torch.manual_seed(SEED)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.bfloat16)
+    for k, v in model.state_dict().items():
+        assert torch.equal(bf16_bits_t(v), bf16_bits_t(base[k])), k
+    peft_model = get_peft_model(model, LoraConfig(**kwargs), autocast_adapter_dtype=autocast)
+    gen = torch.Generator().manual_seed(SEED + len(name))
+    n_lora = 0
+    with torch.no_grad():
+        for pname, p in sorted(peft_model.named_parameters()):
+            if ".lora_A." in pname or ".lora_B." in pname:
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * magnitude)
+                n_lora += 1
+    peft_model.save_pretrained(str(out / "adapter"))
+    merged = peft_model.merge_and_unload()
+    dtype = next(iter(load_file(str(out / "adapter" / "adapter_model.safetensors")).values())).dtype
+    print(f"{name}: {n_lora} LoRA matrices, adapter dtype {dtype}")
+    return {k: v.detach().contiguous().clone() for k, v in merged.state_dict().items()}
+
+
+def to_bf16_tensors(bits):
+    return {k: torch.from_numpy(v.view(np.int16)).view(torch.bfloat16) for k, v in bits.items()}
+
+
+def make(base_dir, work):
     torch.use_deterministic_algorithms(True)
     base = load_folder(base_dir)
-    for name, (kwargs, autocast, magnitude) in CONFIGS.items():
+    for name in CONFIGS:
         out = work / name
         out.mkdir(parents=True, exist_ok=True)
-        model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.bfloat16)
-        for k, v in model.state_dict().items():
-            assert torch.equal(bf16_bits_t(v), bf16_bits_t(base[k])), k
-        peft_model = get_peft_model(model, LoraConfig(**kwargs), autocast_adapter_dtype=autocast)
-        gen = torch.Generator().manual_seed(SEED + len(name))
-        n_lora = 0
-        with torch.no_grad():
-            for pname, p in sorted(peft_model.named_parameters()):
-                if ".lora_A." in pname or ".lora_B." in pname:
-                    p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * magnitude)
-                    n_lora += 1
-        peft_model.save_pretrained(str(out / "adapter"))
-        merged = peft_model.merge_and_unload()
-        sd = {k: v.detach().contiguous().clone() for k, v in merged.state_dict().items()}
-        save_file(sd, str(out / "peft_merged.safetensors"))
-        cfg, zdn_arith, peft_arith, _, _, _ = references(base, out / "adapter")
-        save_file({k: torch.from_numpy(v.view(np.int16)).view(torch.bfloat16) for k, v in zdn_arith.items()}, str(out / "zdn_arith.safetensors"))
-        save_file({k: torch.from_numpy(v.view(np.int16)).view(torch.bfloat16) for k, v in peft_arith.items()}, str(out / "peft_arith.safetensors"))
-        print(f"{name}: {n_lora} LoRA matrices, adapter dtype {next(iter(load_file(str(out / 'adapter' / 'adapter_model.safetensors')).values())).dtype}")
+        save_file(peft_merge(base_dir, base, name, out), str(out / "peft_merged.safetensors"))
+        _, zdn_arith, peft_arith, _, _, _ = references(base, out / "adapter")
+        save_file(to_bf16_tensors(zdn_arith), str(out / "zdn_arith.safetensors"))
+        save_file(to_bf16_tensors(peft_arith), str(out / "peft_arith.safetensors"))
+
+
+def golden(out_dir):
+    """A small regression vector for tests/e2e/lora.rs: a tiny seeded Llama (2 layers, hidden 16)
+    saved by transformers; per configuration its PEFT adapter (the README dropped), PEFT's merged
+    targeted tensors (peft_merged.safetensors) and the same tensors under the spec's arithmetic
+    (numpy, § 4: zdn_arith.safetensors); expected.json: per merged tensor how many elements differ
+    between the two, and by how many bf16 ulps at most."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(SEED)
+    config = LlamaConfig(
+        hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, vocab_size=32, max_position_embeddings=64,
+        tie_word_embeddings=False, bos_token_id=0, eos_token_id=1,
+    )
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    with torch.no_grad():  # norms of ones would make the untargeted check weak
+        for k, p in model.named_parameters():
+            if k.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.chdir(out_dir)  # the adapters record base_model_name_or_path "base", not this machine's path
+    out_dir = Path(".")
+    model.save_pretrained("base")
+    base = load_folder(out_dir / "base")
+    expected = {"peft": __import__("peft").__version__, "torch": torch.__version__, "configs": {}}
+    for name in CONFIGS:
+        out = out_dir / name
+        merged = peft_merge(Path("base"), base, name, out)
+        (out / "adapter" / "README.md").unlink()
+        _, zdn_arith, peft_arith, _, _, _ = references(base, out / "adapter")
+        save_file({k: merged[k] for k in sorted(zdn_arith)}, str(out / "peft_merged.safetensors"))
+        save_file(to_bf16_tensors(zdn_arith), str(out / "zdn_arith.safetensors"))
+        rows = {}
+        for k in sorted(zdn_arith):
+            pm = bf16_bits(merged[k])
+            assert np.array_equal(pm, peft_arith[k]), k
+            ulps = np.abs(ulp_key(zdn_arith[k]) - ulp_key(pm))
+            rows[k] = {
+                "differing_from_peft": int(np.count_nonzero(ulps)),
+                "max_ulps_from_peft": int(ulps.max()),
+            }
+        expected["configs"][name] = rows
+    (out_dir / "expected.json").write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n")
 
 
 def bf16_bits_t(t):
@@ -306,7 +364,12 @@ if __name__ == "__main__":
     torch.set_num_threads(int(os.environ.get("PEFT_COMPARE_THREADS", "1")))
     if len(sys.argv) == 4 and sys.argv[1] == "make":
         make(Path(sys.argv[2]), Path(sys.argv[3]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "golden":
+        golden(Path(sys.argv[2]))
     elif len(sys.argv) == 5 and sys.argv[1] == "compare":
         compare(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
     else:
-        sys.exit("usage: peft_merge_compare.py make BASE_DIR WORK_DIR | compare BASE_DIR WORK_DIR REPORT_JSON")
+        sys.exit(
+            "usage: peft_merge_compare.py make BASE_DIR WORK_DIR | compare BASE_DIR WORK_DIR REPORT_JSON"
+            " | golden OUT_DIR"
+        )
