@@ -249,15 +249,38 @@ def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def stats(a_bits, b_bits):
-    """Bit-identical count, max |a − b| (f32 of the bf16 values) and max distance in bf16 ulps."""
-    fa, fb = bits_to_f32(a_bits), bits_to_f32(b_bits)
+def ulp_bucket(u):
+    """0, 1, 2, then 3-4, 5-8, 9-16, …: a histogram with a few keys."""
+    if u <= 2:
+        return str(u)
+    hi = 1 << int(u - 1).bit_length()
+    return f"{hi // 2 + 1}-{hi}"
+
+
+def bf16_ulp(x):
+    """The spacing of bf16 values at |x| (normal range; the smallest normal's spacing below it)."""
+    _, e = np.frexp(np.maximum(np.abs(x.astype(np.float64)), 2.0**-126))
+    return np.ldexp(1.0, e - 8)
+
+
+def stats(a_bits, b_bits, w_bits):
+    """Bit-identical count, max |a − b| (of the bf16 values), the distance in bf16 ulps of the outputs
+    (bucketed), and max |a − b| in ulps of the larger operand of the merge, max(|W|, |a − W|): near
+    a cancellation W + Δ ≈ 0 the outputs' own ulps are tiny and say little."""
+    fa, fb, fw = (bits_to_f32(x).astype(np.float64) for x in (a_bits, b_bits, w_bits))
     ulps = np.abs(ulp_key(a_bits) - ulp_key(b_bits))
+    hist = {}
+    for u, c in zip(*np.unique(ulps, return_counts=True)):
+        key = ulp_bucket(int(u))
+        hist[key] = hist.get(key, 0) + int(c)
+    diff = np.abs(fa - fb)
+    operand = np.maximum(np.abs(fw), np.abs(fa - fw))
     return {
         "identical": int(np.count_nonzero(a_bits == b_bits)),
-        "max_abs_diff": float(np.max(np.abs(fa.astype(np.float64) - fb.astype(np.float64)))),
+        "max_abs_diff": float(diff.max()),
         "max_ulps": int(ulps.max()),
-        "ulp_histogram": {str(int(u)): int(c) for u, c in zip(*np.unique(ulps, return_counts=True))},
+        "ulp_histogram": hist,
+        "max_diff_in_ulps_of_larger_operand": float((diff / bf16_ulp(operand)).max()),
     }
 
 
@@ -292,7 +315,7 @@ def compare(base_dir, work, report_path):
                 untargeted["zdn_equals_base"] += int(np.array_equal(zdn_o[k], b))
                 untargeted["peft_equals_base"] += int(np.array_equal(peft_m[k], b))
                 continue
-            st = stats(zdn_o[k], peft_m[k])
+            st = stats(zdn_o[k], peft_m[k], b)
             row = {
                 "elements": int(b.size),
                 "zdn_vs_peft": st,
@@ -318,13 +341,15 @@ def compare(base_dir, work, report_path):
                 hist[u] = hist.get(u, 0) + c
         max_abs = max(r["zdn_vs_peft"]["max_abs_diff"] for r in targeted.values())
         max_ulps = max(r["zdn_vs_peft"]["max_ulps"] for r in targeted.values())
+        max_op = max(r["zdn_vs_peft"]["max_diff_in_ulps_of_larger_operand"] for r in targeted.values())
         summary = {
             "adapter_config": cfg,
             "adapter_dtype": str(next(iter(load_file(str(out / "adapter" / "adapter_model.safetensors")).values())).dtype),
             "targeted_tensors": len(targeted),
             "targeted_elements": int(tot["elements"]),
             "zdn_identical_to_peft": int(tot["zdn_eq_peft"]),
-            "zdn_vs_peft_ulp_histogram": dict(sorted(hist.items(), key=lambda kv: int(kv[0]))),
+            "zdn_vs_peft_ulp_histogram": dict(sorted(hist.items(), key=lambda kv: int(kv[0].split("-")[0]))),
+            "zdn_vs_peft_max_diff_in_ulps_of_larger_operand": max_op,
             "zdn_vs_peft_max_abs_diff": max_abs,
             "zdn_vs_peft_max_ulps": max_ulps,
             "zdn_identical_to_zdn_arith": int(tot["zdn_eq_zdn_arith"]),
@@ -342,7 +367,7 @@ def compare(base_dir, work, report_path):
         print(
             f"{name}: {len(targeted)} merged tensors, {n} elements: zdn == PEFT on {tot['zdn_eq_peft']} "
             f"({100.0 * tot['zdn_eq_peft'] / n:.4f} %), max |diff| {max_abs:.3g}, max {max_ulps} bf16 ulp "
-            f"(histogram {summary['zdn_vs_peft_ulp_histogram']}); zdn == spec § 4 arithmetic on "
+            f"(histogram {summary['zdn_vs_peft_ulp_histogram']}), max {max_op:.3g} ulp of max(|W|, |Δ|); zdn == spec § 4 arithmetic on "
             f"{tot['zdn_eq_zdn_arith']}/{n}; PEFT == its arithmetic on {tot['peft_eq_peft_arith']}/{n}; "
             f"PEFT's roundings with zdn's product == zdn on {tot['peft_seq_eq_zdn_arith']}/{n}; torch's f32 "
             f"product == sequential fma chain on {tot['product_fma']}/{n}, == zdn's non-fused sum on "
