@@ -281,6 +281,9 @@ def stats(a_bits, b_bits, w_bits):
         "max_ulps": int(ulps.max()),
         "ulp_histogram": hist,
         "max_diff_in_ulps_of_larger_operand": float((diff / bf16_ulp(operand)).max()),
+        "over_128_ulps": int(np.count_nonzero(ulps > 128)),
+        "over_128_ulps_where_b_is_zero": int(np.count_nonzero((ulps > 128) & ((b_bits & 0x7FFF) == 0))),
+        "max_abs_a_where_over_128_ulps": float(np.abs(fa[ulps > 128]).max()) if (ulps > 128).any() else 0.0,
     }
 
 
@@ -350,6 +353,13 @@ def compare(base_dir, work, report_path):
             "zdn_identical_to_peft": int(tot["zdn_eq_peft"]),
             "zdn_vs_peft_ulp_histogram": dict(sorted(hist.items(), key=lambda kv: int(kv[0].split("-")[0]))),
             "zdn_vs_peft_max_diff_in_ulps_of_larger_operand": max_op,
+            "zdn_vs_peft_over_128_ulps": sum(r["zdn_vs_peft"]["over_128_ulps"] for r in targeted.values()),
+            "zdn_vs_peft_over_128_ulps_where_peft_is_zero": sum(
+                r["zdn_vs_peft"]["over_128_ulps_where_b_is_zero"] for r in targeted.values()
+            ),
+            "zdn_max_abs_where_over_128_ulps": max(
+                r["zdn_vs_peft"]["max_abs_a_where_over_128_ulps"] for r in targeted.values()
+            ),
             "zdn_vs_peft_max_abs_diff": max_abs,
             "zdn_vs_peft_max_ulps": max_ulps,
             "zdn_identical_to_zdn_arith": int(tot["zdn_eq_zdn_arith"]),
@@ -367,7 +377,7 @@ def compare(base_dir, work, report_path):
         print(
             f"{name}: {len(targeted)} merged tensors, {n} elements: zdn == PEFT on {tot['zdn_eq_peft']} "
             f"({100.0 * tot['zdn_eq_peft'] / n:.4f} %), max |diff| {max_abs:.3g}, max {max_ulps} bf16 ulp "
-            f"(histogram {summary['zdn_vs_peft_ulp_histogram']}), max {max_op:.3g} ulp of max(|W|, |Δ|); zdn == spec § 4 arithmetic on "
+            f"(histogram {summary['zdn_vs_peft_ulp_histogram']}), max {max_op:.3g} ulp of max(|W|, |Δ|), over 128 ulp on {summary['zdn_vs_peft_over_128_ulps']} (PEFT ±0 on {summary['zdn_vs_peft_over_128_ulps_where_peft_is_zero']}, zdn's |value| ≤ {summary['zdn_max_abs_where_over_128_ulps']:.3g}); zdn == spec § 4 arithmetic on "
             f"{tot['zdn_eq_zdn_arith']}/{n}; PEFT == its arithmetic on {tot['peft_eq_peft_arith']}/{n}; "
             f"PEFT's roundings with zdn's product == zdn on {tot['peft_seq_eq_zdn_arith']}/{n}; torch's f32 "
             f"product == sequential fma chain on {tot['product_fma']}/{n}, == zdn's non-fused sum on "
