@@ -291,7 +291,7 @@ fn bf16_values(bytes: &[u8]) -> Vec<u16> {
 
 /// PEFT's own `merge_and_unload()` (peft 0.21.2, torch 2.9.1 on the CPU) of two adapters of a tiny
 /// Llama saved by transformers, committed by `scripts/peft-merge-compare.sh golden
-/// tests/vectors/peft_merge` (docs/spec/lora.md § 4.1): an f32 adapter (r = 8, α = 16) and a bf16
+/// tests/vectors/peft_merge` (docs/spec/lora.md § 7): an f32 adapter (r = 8, α = 16) and a bf16
 /// one (r = 12, α = 20, rsLoRA, rank_pattern, alpha_pattern), all seven projections. zdn's merge,
 /// from the store and from disk, must be the spec's arithmetic computed there in numpy, byte for
 /// byte; and it must differ from PEFT's merge in exactly as many elements, by at most as many bf16
