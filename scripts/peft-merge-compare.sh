@@ -38,6 +38,10 @@ else
   exit 2
 fi
 here=$(cd "$(dirname "$0")" && pwd)
+# WORK_DIR / OUT_DIR is emptied: refuse the root, the home and the repository itself.
+case "$(realpath -m "$work")" in
+  / | "$HOME" | "$(dirname "$here")") echo "refusing to empty $work" >&2; exit 2 ;;
+esac
 peft_py=${ZDN_PEFT_PY:-$HOME/.cache/zdn-peft-py}
 [ -f "$pair/base/config.json" ] && [ -d "$pair/py/torch" ] ||
   { echo "$pair is not a decoder pair with its python packages (ZDN_KEEP_PYTHON=1)" >&2; exit 1; }
