@@ -272,3 +272,94 @@ fn bad_adapters_are_refused_and_leave_the_store_as_it_was() {
     let good = case("good", config(""), None, false);
     err(&home, &["add", s(&good), "--base", &other_hash], "q_proj");
 }
+
+/// A bf16 value's bits as an integer in the order of the values, adjacent values one apart.
+fn bf16_order(bits: u16) -> i32 {
+    if bits & 0x8000 != 0 {
+        -i32::from(bits & 0x7fff)
+    } else {
+        i32::from(bits)
+    }
+}
+
+fn bf16_values(bytes: &[u8]) -> Vec<u16> {
+    bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+/// PEFT's own `merge_and_unload()` (peft 0.21.2, torch 2.9.1 on the CPU) of two adapters of a tiny
+/// Llama saved by transformers, committed by `scripts/peft-merge-compare.sh golden
+/// tests/vectors/peft_merge` (docs/spec/lora.md § 7): an f32 adapter (r = 8, α = 16) and a bf16
+/// one (r = 12, α = 20, rsLoRA, rank_pattern, alpha_pattern), all seven projections. zdn's merge,
+/// from the store and from disk, must be the spec's arithmetic computed there in numpy, byte for
+/// byte; and it must differ from PEFT's merge in exactly as many elements, by at most as many bf16
+/// ulps, as that script recorded (none for the f32 adapter; the bf16 adapter's delta is rounded to
+/// bf16 by PEFT before it is added). Every other tensor is the base's.
+#[test]
+fn the_merge_is_the_spec_arithmetic_and_differs_from_peft_as_recorded() {
+    let v = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors/peft_merge");
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(v.join("expected.json")).unwrap()).unwrap();
+    let base = v.join("base");
+    let base_file = std::fs::read(base.join("model.safetensors")).unwrap();
+    let base_header = safetensors::parse(&base_file).unwrap();
+    let t = tmpdir();
+    let home = t.path().join("home");
+    let base_hash = add(&home, &base, &[]);
+    let configs = expected["configs"].as_object().unwrap();
+    assert_eq!(configs.len(), 2);
+    for (name, rows) in configs {
+        let rows = rows.as_object().unwrap();
+        assert_eq!(rows.len(), 14, "{name}: 7 projections × 2 layers");
+        let dir = v.join(name);
+        let hash = add(&home, &dir.join("adapter"), &["--base", &base_hash]);
+        let from_store = t.path().join(format!("{name}-store"));
+        ok(&home, &["apply", &hash, "-o", s(&from_store)]);
+        let from_disk = t.path().join(format!("{name}-disk"));
+        zdn_ok(&delta_apply_args(&base, &dir.join("adapter"), &from_disk));
+        assert_eq!(read_tree(&from_store), read_tree(&from_disk), "{name}");
+        let out = from_store.join("model.safetensors");
+        for tensor in &base_header.tensors {
+            let got = tensor_bytes(&out, &tensor.name).unwrap();
+            let Some(row) = rows.get(&tensor.name) else {
+                assert_eq!(
+                    got,
+                    base_file[tensor.range.clone()],
+                    "{name}: {}",
+                    tensor.name
+                );
+                continue;
+            };
+            let spec = tensor_bytes(&dir.join("zdn_arith.safetensors"), &tensor.name).unwrap();
+            assert!(
+                got == spec,
+                "{name}: {} is not the spec's arithmetic",
+                tensor.name
+            );
+            let peft = bf16_values(
+                &tensor_bytes(&dir.join("peft_merged.safetensors"), &tensor.name).unwrap(),
+            );
+            let ulps: Vec<u32> = bf16_values(&got)
+                .iter()
+                .zip(&peft)
+                .map(|(&z, &p)| bf16_order(z).abs_diff(bf16_order(p)))
+                .collect();
+            assert_eq!(ulps.len(), peft.len());
+            let differing = ulps.iter().filter(|&&u| u != 0).count() as u64;
+            assert_eq!(
+                differing,
+                row["differing_from_peft"].as_u64().unwrap(),
+                "{name}: {}",
+                tensor.name
+            );
+            assert_eq!(
+                u64::from(ulps.iter().copied().max().unwrap()),
+                row["max_ulps_from_peft"].as_u64().unwrap(),
+                "{name}: {}",
+                tensor.name
+            );
+        }
+    }
+}
