@@ -93,6 +93,27 @@ fn calibrate_a_folder_delta_of_the_real_pair() {
         }
     }
 
+    // With --vocabulary the quantized rows of embed_tokens and lm_head are fitted too (one scale
+    // per row of the base's 4096); their exact and new rows, other entries, stay as they are.
+    let voc = dir.path().join("voc");
+    let mut args = calibrate_args(&pair, &delta, &voc);
+    args.extend([
+        "--vocabulary",
+        "--sentences",
+        "16",
+        "--steps",
+        "4",
+        "--json",
+    ]);
+    let rep = json(&zdn_ok(&args));
+    assert_eq!(rep["tensors"], 30);
+    assert_eq!(rep["scales"], 9600 + 2 * 4096);
+    let (a, c) = (
+        std::fs::read(delta.join("delta.bitdelta")).unwrap(),
+        std::fs::read(voc.join("delta.bitdelta")).unwrap(),
+    );
+    assert_eq!(assert_only_scales_differ(&a, &c), 30);
+
     let (uncal, calibrated) = (heldout_kl(&pair, &delta), heldout_kl(&pair, &cal));
     println!("held-out KL: uncalibrated {uncal:.4}, calibrated {calibrated:.4}");
     assert!(

@@ -7,10 +7,12 @@
 //! of [`super::llama`].
 //!
 //! What is calibrated: every quantized entry of `delta.bitdelta` that is one of the model's layer
-//! projections (attention q/k/v/o, MLP gate/up/down) and has the base's shape. Vocabulary matrices
-//! (their exact rows live in other entries) and exact tensors are left as they are. The output is a
-//! folder delta identical to the input except for scale bytes inside `delta.bitdelta`: same files,
-//! same sizes, same reconstruction arithmetic.
+//! projections (attention q/k/v/o, MLP gate/up/down) and has the base's shape; with `vocabulary`,
+//! also the quantized rows of `embed_tokens` and `lm_head` (their exact rows and the fine-tune's new
+//! rows, other entries of the delta, stay as applied: the trainable part enters as a change over the
+//! applied tensor). Exact tensors are left as they are. The output is a folder delta identical to
+//! the input except for scale bytes inside `delta.bitdelta`: same files, same sizes, same
+//! reconstruction arithmetic.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -55,6 +57,8 @@ pub struct DecoderCalibrateJob {
     /// Adam step size on the relative scales.
     pub learning_rate: f64,
     pub seed: u64,
+    /// Also calibrate the quantized rows of the vocabulary matrices.
+    pub vocabulary: bool,
     pub force: bool,
     pub progress: bool,
 }
@@ -179,14 +183,17 @@ pub fn calibrate(
         path: bitdelta_path.clone(),
         cause,
     })?;
-    let mut tensors = projections(&delta, &job.base, &cfg, &device)?;
+    let (mut tensors, places): (Vec<_>, Vec<_>) =
+        calibrated_tensors(&delta, job, &cfg, &applied, &device)?
+            .into_iter()
+            .unzip();
 
     let training = Training {
         model: LlamaModel::new(cfg),
         fine: &fine,
         batches: &batches,
     };
-    let (first, last) = training.run(job, &mut applied, &mut tensors)?;
+    let (first, last) = training.run(job, &mut applied, &mut tensors, &places)?;
     let (bytes, n_scales, max_change) = calibrated_bytes(dm.bytes(), &delta, &tensors)?;
     write_folder(job, &bytes)?;
     Ok(DecoderCalibrateReport {
@@ -246,14 +253,59 @@ fn calibration_batches(
     Ok((batches, n, truncated))
 }
 
-/// The quantized layer projections of `delta`, each over its base tensor.
-fn projections(
+/// How a calibrated tensor's weight enters the applied model.
+enum Place {
+    /// As the whole tensor (a layer projection).
+    Whole,
+    /// As the change of the quantized common rows of a vocabulary matrix over the applied tensor
+    /// (f32): its exact rows (`keep` 0) and the fine-tune's new rows stay as applied.
+    Rows {
+        applied: Tensor,
+        start: Tensor,
+        keep: Tensor,
+    },
+}
+
+impl Place {
+    /// The applied model's tensor for weight `w` of the calibrated entry.
+    fn tensor(&self, w: Tensor) -> Result<Tensor, candle_core::Error> {
+        let Place::Rows {
+            applied,
+            start,
+            keep,
+        } = self
+        else {
+            return Ok(w);
+        };
+        let change = (w - start)?.broadcast_mul(keep)?;
+        let (rows, common) = (applied.dim(0)?, change.dim(0)?);
+        let change = if rows > common {
+            let pad = Tensor::zeros(
+                (rows - common, change.dim(1)?),
+                change.dtype(),
+                change.device(),
+            )?;
+            Tensor::cat(&[&change, &pad], 0)?
+        } else {
+            change.narrow(0, 0, rows)?
+        };
+        applied + change
+    }
+}
+
+/// The names of the vocabulary matrices (input embeddings and output head).
+const VOCABULARY: [&str; 2] = ["model.embed_tokens.weight", "lm_head.weight"];
+
+/// The quantized layer projections and vocabulary matrices of `delta`, each over its base tensor
+/// (a vocabulary matrix: its common rows, the exact ones left out), and where each goes.
+fn calibrated_tensors(
     delta: &BitDeltaFile<'_>,
-    base_dir: &Path,
+    job: &DecoderCalibrateJob,
     cfg: &LlamaConfig,
+    applied: &LlamaWeights,
     device: &Device,
-) -> Result<Vec<ScaledTensor>, DecoderCalibrateError> {
-    let base = open_folder(base_dir, "base")?;
+) -> Result<Vec<(ScaledTensor, Place)>, DecoderCalibrateError> {
+    let base = open_folder(&job.base, "base")?;
     let linears: HashSet<String> = (0..cfg.num_hidden_layers)
         .flat_map(|l| {
             cfg.layer_linears()
@@ -261,21 +313,67 @@ fn projections(
                 .map(move |(n, _)| format!("model.layers.{l}.{n}.weight"))
         })
         .collect();
+    let exact = exact_rows(&job.delta)?;
     let mut out = Vec::new();
     for (i, e) in delta.entries.iter().enumerate() {
-        if e.encoding.bits().is_none() || !linears.contains(&e.name) {
+        let vocabulary = job.vocabulary && VOCABULARY.contains(&e.name.as_str());
+        if e.encoding.bits().is_none() || !(vocabulary || linears.contains(&e.name)) {
             continue;
         }
         let Some(b) = base.data(&e.name).filter(|b| b.shape == e.shape.as_slice()) else {
             continue;
         };
-        out.push(ScaledTensor::new(delta, i, b, device)?);
+        let t = ScaledTensor::new(delta, i, b, device)?;
         base.release(&e.name);
+        let place = match applied.get(&e.name) {
+            Some(a) if vocabulary && a.rank() == 2 && a.dim(1)? as u64 == e.shape[1] => {
+                let rows = e.shape[0] as usize;
+                let mut keep = vec![1f32; rows];
+                for &r in exact.get(&e.name).into_iter().flatten() {
+                    if let Some(k) = keep.get_mut(r as usize) {
+                        *k = 0.0;
+                    }
+                }
+                let shape = [rows, e.shape[1] as usize];
+                Place::Rows {
+                    applied: a.to_dtype(candle_core::DType::F32)?,
+                    start: t.weight(&shape)?.detach(),
+                    keep: Tensor::from_vec(keep, (rows, 1), device)?,
+                }
+            }
+            _ if vocabulary => continue,
+            _ => Place::Whole,
+        };
+        out.push((t, place));
     }
     if out.is_empty() {
         return Err(DecoderCalibrateError::NothingToCalibrate);
     }
     Ok(out)
+}
+
+/// The exact rows of each vocabulary matrix, from the folder delta's layout (checked whole when
+/// the delta was applied).
+fn exact_rows(
+    delta: &Path,
+) -> Result<std::collections::HashMap<String, Vec<u64>>, DecoderCalibrateError> {
+    use zdn_protocol::folder::delta::{FolderDelta, LAYOUT_MEMBER, MAX_LAYOUT_LEN};
+    let path = delta.join(LAYOUT_MEMBER);
+    let bytes = std::fs::read(&path)
+        .map_err(|e| DecoderCalibrateError::Input(format!("{}: {e}", path.display())))?;
+    if bytes.len() > MAX_LAYOUT_LEN {
+        return Err(DecoderCalibrateError::Input(format!(
+            "{} is too large",
+            path.display()
+        )));
+    }
+    let layout = FolderDelta::parse(&bytes)
+        .map_err(|e| DecoderCalibrateError::Input(format!("{}: {e}", path.display())))?;
+    Ok(layout
+        .exact_rows
+        .into_iter()
+        .map(|x| (x.name, x.indices))
+        .collect())
 }
 
 /// log softmax over the last dimension (the max is a constant shift: no gradient through it).
@@ -327,6 +425,7 @@ impl Training<'_> {
         job: &DecoderCalibrateJob,
         applied: &mut LlamaWeights,
         tensors: &mut [ScaledTensor],
+        places: &[Place],
     ) -> Result<(Vec<f64>, Vec<f64>), DecoderCalibrateError> {
         let fit = Fit {
             steps: job.steps,
@@ -342,12 +441,13 @@ impl Training<'_> {
                     .logits(self.fine, batch)
                     .map_err(forward("fine-tuned"))?,
             )?;
-            for t in tensors {
-                let shape = applied
-                    .get(&t.name)
-                    .map(|w| w.dims().to_vec())
-                    .unwrap_or_default();
-                if !applied.replace(&t.name, t.weight(&shape)?) {
+            for (t, place) in tensors.iter().zip(places) {
+                let shape = match place {
+                    Place::Whole => applied.get(&t.name).map(|w| w.dims().to_vec()),
+                    Place::Rows { start, .. } => Some(start.dims().to_vec()),
+                }
+                .unwrap_or_default();
+                if !applied.replace(&t.name, place.tensor(t.weight(&shape)?)?) {
                     return Err(DecoderCalibrateError::Input(format!(
                         "{} is not a tensor of the applied model's shape",
                         t.name
