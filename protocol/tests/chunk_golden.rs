@@ -114,7 +114,11 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Option<DType>)> {
         Some(DType::BF16),
     ));
     v.push(("empty bf16", Vec::new(), Some(DType::BF16)));
-    v.push(("bf16 weights as I16", bf[..65536].to_vec(), Some(DType::I16)));
+    v.push((
+        "bf16 weights as I16",
+        bf[..65536].to_vec(),
+        Some(DType::I16),
+    ));
     v.push(("bf16 weights, no dtype", bf[..65536].to_vec(), None));
     v
 }
@@ -131,22 +135,102 @@ fn actual() -> Vec<(&'static str, Codec, usize, String)> {
 
 /// (case, codec, stored length, id).
 const EXPECTED: &[(&str, Codec, usize, &str)] = &[
-    ("bf16 weights, 1 MiB", Codec::Planes, 686774, "3e80a6caa2f49f3ea3d1f023ab54159ea6976982299b0484e43154fa39aa487a"),
-    ("bf16 bench-like uniform, 1 MiB", Codec::Planes, 662025, "d23603e88f274c29f19674fea8f6fe7b90e722e250f4cecf0ba781be3ba98e72"),
-    ("bf16 weights, 1 MiB + 2 bytes, two blocks", Codec::Planes, 687519, "74e7ef9c2845d2ac1b1b86e66084910f18740c7a18abbc086a442b38cf38ef06"),
-    ("bf16 norm-like, 8 KiB", Codec::Planes, 3325, "9804c3044f675c4b1163576a5d114915b4e0c0020d94c355150d5fd82b779107"),
-    ("f16 weights, 256 KiB", Codec::Planes, 220647, "f28c9df87aaefd8d612057593e4ae72d03aea959a1cbf196785ca6aee9fc5544"),
-    ("f32 weights, 512 KiB", Codec::Planes, 434157, "fb5ec739f6c3a3c52573fcba5908230883e5d28ea5979d3cf66bfe068a01fc88"),
-    ("f32 upcast from bf16, 1 MiB", Codec::Planes, 346334, "2c3ad9b5fb825de4f14a5d7009a9e34bfdbc357ade2fb22e860367efaa43f378"),
-    ("bf16 zeros, 1 MiB", Codec::Planes, 42, "31774b613e189973588b80fd9e6d4376f3cca8fa079c3680fff6abc5082c93c9"),
-    ("bf16 repetitive, 1 MiB", Codec::Planes, 658, "cb6f19487e85fea7d25edda6ccb8812b58086842585b7f6a0c675f49f8e28818"),
-    ("random bytes as bf16, 1 MiB", Codec::Raw, 1048576, "88b03e8ef4297530f17f6ddc7ed53a69e95e12d2212bc611678cddf3fa9dbd71"),
-    ("bf16 periodic random bytes, 1 MiB (zstd wins)", Codec::Zstd, 2155, "48eeb2b1ca360784223cefa911753d57f84edfaacc6ff564111324190276cb05"),
-    ("f32 dtype, length not a multiple of 4", Codec::Zstd, 846, "1db3974d3daf409eae85a4f06c45b232239a01777b9cbf7e731fd4698ce86a5f"),
-    ("bf16 weights, 10 bytes", Codec::Raw, 10, "947966b0a1ee1ec51f858064ef5c66fb477c3eb60aa202516a2fb12ef038ed9d"),
-    ("empty bf16", Codec::Raw, 0, "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"),
-    ("bf16 weights as I16", Codec::Zstd, 51082, "1fe9b786e381ff5172c122374e575329906d20cd54dff3a41ae3b3dd2eb5fd7d"),
-    ("bf16 weights, no dtype", Codec::Zstd, 51082, "1fe9b786e381ff5172c122374e575329906d20cd54dff3a41ae3b3dd2eb5fd7d"),
+    (
+        "bf16 weights, 1 MiB",
+        Codec::Planes,
+        686774,
+        "3e80a6caa2f49f3ea3d1f023ab54159ea6976982299b0484e43154fa39aa487a",
+    ),
+    (
+        "bf16 bench-like uniform, 1 MiB",
+        Codec::Planes,
+        662025,
+        "d23603e88f274c29f19674fea8f6fe7b90e722e250f4cecf0ba781be3ba98e72",
+    ),
+    (
+        "bf16 weights, 1 MiB + 2 bytes, two blocks",
+        Codec::Planes,
+        687519,
+        "74e7ef9c2845d2ac1b1b86e66084910f18740c7a18abbc086a442b38cf38ef06",
+    ),
+    (
+        "bf16 norm-like, 8 KiB",
+        Codec::Planes,
+        3325,
+        "9804c3044f675c4b1163576a5d114915b4e0c0020d94c355150d5fd82b779107",
+    ),
+    (
+        "f16 weights, 256 KiB",
+        Codec::Planes,
+        220647,
+        "f28c9df87aaefd8d612057593e4ae72d03aea959a1cbf196785ca6aee9fc5544",
+    ),
+    (
+        "f32 weights, 512 KiB",
+        Codec::Planes,
+        434157,
+        "fb5ec739f6c3a3c52573fcba5908230883e5d28ea5979d3cf66bfe068a01fc88",
+    ),
+    (
+        "f32 upcast from bf16, 1 MiB",
+        Codec::Planes,
+        346334,
+        "2c3ad9b5fb825de4f14a5d7009a9e34bfdbc357ade2fb22e860367efaa43f378",
+    ),
+    (
+        "bf16 zeros, 1 MiB",
+        Codec::Planes,
+        42,
+        "31774b613e189973588b80fd9e6d4376f3cca8fa079c3680fff6abc5082c93c9",
+    ),
+    (
+        "bf16 repetitive, 1 MiB",
+        Codec::Planes,
+        658,
+        "cb6f19487e85fea7d25edda6ccb8812b58086842585b7f6a0c675f49f8e28818",
+    ),
+    (
+        "random bytes as bf16, 1 MiB",
+        Codec::Raw,
+        1048576,
+        "88b03e8ef4297530f17f6ddc7ed53a69e95e12d2212bc611678cddf3fa9dbd71",
+    ),
+    (
+        "bf16 periodic random bytes, 1 MiB (zstd wins)",
+        Codec::Zstd,
+        2155,
+        "48eeb2b1ca360784223cefa911753d57f84edfaacc6ff564111324190276cb05",
+    ),
+    (
+        "f32 dtype, length not a multiple of 4",
+        Codec::Zstd,
+        846,
+        "1db3974d3daf409eae85a4f06c45b232239a01777b9cbf7e731fd4698ce86a5f",
+    ),
+    (
+        "bf16 weights, 10 bytes",
+        Codec::Raw,
+        10,
+        "947966b0a1ee1ec51f858064ef5c66fb477c3eb60aa202516a2fb12ef038ed9d",
+    ),
+    (
+        "empty bf16",
+        Codec::Raw,
+        0,
+        "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+    ),
+    (
+        "bf16 weights as I16",
+        Codec::Zstd,
+        51082,
+        "1fe9b786e381ff5172c122374e575329906d20cd54dff3a41ae3b3dd2eb5fd7d",
+    ),
+    (
+        "bf16 weights, no dtype",
+        Codec::Zstd,
+        51082,
+        "1fe9b786e381ff5172c122374e575329906d20cd54dff3a41ae3b3dd2eb5fd7d",
+    ),
 ];
 
 #[test]
