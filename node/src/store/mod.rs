@@ -9,6 +9,7 @@
 mod actor;
 mod backend;
 mod batched;
+mod compress;
 mod dependencies;
 mod error;
 mod ingest;
