@@ -126,26 +126,36 @@ pub fn encode(data: &[u8], level: i32) -> (Codec, Vec<u8>, Hash) {
 /// Like [`encode`], for a chunk that holds whole elements of one tensor of `dtype`: a float dtype
 /// also tries the [`crate::planes`] codec and keeps whichever of raw, zstd and planes is smallest
 /// (ties go to the earlier of zstd, planes). Deterministic.
+///
+/// For a float chunk the planes coding comes first; zstd then only has to say whether it is at
+/// most that long (and shorter than the chunk), so its pass stops as soon as its output is longer.
 pub fn encode_elements(
     data: &[u8],
     level: i32,
     dtype: Option<crate::DType>,
 ) -> (Codec, Vec<u8>, Hash) {
     use crate::DType;
-    let (mut codec, mut stored) = match zstd::bulk::compress(data, level) {
-        Ok(z) if z.len() < data.len() => (Codec::Zstd, z),
-        _ => (Codec::Raw, data.to_vec()),
-    };
-    if let Some(d @ (DType::F32 | DType::F16 | DType::BF16)) = dtype {
-        if data.len().is_multiple_of(d.size()) {
-            if let Ok(p) = crate::planes::encode(d, data, level) {
-                if p.len() < stored.len() {
-                    codec = Codec::Planes;
-                    stored = p;
-                }
-            }
+    let planes = match dtype {
+        Some(d @ (DType::F32 | DType::F16 | DType::BF16))
+            if data.len().is_multiple_of(d.size()) =>
+        {
+            crate::planes::encode(d, data, level).ok()
         }
-    }
+        _ => None,
+    };
+    let Some(p) = planes else {
+        return encode(data, level);
+    };
+    // zstd wins when it is shorter than the chunk and no longer than the planes coding.
+    let cap = p.len().min(data.len().saturating_sub(1));
+    let zstd = zstd::bulk::Compressor::new(level)
+        .ok()
+        .and_then(|mut z| crate::planes::zstd_within(&mut z, data, cap));
+    let (codec, stored) = match zstd {
+        Some(z) => (Codec::Zstd, z),
+        None if p.len() < data.len() => (Codec::Planes, p),
+        None => (Codec::Raw, data.to_vec()),
+    };
     let id = Hash::of(&stored);
     (codec, stored, id)
 }
@@ -446,6 +456,75 @@ mod tests {
             check_coverage(&[c(0, 0), c(0, 10)], 10),
             Err(ChunkError::Empty(0))
         ));
+    }
+
+    /// `encode_elements` as first written: whole-chunk zstd in full, then the planes coding,
+    /// the smallest kept. The reference the early-stopping version must match.
+    fn reference_encode_elements(
+        data: &[u8],
+        level: i32,
+        dtype: Option<crate::DType>,
+    ) -> (Codec, Vec<u8>, Hash) {
+        use crate::DType;
+        let (mut codec, mut stored) = match zstd::bulk::compress(data, level) {
+            Ok(z) if z.len() < data.len() => (Codec::Zstd, z),
+            _ => (Codec::Raw, data.to_vec()),
+        };
+        if let Some(d @ (DType::F32 | DType::F16 | DType::BF16)) = dtype {
+            if data.len().is_multiple_of(d.size()) {
+                if let Ok(p) = crate::planes::encode(d, data, level) {
+                    if p.len() < stored.len() {
+                        codec = Codec::Planes;
+                        stored = p;
+                    }
+                }
+            }
+        }
+        let id = Hash::of(&stored);
+        (codec, stored, id)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// Floats of several kinds (weights, few values, constants, random bits, bytes that zstd
+        /// compresses well) under every dtype: the same codec and stored bytes as the reference.
+        #[test]
+        fn encode_elements_matches_the_reference(
+            seed in any::<u64>(),
+            kind in 0u8..5,
+            n in 0usize..12_000,
+            dtype in proptest::sample::select(vec![
+                Some(crate::DType::BF16), Some(crate::DType::F16), Some(crate::DType::F32),
+                Some(crate::DType::I32), None,
+            ]),
+            odd in any::<bool>(),
+        ) {
+            let mut x = seed | 1;
+            let mut data: Vec<u8> = (0..n)
+                .flat_map(|i| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let u = ((x >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0;
+                    let v = match kind {
+                        0 => (u * 0.04) as f32,
+                        1 => ((x % 3) as f32 - 1.0) * 0.25,
+                        2 => 0.5,
+                        3 => f32::from_bits(x as u32),
+                        _ => (i % 64) as f32,
+                    };
+                    ((v.to_bits() >> 16) as u16).to_le_bytes()
+                })
+                .collect();
+            if odd {
+                data.push(7);
+            }
+            prop_assert_eq!(
+                encode_elements(&data, 3, dtype),
+                reference_encode_elements(&data, 3, dtype)
+            );
+        }
     }
 
     proptest! {

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::ops::Range;
 
-use zdn_protocol::chunk::{self, ChunkRef, DEFAULT_CHUNK_SIZE};
+use zdn_protocol::chunk::{self, DEFAULT_CHUNK_SIZE};
 use zdn_protocol::folder::{self, FileEntry, Member};
 use zdn_protocol::manifest::{Kind, Manifest, PublisherKey, SignedManifest, TensorEntry};
 use zdn_protocol::object::{self, ObjectError};
@@ -11,10 +11,8 @@ use zdn_protocol::soup::Recipe;
 use zdn_protocol::wire::Announcement;
 use zdn_protocol::{DType, Hash};
 
+use super::compress::{self, compress_windows, TensorSpans};
 use super::{ObjectStore, StoreError};
-
-/// Chunks compressed between two writes to the store: bounds memory to about this many chunks.
-const WINDOW: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct AddOptions {
@@ -67,11 +65,6 @@ pub struct AddReport {
     pub stored_bytes: u64,
     /// True when the exact same manifest was already in the store.
     pub already_present: bool,
-}
-
-struct Compressed {
-    r: ChunkRef,
-    stored: Vec<u8>,
 }
 
 /// An object ready to be chunked: its bytes as consecutive parts (one file, or a folder's files in
@@ -139,73 +132,6 @@ impl<'a> Planned<'a> {
         let to = usize::try_from(r.end - starts[i]).ok()?;
         Some((i, from..to))
     }
-}
-
-/// Tensors sorted by (offset, length), to find the one a chunk lies in by binary search.
-struct TensorSpans(Vec<(u64, u64, u8)>);
-
-impl TensorSpans {
-    fn new(tensors: &[TensorEntry]) -> Self {
-        let mut v: Vec<(u64, u64, u8)> =
-            tensors.iter().map(|t| (t.offset, t.len, t.dtype)).collect();
-        v.sort_unstable();
-        TensorSpans(v)
-    }
-
-    /// The dtype of the tensor a chunk lies in, when it holds whole elements of one tensor (then a
-    /// float tensor's chunk can use the planes codec).
-    fn element_dtype(&self, r: &Range<u64>) -> Option<DType> {
-        let i = self.0.partition_point(|t| t.0 <= r.start).checked_sub(1)?;
-        let (offset, len, code) = self.0[i];
-        if r.end > offset.saturating_add(len) {
-            return None;
-        }
-        let dtype = DType::from_code(code)?;
-        let size = dtype.size() as u64;
-        ((r.start - offset).is_multiple_of(size) && (r.end - r.start).is_multiple_of(size))
-            .then_some(dtype)
-    }
-}
-
-fn compress(pieces: &[(Range<u64>, &[u8])], level: i32, spans: &TensorSpans) -> Vec<Compressed> {
-    pieces
-        .iter()
-        .map(|(r, data)| {
-            let (codec, stored, id) = chunk::encode_elements(data, level, spans.element_dtype(r));
-            Compressed {
-                r: ChunkRef {
-                    id,
-                    offset: r.start,
-                    // `chunk::plan` keeps every range ≤ MAX_CHUNK_SIZE.
-                    len: data.len() as u32,
-                    codec,
-                },
-                stored,
-            }
-        })
-        .collect()
-}
-
-/// Compresses a window of chunks on all cores; output in object order (deterministic).
-fn compress_window(
-    pieces: &[(Range<u64>, &[u8])],
-    level: i32,
-    spans: &TensorSpans,
-) -> Vec<Compressed> {
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    if threads < 2 || pieces.len() < 2 {
-        return compress(pieces, level, spans);
-    }
-    let per = pieces.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let jobs: Vec<_> = pieces
-            .chunks(per)
-            .map(|part| s.spawn(move || compress(part, level, spans)))
-            .collect();
-        jobs.into_iter()
-            .flat_map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    })
 }
 
 impl ObjectStore {
@@ -427,50 +353,47 @@ impl ObjectStore {
         let mut report = AddReport::starting(opts, p, ranges.len());
         // Ids written by this add: a set, so each check is O(1) however many chunks the object has.
         let mut new_ids: HashSet<Hash> = HashSet::new();
-        // The whole-object hash, window after window beside the window's compression; then the
-        // window's bytes are released, so only a window is ever resident.
+        // The whole-object hash, window after window as they are written; then the window's
+        // bytes are released, so only a few windows are ever resident.
         let mut hasher = blake3::Hasher::new();
-        for window in ranges.chunks(WINDOW) {
-            let pieces = window
-                .iter()
-                .map(|r| {
-                    p.slice(&starts, r)
-                        .map(|d| (r.clone(), d))
-                        .ok_or_else(|| StoreError::Corrupt {
-                            key: "object layout".into(),
-                            problem: format!("chunk {r:?} does not lie inside one file"),
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let compressed = std::thread::scope(|s| {
-                let h = s.spawn(|| {
-                    for (_, d) in &pieces {
-                        hasher.update(d);
+        let slice = |r: &Range<u64>| {
+            p.slice(&starts, r).ok_or_else(|| StoreError::Corrupt {
+                key: "object layout".into(),
+                problem: format!("chunk {r:?} does not lie inside one file"),
+            })
+        };
+        let workers = compress::default_workers();
+        compress_windows(
+            &ranges,
+            &slice,
+            opts.zstd_level,
+            &spans,
+            workers,
+            &mut |w| {
+                for d in &w.pieces {
+                    hasher.update(d);
+                }
+                for r in w.ranges {
+                    if let Some((i, range)) = p.locate(&starts, r) {
+                        release(i, range);
                     }
-                });
-                let c = compress_window(&pieces, opts.zstd_level, &spans);
-                h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-                c
-            });
-            for r in window {
-                if let Some((i, range)) = p.locate(&starts, r) {
-                    release(i, range);
                 }
-            }
-            let mut batch = Vec::new();
-            for c in compressed {
-                report.stored_bytes += c.stored.len() as u64;
-                if new_ids.contains(&c.r.id) || self.has_chunk(&c.r.id)? {
-                    report.dedup_bytes += u64::from(c.r.len);
-                } else {
-                    new_ids.insert(c.r.id);
-                    report.new_stored_bytes += c.stored.len() as u64;
-                    batch.push((c.r.id, c.stored));
+                let mut batch = Vec::new();
+                for c in w.compressed {
+                    report.stored_bytes += c.stored.len() as u64;
+                    if new_ids.contains(&c.r.id) || self.has_chunk(&c.r.id)? {
+                        report.dedup_bytes += u64::from(c.r.len);
+                    } else {
+                        new_ids.insert(c.r.id);
+                        report.new_stored_bytes += c.stored.len() as u64;
+                        batch.push((c.r.id, c.stored));
+                    }
+                    chunks.push(c.r);
                 }
-                chunks.push(c.r);
-            }
-            written.extend(self.put_chunks(batch)?);
-        }
+                written.extend(self.put_chunks(batch)?);
+                Ok(())
+            },
+        )?;
         let object_hash = Hash::from(hasher.finalize());
         report.new_chunks = written.len();
 

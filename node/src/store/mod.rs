@@ -10,6 +10,7 @@ mod actor;
 mod announcements;
 mod backend;
 mod batched;
+mod compress;
 mod dependencies;
 mod error;
 mod ingest;

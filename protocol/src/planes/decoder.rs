@@ -1,5 +1,6 @@
 //! The decoder of the planes codec: blocks back into their bytes (the spec: docs/spec/planes.md).
 
+use super::huffman::MAX_SYMBOL_BITS;
 use super::*;
 
 pub(super) struct Decoder {

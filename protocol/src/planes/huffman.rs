@@ -229,20 +229,16 @@ fn read_lengths(cur: &mut Cursor<'_>, alphabet: usize, block: u64) -> Result<Vec
     Ok(lengths)
 }
 
-/// Least-significant-first bit packer.
-struct BitWriter {
-    out: Vec<u8>,
+/// Least-significant-first bit packer, appending to a caller's buffer.
+struct BitWriter<'a> {
+    out: &'a mut Vec<u8>,
     acc: u64,
     n: u32,
 }
 
-impl BitWriter {
-    fn new(capacity: usize) -> Self {
-        BitWriter {
-            out: Vec::with_capacity(capacity),
-            acc: 0,
-            n: 0,
-        }
+impl<'a> BitWriter<'a> {
+    fn new(out: &'a mut Vec<u8>) -> Self {
+        BitWriter { out, acc: 0, n: 0 }
     }
 
     /// Appends the low `count ≤ 32` bits of `bits` (the others must be zero).
@@ -257,17 +253,27 @@ impl BitWriter {
         }
     }
 
-    fn finish(mut self) -> Vec<u8> {
+    fn finish(self) {
         let bytes = self.n.div_ceil(8) as usize;
         self.out.extend_from_slice(&self.acc.to_le_bytes()[..bytes]);
-        self.out
     }
 }
 
 /// Value ranges of the streams of a section of `m` values.
-fn stream_bounds(m: usize) -> [usize; STREAMS + 1] {
+pub(crate) fn stream_bounds(m: usize) -> [usize; STREAMS + 1] {
     let q = m / STREAMS;
     [0, q, 2 * q, 3 * q, m]
+}
+
+/// Bytes of a section with code `lengths` whose streams hold `stream_bits` bits each (codes and raw
+/// bits): exactly what [`encode_section`] appends.
+pub(crate) fn section_len(lengths: &[u8], stream_bits: &[u64; STREAMS]) -> usize {
+    table_bytes(lengths)
+        + 4 * STREAMS
+        + stream_bits
+            .iter()
+            .map(|&b| b.div_ceil(8) as usize)
+            .sum::<usize>()
 }
 
 /// Appends a section coding the values of `bytes` (each `width` ≤ 4 bytes, little-endian): symbol
@@ -280,38 +286,52 @@ pub(crate) fn encode_section(
     out: &mut Vec<u8>,
 ) {
     write_lengths(lengths, out);
-    let streams = match width {
-        1 => encode_streams::<1>(lengths, bytes, r),
-        2 => encode_streams::<2>(lengths, bytes, r),
-        _ => encode_streams::<4>(lengths, bytes, r),
-    };
-    for s in &streams {
-        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-    }
-    for s in &streams {
-        out.extend_from_slice(s);
+    let m = bytes.len() / width.max(1);
+    // The stream lengths go before the streams: reserve them, fill them in after.
+    let lens_at = out.len();
+    out.extend_from_slice(&[0u8; 4 * STREAMS]);
+    out.reserve(m * (width + 1) / 2 + 8 * STREAMS);
+    let codes = reversed_codes(lengths);
+    let bounds = stream_bounds(m);
+    for (j, w) in bounds.windows(2).enumerate() {
+        let from = out.len();
+        let values = &bytes[w[0] * width..w[1] * width];
+        match width {
+            1 => encode_stream::<1>(lengths, &codes, values, r, out),
+            2 => encode_stream::<2>(lengths, &codes, values, r, out),
+            _ => encode_stream::<4>(lengths, &codes, values, r, out),
+        }
+        let len = (out.len() - from) as u32;
+        out[lens_at + 4 * j..lens_at + 4 * j + 4].copy_from_slice(&len.to_le_bytes());
     }
 }
 
-fn encode_streams<const B: usize>(lengths: &[u8], bytes: &[u8], r: u32) -> Vec<Vec<u8>> {
-    let codes = reversed_codes(lengths);
-    let bounds = stream_bounds(bytes.len() / B);
+/// Appends one stream: each value's code, then its `r` raw bits.
+fn encode_stream<const B: usize>(
+    lengths: &[u8],
+    codes: &[u16],
+    values: &[u8],
+    r: u32,
+    out: &mut Vec<u8>,
+) {
     let mask = (1u64 << r) - 1;
-    bounds
-        .windows(2)
-        .map(|w| {
-            let mut bw = BitWriter::new((w[1] - w[0]) * (B + 1) / 2 + 8);
-            for c in bytes[w[0] * B..w[1] * B].chunks_exact(B) {
-                let mut a = [0u8; 4];
-                a[..B].copy_from_slice(c);
-                let v = u32::from_le_bytes(a);
-                let sym = (v >> r) as usize;
-                bw.put(u64::from(codes[sym]), u32::from(lengths[sym]));
-                bw.put(u64::from(v) & mask, r);
-            }
-            bw.finish()
-        })
-        .collect()
+    let mut bw = BitWriter::new(out);
+    for c in values.chunks_exact(B) {
+        let mut a = [0u8; 4];
+        a[..B].copy_from_slice(c);
+        let v = u32::from_le_bytes(a);
+        let sym = (v >> r) as usize;
+        let (code, len) = (u64::from(codes[sym]), u32::from(lengths[sym]));
+        let raw = u64::from(v) & mask;
+        if B <= 2 {
+            // Code (≤ 12 bits) and raw bits (< 16) in one put of ≤ 27 bits: the same bits.
+            bw.put(code | (raw << len), len + r);
+        } else {
+            bw.put(code, len);
+            bw.put(raw, r);
+        }
+    }
+    bw.finish();
 }
 
 /// A parsed section: its decoding table and streams.

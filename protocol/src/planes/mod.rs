@@ -17,18 +17,21 @@
 //! form complete codes, and every stream must end exactly where its last value does.
 //! docs/spec/planes.md describes the byte layout; docs/benchmarks.md "Lossless codec" the measurements.
 
+mod encoder;
 mod format;
 mod huffman;
 mod layout;
 
 pub use layout::Layout;
 
+pub(crate) use encoder::zstd_within;
+
 use crate::dtype::DType;
+use encoder::Encoder;
 use format::{
     Cursor, Header, BLOCK_HEADER_LEN, CODEC_CONST, CODEC_HUFFMAN, CODEC_RAW, CODEC_ZSTD,
     HEADER_LEN, MODE_FIELDS, MODE_PLANES,
 };
-use huffman::{MAX_SYMBOL_BITS, STREAMS};
 
 /// Default input bytes per block: 1 MiB.
 pub const DEFAULT_BLOCK_LEN: u32 = 1 << 20;
@@ -204,11 +207,7 @@ pub fn encode_with(
     let mut out = Vec::with_capacity(HEADER_LEN + tail_len + body.len() / 2);
     header.write(&mut out);
     out.extend_from_slice(tail);
-    let mut enc = Encoder {
-        zstd: zstd::bulk::Compressor::new(opts.zstd_level)
-            .map_err(|e| PlanesError::ZstdEncode(e.to_string()))?,
-        scratch: Vec::new(),
-    };
+    let mut enc = Encoder::new(opts.zstd_level)?;
     for block in body.chunks(block_len) {
         let (mode, body) = match opts.strategy {
             Strategy::Auto => {
@@ -217,11 +216,7 @@ pub fn encode_with(
                 } else {
                     Layout::BytePlanes
                 };
-                let planes = enc.planes(dtype, layout, block, false)?;
-                match encode_fields(dtype, block) {
-                    Some(fields) if fields.len() < planes.len() => (MODE_FIELDS, fields),
-                    _ => (MODE_PLANES, planes),
-                }
+                enc.auto(dtype, layout, block)
             }
             Strategy::PlanesZstd(layout) => {
                 let layout = if layout.applies_to(dtype) {
@@ -229,7 +224,7 @@ pub fn encode_with(
                 } else {
                     Layout::BytePlanes
                 };
-                (MODE_PLANES, enc.planes(dtype, layout, block, true)?)
+                (MODE_PLANES, enc.planes_zstd(dtype, layout, block)?)
             }
         };
         out.push(mode);
@@ -237,118 +232,6 @@ pub fn encode_with(
         out.extend_from_slice(&body);
     }
     Ok(out)
-}
-
-struct Encoder {
-    zstd: zstd::bulk::Compressor<'static>,
-    scratch: Vec<u8>,
-}
-
-impl Encoder {
-    /// A planes-mode body: the layout, then each plane's codec, length and payload.
-    fn planes(
-        &mut self,
-        dtype: DType,
-        layout: Layout,
-        block: &[u8],
-        zstd_only: bool,
-    ) -> Result<Vec<u8>, PlanesError> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.resize(block.len(), 0);
-        layout::split(layout, dtype, block, &mut scratch);
-        let mut out = vec![layout.code()];
-        let n = block.len() / layout.planes(dtype);
-        for plane in scratch.chunks(n.max(1)) {
-            self.plane(plane, zstd_only, &mut out)?;
-        }
-        self.scratch = scratch;
-        Ok(out)
-    }
-
-    /// Appends one plane with its smallest codec (ties: raw, const, Huffman, zstd), or zstd only.
-    fn plane(
-        &mut self,
-        plane: &[u8],
-        zstd_only: bool,
-        out: &mut Vec<u8>,
-    ) -> Result<(), PlanesError> {
-        let mut zstd = |plane: &[u8]| {
-            self.zstd
-                .compress(plane)
-                .map_err(|e| PlanesError::ZstdEncode(e.to_string()))
-        };
-        let (codec, payload): (u8, Vec<u8>) = if zstd_only {
-            (CODEC_ZSTD, zstd(plane)?)
-        } else if let Some(&first) = plane.first().filter(|&&f| plane.iter().all(|&b| b == f)) {
-            (CODEC_CONST, vec![first])
-        } else {
-            let z = zstd(plane)?;
-            let mut counts = [0u64; 256];
-            for &b in plane {
-                counts[usize::from(b)] += 1;
-            }
-            let huff = huffman::code_lengths(&counts).map(|lengths| {
-                let est = huffman::coded_bits(&counts, &lengths).div_ceil(8) as usize
-                    + huffman::table_bytes(&lengths)
-                    + 4 * STREAMS;
-                (est, lengths)
-            });
-            match huff {
-                Some((est, lengths)) if est < plane.len() && est <= z.len() => {
-                    let mut h = Vec::with_capacity(est + 8);
-                    huffman::encode_section(&lengths, plane, 1, 0, &mut h);
-                    (CODEC_HUFFMAN, h)
-                }
-                _ if z.len() < plane.len() => (CODEC_ZSTD, z),
-                _ => (CODEC_RAW, plane.to_vec()),
-            }
-        };
-        out.push(codec);
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&payload);
-        Ok(())
-    }
-}
-
-/// A fields-mode body (raw bit count, then a Huffman section), with the raw bit count that makes it
-/// smallest; `None` for elements wider than 4 bytes or a block with a single symbol at every split.
-fn encode_fields(dtype: DType, block: &[u8]) -> Option<Vec<u8>> {
-    let width = dtype.size();
-    if width > 4 {
-        return None;
-    }
-    let w = 8 * width as u32;
-    let r_min = w.saturating_sub(MAX_SYMBOL_BITS);
-    let n = block.len() / width;
-    let mut counts = vec![0u64; 1 << (w - r_min)];
-    match width {
-        1 => block.iter().for_each(|&b| counts[usize::from(b)] += 1),
-        2 => block
-            .chunks_exact(2)
-            .for_each(|c| counts[usize::from(u16::from_le_bytes([c[0], c[1]]) >> r_min)] += 1),
-        _ => block.chunks_exact(4).for_each(|c| {
-            counts[(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) >> r_min) as usize] += 1
-        }),
-    }
-    // Try every split: merge the histogram one bit at a time.
-    let mut best: Option<(u64, u32, Vec<u8>)> = None;
-    for r in r_min..w {
-        if r > r_min {
-            counts = counts.chunks(2).map(|p| p.iter().sum()).collect();
-        }
-        if let Some(lengths) = huffman::code_lengths(&counts) {
-            let bits = huffman::coded_bits(&counts, &lengths) + n as u64 * u64::from(r);
-            let cost = bits.div_ceil(8) + huffman::table_bytes(&lengths) as u64;
-            if best.as_ref().is_none_or(|b| cost < b.0) {
-                best = Some((cost, r, lengths));
-            }
-        }
-    }
-    let (cost, r, lengths) = best?;
-    let mut out = Vec::with_capacity(cost as usize + 1 + 4 * STREAMS + 8);
-    out.push(r as u8);
-    huffman::encode_section(&lengths, block, width, r, &mut out);
-    Some(out)
 }
 
 /// Decodes an encoding, refusing one that would decode to more than `max_output_len` bytes before

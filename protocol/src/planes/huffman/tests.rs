@@ -13,8 +13,19 @@ fn roundtrip(bytes: &[u8], width: usize, r: u32) {
     let Some(lengths) = code_lengths(&counts) else {
         return;
     };
-    let mut enc = Vec::new();
+    let mut enc = vec![0xa5];
     encode_section(&lengths, bytes, width, r, &mut enc);
+    assert_eq!(enc[0], 0xa5, "appends");
+    let enc = enc.split_off(1);
+    assert_eq!(
+        enc,
+        reference_section(&lengths, bytes, width, r),
+        "not the bytes of the reference encoder"
+    );
+    assert_eq!(
+        enc.len(),
+        section_len(&lengths, &stream_bits(&lengths, bytes, width, r))
+    );
     assert_eq!(table_bytes(&lengths), {
         let mut t = Vec::new();
         write_lengths(&lengths, &mut t);
@@ -96,6 +107,78 @@ fn stream_end_checks() {
     assert!(decode_section::<1>(&sec, 0, &mut short, 0).is_err());
     let mut long = vec![0u8; 104];
     assert!(decode_section::<1>(&sec, 0, &mut long, 0).is_err());
+}
+
+/// Bits of each stream of a section of `bytes` (codes and raw bits), counted value by value.
+fn stream_bits(lengths: &[u8], bytes: &[u8], width: usize, r: u32) -> [u64; STREAMS] {
+    let b = stream_bounds(bytes.len() / width);
+    std::array::from_fn(|j| {
+        bytes[b[j] * width..b[j + 1] * width]
+            .chunks_exact(width)
+            .map(|c| {
+                let mut v = [0u8; 4];
+                v[..width].copy_from_slice(c);
+                u64::from(lengths[(u32::from_le_bytes(v) >> r) as usize]) + u64::from(r)
+            })
+            .sum()
+    })
+}
+
+/// The section encoder as first written (one put per code and per raw field, each stream in its
+/// own buffer): the reference the faster [`encode_section`] must match byte for byte.
+fn reference_section(lengths: &[u8], bytes: &[u8], width: usize, r: u32) -> Vec<u8> {
+    struct Bits {
+        out: Vec<u8>,
+        acc: u64,
+        n: u32,
+    }
+    impl Bits {
+        fn put(&mut self, bits: u64, count: u32) {
+            self.acc |= bits << self.n;
+            self.n += count;
+            if self.n >= 32 {
+                self.out.extend_from_slice(&(self.acc as u32).to_le_bytes());
+                self.acc >>= 32;
+                self.n -= 32;
+            }
+        }
+        fn finish(mut self) -> Vec<u8> {
+            let bytes = self.n.div_ceil(8) as usize;
+            self.out.extend_from_slice(&self.acc.to_le_bytes()[..bytes]);
+            self.out
+        }
+    }
+    let mut out = Vec::new();
+    write_lengths(lengths, &mut out);
+    let codes = reversed_codes(lengths);
+    let bounds = stream_bounds(bytes.len() / width);
+    let mask = (1u64 << r) - 1;
+    let streams: Vec<Vec<u8>> = bounds
+        .windows(2)
+        .map(|w| {
+            let mut bw = Bits {
+                out: Vec::new(),
+                acc: 0,
+                n: 0,
+            };
+            for c in bytes[w[0] * width..w[1] * width].chunks_exact(width) {
+                let mut a = [0u8; 4];
+                a[..width].copy_from_slice(c);
+                let v = u32::from_le_bytes(a);
+                let sym = (v >> r) as usize;
+                bw.put(u64::from(codes[sym]), u32::from(lengths[sym]));
+                bw.put(u64::from(v) & mask, r);
+            }
+            bw.finish()
+        })
+        .collect();
+    for s in &streams {
+        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    }
+    for s in &streams {
+        out.extend_from_slice(s);
+    }
+    out
 }
 
 proptest! {
