@@ -32,7 +32,6 @@ use super::tokenizer::{DecoderTokenizer, TokenizerError};
 use crate::delta::folder::output::{OutputDir, OutputDirError};
 use crate::fs::mapped_file::MappedFile;
 use crate::model::folder::ModelFolder;
-use crate::model::synthetic::Rng;
 use crate::quality::scales::{calibrated_bytes, mean, Fit, ScaledTensor, ScalesError};
 
 #[derive(Debug, Clone)]
@@ -229,12 +228,7 @@ fn calibration_batches(
             .collect();
         convs.retain(|c| !held.contains(&key(c)));
     }
-    let mut rng = Rng::new(job.seed);
-    for i in (1..convs.len()).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        convs.swap(i, j);
-    }
-    convs.truncate(job.conversations);
+    crate::quality::corpus::draw(&mut convs, job.seed, job.conversations);
     if convs.is_empty() {
         return Err(DecoderCalibrateError::Input(format!(
             "{}: no conversation left for calibration after excluding the held-out ones",

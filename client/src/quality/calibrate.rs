@@ -17,7 +17,6 @@ use crate::device::apply::{apply_delta, CandleApplyError};
 use crate::fs::atomic_file::AtomicFile;
 use crate::fs::mapped_file::MappedFile;
 use crate::model::file::ModelFile;
-use crate::model::synthetic::Rng;
 use crate::quality::bert::{BertConfig, BertError, BertWeights, TokenBatch};
 use crate::quality::corpus::read_sentences;
 use crate::quality::embedder::SentenceEmbedder;
@@ -179,13 +178,7 @@ fn calibration_batches(
             .collect();
         sentences.retain(|s| !held.contains(s));
     }
-    // A deterministic shuffle, then the first N: calibration text from across the corpus.
-    let mut rng = Rng::new(job.seed);
-    for i in (1..sentences.len()).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        sentences.swap(i, j);
-    }
-    sentences.truncate(job.sentences);
+    crate::quality::corpus::draw(&mut sentences, job.seed, job.sentences);
     if sentences.is_empty() {
         return Err(CalibrateError::NoSentences);
     }

@@ -127,6 +127,17 @@ fn is_abbreviation(before: &[(usize, char)]) -> bool {
     TITLES.contains(&last) || (last.chars().count() == 1 && last.chars().all(char::is_uppercase))
 }
 
+/// A deterministic draw of `n` items from `items`: shuffled (Fisher–Yates with `seed`), the first
+/// `n` kept — calibration text from across a corpus, the same for the same seed.
+pub fn draw<T>(items: &mut Vec<T>, seed: u64, n: usize) {
+    let mut rng = crate::model::synthetic::Rng::new(seed);
+    for i in (1..items.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+    items.truncate(n);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
