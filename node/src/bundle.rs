@@ -5,8 +5,12 @@
 //! records: tag u8 | len u32 | payload
 //!   1 manifest  payload = canonical signed manifest bytes
 //!   2 chunk     payload = id (32) | stored chunk bytes        (id = BLAKE3 of the stored bytes)
+//!   3 announce  payload = a publisher's signed announcement of a manifest of the bundle
 //!   255 end     payload = record count u64 | BLAKE3 of every byte before this record (32)
 //! ```
+//! An announcement record follows its manifest, only for a manifest too big for gossip (it is
+//! announced by hash, which takes the publisher's signature): a station that imports the object
+//! can announce it in turn. (Readers older than this record refuse a bundle that has one.)
 //! Manifests come first (each after what it needs: bases before deltas, component deltas before
 //! soups), then each chunk once. The end record makes a
 //! truncated or spliced bundle detectable. `import` checks everything (chunk ids, signatures, trust,
@@ -20,12 +24,16 @@ use zdn_protocol::chunk::MAX_CHUNK_SIZE;
 use zdn_protocol::manifest::{self, Kind, SignedManifest, MAX_MANIFEST_LEN};
 use zdn_protocol::Hash;
 
+use zdn_protocol::wire::{Announcement, MAX_ANNOUNCEMENT_LEN};
+
+use crate::net::MAX_GOSSIP_LEN;
 use crate::store::{ObjectStore, StoreError, TrustPolicy};
 
 const MAGIC: &[u8; 4] = b"ZDNB";
 const VERSION: u8 = 1;
 const TAG_MANIFEST: u8 = 1;
 const TAG_CHUNK: u8 = 2;
+const TAG_ANNOUNCE: u8 = 3;
 const TAG_END: u8 = 255;
 /// Largest chunk payload: a chunk that did not compress is stored raw, so ≤ MAX_CHUNK_SIZE + id.
 const MAX_CHUNK_RECORD: usize = MAX_CHUNK_SIZE as usize + 32;
@@ -54,6 +62,8 @@ pub enum BundleError {
         index: u64,
         error: manifest::ManifestError,
     },
+    #[error("bundle record #{index}: announcement: {problem}")]
+    Announcement { index: u64, problem: String },
     #[error("bundle end record: {0}")]
     End(String),
     #[error("bundle object {object}: {error}")]
@@ -171,6 +181,16 @@ pub fn export(
         w.record(TAG_MANIFEST, &[m.as_bytes()])?;
         records += 1;
         report.manifests.push(m.hash());
+        if m.as_bytes().len() > MAX_GOSSIP_LEN {
+            if let Some(a) = store.announcement(&m.hash())? {
+                let bytes = a.encode().map_err(|e| StoreError::Corrupt {
+                    key: format!("announcement of {}", m.hash()),
+                    problem: e.to_string(),
+                })?;
+                w.record(TAG_ANNOUNCE, &[&bytes])?;
+                records += 1;
+            }
+        }
     }
     let mut sent = HashSet::new();
     for m in &order {
@@ -255,6 +275,7 @@ fn import_inner(
         return Err(BundleError::Version(head[4]));
     }
     let mut manifests: Vec<SignedManifest> = Vec::new();
+    let mut announcements: Vec<(u64, Announcement)> = Vec::new();
     let mut report = BundleReport::default();
     let mut index = 0u64;
     loop {
@@ -262,6 +283,7 @@ fn import_inner(
         let (tag, payload) = read_record(&mut r, index)?;
         match tag {
             TAG_MANIFEST => manifests.push(manifest_record(store, trust, index, &payload)?),
+            TAG_ANNOUNCE => announcements.push((index, announce_record(index, &payload)?)),
             TAG_CHUNK => {
                 let (id, stored) = chunk_record(index, payload)?;
                 report.chunks += 1;
@@ -276,8 +298,28 @@ fn import_inner(
     }
     report.new_chunks = written.len();
     report.bytes = r.read;
+    // Each announcement must be of a manifest of the bundle, by its publisher.
+    for (index, a) in &announcements {
+        if !manifests.iter().any(|m| a.announces(m)) {
+            return Err(BundleError::Announcement {
+                index: *index,
+                problem: format!("it announces {}, which is not in the bundle", a.manifest),
+            });
+        }
+    }
     commit_checked(store, manifests, &mut report)?;
+    for (_, a) in &announcements {
+        store.put_announcement(a)?;
+    }
     Ok(report)
+}
+
+/// An announcement record: decoded, and signed by the publisher it names.
+fn announce_record(index: u64, payload: &[u8]) -> Result<Announcement, BundleError> {
+    let bad = |problem: String| BundleError::Announcement { index, problem };
+    let a = Announcement::decode(payload).map_err(|e| bad(e.to_string()))?;
+    a.verify().map_err(|e| bad(e.to_string()))?;
+    Ok(a)
 }
 
 /// The next record's tag and payload, its length checked against its kind's cap before a byte of
@@ -290,6 +332,7 @@ fn read_record(r: &mut HashingReader<'_>, index: u64) -> Result<(u8, Vec<u8>), B
     let (what, max) = match tag {
         TAG_MANIFEST => ("manifest", MAX_MANIFEST_LEN),
         TAG_CHUNK => ("chunk", MAX_CHUNK_RECORD),
+        TAG_ANNOUNCE => ("announcement", MAX_ANNOUNCEMENT_LEN),
         TAG_END => ("end record", 40),
         _ => return Err(BundleError::Tag { index, tag }),
     };

@@ -407,3 +407,30 @@ fn signed_announcements_are_kept_checked_and_collected() {
         assert_eq!(s.announcement(&m.hash()).unwrap(), None);
     }
 }
+
+/// A bundle carries the signed announcement of a manifest too big for gossip, and the importing
+/// store keeps it (so a station can announce what it got on a disk); a small manifest's is left
+/// out.
+#[test]
+fn a_bundle_carries_the_announcement_of_a_big_manifest() {
+    let (src, _d) = stores().pop().unwrap();
+    let (big, _) = src
+        .add(&model(&[1, 2], 20_000), &opts("big", 16), &key())
+        .unwrap();
+    assert!(big.as_bytes().len() > crate::net::MAX_GOSSIP_LEN);
+    let (small, _) = src
+        .add(&model(&[3], 1000), &opts("small", 16 << 10), &key())
+        .unwrap();
+    let mut b = Vec::new();
+    bundle::export(&src, &[big.hash(), small.hash()], true, &mut b).unwrap();
+    let trust = TrustPolicy {
+        trusted: vec![key().public()],
+        any: false,
+    };
+    for (dst, _dir) in stores() {
+        bundle::import(&dst, &mut &b[..], &trust).unwrap();
+        let a = dst.announcement(&big.hash()).unwrap().expect("carried");
+        assert!(a.announces(&big));
+        assert_eq!(dst.announcement(&small.hash()).unwrap(), None);
+    }
+}
