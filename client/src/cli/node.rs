@@ -151,11 +151,14 @@ pub fn run_node(loc: &Location, cmd: NodeCommand) -> anyhow::Result<u8> {
             external_addresses: a.external_addresses.clone(),
         };
         let mut s = start(loc, &config, &a.net, serving).await?;
+        // Caught from here on: whoever reads "listening" may stop the node at once.
+        let mut stopping = std::pin::pin!(shutdown_signal());
+        let ctl_stopping = shutdown_signal();
         say!("peer {}", s.service.handle.peer_id());
         for addr in s.service.handle.listen_addrs().await? {
             say!("listening {addr}");
         }
-        let ctl = tokio::spawn(control::run(listener, s.service.clone(), shutdown_signal()));
+        let ctl = tokio::spawn(control::run(listener, s.service.clone(), ctl_stopping));
         let auto = tokio::spawn(s.service.clone().run_auto_fetch(s.events));
         for what in &a.announce {
             let svc = s.service.clone();
@@ -177,7 +180,6 @@ pub fn run_node(loc: &Location, cmd: NodeCommand) -> anyhow::Result<u8> {
                 });
             });
         }
-        let mut stopping = std::pin::pin!(shutdown_signal());
         loop {
             tokio::select! {
                 _ = &mut stopping => break,

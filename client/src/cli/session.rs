@@ -180,19 +180,23 @@ pub async fn start(
     })
 }
 
-pub async fn shutdown_signal() {
+/// Completes on SIGTERM or Ctrl-C. The SIGTERM handler is installed when this is called, not when
+/// the future is first polled: a SIGTERM that arrives in between (a supervisor stopping a node right
+/// after it said it listens) is caught, not fatal. Call it inside the runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
