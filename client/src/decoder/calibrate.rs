@@ -14,8 +14,8 @@
 //! the input except for scale bytes inside `delta.bitdelta`: same files, same sizes, same
 //! reconstruction arithmetic.
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, D};
@@ -30,7 +30,7 @@ use super::eval::{
 use super::llama::{DecoderBatch, LlamaError, LlamaModel, LlamaWeights};
 use super::tokenizer::{DecoderTokenizer, TokenizerError};
 use crate::delta::folder::output::{OutputDir, OutputDirError};
-use crate::fs::mapped_file::MappedFile;
+use crate::fs::object_output::ObjectOutputError;
 use crate::model::folder::ModelFolder;
 use crate::quality::scales::{calibrated_bytes, mean, Fit, ScaledTensor, ScalesError};
 
@@ -137,14 +137,16 @@ pub fn calibrate(
             "steps, conversations and batch must be at least 1, max_tokens at least 2".into(),
         ));
     }
-    // Refused before the long work, not after it.
-    let empty_dir = |p: &Path| std::fs::read_dir(p).is_ok_and(|mut d| d.next().is_none());
-    if std::fs::symlink_metadata(&job.output).is_ok() && !empty_dir(&job.output) {
-        return Err(DecoderCalibrateError::Input(format!(
-            "{} exists and is not an empty folder: name a new folder for the calibrated delta",
-            job.output.display()
-        )));
-    }
+    // The output folder is checked (and its staging folder made) before the long work.
+    let out = OutputDir::create(&job.output).map_err(|e| match e {
+        OutputDirError::Destination(ObjectOutputError::NotEmpty(p)) => {
+            DecoderCalibrateError::Input(format!(
+                "{} exists and is not an empty folder: name a new folder for the calibrated delta",
+                p.display()
+            ))
+        }
+        e => e.into(),
+    })?;
     let device = Device::Cpu;
     let cfg = open_config(&job.finetuned, "fine-tune")?;
     let tok =
@@ -176,14 +178,29 @@ pub fn calibrate(
         "fine-tuned",
         &device,
     )?;
-    let bitdelta_path = job.delta.join(DELTA_MEMBER);
-    let dm = MappedFile::open(&bitdelta_path).map_err(DecoderEvalError::from)?;
-    let delta = BitDeltaFile::parse(dm.bytes()).map_err(|cause| DecoderCalibrateError::Format {
-        path: bitdelta_path.clone(),
+    // The folder delta, read once: its `delta.bitdelta` and its layout (checked whole).
+    let input =
+        ModelFolder::open(&job.delta).map_err(|e| DecoderEvalError::ApplyFolder(e.into()))?;
+    let members = input.members();
+    let layout = zdn_protocol::folder::delta_layout(&members)
+        .map_err(|e| DecoderCalibrateError::Input(format!("{}: {e}", job.delta.display())))?;
+    let bitdelta = members
+        .iter()
+        .find(|m| m.path == DELTA_MEMBER)
+        .map(|m| m.bytes)
+        .unwrap_or_default();
+    let delta = BitDeltaFile::parse(bitdelta).map_err(|cause| DecoderCalibrateError::Format {
+        path: job.delta.join(DELTA_MEMBER),
         cause,
     })?;
+    let exact: HashMap<&str, &[u64]> = layout
+        .delta
+        .exact_rows
+        .iter()
+        .map(|x| (x.name.as_str(), x.indices.as_slice()))
+        .collect();
     let (mut tensors, places): (Vec<_>, Vec<_>) =
-        calibrated_tensors(&delta, job, &cfg, &applied, &device)?
+        calibrated_tensors(&delta, job, &exact, &cfg, &applied, &device)?
             .into_iter()
             .unzip();
 
@@ -193,8 +210,8 @@ pub fn calibrate(
         batches: &batches,
     };
     let (first, last) = training.run(job, &mut applied, &mut tensors, &places)?;
-    let (bytes, n_scales, max_change) = calibrated_bytes(dm.bytes(), &delta, &tensors)?;
-    write_folder(job, &bytes)?;
+    let (bytes, n_scales, max_change) = calibrated_bytes(bitdelta, &delta, &tensors)?;
+    write_folder(&input, out, &bytes)?;
     Ok(DecoderCalibrateReport {
         output: job.output.clone(),
         tensors: tensors.len(),
@@ -295,6 +312,7 @@ const VOCABULARY: [&str; 2] = ["model.embed_tokens.weight", "lm_head.weight"];
 fn calibrated_tensors(
     delta: &BitDeltaFile<'_>,
     job: &DecoderCalibrateJob,
+    exact: &HashMap<&str, &[u64]>,
     cfg: &LlamaConfig,
     applied: &LlamaWeights,
     device: &Device,
@@ -307,7 +325,6 @@ fn calibrated_tensors(
                 .map(move |(n, _)| format!("model.layers.{l}.{n}.weight"))
         })
         .collect();
-    let exact = exact_rows(&job.delta)?;
     let mut out = Vec::new();
     for (i, e) in delta.entries.iter().enumerate() {
         let vocabulary = job.vocabulary && VOCABULARY.contains(&e.name.as_str());
@@ -323,7 +340,7 @@ fn calibrated_tensors(
             Some(a) if vocabulary && a.rank() == 2 && a.dim(1)? as u64 == e.shape[1] => {
                 let rows = e.shape[0] as usize;
                 let mut keep = vec![1f32; rows];
-                for &r in exact.get(&e.name).into_iter().flatten() {
+                for &r in exact.get(e.name.as_str()).copied().unwrap_or_default() {
                     if let Some(k) = keep.get_mut(r as usize) {
                         *k = 0.0;
                     }
@@ -344,30 +361,6 @@ fn calibrated_tensors(
         return Err(DecoderCalibrateError::NothingToCalibrate);
     }
     Ok(out)
-}
-
-/// The exact rows of each vocabulary matrix, from the folder delta's layout (checked whole when
-/// the delta was applied).
-fn exact_rows(
-    delta: &Path,
-) -> Result<std::collections::HashMap<String, Vec<u64>>, DecoderCalibrateError> {
-    use zdn_protocol::folder::delta::{FolderDelta, LAYOUT_MEMBER, MAX_LAYOUT_LEN};
-    let path = delta.join(LAYOUT_MEMBER);
-    let bytes = std::fs::read(&path)
-        .map_err(|e| DecoderCalibrateError::Input(format!("{}: {e}", path.display())))?;
-    if bytes.len() > MAX_LAYOUT_LEN {
-        return Err(DecoderCalibrateError::Input(format!(
-            "{} is too large",
-            path.display()
-        )));
-    }
-    let layout = FolderDelta::parse(&bytes)
-        .map_err(|e| DecoderCalibrateError::Input(format!("{}: {e}", path.display())))?;
-    Ok(layout
-        .exact_rows
-        .into_iter()
-        .map(|x| (x.name, x.indices))
-        .collect())
 }
 
 /// log softmax over the last dimension (the max is a constant shift: no gradient through it).
@@ -461,12 +454,13 @@ impl Training<'_> {
     }
 }
 
-/// The input folder delta with `delta.bitdelta` replaced by `bitdelta`, checked and moved into
-/// place.
-fn write_folder(job: &DecoderCalibrateJob, bitdelta: &[u8]) -> Result<(), DecoderCalibrateError> {
-    let input =
-        ModelFolder::open(&job.delta).map_err(|e| DecoderEvalError::ApplyFolder(e.into()))?;
-    let mut out = OutputDir::create(&job.output)?;
+/// The input folder delta with `delta.bitdelta` replaced by `bitdelta`, written to `out`, checked
+/// and moved into place.
+fn write_folder(
+    input: &ModelFolder,
+    mut out: OutputDir,
+    bitdelta: &[u8],
+) -> Result<(), DecoderCalibrateError> {
     for (rel, file) in input.files() {
         let bytes = if rel == DELTA_MEMBER {
             bitdelta
