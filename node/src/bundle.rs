@@ -307,9 +307,11 @@ fn import_inner(
             });
         }
     }
-    commit_checked(store, manifests, &mut report)?;
+    commit_checked(store, &mut manifests, &mut report)?;
     for (_, a) in &announcements {
-        store.put_announcement(a)?;
+        if let Some(m) = manifests.iter().find(|m| a.announces(m)) {
+            store.put_announcement_of(a, m)?;
+        }
     }
     Ok(report)
 }
@@ -431,11 +433,11 @@ fn end_record(
 /// right before any becomes visible; then all are committed in one synced batch.
 fn commit_checked(
     store: &ObjectStore,
-    mut manifests: Vec<SignedManifest>,
+    manifests: &mut [SignedManifest],
     report: &mut BundleReport,
 ) -> Result<(), BundleError> {
     let in_bundle: HashSet<Hash> = manifests.iter().map(SignedManifest::hash).collect();
-    for m in &manifests {
+    for m in manifests.iter() {
         let object = m.hash();
         let deps = store.dependencies(m).map_err(|e| BundleError::Object {
             object,
@@ -469,7 +471,7 @@ fn commit_checked(
         Kind::Delta => 1,
         Kind::Soup => 2,
     });
-    store.commit_many(&manifests, true)?;
+    store.commit_many(manifests, true)?;
     Ok(())
 }
 

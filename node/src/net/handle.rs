@@ -9,7 +9,6 @@ use std::sync::Arc;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
-use zdn_protocol::manifest::decode;
 use zdn_protocol::wire::CHUNK_PROTOCOL;
 use zdn_protocol::Hash;
 
@@ -245,8 +244,9 @@ impl NodeHandle {
         let gossip = if manifest.len() <= MAX_GOSSIP_LEN {
             manifest
         } else {
-            let m = decode(&manifest).map_err(|e| NetError::Announce(e.to_string()))?;
-            let (hash, len) = (m.hash(), manifest.len());
+            // A manifest's hash is the BLAKE3 of its bytes; the store holds an announcement only
+            // for a manifest it has checked.
+            let (hash, len) = (Hash::of(&manifest), manifest.len());
             let a = self.store.call(move |s| s.announcement(&hash)).await?;
             let a = a.ok_or_else(|| {
                 NetError::Announce(format!(

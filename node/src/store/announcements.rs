@@ -4,6 +4,7 @@
 //! announce the object again later. Kept in [`Column::Refs`] under `announce/<manifest hash>`,
 //! removed with their manifest by `gc`.
 
+use zdn_protocol::manifest::SignedManifest;
 use zdn_protocol::wire::Announcement;
 use zdn_protocol::Hash;
 
@@ -15,21 +16,36 @@ pub(crate) fn announce_key(h: &Hash) -> Vec<u8> {
     [ANNOUNCE_PREFIX, h.to_hex().as_bytes()].concat()
 }
 
+fn bad(a: &Announcement, problem: String) -> StoreError {
+    StoreError::Corrupt {
+        key: format!("announcement of {}", a.manifest),
+        problem,
+    }
+}
+
 impl ObjectStore {
     /// Keeps `a`, which must verify and announce a manifest this store holds.
     pub fn put_announcement(&self, a: &Announcement) -> Result<(), StoreError> {
-        let bad = |problem: String| StoreError::Corrupt {
-            key: format!("announcement of {}", a.manifest),
-            problem,
-        };
-        a.verify().map_err(|e| bad(e.to_string()))?;
         let m = self
             .manifest(&a.manifest)?
-            .ok_or_else(|| bad("the store lacks its manifest".into()))?;
-        if !a.announces(&m) {
-            return Err(bad("it names another publisher than its manifest".into()));
+            .ok_or_else(|| bad(a, "the store lacks its manifest".into()))?;
+        self.put_announcement_of(a, &m)
+    }
+
+    /// Keeps `a`, which must verify and announce `m` (a manifest this store holds).
+    pub(crate) fn put_announcement_of(
+        &self,
+        a: &Announcement,
+        m: &SignedManifest,
+    ) -> Result<(), StoreError> {
+        a.verify().map_err(|e| bad(a, e.to_string()))?;
+        if !a.announces(m) {
+            return Err(bad(
+                a,
+                "it names another publisher than its manifest".into(),
+            ));
         }
-        let bytes = a.encode().map_err(|e| bad(e.to_string()))?;
+        let bytes = a.encode().map_err(|e| bad(a, e.to_string()))?;
         self.backend().write(
             vec![Write::put(Column::Refs, announce_key(&a.manifest), bytes)],
             true,

@@ -418,7 +418,7 @@ impl ObjectStore {
         // name over an announcement's 256 bytes has none: such an object is announced whole or not
         // at all.)
         if let Ok(a) = Announcement::signed(&signed, key) {
-            self.put_announcement(&a)?;
+            self.put_announcement_of(&a, &signed)?;
         }
         Ok((signed, report))
     }

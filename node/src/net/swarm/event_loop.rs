@@ -179,35 +179,25 @@ impl EventLoop {
     /// Publishes `gossip` (a manifest, or a manifest's announcement) on the topic; retried until
     /// a peer subscribes or [`ANNOUNCE_PATIENCE`] passes.
     fn announce(&mut self, gossip: Vec<u8>, reply: oneshot::Sender<Result<(), NetError>>) {
-        let manifest = gossip;
+        use crate::net::config::Fault;
         let deadline = Instant::now() + ANNOUNCE_PATIENCE;
-        if self.fault == Some(crate::net::config::Fault::BogusAnnouncements) {
-            for i in 0u8..10 {
-                let garbage = blake3::hash(&[i]).as_bytes().repeat(4);
-                let (tx, _) = oneshot::channel();
-                self.pending_announce.push((garbage, deadline, tx));
+        let gossip = match self.fault {
+            Some(Fault::BogusAnnouncements) => {
+                for i in 0u8..10 {
+                    let garbage = blake3::hash(&[i]).as_bytes().repeat(4);
+                    let (tx, _) = oneshot::channel();
+                    self.pending_announce.push((garbage, deadline, tx));
+                }
+                let mut broken = gossip;
+                if let Some(b) = broken.last_mut() {
+                    *b ^= 1;
+                }
+                broken
             }
-            let mut broken = manifest;
-            if let Some(b) = broken.last_mut() {
-                *b ^= 1;
-            }
-            self.pending_announce.push((broken, deadline, reply));
-        } else if self.fault == Some(crate::net::config::Fault::ForgedAnnouncements) {
-            let forged = Announcement::decode(&manifest).ok().and_then(|mut a| {
-                // A new made-up hash each time (gossip drops a message it has seen).
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos());
-                a.manifest = zdn_protocol::Hash::of(
-                    &[a.manifest.as_bytes(), &nanos.to_le_bytes()[..]].concat(),
-                );
-                a.encode().ok()
-            });
-            self.pending_announce
-                .push((forged.unwrap_or(manifest), deadline, reply));
-        } else {
-            self.pending_announce.push((manifest, deadline, reply));
-        }
+            Some(Fault::ForgedAnnouncements) => forged(&gossip).unwrap_or(gossip),
+            _ => gossip,
+        };
+        self.pending_announce.push((gossip, deadline, reply));
         self.retry_announcements();
     }
 
@@ -504,6 +494,19 @@ impl EventLoop {
             Err(why) => self.reject(from, why),
         }
     }
+}
+
+/// For [`Fault::ForgedAnnouncements`](crate::net::config::Fault): the announcement by hash
+/// `gossip` with its manifest hash replaced by a made-up one, a new one each time (gossip drops a
+/// message it has seen); its signature is then not the publisher's. `None` for a manifest.
+fn forged(gossip: &[u8]) -> Option<Vec<u8>> {
+    let mut a = Announcement::decode(gossip).ok()?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    a.manifest =
+        zdn_protocol::Hash::of(&[a.manifest.as_bytes(), &nanos.to_le_bytes()[..]].concat());
+    a.encode().ok()
 }
 
 /// A dial from a fresh local port. Dialing from the listening port (libp2p's default) collides
