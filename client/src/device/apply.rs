@@ -152,6 +152,20 @@ pub fn apply_delta_into(
     force: bool,
     live: &mut AppliedModel,
 ) -> Result<(), CandleApplyError> {
+    let applied = replace_tensors(base, delta, device, force, live);
+    if applied.is_err() {
+        live.tensors.clear();
+    }
+    applied
+}
+
+fn replace_tensors(
+    base: &ModelFile,
+    delta: &BitDeltaFile<'_>,
+    device: &Device,
+    force: bool,
+    live: &mut AppliedModel,
+) -> Result<(), CandleApplyError> {
     let same_layout = live.tensors.len() == delta.entries.len()
         && live.tensors.iter().zip(&delta.entries).all(|((n, t), e)| {
             n == &e.name
@@ -160,32 +174,19 @@ pub fn apply_delta_into(
                     .map(|&d| d as u64)
                     .eq(e.shape.iter().copied())
         });
-    let check = match check_base(delta, base, force) {
-        Ok(c) => c,
-        Err(e) => {
-            live.tensors.clear();
-            return Err(e.into());
-        }
-    };
+    live.base = check_base(delta, base, force)?;
     if !same_layout {
         live.tensors.clear();
     }
     let mut buf = Vec::new();
-    for i in 0..delta.entries.len() {
-        let t = match applied_tensor(base, delta, i, device, &mut buf) {
-            Ok(t) => t,
-            Err(e) => {
-                live.tensors.clear();
-                return Err(e);
-            }
-        };
+    for (i, e) in delta.entries.iter().enumerate() {
+        let t = applied_tensor(base, delta, i, device, &mut buf)?;
         if same_layout {
             live.tensors[i].1 = t;
         } else {
-            live.tensors.push((delta.entries[i].name.clone(), t));
+            live.tensors.push((e.name.clone(), t));
         }
     }
-    live.base = check;
     Ok(())
 }
 

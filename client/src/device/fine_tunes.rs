@@ -196,21 +196,20 @@ impl FineTuneSet {
         name: &str,
         live: &mut AppliedModel,
     ) -> Result<(), FineTuneSetError> {
-        let (k, bytes) = match self.delta_bytes(name) {
-            Ok(x) => x,
-            Err(e) => {
-                live.tensors.clear();
-                return Err(e);
-            }
-        };
-        let f = match self.parse(k, &bytes) {
-            Ok(f) => f,
-            Err(e) => {
-                live.tensors.clear();
-                return Err(e);
-            }
-        };
-        apply_delta_into(&self.base, &f, &self.device, self.force, live)?;
+        let switched = self.delta_bytes(name).and_then(|(k, bytes)| {
+            let f = self.parse(k, &bytes)?;
+            Ok(apply_delta_into(
+                &self.base,
+                &f,
+                &self.device,
+                self.force,
+                live,
+            )?)
+        });
+        if switched.is_err() {
+            live.tensors.clear();
+        }
+        switched?;
         self.stats.materialised += 1;
         Ok(())
     }
