@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::core::upgrade::NegotiationError;
 use tokio::time::Instant;
 
 use crate::net::rate_limit::RateLimiter;
@@ -51,6 +52,21 @@ pub enum FrameError {
         #[source]
         source: io::Error,
     },
+}
+
+impl FrameError {
+    /// The peer does not speak the stream's protocol. Streams are negotiated lazily (see the
+    /// swarm's configuration: the request goes with the protocol's name), so a refusal shows on
+    /// the first read, as this error.
+    pub fn unsupported_protocol(&self) -> bool {
+        let FrameError::Io { source, .. } = self else {
+            return false;
+        };
+        source
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<NegotiationError>())
+            .is_some_and(|e| matches!(e, NegotiationError::Failed))
+    }
 }
 
 /// Options shared by a frame read or write.

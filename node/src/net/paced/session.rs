@@ -262,7 +262,13 @@ async fn open(node: &NodeHandle, lane: &PacedLane, ask: &Ask<'_>) -> Result<Open
     let body = io
         .read(&mut rd, "paced response", MAX_PACED_RESPONSE, &mut |_| {})
         .await
-        .map_err(|e| SessionError::silent(e.to_string()))?;
+        .map_err(|e| {
+            if e.unsupported_protocol() {
+                SessionError::fatal(format!("the peer does not offer the paced lane: {e}"))
+            } else {
+                SessionError::silent(e.to_string())
+            }
+        })?;
     let (udp_port, payload, key, layout) =
         match PacedResponse::decode(&body).map_err(|e| SessionError::fatal(e.to_string()))? {
             PacedResponse::NotFound(_) => return Ok(Opening::NotFound),

@@ -134,3 +134,6 @@ pub(crate) fn streams(
     let behaviour = StreamBehaviour::new(Arc::new(routes), requests_rx);
     (behaviour, StreamControl { requests }, incoming)
 }
+
+#[cfg(test)]
+mod tests;

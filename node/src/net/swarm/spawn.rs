@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use libp2p::core::transport::ListenerId;
+use libp2p::core::upgrade;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{gossipsub, noise, tcp, yamux, PeerId, Swarm};
 use tokio::sync::{mpsc, watch};
@@ -192,7 +193,15 @@ fn build_swarm(
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .map_err(|e| NetError::Config(format!("behaviour: {e}")))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(t.idle_connection_timeout))
+            .with_swarm_config(|c| {
+                c.with_idle_connection_timeout(t.idle_connection_timeout)
+                    // A stream's protocol is confirmed with its first answer instead of before
+                    // its first request: one round trip less for every request on a new stream
+                    // (the manifest, the lane's request, have-bitmaps, chunk pipes), which is
+                    // 1.4 s on a satellite link. What a peer does not support fails on the
+                    // first read instead (`FrameError::unsupported_protocol`).
+                    .with_substream_upgrade_protocol_override(upgrade::Version::V1Lazy)
+            })
             .build(),
     )
 }
