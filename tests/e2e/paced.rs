@@ -353,3 +353,58 @@ fn a_lane_session_rides_out_an_outage_in_one_session() {
     assert_object(field.path(), &p.base, &p.base_file);
     seeder.stop();
 }
+
+/// An object over a session's 64 MiB comes in several sessions, and each next one is asked for
+/// while the one before is ending (its request, answer and path check run behind that one's last
+/// bytes), so a large object's sessions follow each other without the link idling in between.
+#[test]
+fn a_large_object_comes_in_sessions_asked_for_before_the_last_one_ends() {
+    let home = tmpdir();
+    let file = home.path().join("big.safetensors");
+    // 72 MiB of bytes that do not compress: two sessions.
+    let n = 72usize << 20;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let bytes: Vec<u8> = (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    write_model(
+        &file,
+        &[T {
+            name: "w".into(),
+            dtype: zdn_protocol::DType::U8,
+            shape: vec![n as u64],
+            bytes,
+        }],
+    );
+    let add = json(&ok(
+        home.path(),
+        &["add", s(&file), "--name", "big", "--json"],
+    ));
+    let hash = add["hash"].as_str().unwrap().to_string();
+    let key = ok(home.path(), &["key", "show"]).trim().to_string();
+    let seeder = NodeProc::start(home.path(), &[]);
+    let field = tmpdir();
+    let mut a = fetch_json_args(&hash, &seeder.addr, &key).to_vec();
+    a.extend(["--link-rate", "200Mbit"]);
+    let r = json(&ok(field.path(), &a));
+    let lane = &r["paced"];
+    eprintln!("two sessions: {lane}");
+    assert_eq!(
+        lane["chunks"], r["chunks"],
+        "the lane brought every chunk: {r}"
+    );
+    assert!(lane.get("stopped").is_none(), "{lane}");
+    assert_eq!(lane["sessions"], 2, "{lane}");
+    assert_eq!(
+        lane["overlapped"], 1,
+        "the second asked for before the first ended: {lane}"
+    );
+    assert_eq!(lane["duplicates"], 0, "{lane}");
+    assert_object(field.path(), &hash, &file);
+    seeder.stop();
+}

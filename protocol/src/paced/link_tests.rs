@@ -135,6 +135,8 @@ struct Run {
     seed: u64,
     /// Chunks partly held from an earlier session: (chunk index in `sizes`, held ranges).
     held: Vec<(usize, Vec<(u32, u32)>)>,
+    /// The link as an earlier session to the same receiver found it (`PacedSender::resume`).
+    resume: Option<(u64, Duration)>,
 }
 
 struct Outcome {
@@ -152,6 +154,8 @@ struct Outcome {
     /// IP bytes the link carried each way (delivered).
     down_bytes: u64,
     up_bytes: u64,
+    /// The link as the sender found it, at the end.
+    link: Option<(u64, Duration)>,
 }
 
 fn chunks_of(sizes: &[u32], seed: u64) -> (Vec<SessionChunk>, Vec<Vec<u8>>, ChunkBitmap) {
@@ -191,6 +195,7 @@ impl Run {
             stated,
             seed: 7,
             held: Vec::new(),
+            resume: None,
         }
     }
 
@@ -202,6 +207,7 @@ impl Run {
             stated,
             seed,
             held,
+            resume,
         } = self;
         let (mut chunks, data, wanted) = chunks_of(&sizes, seed);
         // What the sender does with the request's held ranges (the server's part).
@@ -243,6 +249,9 @@ impl Run {
             OVERHEAD,
             fwd.delay + back.delay,
         );
+        if let Some(found) = resume {
+            tx.resume(found);
+        }
         let (tx_seal, mut tx_open) = (SenderSeal::new(&KEY), SenderSeal::new(&KEY));
         let mut rx_seal = ReceiverSeal::new(&KEY);
         let mut rng = Rng(seed);
@@ -437,6 +446,7 @@ impl Run {
             done_at,
             goodput: payload as f64 / fwd.capacity(done_at),
             stats: tx.stats(),
+            link: tx.link(),
             rx: rx.stats(),
             rates,
             received,
@@ -697,4 +707,47 @@ fn receiver_refuses_a_layout_it_did_not_ask_for() {
     chunks[1].chunk = 2;
     chunks[1].resumed = true;
     assert!(PacedReceiver::new(chunks, 1464, &wanted, &[]).is_err());
+}
+
+/// A session that starts from the link as an earlier session to the same receiver found it
+/// (the next session of a large object) sends at the link's rate from its first packet: no first
+/// burst, no round trip of waiting for its measure, no start-up.
+#[test]
+fn a_session_resumed_from_the_last_one_starts_at_the_links_rate() {
+    for (rate, delay) in [(10_000_000, 700), (1_000_000, 300), (256_000, 20)] {
+        let rtt = Duration::from_millis(2 * delay);
+        let first = discover(rate, delay, 0.0, 30);
+        let found = first.link.expect("the first session found the link");
+        let err = (found.0 as f64 / rate as f64 - 1.0).abs();
+        assert!(err < 0.1, "{rate} bit/s found as {}", found.0);
+        let bytes = (rate / 8 * 10).min(16 << 20);
+        let fresh = Run::new(object(bytes), link(rate, delay, 0.0), None).go();
+        let mut r = Run::new(object(bytes), link(rate, delay, 0.0), None);
+        r.resume = Some(found);
+        let resumed = r.go();
+        let ideal = fresh.stream_bytes as f64 * 8.0 / rate as f64 / ceiling(0.0);
+        let lost = |o: &Outcome| o.done_at.as_secs_f64() - ideal;
+        eprintln!(
+            "{rate} bit/s {delay} ms: fresh {:.2} s lost, resumed {:.2} s lost (RTT {:.2} s)",
+            lost(&fresh),
+            lost(&resumed),
+            rtt.as_secs_f64()
+        );
+        // Data needs a one-way trip and the last ack a round trip: nothing else is lost.
+        assert!(
+            lost(&resumed) <= rtt.as_secs_f64() * 1.5 + 0.1,
+            "{rate} bit/s {delay} ms: resumed lost {:.2} s",
+            lost(&resumed)
+        );
+        // A fresh start waits a round trip for its first burst's measure, then climbs: on a
+        // long round trip, resuming saves most of a round trip at least (on a short one there is
+        // little to save).
+        let saved = lost(&fresh) - lost(&resumed);
+        let least = if delay >= 300 { 0.75 } else { 0.0 };
+        assert!(
+            saved >= rtt.as_secs_f64() * least - 0.01,
+            "{rate} bit/s {delay} ms: resuming saved {saved:.2} s"
+        );
+        assert_eq!(resumed.stats.retransmitted, 0, "{rate} bit/s {delay} ms");
+    }
 }

@@ -118,6 +118,19 @@ impl RateControl {
         self.bottleneck
     }
 
+    /// Tracks from `bottleneck_bps` at once: the link's rate as an earlier session to the same
+    /// receiver found it moments ago (no first burst, no start-up).
+    pub fn resume(&mut self, bottleneck_bps: u64) {
+        self.bottleneck = bottleneck_bps.clamp(MIN_RATE, self.ceiling);
+        self.rate = self.bottleneck;
+        self.mode = Mode::Track;
+    }
+
+    /// The link's rate once found (tracking), `None` while starting up.
+    pub fn found(&self) -> Option<u64> {
+        (self.mode == Mode::Track && self.bottleneck > 0).then_some(self.bottleneck)
+    }
+
     /// In start-up, the most bits that may be in flight (sent, not yet acknowledged): the first
     /// burst until a rate is measured, then twice what the measured rate carries in a round trip
     /// (so a start from nothing never floods a slow link while its feedback is on the way).

@@ -158,6 +158,22 @@ impl PacedSender {
         self.packets
     }
 
+    /// Starts at `link`, the link's rate (bits per second) and round trip an earlier session to
+    /// the same receiver measured moments ago ([`PacedSender::link`]), instead of finding them
+    /// again from a first burst. For a receiver that stated no rate (a stated rate is the start
+    /// already).
+    pub fn resume(&mut self, (rate_bps, srtt): (u64, Duration)) {
+        self.control.resume(rate_bps);
+        self.burst = 0;
+        self.srtt = srtt;
+        self.rttvar = srtt / 2;
+    }
+
+    /// The link's rate (bits per second) and smoothed round trip, once the rate is found.
+    pub fn link(&self) -> Option<(u64, Duration)> {
+        self.control.found().map(|r| (r, self.srtt))
+    }
+
     /// Byte offset and length of packet `seq` in the session's byte stream.
     pub fn span(&self, seq: u32) -> (u64, usize) {
         (

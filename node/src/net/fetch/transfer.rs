@@ -391,6 +391,7 @@ impl Transfer<'_> {
             sched: &mut self.sched,
             received: &self.received,
             windows: &opts.sync_windows,
+            ids: self.distinct.iter().map(|r| r.id).collect(),
         };
         let r = phase.run(&src.peers, progress).await?;
         if let Some(r) = &r {

@@ -6,6 +6,7 @@ pub(crate) mod lane;
 pub(crate) mod partial;
 pub(crate) mod phase;
 pub(crate) mod receiving;
+pub(crate) mod recent;
 pub(crate) mod sending;
 pub(crate) mod server;
 pub(crate) mod session;

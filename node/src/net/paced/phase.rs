@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::PeerId;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use zdn_protocol::chunk::{self, ChunkRef};
 use zdn_protocol::manifest::SignedManifest;
@@ -45,6 +46,8 @@ pub(crate) struct LanePhase<'a> {
     /// Chunk bytes received by the fetch.
     pub received: &'a Arc<AtomicU64>,
     pub windows: &'a SyncWindows,
+    /// The distinct chunks' ids (where partly received chunks are kept).
+    pub ids: Arc<[Hash]>,
 }
 
 impl LanePhase<'_> {
@@ -101,13 +104,20 @@ impl LanePhase<'_> {
             .unwrap_or_default()
     }
 
-    /// The chunks still missing.
-    fn wanted(&self) -> Option<ChunkBitmap> {
-        let mut wanted = ChunkBitmap::new(self.distinct.len() as u32);
+    /// The chunks still missing, less those a running session carries (`carried`).
+    fn wanted(&self, carried: &[u32]) -> Option<ChunkBitmap> {
+        let n = self.distinct.len();
+        let mut skip = vec![false; n];
+        for &c in carried {
+            if let Some(s) = skip.get_mut(c as usize) {
+                *s = true;
+            }
+        }
+        let mut wanted = ChunkBitmap::new(n as u32);
         let mut any = false;
-        for i in 0..self.distinct.len() as u32 {
-            if !self.sched.is_done(i) {
-                wanted.set(i);
+        for (i, skip) in skip.into_iter().enumerate() {
+            if !skip && !self.sched.is_done(i as u32) {
+                wanted.set(i as u32);
                 any = true;
             }
         }
@@ -127,7 +137,9 @@ impl LanePhase<'_> {
 
     /// Sessions with one peer, one after another, until it has sent everything it can. A peer
     /// that served the lane and goes quiet (an outage, a restart) is waited for, re-dialed and
-    /// asked again, for up to `patience`.
+    /// asked again, for up to `patience`. The next session is asked for while one ends (see
+    /// [`Tail`](crate::net::paced::receiving::Tail)), so a large object's sessions follow each
+    /// other without the link idling for a setup in between.
     async fn ask_peer(
         &mut self,
         peer: PeerId,
@@ -138,21 +150,31 @@ impl LanePhase<'_> {
         // When this peer last sent lane data, and the waits before asking a silent peer again.
         let mut last_heard: Option<Instant> = None;
         let mut backoff = Backoff::new(&self.node.tuning);
+        let (tx, mut rx) = mpsc::unbounded_channel::<LaneChunk>();
+        let mut next: Option<Running> = None;
         loop {
-            let Some(wanted) = self.wanted() else {
-                return Ok(());
+            let current = match next.take() {
+                Some(r) => r,
+                None => {
+                    let Some(wanted) = self.wanted(&[]) else {
+                        return Ok(());
+                    };
+                    // Outside every sync window the lane sends nothing: wait for the next one.
+                    let this = &*self;
+                    wait_for_window(self.windows, &mut |w| progress(&this.progress(0, w))).await;
+                    // A session outlives a lost connection, the next one needs it: dial again.
+                    if !self.node.is_connected(peer).await.unwrap_or(false) {
+                        let _ = self.node.redial(peer).await;
+                    }
+                    self.start(peer, wanted, patience, &tx).await
+                }
             };
-            // Outside every sync window the lane sends nothing: wait for the next one.
-            let this = &*self;
-            wait_for_window(self.windows, &mut |w| progress(&this.progress(0, w))).await;
-            // A session outlives a lost connection, the next one needs it: dial again now.
-            if !self.node.is_connected(peer).await.unwrap_or(false) {
-                let _ = self.node.redial(peer).await;
-            }
             let chunks_before = report.chunks;
-            let (end, counts, bad) = self
-                .one_session(peer, wanted, patience, report, progress)
+            let run = self
+                .drive(current, (peer, patience), (&tx, &mut rx), report, progress)
                 .await?;
+            next = run.next;
+            let counts = run.counts;
             report.sessions += counts.sessions;
             report.datagrams += counts.datagrams;
             report.duplicates += counts.duplicates;
@@ -163,7 +185,7 @@ impl LanePhase<'_> {
                 last_heard = Some(Instant::now());
                 backoff.reset();
             }
-            if let Some(ci) = bad {
+            if let Some(ci) = run.bad {
                 // Sealed under a key only that peer and this node hold: its doing.
                 self.node.penalise(peer, Offence::BadData).await;
                 report.stopped = Some(format!(
@@ -172,11 +194,14 @@ impl LanePhase<'_> {
                 ));
                 return Ok(());
             }
-            match end {
+            match run.end {
+                // The next session is under way already.
+                Ok(SessionEnd::Complete) if next.is_some() => continue,
                 Ok(SessionEnd::Complete) if report.chunks > chunks_before => continue,
                 Ok(SessionEnd::Complete) => return Ok(()),
                 // The sync window closed: the sender was told to stop; wait, then the rest.
-                Ok(SessionEnd::WindowClosed) => continue,
+                Ok(SessionEnd::WindowClosed) => next = None,
+                Ok(SessionEnd::NotFound) if next.is_some() => continue,
                 Ok(SessionEnd::NotFound) => {
                     report.stopped = Some("the peer has none of the chunks".into());
                     return Ok(());
@@ -185,7 +210,9 @@ impl LanePhase<'_> {
                     reason,
                     silent: true,
                 }) if last_heard.is_some_and(|t| t.elapsed() + backoff.peek() < patience) => {
-                    // A peer that served the lane went quiet: wait, re-dial, ask for the rest.
+                    // A peer that served the lane went quiet: wait, re-dial, ask for the rest
+                    // (a next session asked for meanwhile is dropped: it went quiet too).
+                    next = None;
                     report.resumes += 1;
                     report.last_silence = Some(reason);
                     tokio::time::sleep(backoff.next_wait()).await;
@@ -198,58 +225,101 @@ impl LanePhase<'_> {
         }
     }
 
-    /// One session with `peer` for the `wanted` chunks: each chunk that completes is verified and
-    /// stored as it comes. Returns how the session ended, its counts, and the first chunk that
-    /// failed verification, if one did.
-    async fn one_session(
-        &mut self,
+    /// Starts a session with `peer` for the `wanted` chunks, as its own task; its chunks go to
+    /// `chunks`.
+    async fn start(
+        &self,
         peer: PeerId,
         wanted: ChunkBitmap,
         patience: Duration,
-        report: &mut PacedReport,
-        progress: &mut (dyn FnMut(&FetchProgress) + Send),
-    ) -> Result<SessionOutcome, FetchError> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<LaneChunk>();
-        let mut counts = PacedReport::default();
-        let mut bad = None;
-        let mut last_progress = Instant::now();
+        chunks: &mpsc::UnboundedSender<LaneChunk>,
+    ) -> Running {
         let held = self.held(&wanted).await;
-        let ids: Vec<Hash> = self.distinct.iter().map(|r| r.id).collect();
-        let end = {
+        let (tail_tx, tail) = oneshot::channel();
+        let (node, lane, ids) = (self.node.clone(), self.lane.clone(), self.ids.clone());
+        let (chunks, received) = (chunks.clone(), self.received.clone());
+        let (object, windows) = (self.m.hash(), self.windows.clone());
+        let task = tokio::spawn(async move {
+            let mut counts = PacedReport::default();
             let ask = Ask {
                 peer,
-                object: self.m.hash(),
+                object,
                 wanted,
                 held,
                 ids: &ids,
                 patience,
+                tail: Some(tail_tx),
             };
-            let sess = session(
-                self.node,
-                self.lane.clone(),
+            let end = session(
+                &node,
+                lane,
                 ask,
-                (&tx, self.received),
-                self.windows,
+                (&chunks, &received),
+                &windows,
                 &mut counts,
-            );
-            tokio::pin!(sess);
-            loop {
-                tokio::select! {
-                    r = &mut sess => break r,
-                    Some((ci, stored, resumed)) = rx.recv() => {
-                        match self.take_chunk(ci, stored, resumed, report).await? {
-                            Some(n) => report.chunks += n,
-                            None => { bad = Some(ci); break Err(SessionError::fatal("")); }
+            )
+            .await;
+            (end, counts)
+        });
+        Running {
+            task,
+            tail: Some(tail),
+        }
+    }
+
+    /// Runs `current` to its end, verifying and storing each chunk that completes (the next
+    /// session's too, once it runs), and starts the next session when `current` says its end is
+    /// near and chunks are left that it does not carry.
+    async fn drive(
+        &mut self,
+        mut current: Running,
+        (peer, patience): (PeerId, Duration),
+        (tx, rx): (
+            &mpsc::UnboundedSender<LaneChunk>,
+            &mut mpsc::UnboundedReceiver<LaneChunk>,
+        ),
+        report: &mut PacedReport,
+        progress: &mut (dyn FnMut(&FetchProgress) + Send),
+    ) -> Result<Driven, FetchError> {
+        let mut bad = None;
+        let mut next = None;
+        let mut last_progress = Instant::now();
+        let mut tail = current.tail.take();
+        let (end, counts) = loop {
+            tokio::select! {
+                r = &mut current.task => {
+                    break r.unwrap_or_else(|e| {
+                        (Err(SessionError::fatal(format!("the session failed: {e}"))), PacedReport::default())
+                    });
+                }
+                Some((ci, stored, resumed)) = rx.recv() => {
+                    match self.take_chunk(ci, stored, resumed, report).await? {
+                        Some(n) => report.chunks += n,
+                        None => {
+                            bad = Some(ci);
+                            current.task.abort();
+                            break (Err(SessionError::fatal("")), PacedReport::default());
                         }
                     }
                 }
-                if last_progress.elapsed() >= Duration::from_millis(200) {
-                    last_progress = Instant::now();
-                    progress(&self.progress(1, 0));
+                Ok(carried) = async {
+                    match tail.as_mut() {
+                        Some(t) => t.await,
+                        None => std::future::pending().await,
+                    }
+                }, if tail.is_some() => {
+                    tail = None;
+                    if let Some(wanted) = self.wanted(&carried) {
+                        next = Some(self.start(peer, wanted, patience, tx).await);
+                        report.overlapped += 1;
+                    }
                 }
             }
+            if last_progress.elapsed() >= Duration::from_millis(200) {
+                last_progress = Instant::now();
+                progress(&self.progress(1, 0));
+            }
         };
-        drop(tx);
         // Chunks that completed as the session ended.
         while bad.is_none() {
             let Ok((ci, stored, resumed)) = rx.try_recv() else {
@@ -260,7 +330,12 @@ impl LanePhase<'_> {
                 None => bad = Some(ci),
             }
         }
-        Ok((end, counts, bad))
+        Ok(Driven {
+            end,
+            counts,
+            bad,
+            next: if bad.is_none() { next } else { None },
+        })
     }
 
     /// Verifies and stores one chunk from the lane: `Some(1)` when it is new and good, `Some(0)`
@@ -338,5 +413,24 @@ fn held_ranges(
         .collect()
 }
 
-/// How a session ended, its counts, and the chunk that failed verification, if any.
-type SessionOutcome = (Result<SessionEnd, SessionError>, PacedReport, Option<u32>);
+/// A session running as its own task (aborted when dropped), with its counts at the end.
+struct Running {
+    task: JoinHandle<(Result<SessionEnd, SessionError>, PacedReport)>,
+    /// Its chunks, when its end is near.
+    tail: Option<oneshot::Receiver<Vec<u32>>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How a session ended, its counts, the chunk that failed verification (if one did), and the
+/// next session if it was started.
+struct Driven {
+    end: Result<SessionEnd, SessionError>,
+    counts: PacedReport,
+    bad: Option<u32>,
+    next: Option<Running>,
+}

@@ -51,6 +51,22 @@ const PORT_CLOSED_AFTER: u32 = 3;
 /// Partly received chunks are written to disk this often.
 const SAVE_EVERY: Duration = Duration::from_secs(2);
 
+/// The next session is asked for once this much data came, at least (or the setup time, if
+/// shorter): before that the rate is not known well enough to say when this one ends.
+const TAIL_MEASURE: Duration = Duration::from_secs(1);
+/// Added to the setup time: the check runs every [`ACK_EVERY`], and asking takes local work.
+const TAIL_MARGIN: Duration = Duration::from_millis(250);
+
+/// When a session is near its end: one setup time (its request to its first data, plus
+/// [`TAIL_MARGIN`]) before its last byte, at the rate data comes, `tx` is told the session's chunks. The fetch then asks for
+/// the next session (those chunks left out), whose setup runs while this one's last bytes come,
+/// so the link does not idle for a setup between sessions of a large object.
+pub(crate) struct Tail {
+    pub asked_at: Instant,
+    pub chunks: Vec<u32>,
+    pub tx: tokio::sync::oneshot::Sender<Vec<u32>>,
+}
+
 /// One chunk's bytes to write: its id, stored length, and new pieces.
 type SaveJob = (Hash, u32, Vec<(u32, Vec<u8>)>);
 
@@ -69,6 +85,8 @@ pub(crate) struct Receiving<'a> {
     /// Chunks whose bytes all came (their partial files go once the writer is done).
     completed: Vec<Hash>,
     detached: u32,
+    /// Told when the end is near (see [`Tail`]).
+    pub tail: Option<Tail>,
 }
 
 /// How the lane's stream ended.
@@ -103,6 +121,7 @@ impl<'a> Receiving<'a> {
             saver,
             completed: Vec::new(),
             detached: 0,
+            tail: None,
         }
     }
 
@@ -239,7 +258,9 @@ impl<'a> Receiving<'a> {
             return Ok(());
         }
         // Only a packet not here before is progress (a replayed one is not).
-        self.clock.last_data = Some(Instant::now());
+        let now = Instant::now();
+        self.clock.last_data = Some(now);
+        self.clock.first_data.get_or_insert(now);
         self.clock.fresh = true;
         if self.rx.stats().received <= ACK_EACH_FIRST {
             self.ack();
@@ -279,6 +300,7 @@ impl<'a> Receiving<'a> {
             self.save();
             self.clock.last_save = now;
         }
+        self.check_tail(now);
         match self.clock.last_data {
             None if now - self.clock.started > FIRST_DATA_LIMIT => {
                 Err(SessionError::silent(format!(
@@ -291,6 +313,30 @@ impl<'a> Receiving<'a> {
                 self.patience.as_secs()
             ))),
             _ => Ok(()),
+        }
+    }
+
+    /// Tells the fetch the end is near once the bytes still to come would take no longer, at the
+    /// rate data has come, than this session's setup took (see [`Tail`]).
+    fn check_tail(&mut self, now: Instant) {
+        let (Some(tail), Some(first)) = (&self.tail, self.clock.first_data) else {
+            return;
+        };
+        let setup = first.saturating_duration_since(tail.asked_at);
+        let receiving = now.saturating_duration_since(first);
+        if receiving < setup.min(TAIL_MEASURE) {
+            return;
+        }
+        let s = self.rx.stats();
+        if s.packets == 0 || s.received == 0 {
+            return;
+        }
+        let share_left = f64::from(s.packets.saturating_sub(s.received)) / f64::from(s.packets);
+        let share_per_sec = f64::from(s.received) / f64::from(s.packets) / receiving.as_secs_f64();
+        if share_left <= share_per_sec * (setup + TAIL_MARGIN).as_secs_f64() {
+            if let Some(t) = self.tail.take() {
+                let _ = t.tx.send(t.chunks);
+            }
         }
     }
 
@@ -375,6 +421,7 @@ fn spawn_saver(partial: PartialChunks) -> (mpsc::UnboundedSender<Vec<SaveJob>>, 
 /// When things last happened in a receiving session.
 struct Clock {
     started: Instant,
+    first_data: Option<Instant>,
     last_data: Option<Instant>,
     last_ack: Instant,
     last_hello: Instant,
@@ -389,6 +436,7 @@ impl Clock {
         let now = Instant::now();
         Clock {
             started: now,
+            first_data: None,
             last_data: None,
             last_ack: now,
             last_hello: now,

@@ -30,6 +30,8 @@ use crate::net::paced::slots::SlotState;
 
 /// A session that has not reached its receiver's address this long after it started ends.
 const FIRST_CONTACT: Duration = Duration::from_secs(20);
+/// How often a session notes its link for the peer's next session.
+const NOTE_EVERY: Duration = Duration::from_millis(500);
 /// Datagrams sent before the send loop yields to the runtime.
 const SENDS_PER_TURN: u32 = 32;
 /// Control datagrams read per turn of the send loop.
@@ -79,6 +81,8 @@ struct Turn {
     /// The stream broke: nothing is sent until an address answers a fresh challenge.
     parked: bool,
     sent_bytes: u64,
+    /// When the link was last noted for the peer's next session ([`PacedServer::links`]).
+    noted: Instant,
 }
 
 impl PacedServer {
@@ -98,6 +102,7 @@ impl PacedServer {
             reached: false,
             parked: false,
             sent_bytes: 0,
+            noted: Instant::now(),
         };
         let mut out = Vec::with_capacity(usize::from(u16::MAX));
         loop {
@@ -142,6 +147,12 @@ impl PacedServer {
             }
             if let Some(end) = t.deadline(&s) {
                 return end;
+            }
+            if t.noted.elapsed() >= NOTE_EVERY {
+                t.noted = Instant::now();
+                if let (false, Some(link)) = (t.parked, s.tx.link()) {
+                    self.links.note(s.peer, link);
+                }
             }
             s.slot.set_idle(t.parked || s.tx.is_paused());
             let wake = match t.path.target() {

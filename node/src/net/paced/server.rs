@@ -42,6 +42,7 @@ use crate::net::config::Fault;
 use crate::net::fetch::chunks::distinct_chunks;
 use crate::net::frame::FrameIo;
 use crate::net::handle::{Command, PeerInfo, Traffic};
+use crate::net::paced::recent::RecentLinks;
 use crate::net::paced::sending::{Closed, Session};
 use crate::net::paced::slots::Slots;
 use crate::net::peers::{PeerScores, PeerTable};
@@ -79,6 +80,8 @@ pub(crate) struct PacedServer {
     pub max_rate_bps: Option<u64>,
     pub traffic: Arc<Traffic>,
     pub fault: Option<Fault>,
+    /// Each receiver's link as its last session found it: the next session starts there.
+    pub links: RecentLinks,
 }
 
 /// A UDP socket of the receiver's address family on a port of the system's choosing, and that
@@ -181,17 +184,21 @@ impl PacedServer {
         };
         let cap = self.cap(u64::MAX);
         let stated = (req.rate_bps != 0).then(|| self.cap(req.rate_bps));
+        let mut tx = PacedSender::new(
+            bytes.len() as u64,
+            req.payload,
+            stated,
+            cap,
+            overhead,
+            rtt.unwrap_or(Duration::from_secs(1)),
+        );
+        if let (None, Some(link)) = (stated, self.links.recent(&peer)) {
+            tx.resume(link);
+        }
         let session = Session {
             socket,
             seal: SenderSeal::new(&key),
-            tx: PacedSender::new(
-                bytes.len() as u64,
-                req.payload,
-                stated,
-                cap,
-                overhead,
-                rtt.unwrap_or(Duration::from_secs(1)),
-            ),
+            tx,
             budget: (bytes.len() as u64)
                 .saturating_mul(BUDGET_FACTOR)
                 .saturating_add(BUDGET_SLACK),

@@ -15,7 +15,8 @@ use futures::AsyncReadExt;
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use zdn_protocol::paced::{
     to_send, HeldChunk, PacedReceiver, PacedRequest, PacedResponse, ReceiverSeal, ToSender,
     MAX_PACED_RESPONSE, PACED_PROTOCOL,
@@ -27,7 +28,7 @@ use zdn_protocol::Hash;
 use crate::net::frame::FrameIo;
 use crate::net::handle::NodeHandle;
 use crate::net::paced::lane::{Active, PacedLane};
-use crate::net::paced::receiving::Receiving;
+use crate::net::paced::receiving::{Receiving, Tail};
 use crate::net::paced::server::peer_path;
 use crate::net::streams::OpenStreamError;
 
@@ -72,6 +73,10 @@ pub struct PacedReport {
     /// enough to lose the connection).
     #[serde(default)]
     pub detached: u32,
+    /// Sessions asked for while the one before was still ending (its setup hidden behind that
+    /// one's last bytes).
+    #[serde(default)]
+    pub overlapped: u32,
 }
 
 /// A chunk whose bytes are all here, for the fetch to verify: its index among the object's
@@ -89,6 +94,9 @@ pub(crate) struct Ask<'a> {
     pub ids: &'a [Hash],
     /// How long a silent sender is waited for (it is probed meanwhile).
     pub patience: Duration,
+    /// Told the session's chunks when its end is near (see [`Tail`]), so the next session can be
+    /// asked for while this one finishes.
+    pub tail: Option<oneshot::Sender<Vec<u32>>>,
 }
 
 /// How one session ended.
@@ -131,12 +139,13 @@ impl SessionError {
 pub(crate) async fn session(
     node: &NodeHandle,
     lane: Arc<PacedLane>,
-    ask: Ask<'_>,
+    mut ask: Ask<'_>,
     (chunks, received): (&mpsc::UnboundedSender<LaneChunk>, &AtomicU64),
     windows: &SyncWindows,
     report: &mut PacedReport,
 ) -> Result<SessionEnd, SessionError> {
     let _active = Active::new(&lane);
+    let asked_at = Instant::now();
     let opened = match open(node, &lane, &ask).await? {
         Opening::Ready(o) => o,
         Opening::NotFound => return Ok(SessionEnd::NotFound),
@@ -150,7 +159,13 @@ pub(crate) async fn session(
         mut wr,
     } = *opened;
     report.held_bytes += load_held(&lane, &mut rx, ask.ids, &ask.held).await;
+    let tail = ask.tail.take().map(|tx| Tail {
+        asked_at,
+        chunks: rx.chunks().iter().map(|c| c.chunk).collect(),
+        tx,
+    });
     let mut run = Receiving::new(node, &lane, socket, seal, rx, ask.ids, ask.patience);
+    run.tail = tail;
     let result = run.receive(rd, chunks, received, windows).await;
     if run.is_complete() || matches!(result, Ok(SessionEnd::WindowClosed)) {
         // Done also stops a sender outside the sync window. Said three times; closing the stream

@@ -264,6 +264,7 @@ impl Servers {
             max_rate_bps: config.max_upload_rate.map(|r| r.saturating_mul(8)),
             traffic: traffic.clone(),
             fault: config.fault,
+            links: Default::default(),
         };
         let chunk = ChunkServer {
             store,
