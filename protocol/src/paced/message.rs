@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! PacedRequest  (libp2p stream, one frame)
-//!   version u8 = 3 | object 32 | rate_bps u64 | payload u16
+//!   version u8 = 4 | object 32 | rate_bps u64 | payload u16 | udp_port u16
 //!   | n u32 | wanted bitmap ⌈n/8⌉   (over the object's distinct chunks in first-seen order)
 //!   | h u16 | h × held             (byte ranges of wanted chunks the receiver already holds)
 //!   held      chunk u32 | r u16 | r × (start u32 | len u32)
@@ -50,9 +50,9 @@ use crate::wire::{ChunkBitmap, WireError, MAX_STORED_CHUNK};
 use super::ranges::ByteRanges;
 
 /// The libp2p protocol name that opens a paced session.
-pub const PACED_PROTOCOL: &str = "/zdn/paced/3";
+pub const PACED_PROTOCOL: &str = "/zdn/paced/4";
 /// The request's version byte.
-const VERSION: u8 = 3;
+const VERSION: u8 = 4;
 /// Smallest and largest payload per datagram. 1440 fills a 1500-byte IPv4 packet.
 pub const MIN_PAYLOAD: u16 = 512;
 pub const MAX_PAYLOAD: u16 = 8952;
@@ -66,8 +66,16 @@ pub const MAX_WANTED: u32 = 1 << 21;
 pub const MAX_HELD_CHUNKS: usize = 64;
 pub const MAX_HELD_RANGES: usize = 256;
 pub const MAX_HELD_TOTAL: usize = 4096;
-pub const MAX_PACED_REQUEST: usize =
-    1 + 32 + 8 + 2 + 4 + (MAX_WANTED as usize / 8) + 2 + MAX_HELD_CHUNKS * 6 + MAX_HELD_TOTAL * 8;
+pub const MAX_PACED_REQUEST: usize = 1
+    + 32
+    + 8
+    + 2
+    + 2
+    + 4
+    + (MAX_WANTED as usize / 8)
+    + 2
+    + MAX_HELD_CHUNKS * 6
+    + MAX_HELD_TOTAL * 8;
 pub const MAX_PACED_RESPONSE: usize = 1 + 2 + 2 + 32 + 4 + 9 * MAX_SESSION_CHUNKS as usize;
 /// Most received ranges one ack lists (so it fits one small datagram).
 pub const MAX_ACK_RANGES: usize = 160;
@@ -86,6 +94,11 @@ pub struct PacedRequest {
     pub object: Hash,
     pub rate_bps: u64,
     pub payload: u16,
+    /// The UDP port the receiver listens on, as it sees it (0 = not said): the sender challenges
+    /// that port of the connection's address at once, saving the round trip of a challenge
+    /// drawn by the receiver's first Hello. Behind a NAT the port seen outside differs; that
+    /// challenge is then lost and the Hello's goes as before.
+    pub udp_port: u16,
     pub wanted: ChunkBitmap,
     /// Byte ranges of wanted chunks already held (a chunk partly received before).
     pub held: Vec<HeldChunk>,
@@ -224,6 +237,7 @@ impl PacedRequest {
         out.extend_from_slice(self.object.as_bytes());
         out.extend_from_slice(&self.rate_bps.to_le_bytes());
         out.extend_from_slice(&self.payload.to_le_bytes());
+        out.extend_from_slice(&self.udp_port.to_le_bytes());
         out.extend_from_slice(&self.wanted.len().to_le_bytes());
         out.extend_from_slice(bits);
         out.extend_from_slice(&(self.held.len() as u16).to_le_bytes());
@@ -249,6 +263,7 @@ impl PacedRequest {
         let object = r.hash()?;
         let rate_bps = r.u64()?;
         let payload = r.u16()?;
+        let udp_port = r.u16()?;
         let n = r.u32()?;
         if !(MIN_PAYLOAD..=MAX_PAYLOAD).contains(&payload) {
             return Err(invalid(WHAT, "payload size outside 512..=8952"));
@@ -289,6 +304,7 @@ impl PacedRequest {
             object,
             rate_bps,
             payload,
+            udp_port,
             wanted,
             held,
         })

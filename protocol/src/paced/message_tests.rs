@@ -17,6 +17,7 @@ fn golden_bytes() {
         object: Hash::from_bytes([7; 32]),
         rate_bps: 1_000_000,
         payload: 1448,
+        udp_port: 40_001,
         wanted,
         held: vec![HeldChunk {
             chunk: 9,
@@ -26,7 +27,7 @@ fn golden_bytes() {
     assert_eq!(
         hex(req.encode()),
         format!(
-            "03{}40420f0000000000a8050a0000000202{}",
+            "04{}40420f0000000000a805419c0a0000000202{}",
             "07".repeat(32),
             // one held chunk: 9, two ranges: (0, 5), (7, 2)
             "010009000000020000000000050000000700000002000000"
@@ -172,6 +173,7 @@ fn refuses_what_breaks_the_rules() {
         object: Hash::ZERO,
         rate_bps: 1,
         payload: 100,
+        udp_port: 0,
         wanted: ChunkBitmap::new(3),
         held: Vec::new(),
     };
@@ -206,6 +208,7 @@ fn held_ranges_are_refused_unless_canonical_and_capped() {
         object: Hash::ZERO,
         rate_bps: 0,
         payload: 1448,
+        udp_port: 0,
         wanted: wanted.clone(),
         held,
     };
@@ -260,12 +263,12 @@ fn arb_bitmap() -> impl Strategy<Value = ChunkBitmap> {
 fn arb_request() -> impl Strategy<Value = PacedRequest> {
     (
         any::<[u8; 32]>(),
-        any::<u64>(),
+        (any::<u64>(), any::<u16>()),
         MIN_PAYLOAD..=MAX_PAYLOAD,
         arb_bitmap(),
         proptest::collection::vec(proptest::collection::vec((1u32..50, 1u32..50), 1..8), 0..6),
     )
-        .prop_map(|(o, rate_bps, payload, wanted, steps)| {
+        .prop_map(|(o, (rate_bps, udp_port), payload, wanted, steps)| {
             // Held ranges for some of the wanted chunks, ascending.
             let chunks: Vec<u32> = (0..wanted.len()).filter(|&i| wanted.get(i)).collect();
             let held = chunks
@@ -291,6 +294,7 @@ fn arb_request() -> impl Strategy<Value = PacedRequest> {
                 object: Hash::from_bytes(o),
                 rate_bps,
                 payload,
+                udp_port,
                 wanted,
                 held,
             }

@@ -115,6 +115,18 @@ impl<A: Copy + Eq> PathValidator<A> {
         }
     }
 
+    /// The receiver's request (over the authenticated connection, from `to`'s IP address) named
+    /// `to`'s port as the one it listens on: challenges `to` at once, before a datagram came
+    /// from it. Once per session, and smaller than the request that asked for it.
+    pub fn on_request(
+        &mut self,
+        to: A,
+        now: Duration,
+        nonce: impl FnOnce() -> [u8; 8],
+    ) -> PathAction<A> {
+        self.on_datagram(to, CHALLENGE_LEN, now, nonce)
+    }
+
     /// A sealed response carrying `nonce` came from `from`: `true` when it answers the challenge
     /// sent to that very address, which becomes the target.
     pub fn on_response(&mut self, from: A, nonce: [u8; 8]) -> bool {

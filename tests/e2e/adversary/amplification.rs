@@ -217,3 +217,32 @@ fn quic_socket(a: &Multiaddr) -> SocketAddr {
         .unwrap();
     format!("{ip}:{port}").parse().unwrap()
 }
+
+/// A request names the UDP port its sender listens on, and the lane challenges that port of the
+/// connection's address at once (a round trip sooner than the challenge a Hello draws). Named in
+/// a victim's place, that port gets one challenge, smaller than the request, and nothing else:
+/// no data goes to an address that has not answered.
+#[test]
+fn a_port_named_in_a_request_gets_one_small_challenge_and_nothing_more() {
+    let p = publish(2);
+    let node = NodeProc::start(p.home.path(), &[]);
+    let base: Hash = p.base.parse().unwrap();
+    rt().block_on(async {
+        let hostile = Hostile::connect(&node.addr).await.unwrap();
+        // The hostile peer's own address (its connection's), another port: the victim.
+        let mut victim = CountingSocket::bind("127.0.0.1").await.unwrap();
+        let port = victim.socket.local_addr().unwrap().port();
+        let session = hostile
+            .open_paced_naming(base, 1_000_000, MAX_PAYLOAD, port)
+            .await
+            .unwrap()
+            .expect("a session");
+        let got = victim.drain(Duration::from_secs(3), 4).await;
+        assert_eq!(victim.received_datagrams, 1, "one challenge: {got:?}");
+        // A challenge: 4-byte number, tag byte, 8-byte nonce, 16-byte tag; the request was 51
+        // bytes and more.
+        assert_eq!(victim.received_bytes, 29, "{got:?}");
+        drop(session);
+    });
+    node.stop();
+}

@@ -138,12 +138,24 @@ impl Hostile {
         rate_bps: u64,
         payload: u16,
     ) -> anyhow::Result<Result<PacedSession, PacedResponse>> {
+        self.open_paced_naming(object, rate_bps, payload, 0).await
+    }
+
+    /// [`Hostile::open_paced`], the request naming `udp_port` as the port it listens on.
+    pub async fn open_paced_naming(
+        &self,
+        object: Hash,
+        rate_bps: u64,
+        payload: u16,
+        udp_port: u16,
+    ) -> anyhow::Result<Result<PacedSession, PacedResponse>> {
         let n = self.distinct_chunks(object).await?;
         let mut stream = self.open(PACED_PROTOCOL).await?;
         let req = PacedRequest {
             object,
             rate_bps,
             payload,
+            udp_port,
             wanted: ChunkBitmap::full(n),
             held: Vec::new(),
         };

@@ -56,6 +56,9 @@ pub(crate) struct Session {
     pub bytes: Vec<u8>,
     pub peer: PeerId,
     pub slot: Arc<SlotState>,
+    /// The address the request named (the connection's IP, the port the receiver said it
+    /// listens on): challenged at once, before a Hello comes.
+    pub named: Option<SocketAddr>,
 }
 
 /// What the control datagrams of one turn said.
@@ -105,6 +108,13 @@ impl PacedServer {
             noted: Instant::now(),
         };
         let mut out = Vec::with_capacity(usize::from(u16::MAX));
+        if let Some(to) = s.named.take() {
+            let key = t.nonce_key;
+            let action = t
+                .path
+                .on_request(to, t.t0.elapsed(), || address_nonce(&key, to));
+            self.challenge(&mut s, action, &mut out).await;
+        }
         loop {
             // Every turn, however high the rate: the stop signal, the slot, the stream, the
             // receiver's datagrams, the deadlines.
@@ -265,15 +275,18 @@ impl PacedServer {
                     path.on_datagram(from, n, now, || address_nonce(nonce_key, from))
                 }
             };
-            if let PathAction::Challenge { to, nonce } = action {
-                if s.seal
-                    .seal_control(&ToReceiver::Challenge { nonce }, &mut out)
-                {
-                    let _ = s.socket.send_to(&out, to).await;
-                }
-            }
+            self.challenge(s, action, &mut out).await;
         }
         heard
+    }
+
+    /// Sends the challenge `action` asks for, if it asks for one.
+    async fn challenge(&self, s: &mut Session, action: PathAction<SocketAddr>, out: &mut Vec<u8>) {
+        if let PathAction::Challenge { to, nonce } = action {
+            if s.seal.seal_control(&ToReceiver::Challenge { nonce }, out) {
+                let _ = s.socket.send_to(out, to).await;
+            }
+        }
     }
 }
 

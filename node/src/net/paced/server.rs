@@ -205,6 +205,7 @@ impl PacedServer {
             bytes,
             peer,
             slot: slot.state.clone(),
+            named: (req.udp_port != 0).then(|| SocketAddr::new(ip, req.udp_port)),
         };
         let end = self.send(session, stop, closed).await;
         drop(slot);

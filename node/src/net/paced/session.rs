@@ -255,6 +255,7 @@ async fn open(node: &NodeHandle, lane: &PacedLane, ask: &Ask<'_>) -> Result<Open
         object: ask.object,
         rate_bps: lane.share(),
         payload,
+        udp_port: socket.local_addr().map_or(0, |a| a.port()),
         wanted: ask.wanted.clone(),
         held: ask.held.clone(),
     };

@@ -301,6 +301,7 @@ pub fn paced_requests() -> Vec<Vec<u8>> {
         object: Hash::of(b"x"),
         rate_bps,
         payload: 1444,
+        udp_port: 40_001,
         wanted: wanted.clone(),
         held,
     };
