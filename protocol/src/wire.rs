@@ -7,12 +7,14 @@
 //!   1 GetManifest  hash 32
 //!   2 GetChunk     object 32 | chunk id 32
 //!   3 GetHave      object 32
+//!   4 GetAnnouncement  manifest hash 32
 //! response = tag u8 | body
 //!   1 Manifest     canonical signed manifest bytes (to the end of the frame)
 //!   2 Chunk        chunk id 32 | stored chunk bytes (to the end of the frame)
 //!   3 Have         object 32 | n_chunks u32 | bitmap ⌈n/8⌉ bytes (bit i of byte i/8 = chunk i held)
 //!   4 NotFound     what 32
 //!   5 Busy         retry_after_ms u32
+//!   6 Announcement the signed announcement of the manifest asked for (to the end of the frame)
 //! announcement (gossip) = body | signature 64
 //!   body = "ZDNA" | version u8 = 3 | manifest hash 32 | kind u8 | object_len u64
 //!          | base flag u8 [ base 32 ] | publisher 32 | manifest_len u32 | name str16
@@ -64,17 +66,33 @@ pub const CHUNK_RESPONSE_TAG: u8 = 2;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     GetManifest(Hash),
-    GetChunk { object: Hash, id: Hash },
+    GetChunk {
+        object: Hash,
+        id: Hash,
+    },
     GetHave(Hash),
+    /// The publisher's signed announcement of a manifest (one too big for gossip), which a node
+    /// needs to announce that object in turn.
+    GetAnnouncement(Hash),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     Manifest(Vec<u8>),
-    Chunk { id: Hash, stored: Vec<u8> },
-    Have { object: Hash, held: ChunkBitmap },
+    Chunk {
+        id: Hash,
+        stored: Vec<u8>,
+    },
+    Have {
+        object: Hash,
+        held: ChunkBitmap,
+    },
     NotFound(Hash),
-    Busy { retry_after_ms: u32 },
+    Busy {
+        retry_after_ms: u32,
+    },
+    /// An encoded [`Announcement`]; the caller decodes and verifies it.
+    Announcement(Vec<u8>),
 }
 
 /// Which chunks of an object a peer holds.
@@ -271,6 +289,10 @@ impl Request {
                 out.push(3);
                 out.extend_from_slice(h.as_bytes());
             }
+            Request::GetAnnouncement(h) => {
+                out.push(4);
+                out.extend_from_slice(h.as_bytes());
+            }
         }
         out
     }
@@ -294,6 +316,10 @@ impl Request {
             3 => {
                 exact(b, 33, WHAT)?;
                 Ok(Request::GetHave(hash_at(b, 1, WHAT)?))
+            }
+            4 => {
+                exact(b, 33, WHAT)?;
+                Ok(Request::GetAnnouncement(hash_at(b, 1, WHAT)?))
             }
             tag => Err(WireError::Tag { what: WHAT, tag }),
         }
@@ -327,6 +353,10 @@ impl Response {
             Response::Busy { retry_after_ms } => {
                 out.push(5);
                 out.extend_from_slice(&retry_after_ms.to_le_bytes());
+            }
+            Response::Announcement(a) => {
+                out.push(6);
+                out.extend_from_slice(a);
             }
         }
         out
@@ -372,6 +402,10 @@ impl Response {
                 Ok(Response::Busy {
                     retry_after_ms: u32::from_le_bytes([b[1], b[2], b[3], b[4]]),
                 })
+            }
+            6 => {
+                cap("announcement", b.len() - 1, MAX_ANNOUNCEMENT_LEN)?;
+                Ok(Response::Announcement(b[1..].to_vec()))
             }
             tag => Err(WireError::Tag { what: WHAT, tag }),
         }

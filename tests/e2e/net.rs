@@ -301,6 +301,52 @@ fn a_manifest_too_big_for_gossip_is_announced_by_hash_and_auto_fetched() {
     seeder2.stop();
 }
 
+/// An object whose manifest is too big for gossip, got by a plain `zdn fetch HASH` (not
+/// announced to this station): the fetch also asks the peer for the publisher's signed
+/// announcement and keeps it, so the station can announce the object in turn.
+#[test]
+fn an_object_fetched_by_hash_alone_can_be_announced_by_hash_in_turn() {
+    let p = publish(2);
+    let big_hash = add_big_delta(&p);
+    let publisher = NodeProc::start(p.home.path(), &[]);
+    let field = tmpdir();
+    let r = json(&ok(
+        field.path(),
+        &fetch_json_args(&big_hash, &publisher.addr, &p.key),
+    ));
+    assert_eq!(r["hash"], big_hash.as_str(), "{r}");
+    let node = NodeProc::start(
+        field.path(),
+        &["--peer", &publisher.addr, "--trust", &p.key],
+    );
+    let (code, out, err) = run(field.path(), &["announce", &big_hash]);
+    assert_eq!(code, 0, "{out}{err}");
+    node.stop();
+    publisher.stop();
+
+    // A seeder that holds the object but answers with an announcement its publisher did not
+    // sign: the object is still fetched (every byte verified), the forgery is not kept, and the
+    // seeder is banned for it.
+    let forger_home = tmpdir();
+    let bundle = p.home.path().join("big.zdnb");
+    ok(p.home.path(), &["export", &big_hash, "-o", s(&bundle)]);
+    ok(forger_home.path(), &["import", s(&bundle), "--trust-any"]);
+    let forger = NodeProc::start(forger_home.path(), &["--fault", "forged-announcements"]);
+    let other = tmpdir();
+    let r = json(&ok(
+        other.path(),
+        &fetch_json_args(&big_hash, &forger.addr, &p.key),
+    ));
+    assert_eq!(r["hash"], big_hash.as_str(), "{r}");
+    assert_eq!(r["peers"][0]["banned"], true, "{r}");
+    let node = NodeProc::start(other.path(), &["--trust", &p.key]);
+    let (code, _, err) = run(other.path(), &["announce", &big_hash]);
+    assert_ne!(code, 0, "a forged announcement was kept");
+    assert!(err.contains("has none"), "{err}");
+    node.stop();
+    forger.stop();
+}
+
 #[test]
 fn bogus_announcements_get_the_sender_banned_and_honest_gossip_still_works() {
     let p = publish(1);

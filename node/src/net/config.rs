@@ -20,7 +20,8 @@ pub enum Fault {
     /// its signature broken).
     BogusAnnouncements,
     /// Instead of a signed announcement by hash, gossip one that claims the same publisher for a
-    /// made-up manifest hash, a new one each time (its signature then is not the publisher's).
+    /// made-up manifest hash, a new one each time (its signature then is not the publisher's);
+    /// and answer a request for an announcement with one whose name was changed after signing.
     ForgedAnnouncements,
 }
 

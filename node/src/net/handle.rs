@@ -252,8 +252,9 @@ impl NodeHandle {
                 NetError::Announce(format!(
                     "manifest {hash} is {len} bytes, over gossip's {MAX_GOSSIP_LEN}, so it is \
                      announced by hash, which takes its publisher's signed announcement; this node \
-                     has none (a node has the announcements of what it added with its own key and \
-                     of what it received announced by hash)"
+                     has none (a node has the announcements of what it added with its own key, of \
+                     what it received announced by hash, and of what it fetched from a peer that \
+                     had one)"
                 ))
             })?;
             a.encode().map_err(|e| NetError::Announce(e.to_string()))?

@@ -41,6 +41,18 @@ fn golden_bytes() {
         .encode()),
         "05e8030000"
     );
+    assert_eq!(
+        hex(Request::GetAnnouncement(h(9)).encode()),
+        format!("04{}", "09".repeat(32))
+    );
+    assert_eq!(
+        hex(Response::Announcement(vec![0x5a, 1]).encode()),
+        "065a01"
+    );
+    // An announcement response over the announcement cap is refused.
+    let mut big = vec![6u8];
+    big.resize(2 + MAX_ANNOUNCEMENT_LEN, 0);
+    assert!(Response::decode(&big).is_err());
     let a = Announcement {
         manifest: h(4),
         kind: Kind::Delta,
@@ -118,6 +130,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
             id: Hash::from_bytes(b)
         }),
         any::<[u8; 32]>().prop_map(|a| Request::GetHave(Hash::from_bytes(a))),
+        any::<[u8; 32]>().prop_map(|a| Request::GetAnnouncement(Hash::from_bytes(a))),
     ]
 }
 
@@ -150,6 +163,7 @@ fn arb_response() -> impl Strategy<Value = Response> {
             }),
         any::<[u8; 32]>().prop_map(|a| Response::NotFound(Hash::from_bytes(a))),
         any::<u32>().prop_map(|retry_after_ms| Response::Busy { retry_after_ms }),
+        prop::collection::vec(any::<u8>(), 0..200).prop_map(Response::Announcement),
     ]
 }
 

@@ -41,7 +41,9 @@ fn answer(m: &SignedManifest, req: &Request) -> Response {
             object: hash,
             held: ChunkBitmap::full(m.manifest.chunks.len() as u32),
         },
-        Request::GetManifest(h) | Request::GetHave(h) => Response::NotFound(*h),
+        Request::GetManifest(h) | Request::GetHave(h) | Request::GetAnnouncement(h) => {
+            Response::NotFound(*h)
+        }
         Request::GetChunk { id, .. } => Response::NotFound(*id),
     }
 }

@@ -121,6 +121,9 @@ impl ChunkServer {
                 Request::GetManifest(h) => self.answer_manifest(&mut stream, &asker, h).await,
                 Request::GetHave(h) => self.answer_have(&mut stream, &asker, h).await,
                 Request::GetChunk { id, .. } => self.answer_chunk(&mut stream, &asker, id).await,
+                Request::GetAnnouncement(h) => {
+                    self.answer_announcement(&mut stream, &asker, h).await
+                }
             };
             if !ok {
                 break;
@@ -191,6 +194,27 @@ impl ChunkServer {
             .write_parts(stream, "response", &parts)
             .await
             .is_ok()
+    }
+
+    /// The publisher's signed announcement of manifest `h`, when this node keeps one (it has the
+    /// object, and the manifest is too big for gossip).
+    async fn answer_announcement(&self, stream: &mut Stream, asker: &Asker, h: Hash) -> bool {
+        if !self.within_budget(asker) {
+            return self.busy(stream).await;
+        }
+        let found = self.store.call(move |s| s.announcement(&h)).await;
+        let forge = self.fault == Some(Fault::ForgedAnnouncements);
+        let r = match found.ok().flatten().map(|mut a| {
+            if forge {
+                // Not what the publisher signed.
+                a.name.push('!');
+            }
+            a.encode()
+        }) {
+            Some(Ok(bytes)) => Response::Announcement(bytes),
+            _ => Response::NotFound(h),
+        };
+        self.reply(stream, r).await
     }
 
     async fn answer_have(&self, stream: &mut Stream, asker: &Asker, h: Hash) -> bool {

@@ -98,5 +98,6 @@ pub(super) fn answer_name(r: &Response) -> &'static str {
         Response::Have { .. } => "have",
         Response::NotFound(_) => "not-found",
         Response::Busy { .. } => "busy",
+        Response::Announcement(_) => "announcement",
     }
 }

@@ -9,6 +9,7 @@
 //! from elsewhere. Chunks are stored as they arrive (logged writes), so a killed fetch
 //! resumes where it stopped and never downloads a verified chunk again.
 
+mod announcement;
 pub(crate) mod chunks;
 pub(crate) mod manifest;
 pub(crate) mod once;

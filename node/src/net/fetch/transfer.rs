@@ -25,6 +25,7 @@ use crate::net::paced::phase::LanePhase;
 use crate::net::paced::session::PacedReport;
 use crate::net::peers::Offence;
 
+use super::announcement::keep_announcement;
 use super::chunks::{distinct_chunks, holdings};
 use super::peers::{holdings_of, Sources};
 use super::redial::Redialer;
@@ -364,6 +365,7 @@ pub(super) async fn transfer(
         .await?;
     t.pipes.clear();
     t.verify_and_commit().await?;
+    keep_announcement(node, m, &src.peers).await;
     let _ = node.provide(t.hash).await;
     Ok(t.report(&src, &redial, paced))
 }

@@ -253,6 +253,7 @@ pub fn requests() -> Vec<Vec<u8>> {
             id: Hash::of(b"y"),
         },
         Request::GetHave(h),
+        Request::GetAnnouncement(h),
     ]
     .iter()
     .map(Request::encode)
@@ -279,6 +280,7 @@ pub fn responses() -> Vec<Vec<u8>> {
         Response::Busy {
             retry_after_ms: 1000,
         },
+        Response::Announcement(announcements().first().cloned().unwrap_or_default()),
     ]
     .iter()
     .map(Response::encode)
