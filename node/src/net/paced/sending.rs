@@ -108,13 +108,7 @@ impl PacedServer {
             noted: Instant::now(),
         };
         let mut out = Vec::with_capacity(usize::from(u16::MAX));
-        if let Some(to) = s.named.take() {
-            let key = t.nonce_key;
-            let action = t
-                .path
-                .on_request(to, t.t0.elapsed(), || address_nonce(&key, to));
-            self.challenge(&mut s, action, &mut out).await;
-        }
+        self.challenge_named(&mut s, &mut t, &mut out).await;
         loop {
             // Every turn, however high the rate: the stop signal, the slot, the stream, the
             // receiver's datagrams, the deadlines.
@@ -158,12 +152,7 @@ impl PacedServer {
             if let Some(end) = t.deadline(&s) {
                 return end;
             }
-            if t.noted.elapsed() >= NOTE_EVERY {
-                t.noted = Instant::now();
-                if let (false, Some(link)) = (t.parked, s.tx.link()) {
-                    self.links.note(s.peer, link);
-                }
-            }
+            self.note_link(&s, &mut t);
             s.slot.set_idle(t.parked || s.tx.is_paused());
             let wake = match t.path.target() {
                 Some(target) if !t.parked => {
@@ -278,6 +267,28 @@ impl PacedServer {
             self.challenge(s, action, &mut out).await;
         }
         heard
+    }
+
+    /// Challenges the address the request named, at once (before a Hello comes from it).
+    async fn challenge_named(&self, s: &mut Session, t: &mut Turn, out: &mut Vec<u8>) {
+        if let Some(to) = s.named.take() {
+            let key = t.nonce_key;
+            let action = t
+                .path
+                .on_request(to, t.t0.elapsed(), || address_nonce(&key, to));
+            self.challenge(s, action, out).await;
+        }
+    }
+
+    /// Notes the link as this session found it, for the peer's next session (every
+    /// [`NOTE_EVERY`]).
+    fn note_link(&self, s: &Session, t: &mut Turn) {
+        if t.noted.elapsed() >= NOTE_EVERY {
+            t.noted = Instant::now();
+            if let (false, Some(link)) = (t.parked, s.tx.link()) {
+                self.links.note(s.peer, link);
+            }
+        }
     }
 
     /// Sends the challenge `action` asks for, if it asks for one.
