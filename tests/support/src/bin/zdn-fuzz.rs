@@ -36,7 +36,10 @@ fn main() -> anyhow::Result<ExitCode> {
     }
     let names: Vec<&str> = targets().iter().map(|t| t.name).collect();
     if let Some(unknown) = only.iter().find(|o| !names.contains(&o.as_str())) {
-        bail!("unknown target {unknown:?}; the targets: {}", names.join(", "));
+        bail!(
+            "unknown target {unknown:?}; the targets: {}",
+            names.join(", ")
+        );
     }
     let mut failed = false;
     for t in targets()
