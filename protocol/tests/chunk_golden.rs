@@ -13,24 +13,13 @@
 use zdn_protocol::chunk::{encode_elements, Codec};
 use zdn_protocol::DType;
 
-struct Rng(u64);
+mod common;
 
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    /// Roughly Gaussian, standard deviation ≈ `sd`.
-    fn weight(&mut self, sd: f32) -> f32 {
-        (0..4).map(|_| self.unit()).sum::<f32>() * 0.866 * sd
-    }
+use common::Rng;
+
+/// Roughly Gaussian, standard deviation ≈ `sd`.
+fn weight(r: &mut Rng, sd: f32) -> f32 {
+    (0..4).map(|_| r.unit()).sum::<f32>() * 0.866 * sd
 }
 
 fn floats(dtype: DType, values: impl Iterator<Item = f32>) -> Vec<u8> {
@@ -48,7 +37,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Option<DType>)> {
     let mut r = Rng(20);
     let mib = 1 << 20;
     let mut v = Vec::new();
-    let w = |r: &mut Rng, n: usize, sd: f32| (0..n).map(|_| r.weight(sd)).collect::<Vec<f32>>();
+    let w = |r: &mut Rng, n: usize, sd: f32| (0..n).map(|_| weight(r, sd)).collect::<Vec<f32>>();
     let bf = floats(DType::BF16, w(&mut r, mib / 2, 0.02).into_iter());
     v.push(("bf16 weights, 1 MiB", bf.clone(), Some(DType::BF16)));
     v.push((
@@ -63,7 +52,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Option<DType>)> {
     ));
     v.push((
         "bf16 norm-like, 8 KiB",
-        floats(DType::BF16, (0..4096).map(|_| 1.0 + r.weight(0.1))),
+        floats(DType::BF16, (0..4096).map(|_| 1.0 + weight(&mut r, 0.1))),
         Some(DType::BF16),
     ));
     v.push((
