@@ -67,13 +67,23 @@ impl Drop for Reaped {
     }
 }
 
+/// How long the demo's fetch may take: a fixed allowance for start-up plus ten times the object's
+/// time at the link's rate. A fetch that has not ended by then is stopped and reported, with its
+/// log, instead of leaving the demo waiting.
+pub fn fetch_deadline(object_bytes: u64) -> Duration {
+    let at_rate = object_bytes as f64 * 8.0 / demo_link().rate_bps as f64;
+    Duration::from_secs(120) + Duration::from_secs_f64((10.0 * at_rate).min(86_400.0))
+}
+
 /// Serves `dc_home`'s store from a datacenter node in one namespace and runs `zdn fetch hash` for
-/// `field_home` in the other, through the emulated link.
+/// `field_home` in the other, through the emulated link; a fetch that outlives `deadline` is
+/// killed and is an error. The two processes' stderr go to `node.log` and `fetch.log` in their homes.
 pub fn fetch_over_emulated_link(
     dc_home: &Path,
     field_home: &Path,
     hash: Hash,
     publisher: Hash,
+    deadline: Duration,
 ) -> anyhow::Result<LinkHop> {
     let exe = std::env::current_exe().context("finding the zdn binary")?;
     let spec = demo_link();
@@ -104,7 +114,11 @@ pub fn fetch_over_emulated_link(
         up.clone(),
     )?;
     threads.extend([r, w]);
-    let result = run_hop(&exe, &pair, dc_home, field_home, hash, publisher);
+    let homes = Homes {
+        dc: dc_home,
+        field: field_home,
+    };
+    let result = run_hop(&exe, &pair, &homes, hash, publisher, deadline);
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
@@ -125,20 +139,27 @@ pub fn fetch_over_emulated_link(
     })
 }
 
+/// The two nodes' homes.
+struct Homes<'a> {
+    dc: &'a Path,
+    field: &'a Path,
+}
+
 fn run_hop(
     exe: &Path,
     pair: &NetnsPair,
-    dc_home: &Path,
-    field_home: &Path,
+    homes: &Homes<'_>,
     hash: Hash,
     publisher: Hash,
+    deadline: Duration,
 ) -> anyhow::Result<(FetchReport, f64)> {
     let listen = format!("/ip4/{}/tcp/4801", pair.addr_a);
+    let dc_log = homes.dc.join("node.log");
     let mut dc = Command::new("ip")
         .args(["netns", "exec", &pair.ns_a])
         .arg(exe)
         .arg("--home")
-        .arg(dc_home)
+        .arg(homes.dc)
         .args([
             "node",
             "run",
@@ -149,7 +170,7 @@ fn run_hop(
             &listen,
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log_file(&dc_log)?)
         .spawn()
         .context("starting the datacenter node")?;
     let out = dc.stdout.take().context("datacenter node stdout")?;
@@ -162,38 +183,53 @@ fn run_hop(
             }
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let started = Instant::now() + Duration::from_secs(60);
     let addr = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let l = rx
-            .recv_timeout(left)
-            .context("the datacenter node did not start listening")?;
+        let left = started.saturating_duration_since(Instant::now());
+        let l = rx.recv_timeout(left).with_context(|| {
+            format!(
+                "the datacenter node did not start listening (its log: {})",
+                dc_log.display()
+            )
+        })?;
         if let Some(a) = l.strip_prefix("listening ") {
             break a.to_string();
         }
     };
     let t0 = Instant::now();
+    let fetch_log = homes.field.join("fetch.log");
     let fetch = Command::new("ip")
         .args(["netns", "exec", &pair.ns_b])
         .arg(exe)
         .arg("--home")
-        .arg(field_home)
+        .arg(homes.field)
         .args(["fetch", &hash.to_hex(), "--peer", &addr, "--trust"])
         .arg(publisher.to_hex())
         .args(["--profile", "field", "--no-mdns", "--json"])
         // The station knows its link's rate: the paced UDP lane keeps it full.
         .arg("--link-rate")
         .arg(format!("{}bit", demo_link().rate_bps))
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(log_file(&fetch_log)?)
+        .spawn()
         .context("running zdn fetch at the field station")?;
+    let (status, stdout) = wait_until(Reaped(fetch), deadline).with_context(|| {
+        format!(
+            "zdn fetch at the field station (its log: {}; the datacenter node's: {})",
+            fetch_log.display(),
+            dc_log.display()
+        )
+    })?;
     let wall = t0.elapsed().as_secs_f64();
     anyhow::ensure!(
-        fetch.status.success(),
+        status.success(),
         "zdn fetch at the field station failed: {}",
-        String::from_utf8_lossy(&fetch.stderr).trim()
+        std::fs::read_to_string(&fetch_log)
+            .unwrap_or_default()
+            .trim()
     );
     let report: FetchReport =
-        serde_json::from_slice(&fetch.stdout).context("reading zdn fetch --json")?;
+        serde_json::from_slice(&stdout).context("reading zdn fetch --json")?;
     // A clean stop of the datacenter node (SIGTERM); Reaped kills it if that does not work.
     let _ = Command::new("kill")
         .args(["-TERM", &dc.0.id().to_string()])
@@ -201,4 +237,78 @@ fn run_hop(
     let mut dc = dc;
     let _ = dc.0.wait();
     Ok((report, wall))
+}
+
+fn log_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))
+}
+
+/// Waits for `child` to exit, collecting its stdout; after `deadline` it is killed (by `Reaped`)
+/// and that is an error.
+fn wait_until(
+    mut child: Reaped,
+    deadline: Duration,
+) -> anyhow::Result<(std::process::ExitStatus, Vec<u8>)> {
+    let mut out = child.0.stdout.take().context("the child's stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut v).map(|_| v)
+    });
+    let end = Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.0.try_wait()? {
+            break status;
+        }
+        anyhow::ensure!(
+            Instant::now() < end,
+            "did not finish in {} s; stopped",
+            deadline.as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the stdout reader panicked"))??;
+    Ok((status, stdout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_past_its_deadline_is_stopped_and_reported() {
+        let child = Command::new("sleep")
+            .arg("30")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let t0 = Instant::now();
+        let err = wait_until(Reaped(child), Duration::from_millis(300)).unwrap_err();
+        assert!(err.to_string().contains("did not finish in 0 s"), "{err}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        // Reaped killed and waited for it: the pid is gone.
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    #[test]
+    fn a_child_within_its_deadline_gives_its_output() {
+        let child = Command::new("echo")
+            .arg("done")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (status, out) = wait_until(Reaped(child), Duration::from_secs(30)).unwrap();
+        assert!(status.success());
+        assert_eq!(out, b"done\n");
+    }
+
+    #[test]
+    fn the_deadline_grows_with_the_object() {
+        // 1.4 MB at 1 Mbit/s is 11.2 s of link: 120 s + 10 × that.
+        assert_eq!(fetch_deadline(1_400_000).as_secs(), 232);
+        assert!(fetch_deadline(0) == Duration::from_secs(120));
+        assert!(fetch_deadline(u64::MAX) <= Duration::from_secs(120 + 86_400));
+    }
 }

@@ -78,15 +78,22 @@ pub struct PublishReport {
 /// 1 Mbps, a satellite link's rate.
 pub const DEMO_LINK_RATE: u64 = 125_000;
 
+/// The in-process hop: whom the field trusts, the rate each way (bytes/s), how long it may take.
+struct Network {
+    trust: TrustPolicy,
+    rate: u64,
+    deadline: std::time::Duration,
+}
+
 /// Serves `dc_store` from a datacenter node and fetches `hash` into `field_store` through a field
-/// node, both in this process over loopback TCP, the link capped at `rate` bytes/s each way.
+/// node, both in this process over loopback TCP, the link capped at `net.rate` bytes/s each way.
 fn fetch_over_network(
     dc_store: ObjectStore,
     field_store: ObjectStore,
     hash: Hash,
-    trust: TrustPolicy,
-    rate: u64,
+    net: &Network,
 ) -> anyhow::Result<zdn_node::net::FetchReport> {
+    let (trust, rate) = (net.trust.clone(), net.rate);
     use zdn_node::net::{fetch, FetchOptions, Keypair, Node, NodeConfig, Profile};
     use zdn_node::store::StoreHandle;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -123,12 +130,19 @@ fn fetch_over_network(
             fetch_base: false,
             ..Default::default()
         };
-        let r = fetch(&field.handle, hash, &opts, &mut |_| {}).await;
+        let r = tokio::time::timeout(net.deadline, fetch(&field.handle, hash, &opts, &mut |_| {}))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the fetch did not finish in {} s; stopped",
+                    net.deadline.as_secs()
+                )
+            });
         let _ = stop_field.send(());
         let _ = stop_dc.send(());
         let _ = field.task.await;
         let _ = dc.task.await;
-        Ok(r?)
+        Ok(r??)
     })
 }
 
@@ -206,11 +220,19 @@ fn run_install_script(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Says on stderr which stage starts (when `progress`), so that a slow or stuck stage names itself.
+fn stage(progress: bool, what: &str) {
+    if progress {
+        eprintln!("  … {what}");
+    }
+}
+
 /// Runs the offline pipeline on `pair` inside `dir`.
 pub fn run(dir: &Path, pair: &Pair, progress: bool) -> anyhow::Result<DemoReport> {
     let delta = dir.join("demo.bitdelta");
     let out1 = dir.join("demo-applied.safetensors");
     let out2 = dir.join("demo-applied-again.safetensors");
+    stage(progress, "encoding the fine-tune as a BitDelta of the base");
     let encode = encode(&EncodeJob {
         base: pair.base.clone(),
         finetuned: pair.finetuned.clone(),
@@ -227,11 +249,17 @@ pub fn run(dir: &Path, pair: &Pair, progress: bool) -> anyhow::Result<DemoReport
         force: false,
         progress,
     };
+    stage(progress, "applying the delta to the base");
     let applied = apply(&job(&out1))?;
     let publish = publish_and_fetch(dir, &pair.base, &delta, &out1, progress)?;
+    stage(
+        progress,
+        "applying it again (the output must be the same bytes)",
+    );
     apply(&job(&out2))?;
     let deterministic = MappedFile::open(&out1)?.blake3() == MappedFile::open(&out2)?.blake3();
     std::fs::remove_file(&out2)?;
+    stage(progress, "measuring the applied model's weight error");
     let eval = eval(&EvalJob {
         base: pair.base.clone(),
         finetuned: pair.finetuned.clone(),
@@ -244,6 +272,10 @@ pub fn run(dir: &Path, pair: &Pair, progress: bool) -> anyhow::Result<DemoReport
             Some("a generated model has no tokenizer or text to measure on".to_owned()),
         )
     } else {
+        stage(
+            progress,
+            "measuring quality on held-out text (installs the corpus the first time)",
+        );
         match measure_quality(dir, pair, &delta) {
             Ok(q) => (Some(q), None),
             Err(e) => (None, Some(format!("{e:#}"))),
@@ -296,6 +328,10 @@ fn publish_and_fetch(
             std::fs::remove_dir_all(d)?;
         }
     }
+    stage(
+        progress,
+        "publishing base and delta in a datacenter store; exporting bundles",
+    );
     let key = crate::home::publisher_key::generate(&dc_dir.join("publisher.key"), true)?;
     let dc = ObjectStore::open(&dc_dir.join("store"), StoreLimits::default())?;
     let (bm, dm) = publish(&dc, base, delta, &key)?;
@@ -307,13 +343,18 @@ fn publish_and_fetch(
         trusted: vec![key.public()],
         any: false,
     };
+    stage(progress, "importing the base's bundle into a field store");
     let mut r = std::io::BufReader::new(std::fs::File::open(&bundles.only_base)?);
     bundle::import(&field, &mut r, &trust)?;
     // The nodes open these stores themselves (in other processes, or on their own threads).
     drop(field);
     drop(dc);
     let publisher = Hash::from_bytes(key.public());
-    let hop = fetch_delta(&dc_dir, &field_dir, dm, publisher, trust)?;
+    let hop = fetch_delta(&dc_dir, &field_dir, (dm, delta), publisher, trust, progress)?;
+    stage(
+        progress,
+        "applying the fetched delta at the field station and comparing",
+    );
     let verified = check_on_field(dir, &field_dir, bm, dm, delta, applied, progress)?;
     let net = hop.fetch;
     Ok(PublishReport {
@@ -405,13 +446,24 @@ struct DeltaHop {
 fn fetch_delta(
     dc_dir: &Path,
     field_dir: &Path,
-    delta: Hash,
+    (delta, delta_file): (Hash, &Path),
     publisher: Hash,
     trust: TrustPolicy,
+    progress: bool,
 ) -> anyhow::Result<DeltaHop> {
-    let emulated = match crate::demo::link::unavailable() {
-        None => crate::demo::link::fetch_over_emulated_link(dc_dir, field_dir, delta, publisher)
-            .map_err(|e| format!("the emulated link failed: {e:#}")),
+    let deadline = link::fetch_deadline(std::fs::metadata(delta_file)?.len());
+    let emulated = match link::unavailable() {
+        None => {
+            stage(
+                progress,
+                &format!(
+                    "fetching the delta over the emulated satellite link (two zdn processes; stopped after {} s)",
+                    deadline.as_secs()
+                ),
+            );
+            link::fetch_over_emulated_link(dc_dir, field_dir, delta, publisher, deadline)
+                .map_err(|e| format!("the emulated link failed: {e:#}"))
+        }
         Some(why) => Err(why),
     };
     Ok(match emulated {
@@ -422,9 +474,18 @@ fn fetch_delta(
             ip_bytes_up: hop.ip_bytes_up,
         },
         Err(why) => {
+            stage(
+                progress,
+                &format!("fetching the delta over loopback in this process ({why})"),
+            );
             let dc = ObjectStore::open(&dc_dir.join("store"), StoreLimits::default())?;
             let field = ObjectStore::open(&field_dir.join("store"), StoreLimits::default())?;
-            let r = fetch_over_network(dc, field, delta, trust, DEMO_LINK_RATE)?;
+            let net = Network {
+                trust,
+                rate: DEMO_LINK_RATE,
+                deadline,
+            };
+            let r = fetch_over_network(dc, field, delta, &net)?;
             let link = format!(
                 "loopback TCP shaped to {} kbit/s inside the process by token buckets (rate only, no delay or loss: {why})",
                 DEMO_LINK_RATE * 8 / 1000
