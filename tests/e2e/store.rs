@@ -112,6 +112,18 @@ fn publish_get_bundle_gc() {
     let out = t.path().join("got.bitdelta");
     ok(&home, &["get", &delta_hash[..12], "-o", s(&out)]);
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&delta).unwrap());
+    // `zdn apply` of the single-file delta, base and delta read from the store: the bytes
+    // `delta apply` writes from the two files.
+    let (from_store, from_files) = (
+        t.path().join("a.safetensors"),
+        t.path().join("b.safetensors"),
+    );
+    ok(&home, &["apply", &delta_hash, "-o", s(&from_store)]);
+    zdn_ok(&delta_apply_args(&base, &delta, &from_files));
+    assert_eq!(
+        std::fs::read(&from_store).unwrap(),
+        std::fs::read(&from_files).unwrap()
+    );
     let cat = zdn(&at(&home, &["cat", "minilm"])
         .iter()
         .map(String::as_str)

@@ -35,7 +35,7 @@ pub(super) fn apply(
         let mut tmp = tempfile::NamedTempFile::new()?;
         store.read_object(&hash, tmp.as_file_mut(), &mut |_| {})?;
         let map = MappedFile::open(tmp.path())?;
-        apply_file_delta(map.bytes(), &base, output)
+        apply_file_delta(&map, &base, output)
     } else if m.manifest.file(CONFIG_MEMBER).is_some() {
         let adapter = AdapterSource::store(&store, &hash, output)?;
         apply_adapter(&adapter, &base, output, !json)

@@ -152,15 +152,15 @@ impl<'s> DeltaSource<'s> {
         }
     }
 
-    fn bitdelta(&self) -> Result<&[u8], FolderApplyError> {
+    fn bitdelta_map(&self) -> Result<&MappedFile, FolderApplyError> {
         match self {
             DeltaSource::Loose(f) => f
                 .files()
                 .iter()
                 .find(|(p, _)| p == DELTA_MEMBER)
-                .map(|(_, m)| m.bytes())
+                .map(|(_, m)| m)
                 .ok_or_else(|| FolderDeltaError::MissingMember(DELTA_MEMBER.into()).into()),
-            DeltaSource::Store(d) => Ok(d.bitdelta.bytes()),
+            DeltaSource::Store(d) => Ok(&d.bitdelta),
         }
     }
 
@@ -244,7 +244,8 @@ pub fn apply_folder(
     force: bool,
     progress: bool,
 ) -> Result<FolderApplyReport, FolderApplyError> {
-    let bitdelta = BitDeltaFile::parse(delta.bitdelta()?)?;
+    let map = delta.bitdelta_map()?;
+    let bitdelta = BitDeltaFile::parse(map.bytes())?;
     let expected = bitdelta.meta.base_hash;
     let actual = base.object_hash();
     if expected != actual && !force {
@@ -318,7 +319,11 @@ pub fn apply_folder(
                 let plan = plans
                     .next()
                     .ok_or(FolderDeltaError::MissingMember(f.path.clone()))?;
-                tensors += write_tensors(&mut out, plan, &layout, &bitdelta, base)?;
+                let delta = MappedDelta {
+                    file: &bitdelta,
+                    map,
+                };
+                tensors += write_tensors(&mut out, plan, &layout, &delta, base)?;
             }
         }
         bar.inc(f.len);
@@ -335,14 +340,39 @@ pub fn apply_folder(
     })
 }
 
+/// A parsed `.bitdelta` and the map its bytes live in.
+struct MappedDelta<'a> {
+    file: &'a BitDeltaFile<'a>,
+    map: &'a MappedFile,
+}
+
+impl MappedDelta<'_> {
+    /// Entry `i` reconstructed into `buf`; its block's pages are dropped from the resident set
+    /// afterwards, so that walking the delta keeps one block resident, not the whole file.
+    fn reconstruct_into(
+        &self,
+        buf: &mut Vec<u8>,
+        i: usize,
+        base: Option<&zdn_protocol::bitdelta::TensorData<'_>>,
+    ) -> Result<(), FolderApplyError> {
+        reconstruct_into(buf, self.file, i, base)?;
+        let e = &self.file.entries[i];
+        // Offset and length were checked against the file's length by the parser.
+        self.map
+            .release(e.offset as usize..e.offset.saturating_add(e.length) as usize);
+        Ok(())
+    }
+}
+
 /// Writes one safetensors file: its header, then each tensor reconstructed in data order.
 fn write_tensors(
     out: &mut FolderOutput,
     plan: &FilePlan,
     layout: &FolderDelta,
-    bitdelta: &BitDeltaFile<'_>,
+    delta: &MappedDelta<'_>,
     base: &dyn BaseModel,
 ) -> Result<usize, FolderApplyError> {
+    let bitdelta = delta.file;
     let io = |cause| FolderApplyError::Io {
         path: PathBuf::from(layout.files.get(plan.file).map_or("", |f| f.path.as_str())),
         cause,
@@ -361,10 +391,10 @@ fn write_tensors(
             } else {
                 None
             };
-            reconstruct_into(&mut buf, bitdelta, i, b.as_ref())?;
+            delta.reconstruct_into(&mut buf, i, b.as_ref())?;
             base.release(&e.name);
             if let Some((r, x)) = t.exact.filter(|_| with_base) {
-                reconstruct_into(&mut rows_buf, bitdelta, r, None)?;
+                delta.reconstruct_into(&mut rows_buf, r, None)?;
                 let indices = &layout.exact_rows[x].indices;
                 if !scatter_rows(&mut buf, &rows_buf, indices) {
                     return Err(FolderDeltaError::ExactRows(e.name.clone()).into());
@@ -433,11 +463,12 @@ impl Write for HashingWriter<'_> {
 /// as one safetensors file at `output`, in the delta's tensor order, written to a temporary file
 /// renamed into place when complete. Refuses a base whose object hash differs from the recorded one.
 pub fn apply_file_delta(
-    bytes: &[u8],
+    map: &MappedFile,
     base: &dyn BaseModel,
     output: &Path,
 ) -> Result<FolderApplyReport, FolderApplyError> {
-    let delta = BitDeltaFile::parse(bytes)?;
+    let delta = BitDeltaFile::parse(map.bytes())?;
+    let mapped = MappedDelta { file: &delta, map };
     let (expected, actual) = (delta.meta.base_hash, base.object_hash());
     if !expected.is_zero() && expected != actual {
         return Err(FolderApplyError::WrongBase { expected, actual });
@@ -468,7 +499,7 @@ pub fn apply_file_delta(
         } else {
             None
         };
-        reconstruct_into(&mut buf, &delta, i, b.as_ref())?;
+        mapped.reconstruct_into(&mut buf, i, b.as_ref())?;
         base.release(&e.name);
         out.write_all(&buf).map_err(io)?;
         written += buf.len() as u64;
