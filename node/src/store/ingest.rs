@@ -363,6 +363,11 @@ impl ObjectStore {
             })
         };
         let workers = compress::default_workers();
+        // The ranges released after the window before: released again after this one, because a
+        // read of this window can map the input's pages just before it back in (the kernel maps
+        // already cached pages around a faulting one, 64 KiB by default), which with chunks of a
+        // few KiB would keep a large share of the input resident.
+        let mut behind: Vec<(usize, Range<usize>)> = Vec::new();
         compress_windows(
             &ranges,
             &slice,
@@ -373,9 +378,13 @@ impl ObjectStore {
                 for d in &w.pieces {
                     hasher.update(d);
                 }
+                for (i, range) in behind.drain(..) {
+                    release(i, range);
+                }
                 for r in w.ranges {
                     if let Some((i, range)) = p.locate(&starts, r) {
-                        release(i, range);
+                        release(i, range.clone());
+                        behind.push((i, range));
                     }
                 }
                 let mut batch = Vec::new();
