@@ -230,14 +230,32 @@ fn run_hop(
     );
     let report: FetchReport =
         serde_json::from_slice(&stdout).context("reading zdn fetch --json")?;
-    // A clean stop of the datacenter node (SIGTERM); Reaped kills it if that does not work.
-    let _ = Command::new("kill")
-        .args(["-TERM", &dc.0.id().to_string()])
-        .status();
-    let mut dc = dc;
-    let _ = dc.0.wait();
+    stop_node(dc, &dc_log);
     Ok((report, wall))
 }
+
+/// A clean stop of the datacenter node (SIGTERM), waited for at most [`STOP_WAIT`]; a node still
+/// running then is killed (by `Reaped`) and that is said on stderr, naming its log.
+fn stop_node(mut node: Reaped, log: &Path) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &node.0.id().to_string()])
+        .status();
+    let end = Instant::now() + STOP_WAIT;
+    while Instant::now() < end {
+        if !matches!(node.0.try_wait(), Ok(None)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "  the datacenter node did not stop within {} s of SIGTERM; killed (its log: {})",
+        STOP_WAIT.as_secs(),
+        log.display()
+    );
+}
+
+/// How long a node may take to stop after SIGTERM (it is tested to take under 5 s).
+const STOP_WAIT: Duration = Duration::from_secs(10);
 
 fn log_file(path: &Path) -> anyhow::Result<std::fs::File> {
     std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))
