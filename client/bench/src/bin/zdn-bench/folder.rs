@@ -46,6 +46,11 @@ pub(super) struct FolderArgs {
     zdn: Option<PathBuf>,
     #[arg(long)]
     keep: bool,
+    /// Delete each input and output once no later step needs it (the fine-tune after encoding,
+    /// the seeder's store after the fetch, each output once hashed), so a full 32-layer pair
+    /// (2 × 13.5 GB) goes through on a disk with ~40 GB free. Not with --keep.
+    #[arg(long, conflicts_with = "keep")]
+    lean: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -69,6 +74,8 @@ pub(super) struct FolderReport {
     runs: Vec<FolderRun>,
     outputs_identical: bool,
     output_matches_finetune_layout: bool,
+    /// Inputs and outputs deleted as soon as no later step needed them (`--lean`).
+    lean: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -226,45 +233,53 @@ fn dir_bytes(dir: &Path) -> Result<(u64, usize)> {
 }
 
 /// BLAKE3 of every file of a flat folder, by name.
-fn tree_hashes(dir: &Path) -> Result<BTreeMap<String, String>> {
+/// What the checks need to know of one file of a folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileFacts {
+    len: u64,
+    /// BLAKE3 of the whole file.
+    blake3: blake3::Hash,
+    /// BLAKE3 of a safetensors file's header (up to its data), of any other file's bytes.
+    head: blake3::Hash,
+}
+
+/// The files of `dir` (one level), by name.
+fn folder_facts(dir: &Path) -> Result<BTreeMap<String, FileFacts>> {
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir(dir)? {
         let e = e?;
-        let mut h = blake3::Hasher::new();
-        std::io::copy(&mut File::open(e.path())?, &mut h)?;
-        out.insert(
-            e.file_name().to_string_lossy().into_owned(),
-            h.finalize().to_hex().to_string(),
-        );
+        let name = e.file_name().to_string_lossy().into_owned();
+        let map = zdn::fs::mapped_file::MappedFile::open(&e.path())?;
+        let blake3 = blake3::Hash::from(map.blake3().as_bytes().to_owned());
+        let head = if name.ends_with(".safetensors") {
+            let h = zdn_protocol::safetensors::parse(map.bytes())?;
+            let head = blake3::hash(&map.bytes()[..h.data_start]);
+            map.release(0..h.data_start);
+            head
+        } else {
+            blake3
+        };
+        let len = map.len() as u64;
+        out.insert(name, FileFacts { len, blake3, head });
     }
     Ok(out)
 }
 
+/// Whether two folders hold the same bytes.
+fn same_files(a: &BTreeMap<String, FileFacts>, b: &BTreeMap<String, FileFacts>) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((na, fa), (nb, fb))| na == nb && fa.len == fb.len && fa.blake3 == fb.blake3)
+}
+
 /// Whether `out` has the fine-tune's files, its side files and its shard headers exactly.
-fn matches_layout(out: &Path, fine: &Path) -> Result<bool> {
-    let (o, f) = (tree_hashes(out)?, tree_hashes(fine)?);
-    if o.keys().ne(f.keys()) {
-        return Ok(false);
-    }
-    for name in f.keys() {
-        let (a, b) = (
-            std::fs::read(out.join(name))?,
-            std::fs::read(fine.join(name))?,
-        );
-        let same = if name.ends_with(".safetensors") {
-            let (ha, hb) = (
-                zdn_protocol::safetensors::parse(&a)?,
-                zdn_protocol::safetensors::parse(&b)?,
-            );
-            a.len() == b.len() && a[..ha.data_start] == b[..hb.data_start]
-        } else {
-            a == b
-        };
-        if !same {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+fn matches_layout(out: &BTreeMap<String, FileFacts>, fine: &BTreeMap<String, FileFacts>) -> bool {
+    out.len() == fine.len()
+        && out
+            .iter()
+            .zip(fine)
+            .all(|((no, o), (nf, f))| no == nf && o.len == f.len && o.head == f.head)
 }
 
 /// Command-line arguments from strings and paths.
@@ -356,6 +371,10 @@ struct Steps<'a> {
     /// Peak RSS of the seeding node over its life.
     seeder_peak_rss_bytes: u64,
     base_chunks: u64,
+    /// The fine-tune's files, and each output's (apply from the store, delta apply from disk),
+    /// taken as soon as they exist (`--lean` deletes them then).
+    fine_facts: BTreeMap<String, FileFacts>,
+    out_facts: Vec<BTreeMap<String, FileFacts>>,
 }
 
 impl Steps<'_> {
@@ -411,6 +430,8 @@ impl Steps<'_> {
             .iter()
             .map(|(_, m)| m.len() as u64)
             .sum();
+        self.fine_facts = folder_facts(fine)?;
+        self.drop_if_lean(fine)?;
         let hash = |out: String| -> Result<String> {
             let v: serde_json::Value = serde_json::from_str(&out)?;
             Ok(v["hash"].as_str().context("a hash")?.to_string())
@@ -473,14 +494,28 @@ impl Steps<'_> {
         );
         self.seeder_peak_rss_bytes = seeder.stop();
         fetched?;
+        self.drop_if_lean(home)?;
         let (o1, o2) = (out1.as_os_str(), out2.as_os_str());
         let apply = argv(&[&"--home", &st, &"apply", &delta_hash, &"-o", &o1, &"--json"]);
         self.run("apply from the store", finetune_bytes, &apply)?;
+        self.out_facts.push(folder_facts(out1)?);
+        self.drop_if_lean(out1)?;
+        self.drop_if_lean(&station)?;
         let apply = argv(&[
             &"delta", &"apply", &"--base", &b, &"--delta", &d, &"-o", &o2, &"--json",
         ]);
         self.run("delta apply from disk", finetune_bytes, &apply)?;
+        self.out_facts.push(folder_facts(out2)?);
+        self.drop_if_lean(out2)?;
         Ok(delta_bytes)
+    }
+
+    /// With `--lean`, deletes `dir`: no later step reads it.
+    fn drop_if_lean(&self, dir: &Path) -> Result<()> {
+        if self.a.lean {
+            std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        Ok(())
     }
 }
 
@@ -505,11 +540,16 @@ pub(super) fn bench_folder(a: &FolderArgs, say: bool) -> Result<FolderReport> {
         runs: Vec::new(),
         seeder_peak_rss_bytes: 0,
         base_chunks: 0,
+        fine_facts: BTreeMap::new(),
+        out_facts: Vec::new(),
     };
     let paths = [&base, &fine, &delta, &home, &out1, &out2];
     let delta_bytes = steps.all(paths, base_bytes, finetune_bytes)?;
-    let outputs_identical = tree_hashes(&out1)? == tree_hashes(&out2)?;
-    let output_matches_finetune_layout = matches_layout(&out1, &fine)?;
+    let [from_store, from_disk] = &steps.out_facts[..] else {
+        anyhow::bail!("the two applies' outputs were not both taken");
+    };
+    let outputs_identical = same_files(from_store, from_disk);
+    let output_matches_finetune_layout = matches_layout(from_store, &steps.fine_facts);
     if !a.keep {
         let _ = std::fs::remove_dir_all(&a.dir);
     }
@@ -529,6 +569,7 @@ pub(super) fn bench_folder(a: &FolderArgs, say: bool) -> Result<FolderReport> {
         runs: steps.runs,
         outputs_identical,
         output_matches_finetune_layout,
+        lean: a.lean,
     };
     if say {
         print_folder(&r);
