@@ -246,3 +246,53 @@ fn a_port_named_in_a_request_gets_one_small_challenge_and_nothing_more() {
     });
     node.stop();
 }
+
+/// A session that ended on the receiver's `Done` keeps its port open a moment: the `Done`s a
+/// receiver repeats after the first are read and dropped, not answered with ICMP
+/// port-unreachables (77 bytes each down the receiver's link). Seen from a connected UDP
+/// socket: an ICMP error for it would make its next receive fail with "connection refused".
+#[test]
+fn late_copies_of_done_reach_an_open_port_and_get_no_answer() {
+    let p = publish(2);
+    let node = NodeProc::start(p.home.path(), &[]);
+    let base: Hash = p.base.parse().unwrap();
+    rt().block_on(async {
+        let hostile = Hostile::connect(&node.addr).await.unwrap();
+        let session = hostile
+            .open_paced(base, 1_000_000, MAX_PAYLOAD)
+            .await
+            .unwrap()
+            .expect("a session");
+        let to = lane(session.udp_port);
+        let mut sealer = Sealer::new(&session.key);
+        let mut sock = CountingSocket::bind("127.0.0.1").await.unwrap();
+        validate(&mut sock, &mut sealer, to).await;
+        // Data flows to the proven address; then the receiver says Done.
+        sock.drain(Duration::from_millis(300), 0).await;
+        assert!(sock.received_datagrams > 0, "the session sends data");
+        sock.send_to(&sealer.seal(&ToSender::Done), to)
+            .await
+            .unwrap();
+        sock.drain(Duration::from_millis(300), 0).await;
+        // Two more copies, as a receiver sends them, from a socket connected to that port.
+        sock.socket.connect(to).await.unwrap();
+        for _ in 0..2 {
+            sock.socket
+                .send(&sealer.seal(&ToSender::Done))
+                .await
+                .unwrap();
+        }
+        let mut buf = [0u8; 2048];
+        let end = tokio::time::Instant::now() + Duration::from_millis(500);
+        loop {
+            match tokio::time::timeout_at(end, sock.socket.recv(&mut buf)).await {
+                // Data already on its way before the Done: drained.
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => panic!("the session's port answered a late Done with an error: {e}"),
+                Err(_) => break,
+            }
+        }
+        drop(session);
+    });
+    node.stop();
+}

@@ -92,7 +92,7 @@ impl PacedServer {
     /// The send loop of one session; returns why it ended.
     pub(crate) async fn send(
         &self,
-        mut s: Session,
+        s: &mut Session,
         mut stop: watch::Receiver<bool>,
         closed: oneshot::Receiver<Closed>,
     ) -> EndReason {
@@ -108,7 +108,7 @@ impl PacedServer {
             noted: Instant::now(),
         };
         let mut out = Vec::with_capacity(usize::from(u16::MAX));
-        self.challenge_named(&mut s, &mut t, &mut out).await;
+        self.challenge_named(s, &mut t, &mut out).await;
         loop {
             // Every turn, however high the rate: the stop signal, the slot, the stream, the
             // receiver's datagrams, the deadlines.
@@ -133,9 +133,7 @@ impl PacedServer {
                     }
                 }
             }
-            let heard = self
-                .read_control(&mut s, &mut t.path, &t.nonce_key, t.t0)
-                .await;
+            let heard = self.read_control(s, &mut t.path, &t.nonce_key, t.t0).await;
             if heard.done {
                 return EndReason::Complete;
             }
@@ -156,7 +154,7 @@ impl PacedServer {
             s.slot.set_idle(t.parked || s.tx.is_paused());
             let wake = match t.path.target() {
                 Some(target) if !t.parked => {
-                    match self.send_some(&mut s, &mut t, target, &mut out).await {
+                    match self.send_some(s, &mut t, target, &mut out).await {
                         Ok(wake) => wake,
                         Err(end) => return end,
                     }

@@ -31,8 +31,8 @@ use libp2p::{PeerId, Stream};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use zdn_protocol::paced::{
-    can_resume, to_send, PacedRequest, PacedResponse, PacedSender, SenderSeal, SessionChunk,
-    MAX_PACED_REQUEST, MAX_SESSION_BYTES, MAX_SESSION_CHUNKS,
+    can_resume, to_send, EndReason, PacedRequest, PacedResponse, PacedSender, SenderSeal,
+    SessionChunk, MAX_PACED_REQUEST, MAX_SESSION_BYTES, MAX_SESSION_CHUNKS,
 };
 
 use crate::store::StoreHandle;
@@ -82,6 +82,20 @@ pub(crate) struct PacedServer {
     pub fault: Option<Fault>,
     /// Each receiver's link as its last session found it: the next session starts there.
     pub links: RecentLinks,
+}
+
+/// How long a completed session's socket stays open, reading and dropping what comes: the
+/// receiver says `Done` three times as it completes, and a closed port would answer each late copy
+/// with an ICMP port-unreachable (77 bytes down the receiver's link, each).
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Keeps `socket` open for [`LINGER`], discarding every datagram, then closes it.
+fn linger(socket: UdpSocket) {
+    tokio::spawn(async move {
+        let end = tokio::time::Instant::now() + LINGER;
+        let mut buf = [0u8; 64];
+        while let Ok(Ok(_)) = tokio::time::timeout_at(end, socket.recv_from(&mut buf)).await {}
+    });
 }
 
 /// A UDP socket of the receiver's address family on a port of the system's choosing, and that
@@ -207,8 +221,12 @@ impl PacedServer {
             slot: slot.state.clone(),
             named: (req.udp_port != 0).then(|| SocketAddr::new(ip, req.udp_port)),
         };
-        let end = self.send(session, stop, closed).await;
+        let mut session = session;
+        let end = self.send(&mut session, stop, closed).await;
         drop(slot);
+        if end == EndReason::Complete {
+            linger(session.socket);
+        }
         watcher.abort();
         // Tell the receiver why, if it is still there; a receiver that is gone misses nothing.
         let _ = io
