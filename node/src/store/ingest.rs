@@ -134,6 +134,31 @@ impl<'a> Planned<'a> {
     }
 }
 
+/// Drops the input's pages of each window of chunks once it is written, and those of the window
+/// before it again: reading a window can map the input's pages just before it back in (the kernel
+/// maps already cached pages around a faulting one, 64 KiB by default), which with chunks of a few
+/// KiB would keep a large share of the input resident.
+struct WrittenWindows<'r> {
+    release: Release<'r>,
+    /// The ranges of the window before (file index, byte range).
+    behind: Vec<(usize, Range<usize>)>,
+}
+
+impl WrittenWindows<'_> {
+    /// The window of `ranges` (object offsets) of `p`, whose members start at `starts`, is written.
+    fn release(&mut self, p: &Planned<'_>, starts: &[u64], ranges: &[Range<u64>]) {
+        for (i, range) in self.behind.drain(..) {
+            (self.release)(i, range);
+        }
+        for r in ranges {
+            if let Some((i, range)) = p.locate(starts, r) {
+                (self.release)(i, range.clone());
+                self.behind.push((i, range));
+            }
+        }
+    }
+}
+
 impl ObjectStore {
     /// A soup recipe added here must name `base` (a base model in the store), and every component
     /// must be a delta in the store made against that base.
@@ -363,11 +388,10 @@ impl ObjectStore {
             })
         };
         let workers = compress::default_workers();
-        // The ranges released after the window before: released again after this one, because a
-        // read of this window can map the input's pages just before it back in (the kernel maps
-        // already cached pages around a faulting one, 64 KiB by default), which with chunks of a
-        // few KiB would keep a large share of the input resident.
-        let mut behind: Vec<(usize, Range<usize>)> = Vec::new();
+        let mut written_windows = WrittenWindows {
+            release,
+            behind: Vec::new(),
+        };
         compress_windows(
             &ranges,
             &slice,
@@ -378,15 +402,7 @@ impl ObjectStore {
                 for d in &w.pieces {
                     hasher.update(d);
                 }
-                for (i, range) in behind.drain(..) {
-                    release(i, range);
-                }
-                for r in w.ranges {
-                    if let Some((i, range)) = p.locate(&starts, r) {
-                        release(i, range.clone());
-                        behind.push((i, range));
-                    }
-                }
+                written_windows.release(p, &starts, w.ranges);
                 let mut batch = Vec::new();
                 for c in w.compressed {
                     report.stored_bytes += c.stored.len() as u64;

@@ -286,6 +286,7 @@ pub fn apply_folder(
             .ok_or(FolderApplyError::Overflow)?;
     }
     let mut out = FolderOutput::create(output, &entries, false)?;
+    let mapped = MappedDelta::new(&bitdelta, map);
     let bar = Progress::new(offset, "apply", progress);
     let mut plans = plans.iter();
     let mut tensors = 0;
@@ -319,11 +320,7 @@ pub fn apply_folder(
                 let plan = plans
                     .next()
                     .ok_or(FolderDeltaError::MissingMember(f.path.clone()))?;
-                let delta = MappedDelta {
-                    file: &bitdelta,
-                    map,
-                };
-                tensors += write_tensors(&mut out, plan, &layout, &delta, base)?;
+                tensors += write_tensors(&mut out, plan, &layout, &mapped, base)?;
             }
         }
         bar.inc(f.len);
@@ -346,7 +343,11 @@ struct MappedDelta<'a> {
     map: &'a MappedFile,
 }
 
-impl MappedDelta<'_> {
+impl<'a> MappedDelta<'a> {
+    fn new(file: &'a BitDeltaFile<'a>, map: &'a MappedFile) -> Self {
+        MappedDelta { file, map }
+    }
+
     /// Entry `i` reconstructed into `buf`; its block's pages are dropped from the resident set
     /// afterwards, so that walking the delta keeps one block resident, not the whole file.
     fn reconstruct_into(
@@ -468,7 +469,7 @@ pub fn apply_file_delta(
     output: &Path,
 ) -> Result<FolderApplyReport, FolderApplyError> {
     let delta = BitDeltaFile::parse(map.bytes())?;
-    let mapped = MappedDelta { file: &delta, map };
+    let mapped = MappedDelta::new(&delta, map);
     let (expected, actual) = (delta.meta.base_hash, base.object_hash());
     if !expected.is_zero() && expected != actual {
         return Err(FolderApplyError::WrongBase { expected, actual });

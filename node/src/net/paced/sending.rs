@@ -147,10 +147,10 @@ impl PacedServer {
                 t.parked = false;
                 t.reached = true;
             }
-            if let Some(end) = t.deadline(&s) {
+            if let Some(end) = t.deadline(s) {
                 return end;
             }
-            self.note_link(&s, &mut t);
+            self.note_link(s, &mut t);
             s.slot.set_idle(t.parked || s.tx.is_paused());
             let wake = match t.path.target() {
                 Some(target) if !t.parked => {

@@ -89,8 +89,12 @@ pub(crate) struct PacedServer {
 /// with an ICMP port-unreachable (77 bytes down the receiver's link, each).
 const LINGER: Duration = Duration::from_secs(2);
 
-/// Keeps `socket` open for [`LINGER`], discarding every datagram, then closes it.
-fn linger(socket: UdpSocket) {
+/// After a complete session, keeps `socket` open for [`LINGER`], discarding every datagram, then
+/// closes it; after any other end, closes it now.
+fn linger_if_complete(end: EndReason, socket: UdpSocket) {
+    if end != EndReason::Complete {
+        return;
+    }
     tokio::spawn(async move {
         let end = tokio::time::Instant::now() + LINGER;
         let mut buf = [0u8; 64];
@@ -209,7 +213,7 @@ impl PacedServer {
         if let (None, Some(link)) = (stated, self.links.recent(&peer)) {
             tx.resume(link);
         }
-        let session = Session {
+        let mut session = Session {
             socket,
             seal: SenderSeal::new(&key),
             tx,
@@ -221,12 +225,9 @@ impl PacedServer {
             slot: slot.state.clone(),
             named: (req.udp_port != 0).then(|| SocketAddr::new(ip, req.udp_port)),
         };
-        let mut session = session;
         let end = self.send(&mut session, stop, closed).await;
         drop(slot);
-        if end == EndReason::Complete {
-            linger(session.socket);
-        }
+        linger_if_complete(end, session.socket);
         watcher.abort();
         // Tell the receiver why, if it is still there; a receiver that is gone misses nothing.
         let _ = io

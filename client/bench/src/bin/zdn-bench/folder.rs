@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::io::BufWriter;
 
 use zdn::model::folder::ModelFolder;
+
+use super::folder_facts::{folder_facts, matches_layout, same_files, FileFacts};
 use zdn_protocol::safetensors::{encode_header, TensorLayout};
 
 use super::*;
@@ -233,55 +235,6 @@ fn dir_bytes(dir: &Path) -> Result<(u64, usize)> {
 }
 
 /// BLAKE3 of every file of a flat folder, by name.
-/// What the checks need to know of one file of a folder.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FileFacts {
-    len: u64,
-    /// BLAKE3 of the whole file.
-    blake3: blake3::Hash,
-    /// BLAKE3 of a safetensors file's header (up to its data), of any other file's bytes.
-    head: blake3::Hash,
-}
-
-/// The files of `dir` (one level), by name.
-fn folder_facts(dir: &Path) -> Result<BTreeMap<String, FileFacts>> {
-    let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        let map = zdn::fs::mapped_file::MappedFile::open(&e.path())?;
-        let blake3 = blake3::Hash::from(map.blake3().as_bytes().to_owned());
-        let head = if name.ends_with(".safetensors") {
-            let h = zdn_protocol::safetensors::parse(map.bytes())?;
-            let head = blake3::hash(&map.bytes()[..h.data_start]);
-            map.release(0..h.data_start);
-            head
-        } else {
-            blake3
-        };
-        let len = map.len() as u64;
-        out.insert(name, FileFacts { len, blake3, head });
-    }
-    Ok(out)
-}
-
-/// Whether two folders hold the same bytes.
-fn same_files(a: &BTreeMap<String, FileFacts>, b: &BTreeMap<String, FileFacts>) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|((na, fa), (nb, fb))| na == nb && fa.len == fb.len && fa.blake3 == fb.blake3)
-}
-
-/// Whether `out` has the fine-tune's files, its side files and its shard headers exactly.
-fn matches_layout(out: &BTreeMap<String, FileFacts>, fine: &BTreeMap<String, FileFacts>) -> bool {
-    out.len() == fine.len()
-        && out
-            .iter()
-            .zip(fine)
-            .all(|((no, o), (nf, f))| no == nf && o.len == f.len && o.head == f.head)
-}
-
 /// Command-line arguments from strings and paths.
 fn argv(parts: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<std::ffi::OsString> {
     parts.iter().map(|p| p.as_ref().to_owned()).collect()
@@ -408,30 +361,8 @@ impl Steps<'_> {
     fn all(&mut self, paths: [&PathBuf; 6], base_bytes: u64, finetune_bytes: u64) -> Result<u64> {
         let [base, fine, delta, home, out1, out2] = paths;
         let h = home.as_os_str();
-        let (b, f, d) = (base.as_os_str(), fine.as_os_str(), delta.as_os_str());
-        let both = base_bytes + finetune_bytes;
-        self.run(
-            "delta encode (two folders)",
-            both,
-            &argv(&[
-                &"delta",
-                &"encode",
-                &"--base",
-                &b,
-                &"--finetuned",
-                &f,
-                &"-o",
-                &d,
-                &"--json",
-            ]),
-        )?;
-        let delta_bytes = ModelFolder::open(delta)?
-            .files()
-            .iter()
-            .map(|(_, m)| m.len() as u64)
-            .sum();
-        self.fine_facts = folder_facts(fine)?;
-        self.drop_if_lean(fine)?;
+        let (b, d) = (base.as_os_str(), delta.as_os_str());
+        let delta_bytes = self.encode([base, fine, delta], base_bytes + finetune_bytes)?;
         let hash = |out: String| -> Result<String> {
             let v: serde_json::Value = serde_json::from_str(&out)?;
             Ok(v["hash"].as_str().context("a hash")?.to_string())
@@ -498,16 +429,49 @@ impl Steps<'_> {
         let (o1, o2) = (out1.as_os_str(), out2.as_os_str());
         let apply = argv(&[&"--home", &st, &"apply", &delta_hash, &"-o", &o1, &"--json"]);
         self.run("apply from the store", finetune_bytes, &apply)?;
-        self.out_facts.push(folder_facts(out1)?);
-        self.drop_if_lean(out1)?;
+        self.take_output(out1)?;
         self.drop_if_lean(&station)?;
         let apply = argv(&[
             &"delta", &"apply", &"--base", &b, &"--delta", &d, &"-o", &o2, &"--json",
         ]);
         self.run("delta apply from disk", finetune_bytes, &apply)?;
-        self.out_facts.push(folder_facts(out2)?);
-        self.drop_if_lean(out2)?;
+        self.take_output(out2)?;
         Ok(delta_bytes)
+    }
+
+    /// `delta encode` of (base, fine-tune) into `delta`, reading `both` bytes; takes the
+    /// fine-tune's facts, then (`--lean`) deletes it. Returns the folder delta's size.
+    fn encode(&mut self, [base, fine, delta]: [&PathBuf; 3], both: u64) -> Result<u64> {
+        let (b, f, d) = (base.as_os_str(), fine.as_os_str(), delta.as_os_str());
+        self.run(
+            "delta encode (two folders)",
+            both,
+            &argv(&[
+                &"delta",
+                &"encode",
+                &"--base",
+                &b,
+                &"--finetuned",
+                &f,
+                &"-o",
+                &d,
+                &"--json",
+            ]),
+        )?;
+        let delta_bytes = ModelFolder::open(delta)?
+            .files()
+            .iter()
+            .map(|(_, m)| m.len() as u64)
+            .sum();
+        self.fine_facts = folder_facts(fine)?;
+        self.drop_if_lean(fine)?;
+        Ok(delta_bytes)
+    }
+
+    /// Takes the facts of an apply's output folder `out`, then (`--lean`) deletes it.
+    fn take_output(&mut self, out: &Path) -> Result<()> {
+        self.out_facts.push(folder_facts(out)?);
+        self.drop_if_lean(out)
     }
 
     /// With `--lean`, deletes `dir`: no later step reads it.

@@ -18,6 +18,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod folder;
+mod folder_facts;
 mod kernels;
 mod machine;
 mod minilm;
