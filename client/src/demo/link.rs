@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -183,9 +183,9 @@ fn run_hop(
             }
         }
     });
-    let started = Instant::now() + Duration::from_secs(60);
+    let listen_by = Instant::now() + Duration::from_secs(60);
     let addr = loop {
-        let left = started.saturating_duration_since(Instant::now());
+        let left = listen_by.saturating_duration_since(Instant::now());
         let l = rx.recv_timeout(left).with_context(|| {
             format!(
                 "the datacenter node did not start listening (its log: {})",
@@ -240,12 +240,8 @@ fn stop_node(mut node: Reaped, log: &Path) {
     let _ = Command::new("kill")
         .args(["-TERM", &node.0.id().to_string()])
         .status();
-    let end = Instant::now() + STOP_WAIT;
-    while Instant::now() < end {
-        if !matches!(node.0.try_wait(), Ok(None)) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if !matches!(exit_within(&mut node.0, STOP_WAIT), Ok(None)) {
+        return;
     }
     eprintln!(
         "  the datacenter node did not stop within {} s of SIGTERM; killed (its log: {})",
@@ -257,33 +253,35 @@ fn stop_node(mut node: Reaped, log: &Path) {
 /// How long a node may take to stop after SIGTERM (it is tested to take under 5 s).
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
+/// Polls `child` until it exits or `within` has passed: its exit status, or `None` while it still
+/// runs.
+fn exit_within(child: &mut Child, within: Duration) -> std::io::Result<Option<ExitStatus>> {
+    let end = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= end {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn log_file(path: &Path) -> anyhow::Result<std::fs::File> {
     std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))
 }
 
 /// Waits for `child` to exit, collecting its stdout; after `deadline` it is killed (by `Reaped`)
 /// and that is an error.
-fn wait_until(
-    mut child: Reaped,
-    deadline: Duration,
-) -> anyhow::Result<(std::process::ExitStatus, Vec<u8>)> {
+fn wait_until(mut child: Reaped, deadline: Duration) -> anyhow::Result<(ExitStatus, Vec<u8>)> {
     let mut out = child.0.stdout.take().context("the child's stdout")?;
     let reader = std::thread::spawn(move || {
         let mut v = Vec::new();
         std::io::Read::read_to_end(&mut out, &mut v).map(|_| v)
     });
-    let end = Instant::now() + deadline;
-    let status = loop {
-        if let Some(status) = child.0.try_wait()? {
-            break status;
-        }
-        anyhow::ensure!(
-            Instant::now() < end,
-            "did not finish in {} s; stopped",
-            deadline.as_secs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = exit_within(&mut child.0, deadline)?
+        .with_context(|| format!("did not finish in {} s; stopped", deadline.as_secs()))?;
     let stdout = reader
         .join()
         .map_err(|_| anyhow::anyhow!("the stdout reader panicked"))??;
