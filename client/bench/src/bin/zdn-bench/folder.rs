@@ -10,10 +10,9 @@ use std::collections::BTreeMap;
 use std::io::BufWriter;
 
 use zdn::model::folder::ModelFolder;
-
-use super::folder_facts::{folder_facts, matches_layout, same_files, FileFacts};
 use zdn_protocol::safetensors::{encode_header, TensorLayout};
 
+use super::folder_facts::{folder_facts, matches_layout, same_files, FileFacts};
 use super::*;
 
 #[derive(Args, Debug, Clone)]
@@ -234,7 +233,6 @@ fn dir_bytes(dir: &Path) -> Result<(u64, usize)> {
     Ok((bytes, shards))
 }
 
-/// BLAKE3 of every file of a flat folder, by name.
 /// Command-line arguments from strings and paths.
 fn argv(parts: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<std::ffi::OsString> {
     parts.iter().map(|p| p.as_ref().to_owned()).collect()

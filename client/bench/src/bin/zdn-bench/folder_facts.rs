@@ -5,15 +5,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Result;
+use zdn_protocol::Hash;
 
 /// What the checks need to know of one file of a folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct FileFacts {
     len: u64,
     /// BLAKE3 of the whole file.
-    blake3: blake3::Hash,
+    blake3: Hash,
     /// BLAKE3 of a safetensors file's header (up to its data), of any other file's bytes.
-    head: blake3::Hash,
+    head: Hash,
 }
 
 /// The files of `dir` (one level), by name.
@@ -23,10 +24,10 @@ pub(super) fn folder_facts(dir: &Path) -> Result<BTreeMap<String, FileFacts>> {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
         let map = zdn::fs::mapped_file::MappedFile::open(&e.path())?;
-        let blake3 = blake3::Hash::from(map.blake3().as_bytes().to_owned());
+        let blake3 = map.blake3();
         let head = if name.ends_with(".safetensors") {
             let h = zdn_protocol::safetensors::parse(map.bytes())?;
-            let head = blake3::hash(&map.bytes()[..h.data_start]);
+            let head = blake3::hash(&map.bytes()[..h.data_start]).into();
             map.release(0..h.data_start);
             head
         } else {
@@ -38,12 +39,21 @@ pub(super) fn folder_facts(dir: &Path) -> Result<BTreeMap<String, FileFacts>> {
     Ok(out)
 }
 
-/// Whether two folders hold the same bytes.
-pub(super) fn same_files(a: &BTreeMap<String, FileFacts>, b: &BTreeMap<String, FileFacts>) -> bool {
+/// Whether two folders have the same file names and lengths, and `hash` of each file agrees.
+fn agree(
+    a: &BTreeMap<String, FileFacts>,
+    b: &BTreeMap<String, FileFacts>,
+    hash: impl Fn(&FileFacts) -> Hash,
+) -> bool {
     a.len() == b.len()
         && a.iter()
             .zip(b)
-            .all(|((na, fa), (nb, fb))| na == nb && fa.len == fb.len && fa.blake3 == fb.blake3)
+            .all(|((na, fa), (nb, fb))| na == nb && fa.len == fb.len && hash(fa) == hash(fb))
+}
+
+/// Whether two folders hold the same bytes.
+pub(super) fn same_files(a: &BTreeMap<String, FileFacts>, b: &BTreeMap<String, FileFacts>) -> bool {
+    agree(a, b, |f| f.blake3)
 }
 
 /// Whether `out` has the fine-tune's files, its side files and its shard headers exactly.
@@ -51,9 +61,5 @@ pub(super) fn matches_layout(
     out: &BTreeMap<String, FileFacts>,
     fine: &BTreeMap<String, FileFacts>,
 ) -> bool {
-    out.len() == fine.len()
-        && out
-            .iter()
-            .zip(fine)
-            .all(|((no, o), (nf, f))| no == nf && o.len == f.len && o.head == f.head)
+    agree(out, fine, |f| f.head)
 }
