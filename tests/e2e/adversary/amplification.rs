@@ -4,6 +4,7 @@
 //! "Amplification".
 
 use super::*;
+use zdn_protocol::paced::EndReason;
 
 use std::io::Write as _;
 
@@ -258,7 +259,7 @@ fn late_copies_of_done_reach_an_open_port_and_get_no_answer() {
     let base: Hash = p.base.parse().unwrap();
     rt().block_on(async {
         let hostile = Hostile::connect(&node.addr).await.unwrap();
-        let session = hostile
+        let mut session = hostile
             .open_paced(base, 1_000_000, MAX_PAYLOAD)
             .await
             .unwrap()
@@ -273,6 +274,17 @@ fn late_copies_of_done_reach_an_open_port_and_get_no_answer() {
         sock.send_to(&sealer.seal(&ToSender::Done), to)
             .await
             .unwrap();
+        // The sender ended the session as complete (what keeps its port open).
+        let ended = frame::read(&mut session.stream, 16, Duration::from_secs(5))
+            .await
+            .expect("the session ends on Done");
+        assert!(
+            matches!(
+                PacedResponse::decode(&ended),
+                Ok(PacedResponse::Ended(r)) if r == EndReason::Complete
+            ),
+            "ended as complete"
+        );
         sock.drain(Duration::from_millis(300), 0).await;
         // Two more copies, as a receiver sends them, from a socket connected to that port.
         sock.socket.connect(to).await.unwrap();
