@@ -36,13 +36,18 @@ fn pair(root: &Path) -> (PathBuf, PathBuf) {
     spec.write(&fine);
     std::fs::write(fine.join("chat_template.jinja"), "<|user|>{{ m }}<|end|>").unwrap();
     // The chat tokens the fine-tune declares special: their rows of lm_head are kept exactly.
-    let special = serde_json::json!({"added_tokens": [
+    // As a real fine-tune's, its tokenizer.json is the base's with the tokens added.
+    let path = fine.join("tokenizer.json");
+    let mut tokenizer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    tokenizer["added_tokens"] = serde_json::json!([
         {"id": 1, "content": "<s>", "special": true},
         {"id": 2, "content": "</s>", "special": true},
         {"id": 320, "content": "<|user|>", "special": true},
         {"id": 321, "content": "<|end|>", "special": true},
-    ]});
-    std::fs::write(fine.join("tokenizer.json"), special.to_string()).unwrap();
+    ]);
+    let text = serde_json::to_string_pretty(&tokenizer).unwrap() + "\n";
+    std::fs::write(&path, text).unwrap();
     (base, fine)
 }
 
@@ -145,12 +150,27 @@ fn a_lossless_folder_delta_rebuilds_the_fine_tune_byte_for_byte() {
     };
     assert_eq!(from("generation_config.json"), "base");
     assert_eq!(from("special_tokens_map.json"), "base");
-    assert_eq!(from("config.json"), "carried");
-    assert_eq!(from("tokenizer.json"), "carried");
+    // Side files that changed a little go as patches against the base's, a rewritten one whole.
+    assert_eq!(from("config.json"), "patched");
+    assert_eq!(from("tokenizer.json"), "patched");
     assert_eq!(from("chat_template.jinja"), "carried");
     assert_eq!(from("model-00004-of-00005.safetensors"), "tensors");
-    // Only what differs is carried.
+    // Only what differs is sent, and a patch costs the change, not the file.
     assert!(!d.join("files/generation_config.json").exists());
+    assert!(!d.join("files/tokenizer.json").exists());
+    let patch = std::fs::metadata(d.join("patches/tokenizer.json"))
+        .unwrap()
+        .len();
+    let file = std::fs::metadata(fine.join("tokenizer.json"))
+        .unwrap()
+        .len();
+    assert!(
+        patch * 20 < file,
+        "patch {patch} bytes of a {file}-byte file"
+    );
+    let layout: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("zdn-delta.json")).unwrap()).unwrap();
+    assert_eq!(layout["format"], "zdn-folder-delta/2");
 
     let out = t.path().join("rebuilt");
     zdn_ok(&delta_apply_args(&base, &d, &out));
@@ -359,8 +379,17 @@ fn bad_folder_deltas_and_wrong_bases_are_refused() {
         },
         {
             let c = copy("missing");
-            std::fs::remove_file(c.join("files/config.json")).unwrap();
+            std::fs::remove_file(c.join("patches/config.json")).unwrap();
             (c, "lacks its member")
+        },
+        {
+            let c = copy("old-format");
+            std::fs::write(
+                c.join("zdn-delta.json"),
+                layout.replacen("zdn-folder-delta/2", "zdn-folder-delta/1", 1),
+            )
+            .unwrap();
+            (c, "has format")
         },
         {
             let c = copy("header");
@@ -373,8 +402,8 @@ fn bad_folder_deltas_and_wrong_bases_are_refused() {
         },
         {
             let c = copy("carried");
-            std::fs::write(c.join("files/config.json"), b"{}").unwrap();
-            (c, "config.json")
+            std::fs::write(c.join("files/chat_template.jinja"), b"{}").unwrap();
+            (c, "chat_template.jinja")
         },
     ];
     for (c, needle) in &cases {
@@ -384,6 +413,39 @@ fn bad_folder_deltas_and_wrong_bases_are_refused() {
         assert!(!out.exists(), "{}: an output was left behind", c.display());
     }
     assert_eq!(count(), 2);
+
+    // A patch that does not rebuild its file (its bytes altered), and a right patch applied to a
+    // base whose file of that path differs (forced past the base check): refused by apply, naming
+    // the file, nothing left at the output.
+    let bad_patch = copy("bad-patch");
+    let p = bad_patch.join("patches/tokenizer.json");
+    let mut b = std::fs::read(&p).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x55;
+    std::fs::write(&p, b).unwrap();
+    let other_base = t.path().join("other-base");
+    std::process::Command::new("cp")
+        .args(["-r", s(&base), s(&other_base)])
+        .status()
+        .unwrap();
+    let tok = other_base.join("tokenizer.json");
+    let text = std::fs::read_to_string(&tok)
+        .unwrap()
+        .replacen("tok1", "tokX", 1);
+    std::fs::write(&tok, text).unwrap();
+    let out = t.path().join("out");
+    let mut forced = delta_apply_args(&other_base, &d, &out);
+    forced.push("--force");
+    for (args, needle) in [
+        (delta_apply_args(&base, &bad_patch, &out), "tokenizer.json"),
+        (
+            forced,
+            "tokenizer.json: patched from the base's file of that path, which hashes to",
+        ),
+    ] {
+        zdn_err(&args, needle);
+        assert!(!out.exists(), "an output was left behind");
+    }
 
     // The right delta, applied to the wrong base or into a non-empty folder: refused.
     let out = t.path().join("out");

@@ -21,6 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::patch::{MAX_PATCHED_LEN, MAX_PATCH_LEN};
 use super::table::check_paths;
 use super::FolderError;
 use crate::bitdelta::{IndexEntry, TensorData};
@@ -33,10 +34,15 @@ pub const DELTA_MEMBER: &str = "delta.bitdelta";
 pub const LAYOUT_MEMBER: &str = "zdn-delta.json";
 /// Where the bytes of a `carried` file are: `files/<path>`.
 pub const CARRIED_DIR: &str = "files/";
+/// Where the patch of a `patched` file is: `patches/<path>`.
+pub const PATCH_DIR: &str = "patches/";
 /// Where the header of a `tensors` file is: `headers/<path>`.
 pub const HEADER_DIR: &str = "headers/";
-/// The value of [`FolderDelta::format`].
+/// The value of [`FolderDelta::format`] when no file is `patched`.
 pub const FORMAT: &str = "zdn-folder-delta/1";
+/// The value of [`FolderDelta::format`] when some file is `patched` (a reader of format 1 alone
+/// refuses it by its format rather than by a source it does not know).
+pub const FORMAT_PATCHED: &str = "zdn-folder-delta/2";
 /// Largest `zdn-delta.json` read (a 405B model's would be well under 1 MB).
 pub const MAX_LAYOUT_LEN: usize = 16 << 20;
 /// What the entry of a grown tensor's new rows is called: the tensor's name and this suffix.
@@ -50,7 +56,7 @@ pub const MAX_EXACT_ROWS: usize = 1 << 18;
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FolderDelta {
-    /// Always [`FORMAT`].
+    /// [`FORMAT`], or [`FORMAT_PATCHED`] when some file is `patched` ([`FolderDelta::format_for`]).
     pub format: String,
     /// The fine-tune's files, in canonical order (sorted by path bytes).
     pub files: Vec<OutputFile>,
@@ -82,10 +88,13 @@ pub struct OutputFile {
     pub from: Source,
     /// Length of the file in bytes.
     pub len: u64,
-    /// BLAKE3 of the file, for `base` and `carried` files (a `tensors` file's bytes depend on the
-    /// reconstruction).
+    /// BLAKE3 of the file, for `base`, `carried` and `patched` files (a `tensors` file's bytes
+    /// depend on the reconstruction).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blake3: Option<Hash>,
+    /// BLAKE3 of the base's file a `patched` file is rebuilt from (only there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_blake3: Option<Hash>,
 }
 
 /// Where an output file's bytes come from.
@@ -98,6 +107,8 @@ pub enum Source {
     Carried,
     /// A safetensors file: header `headers/<path>`, data rebuilt from `delta.bitdelta`.
     Tensors,
+    /// The member `patches/<path>` applied to the base's file of the same path ([`super::patch`]).
+    Patched,
 }
 
 /// A tensor whose leading dimension grew: rows `0..k` are the entry `name` (paired with the
@@ -116,7 +127,7 @@ pub enum FolderDeltaError {
     TooLarge(usize),
     #[error("{LAYOUT_MEMBER} is not valid: {0}")]
     Json(String),
-    #[error("{LAYOUT_MEMBER} has format {0:?}; this zdn reads {FORMAT:?}")]
+    #[error("{LAYOUT_MEMBER} has format {0:?}; this zdn reads {FORMAT:?} and {FORMAT_PATCHED:?}")]
     Format(String),
     #[error("{LAYOUT_MEMBER}: {0}")]
     Files(FolderError),
@@ -181,25 +192,24 @@ impl FolderDelta {
         v
     }
 
+    /// The format a layout with these files has: [`FORMAT_PATCHED`] if any is `patched`.
+    pub fn format_for(files: &[OutputFile]) -> &'static str {
+        if files.iter().any(|f| f.from == Source::Patched) {
+            FORMAT_PATCHED
+        } else {
+            FORMAT
+        }
+    }
+
     /// The checks of [`Self::parse`], for a layout built in memory.
     pub fn check(&self) -> Result<(), FolderDeltaError> {
-        if self.format != FORMAT {
+        // Format 2 exactly when some file is patched: format 1 readers refuse patches by format.
+        if self.format != Self::format_for(&self.files) {
             return Err(FolderDeltaError::Format(self.format.clone()));
         }
         check_paths(self.files.iter().map(|f| f.path.as_str())).map_err(FolderDeltaError::Files)?;
         for f in &self.files {
-            match f.from {
-                Source::Base | Source::Carried if f.blake3.is_none() => {
-                    return Err(file_err(&f.path, "a base or carried file needs its blake3"))
-                }
-                Source::Tensors if f.blake3.is_some() => {
-                    return Err(file_err(&f.path, "a tensors file has no blake3"))
-                }
-                Source::Tensors if !super::layout::is_safetensors(&f.path) => {
-                    return Err(file_err(&f.path, "a tensors file must be *.safetensors"))
-                }
-                _ => {}
-            }
+            check_source(f)?;
             if let Some(m) = f.member() {
                 super::check_path(&m).map_err(|e| file_err(&f.path, e.to_string()))?;
             }
@@ -242,33 +252,42 @@ impl FolderDelta {
     }
 
     /// Checks the delta folder's members (`(path, len)`, any order) against the layout: the two
-    /// fixed members, exactly one member per carried or tensors file, nothing else; a carried
-    /// member's length is the file's.
+    /// fixed members, exactly one member per carried, patched or tensors file, nothing else; a
+    /// carried member's length is the file's, a patch is at most [`MAX_PATCH_LEN`] bytes.
     pub fn check_members<'a>(
         &self,
         members: impl IntoIterator<Item = (&'a str, u64)>,
     ) -> Result<(), FolderDeltaError> {
-        let mut want: HashMap<String, Option<u64>> = self
+        /// What a member's length must be.
+        enum Len {
+            Any,
+            Exactly(u64),
+            AtMost(u64),
+        }
+        let mut want: HashMap<String, Len> = self
             .files
             .iter()
             .filter_map(|f| {
-                let len = (f.from == Source::Carried).then_some(f.len);
+                let len = match f.from {
+                    Source::Carried => Len::Exactly(f.len),
+                    Source::Patched => Len::AtMost(MAX_PATCH_LEN),
+                    Source::Base | Source::Tensors => Len::Any,
+                };
                 f.member().map(|m| (m, len))
             })
             .collect();
-        want.insert(DELTA_MEMBER.into(), None);
-        want.insert(LAYOUT_MEMBER.into(), None);
+        want.insert(DELTA_MEMBER.into(), Len::Any);
+        want.insert(LAYOUT_MEMBER.into(), Len::Any);
         for (path, len) in members {
-            match want.remove(path) {
+            let problem = match want.remove(path) {
                 None => return Err(FolderDeltaError::StrayMember(path.to_owned())),
-                Some(Some(l)) if l != len => {
-                    return Err(file_err(
-                        path,
-                        format!("is {len} bytes, the layout says {l}"),
-                    ))
+                Some(Len::Exactly(l)) if l != len => format!("is {len} bytes, the layout says {l}"),
+                Some(Len::AtMost(l)) if len > l => {
+                    format!("is {len} bytes, over the {l}-byte limit")
                 }
-                Some(_) => {}
-            }
+                Some(_) => continue,
+            };
+            return Err(file_err(path, problem));
         }
         let mut missing: Vec<String> = want.into_keys().collect();
         missing.sort();
@@ -287,12 +306,37 @@ impl FolderDelta {
     }
 }
 
+/// The fields one file's source requires or forbids (in a format-1 layout, `patched` is refused
+/// by the format check).
+fn check_source(f: &OutputFile) -> Result<(), FolderDeltaError> {
+    let problem = match f.from {
+        Source::Base | Source::Carried | Source::Patched if f.blake3.is_none() => {
+            "a base, carried or patched file needs its blake3"
+        }
+        Source::Tensors if f.blake3.is_some() => "a tensors file has no blake3",
+        Source::Tensors if !super::layout::is_safetensors(&f.path) => {
+            "a tensors file must be *.safetensors"
+        }
+        Source::Patched if f.base_blake3.is_none() => "a patched file needs its base_blake3",
+        Source::Patched if f.len > MAX_PATCHED_LEN => {
+            "a patched file is at most 64 MiB (carry a larger one)"
+        }
+        Source::Base | Source::Carried | Source::Tensors if f.base_blake3.is_some() => {
+            "only a patched file has a base_blake3"
+        }
+        _ => return Ok(()),
+    };
+    Err(file_err(&f.path, problem))
+}
+
 impl OutputFile {
-    /// The delta member this file needs: `files/<path>` or `headers/<path>`; none for a base file.
+    /// The delta member this file needs: `files/<path>`, `patches/<path>` or `headers/<path>`;
+    /// none for a base file.
     pub fn member(&self) -> Option<String> {
         match self.from {
             Source::Base => None,
             Source::Carried => Some(format!("{CARRIED_DIR}{}", self.path)),
+            Source::Patched => Some(format!("{PATCH_DIR}{}", self.path)),
             Source::Tensors => Some(format!("{HEADER_DIR}{}", self.path)),
         }
     }

@@ -19,18 +19,21 @@ fn sample() -> FolderDelta {
                 from: Source::Carried,
                 len: 10,
                 blake3: Some(h(1)),
+                base_blake3: None,
             },
             OutputFile {
                 path: "model-00001-of-00002.safetensors".into(),
                 from: Source::Tensors,
                 len: 100,
                 blake3: None,
+                base_blake3: None,
             },
             OutputFile {
                 path: "tokenizer.json".into(),
                 from: Source::Base,
                 len: 7,
                 blake3: Some(h(2)),
+                base_blake3: None,
             },
         ],
         grown: vec![GrownTensor {
@@ -367,19 +370,67 @@ proptest! {
     }
 
     #[test]
-    fn layouts_round_trip(n in 1usize..6, carried in any::<u8>(), len in any::<u64>()) {
+    fn layouts_round_trip(n in 1usize..6, carried in any::<u8>(), len in 0..=crate::folder::patch::MAX_PATCHED_LEN) {
+        let sources = [Source::Base, Source::Carried, Source::Tensors, Source::Patched];
         let files: Vec<OutputFile> = (0..n)
             .map(|i| {
-                let from = [Source::Base, Source::Carried, Source::Tensors][(usize::from(carried) + i) % 3];
+                let from = sources[(usize::from(carried) + i) % sources.len()];
                 OutputFile {
                     path: format!("f{i}{}", if from == Source::Tensors { ".safetensors" } else { ".json" }),
                     from,
                     len,
                     blake3: (from != Source::Tensors).then(|| h(i as u8)),
+                    base_blake3: (from == Source::Patched).then(|| h(100 + i as u8)),
                 }
             })
             .collect();
-        let d = FolderDelta { format: FORMAT.into(), files, grown: Vec::new(), exact_rows: Vec::new() };
+        let format = FolderDelta::format_for(&files).into();
+        let d = FolderDelta { format, files, grown: Vec::new(), exact_rows: Vec::new() };
         prop_assert_eq!(FolderDelta::parse(&d.to_bytes()).unwrap(), d);
     }
+}
+
+/// A patched file: format 2 and both hashes, a member of at most the patch limit; format 1 refuses
+/// it, format 2 without one is refused, and only a patched file may name a base file's hash.
+#[test]
+fn patched_files_need_format_2_and_their_hashes() {
+    use crate::folder::patch::{MAX_PATCHED_LEN, MAX_PATCH_LEN};
+    let mut d = sample();
+    d.files[2].from = Source::Patched;
+    d.files[2].base_blake3 = Some(h(3));
+    assert!(matches!(d.check(), Err(FolderDeltaError::Format(_))));
+    d.format = FolderDelta::format_for(&d.files).into();
+    assert_eq!(d.format, FORMAT_PATCHED);
+    d.check().unwrap();
+    assert_eq!(FolderDelta::parse(&d.to_bytes()).unwrap(), d);
+    assert_eq!(d.files[2].member().unwrap(), "patches/tokenizer.json");
+
+    let members = |patch_len: u64| {
+        vec![
+            ("delta.bitdelta", 5),
+            ("zdn-delta.json", 5),
+            ("files/config.json", 10),
+            ("headers/model-00001-of-00002.safetensors", 9),
+            ("patches/tokenizer.json", patch_len),
+        ]
+    };
+    d.check_members(members(MAX_PATCH_LEN)).unwrap();
+    let e = d.check_members(members(MAX_PATCH_LEN + 1)).unwrap_err();
+    assert!(e.to_string().contains("over the"), "{e}");
+
+    let mut no_base = d.clone();
+    no_base.files[2].base_blake3 = None;
+    assert!(no_base.check().is_err());
+    let mut too_long = d.clone();
+    too_long.files[2].len = MAX_PATCHED_LEN + 1;
+    assert!(too_long.check().is_err());
+    let mut stray = d.clone();
+    stray.files[0].base_blake3 = Some(h(4));
+    assert!(stray.check().is_err());
+    let mut unpatched = sample();
+    unpatched.format = FORMAT_PATCHED.into();
+    assert!(matches!(
+        unpatched.check(),
+        Err(FolderDeltaError::Format(_))
+    ));
 }

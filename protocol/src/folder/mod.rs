@@ -13,6 +13,7 @@ pub mod architecture;
 pub mod delta;
 pub mod delta_layout;
 pub mod layout;
+pub mod patch;
 pub mod path;
 pub mod shard_index;
 pub mod table;

@@ -207,9 +207,10 @@ pub fn print_folder_encode(r: &FolderEncodeReport) {
         r.output.display()
     );
     say!(
-        "  files            {} shards, {} side files from the base, {} carried",
+        "  files            {} shards, {} side files from the base, {} patched against the base's, {} carried",
         files(Source::Tensors),
         files(Source::Base),
+        files(Source::Patched),
         files(Source::Carried)
     );
     say!("  tensors          {}", counts.join(", "));

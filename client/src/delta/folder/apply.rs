@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use zdn_node::store::{ObjectStore, StoreError};
 use zdn_protocol::bitdelta::{reconstruct, BitDeltaFile, FormatError, ReconstructError};
 use zdn_protocol::folder::delta::{
-    base_rows, scatter_rows, FolderDelta, FolderDeltaError, Source, DELTA_MEMBER, LAYOUT_MEMBER,
-    MAX_LAYOUT_LEN,
+    base_rows, scatter_rows, FolderDelta, FolderDeltaError, OutputFile, Source, DELTA_MEMBER,
+    LAYOUT_MEMBER, MAX_LAYOUT_LEN,
 };
+use zdn_protocol::folder::patch::{self, MAX_PATCHED_LEN};
 use zdn_protocol::folder::{check_delta, FileEntry, FilePlan};
 use zdn_protocol::manifest::{Kind, SignedManifest};
 use zdn_protocol::Hash;
@@ -47,6 +48,13 @@ pub enum FolderApplyError {
         path: String,
         found: Option<u64>,
         want: u64,
+    },
+    #[error("{path}: patched from the base's file of that path, which {problem} (is this the delta's base?)")]
+    PatchBase { path: String, problem: String },
+    #[error("{path}: its patch: {error}")]
+    Patch {
+        path: String,
+        error: zdn_protocol::folder::patch::PatchError,
     },
     #[error("{path}: the bytes written hash to {actual}, the delta says {expected}")]
     FileHash {
@@ -316,6 +324,7 @@ pub fn apply_folder(
                     });
                 }
             }
+            Source::Patched => write_patched(&mut out, f, base, delta)?,
             Source::Tensors => {
                 let plan = plans
                     .next()
@@ -334,6 +343,47 @@ pub fn apply_folder(
         bytes_written: offset,
         base_hash: actual,
         base_verified: expected == actual,
+    })
+}
+
+/// A `patched` file: the base's file of the same path (its BLAKE3 the layout's `base_blake3`)
+/// and the member `patches/<path>`, rebuilt in memory (both at most 64 MiB) and written after its
+/// BLAKE3 is checked.
+fn write_patched(
+    out: &mut FolderOutput,
+    f: &OutputFile,
+    base: &dyn BaseModel,
+    delta: &DeltaSource<'_>,
+) -> Result<(), FolderApplyError> {
+    let base_problem = |problem: String| FolderApplyError::PatchBase {
+        path: f.path.clone(),
+        problem,
+    };
+    let old = base
+        .small_file(&f.path, MAX_PATCHED_LEN)?
+        .ok_or_else(|| base_problem(format!("is missing or over {MAX_PATCHED_LEN} bytes")))?;
+    let actual = Hash::of(&old);
+    if let Some(expected) = f.base_blake3.filter(|h| *h != actual) {
+        return Err(base_problem(format!("hashes to {actual}, not {expected}")));
+    }
+    let member = f.member().unwrap_or_default();
+    let bytes = patch::decode(&old, &delta.read_member(&member)?, f.len).map_err(|error| {
+        FolderApplyError::Patch {
+            path: f.path.clone(),
+            error,
+        }
+    })?;
+    let actual = Hash::of(&bytes);
+    if let Some(expected) = f.blake3.filter(|h| *h != actual) {
+        return Err(FolderApplyError::FileHash {
+            path: f.path.clone(),
+            expected,
+            actual,
+        });
+    }
+    out.write_all(&bytes).map_err(|cause| FolderApplyError::Io {
+        path: PathBuf::from(&f.path),
+        cause,
     })
 }
 

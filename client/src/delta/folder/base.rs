@@ -84,6 +84,17 @@ pub trait BaseModel {
         len: u64,
         out: &mut Vec<u8>,
     ) -> Result<(), BaseError>;
+    /// The base's file `path` in memory, if it has one of at most `cap` bytes.
+    fn small_file(&self, path: &str, cap: u64) -> Result<Option<Vec<u8>>, BaseError> {
+        match self.file_len(path) {
+            Some(len) if len <= cap => {
+                let mut out = Vec::with_capacity(len as usize);
+                self.write_file(path, &mut out)?;
+                Ok(Some(out))
+            }
+            _ => Ok(None),
+        }
+    }
     /// Whether the base has a file at `path` with exactly `bytes` in it.
     fn same_file(&self, path: &str, bytes: &[u8]) -> Result<bool, BaseError> {
         if self.file_len(path) != Some(bytes.len() as u64) {

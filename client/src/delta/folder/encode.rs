@@ -2,10 +2,10 @@
 //! (docs/spec/folder-delta.md). Tensors are paired by name across any two shard layouts; a
 //! tensor whose leading dimension grew or shrank is paired with the base's first rows, its new
 //! rows stored exactly; side files identical to the base's are taken from the base, the others
-//! carried exactly; every shard's header is kept byte for byte. Streamed tensor by tensor: memory
+//! sent as a patch against the base's file of the same path or carried whole; every shard's header is kept byte for byte. Streamed tensor by tensor: memory
 //! is the tensor being encoded and its block, whatever the model's size.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use zdn_protocol::bitdelta::{
@@ -14,9 +14,8 @@ use zdn_protocol::bitdelta::{
 };
 use zdn_protocol::folder::architecture::TensorClass;
 use zdn_protocol::folder::delta::{
-    base_rows, parse_header, ExactRows, FolderDelta, FolderDeltaError, GrownTensor, OutputFile,
-    Source, CARRIED_DIR, DELTA_MEMBER, EXACT_SUFFIX, FORMAT, GROWN_SUFFIX, HEADER_DIR,
-    LAYOUT_MEMBER,
+    base_rows, parse_header, ExactRows, FolderDelta, FolderDeltaError, GrownTensor, DELTA_MEMBER,
+    EXACT_SUFFIX, GROWN_SUFFIX, HEADER_DIR, LAYOUT_MEMBER,
 };
 use zdn_protocol::folder::layout::is_safetensors;
 use zdn_protocol::safetensors::TensorInfo;
@@ -27,6 +26,7 @@ use super::encode_report::report;
 pub use super::encode_report::{ClassReport, ExactRowsReport, FolderEncodeReport};
 use super::output::{OutputDir, OutputDirError};
 use super::selection::{resolve, Choices, Defaults};
+use super::side_files::output_files;
 use crate::fs::atomic_file::AtomicFileError;
 use crate::fs::mapped_file::MappedFile;
 use crate::fs::progress::Progress;
@@ -118,14 +118,11 @@ pub fn encode_folder(
     let defaults = resolve(job.choices, fine_files);
     let mut pairs = pair_tensors(fine_files, &headers, base, &defaults)?;
     choose_exact_rows(&mut pairs, fine_files, base, &defaults)?;
-    let (files, carried) = output_files(fine_files, &headers, base)?;
+    let (files, side_members) = output_files(fine_files, &headers, base)?;
 
     let mut out = OutputDir::create(&job.output)?;
-    for (f, i) in &carried {
-        out.write(
-            &format!("{CARRIED_DIR}{}", f.path),
-            fine_files[*i].1.bytes(),
-        )?;
+    for m in &side_members {
+        out.write(&m.path, &m.bytes)?;
     }
     for (i, h) in &headers {
         let (path, map) = &fine_files[*i];
@@ -172,7 +169,7 @@ pub fn encode_folder(
         })
         .collect();
     let layout = FolderDelta {
-        format: FORMAT.into(),
+        format: FolderDelta::format_for(&files).into(),
         files,
         grown,
         exact_rows,
@@ -302,48 +299,6 @@ fn rows_paired(name: &str, base: &[u64], fine: &[u64]) -> Result<Option<u64>, Fo
             finetuned: fine.to_vec(),
         }),
     }
-}
-
-/// The fine-tune's files as the layout lists them, and the carried ones (with their file index).
-type OutputFiles = (Vec<OutputFile>, Vec<(OutputFile, usize)>);
-
-/// The fine-tune's files as the layout lists them, and the carried ones (with their file index).
-fn output_files(
-    files: &[(String, MappedFile)],
-    headers: &[(usize, zdn_protocol::safetensors::SafetensorsHeader)],
-    base: &dyn BaseModel,
-) -> Result<OutputFiles, BaseError> {
-    let shards: HashSet<usize> = headers.iter().map(|(i, _)| *i).collect();
-    let mut out = Vec::with_capacity(files.len());
-    let mut carried = Vec::new();
-    for (i, (path, map)) in files.iter().enumerate() {
-        let bytes = map.bytes();
-        let f = if shards.contains(&i) {
-            OutputFile {
-                path: path.clone(),
-                from: Source::Tensors,
-                len: bytes.len() as u64,
-                blake3: None,
-            }
-        } else {
-            let from = if base.same_file(path, bytes)? {
-                Source::Base
-            } else {
-                Source::Carried
-            };
-            OutputFile {
-                path: path.clone(),
-                from,
-                len: bytes.len() as u64,
-                blake3: Some(Hash::of(bytes)),
-            }
-        };
-        if f.from == Source::Carried {
-            carried.push((f.clone(), i));
-        }
-        out.push(f);
-    }
-    Ok((out, carried))
 }
 
 fn metadata(

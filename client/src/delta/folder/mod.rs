@@ -10,3 +10,4 @@ pub mod encode;
 pub mod encode_report;
 pub mod output;
 pub mod selection;
+mod side_files;
