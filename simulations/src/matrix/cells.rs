@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use zdn_linkem::shaper::{Outage, RateChange};
 
 use super::spec::outage_seconds;
+use crate::scenario::spec::Transport;
 
 /// What the station's `--link-rate` says about its link.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -56,6 +57,8 @@ pub struct Cell {
     pub rate_changes: Vec<RateChange>,
     /// Runs with no other cell beside it.
     pub alone: bool,
+    /// The nodes' libp2p transport (the matrix's `transport`).
+    pub transport: Transport,
 }
 
 /// `64kbit`, `1mbit`, `1500bit`.
@@ -135,7 +138,11 @@ impl Cell {
                 ", rate changes"
             },
         );
-        let _ = writeln!(t, "seed = {seed}\n\n[link]");
+        let _ = writeln!(t, "seed = {seed}");
+        if self.transport == Transport::Quic {
+            let _ = writeln!(t, "transport = \"quic\"");
+        }
+        let _ = writeln!(t, "\n[link]");
         let _ = writeln!(t, "rate = \"{}\"", self.rate_bps);
         let _ = writeln!(t, "delay = \"{}\"", ms(self.delay));
         let _ = writeln!(t, "loss = {:?}", self.loss);

@@ -53,6 +53,7 @@ mod tests {
             outages,
             rate_changes: Vec::new(),
             alone: false,
+            transport: crate::scenario::spec::Transport::Tcp,
         }
     }
 

@@ -5,6 +5,7 @@
 //! payload_seconds = 45          # each cell's payload: this many seconds of its link's rate
 //! jobs = 4                      # cells run side by side (each in its own namespaces)
 //! alone_from = "10mbit"         # cells at this rate or faster run with nothing beside them
+//! transport = "tcp"             # what the nodes' libp2p connections use: tcp (default) or quic
 //! [grid]
 //! rates = ["64kbit", "1mbit"]
 //! delays = ["20ms", "700ms"]    # one way
@@ -27,6 +28,7 @@ use zdn_linkem::units::{parse_bits_per_sec, parse_duration, parse_outage, parse_
 
 use super::cells::{Cell, StatedRate};
 use super::error::MatrixError;
+use crate::scenario::spec::Transport;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +42,8 @@ struct MatrixFile {
     #[serde(default = "one_usize")]
     jobs: usize,
     alone_from: Option<String>,
+    #[serde(default)]
+    transport: Transport,
     grid: Option<GridFile>,
     #[serde(rename = "cell", default)]
     cells: Vec<CellFile>,
@@ -131,10 +135,9 @@ impl Matrix {
                 return Err(bad(format!("two cells named {:?}", c.name)));
             }
         }
-        if let Some(a) = alone_from {
-            for c in &mut cells {
-                c.alone |= c.rate_bps >= a;
-            }
+        for c in &mut cells {
+            c.alone |= alone_from.is_some_and(|a| c.rate_bps >= a);
+            c.transport = f.transport;
         }
         Ok(Matrix {
             name: f.name,
@@ -184,6 +187,7 @@ fn grid_cells(g: &GridFile) -> Result<Vec<Cell>, String> {
                     outages: Vec::new(),
                     rate_changes: Vec::new(),
                     alone: false,
+                    transport: Transport::Tcp,
                 });
             }
         }
@@ -222,6 +226,7 @@ fn extra_cell(c: &CellFile) -> Result<Cell, String> {
         outages,
         rate_changes,
         alone: c.alone,
+        transport: Transport::Tcp,
     })
 }
 

@@ -111,6 +111,44 @@ fn every_cell_is_a_valid_scenario_of_its_link() {
     }
 }
 
+/// The QUIC matrix is the 700 ms row of the shipped one, every cell's nodes on QUIC; the shipped
+/// matrix's cells stay on TCP (their scenarios name no transport).
+#[test]
+fn the_quic_matrix_is_the_700ms_row_over_quic() {
+    use crate::scenario::spec::Transport;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/matrices/satellite-700ms-quic.toml"
+    );
+    let q = Matrix::parse(path, &std::fs::read_to_string(path).unwrap()).unwrap();
+    let tcp = shipped();
+    let row: Vec<_> = tcp
+        .cells
+        .iter()
+        .filter(|c| c.delay == Duration::from_millis(700))
+        .map(|c| (c.name.clone(), c.rate_bps, c.loss))
+        .collect();
+    let quic: Vec<_> = q
+        .cells
+        .iter()
+        .map(|c| (c.name.clone(), c.rate_bps, c.loss))
+        .collect();
+    assert_eq!(quic, row);
+    for c in &q.cells {
+        let text = c.scenario_toml(&q.name, q.seed, q.payload_seconds);
+        let s = Scenario::parse("q.toml", &text).unwrap();
+        assert_eq!(s.transport, Transport::Quic, "{text}");
+    }
+    for c in &tcp.cells {
+        let text = c.scenario_toml(&tcp.name, tcp.seed, tcp.payload_seconds);
+        assert!(!text.contains("transport"), "{text}");
+        assert_eq!(
+            Scenario::parse("t.toml", &text).unwrap().transport,
+            Transport::Tcp
+        );
+    }
+}
+
 fn outage_total(c: &super::cells::Cell) -> Duration {
     c.outages.iter().map(|o| o.to - o.from).sum()
 }
