@@ -98,6 +98,11 @@ pub struct CalibrateArgs {
     /// predicted special tokens (docs/quality.md).
     #[arg(long)]
     vocabulary: bool,
+    /// Decoder: weight of the positions where a chat special token matters (the input, the next
+    /// token or the fine-tune's top-1 is one) against 1 for every other position in the mean KL
+    /// the scales are fitted to [default: 1, every position alike].
+    #[arg(long, value_name = "W")]
+    special_weight: Option<f32>,
     #[arg(long)]
     force: bool,
     #[arg(long)]
@@ -182,6 +187,15 @@ pub fn run_calibrate(a: CalibrateArgs) -> anyhow::Result<u8> {
         decoder || !a.vocabulary,
         "--vocabulary is for decoder folder deltas"
     );
+    anyhow::ensure!(
+        decoder || a.special_weight.is_none(),
+        "--special-weight is for decoder folder deltas"
+    );
+    let special_weight = a.special_weight.unwrap_or(1.0);
+    anyhow::ensure!(
+        special_weight.is_finite() && (1.0..=10_000.0).contains(&special_weight),
+        "--special-weight must be between 1 and 10000, got {special_weight}"
+    );
     if decoder {
         anyhow::ensure!(
             a.config.is_none() && a.tokenizer.is_none(),
@@ -202,6 +216,7 @@ pub fn run_calibrate(a: CalibrateArgs) -> anyhow::Result<u8> {
                 learning_rate,
                 seed: a.seed,
                 vocabulary: a.vocabulary,
+                special_weight,
                 force: a.force,
                 progress: !a.json,
             },

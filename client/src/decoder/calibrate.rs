@@ -14,7 +14,7 @@
 //! the input except for scale bytes inside `delta.bitdelta`: same files, same sizes, same
 //! reconstruction arithmetic.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -58,6 +58,9 @@ pub struct DecoderCalibrateJob {
     pub seed: u64,
     /// Also calibrate the quantized rows of the vocabulary matrices.
     pub vocabulary: bool,
+    /// Weight of a position where a special token matters (input, next token or the fine-tune's
+    /// top-1), against 1 for the others, in the mean KL fitted ([`special_weights`]).
+    pub special_weight: f32,
     pub force: bool,
     pub progress: bool,
 }
@@ -71,8 +74,10 @@ pub struct DecoderCalibrateReport {
     /// Conversations cut at `max_tokens`.
     pub truncated: usize,
     pub steps: usize,
-    /// Mean next-token KL(fine-tune ‖ applied), nats per position, over the first and the last
-    /// pass over the calibration batches (calibration text, not held out).
+    /// Weight of the special-token positions in the loss (1: every position alike).
+    pub special_weight: f32,
+    /// Mean next-token KL(fine-tune ‖ applied), nats per position (weighted as fitted), over the
+    /// first and the last pass over the calibration batches (calibration text, not held out).
     pub kl_first: f64,
     pub kl_last: f64,
     /// Largest relative change of any scale, |s/s₀ − 1|.
@@ -208,6 +213,7 @@ pub fn calibrate(
         model: LlamaModel::new(cfg),
         fine: &fine,
         batches: &batches,
+        special: tok.special_ids(),
     };
     let (first, last) = training.run(job, &mut applied, &mut tensors, &places)?;
     let (bytes, n_scales, max_change) = calibrated_bytes(bitdelta, &delta, &tensors)?;
@@ -219,6 +225,7 @@ pub fn calibrate(
         conversations,
         truncated,
         steps: job.steps,
+        special_weight: job.special_weight,
         kl_first: mean(&first),
         kl_last: mean(&last),
         max_relative_change: max_change,
@@ -382,19 +389,46 @@ fn position_mask(batch: &DecoderBatch, device: &Device) -> Result<Tensor, candle
     Tensor::from_vec(m, (batch.lengths.len(), t), device)
 }
 
-/// Mean over the masked positions of KL(p ‖ q) with log p = `target_logp` (a constant) and
-/// logits of q = `logits`, all `[b, t, v]`.
+/// `mask` (`[b, t]`, from [`position_mask`]) with `weight` in place of 1 where a special token
+/// matters — the input is one, the next token is one, or the fine-tune's top-1 (`target_logp`'s
+/// arg max, `[b, t, v]`) is one: the positions `zdn eval`'s special-token agreement counts.
+fn special_weights(
+    batch: &DecoderBatch,
+    mask: &Tensor,
+    target_logp: &Tensor,
+    special: &BTreeSet<u32>,
+    weight: f32,
+) -> Result<Tensor, candle_core::Error> {
+    if weight == 1.0 || special.is_empty() {
+        return Ok(mask.clone());
+    }
+    let ids = batch.ids.to_vec2::<u32>()?;
+    let top = target_logp.argmax(D::Minus1)?.to_vec2::<u32>()?;
+    let mut m = mask.to_vec2::<f32>()?;
+    for ((row, ids), top) in m.iter_mut().zip(&ids).zip(&top) {
+        for (p, w) in row.iter_mut().enumerate() {
+            let is = |id: Option<&u32>| id.is_some_and(|i| special.contains(i));
+            if *w > 0.0 && (is(ids.get(p)) || is(ids.get(p + 1)) || is(top.get(p))) {
+                *w = weight;
+            }
+        }
+    }
+    Tensor::new(m, mask.device())
+}
+
+/// Weighted mean over the positions of KL(p ‖ q) with log p = `target_logp` (a constant) and
+/// logits of q = `logits`, both `[b, t, v]`; `weights` `[b, t]` (0 for positions not scored).
 fn masked_kl(
     logits: &Tensor,
     target_logp: &Tensor,
-    mask: &Tensor,
+    weights: &Tensor,
 ) -> Result<Tensor, candle_core::Error> {
     let per = target_logp
         .exp()?
         .mul(&(target_logp - log_softmax(logits)?)?)?
         .sum(D::Minus1)?;
-    let count = mask.sum_all()?.to_scalar::<f32>()?.max(1.0);
-    per.mul(mask)?.sum_all()? / f64::from(count)
+    let total = weights.sum_all()?.to_scalar::<f32>()?.max(1.0);
+    per.mul(weights)?.sum_all()? / f64::from(total)
 }
 
 /// What the training loop works on.
@@ -402,6 +436,8 @@ struct Training<'a> {
     model: LlamaModel,
     fine: &'a LlamaWeights,
     batches: &'a [DecoderBatch],
+    /// The fine-tune's special token ids.
+    special: &'a BTreeSet<u32>,
 }
 
 impl Training<'_> {
@@ -445,11 +481,14 @@ impl Training<'_> {
                 .model
                 .logits(applied, batch)
                 .map_err(forward("delta-applied"))?;
-            Ok(masked_kl(
-                &logits,
-                &target,
+            let weights = special_weights(
+                batch,
                 &position_mask(batch, batch.ids.device())?,
-            )?)
+                &target,
+                self.special,
+                job.special_weight,
+            )?;
+            Ok(masked_kl(&logits, &target, &weights)?)
         })
     }
 }
@@ -509,6 +548,34 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(same.abs() < 1e-6, "{same}");
+    }
+
+    /// Positions whose input, next token or fine-tune top-1 is special get the weight; padding
+    /// and the last position stay 0; weight 1 is the plain mask.
+    #[test]
+    fn special_positions_get_the_weight() {
+        let d = Device::Cpu;
+        // One sequence of 4 tokens (special id 9 at position 2) and one of 2, padded.
+        let b = DecoderBatch::new(&[vec![5, 6, 9, 7], vec![5, 6]], 0, &d).unwrap();
+        let mask = position_mask(&b, &d).unwrap();
+        // The fine-tune's top-1 is token 1, but 9 at position 0 of the second sequence.
+        let mut lp = vec![-5f32; 2 * 4 * 10];
+        for i in 0..8 {
+            lp[i * 10 + 1] = -0.1;
+        }
+        lp[4 * 10 + 9] = 0.0;
+        let lp = Tensor::from_vec(lp, (2, 4, 10), &d).unwrap();
+        let special = BTreeSet::from([9u32]);
+        let w = special_weights(&b, &mask, &lp, &special, 5.0).unwrap();
+        assert_eq!(
+            w.to_vec2::<f32>().unwrap(),
+            [[1.0, 5.0, 5.0, 0.0], [5.0, 0.0, 0.0, 0.0]]
+        );
+        let plain = special_weights(&b, &mask, &lp, &special, 1.0).unwrap();
+        assert_eq!(
+            plain.to_vec2::<f32>().unwrap(),
+            mask.to_vec2::<f32>().unwrap()
+        );
     }
 
     #[test]
