@@ -114,6 +114,37 @@ fn calibrate_a_folder_delta_of_the_real_pair() {
     );
     assert_eq!(assert_only_scales_differ(&a, &c), 30);
 
+    // --special-weight: the same calibration with the special-token positions weighing 100
+    // fits every projection's scales differently (nothing else changes); a weight below 1, or
+    // one for a model that is not a decoder, is refused.
+    let runs = [
+        ("1", dir.path().join("w1")),
+        ("100", dir.path().join("w100")),
+    ];
+    for (w, out) in &runs {
+        let mut args = calibrate_args(&pair, &delta, out);
+        args.extend([
+            "--special-weight",
+            w,
+            "--sentences",
+            "16",
+            "--steps",
+            "4",
+            "--json",
+        ]);
+        let rep = json(&zdn_ok(&args));
+        assert_eq!(f(&rep["special_weight"]), w.parse::<f64>().unwrap());
+    }
+    let (a, c) = (
+        std::fs::read(runs[0].1.join("delta.bitdelta")).unwrap(),
+        std::fs::read(runs[1].1.join("delta.bitdelta")).unwrap(),
+    );
+    assert_eq!(assert_only_scales_differ(&a, &c), 28);
+    let w0 = dir.path().join("w0");
+    let mut args = calibrate_args(&pair, &delta, &w0);
+    args.extend(["--special-weight", "0.5"]);
+    zdn_err(&args, "--special-weight must be between 1 and 10000");
+
     let (uncal, calibrated) = (heldout_kl(&pair, &delta), heldout_kl(&pair, &cal));
     println!("held-out KL: uncalibrated {uncal:.4}, calibrated {calibrated:.4}");
     assert!(

@@ -41,9 +41,12 @@ pub(super) async fn keep_announcement(node: &NodeHandle, m: &SignedManifest, pee
                 continue;
             }
         };
+        // Kept with the manifest in hand (a copy of its bytes), not read back and decoded again
+        // from the store: a manifest this large is megabytes of decoding.
+        let manifest = m.clone();
         if node
             .store
-            .call(move |s| s.put_announcement(&a))
+            .call(move |s| s.put_announcement_of(&a, &manifest))
             .await
             .is_ok()
         {
