@@ -228,6 +228,20 @@ fn a_one_bit_folder_delta_goes_through_the_store_and_a_second_node() {
     );
     let on_disk = json(&zdn_ok(&["delta", "inspect", s(&d), "--json"]));
     assert_eq!(on_disk["file_bytes"], v["file_bytes"]);
+    // Both say how each file travels: the same table, the patches' sizes those on disk.
+    assert_eq!(on_disk["files"], v["files"]);
+    let tok = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "tokenizer.json")
+        .unwrap();
+    assert_eq!(tok["from"], "patched");
+    let patch = std::fs::metadata(d.join("patches/tokenizer.json"))
+        .unwrap()
+        .len();
+    assert_eq!(tok["member_bytes"], patch);
+    assert!(shown.contains("patched  tokenizer.json"), "{shown}");
 
     // From the store and from disk: the same folder.
     let from_store = publisher.path().join("from-store");
