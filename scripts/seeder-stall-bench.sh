@@ -6,14 +6,15 @@
 # (a new process, a new store, a new connection), and records how long each fetch took.
 #
 # Usage: seeder-stall-bench.sh ZDN [SIZE_MIB] [OUT_DIR]   (SIZE_MIB of B, default 4096)
-# Prints the probes' times before, during and after S's fetch of B, and the ratio of the slowest
-# probe during it to the median before it. Needs python3 with numpy, and SIZE_MIB × 3 of disk.
+# Prints the probes' times before, during (its transfer; its verify and commit, told apart by
+# loopback's byte counter) and after S's fetch of B, and the ratios of the slowest probes to the
+# median before it. Needs python3 with numpy, and SIZE_MIB × 3 of disk.
 set -euo pipefail
 zdn=$(realpath "${1:?usage: seeder-stall-bench.sh ZDN [SIZE_MIB] [OUT_DIR]}")
 mib=${2:-4096}
 out=${3:-$(mktemp -d)}
 mkdir -p "$out"
-rm -f "$out/probes.txt"
+rm -f "$out/probes.txt" "$out/loopback.txt"
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -89,6 +90,16 @@ saddr=$(start_node "$work/s" "$out/s.log" --trust "$tkey")
 ) &
 pids+=($!)
 
+# Loopback's received bytes every 0.1 s: where the transfer of B ends and S's verify and commit
+# begin (a probe moves under 1 MB; B's transfer moves tens of MB per 0.1 s).
+(
+  while [ ! -e "$work/stop" ]; do
+    echo "$(date +%s.%N) $(awk '$1 == "lo:" {print $2}' /proc/net/dev)" >>"$out/loopback.txt"
+    sleep 0.1
+  done
+) &
+pids+=($!)
+
 sleep 15
 echo "fetch_start $(date +%s.%N)" >"$out/phases.txt"
 "$zdn" --home "$work/s" fetch "$big" --peer "$taddr" --json >"$out/fetch.json"
@@ -107,11 +118,22 @@ def part(name, sel):
     xs = [p for p in probes if sel(p)]
     secs = [p[1] for p in xs]
     failed = sum(1 for p in xs if p[2] != 0)
-    print(f"{name:<7} probes {len(xs):>4}  failed {failed}  median {statistics.median(secs):.3f} s  max {max(secs):.3f} s")
+    if secs:
+        print(f"{name:<16} probes {len(xs):>4}  failed {failed}  median {statistics.median(secs):.3f} s  max {max(secs):.3f} s")
+    else:
+        print(f"{name:<16} probes    0")
     return secs
+lo = [tuple(map(float, l.split())) for l in open(f"{out}/loopback.txt")]
+# The transfer's end: the last 0.1 s step (within the fetch) that moved over 5 MB.
+busy = [t1 for (t0, b0), (t1, b1) in zip(lo, lo[1:]) if a <= t1 <= b and b1 - b0 > 5e6]
+c = max(busy) if busy else a
 before = part("before", lambda p: p[0] + p[1] < a)
 during = part("during", lambda p: p[0] < b and p[0] + p[1] > a)
+part("  transfer", lambda p: p[0] < c and p[0] + p[1] > a)
+commit = part("  verify+commit", lambda p: p[0] >= c and p[0] + p[1] <= b)
 after = part("after", lambda p: p[0] > b)
-print(f"object B {mib} MiB fetched by S in {b - a:.1f} s (transfer, verify, commit)")
+print(f"object B {mib} MiB fetched by S in {b - a:.1f} s: transfer {c - a:.1f} s, then verify and commit {b - c:.1f} s")
 print(f"slowest probe during ÷ median before: {max(during) / statistics.median(before):.2f}")
+if commit:
+    print(f"slowest probe during verify+commit ÷ median before: {max(commit) / statistics.median(before):.2f}")
 PY
