@@ -52,7 +52,8 @@ small=$("$zdn" --home "$work/s" ls --json | python3 -c 'import json,sys; print(j
 tkey=$("$zdn" --home "$work/t" key show)
 skey=$("$zdn" --home "$work/s" key show)
 
-# The two nodes, each on a free loopback port; their addresses from their "listening" lines.
+# The two nodes, each on a free loopback port; their addresses from their "listening" lines (set
+# in `addr`: not in a subshell, so that their process ids stay in `pids` for the cleanup).
 start_node() { # HOME LOG ARGS...
   local home=$1 log=$2
   shift 2
@@ -60,9 +61,7 @@ start_node() { # HOME LOG ARGS...
   pids+=($!)
   for _ in $(seq 1 100); do
     if grep -q '^listening ' "$log"; then
-      local id
-      id=$(awk '/^peer /{print $2; exit}' "$log")
-      echo "$(awk '/^listening /{print $2; exit}' "$log")/p2p/$id"
+      addr="$(awk '/^listening /{print $2; exit}' "$log")/p2p/$(awk '/^peer /{print $2; exit}' "$log")"
       return
     fi
     sleep 0.1
@@ -70,8 +69,10 @@ start_node() { # HOME LOG ARGS...
   echo "node of $home did not start: $(cat "$log")" >&2
   exit 1
 }
-taddr=$(start_node "$work/t" "$out/t.log")
-saddr=$(start_node "$work/s" "$out/s.log" --trust "$tkey")
+start_node "$work/t" "$out/t.log"
+taddr=$addr
+start_node "$work/s" "$out/s.log" --trust "$tkey"
+saddr=$addr
 
 # The prober: a fresh home per fetch of A from S; one line per probe: start, seconds, exit status.
 (
