@@ -403,7 +403,7 @@ fn bad_folder_deltas_and_wrong_bases_are_refused() {
                 layout.replacen("zdn-folder-delta/2", "zdn-folder-delta/1", 1),
             )
             .unwrap();
-            (c, "has format")
+            (c, "but its files need \"zdn-folder-delta/2\"")
         },
         {
             let c = copy("header");

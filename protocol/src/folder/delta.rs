@@ -129,6 +129,8 @@ pub enum FolderDeltaError {
     Json(String),
     #[error("{LAYOUT_MEMBER} has format {0:?}; this zdn reads {FORMAT:?} and {FORMAT_PATCHED:?}")]
     Format(String),
+    #[error("{LAYOUT_MEMBER} has format {got:?}, but its files need {want:?} ({FORMAT_PATCHED:?} exactly when a file is patched)")]
+    FormatMismatch { got: String, want: &'static str },
     #[error("{LAYOUT_MEMBER}: {0}")]
     Files(FolderError),
     #[error("{LAYOUT_MEMBER}: {path:?}: {problem}")]
@@ -203,9 +205,16 @@ impl FolderDelta {
 
     /// The checks of [`Self::parse`], for a layout built in memory.
     pub fn check(&self) -> Result<(), FolderDeltaError> {
-        // Format 2 exactly when some file is patched: format 1 readers refuse patches by format.
-        if self.format != Self::format_for(&self.files) {
+        if self.format != FORMAT && self.format != FORMAT_PATCHED {
             return Err(FolderDeltaError::Format(self.format.clone()));
+        }
+        // Format 2 exactly when some file is patched: format 1 readers refuse patches by format.
+        let want = Self::format_for(&self.files);
+        if self.format != want {
+            return Err(FolderDeltaError::FormatMismatch {
+                got: self.format.clone(),
+                want,
+            });
         }
         check_paths(self.files.iter().map(|f| f.path.as_str())).map_err(FolderDeltaError::Files)?;
         for f in &self.files {

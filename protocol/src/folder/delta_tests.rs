@@ -92,8 +92,13 @@ fn bad_layouts_are_refused() {
         FolderDelta::parse(&d.to_bytes()).unwrap_err()
     };
     assert!(matches!(
-        bad(&|d| d.format = "zdn-folder-delta/2".into()),
+        bad(&|d| d.format = "zdn-folder-delta/3".into()),
         FolderDeltaError::Format(_)
+    ));
+    // Format 2 without a patched file.
+    assert!(matches!(
+        bad(&|d| d.format = "zdn-folder-delta/2".into()),
+        FolderDeltaError::FormatMismatch { .. }
     ));
     assert!(matches!(
         bad(&|d| d.files[0].path = "../config.json".into()),
@@ -398,7 +403,13 @@ fn patched_files_need_format_2_and_their_hashes() {
     let mut d = sample();
     d.files[2].from = Source::Patched;
     d.files[2].base_blake3 = Some(h(3));
-    assert!(matches!(d.check(), Err(FolderDeltaError::Format(_))));
+    assert!(matches!(
+        d.check(),
+        Err(FolderDeltaError::FormatMismatch {
+            want: FORMAT_PATCHED,
+            ..
+        })
+    ));
     d.format = FolderDelta::format_for(&d.files).into();
     assert_eq!(d.format, FORMAT_PATCHED);
     d.check().unwrap();
@@ -431,6 +442,6 @@ fn patched_files_need_format_2_and_their_hashes() {
     unpatched.format = FORMAT_PATCHED.into();
     assert!(matches!(
         unpatched.check(),
-        Err(FolderDeltaError::Format(_))
+        Err(FolderDeltaError::FormatMismatch { want: FORMAT, .. })
     ));
 }

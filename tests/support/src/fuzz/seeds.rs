@@ -166,10 +166,38 @@ pub fn shard_indexes() -> Vec<Vec<u8>> {
     ]
 }
 
+/// Side-file patches as the `folder-patch` target reads them: base length, file length, the base,
+/// the patch (made by zdn from a base and a file with a few bytes changed).
+pub fn folder_patches() -> Vec<Vec<u8>> {
+    let base = b"{\"added_tokens\": [], \"vocab\": {\"a\": 0, \"b\": 1, \"c\": 2}}".to_vec();
+    let file =
+        b"{\"added_tokens\": [\"<|user|>\"], \"vocab\": {\"a\": 0, \"b\": 1, \"c\": 2}}".to_vec();
+    let mut out = Vec::new();
+    for (base, file) in [
+        (&base[..], &file[..]),
+        (&[][..], &file[..]),
+        (&base[..], &[][..]),
+    ] {
+        let p = zdn_protocol::folder::patch::encode(base, file).unwrap_or_default();
+        let mut v = Vec::new();
+        v.extend_from_slice(&(base.len() as u16).to_le_bytes());
+        v.extend_from_slice(&(file.len() as u16).to_le_bytes());
+        v.extend_from_slice(base);
+        v.extend_from_slice(&p);
+        out.push(v);
+    }
+    out
+}
+
 /// `zdn-delta.json` layouts of folder deltas (every source, grown and exact rows).
 pub fn folder_delta_layouts() -> Vec<Vec<u8>> {
     let h = "ab".repeat(32);
-    vec![format!(
+    let patched = format!(
+        r#"{{"format":"zdn-folder-delta/2","files":[
+  {{"path":"model.safetensors","from":"tensors","len":100}},
+  {{"path":"tokenizer.json","from":"patched","len":7,"blake3":"{h}","base_blake3":"{h}"}}]}}"#
+    );
+    vec![patched.into_bytes(), format!(
         r#"{{"format":"zdn-folder-delta/1","files":[
   {{"path":"config.json","from":"carried","len":10,"blake3":"{h}"}},
   {{"path":"model-00001-of-00002.safetensors","from":"tensors","len":100}},

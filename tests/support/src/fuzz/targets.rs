@@ -182,6 +182,27 @@ pub fn targets() -> Vec<Target> {
             },
         },
         Target {
+            name: "folder-patch",
+            seeds: seeds::folder_patches,
+            // `[base length u16 | file length u16 | base | patch]`: any decoded file has exactly
+            // the length asked for.
+            check: |b| {
+                use zdn_protocol::folder::patch;
+                let (Some(head), Some(rest)) = (b.get(..4), b.get(4..)) else {
+                    return Ok(false);
+                };
+                let base_len =
+                    usize::from(u16::from_le_bytes([head[0], head[1]])) % (rest.len() + 1);
+                let want = u64::from(u16::from_le_bytes([head[2], head[3]]));
+                let (base, p) = rest.split_at(base_len);
+                match patch::decode(base, p, want) {
+                    Err(_) => Ok(false),
+                    Ok(out) if out.len() as u64 == want => Ok(true),
+                    Ok(out) => Err(format!("asked for {want} bytes, rebuilt {}", out.len())),
+                }
+            },
+        },
+        Target {
             name: "folder-delta-layout",
             seeds: seeds::folder_delta_layouts,
             check: |b| {
