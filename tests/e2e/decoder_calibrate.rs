@@ -15,6 +15,14 @@ fn f(v: &Value) -> f64 {
 
 /// `zdn delta calibrate` of `delta` on the pair's calibration conversations (held-out ones
 /// excluded), with extra arguments.
+/// A short calibration (16 conversations, 4 steps) with `extra` options; its JSON report.
+fn short_calibration(pair: &DecoderPair, delta: &Path, out: &Path, extra: &[&str]) -> Value {
+    let mut args = calibrate_args(pair, delta, out);
+    args.extend_from_slice(extra);
+    args.extend(["--sentences", "16", "--steps", "4", "--json"]);
+    json(&zdn_ok(&args))
+}
+
 fn calibrate_args<'a>(pair: &'a DecoderPair, delta: &'a Path, out: &'a Path) -> Vec<&'a str> {
     vec![
         "delta",
@@ -96,16 +104,7 @@ fn calibrate_a_folder_delta_of_the_real_pair() {
     // With --vocabulary the quantized rows of embed_tokens and lm_head are fitted too (one scale
     // per row of the base's 4096); their exact and new rows, other entries, stay as they are.
     let voc = dir.path().join("voc");
-    let mut args = calibrate_args(&pair, &delta, &voc);
-    args.extend([
-        "--vocabulary",
-        "--sentences",
-        "16",
-        "--steps",
-        "4",
-        "--json",
-    ]);
-    let rep = json(&zdn_ok(&args));
+    let rep = short_calibration(&pair, &delta, &voc, &["--vocabulary"]);
     assert_eq!(rep["tensors"], 30);
     assert_eq!(rep["scales"], 9600 + 2 * 4096);
     let (a, c) = (
@@ -115,24 +114,14 @@ fn calibrate_a_folder_delta_of_the_real_pair() {
     assert_eq!(assert_only_scales_differ(&a, &c), 30);
 
     // --special-weight: the same calibration with the special-token positions weighing 100
-    // fits every projection's scales differently (nothing else changes); a weight below 1, or
-    // one for a model that is not a decoder, is refused.
+    // fits every projection's scales differently (nothing else changes); a weight below 1 is
+    // refused (and so is the option for a model that is not a decoder: the next test).
     let runs = [
         ("1", dir.path().join("w1")),
         ("100", dir.path().join("w100")),
     ];
     for (w, out) in &runs {
-        let mut args = calibrate_args(&pair, &delta, out);
-        args.extend([
-            "--special-weight",
-            w,
-            "--sentences",
-            "16",
-            "--steps",
-            "4",
-            "--json",
-        ]);
-        let rep = json(&zdn_ok(&args));
+        let rep = short_calibration(&pair, &delta, out, &["--special-weight", w]);
         assert_eq!(f(&rep["special_weight"]), w.parse::<f64>().unwrap());
     }
     let (a, c) = (
@@ -154,7 +143,8 @@ fn calibrate_a_folder_delta_of_the_real_pair() {
 }
 
 /// Bad inputs: calibration text that is all held out, an output that exists, a single `.bitdelta`
-/// for a decoder folder, a delta with nothing quantized; each a clear error, nothing written.
+/// for a decoder folder, a delta with nothing quantized, a decoder-only option for another model;
+/// each a clear error, nothing written.
 #[test]
 fn decoder_calibrate_refuses_bad_inputs_clearly() {
     let Some(pair) =
@@ -189,5 +179,12 @@ fn decoder_calibrate_refuses_bad_inputs_clearly() {
         &calibrate_args(&pair, &lossless, &out2),
         "nothing to calibrate",
     );
+    assert!(!out2.exists());
+
+    // --special-weight for a model that is not a decoder (a single safetensors base).
+    let mut args = calibrate_args(&pair, &single, &out2);
+    args[3] = s(&single);
+    args.extend(["--special-weight", "5"]);
+    zdn_err(&args, "--special-weight is for decoder folder deltas");
     assert!(!out2.exists());
 }
