@@ -333,6 +333,99 @@ fn a_one_bit_folder_delta_goes_through_the_store_and_a_second_node() {
     assert_eq!(read_tree(&out), tree);
 }
 
+/// `--bits-for GLOB=BITS`: the matching quantized tensors get those bits, every other one
+/// `--bits`; the folder rebuilds as the delta says. Refused for a single file and when malformed.
+#[test]
+fn bits_for_gives_the_matching_tensors_their_bits() {
+    let t = tmpdir();
+    let (base, fine) = pair(t.path());
+    let d = t.path().join("mixed.delta");
+    let r = delta_encode(
+        &base,
+        &fine,
+        &d,
+        &[
+            "--bits-for",
+            "model.layers.0.*=2",
+            "--bits-for",
+            "*.down_proj.*=4",
+        ],
+    );
+    let encodings: HashMap<String, String> = r["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_owned(),
+                t["encoding"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let quantized: Vec<&String> = encodings
+        .iter()
+        .filter(|(_, e)| e.starts_with("sign") || e.starts_with("bits"))
+        .map(|(n, _)| n)
+        .collect();
+    assert!(quantized.len() > 10, "{encodings:?}");
+    for name in quantized {
+        // The first match wins: layer 0's down_proj is 2-bit.
+        let want = if name.starts_with("model.layers.0.") {
+            "bits2"
+        } else if name.contains(".down_proj.") {
+            "bits4"
+        } else {
+            "sign1"
+        };
+        assert_eq!(encodings[name], want, "{name}");
+    }
+    let out = t.path().join("out");
+    zdn_ok(&delta_apply_args(&base, &d, &out));
+    let expected = expected_tensors(&base, &d);
+    for (name, (_, _, bytes)) in tensors(&out) {
+        assert_eq!(bytes, expected[&name], "{name}");
+    }
+
+    let single = t.path().join("single.bitdelta");
+    let (b, f) = (
+        base.join("model-00001-of-00003.safetensors"),
+        base.join("model-00002-of-00003.safetensors"),
+    );
+    let single_args = [
+        "delta",
+        "encode",
+        "--base",
+        s(&b),
+        "--finetuned",
+        s(&f),
+        "-o",
+        s(&single),
+        "--bits-for",
+        "*=2",
+    ];
+    zdn_err(&single_args, "--bits-for is for a fine-tune folder");
+    // Malformed: a usage error (exit 2) naming the option, nothing written.
+    for bad in ["*", "=2", "*=3"] {
+        let o = t.path().join("bad.delta");
+        let out = zdn(&[
+            "delta",
+            "encode",
+            "--base",
+            s(&base),
+            "--finetuned",
+            s(&fine),
+            "-o",
+            s(&o),
+            "--bits-for",
+            bad,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains("--bits-for"), "{bad}: {err}");
+        assert!(!o.exists());
+    }
+}
+
 #[test]
 fn bad_folder_deltas_and_wrong_bases_are_refused() {
     let t = tmpdir();

@@ -34,6 +34,10 @@ pub struct EncodeArgs {
     /// Bits per quantized weight: 1 (signs), 2 or 4.
     #[arg(long, default_value_t = 1, value_parser = parse_bits)]
     bits: u32,
+    /// For a fine-tune folder: quantized tensors whose name matches GLOB get BITS instead of
+    /// --bits (e.g. `--bits-for 'model.layers.31.*=2'`); repeatable, the first match wins.
+    #[arg(long, value_name = "GLOB=BITS", value_parser = parse_bits_for)]
+    bits_for: Vec<(String, u32)>,
     /// Elements sharing one scale: tensor, row, or group:N (N consecutive elements of a row).
     /// Default: row for a fine-tune folder of a known decoder family (see --architecture), else
     /// tensor.
@@ -78,6 +82,17 @@ pub enum ArchitectureMode {
     Generic,
 }
 
+/// `GLOB=BITS` of `--bits-for`.
+fn parse_bits_for(s: &str) -> Result<(String, u32), String> {
+    let (glob, bits) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("expected GLOB=BITS, got {s:?}"))?;
+    if glob.is_empty() {
+        return Err(format!("expected GLOB=BITS, got {s:?}: the glob is empty"));
+    }
+    Ok((glob.to_owned(), parse_bits(bits)?))
+}
+
 pub fn run(loc: &Location, a: EncodeArgs) -> anyhow::Result<u8> {
     if let Some(k) = a.clip {
         anyhow::ensure!(
@@ -105,8 +120,13 @@ pub fn run(loc: &Location, a: EncodeArgs) -> anyhow::Result<u8> {
         model_name: a.name,
         progress: !a.json,
     };
+    anyhow::ensure!(
+        a.bits_for.is_empty() || job.finetuned.is_dir(),
+        "--bits-for is for a fine-tune folder (a folder delta); a single file takes one --bits"
+    );
     if job.finetuned.is_dir() {
         let folder = FolderEncodeJob {
+            bits_for: a.bits_for.iter().map(|(g, b)| (Glob::new(g), *b)).collect(),
             finetuned: job.finetuned,
             output: job.output,
             options: job.options,

@@ -18,6 +18,7 @@ use zdn_protocol::folder::delta::{
     EXACT_SUFFIX, GROWN_SUFFIX, HEADER_DIR, LAYOUT_MEMBER,
 };
 use zdn_protocol::folder::layout::is_safetensors;
+use zdn_protocol::glob::Glob;
 use zdn_protocol::safetensors::TensorInfo;
 use zdn_protocol::Hash;
 
@@ -46,6 +47,9 @@ pub struct FolderEncodeJob {
     /// What the user left to the architecture (`options.spec.granularity` is used only when
     /// `choices.granularity` is set).
     pub choices: Choices,
+    /// Bits for the quantized tensors whose name matches, instead of `options.spec.bits` (the
+    /// first match wins).
+    pub bits_for: Vec<(Glob, u32)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -380,6 +384,9 @@ impl Target<'_> {
         let t = p.info;
         let mut opts = self.job.options;
         opts.spec.granularity = self.defaults.granularity;
+        if let Some((_, bits)) = self.job.bits_for.iter().find(|(g, _)| g.matches(&t.name)) {
+            opts.spec.bits = *bits;
+        }
         let sel = &self.job.selection;
         if !self.defaults.by_rows(p.class) {
             let b = base.map(|b| (b.dtype, b.shape));
