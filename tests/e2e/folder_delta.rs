@@ -177,6 +177,24 @@ fn a_lossless_folder_delta_rebuilds_the_fine_tune_byte_for_byte() {
     assert_eq!(read_tree(&out), read_tree(&fine));
 }
 
+/// `delta inspect` of the folder delta `d` from the store (`store`, `shown` its text) and from
+/// disk (`disk`) say how each file travels: the same table, the patches' sizes those on disk.
+fn assert_files_shown(store: &Value, disk: &Value, shown: &str, d: &Path) {
+    assert_eq!(disk["files"], store["files"]);
+    let tok = store["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "tokenizer.json")
+        .unwrap();
+    assert_eq!(tok["from"], "patched");
+    let patch = std::fs::metadata(d.join("patches/tokenizer.json"))
+        .unwrap()
+        .len();
+    assert_eq!(tok["member_bytes"], patch);
+    assert!(shown.contains("patched  tokenizer.json"), "{shown}");
+}
+
 #[test]
 fn a_one_bit_folder_delta_goes_through_the_store_and_a_second_node() {
     let publisher = tmpdir();
@@ -228,20 +246,7 @@ fn a_one_bit_folder_delta_goes_through_the_store_and_a_second_node() {
     );
     let on_disk = json(&zdn_ok(&["delta", "inspect", s(&d), "--json"]));
     assert_eq!(on_disk["file_bytes"], v["file_bytes"]);
-    // Both say how each file travels: the same table, the patches' sizes those on disk.
-    assert_eq!(on_disk["files"], v["files"]);
-    let tok = v["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"] == "tokenizer.json")
-        .unwrap();
-    assert_eq!(tok["from"], "patched");
-    let patch = std::fs::metadata(d.join("patches/tokenizer.json"))
-        .unwrap()
-        .len();
-    assert_eq!(tok["member_bytes"], patch);
-    assert!(shown.contains("patched  tokenizer.json"), "{shown}");
+    assert_files_shown(&v, &on_disk, &shown, &d);
 
     // From the store and from disk: the same folder.
     let from_store = publisher.path().join("from-store");
@@ -391,38 +396,65 @@ fn bits_for_gives_the_matching_tensors_their_bits() {
         base.join("model-00001-of-00003.safetensors"),
         base.join("model-00002-of-00003.safetensors"),
     );
-    let single_args = [
-        "delta",
-        "encode",
-        "--base",
-        s(&b),
-        "--finetuned",
-        s(&f),
-        "-o",
-        s(&single),
-        "--bits-for",
-        "*=2",
-    ];
+    let mut single_args = delta_encode_args(&b, &f, &single);
+    single_args.extend(["--bits-for", "*=2"]);
     zdn_err(&single_args, "--bits-for is for a fine-tune folder");
     // Malformed: a usage error (exit 2) naming the option, nothing written.
     for bad in ["*", "=2", "*=3"] {
         let o = t.path().join("bad.delta");
-        let out = zdn(&[
-            "delta",
-            "encode",
-            "--base",
-            s(&base),
-            "--finetuned",
-            s(&fine),
-            "-o",
-            s(&o),
-            "--bits-for",
-            bad,
-        ]);
+        let mut args = delta_encode_args(&base, &fine, &o);
+        args.extend(["--bits-for", bad]);
+        let out = zdn(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
         assert!(err.contains("--bits-for"), "{bad}: {err}");
         assert!(!o.exists());
+    }
+}
+
+/// `cp -r from to`; returns `to`.
+fn copy_tree(from: &Path, to: &Path) -> PathBuf {
+    let copied = std::process::Command::new("cp")
+        .args(["-r", s(from), s(to)])
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    to.to_owned()
+}
+
+/// A patch that does not rebuild its file (its bytes altered), and a right patch applied to a
+/// base whose file of that path differs (forced past the base check): refused by apply, naming
+/// the file, nothing left at the output.
+#[test]
+fn a_bad_patch_or_another_base_file_is_refused() {
+    let t = tmpdir();
+    let (base, fine) = pair(t.path());
+    let d = t.path().join("chat.delta");
+    delta_encode(&base, &fine, &d, &[]);
+    let bad_patch = copy_tree(&d, &t.path().join("bad-patch"));
+    let p = bad_patch.join("patches/tokenizer.json");
+    let mut b = std::fs::read(&p).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x55;
+    std::fs::write(&p, b).unwrap();
+    let other_base = copy_tree(&base, &t.path().join("other-base"));
+    let tok = other_base.join("tokenizer.json");
+    let text = std::fs::read_to_string(&tok)
+        .unwrap()
+        .replacen("tok1", "tokX", 1);
+    std::fs::write(&tok, text).unwrap();
+    let out = t.path().join("out");
+    let mut forced = delta_apply_args(&other_base, &d, &out);
+    forced.push("--force");
+    for (args, needle) in [
+        (delta_apply_args(&base, &bad_patch, &out), "tokenizer.json"),
+        (
+            forced,
+            "tokenizer.json: patched from the base's file of that path, which hashes to",
+        ),
+    ] {
+        zdn_err(&args, needle);
+        assert!(!out.exists(), "an output was left behind");
     }
 }
 
@@ -460,14 +492,7 @@ fn bad_folder_deltas_and_wrong_bases_are_refused() {
     assert_eq!(count(), 2);
 
     // Tampered copies, each refused by add and by apply, the store and the output untouched.
-    let copy = |name: &str| {
-        let c = t.path().join(name);
-        std::process::Command::new("cp")
-            .args(["-r", s(&d), s(&c)])
-            .status()
-            .unwrap();
-        c
-    };
+    let copy = |name: &str| copy_tree(&d, &t.path().join(name));
     let layout = std::fs::read_to_string(d.join("zdn-delta.json")).unwrap();
     let cases: Vec<(PathBuf, &str)> = vec![
         {
@@ -520,39 +545,6 @@ fn bad_folder_deltas_and_wrong_bases_are_refused() {
         assert!(!out.exists(), "{}: an output was left behind", c.display());
     }
     assert_eq!(count(), 2);
-
-    // A patch that does not rebuild its file (its bytes altered), and a right patch applied to a
-    // base whose file of that path differs (forced past the base check): refused by apply, naming
-    // the file, nothing left at the output.
-    let bad_patch = copy("bad-patch");
-    let p = bad_patch.join("patches/tokenizer.json");
-    let mut b = std::fs::read(&p).unwrap();
-    let mid = b.len() / 2;
-    b[mid] ^= 0x55;
-    std::fs::write(&p, b).unwrap();
-    let other_base = t.path().join("other-base");
-    std::process::Command::new("cp")
-        .args(["-r", s(&base), s(&other_base)])
-        .status()
-        .unwrap();
-    let tok = other_base.join("tokenizer.json");
-    let text = std::fs::read_to_string(&tok)
-        .unwrap()
-        .replacen("tok1", "tokX", 1);
-    std::fs::write(&tok, text).unwrap();
-    let out = t.path().join("out");
-    let mut forced = delta_apply_args(&other_base, &d, &out);
-    forced.push("--force");
-    for (args, needle) in [
-        (delta_apply_args(&base, &bad_patch, &out), "tokenizer.json"),
-        (
-            forced,
-            "tokenizer.json: patched from the base's file of that path, which hashes to",
-        ),
-    ] {
-        zdn_err(&args, needle);
-        assert!(!out.exists(), "an output was left behind");
-    }
 
     // The right delta, applied to the wrong base or into a non-empty folder: refused.
     let out = t.path().join("out");

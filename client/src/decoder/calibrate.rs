@@ -59,7 +59,7 @@ pub struct DecoderCalibrateJob {
     /// Also calibrate the quantized rows of the vocabulary matrices.
     pub vocabulary: bool,
     /// Weight of a position where a special token matters (input, next token or the fine-tune's
-    /// top-1), against 1 for the others, in the mean KL fitted ([`special_weights`]).
+    /// top-1), against 1 for the others, in the mean KL fitted (see `special_weights`).
     pub special_weight: f32,
     pub force: bool,
     pub progress: bool,
