@@ -437,6 +437,32 @@ fn a_bad_patch_or_another_base_file_is_refused() {
     let mid = b.len() / 2;
     b[mid] ^= 0x55;
     std::fs::write(&p, b).unwrap();
+    // Refused where it is published too: `zdn add` rebuilds every patch against the base in the
+    // store (and hashes every carried file); the store is left as it was.
+    let home = t.path().join("home");
+    let base_hash = add(&home, &base, &[]);
+    err(
+        &home,
+        &["add", s(&bad_patch), "--base", &base_hash],
+        "\"tokenizer.json\": its",
+    );
+    let carried = copy_tree(&d, &t.path().join("bad-carried"));
+    let c = carried.join("files/chat_template.jinja");
+    let mut b = std::fs::read(&c).unwrap();
+    b[0] ^= 1;
+    std::fs::write(&c, b).unwrap();
+    err(
+        &home,
+        &["add", s(&carried), "--base", &base_hash],
+        "\"chat_template.jinja\": its bytes do not hash to the layout's blake3",
+    );
+    assert_eq!(
+        json(&ok(&home, &["ls", "--json"]))
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     let other_base = copy_tree(&base, &t.path().join("other-base"));
     let tok = other_base.join("tokenizer.json");
     let text = std::fs::read_to_string(&tok)

@@ -4,6 +4,8 @@ use std::collections::HashSet;
 use std::ops::Range;
 
 use zdn_protocol::chunk::{self, DEFAULT_CHUNK_SIZE};
+use zdn_protocol::folder::delta::{FolderDeltaError, OutputFile, Source};
+use zdn_protocol::folder::patch::{self, MAX_PATCHED_LEN};
 use zdn_protocol::folder::{self, FileEntry, Member};
 use zdn_protocol::manifest::{Kind, Manifest, PublisherKey, SignedManifest, TensorEntry};
 use zdn_protocol::object::{self, ObjectError};
@@ -294,7 +296,59 @@ impl ObjectStore {
                 actual: bm.manifest.object_hash,
             });
         }
+        for f in &d.delta.files {
+            self.check_side_file(&bm, members, f)?;
+        }
         Ok(d.layout)
+    }
+
+    /// A carried or patched file of a folder delta rebuilds the bytes its layout names: a carried
+    /// member hashes to its `blake3`; a patch, applied to the base's file of the same path (read
+    /// from the store, its hash the layout's `base_blake3`), rebuilds `len` bytes hashing to
+    /// `blake3`. So a bad delta is refused where it is published, not at every station.
+    fn check_side_file(
+        &self,
+        base: &SignedManifest,
+        members: &[Member<'_>],
+        f: &OutputFile,
+    ) -> Result<(), StoreError> {
+        let bad = |problem: String| FolderDeltaError::File {
+            path: f.path.clone(),
+            problem,
+        };
+        let Some(member) = f.member().filter(|_| f.from != Source::Tensors) else {
+            return Ok(());
+        };
+        let bytes = members
+            .iter()
+            .find(|m| m.path == member)
+            .map(|m| m.bytes)
+            .ok_or_else(|| FolderDeltaError::MissingMember(member.clone()))?;
+        let actual = if f.from == Source::Patched {
+            let entry = base
+                .manifest
+                .file(&f.path)
+                .filter(|e| e.len <= MAX_PATCHED_LEN)
+                .ok_or_else(|| {
+                    bad("the base has no file of this path within the patch limit".into())
+                })?;
+            let mut old = Vec::with_capacity(entry.len as usize);
+            self.read_file(&base.hash(), &f.path, &mut old)?;
+            if Some(Hash::of(&old)) != f.base_blake3 {
+                return Err(
+                    bad("the base's file of this path is not the one patched".into()).into(),
+                );
+            }
+            Hash::of(
+                &patch::decode(&old, bytes, f.len).map_err(|e| bad(format!("its patch: {e}")))?,
+            )
+        } else {
+            Hash::of(bytes)
+        };
+        if Some(actual) != f.blake3 {
+            return Err(bad("its bytes do not hash to the layout's blake3".into()).into());
+        }
+        Ok(())
     }
 
     fn undo_on_error(
