@@ -42,6 +42,21 @@ fn field_station(
             "fine*",
         ],
     );
+    // Connected to both before anything is announced: an announcement published before the
+    // station's connection (and its gossip subscription) exists never reaches it, and a loaded
+    // machine can take seconds to dial (a CI run saw "no line starting with announced").
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while json(&ok(field.path(), &["peers", "--json"]))
+        .as_array()
+        .map_or(0, Vec::len)
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < end,
+            "the station did not connect to its two peers within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     (field, node)
 }
 
