@@ -476,7 +476,7 @@ fn a_bad_patch_or_another_base_file_is_refused() {
         (delta_apply_args(&base, &bad_patch, &out), "tokenizer.json"),
         (
             forced,
-            "tokenizer.json: patched from the base's file of that path, which hashes to",
+            "tokenizer.json: patched: the base's file of this path hashes to",
         ),
     ] {
         zdn_err(&args, needle);

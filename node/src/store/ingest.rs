@@ -324,30 +324,22 @@ impl ObjectStore {
             .find(|m| m.path == member)
             .map(|m| m.bytes)
             .ok_or_else(|| FolderDeltaError::MissingMember(member.clone()))?;
-        let actual = if f.from == Source::Patched {
-            let entry = base
-                .manifest
-                .file(&f.path)
-                .filter(|e| e.len <= MAX_PATCHED_LEN)
-                .ok_or_else(|| {
-                    bad("the base has no file of this path within the patch limit".into())
-                })?;
-            let mut old = Vec::with_capacity(entry.len as usize);
-            self.read_file(&base.hash(), &f.path, &mut old)?;
-            if Some(Hash::of(&old)) != f.base_blake3 {
-                return Err(
-                    bad("the base's file of this path is not the one patched".into()).into(),
-                );
+        if f.from != Source::Patched {
+            if Some(Hash::of(bytes)) != f.blake3 {
+                return Err(bad("its bytes do not hash to the layout's blake3".into()).into());
             }
-            Hash::of(
-                &patch::decode(&old, bytes, f.len).map_err(|e| bad(format!("its patch: {e}")))?,
-            )
-        } else {
-            Hash::of(bytes)
-        };
-        if Some(actual) != f.blake3 {
-            return Err(bad("its bytes do not hash to the layout's blake3".into()).into());
+            return Ok(());
         }
+        let entry = base
+            .manifest
+            .file(&f.path)
+            .filter(|e| e.len <= MAX_PATCHED_LEN)
+            .ok_or_else(
+                || bad("the base has no file of this path within the patch limit".into()),
+            )?;
+        let mut old = Vec::with_capacity(entry.len as usize);
+        self.read_file(&base.hash(), &f.path, &mut old)?;
+        patch::rebuild_file(f, &old, bytes).map_err(|e| bad(e.to_string()))?;
         Ok(())
     }
 

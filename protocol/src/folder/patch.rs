@@ -11,6 +11,9 @@
 
 use zstd::zstd_safe::{CCtx, CParameter, DCtx};
 
+use super::delta::OutputFile;
+use crate::Hash;
+
 /// Largest base file or patched file (either side): a 262k-token `tokenizer.json` is about 33 MB.
 pub const MAX_PATCHED_LEN: u64 = 64 << 20;
 /// Largest patch member read.
@@ -111,6 +114,47 @@ pub fn decode(base: &[u8], patch: &[u8], len: u64) -> Result<Vec<u8>, PatchError
     Ok(out)
 }
 
+/// Why a `patched` file of a folder delta's layout cannot be rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatchedFileError {
+    #[error("the base's file of this path hashes to {actual}, the layout says {expected} (is this the delta's base?)")]
+    BaseFile { expected: Hash, actual: Hash },
+    #[error("its patch: {0}")]
+    Patch(#[from] PatchError),
+    #[error("the rebuilt bytes hash to {actual}, the layout says {expected}")]
+    Result { expected: Hash, actual: Hash },
+    #[error("the layout names no {0} for it")]
+    NoHash(&'static str),
+}
+
+/// A `patched` file of a folder delta's layout rebuilt from the base's file of the same path and
+/// its patch member, both hashes checked: the base file's against the layout's `base_blake3`
+/// before it is used, the result's against `blake3`. What every reader of a folder delta (apply,
+/// the store's check when one is added) does with a patched file.
+pub fn rebuild_file(
+    file: &OutputFile,
+    base_file: &[u8],
+    patch: &[u8],
+) -> Result<Vec<u8>, PatchedFileError> {
+    let base_expected = file
+        .base_blake3
+        .ok_or(PatchedFileError::NoHash("base_blake3"))?;
+    let expected = file.blake3.ok_or(PatchedFileError::NoHash("blake3"))?;
+    let actual = Hash::of(base_file);
+    if actual != base_expected {
+        return Err(PatchedFileError::BaseFile {
+            expected: base_expected,
+            actual,
+        });
+    }
+    let bytes = decode(base_file, patch, file.len)?;
+    let actual = Hash::of(&bytes);
+    if actual != expected {
+        return Err(PatchedFileError::Result { expected, actual });
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -176,6 +220,60 @@ mod tests {
         assert_ne!(decode(&other, &p, n).ok(), Some(fine.clone()));
         assert!(decode(&base, &p[..p.len() / 2], n).is_err());
         assert!(decode(&base, b"not a zstd frame", n).is_err());
+    }
+
+    #[test]
+    fn a_patched_file_is_rebuilt_only_with_both_hashes_right() {
+        use super::super::delta::Source;
+        let (base, fine) = pair();
+        let p = encode(&base, &fine).unwrap();
+        let file = OutputFile {
+            path: "tokenizer.json".into(),
+            from: Source::Patched,
+            len: fine.len() as u64,
+            blake3: Some(Hash::of(&fine)),
+            base_blake3: Some(Hash::of(&base)),
+        };
+        assert_eq!(rebuild_file(&file, &base, &p).unwrap(), fine);
+        let mut other = base.clone();
+        other[10] ^= 1;
+        assert_eq!(
+            rebuild_file(&file, &other, &p),
+            Err(PatchedFileError::BaseFile {
+                expected: Hash::of(&base),
+                actual: Hash::of(&other)
+            })
+        );
+        let wrong = OutputFile {
+            blake3: Some(Hash::of(b"x")),
+            ..file.clone()
+        };
+        assert_eq!(
+            rebuild_file(&wrong, &base, &p),
+            Err(PatchedFileError::Result {
+                expected: Hash::of(b"x"),
+                actual: Hash::of(&fine)
+            })
+        );
+        assert!(matches!(
+            rebuild_file(&file, &base, &p[..p.len() / 2]),
+            Err(PatchedFileError::Patch(_))
+        ));
+        for f in [
+            OutputFile {
+                blake3: None,
+                ..file.clone()
+            },
+            OutputFile {
+                base_blake3: None,
+                ..file.clone()
+            },
+        ] {
+            assert!(matches!(
+                rebuild_file(&f, &base, &p),
+                Err(PatchedFileError::NoHash(_))
+            ));
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use zdn_protocol::folder::delta::{
     base_rows, scatter_rows, FolderDelta, FolderDeltaError, OutputFile, Source, DELTA_MEMBER,
     LAYOUT_MEMBER, MAX_LAYOUT_LEN,
 };
-use zdn_protocol::folder::patch::{self, MAX_PATCHED_LEN};
+use zdn_protocol::folder::patch::{self, PatchedFileError, MAX_PATCHED_LEN};
 use zdn_protocol::folder::{check_delta, FileEntry, FilePlan};
 use zdn_protocol::manifest::{Kind, SignedManifest};
 use zdn_protocol::Hash;
@@ -51,10 +51,10 @@ pub enum FolderApplyError {
     },
     #[error("{path}: patched from the base's file of that path, which {problem} (is this the delta's base?)")]
     PatchBase { path: String, problem: String },
-    #[error("{path}: its patch: {error}")]
-    Patch {
+    #[error("{path}: patched: {error}")]
+    Patched {
         path: String,
-        error: zdn_protocol::folder::patch::PatchError,
+        error: PatchedFileError,
     },
     #[error("{path}: the bytes written hash to {actual}, the delta says {expected}")]
     FileHash {
@@ -362,25 +362,13 @@ fn write_patched(
     let old = base
         .small_file(&f.path, MAX_PATCHED_LEN)?
         .ok_or_else(|| base_problem(format!("is missing or over {MAX_PATCHED_LEN} bytes")))?;
-    let actual = Hash::of(&old);
-    if let Some(expected) = f.base_blake3.filter(|h| *h != actual) {
-        return Err(base_problem(format!("hashes to {actual}, not {expected}")));
-    }
     let member = f.member().unwrap_or_default();
-    let bytes = patch::decode(&old, &delta.read_member(&member)?, f.len).map_err(|error| {
-        FolderApplyError::Patch {
+    let bytes = patch::rebuild_file(f, &old, &delta.read_member(&member)?).map_err(|error| {
+        FolderApplyError::Patched {
             path: f.path.clone(),
             error,
         }
     })?;
-    let actual = Hash::of(&bytes);
-    if let Some(expected) = f.blake3.filter(|h| *h != actual) {
-        return Err(FolderApplyError::FileHash {
-            path: f.path.clone(),
-            expected,
-            actual,
-        });
-    }
     out.write_all(&bytes).map_err(|cause| FolderApplyError::Io {
         path: PathBuf::from(&f.path),
         cause,
