@@ -58,7 +58,7 @@ fn add(home: &Path, dir: &Path, extra: &[&str]) -> String {
 }
 
 /// Every tensor of every shard of `dir`: name → (dtype, shape, bytes).
-fn tensors(dir: &Path) -> HashMap<String, (zdn_protocol::DType, Vec<u64>, Vec<u8>)> {
+pub(crate) fn tensors(dir: &Path) -> HashMap<String, (zdn_protocol::DType, Vec<u64>, Vec<u8>)> {
     let mut out = HashMap::new();
     for (path, bytes) in read_tree(dir) {
         if !path.ends_with(".safetensors") {

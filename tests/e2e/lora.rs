@@ -20,7 +20,7 @@ const ALPHA: f64 = 8.0;
 const HIDDEN: u64 = 64;
 const LAYERS: u32 = 3;
 
-fn config(extra: &str) -> String {
+pub(crate) fn config(extra: &str) -> String {
     format!(
         r#"{{"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": {RANK}, "lora_alpha": {ALPHA},
   "lora_dropout": 0.05, "bias": "none", "fan_in_fan_out": false, "use_rslora": false,
@@ -46,7 +46,7 @@ fn factors(layer: u32, module: &str) -> (Vec<f32>, Vec<f32>) {
     (gen(RANK * HIDDEN, 0), b)
 }
 
-fn adapter(dir: &Path, cfg: &str, skip: Option<&str>, bad_shape: bool) {
+pub(crate) fn adapter(dir: &Path, cfg: &str, skip: Option<&str>, bad_shape: bool) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("adapter_config.json"), cfg).unwrap();
     std::fs::write(dir.join("README.md"), "# a LoRA of Llama-tiny\n").unwrap();

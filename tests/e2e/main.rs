@@ -27,5 +27,6 @@ mod net;
 mod paced;
 mod quality;
 mod soup;
+mod soup_folder;
 mod soup_store;
 mod store;

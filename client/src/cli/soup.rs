@@ -5,13 +5,16 @@
 use std::path::PathBuf;
 
 use crate::delta::apply::{apply, ApplyJob, ApplyReport};
+use crate::delta::folder::apply::FolderApplyReport;
 use crate::soup::build::{build, load_recipe, output_dir, BuildJob};
 use crate::soup::combine::{combine, CombineInput, CombineJob, CombineReport};
+use crate::soup::folder::build_folder_soup;
 use crate::soup::method::Method;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use zdn_node::store::{AddOptions, ObjectStore};
 use zdn_protocol::bitdelta::{EncodeOptions, Granularity, QuantSpec, DEFAULT_ZSTD_LEVEL};
+use zdn_protocol::folder::adapter::CONFIG_MEMBER;
 use zdn_protocol::manifest::{Kind, TensorEntry};
 use zdn_protocol::soup::{Component, Recipe};
 use zdn_protocol::Hash;
@@ -24,12 +27,17 @@ use crate::cli::store::{load_or_create_key, now};
 pub enum SoupCommand {
     /// Mix deltas of one base with weights into a soup recipe in the store; prints its hash.
     ///
-    /// The recipe is a signed `soup` object of a few hundred bytes; with -o the soup is also built
-    /// into one .bitdelta. The components are objects in the store (hash, prefix or name), all deltas of the same base.
-    /// A node that has the components builds the soup from the recipe alone (`zdn delta apply
-    /// --delta SOUP`). Example:
+    /// The recipe is a signed `soup` object of a few hundred bytes. The components are objects in
+    /// the store (hash, prefix or name), all deltas of the same base:
+    ///  - single-file deltas of a single-file base: the soup is re-quantized (--bits, --scale);
+    ///    -o builds it into one .bitdelta; `zdn delta apply --delta SOUP` applies it;
+    ///  - folder deltas, or LoRA adapters, of a model folder: the soup is mixed exactly;
+    ///    -o writes the mixed model folder; `zdn apply SOUP -o DIR` does the same later.
+    ///
+    /// A node that has the components builds the soup from the recipe alone. Examples:
     ///
     ///   zdn soup mix --delta ft-a:0.6 --delta ft-b:0.4 --name ab -o ab.bitdelta
+    ///   zdn soup mix --delta chat:0.5 --delta code:0.5 --name chat-code -o chat-code/
     #[command(verbatim_doc_comment)]
     Mix(MixArgs),
     /// Aggregate contributed deltas (.bitdelta files of one base) into one, robustly.
@@ -53,15 +61,18 @@ pub struct MixArgs {
     /// Name to record the soup under (default: soup-<first hex digits of the recipe's hash>).
     #[arg(long)]
     name: Option<String>,
-    /// Also build the soup into this .bitdelta (written to a temporary file and renamed).
+    /// Also build the soup: into this .bitdelta (single-file components), or as the mixed model
+    /// folder at this new or empty directory (folder components); written beside and renamed.
     #[arg(short, long)]
     output: Option<PathBuf>,
-    /// Bits per weight of the soup's re-quantized tensors: 1, 2 or 4 (recorded in the recipe).
-    #[arg(long, default_value_t = 1, value_parser = parse_bits)]
-    bits: u32,
-    /// Scale granularity of the re-quantized tensors: tensor, row or group:N (recorded).
-    #[arg(long, default_value = "row")]
-    scale: Granularity,
+    /// Bits per weight of the soup's re-quantized tensors: 1, 2 or 4 (recorded in the recipe;
+    /// default 1). Single-file soups only: a folder soup is mixed exactly.
+    #[arg(long, value_parser = parse_bits)]
+    bits: Option<u32>,
+    /// Scale granularity of the re-quantized tensors: tensor, row or group:N (recorded; default
+    /// row). Single-file soups only.
+    #[arg(long)]
+    scale: Option<Granularity>,
     /// Do not pin the recipe (a later `gc` removes it).
     #[arg(long)]
     no_pin: bool,
@@ -120,6 +131,9 @@ struct MixReport {
     already_present: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     output: Option<CombineReport>,
+    /// The mixed model folder written by -o (a folder soup).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    folder: Option<FolderApplyReport>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -182,16 +196,29 @@ fn mix(loc: &Location, a: MixArgs) -> anyhow::Result<()> {
         base,
         components,
         mut report_components,
+        folder,
     } = resolve_components(&store, &a.deltas)?;
-    let recipe = Recipe::new(base, a.bits, a.scale, components).context("invalid soup")?;
+    anyhow::ensure!(
+        !folder || (a.bits.is_none() && a.scale.is_none()),
+        "--bits and --scale re-quantize a soup of single-file deltas; a soup of a model folder is mixed exactly"
+    );
+    let (bits, scale) = (a.bits.unwrap_or(1), a.scale.unwrap_or(Granularity::Row));
+    let recipe = Recipe::new(base, bits, scale, components).context("invalid soup")?;
     let bytes = recipe.encode();
     let name = a
         .name
         .unwrap_or_else(|| format!("soup-{}", &Hash::of(&bytes).to_hex()[..12]));
 
     // Build the soup first: a recipe whose components cannot be combined is never stored.
+    let folder_output = match &a.output {
+        Some(path) if folder => Some(
+            build_folder_soup(&store, &recipe, path, !a.json)
+                .context("building the soup failed (nothing was stored)")?,
+        ),
+        _ => None,
+    };
     let output = match &a.output {
-        Some(path) => Some(
+        Some(path) if !folder => Some(
             build(
                 &store,
                 &recipe,
@@ -205,7 +232,7 @@ fn mix(loc: &Location, a: MixArgs) -> anyhow::Result<()> {
             )
             .context("building the soup failed (nothing was stored)")?,
         ),
-        None => None,
+        _ => None,
     };
 
     let key = load_or_create_key(loc)?;
@@ -235,6 +262,7 @@ fn mix(loc: &Location, a: MixArgs) -> anyhow::Result<()> {
         manifest_bytes: signed.as_bytes().len(),
         already_present: r.already_present,
         output,
+        folder: folder_output,
     };
     print_mix(a.json, &report)
 }
@@ -247,6 +275,8 @@ struct MixComponents {
     components: Vec<Component>,
     /// For the report, in the order given.
     report_components: Vec<MixComponent>,
+    /// Whether they are folder deltas or adapters (of a model folder).
+    folder: bool,
 }
 
 /// Resolves every `OBJ:WEIGHT` in the store and checks the objects can be mixed: deltas, of one
@@ -255,6 +285,7 @@ fn resolve_components(store: &ObjectStore, specs: &[String]) -> anyhow::Result<M
     let mut components = Vec::with_capacity(specs.len());
     let mut report_components = Vec::with_capacity(specs.len());
     let mut first: Option<(Hash, Hash, Vec<TensorEntry>)> = None;
+    let mut kinds = Vec::with_capacity(specs.len());
     for spec in specs {
         let (obj, weight) = parse_component(spec)?;
         let hash = store.resolve(obj)?;
@@ -267,6 +298,17 @@ fn resolve_components(store: &ObjectStore, specs: &[String]) -> anyhow::Result<M
         let base = m
             .base
             .with_context(|| format!("delta {hash} names no base"))?;
+        // (folder, adapter): a soup mixes one kind.
+        let kind = (m.is_folder(), m.file(CONFIG_MEMBER).is_some());
+        if let Some(&(h0, k0)) = kinds.first() {
+            anyhow::ensure!(
+                kind == k0,
+                "component {hash} is {} and component {h0} {}: a soup mixes one kind",
+                kind_name(kind),
+                kind_name(k0)
+            );
+        }
+        kinds.push((hash, kind));
         match &first {
             None => first = Some((hash, base, m.tensors.clone())),
             Some((h0, b0, t0)) => {
@@ -274,9 +316,12 @@ fn resolve_components(store: &ObjectStore, specs: &[String]) -> anyhow::Result<M
                     base == *b0,
                     "the components are deltas of different bases: {hash} applies to {base}, {h0} to {b0}"
                 );
-                same_tensors(t0, &m.tensors).map_err(|p| {
-                    anyhow::anyhow!("component {hash} does not match component {h0}: {p}")
-                })?;
+                // Folder components are compared when the soup is built (their layouts).
+                if !kind.0 {
+                    same_tensors(t0, &m.tensors).map_err(|p| {
+                        anyhow::anyhow!("component {hash} does not match component {h0}: {p}")
+                    })?;
+                }
             }
         }
         components.push(Component {
@@ -293,7 +338,16 @@ fn resolve_components(store: &ObjectStore, specs: &[String]) -> anyhow::Result<M
         base: first.map(|f| f.1).unwrap_or(Hash::ZERO),
         components,
         report_components,
+        folder: kinds.first().is_some_and(|k| k.1 .0),
     })
+}
+
+fn kind_name((folder, adapter): (bool, bool)) -> &'static str {
+    match (folder, adapter) {
+        (_, true) => "a LoRA adapter",
+        (true, false) => "a folder delta",
+        (false, false) => "a single-file delta",
+    }
 }
 
 fn print_mix(json: bool, report: &MixReport) -> anyhow::Result<()> {
@@ -316,6 +370,15 @@ fn print_mix(json: bool, report: &MixReport) -> anyhow::Result<()> {
         );
         if let Some(o) = &report.output {
             eprintln!("{}", summary(o));
+        }
+        if let Some(f) = &report.folder {
+            eprintln!(
+                "wrote {} ({} files, {} bytes; {} tensors mixed)",
+                f.output.display(),
+                f.files,
+                f.bytes_written,
+                f.tensors
+            );
         }
     }
     Ok(())
@@ -405,6 +468,10 @@ pub fn apply_recipe(
         m.kind.as_str()
     );
     let recipe = load_recipe(&store, &hash)?;
+    anyhow::ensure!(
+        !store.require_manifest(&recipe.base())?.manifest.is_folder(),
+        "--delta {object}: soup {hash} mixes deltas of a model folder; `zdn apply {object} -o DIR` writes it"
+    );
     let dir = output_dir(&output);
     let tmp = tempfile::Builder::new()
         .prefix(".zdn-soup-apply.")

@@ -42,6 +42,8 @@ pub enum StoreError {
     FolderKind,
     #[error("{0} is a model folder: a delta against a folder is a folder delta, made by `zdn delta encode --base DIR --finetuned DIR -o OUT_DIR` and added with `zdn add OUT_DIR --base HASH`")]
     FolderBase(Hash),
+    #[error("a soup of the model folder {0} is mixed exactly: its recipe must have the default quantization (1 bit, row scales)")]
+    SoupQuantization(Hash),
     #[error("not a valid LoRA adapter: {0}")]
     Adapter(#[from] zdn_protocol::folder::adapter::AdapterError),
     #[error("not a valid folder delta: {0}")]

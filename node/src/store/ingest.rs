@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::ops::Range;
 
+use zdn_protocol::bitdelta::Granularity;
 use zdn_protocol::chunk::{self, DEFAULT_CHUNK_SIZE};
 use zdn_protocol::folder::delta::{FolderDeltaError, OutputFile, Source};
 use zdn_protocol::folder::patch::{self, MAX_PATCHED_LEN};
@@ -179,8 +180,11 @@ impl ObjectStore {
         if bm.manifest.kind != Kind::Base {
             return Err(StoreError::NotABase(recorded, bm.manifest.kind.as_str()));
         }
-        if bm.manifest.is_folder() {
-            return Err(StoreError::FolderBase(recorded));
+        // A folder soup is mixed exactly (docs/spec/recipe.md "Folder soups"): its recipe carries
+        // the default quantization, so that one mix has one recipe.
+        let folder = bm.manifest.is_folder();
+        if folder && (recipe.bits() != 1 || recipe.granularity() != Granularity::Row) {
+            return Err(StoreError::SoupQuantization(recorded));
         }
         for c in recipe.components() {
             let problem = match self.manifest(&c.delta)? {
@@ -188,8 +192,11 @@ impl ObjectStore {
                 Some(m) if m.manifest.kind != Kind::Delta => {
                     format!("is a {} object, not a delta", m.manifest.kind.as_str())
                 }
-                Some(m) if m.manifest.is_folder() => {
-                    "is a folder delta: a soup mixes single-file deltas".to_string()
+                Some(m) if m.manifest.is_folder() && !folder => {
+                    "is a folder delta or adapter: the soup's base is a single file".to_string()
+                }
+                Some(m) if !m.manifest.is_folder() && folder => {
+                    "is a single-file delta: the soup's base is a model folder".to_string()
                 }
                 Some(m) if m.manifest.base != Some(recorded) => format!(
                     "is a delta of another base ({})",

@@ -337,6 +337,19 @@ proptest! {
         prop_assert_eq!(out, whole);
     }
 
+    /// The update in f32 added to each base element and rounded is the merge, bit for bit.
+    #[test]
+    fn base_plus_update_is_the_merge((s, base, a, b) in case()) {
+        let whole = merged(&s, &base, &a, &b).unwrap();
+        let u = LoraFactors::new(s, &a, &b).unwrap().update();
+        prop_assert_eq!(u.len() as u64, s.rows * s.cols);
+        let mut out = Vec::new();
+        for (k, d) in u.iter().enumerate() {
+            put(s.base_dtype, get(s.base_dtype, &base, k) + d, &mut out);
+        }
+        prop_assert_eq!(out, whole);
+    }
+
     /// Arbitrary shapes and buffers: an error or a result, never a panic.
     #[test]
     fn never_panics(

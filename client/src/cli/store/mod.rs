@@ -58,7 +58,8 @@ pub enum StoreCommand {
     /// tensor (no loose copy of either). A folder delta writes the fine-tune's folder (its files,
     /// shard layout, headers and side files) and a LoRA adapter the base's folder with the adapter
     /// merged (W + s·B·A, docs/spec/lora.md), into a new or empty folder; a single-file .bitdelta
-    /// writes one safetensors file. Example:
+    /// writes one safetensors file; a soup of a model folder (`zdn soup mix` of folder deltas or
+    /// adapters) writes the mixed folder, W = W_base + Σ wᵢ·Δᵢ (docs/soup.md). Example:
     ///
     ///   zdn fetch <hash> && zdn apply <hash> -o Llama-2-7b-chat-hf/
     #[command(verbatim_doc_comment)]

@@ -10,10 +10,11 @@ use std::io::Write;
 use std::path::Path;
 
 use zdn_node::store::ObjectStore;
+use zdn_protocol::bitdelta::TensorData;
 use zdn_protocol::folder::adapter::{adapter_plan, CONFIG_MEMBER, WEIGHTS_MEMBER};
 use zdn_protocol::folder::layout::is_safetensors;
 use zdn_protocol::folder::FileEntry;
-use zdn_protocol::lora::{merge_tensor, AdapterPlan, TensorMeta, MAX_CONFIG_BYTES};
+use zdn_protocol::lora::{merge_tensor, AdapterPlan, LoraFactors, TensorMeta, MAX_CONFIG_BYTES};
 use zdn_protocol::safetensors::{self, SafetensorsHeader};
 use zdn_protocol::Hash;
 
@@ -97,8 +98,39 @@ pub fn apply_adapter(
     output: &Path,
     progress: bool,
 ) -> Result<FolderApplyReport, FolderApplyError> {
-    let metas: BTreeMap<String, TensorMeta> = base
-        .tensor_names()
+    let plan = adapter.plan(&base_metas(base))?;
+    let weights = adapter.weights()?;
+    let factors = Factors {
+        plan: &plan,
+        weights: &weights,
+        bytes: adapter.weights.bytes(),
+    };
+    write_base_with(base, output, &factors, plan.modules.len(), progress)
+}
+
+impl AdapterSource {
+    /// The adapter's merge plan against a base of these tensors (its config and weights checked).
+    pub(crate) fn plan(
+        &self,
+        metas: &BTreeMap<String, TensorMeta>,
+    ) -> Result<AdapterPlan, FolderApplyError> {
+        Ok(adapter_plan(&self.config, self.weights.bytes(), metas)?)
+    }
+
+    /// The header of `adapter_model.safetensors`.
+    pub(crate) fn weights(&self) -> Result<SafetensorsHeader, FolderApplyError> {
+        safetensors::parse(self.weights.bytes()).map_err(|e| FolderApplyError::Adapter(e.into()))
+    }
+
+    /// The bytes of `adapter_model.safetensors`.
+    pub(crate) fn weight_bytes(&self) -> &[u8] {
+        self.weights.bytes()
+    }
+}
+
+/// The base's tensors: dtype and shape by name.
+pub(crate) fn base_metas(base: &dyn BaseModel) -> BTreeMap<String, TensorMeta> {
+    base.tensor_names()
         .into_iter()
         .filter_map(|n| {
             base.layout(n).map(|(dtype, shape)| {
@@ -111,10 +143,32 @@ pub fn apply_adapter(
                 )
             })
         })
-        .collect();
-    let plan = adapter_plan(&adapter.config, adapter.weights.bytes(), &metas)?;
-    let weights = safetensors::parse(adapter.weights.bytes())
-        .map_err(|e| FolderApplyError::Adapter(e.into()))?;
+        .collect()
+}
+
+/// How the base's tensors change when its folder is written out again.
+pub(crate) trait TensorMerge {
+    /// Whether the base's tensor `name` changes.
+    fn changes(&self, name: &str) -> bool;
+    /// The changed tensor `name` (the base's bytes `base`, in its dtype) into `out`, in the base's
+    /// dtype and length.
+    fn merge(
+        &self,
+        name: &str,
+        base: &TensorData<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FolderApplyError>;
+}
+
+/// Writes the base's folder at `output` (a new or empty folder) with the tensors `merge` changes
+/// replaced and every other byte copied; `want` tensors must have changed.
+pub(crate) fn write_base_with(
+    base: &dyn BaseModel,
+    output: &Path,
+    merge: &dyn TensorMerge,
+    want: usize,
+    progress: bool,
+) -> Result<FolderApplyReport, FolderApplyError> {
     let files = base.files();
     let mut entries = Vec::with_capacity(files.len());
     let mut offset = 0u64;
@@ -128,25 +182,17 @@ pub fn apply_adapter(
     }
     let mut out = FolderOutput::create(output, &entries, false)?;
     let bar = Progress::new(offset, "apply", progress);
-    let factors = Factors {
-        plan: &plan,
-        weights: &weights,
-        bytes: adapter.weights.bytes(),
-    };
     let mut merged = 0;
     for (path, len) in &files {
         if is_safetensors(path) {
-            merged += write_merged(&mut out, base, path, *len, &factors)?;
+            merged += write_merged(&mut out, base, path, *len, merge)?;
         } else {
             base.write_file(path, &mut out)?;
         }
         bar.inc(*len);
     }
-    if merged != plan.modules.len() {
-        return Err(FolderApplyError::Unmerged {
-            want: plan.modules.len(),
-            got: merged,
-        });
+    if merged != want {
+        return Err(FolderApplyError::Unmerged { want, got: merged });
     }
     out.commit()?;
     bar.finish();
@@ -161,13 +207,25 @@ pub fn apply_adapter(
 }
 
 /// The adapter's A and B matrices, by name.
-struct Factors<'a> {
-    plan: &'a AdapterPlan,
-    weights: &'a SafetensorsHeader,
-    bytes: &'a [u8],
+pub(crate) struct Factors<'a> {
+    pub(crate) plan: &'a AdapterPlan,
+    pub(crate) weights: &'a SafetensorsHeader,
+    pub(crate) bytes: &'a [u8],
 }
 
 impl Factors<'_> {
+    /// The widened A and B of the module that changes the base's tensor `name`, if any.
+    pub(crate) fn factors(&self, name: &str) -> Result<Option<LoraFactors>, FolderApplyError> {
+        let Some(m) = self.plan.for_base_tensor(name) else {
+            return Ok(None);
+        };
+        Ok(Some(LoraFactors::new(
+            m.shape,
+            self.tensor(&m.lora_a)?,
+            self.tensor(&m.lora_b)?,
+        )?))
+    }
+
     fn tensor(&self, name: &str) -> Result<&[u8], FolderApplyError> {
         self.weights
             .get(name)
@@ -176,13 +234,41 @@ impl Factors<'_> {
     }
 }
 
-/// Writes one base shard with its targeted tensors merged; returns how many were.
+impl TensorMerge for Factors<'_> {
+    fn changes(&self, name: &str) -> bool {
+        self.plan.for_base_tensor(name).is_some()
+    }
+
+    fn merge(
+        &self,
+        name: &str,
+        base: &TensorData<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FolderApplyError> {
+        let m = self
+            .plan
+            .for_base_tensor(name)
+            .ok_or_else(|| FolderApplyError::AdapterTensor(name.to_owned()))?;
+        out.clear();
+        out.resize(base.bytes.len(), 0);
+        merge_tensor(
+            &m.shape,
+            base.bytes,
+            self.tensor(&m.lora_a)?,
+            self.tensor(&m.lora_b)?,
+            out,
+        )?;
+        Ok(())
+    }
+}
+
+/// Writes one base shard with the tensors `merge` changes replaced; returns how many were.
 fn write_merged(
     out: &mut FolderOutput,
     base: &dyn BaseModel,
     path: &str,
     len: u64,
-    factors: &Factors<'_>,
+    merge: &dyn TensorMerge,
 ) -> Result<usize, FolderApplyError> {
     let mut head = Vec::new();
     base.read_file_range(path, 0, 8.min(len), &mut head)?;
@@ -201,23 +287,15 @@ fn write_merged(
     let mut base_buf = Vec::new();
     let mut merged = 0;
     for t in &h.tensors {
-        let Some(m) = factors.plan.for_base_tensor(&t.name) else {
+        if !merge.changes(&t.name) {
             continue;
-        };
+        }
         let (start, end) = (t.range.start as u64, t.range.end as u64);
         copy_range(out, base, path, cursor, start, &mut buf)?;
         let b = base
             .tensor(&t.name, &mut base_buf)?
             .ok_or_else(|| shard_error(path, &format!("tensor {:?} is not readable", t.name)))?;
-        buf.clear();
-        buf.resize(b.bytes.len(), 0);
-        merge_tensor(
-            &m.shape,
-            b.bytes,
-            factors.tensor(&m.lora_a)?,
-            factors.tensor(&m.lora_b)?,
-            &mut buf,
-        )?;
+        merge.merge(&t.name, &b, &mut buf)?;
         base.release(&t.name);
         write(out, &buf)?;
         merged += 1;

@@ -8,17 +8,17 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use zdn_node::store::{ObjectStore, StoreError};
-use zdn_protocol::bitdelta::{reconstruct, BitDeltaFile, FormatError, ReconstructError};
-use zdn_protocol::folder::delta::{
-    base_rows, scatter_rows, FolderDelta, FolderDeltaError, OutputFile, Source, DELTA_MEMBER,
-    LAYOUT_MEMBER, MAX_LAYOUT_LEN,
-};
-use zdn_protocol::folder::patch::{self, PatchedFileError, MAX_PATCHED_LEN};
-use zdn_protocol::folder::{check_delta, FileEntry, FilePlan};
+use zdn_protocol::bitdelta::{BitDeltaFile, FormatError, ReconstructError};
+use zdn_protocol::folder::delta::{FolderDelta, FolderDeltaError, Source, DELTA_MEMBER};
+use zdn_protocol::folder::patch::PatchedFileError;
+use zdn_protocol::folder::FilePlan;
 use zdn_protocol::manifest::{Kind, SignedManifest};
 use zdn_protocol::Hash;
 
 use super::base::{BaseError, BaseModel};
+use super::rebuild::{
+    checked_layout, output_entries, rebuild_part, write_side_file, MappedDelta, Part, Scratch,
+};
 use crate::fs::atomic_file::partial_sibling;
 use crate::fs::mapped_file::{MappedFile, OpenError};
 use crate::fs::object_output::{FolderOutput, ObjectOutputError};
@@ -83,6 +83,8 @@ pub enum FolderApplyError {
     AdapterTensor(String),
     #[error("the base's {path}: {problem}")]
     BaseShard { path: String, problem: String },
+    #[error("mixing tensor {name:?}: {problem}")]
+    Mix { name: String, problem: String },
     #[error("the adapter changes {want} base tensors, {got} were found in the base's shards")]
     Unmerged { want: usize, got: usize },
 }
@@ -143,7 +145,7 @@ impl<'s> DeltaSource<'s> {
     }
 
     /// The delta folder's file table: (path, length).
-    fn table(&self) -> Vec<(&str, u64)> {
+    pub(crate) fn table(&self) -> Vec<(&str, u64)> {
         match self {
             DeltaSource::Loose(f) => f
                 .files()
@@ -160,7 +162,7 @@ impl<'s> DeltaSource<'s> {
         }
     }
 
-    fn bitdelta_map(&self) -> Result<&MappedFile, FolderApplyError> {
+    pub(crate) fn bitdelta_map(&self) -> Result<&MappedFile, FolderApplyError> {
         match self {
             DeltaSource::Loose(f) => f
                 .files()
@@ -173,7 +175,11 @@ impl<'s> DeltaSource<'s> {
     }
 
     /// Writes member `path` to `out`.
-    fn write_member(&self, path: &str, out: &mut dyn Write) -> Result<(), FolderApplyError> {
+    pub(crate) fn write_member(
+        &self,
+        path: &str,
+        out: &mut dyn Write,
+    ) -> Result<(), FolderApplyError> {
         match self {
             DeltaSource::Loose(f) => {
                 let bytes = f
@@ -196,7 +202,7 @@ impl<'s> DeltaSource<'s> {
 
     /// Reads a small member (the layout, a header) into memory; its size was checked against a
     /// cap by the caller (from the file table).
-    fn read_member(&self, path: &str) -> Result<Vec<u8>, FolderApplyError> {
+    pub(crate) fn read_member(&self, path: &str) -> Result<Vec<u8>, FolderApplyError> {
         let mut v = Vec::new();
         self.write_member(path, &mut v)?;
         Ok(v)
@@ -259,78 +265,21 @@ pub fn apply_folder(
     if expected != actual && !force {
         return Err(FolderApplyError::WrongBase { expected, actual });
     }
-    let table = delta.table();
-    let layout_len = table
-        .iter()
-        .find(|m| m.0 == LAYOUT_MEMBER)
-        .map_or(0, |m| m.1);
-    if layout_len > MAX_LAYOUT_LEN as u64 {
-        return Err(FolderDeltaError::TooLarge(layout_len as usize).into());
-    }
-    let layout_bytes = delta.read_member(LAYOUT_MEMBER)?;
-    // A header that cannot be read is reported as what went wrong (a store or disk error), not
-    // as a malformed delta.
-    let mut read_error = None;
-    let checked = check_delta(&table, &layout_bytes, &bitdelta, &mut |p| {
-        delta.read_member(p).map_err(|e| {
-            read_error = Some(e);
-            FolderDeltaError::MissingMember(p.into())
-        })
-    });
-    if let (Err(_), Some(e)) = (&checked, read_error) {
-        return Err(e);
-    }
-    let (layout, plans) = checked?;
-    let mut entries = Vec::with_capacity(layout.files.len());
-    let mut offset = 0u64;
-    for f in &layout.files {
-        entries.push(FileEntry {
-            path: f.path.clone(),
-            offset,
-            len: f.len,
-        });
-        offset = offset
-            .checked_add(f.len)
-            .ok_or(FolderApplyError::Overflow)?;
-    }
+    let (layout, plans) = checked_layout(delta, &bitdelta)?;
+    let (entries, total) = output_entries(&layout)?;
     let mut out = FolderOutput::create(output, &entries, false)?;
     let mapped = MappedDelta::new(&bitdelta, map);
-    let bar = Progress::new(offset, "apply", progress);
+    let bar = Progress::new(total, "apply", progress);
     let mut plans = plans.iter();
     let mut tensors = 0;
     for f in &layout.files {
-        match f.from {
-            Source::Base | Source::Carried => {
-                let mut w = HashingWriter::new(&mut out);
-                if f.from == Source::Base {
-                    let found = base.file_len(&f.path);
-                    if found != Some(f.len) {
-                        return Err(FolderApplyError::BaseFile {
-                            path: f.path.clone(),
-                            found,
-                            want: f.len,
-                        });
-                    }
-                    base.write_file(&f.path, &mut w)?;
-                } else {
-                    delta.write_member(&format!("files/{}", f.path), &mut w)?;
-                }
-                let actual = w.finish();
-                if let Some(expected) = f.blake3.filter(|h| *h != actual) {
-                    return Err(FolderApplyError::FileHash {
-                        path: f.path.clone(),
-                        expected,
-                        actual,
-                    });
-                }
-            }
-            Source::Patched => write_patched(&mut out, f, base, delta)?,
-            Source::Tensors => {
-                let plan = plans
-                    .next()
-                    .ok_or(FolderDeltaError::MissingMember(f.path.clone()))?;
-                tensors += write_tensors(&mut out, plan, &layout, &mapped, base)?;
-            }
+        if f.from == Source::Tensors {
+            let plan = plans
+                .next()
+                .ok_or(FolderDeltaError::MissingMember(f.path.clone()))?;
+            tensors += write_tensors(&mut out, plan, &layout, &mapped, base)?;
+        } else {
+            write_side_file(&mut out, f, base, delta)?;
         }
         bar.inc(f.len);
     }
@@ -340,67 +289,10 @@ pub fn apply_folder(
         output: output.to_owned(),
         files: layout.files.len(),
         tensors,
-        bytes_written: offset,
+        bytes_written: total,
         base_hash: actual,
         base_verified: expected == actual,
     })
-}
-
-/// A `patched` file: the base's file of the same path (its BLAKE3 the layout's `base_blake3`)
-/// and the member `patches/<path>`, rebuilt in memory (both at most 64 MiB) and written after its
-/// BLAKE3 is checked.
-fn write_patched(
-    out: &mut FolderOutput,
-    f: &OutputFile,
-    base: &dyn BaseModel,
-    delta: &DeltaSource<'_>,
-) -> Result<(), FolderApplyError> {
-    let base_problem = |problem: String| FolderApplyError::PatchBase {
-        path: f.path.clone(),
-        problem,
-    };
-    let old = base
-        .small_file(&f.path, MAX_PATCHED_LEN)?
-        .ok_or_else(|| base_problem(format!("is missing or over {MAX_PATCHED_LEN} bytes")))?;
-    let member = f.member().unwrap_or_default();
-    let bytes = patch::rebuild_file(f, &old, &delta.read_member(&member)?).map_err(|error| {
-        FolderApplyError::Patched {
-            path: f.path.clone(),
-            error,
-        }
-    })?;
-    out.write_all(&bytes).map_err(|cause| FolderApplyError::Io {
-        path: PathBuf::from(&f.path),
-        cause,
-    })
-}
-
-/// A parsed `.bitdelta` and the map its bytes live in.
-struct MappedDelta<'a> {
-    file: &'a BitDeltaFile<'a>,
-    map: &'a MappedFile,
-}
-
-impl<'a> MappedDelta<'a> {
-    fn new(file: &'a BitDeltaFile<'a>, map: &'a MappedFile) -> Self {
-        MappedDelta { file, map }
-    }
-
-    /// Entry `i` reconstructed into `buf`; its block's pages are dropped from the resident set
-    /// afterwards, so that walking the delta keeps one block resident, not the whole file.
-    fn reconstruct_into(
-        &self,
-        buf: &mut Vec<u8>,
-        i: usize,
-        base: Option<&zdn_protocol::bitdelta::TensorData<'_>>,
-    ) -> Result<(), FolderApplyError> {
-        reconstruct_into(buf, self.file, i, base)?;
-        let e = &self.file.entries[i];
-        // Offset and length were checked against the file's length by the parser.
-        self.map
-            .release(e.offset as usize..e.offset.saturating_add(e.length) as usize);
-        Ok(())
-    }
 }
 
 /// Writes one safetensors file: its header, then each tensor reconstructed in data order.
@@ -411,91 +303,21 @@ fn write_tensors(
     delta: &MappedDelta<'_>,
     base: &dyn BaseModel,
 ) -> Result<usize, FolderApplyError> {
-    let bitdelta = delta.file;
     let io = |cause| FolderApplyError::Io {
         path: PathBuf::from(layout.files.get(plan.file).map_or("", |f| f.path.as_str())),
         cause,
     };
     out.write_all(&plan.header_bytes).map_err(io)?;
     let mut buf = Vec::new();
-    let mut base_buf = Vec::new();
-    let mut rows_buf = Vec::new();
+    let mut scratch = Scratch::default();
     for t in &plan.tensors {
-        for (i, with_base) in [(Some(t.entry), true), (t.rows, false)] {
-            let Some(i) = i else { continue };
-            let e = &bitdelta.entries[i];
-            let b = if with_base && e.encoding.needs_base() {
-                base.tensor(&e.name, &mut base_buf)?
-                    .and_then(|b| base_rows(e, b))
-            } else {
-                None
-            };
-            delta.reconstruct_into(&mut buf, i, b.as_ref())?;
-            base.release(&e.name);
-            if let Some((r, x)) = t.exact.filter(|_| with_base) {
-                delta.reconstruct_into(&mut rows_buf, r, None)?;
-                let indices = &layout.exact_rows[x].indices;
-                if !scatter_rows(&mut buf, &rows_buf, indices) {
-                    return Err(FolderDeltaError::ExactRows(e.name.clone()).into());
-                }
+        for part in [Part::Main, Part::NewRows] {
+            if rebuild_part(delta, layout, base, t, part, &mut buf, &mut scratch)? {
+                out.write_all(&buf).map_err(io)?;
             }
-            out.write_all(&buf).map_err(io)?;
         }
     }
     Ok(plan.tensors.len())
-}
-
-/// Entry `i` reconstructed into `buf` (resized to its byte length).
-fn reconstruct_into(
-    buf: &mut Vec<u8>,
-    bitdelta: &BitDeltaFile<'_>,
-    i: usize,
-    base: Option<&zdn_protocol::bitdelta::TensorData<'_>>,
-) -> Result<(), FolderApplyError> {
-    let e = &bitdelta.entries[i];
-    buf.clear();
-    // byte_len is capped by the parser (MAX_TENSOR_BYTES, 1 TiB): a size this machine cannot hold
-    // is a clear error, not an abort.
-    let n = e.byte_len() as usize;
-    buf.try_reserve_exact(n)
-        .map_err(|_| FolderApplyError::TooLarge {
-            name: e.name.clone(),
-            bytes: e.byte_len(),
-        })?;
-    buf.resize(n, 0);
-    reconstruct(e, bitdelta.block(i), base, buf)?;
-    Ok(())
-}
-
-/// A writer that hashes what passes through it.
-pub(super) struct HashingWriter<'w> {
-    inner: &'w mut dyn Write,
-    hasher: blake3::Hasher,
-}
-
-impl<'w> HashingWriter<'w> {
-    pub(super) fn new(inner: &'w mut dyn Write) -> Self {
-        HashingWriter {
-            inner,
-            hasher: blake3::Hasher::new(),
-        }
-    }
-
-    pub(super) fn finish(self) -> Hash {
-        self.hasher.finalize().into()
-    }
-}
-
-impl Write for HashingWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// A single-file `.bitdelta` (`bytes`) applied to `base` (a file or store object): the fine-tune

@@ -9,5 +9,6 @@ pub mod base;
 pub mod encode;
 pub mod encode_report;
 pub mod output;
+pub(crate) mod rebuild;
 pub mod selection;
 mod side_files;

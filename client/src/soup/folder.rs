@@ -1,0 +1,444 @@
+//! Folder soups (docs/spec/recipe.md "Folder soups"): a recipe whose base is a model folder and
+//! whose components are folder deltas or LoRA adapters of it, written out as the mixed model
+//! folder. Every changed tensor is W = W_base + Σ wᵢ·Δᵢ, mixed exactly (no re-quantization):
+//! a folder delta's Δᵢ is its reconstruction minus the base, an adapter's its update s·B·A, both
+//! in f32; the sum is [`weighted_sum`] and W is rounded once to the tensor's dtype. Memory: for
+//! the tensor being written, each component's rebuilt tensor and f32 delta, and the base's.
+
+use std::io::Write;
+use std::path::Path;
+
+use zdn_node::store::{ObjectStore, StoreError};
+use zdn_protocol::bitdelta::{BitDeltaFile, TensorData};
+use zdn_protocol::folder::adapter::CONFIG_MEMBER;
+use zdn_protocol::folder::delta::{base_rows, FolderDelta, FolderDeltaError, Source};
+use zdn_protocol::folder::FilePlan;
+use zdn_protocol::lora::AdapterPlan;
+use zdn_protocol::manifest::Kind;
+use zdn_protocol::safetensors::SafetensorsHeader;
+use zdn_protocol::soup::{weighted_sum, Recipe, SoupError};
+use zdn_protocol::{DType, Hash};
+
+use crate::delta::folder::adapter::{
+    base_metas, write_base_with, AdapterSource, Factors, TensorMerge,
+};
+use crate::delta::folder::apply::{DeltaSource, FolderApplyError, FolderApplyReport};
+use crate::delta::folder::base::{BaseModel, StoreBase};
+use crate::delta::folder::rebuild::{
+    checked_layout, output_entries, rebuild_part, write_side_file, MappedDelta, Part, Scratch,
+};
+use crate::fs::object_output::FolderOutput;
+use crate::fs::progress::Progress;
+use crate::soup::tensor::{target_bytes, to_f32};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FolderSoupError {
+    #[error(transparent)]
+    Apply(Box<FolderApplyError>),
+    #[error("the soup's base {0}: {1}")]
+    Base(Hash, String),
+    #[error("component {0} is a {1}; a soup of a model folder mixes folder deltas or LoRA adapters of it")]
+    NotAComponent(Hash, &'static str),
+    #[error("component {component} was made for base {found}, the recipe's base is {want}")]
+    WrongBase {
+        component: Hash,
+        found: Hash,
+        want: Hash,
+    },
+    #[error("the components mix a LoRA adapter ({adapter}) and a folder delta ({delta}): a soup mixes one kind")]
+    MixedKinds { adapter: Hash, delta: Hash },
+    #[error("component {component} does not rebuild the same folder as {first}: {problem}")]
+    Mismatch {
+        component: Hash,
+        first: Hash,
+        problem: String,
+    },
+    #[error("tensor {name:?}: {problem}")]
+    Tensor { name: String, problem: String },
+    #[error("tensor {name:?}: {cause}")]
+    Mix { name: String, cause: SoupError },
+}
+
+impl From<FolderApplyError> for FolderSoupError {
+    fn from(e: FolderApplyError) -> Self {
+        FolderSoupError::Apply(Box::new(e))
+    }
+}
+
+impl From<StoreError> for FolderSoupError {
+    fn from(e: StoreError) -> Self {
+        FolderApplyError::from(e).into()
+    }
+}
+
+impl From<FolderDeltaError> for FolderSoupError {
+    fn from(e: FolderDeltaError) -> Self {
+        FolderApplyError::from(e).into()
+    }
+}
+
+/// Writes the soup of `recipe` (its base a model folder in the store, its components folder
+/// deltas or adapters of it in the store) as a model folder at `output` (new or empty; written
+/// beside it and renamed when complete, so a failure leaves nothing).
+pub fn build_folder_soup(
+    store: &ObjectStore,
+    recipe: &Recipe,
+    output: &Path,
+    progress: bool,
+) -> Result<FolderApplyReport, FolderSoupError> {
+    let base_hash = recipe.base();
+    let base = StoreBase::open(store, &base_hash)
+        .map_err(|e| FolderSoupError::Base(base_hash, e.to_string()))?;
+    let weights: Vec<f64> = recipe
+        .components()
+        .iter()
+        .map(|c| f64::from(c.weight))
+        .collect();
+    let (mut adapters, mut deltas) = (Vec::new(), Vec::new());
+    for c in recipe.components() {
+        let m = store.require_manifest(&c.delta)?.manifest;
+        if m.kind != Kind::Delta || !m.is_folder() {
+            let what = if m.kind == Kind::Delta {
+                "single-file delta"
+            } else {
+                m.kind.as_str()
+            };
+            return Err(FolderSoupError::NotAComponent(c.delta, what));
+        }
+        let found = m.base.unwrap_or(Hash::ZERO);
+        if found != base_hash {
+            return Err(FolderSoupError::WrongBase {
+                component: c.delta,
+                found,
+                want: base_hash,
+            });
+        }
+        if m.file(CONFIG_MEMBER).is_some() {
+            adapters.push(c.delta);
+        } else {
+            deltas.push(c.delta);
+        }
+    }
+    match (adapters.first(), deltas.first()) {
+        (Some(&adapter), Some(&delta)) => Err(FolderSoupError::MixedKinds { adapter, delta }),
+        (Some(_), None) => mix_adapters(store, &base, &adapters, &weights, output, progress),
+        _ => mix_deltas(store, &base, &deltas, &weights, output, progress),
+    }
+}
+
+/// The mixed tensor W = base + Σ wᵢ·Δᵢ (one f32 addition per element, rounded to `dtype`).
+fn mixed(
+    name: &str,
+    dtype: DType,
+    base: &TensorData<'_>,
+    deltas: &[Vec<f32>],
+    weights: &[f64],
+) -> Result<Vec<u8>, FolderSoupError> {
+    let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
+    let combined = weighted_sum(&refs, weights).map_err(|cause| FolderSoupError::Mix {
+        name: name.to_owned(),
+        cause,
+    })?;
+    target_bytes(dtype, base, &combined).ok_or_else(|| FolderSoupError::Tensor {
+        name: name.to_owned(),
+        problem: format!("{dtype:?} is not a float dtype"),
+    })
+}
+
+/// Adapters of the base: every tensor some adapter targets, mixed from the adapters' updates (an
+/// adapter that does not target it adds nothing).
+struct AdapterMix<'a> {
+    factors: Vec<Factors<'a>>,
+    weights: &'a [f64],
+}
+
+impl TensorMerge for AdapterMix<'_> {
+    fn changes(&self, name: &str) -> bool {
+        self.factors.iter().any(|f| f.changes(name))
+    }
+
+    fn merge(
+        &self,
+        name: &str,
+        base: &TensorData<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FolderApplyError> {
+        let n = base.bytes.len() / base.dtype.size().max(1);
+        let mut deltas = Vec::with_capacity(self.factors.len());
+        for f in &self.factors {
+            deltas.push(match f.factors(name)? {
+                Some(lf) => lf.update(),
+                None => vec![0f32; n],
+            });
+        }
+        *out = mixed(name, base.dtype, base, &deltas, self.weights).map_err(|e| {
+            FolderApplyError::Mix {
+                name: name.to_owned(),
+                problem: e.to_string(),
+            }
+        })?;
+        Ok(())
+    }
+}
+
+fn mix_adapters(
+    store: &ObjectStore,
+    base: &StoreBase<'_>,
+    hashes: &[Hash],
+    weights: &[f64],
+    output: &Path,
+    progress: bool,
+) -> Result<FolderApplyReport, FolderSoupError> {
+    let metas = base_metas(base);
+    let mut sources = Vec::with_capacity(hashes.len());
+    for h in hashes {
+        sources.push(AdapterSource::store(store, h, output)?);
+    }
+    let plans: Vec<AdapterPlan> = sources
+        .iter()
+        .map(|s| s.plan(&metas))
+        .collect::<Result<_, _>>()?;
+    let headers: Vec<SafetensorsHeader> = sources
+        .iter()
+        .map(AdapterSource::weights)
+        .collect::<Result<_, _>>()?;
+    let factors: Vec<Factors<'_>> = plans
+        .iter()
+        .zip(&headers)
+        .zip(&sources)
+        .map(|((plan, weights), s)| Factors {
+            plan,
+            weights,
+            bytes: s.weight_bytes(),
+        })
+        .collect();
+    let changed: std::collections::BTreeSet<&str> = plans
+        .iter()
+        .flat_map(AdapterPlan::changed_base_tensors)
+        .collect();
+    let mix = AdapterMix { factors, weights };
+    Ok(write_base_with(
+        base,
+        output,
+        &mix,
+        changed.len(),
+        progress,
+    )?)
+}
+
+/// One folder delta of the soup, opened.
+struct OpenDelta<'m> {
+    hash: Hash,
+    mapped: MappedDelta<'m>,
+    layout: FolderDelta,
+    plans: Vec<FilePlan>,
+}
+
+fn mix_deltas(
+    store: &ObjectStore,
+    base: &StoreBase<'_>,
+    hashes: &[Hash],
+    weights: &[f64],
+    output: &Path,
+    progress: bool,
+) -> Result<FolderApplyReport, FolderSoupError> {
+    let mut sources = Vec::with_capacity(hashes.len());
+    for h in hashes {
+        sources.push(DeltaSource::store(store, h, output)?);
+    }
+    let maps = sources
+        .iter()
+        .map(DeltaSource::bitdelta_map)
+        .collect::<Result<Vec<_>, _>>()?;
+    let files = maps
+        .iter()
+        .map(|m| BitDeltaFile::parse(m.bytes()).map_err(FolderApplyError::from))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut open = Vec::with_capacity(hashes.len());
+    for ((h, source), (file, map)) in hashes.iter().zip(&sources).zip(files.iter().zip(&maps)) {
+        let (found, want) = (file.meta.base_hash, base.object_hash());
+        if found != want {
+            return Err(FolderApplyError::WrongBase {
+                expected: found,
+                actual: want,
+            }
+            .into());
+        }
+        let (layout, plans) = checked_layout(source, file)?;
+        open.push(OpenDelta {
+            hash: *h,
+            mapped: MappedDelta::new(file, map),
+            layout,
+            plans,
+        });
+    }
+    let Some(first) = open.first() else {
+        return Err(FolderSoupError::Tensor {
+            name: String::new(),
+            problem: "a soup needs at least one component".into(),
+        });
+    };
+    for d in &open[1..] {
+        same_folder(first, d)?;
+    }
+    let (entries, total) = output_entries(&first.layout)?;
+    let mut out = FolderOutput::create(output, &entries, false).map_err(FolderApplyError::from)?;
+    let bar = Progress::new(total, "soup", progress);
+    let mut plan_at = 0;
+    let mut tensors = 0;
+    for f in &first.layout.files {
+        if f.from == Source::Tensors {
+            tensors += write_mixed_file(&mut out, &open, plan_at, base, weights)?;
+            plan_at += 1;
+        } else {
+            write_side_file(&mut out, f, base, &sources[0])?;
+        }
+        bar.inc(f.len);
+    }
+    out.commit().map_err(FolderApplyError::from)?;
+    bar.finish();
+    Ok(FolderApplyReport {
+        output: output.to_owned(),
+        files: first.layout.files.len(),
+        tensors,
+        bytes_written: total,
+        base_hash: base.object_hash(),
+        base_verified: true,
+    })
+}
+
+/// Two deltas rebuild the same folder apart from tensor values: the same files (side files the
+/// same bytes), the same grown tensors, the same shard headers and tensors in each. Which rows
+/// each keeps exactly may differ (a rebuilt tensor has them in place).
+fn same_folder(first: &OpenDelta<'_>, d: &OpenDelta<'_>) -> Result<(), FolderSoupError> {
+    let mismatch = |problem: String| FolderSoupError::Mismatch {
+        component: d.hash,
+        first: first.hash,
+        problem,
+    };
+    if d.layout.files != first.layout.files {
+        let path = d
+            .layout
+            .files
+            .iter()
+            .zip(&first.layout.files)
+            .find(|(a, b)| a != b)
+            .map_or("the file list".to_string(), |(a, _)| a.path.clone());
+        return Err(mismatch(format!("{path} differs")));
+    }
+    if d.layout.grown != first.layout.grown {
+        return Err(mismatch("the grown tensors differ".into()));
+    }
+    for (p, q) in first.plans.iter().zip(&d.plans) {
+        let path = &first.layout.files[p.file].path;
+        if p.header_bytes != q.header_bytes {
+            return Err(mismatch(format!("{path}: the shard header differs")));
+        }
+        let names = |o: &OpenDelta<'_>, plan: &FilePlan| -> Vec<(String, bool)> {
+            plan.tensors
+                .iter()
+                .map(|t| {
+                    (
+                        o.mapped.file.entries[t.entry].name.clone(),
+                        t.rows.is_some(),
+                    )
+                })
+                .collect()
+        };
+        if names(first, p) != names(d, q) {
+            return Err(mismatch(format!("{path}: the tensors differ")));
+        }
+    }
+    Ok(())
+}
+
+/// Writes the `plan_at`-th tensors file: its header, then each tensor mixed from every
+/// component's rebuild. Returns the number of tensors.
+fn write_mixed_file(
+    out: &mut FolderOutput,
+    open: &[OpenDelta<'_>],
+    plan_at: usize,
+    base: &dyn BaseModel,
+    weights: &[f64],
+) -> Result<usize, FolderSoupError> {
+    let first = &open[0];
+    let plan = &first.plans[plan_at];
+    let io = |cause| FolderApplyError::Io {
+        path: first.layout.files[plan.file].path.clone().into(),
+        cause,
+    };
+    out.write_all(&plan.header_bytes).map_err(io)?;
+    let mut bufs = vec![Vec::new(); open.len()];
+    let mut scratch = Scratch::default();
+    let mut base_buf = Vec::new();
+    for (k, t) in plan.tensors.iter().enumerate() {
+        for part in [Part::Main, Part::NewRows] {
+            for (d, buf) in open.iter().zip(bufs.iter_mut()) {
+                let tp = &d.plans[plan_at].tensors[k];
+                if !rebuild_part(&d.mapped, &d.layout, base, tp, part, buf, &mut scratch)? {
+                    break;
+                }
+            }
+            let i = match part {
+                Part::Main => t.entry,
+                Part::NewRows => match t.rows {
+                    Some(i) => i,
+                    None => continue,
+                },
+            };
+            let e = &first.mapped.file.entries[i];
+            let b = match part {
+                Part::Main => base
+                    .tensor(&e.name, &mut base_buf)
+                    .map_err(FolderApplyError::from)?
+                    .and_then(|b| base_rows(e, b))
+                    .filter(|b| b.shape == e.shape.as_slice()),
+                Part::NewRows => None,
+            };
+            let bytes = mix_rebuilt(&e.name, e.dtype, b.as_ref(), &bufs, weights)?;
+            base.release(&e.name);
+            out.write_all(&bytes).map_err(io)?;
+        }
+    }
+    Ok(plan.tensors.len())
+}
+
+/// A tensor rebuilt by every component, mixed: a float tensor with a base tensor of its shape
+/// from the components' deltas against it; any other (no base, or not a float) must be the same
+/// bytes in every component, and is copied.
+fn mix_rebuilt(
+    name: &str,
+    dtype: DType,
+    base: Option<&TensorData<'_>>,
+    rebuilt: &[Vec<u8>],
+    weights: &[f64],
+) -> Result<Vec<u8>, FolderSoupError> {
+    let base_f32 = base.and_then(|b| to_f32(b.dtype, b.bytes));
+    if let (Some(b), Some(bf)) = (base, &base_f32) {
+        if dtype.is_quantizable() {
+            let deltas: Vec<Vec<f32>> = rebuilt
+                .iter()
+                .map(|r| {
+                    to_f32(dtype, r)
+                        .unwrap_or_default()
+                        .iter()
+                        .zip(bf)
+                        .map(|(w, b)| w - b)
+                        .collect()
+                })
+                .collect();
+            return mixed(name, dtype, b, &deltas, weights);
+        }
+    }
+    match rebuilt.split_first() {
+        Some((first, rest)) if rest.iter().all(|r| r == first) => Ok(first.clone()),
+        _ => Err(FolderSoupError::Tensor {
+            name: name.to_owned(),
+            problem: if base.is_none() {
+                "has no base tensor to mix against (new rows, or a tensor the base lacks), and the components rebuild it differently".into()
+            } else {
+                "is not a float tensor, and the components rebuild it differently".into()
+            },
+        }),
+    }
+}
