@@ -229,33 +229,49 @@ fn read_lengths(cur: &mut Cursor<'_>, alphabet: usize, block: u64) -> Result<Vec
     Ok(lengths)
 }
 
-/// Least-significant-first bit packer, appending to a caller's buffer.
-struct BitWriter<'a> {
-    out: &'a mut Vec<u8>,
+/// Least-significant-first bit packer writing into a slice: bits gather in a 64-bit accumulator,
+/// and each [`SliceWriter::flush`] stores all 8 of its bytes at the write position and advances it
+/// by the whole bytes gathered (no branch, no capacity check). The slice needs 8 bytes of room
+/// past the last byte kept; the bytes past [`SliceWriter::finish`]'s length are scratch.
+struct SliceWriter<'a> {
+    dst: &'a mut [u8],
+    pos: usize,
     acc: u64,
     n: u32,
 }
 
-impl<'a> BitWriter<'a> {
-    fn new(out: &'a mut Vec<u8>) -> Self {
-        BitWriter { out, acc: 0, n: 0 }
+impl<'a> SliceWriter<'a> {
+    fn new(dst: &'a mut [u8]) -> Self {
+        SliceWriter {
+            dst,
+            pos: 0,
+            acc: 0,
+            n: 0,
+        }
     }
 
-    /// Appends the low `count ≤ 32` bits of `bits` (the others must be zero).
+    /// Adds the low `count` bits of `bits` (the others zero); at most 56 bits may gather between
+    /// two flushes (a flush leaves at most 7).
     #[inline(always)]
     fn put(&mut self, bits: u64, count: u32) {
         self.acc |= bits << self.n;
         self.n += count;
-        if self.n >= 32 {
-            self.out.extend_from_slice(&(self.acc as u32).to_le_bytes());
-            self.acc >>= 32;
-            self.n -= 32;
-        }
     }
 
-    fn finish(self) {
-        let bytes = self.n.div_ceil(8) as usize;
-        self.out.extend_from_slice(&self.acc.to_le_bytes()[..bytes]);
+    #[inline(always)]
+    fn flush(&mut self) {
+        self.dst[self.pos..self.pos + 8].copy_from_slice(&self.acc.to_le_bytes());
+        let whole = self.n >> 3;
+        self.pos += whole as usize;
+        // whole ≤ 7: fewer than 64 bits gathered.
+        self.acc >>= 8 * whole;
+        self.n &= 7;
+    }
+
+    /// The number of bytes written: the last partial byte included (zero-padded).
+    fn finish(mut self) -> usize {
+        self.flush();
+        self.pos + usize::from(self.n > 0)
     }
 }
 
@@ -290,48 +306,73 @@ pub(crate) fn encode_section(
     // The stream lengths go before the streams: reserve them, fill them in after.
     let lens_at = out.len();
     out.extend_from_slice(&[0u8; 4 * STREAMS]);
-    out.reserve(m * (width + 1) / 2 + 8 * STREAMS);
     let codes = reversed_codes(lengths);
+    // Code and length of each symbol in one word: `code | len << 16`.
+    let table: Vec<u32> = codes
+        .iter()
+        .zip(lengths)
+        .map(|(&c, &l)| u32::from(c) | (u32::from(l) << 16))
+        .collect();
     let bounds = stream_bounds(m);
     for (j, w) in bounds.windows(2).enumerate() {
         let from = out.len();
         let values = &bytes[w[0] * width..w[1] * width];
-        match width {
-            1 => encode_stream::<1>(lengths, &codes, values, r, out),
-            2 => encode_stream::<2>(lengths, &codes, values, r, out),
-            _ => encode_stream::<4>(lengths, &codes, values, r, out),
-        }
-        let len = (out.len() - from) as u32;
-        out[lens_at + 4 * j..lens_at + 4 * j + 4].copy_from_slice(&len.to_le_bytes());
+        // At most 12 code bits and r raw bits per value, and the writer's 8 bytes of room.
+        let most = (values.len() / width.max(1)) * (MAX_CODE_LEN + r) as usize / 8 + 1;
+        out.resize(from + most + 8, 0);
+        let len = match width {
+            1 => encode_stream::<1>(&table, values, r, &mut out[from..]),
+            2 => encode_stream::<2>(&table, values, r, &mut out[from..]),
+            _ => encode_stream::<4>(&table, values, r, &mut out[from..]),
+        };
+        out.truncate(from + len);
+        out[lens_at + 4 * j..lens_at + 4 * j + 4].copy_from_slice(&(len as u32).to_le_bytes());
     }
 }
 
-/// Appends one stream: each value's code, then its `r` raw bits.
-fn encode_stream<const B: usize>(
-    lengths: &[u8],
-    codes: &[u16],
-    values: &[u8],
-    r: u32,
-    out: &mut Vec<u8>,
-) {
+/// Writes one stream into `dst` (room for every value's code and raw bits, and 8 bytes more):
+/// each value's code, then its `r` raw bits. Returns its length in bytes.
+fn encode_stream<const B: usize>(table: &[u32], values: &[u8], r: u32, dst: &mut [u8]) -> usize {
     let mask = (1u64 << r) - 1;
-    let mut bw = BitWriter::new(out);
-    for c in values.chunks_exact(B) {
-        let mut a = [0u8; 4];
-        a[..B].copy_from_slice(c);
-        let v = u32::from_le_bytes(a);
-        let sym = (v >> r) as usize;
-        let (code, len) = (u64::from(codes[sym]), u32::from(lengths[sym]));
-        let raw = u64::from(v) & mask;
-        if B <= 2 {
-            // Code (≤ 12 bits) and raw bits (< 16) in one put of ≤ 27 bits: the same bits.
-            bw.put(code | (raw << len), len + r);
-        } else {
-            bw.put(code, len);
-            bw.put(raw, r);
+    let mut bw = SliceWriter::new(dst);
+    let code = |v: u32| {
+        let e = table[(v >> r) as usize];
+        (u64::from(e & 0xffff), e >> 16)
+    };
+    // Read in the value's own width: a 4-byte load of a copy made by narrower stores stalls on
+    // store forwarding (it was most of this loop's time).
+    let value = |c: &[u8]| match B {
+        1 => u32::from(c[0]),
+        2 => u32::from(u16::from_le_bytes([c[0], c[1]])),
+        _ => u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+    };
+    if B <= 2 {
+        // Code (≤ 12 bits) and raw bits (< 16) in one put of ≤ 27 bits; two per flush.
+        let mut pairs = values.chunks_exact(2 * B);
+        for p in pairs.by_ref() {
+            for c in p.chunks_exact(B) {
+                let v = value(c);
+                let (bits, len) = code(v);
+                bw.put(bits | ((u64::from(v) & mask) << len), len + r);
+            }
+            bw.flush();
+        }
+        for c in pairs.remainder().chunks_exact(B) {
+            let v = value(c);
+            let (bits, len) = code(v);
+            bw.put(bits | ((u64::from(v) & mask) << len), len + r);
+        }
+    } else {
+        // Code and up to 31 raw bits: ≤ 43 bits, one value per flush.
+        for c in values.chunks_exact(B) {
+            let v = value(c);
+            let (bits, len) = code(v);
+            bw.put(bits, len);
+            bw.put(u64::from(v) & mask, r);
+            bw.flush();
         }
     }
-    bw.finish();
+    bw.finish()
 }
 
 /// A parsed section: its decoding table and streams.
