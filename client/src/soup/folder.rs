@@ -3,9 +3,11 @@
 //! folder. Every changed tensor is W = W_base + Σ wᵢ·Δᵢ, mixed exactly (no re-quantization):
 //! a folder delta's Δᵢ is its reconstruction minus the base, an adapter's its update s·B·A, both
 //! in f32; the sum is [`weighted_sum`] and W is rounded once to the tensor's dtype. Memory: for
-//! the tensor being written, each component's rebuilt tensor and f32 delta, and the base's.
+//! the tensor being written, each component's rebuilt tensor, the base's and the output; the f32
+//! arithmetic goes [`MIX_BLOCK`] elements at a time.
 
 use std::io::Write;
+use std::ops::Range;
 use std::path::Path;
 
 use zdn_node::store::{ObjectStore, StoreError};
@@ -29,7 +31,7 @@ use crate::delta::folder::rebuild::{
 };
 use crate::fs::object_output::FolderOutput;
 use crate::fs::progress::Progress;
-use crate::soup::tensor::{target_bytes, to_f32};
+use crate::soup::tensor::{from_f32, to_f32};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FolderSoupError {
@@ -126,23 +128,59 @@ pub fn build_folder_soup(
     }
 }
 
-/// The mixed tensor W = base + Σ wᵢ·Δᵢ (one f32 addition per element, rounded to `dtype`).
+/// Elements mixed at a time (whole rows): what the f32 arrays of a mix hold, per component.
+const MIX_BLOCK: usize = 1 << 20;
+
+/// The mixed tensor W = base + Σ wᵢ·Δᵢ (one f32 addition per element, rounded to `dtype`),
+/// computed `MIX_BLOCK` elements (whole rows of `cols`) at a time: `delta(i, range)` is component
+/// i's f32 delta over that element range.
 fn mixed(
     name: &str,
     dtype: DType,
     base: &TensorData<'_>,
-    deltas: &[Vec<f32>],
     weights: &[f64],
+    delta: &mut dyn FnMut(usize, Range<usize>) -> Result<Vec<f32>, FolderSoupError>,
 ) -> Result<Vec<u8>, FolderSoupError> {
-    let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
-    let combined = weighted_sum(&refs, weights).map_err(|cause| FolderSoupError::Mix {
+    let size = base.dtype.size().max(1);
+    let n = base.bytes.len() / size;
+    let cols = base
+        .shape
+        .iter()
+        .skip(1)
+        .try_fold(1usize, |a, &d| a.checked_mul(usize::try_from(d).ok()?))
+        .filter(|&c| c > 0)
+        .unwrap_or(1);
+    let step = (MIX_BLOCK / cols).max(1).saturating_mul(cols);
+    let bad = |problem: String| FolderSoupError::Tensor {
         name: name.to_owned(),
-        cause,
-    })?;
-    target_bytes(dtype, base, &combined).ok_or_else(|| FolderSoupError::Tensor {
-        name: name.to_owned(),
-        problem: format!("{dtype:?} is not a float dtype"),
-    })
+        problem,
+    };
+    let mut out = Vec::new();
+    out.try_reserve_exact(n.saturating_mul(dtype.size()))
+        .map_err(|_| bad("more memory than this machine can give it".into()))?;
+    let mut start = 0;
+    while start < n {
+        let range = start..n.min(start.saturating_add(step));
+        let deltas = (0..weights.len())
+            .map(|i| delta(i, range.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
+        let combined = weighted_sum(&refs, weights).map_err(|cause| FolderSoupError::Mix {
+            name: name.to_owned(),
+            cause,
+        })?;
+        let b = to_f32(
+            base.dtype,
+            &base.bytes[range.start * size..range.end * size],
+        )
+        .ok_or_else(|| bad(format!("the base's {:?} is not a float dtype", base.dtype)))?;
+        let w: Vec<f32> = b.iter().zip(&combined).map(|(b, d)| b + d).collect();
+        out.extend(
+            from_f32(dtype, &w).ok_or_else(|| bad(format!("{dtype:?} is not a float dtype")))?,
+        );
+        start = range.end;
+    }
+    Ok(out)
 }
 
 /// Adapters of the base: every tensor some adapter targets, mixed from the adapters' updates (an
@@ -163,15 +201,19 @@ impl TensorMerge for AdapterMix<'_> {
         base: &TensorData<'_>,
         out: &mut Vec<u8>,
     ) -> Result<(), FolderApplyError> {
-        let n = base.bytes.len() / base.dtype.size().max(1);
-        let mut deltas = Vec::with_capacity(self.factors.len());
-        for f in &self.factors {
-            deltas.push(match f.factors(name)? {
-                Some(lf) => lf.update(),
-                None => vec![0f32; n],
-            });
-        }
-        *out = mixed(name, base.dtype, base, &deltas, self.weights).map_err(|e| {
+        let lora = self
+            .factors
+            .iter()
+            .map(|f| f.factors(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cols = base.shape.get(1).map_or(1, |&c| c.max(1) as usize);
+        let mut delta = |i: usize, range: Range<usize>| {
+            Ok(match &lora[i] {
+                Some(lf) => lf.update_rows(range.start / cols, range.len() / cols),
+                None => vec![0f32; range.len()],
+            })
+        };
+        *out = mixed(name, base.dtype, base, self.weights, &mut delta).map_err(|e| {
             FolderApplyError::Mix {
                 name: name.to_owned(),
                 problem: e.to_string(),
@@ -413,22 +455,32 @@ fn mix_rebuilt(
     rebuilt: &[Vec<u8>],
     weights: &[f64],
 ) -> Result<Vec<u8>, FolderSoupError> {
-    let base_f32 = base.and_then(|b| to_f32(b.dtype, b.bytes));
-    if let (Some(b), Some(bf)) = (base, &base_f32) {
-        if dtype.is_quantizable() {
-            let deltas: Vec<Vec<f32>> = rebuilt
-                .iter()
-                .map(|r| {
-                    to_f32(dtype, r)
-                        .unwrap_or_default()
-                        .iter()
-                        .zip(bf)
-                        .map(|(w, b)| w - b)
-                        .collect()
-                })
-                .collect();
-            return mixed(name, dtype, b, &deltas, weights);
+    if let Some(b) = base.filter(|b| dtype.is_quantizable() && b.dtype.is_quantizable()) {
+        let (size, base_size) = (dtype.size(), b.dtype.size());
+        let want = b.bytes.len() / base_size * size;
+        if rebuilt.iter().any(|r| r.len() != want) {
+            return Err(FolderSoupError::Tensor {
+                name: name.to_owned(),
+                problem: "a component rebuilds it with another length than the base's".into(),
+            });
         }
+        let mut delta = |i: usize, range: Range<usize>| {
+            let part = &rebuilt[i];
+            let bytes = part
+                .get(range.start * size..range.end * size)
+                .ok_or_else(|| FolderSoupError::Tensor {
+                    name: name.to_owned(),
+                    problem: "a component rebuilds it with another length".into(),
+                })?;
+            let w = to_f32(dtype, bytes).unwrap_or_default();
+            let base_part = to_f32(
+                b.dtype,
+                &b.bytes[range.start * base_size..range.end * base_size],
+            )
+            .unwrap_or_default();
+            Ok(w.iter().zip(&base_part).map(|(w, b)| w - b).collect())
+        };
+        return mixed(name, dtype, b, weights, &mut delta);
     }
     match rebuilt.split_first() {
         Some((first, rest)) if rest.iter().all(|r| r == first) => Ok(first.clone()),
@@ -440,5 +492,87 @@ fn mix_rebuilt(
                 "is not a float tensor, and the components rebuild it differently".into()
             },
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::soup::tensor::target_bytes;
+
+    /// A tensor of several blocks is mixed as one: the same bytes as the whole-tensor arithmetic.
+    #[test]
+    fn blocks_mix_as_the_whole_tensor() {
+        let (rows, cols) = (3usize, MIX_BLOCK / 2 + 3);
+        let n = rows * cols;
+        let gen = |seed: u32| -> Vec<f32> {
+            (0..n as u32)
+                .map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
+                .collect()
+        };
+        let base_vals = gen(1);
+        let base_bytes = from_f32(DType::BF16, &base_vals).unwrap();
+        let shape = [rows as u64, cols as u64];
+        let base = TensorData::new(DType::BF16, &shape, &base_bytes).unwrap();
+        let parts: Vec<Vec<u8>> = [2, 3]
+            .iter()
+            .map(|&s| {
+                let v: Vec<f32> = gen(s).iter().map(|x| x * 0.01).collect();
+                let w: Vec<f32> = to_f32(DType::BF16, &base_bytes)
+                    .unwrap()
+                    .iter()
+                    .zip(&v)
+                    .map(|(b, d)| b + d)
+                    .collect();
+                from_f32(DType::BF16, &w).unwrap()
+            })
+            .collect();
+        let weights = [0.7, -0.2];
+        let got = mix_rebuilt("t", DType::F32, Some(&base), &parts, &weights);
+        // A part rebuilt in another length than the base's is refused.
+        assert!(got.is_err());
+        let got = mix_rebuilt("t", DType::BF16, Some(&base), &parts, &weights).unwrap();
+        let b = to_f32(DType::BF16, &base_bytes).unwrap();
+        let deltas: Vec<Vec<f32>> = parts
+            .iter()
+            .map(|p| {
+                to_f32(DType::BF16, p)
+                    .unwrap()
+                    .iter()
+                    .zip(&b)
+                    .map(|(w, b)| w - b)
+                    .collect()
+            })
+            .collect();
+        let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
+        let whole = weighted_sum(&refs, &weights).unwrap();
+        assert_eq!(got, target_bytes(DType::BF16, &base, &whole).unwrap());
+        assert!(n > 2 * MIX_BLOCK / 2 && cols < MIX_BLOCK);
+    }
+
+    #[test]
+    fn without_a_base_the_components_must_agree() {
+        let a = vec![1u8, 2, 3, 4];
+        assert_eq!(
+            mix_rebuilt("t", DType::BF16, None, &[a.clone(), a.clone()], &[0.5, 0.5]).unwrap(),
+            a
+        );
+        let e = mix_rebuilt(
+            "t",
+            DType::BF16,
+            None,
+            &[a.clone(), vec![1, 2, 3, 5]],
+            &[0.5, 0.5],
+        );
+        assert!(e.unwrap_err().to_string().contains("no base tensor"));
+        let e = mix_rebuilt(
+            "t",
+            DType::I64,
+            None,
+            &[vec![0; 8], vec![1; 8]],
+            &[0.5, 0.5],
+        );
+        assert!(e.is_err());
     }
 }

@@ -143,16 +143,16 @@ impl LoraFactors {
         Ok(())
     }
 
-    /// The whole tensor's update `s·B·A` in f32, row-major: for every element exactly the value
-    /// [`Self::merge_rows_in_place`] adds to the base element before rounding to the base dtype.
-    /// Allocates rows·cols floats (the caller has the base tensor in memory, which is as large in
-    /// f32 terms).
-    pub fn update(&self) -> Vec<f32> {
+    /// The update `s·B·A` of rows `first .. first + count` in f32, row-major: for every element
+    /// exactly the value [`Self::merge_rows_in_place`] adds to the base element before rounding
+    /// to the base dtype. Rows past the tensor's end are left out.
+    pub fn update_rows(&self, first: usize, count: usize) -> Vec<f32> {
         let s = self.shape.scale;
         let rows = self.coef.len().checked_div(self.rank).unwrap_or(0);
-        let mut out = vec![0f32; rows * self.cols];
+        let end = first.saturating_add(count).min(rows);
+        let mut out = vec![0f32; end.saturating_sub(first) * self.cols];
         for (i, row) in out.chunks_exact_mut(self.cols.max(1)).enumerate() {
-            let coef = &self.coef[i * self.rank..][..self.rank];
+            let coef = &self.coef[(first + i) * self.rank..][..self.rank];
             dot_row(coef, &self.vecs, row);
             for d in row.iter_mut() {
                 *d *= s;
