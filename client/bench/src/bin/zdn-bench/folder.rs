@@ -19,19 +19,19 @@ use super::*;
 pub(super) struct FolderArgs {
     /// Working directory (deleted afterwards unless --keep).
     #[arg(long, default_value = ".work/bench/folder")]
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
     /// Decoder layers (Llama-2-7B has 32; memory is bounded by the largest tensor, not by this).
     #[arg(long, default_value_t = 8)]
-    layers: u32,
+    pub(super) layers: u32,
     #[arg(long, default_value_t = 4096)]
-    hidden: u64,
+    pub(super) hidden: u64,
     #[arg(long, default_value_t = 11008)]
     intermediate: u64,
     #[arg(long, default_value_t = 32000)]
-    vocab: u64,
+    pub(super) vocab: u64,
     /// Tokens the fine-tune adds (rows of embed_tokens and lm_head).
     #[arg(long, default_value_t = 2)]
-    added_tokens: u64,
+    pub(super) added_tokens: u64,
     /// Largest shard of the base, and of the fine-tune, in MiB (different layouts on purpose).
     #[arg(long, default_value_t = 2048)]
     base_shard_mib: u64,
@@ -40,13 +40,13 @@ pub(super) struct FolderArgs {
     /// Chunk size of the adds (`zdn add --chunk-size`; default: zdn's, 1 MiB). 32768 cuts a 7B
     /// model into ~400 k chunks, a 70B model's count at 1 MiB and more.
     #[arg(long)]
-    chunk_size: Option<u32>,
+    pub(super) chunk_size: Option<u32>,
     #[arg(long, value_enum, default_value_t = RssMethod::Auto)]
-    method: RssMethod,
+    pub(super) method: RssMethod,
     #[arg(long)]
-    zdn: Option<PathBuf>,
+    pub(super) zdn: Option<PathBuf>,
     #[arg(long)]
-    keep: bool,
+    pub(super) keep: bool,
     /// Delete each input and output once no later step needs it (the fine-tune after encoding,
     /// the seeder's store after the fetch, each output once hashed), so a full 32-layer pair
     /// (2 × 13.5 GB) goes through on a disk with ~40 GB free. Not with --keep.
@@ -117,9 +117,11 @@ fn llama_layouts(a: &FolderArgs, vocab: u64) -> Vec<TensorLayout> {
         .collect()
 }
 
-/// Writes one tensor's bf16 values: the base's from a stream keyed by its name, the fine-tune's
-/// the same values plus a small change (and new rows from their own stream).
-fn write_values(w: &mut impl Write, t: &TensorLayout, base_rows: u64, fine: bool) -> Result<()> {
+/// Writes one tensor's bf16 values: the base's (`variant` 0) from a stream keyed by its name, a
+/// fine-tune's (`variant` 1, 2, …) the same values plus a small change from a stream of its own,
+/// and new rows from a stream every fine-tune shares.
+fn write_values(w: &mut impl Write, t: &TensorLayout, base_rows: u64, variant: u64) -> Result<()> {
+    let fine = variant > 0;
     let seed = t.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
@@ -130,8 +132,11 @@ fn write_values(w: &mut impl Write, t: &TensorLayout, base_rows: u64, fine: bool
     } else {
         n
     };
-    let (mut base, mut change, mut extra) =
-        (Rng::new(seed), Rng::new(seed ^ 1), Rng::new(seed ^ 2));
+    let (mut base, mut change, mut extra) = (
+        Rng::new(seed),
+        Rng::new(seed ^ (2 * variant).saturating_sub(1)),
+        Rng::new(seed ^ 2),
+    );
     let mut buf = Vec::with_capacity(1 << 21);
     for k in 0..n {
         let v = if k < common {
@@ -154,8 +159,10 @@ fn write_values(w: &mut impl Write, t: &TensorLayout, base_rows: u64, fine: bool
     Ok(())
 }
 
-/// Writes a model folder: shards of at most `shard_mib`, the index and the side files.
-fn write_folder(a: &FolderArgs, dir: &Path, fine: bool) -> Result<()> {
+/// Writes a model folder: the base (`variant` 0) or a fine-tune (1, 2, …: the same files, shapes
+/// and added tokens, other changes): shards of at most `shard_mib`, the index and the side files.
+pub(super) fn write_folder(a: &FolderArgs, dir: &Path, variant: u64) -> Result<()> {
+    let fine = variant > 0;
     std::fs::create_dir_all(dir)?;
     let vocab = a.vocab + if fine { a.added_tokens } else { 0 };
     let layouts = llama_layouts(a, vocab);
@@ -185,7 +192,7 @@ fn write_folder(a: &FolderArgs, dir: &Path, fine: bool) -> Result<()> {
         let mut w = BufWriter::with_capacity(1 << 22, File::create(dir.join(&name))?);
         w.write_all(&header)?;
         for t in shard {
-            write_values(&mut w, t, a.vocab, fine)?;
+            write_values(&mut w, t, a.vocab, variant)?;
             total += t.byte_len().context("tensor size")?;
             weight_map.insert(t.name.clone(), name.clone());
         }
@@ -307,8 +314,8 @@ fn prepare(a: &FolderArgs, base: &Path, fine: &Path, stale: &[&Path], say: bool)
     if say {
         eprintln!("generating {} and {} …", base.display(), fine.display());
     }
-    write_folder(a, base, false)?;
-    write_folder(a, fine, true)
+    write_folder(a, base, 0)?;
+    write_folder(a, fine, 1)
 }
 
 /// Runs the CLI steps, each measured.

@@ -10,7 +10,7 @@ use zdn_protocol::Hash;
 /// What the checks need to know of one file of a folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct FileFacts {
-    len: u64,
+    pub(super) len: u64,
     /// BLAKE3 of the whole file.
     blake3: Hash,
     /// BLAKE3 of a safetensors file's header (up to its data), of any other file's bytes.

@@ -7,6 +7,7 @@
 //! * `rss`    — the real `zdn delta encode` / `zdn delta apply` on a multi-GiB generated model: peak
 //!   resident set and wall time of each child process;
 //! * `folder` — two Llama-2-7B-shaped model folders through folder-delta encode, add and apply;
+//! * `soup-folder` — a soup of two folder deltas of such a folder, mixed by `zdn soup mix -o`;
 //! * `minilm` — the same CLI runs on the real MiniLM pair, when it is installed under `models/`;
 //! * `all`    — all of the above.
 //!
@@ -23,6 +24,7 @@ mod kernels;
 mod machine;
 mod minilm;
 mod rss;
+mod soup_folder;
 
 use std::fs::File;
 use std::hint::black_box;
@@ -49,6 +51,7 @@ use kernels::*;
 use machine::*;
 use minilm::*;
 use rss::*;
+use soup_folder::*;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -74,6 +77,9 @@ enum Cmd {
     /// Two Llama-2-7B-shaped model folders through the CLI: folder delta encode, add, apply from the
     /// store and from disk; peak RSS and wall time of each.
     Folder(FolderArgs),
+    /// A soup of two folder deltas of a Llama-2-7B-shaped folder through the CLI: delta encode,
+    /// add, apply of one delta, `soup mix -o` of both, apply of the soup; peak RSS and wall time.
+    SoupFolder(FolderArgs),
     /// `zdn delta encode` / `zdn delta apply` on the real MiniLM pair (skipped when not installed).
     Minilm(MinilmArgs),
     /// apply, encode, rss and minilm, in that order (each with the options below).
@@ -204,6 +210,12 @@ fn main() -> Result<()> {
             doc.insert(
                 "folder".into(),
                 serde_json::to_value(bench_folder(a, say)?)?,
+            );
+        }
+        Cmd::SoupFolder(a) => {
+            doc.insert(
+                "soup_folder".into(),
+                serde_json::to_value(bench_soup_folder(a, say)?)?,
             );
         }
         Cmd::Minilm(a) => {
