@@ -121,10 +121,17 @@ pub fn build_folder_soup(
             deltas.push(c.delta);
         }
     }
+    let job = Job {
+        store,
+        base: &base,
+        weights: &weights,
+        output,
+        progress,
+    };
     match (adapters.first(), deltas.first()) {
         (Some(&adapter), Some(&delta)) => Err(FolderSoupError::MixedKinds { adapter, delta }),
-        (Some(_), None) => mix_adapters(store, &base, &adapters, &weights, output, progress),
-        _ => mix_deltas(store, &base, &deltas, &weights, output, progress),
+        (Some(_), None) => mix_adapters(&job, &adapters),
+        _ => mix_deltas(&job, &deltas),
     }
 }
 
@@ -223,14 +230,23 @@ impl TensorMerge for AdapterMix<'_> {
     }
 }
 
-fn mix_adapters(
-    store: &ObjectStore,
-    base: &StoreBase<'_>,
-    hashes: &[Hash],
-    weights: &[f64],
-    output: &Path,
+/// What every soup build shares: the store, the base, the weights (in recipe order), the output.
+struct Job<'a> {
+    store: &'a ObjectStore,
+    base: &'a StoreBase<'a>,
+    weights: &'a [f64],
+    output: &'a Path,
     progress: bool,
-) -> Result<FolderApplyReport, FolderSoupError> {
+}
+
+fn mix_adapters(job: &Job<'_>, hashes: &[Hash]) -> Result<FolderApplyReport, FolderSoupError> {
+    let Job {
+        store,
+        base,
+        weights,
+        output,
+        progress,
+    } = *job;
     let metas = base_metas(base);
     let mut sources = Vec::with_capacity(hashes.len());
     for h in hashes {
@@ -276,14 +292,14 @@ struct OpenDelta<'m> {
     plans: Vec<FilePlan>,
 }
 
-fn mix_deltas(
-    store: &ObjectStore,
-    base: &StoreBase<'_>,
-    hashes: &[Hash],
-    weights: &[f64],
-    output: &Path,
-    progress: bool,
-) -> Result<FolderApplyReport, FolderSoupError> {
+fn mix_deltas(job: &Job<'_>, hashes: &[Hash]) -> Result<FolderApplyReport, FolderSoupError> {
+    let Job {
+        store,
+        base,
+        weights,
+        output,
+        progress,
+    } = *job;
     let mut sources = Vec::with_capacity(hashes.len());
     for h in hashes {
         sources.push(DeltaSource::store(store, h, output)?);
