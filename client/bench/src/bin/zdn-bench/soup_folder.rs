@@ -154,6 +154,19 @@ pub(super) fn bench_soup_folder(a: &FolderArgs, say: bool) -> Result<SoupFolderR
         "apply soup",
         &[&"apply", &"mix", &"-o", &again, &"--home", &home],
     )?;
+    let report = compare(a, [&applied, &soup, &again], r.runs)?;
+    if !a.keep {
+        std::fs::remove_dir_all(dir)?;
+    }
+    Ok(report)
+}
+
+/// The report: the soup's folder against the applied delta's, and `zdn apply`'s of the soup.
+fn compare(
+    a: &FolderArgs,
+    [applied, soup, again]: [&Path; 3],
+    runs: Vec<SoupRun>,
+) -> Result<SoupFolderReport> {
     let (fa, fs, fg) = (
         folder_facts(&applied)?,
         folder_facts(&soup)?,
@@ -169,10 +182,7 @@ pub(super) fn bench_soup_folder(a: &FolderArgs, say: bool) -> Result<SoupFolderR
         same_files_as_apply: lens(&fa) == lens(&fs),
         apply_of_the_soup_identical: fs == fg,
         files_differing_from_apply: fs.iter().filter(|(k, v)| fa.get(*k) != Some(v)).count(),
-        runs: r.runs,
+        runs,
     };
-    if !a.keep {
-        std::fs::remove_dir_all(dir)?;
-    }
     Ok(report)
 }
