@@ -168,9 +168,9 @@ fn compare(
     runs: Vec<SoupRun>,
 ) -> Result<SoupFolderReport> {
     let (fa, fs, fg) = (
-        folder_facts(&applied)?,
-        folder_facts(&soup)?,
-        folder_facts(&again)?,
+        folder_facts(applied)?,
+        folder_facts(soup)?,
+        folder_facts(again)?,
     );
     let lens = |f: &BTreeMap<String, FileFacts>| -> Vec<(String, u64)> {
         f.iter().map(|(k, v)| (k.clone(), v.len)).collect()
