@@ -57,20 +57,8 @@ impl Runner<'_> {
 pub(super) fn bench_soup_folder(a: &FolderArgs, say: bool) -> Result<SoupFolderReport> {
     let zdn = zdn_path(a.zdn.as_deref())?;
     let dir = &a.dir;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
-    }
-    std::fs::create_dir_all(dir)?;
+    write_inputs(a, say)?;
     let p = |name: &str| dir.join(name);
-    if say {
-        eprintln!(
-            "writing the base and two fine-tunes under {}",
-            dir.display()
-        );
-    }
-    for (name, variant) in [("base", 0), ("ft-1", 1), ("ft-2", 2)] {
-        write_folder(a, &p(name), variant)?;
-    }
     let mut r = Runner {
         zdn: &zdn,
         a,
@@ -159,6 +147,24 @@ pub(super) fn bench_soup_folder(a: &FolderArgs, say: bool) -> Result<SoupFolderR
         std::fs::remove_dir_all(dir)?;
     }
     Ok(report)
+}
+
+/// The base and two fine-tunes, in a fresh `a.dir`.
+fn write_inputs(a: &FolderArgs, say: bool) -> Result<()> {
+    if a.dir.exists() {
+        std::fs::remove_dir_all(&a.dir)?;
+    }
+    std::fs::create_dir_all(&a.dir)?;
+    if say {
+        eprintln!(
+            "writing the base and two fine-tunes under {}",
+            a.dir.display()
+        );
+    }
+    for (name, variant) in [("base", 0), ("ft-1", 1), ("ft-2", 2)] {
+        write_folder(a, &a.dir.join(name), variant)?;
+    }
+    Ok(())
 }
 
 /// The report: the soup's folder against the applied delta's, and `zdn apply`'s of the soup.
