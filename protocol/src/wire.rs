@@ -8,6 +8,7 @@
 //!   2 GetChunk     object 32 | chunk id 32
 //!   3 GetHave      object 32
 //!   4 GetAnnouncement  manifest hash 32
+//!   5 GetRecent    since u64 (unix seconds)
 //! response = tag u8 | body
 //!   1 Manifest     canonical signed manifest bytes (to the end of the frame)
 //!   2 Chunk        chunk id 32 | stored chunk bytes (to the end of the frame)
@@ -15,6 +16,7 @@
 //!   4 NotFound     what 32
 //!   5 Busy         retry_after_ms u32
 //!   6 Announcement the signed announcement of the manifest asked for (to the end of the frame)
+//!   7 Recent       n u16 (≤ 64) | n × ( len u16 (≤ MAX_ANNOUNCEMENT_LEN) | signed announcement )
 //! announcement (gossip) = body | signature 64
 //!   body = "ZDNA" | version u8 = 3 | manifest hash 32 | kind u8 | object_len u64
 //!          | base flag u8 [ base 32 ] | publisher 32 | manifest_len u32 | name str16
@@ -74,6 +76,11 @@ pub enum Request {
     /// The publisher's signed announcement of a manifest (one too big for gossip), which a node
     /// needs to announce that object in turn.
     GetAnnouncement(Hash),
+    /// The signed announcements of the objects whose manifests were made at or after `since`
+    /// (unix seconds, the publishers' clocks): how a node that was away learns what it missed.
+    GetRecent {
+        since: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +100,13 @@ pub enum Response {
     },
     /// An encoded [`Announcement`]; the caller decodes and verifies it.
     Announcement(Vec<u8>),
+    /// Encoded [`Announcement`]s, newest first, at most [`MAX_RECENT`]; the caller decodes and
+    /// verifies each.
+    Recent(Vec<Vec<u8>>),
 }
+
+/// Most announcements in a [`Response::Recent`].
+pub const MAX_RECENT: usize = 64;
 
 /// Which chunks of an object a peer holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,6 +306,10 @@ impl Request {
                 out.push(4);
                 out.extend_from_slice(h.as_bytes());
             }
+            Request::GetRecent { since } => {
+                out.push(5);
+                out.extend_from_slice(&since.to_le_bytes());
+            }
         }
         out
     }
@@ -320,6 +337,14 @@ impl Request {
             4 => {
                 exact(b, 33, WHAT)?;
                 Ok(Request::GetAnnouncement(hash_at(b, 1, WHAT)?))
+            }
+            5 => {
+                exact(b, 9, WHAT)?;
+                let mut since = [0u8; 8];
+                since.copy_from_slice(&b[1..9]);
+                Ok(Request::GetRecent {
+                    since: u64::from_le_bytes(since),
+                })
             }
             tag => Err(WireError::Tag { what: WHAT, tag }),
         }
@@ -357,6 +382,21 @@ impl Response {
             Response::Announcement(a) => {
                 out.push(6);
                 out.extend_from_slice(a);
+            }
+            Response::Recent(list) => {
+                // Encoders keep to the caps the decoder checks: at most MAX_RECENT entries of at
+                // most MAX_ANNOUNCEMENT_LEN bytes each (more is the caller's bug, cut here).
+                let list: Vec<&Vec<u8>> = list
+                    .iter()
+                    .filter(|a| a.len() <= MAX_ANNOUNCEMENT_LEN)
+                    .take(MAX_RECENT)
+                    .collect();
+                out.push(7);
+                out.extend_from_slice(&(list.len() as u16).to_le_bytes());
+                for a in list {
+                    out.extend_from_slice(&(a.len() as u16).to_le_bytes());
+                    out.extend_from_slice(a);
+                }
             }
         }
         out
@@ -407,9 +447,33 @@ impl Response {
                 cap("announcement", b.len() - 1, MAX_ANNOUNCEMENT_LEN)?;
                 Ok(Response::Announcement(b[1..].to_vec()))
             }
+            7 => decode_recent(&b[1..]),
             tag => Err(WireError::Tag { what: WHAT, tag }),
         }
     }
+}
+
+/// The body of a [`Response::Recent`]: a u16 count (at most [`MAX_RECENT`]), then each entry as a
+/// u16 length (at most [`MAX_ANNOUNCEMENT_LEN`]) and its bytes; nothing after the last.
+fn decode_recent(b: &[u8]) -> Result<Response, WireError> {
+    const WHAT: &str = "recent announcements";
+    let n = b.get(..2).ok_or(WireError::Truncated(WHAT))?;
+    let n = usize::from(u16::from_le_bytes([n[0], n[1]]));
+    cap(WHAT, n, MAX_RECENT)?;
+    let mut list = Vec::with_capacity(n);
+    let mut at = 2;
+    for _ in 0..n {
+        let len = b.get(at..at + 2).ok_or(WireError::Truncated(WHAT))?;
+        let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
+        cap("announcement", len, MAX_ANNOUNCEMENT_LEN)?;
+        let a = b
+            .get(at + 2..at + 2 + len)
+            .ok_or(WireError::Truncated(WHAT))?;
+        list.push(a.to_vec());
+        at += 2 + len;
+    }
+    exact(b, at, WHAT)?;
+    Ok(Response::Recent(list))
 }
 
 impl Announcement {

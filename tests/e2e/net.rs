@@ -40,6 +40,8 @@ fn field_station(
             &p.key,
             "--auto-fetch",
             "fine*",
+            // These tests are about gossip: the catch-up on connecting would fetch first.
+            "--no-catch-up",
         ],
     );
     // Connected to both before anything is announced: an announcement published before the
@@ -620,4 +622,87 @@ fn devices_fetching_from_one_station_at_once_all_succeed_first_time() {
     }
     let stats = station.stop();
     assert_eq!(stats["streams_dropped"], 0, "{stats}");
+}
+
+/// A station that was not connected when a delta was published (gossip reached nobody) learns of
+/// it when it connects: it asks the peer for the announcements made while it was away, verifies
+/// each, and auto-fetches the delta as if it had been gossiped.
+#[test]
+fn a_station_connecting_after_a_publication_catches_up_and_auto_fetches() {
+    let p = publish(2);
+    // Published (added) while no station was there to hear it (`zdn announce` now would fail:
+    // nobody is subscribed).
+    let publisher = NodeProc::start(p.home.path(), &[]);
+    let field = tmpdir();
+    ok(
+        field.path(),
+        &fetch_json_args(&p.base, &publisher.addr, &p.key)[..],
+    );
+    let mut node = NodeProc::start(
+        field.path(),
+        &[
+            "--peer",
+            &publisher.addr,
+            "--trust",
+            &p.key,
+            "--auto-fetch",
+            "fine*",
+        ],
+    );
+    let l = node.wait_for("announced", Duration::from_secs(60));
+    assert!(
+        l.starts_with("announced by hash delta") && l.contains(&p.delta),
+        "{l}"
+    );
+    let l = node.wait_for("auto-fetch: ", Duration::from_secs(120));
+    assert!(l.contains("fetched") && l.contains(&p.delta), "{l}");
+    node.stop();
+    assert_object(field.path(), &p.delta, &p.delta_file);
+    publisher.stop();
+}
+
+/// A peer whose list of recent announcements holds one its publisher did not sign is penalised
+/// as for gossiping it, and nothing of its list is acted on.
+#[test]
+fn forged_recent_announcements_are_refused_and_counted_against_the_peer() {
+    let p = publish(1);
+    let liar = NodeProc::start(p.home.path(), &["--fault", "forged-announcements"]);
+    let field = tmpdir();
+    ok(
+        field.path(),
+        &fetch_json_args(&p.base, &liar.addr, &p.key)[..],
+    );
+    let node = NodeProc::start(
+        field.path(),
+        &[
+            "--peer",
+            &liar.addr,
+            "--trust",
+            &p.key,
+            "--auto-fetch",
+            "fine*",
+        ],
+    );
+    let end = Instant::now() + Duration::from_secs(60);
+    let penalty = loop {
+        let peers = json(&ok(field.path(), &["peers", "--json"]));
+        let pen = peers
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|x| x["penalty"].as_f64())
+            .unwrap_or(0.0);
+        if pen > 0.0 || Instant::now() > end {
+            break pen;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(penalty >= 39.0, "penalty {penalty}");
+    let status = json(&ok(field.path(), &["status"]));
+    assert!(!status["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|o| o["hash"] == p.delta.as_str()));
+    node.stop();
+    liar.stop();
 }

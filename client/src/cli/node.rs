@@ -53,6 +53,11 @@ pub struct RunArgs {
     /// base is here; repeatable.
     #[arg(long = "auto-fetch", value_name = "GLOB")]
     auto_fetch: Vec<String>,
+    /// Do not ask newly connected peers for the announcements made while this node was away.
+    /// By default a node with --auto-fetch rules asks each peer once per connection (at most
+    /// every 10 minutes) and acts on what it missed as on gossip (docs/network.md "Catch-up").
+    #[arg(long)]
+    no_catch_up: bool,
     /// Announce these objects (hash, prefix or name) by gossip once a peer listens; repeatable.
     #[arg(long = "announce", value_name = "OBJECT")]
     announce: Vec<String>,
@@ -149,6 +154,7 @@ pub fn run_node(loc: &Location, cmd: NodeCommand) -> anyhow::Result<u8> {
             auto_fetch: rules,
             fault: a.fault,
             external_addresses: a.external_addresses.clone(),
+            catch_up: !a.no_catch_up,
         };
         let mut s = start(loc, &config, &a.net, serving).await?;
         // Caught from here on: whoever reads "listening" may stop the node at once.

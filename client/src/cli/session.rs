@@ -113,6 +113,8 @@ pub struct Serving {
     pub auto_fetch: Vec<AutoFetchRule>,
     pub fault: Option<Fault>,
     pub external_addresses: Vec<Multiaddr>,
+    /// Ask newly connected peers for what was announced while away (with auto-fetch rules).
+    pub catch_up: bool,
 }
 
 pub async fn start(
@@ -127,6 +129,7 @@ pub async fn start(
         auto_fetch,
         fault,
         external_addresses,
+        catch_up,
     } = serving;
     let dir = loc.store_dir(config);
     let keypair = node_key(&dir)?;
@@ -147,6 +150,8 @@ pub async fn start(
     // What the paced lane received of chunks not yet complete survives a restart or a kill.
     c.partial_dir = Some(dir.join("lane-partial"));
     c.max_upload_rate = upload.or(net.max_rate);
+    // Only a node that acts on announcements asks for those it missed.
+    c.catch_up = catch_up && !auto_fetch.is_empty();
     c.auto_fetch = auto_fetch.clone();
     c.fault = fault;
     if net.no_mdns {

@@ -78,6 +78,9 @@ pub struct NodeConfig {
     /// kills): a directory beside the store. `None`: kept in memory for one session only.
     pub partial_dir: Option<std::path::PathBuf>,
     pub auto_fetch: Vec<AutoFetchRule>,
+    /// Ask each newly connected peer for the signed announcements made while this node was away
+    /// (`crate::net::catchup`). Off in a node started for one fetch.
+    pub catch_up: bool,
     /// Caps on inbound connections (connections this node dials are never refused for room).
     pub inbound: InboundLimits,
     pub fault: Option<Fault>,
@@ -106,6 +109,7 @@ impl NodeConfig {
             link_rate: None,
             partial_dir: None,
             auto_fetch: Vec::new(),
+            catch_up: false,
             inbound: InboundLimits::default(),
             fault: None,
         }

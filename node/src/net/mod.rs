@@ -9,6 +9,8 @@
 //!   deadlines ([`frame`]).
 //! - [`fetch()`] drives the sans-IO `SyncScheduler` over real streams and the store; it asks the
 //!   DHT for providers when no connected peer has the object, and re-dials a peer lost midway.
+//! - `catchup`: a newly connected peer is asked for the signed announcements made while this
+//!   node was away (gossip reaches only those connected at the time).
 //! - `paced/`: the paced lane (`/zdn/paced/3` + sealed UDP datagrams): a field station, or a node
 //!   given its link's rate (`NodeConfig::link_rate`, then a ceiling), has chunks sent to it as
 //!   datagrams paced at the rate the sender finds from queueing delay, which keeps a lossy
@@ -16,6 +18,7 @@
 //!   it.
 
 mod accept;
+mod catchup;
 mod chunk;
 mod config;
 mod error;
@@ -29,6 +32,7 @@ mod rate_limit;
 mod streams;
 mod swarm;
 
+pub use catchup::{ASK_EVERY as CATCHUP_ASK_EVERY, CLOCK_SKEW_SECS as CATCHUP_CLOCK_SKEW_SECS};
 pub use chunk::server::{MAX_QUEUED_PER_PEER, MAX_STREAMS};
 pub use config::{AutoFetchRule, Fault, NodeConfig};
 pub use error::{FetchError, NetError};

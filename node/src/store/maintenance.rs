@@ -322,6 +322,15 @@ impl ObjectStore {
             }
             true
         })?;
+        // And their entries in the list by time.
+        let recent = super::announcements::RECENT_PREFIX;
+        self.backend().scan(Column::Refs, recent, &mut |k, _| {
+            let hash = super::announcements::parse_recent_key(k).map(|(_, h)| h);
+            if hash.is_none_or(|h| !keep.contains(&h)) {
+                drop_manifests.push(super::Write::delete(Column::Refs, k.to_vec()));
+            }
+            true
+        })?;
         report.manifests_removed = drop_manifests
             .iter()
             .filter(|w| w.column == Column::Manifests)

@@ -408,6 +408,44 @@ fn signed_announcements_are_kept_checked_and_collected() {
     }
 }
 
+/// The announcements by time: newest first, from `since`, at most `max`; gc drops an object's
+/// entry with it.
+#[test]
+fn recent_announcements_are_listed_newest_first_and_collected() {
+    for (s, _dir) in stores() {
+        let mut hashes = Vec::new();
+        for (i, t) in [300u64, 100, 200].into_iter().enumerate() {
+            let mut o = opts(&format!("o{i}"), 8 << 10);
+            o.created_at = t;
+            let (m, _) = s.add(&model(&[i as u64 + 7], 4000), &o, &key()).unwrap();
+            hashes.push(m.hash());
+        }
+        let listed = |since, max| -> Vec<Hash> {
+            s.recent_announcements(since, max)
+                .unwrap()
+                .iter()
+                .map(|a| a.manifest)
+                .collect()
+        };
+        let (t300, t100, t200) = (hashes[0], hashes[1], hashes[2]);
+        assert_eq!(listed(0, 10), vec![t300, t200, t100]);
+        assert_eq!(listed(150, 10), vec![t300, t200]);
+        assert_eq!(listed(0, 2), vec![t300, t200]);
+        assert_eq!(listed(301, 10), Vec::<Hash>::new());
+        s.set_pin(&t300, false).unwrap();
+        s.gc().unwrap();
+        assert_eq!(listed(0, 10), vec![t200, t100]);
+        let mut keys = 0;
+        s.backend()
+            .scan(Column::Refs, b"recent/", &mut |_, _| {
+                keys += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(keys, 2);
+    }
+}
+
 /// A bundle carries the signed announcement of a manifest too big for gossip, and the importing
 /// store keeps it (so a station can announce what it got on a disk); a small manifest's is left
 /// out.

@@ -49,6 +49,26 @@ fn golden_bytes() {
         hex(Response::Announcement(vec![0x5a, 1]).encode()),
         "065a01"
     );
+    assert_eq!(
+        hex(Request::GetRecent { since: 0x0102 }.encode()),
+        "050201000000000000"
+    );
+    assert_eq!(
+        hex(Response::Recent(vec![vec![0x5a, 1], vec![]]).encode()),
+        "070200".to_owned() + "02005a01" + "0000"
+    );
+    // Over the count cap, an entry over the announcement cap, a short or long body: refused.
+    let mut many = vec![7u8];
+    many.extend_from_slice(&((MAX_RECENT + 1) as u16).to_le_bytes());
+    many.resize(many.len() + 2 * (MAX_RECENT + 1), 0);
+    assert!(Response::decode(&many).is_err());
+    let mut long = vec![7u8, 1, 0];
+    long.extend_from_slice(&((MAX_ANNOUNCEMENT_LEN + 1) as u16).to_le_bytes());
+    long.resize(long.len() + MAX_ANNOUNCEMENT_LEN + 1, 0);
+    assert!(Response::decode(&long).is_err());
+    assert!(Response::decode(&[7, 1, 0, 2, 0, 9]).is_err());
+    assert!(Response::decode(&[7, 0, 0, 0]).is_err());
+    assert!(Request::decode(&[5, 1, 2, 3]).is_err());
     // An announcement response over the announcement cap is refused.
     let mut big = vec![6u8];
     big.resize(2 + MAX_ANNOUNCEMENT_LEN, 0);
@@ -131,6 +151,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
         }),
         any::<[u8; 32]>().prop_map(|a| Request::GetHave(Hash::from_bytes(a))),
         any::<[u8; 32]>().prop_map(|a| Request::GetAnnouncement(Hash::from_bytes(a))),
+        any::<u64>().prop_map(|since| Request::GetRecent { since }),
     ]
 }
 
@@ -164,6 +185,8 @@ fn arb_response() -> impl Strategy<Value = Response> {
         any::<[u8; 32]>().prop_map(|a| Response::NotFound(Hash::from_bytes(a))),
         any::<u32>().prop_map(|retry_after_ms| Response::Busy { retry_after_ms }),
         prop::collection::vec(any::<u8>(), 0..200).prop_map(Response::Announcement),
+        prop::collection::vec(prop::collection::vec(any::<u8>(), 0..100), 0..8)
+            .prop_map(Response::Recent),
     ]
 }
 

@@ -109,6 +109,8 @@ fn item5_a_replayed_announcement_starts_nothing() {
             &p.key,
             "--auto-fetch",
             "fine*",
+            // About gossip: the catch-up on connecting would act first.
+            "--no-catch-up",
         ],
     );
     std::thread::sleep(Duration::from_secs(4));
@@ -192,6 +194,8 @@ fn item5_a_replayed_older_version_does_not_move_a_name_back() {
             &p.key,
             "--auto-fetch",
             "fine*",
+            // About gossip: the catch-up on connecting would act first.
+            "--no-catch-up",
         ],
     );
     std::thread::sleep(Duration::from_secs(4));
@@ -269,6 +273,8 @@ fn item5_an_announcement_by_hash_its_publisher_did_not_sign_is_refused() {
             &p.key,
             "--auto-fetch",
             "fine*",
+            // About gossip: the catch-up on connecting would act first.
+            "--no-catch-up",
         ],
     );
     std::thread::sleep(Duration::from_secs(4));

@@ -14,14 +14,15 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::AsyncWriteExt;
 use libp2p::{PeerId, Stream};
 use tokio::sync::{watch, Semaphore};
 use zdn_protocol::manifest::SignedManifest;
 use zdn_protocol::wire::{
-    ChunkBitmap, Request, Response, CHUNK_RESPONSE_TAG, MANIFEST_RESPONSE_TAG, MAX_REQUEST_LEN,
+    ChunkBitmap, Request, Response, CHUNK_RESPONSE_TAG, MANIFEST_RESPONSE_TAG, MAX_RECENT,
+    MAX_REQUEST_LEN,
 };
 use zdn_protocol::Hash;
 
@@ -58,7 +59,13 @@ pub(crate) struct ChunkServer {
     pub cache: ManifestCache,
     pub budget: RequestBudget,
     pub in_flight: InFlight,
+    /// When each peer last asked for the recent announcements (answered once per
+    /// [`RECENT_EVERY`]; an honest node asks once per connection, at most every 10 minutes).
+    pub recent_asked: Mutex<HashMap<PeerId, Instant>>,
 }
+
+/// How often one peer's `GetRecent` is answered: each answer scans the store's list by time.
+pub const RECENT_EVERY: Duration = Duration::from_secs(60);
 
 /// What one stream's requests share: who asks, and its peer's one-body-at-a-time slot.
 struct Asker {
@@ -123,6 +130,9 @@ impl ChunkServer {
                 Request::GetChunk { id, .. } => self.answer_chunk(&mut stream, &asker, id).await,
                 Request::GetAnnouncement(h) => {
                     self.answer_announcement(&mut stream, &asker, h).await
+                }
+                Request::GetRecent { since } => {
+                    self.answer_recent(&mut stream, &asker, since).await
                 }
             };
             if !ok {
@@ -215,6 +225,45 @@ impl ChunkServer {
             _ => Response::NotFound(h),
         };
         self.reply(stream, r).await
+    }
+
+    /// The newest signed announcements from `since` (at most [`MAX_RECENT`]): budgeted like a
+    /// manifest request, and answered once per [`RECENT_EVERY`] per peer (`Busy` otherwise).
+    async fn answer_recent(&self, stream: &mut Stream, asker: &Asker, since: u64) -> bool {
+        let again = {
+            let now = Instant::now();
+            let mut asked = self.recent_asked.lock().unwrap_or_else(|e| e.into_inner());
+            if asked.len() > MAX_STREAMS {
+                asked.retain(|_, t| now.duration_since(*t) < RECENT_EVERY);
+            }
+            let again = asked
+                .get(&asker.peer)
+                .is_some_and(|t| now.duration_since(*t) < RECENT_EVERY);
+            if !again {
+                asked.insert(asker.peer, now);
+            }
+            again
+        };
+        if again || !self.within_budget(asker) {
+            return self.busy(stream).await;
+        }
+        let found = self
+            .store
+            .call(move |s| s.recent_announcements(since, MAX_RECENT))
+            .await
+            .unwrap_or_default();
+        let forge = self.fault == Some(Fault::ForgedAnnouncements);
+        let list = found
+            .into_iter()
+            .filter_map(|mut a| {
+                if forge {
+                    // Not what the publisher signed.
+                    a.name.push('!');
+                }
+                a.encode().ok()
+            })
+            .collect();
+        self.reply(stream, Response::Recent(list)).await
     }
 
     async fn answer_have(&self, stream: &mut Stream, asker: &Asker, h: Hash) -> bool {

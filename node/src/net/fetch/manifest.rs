@@ -99,5 +99,6 @@ pub(super) fn answer_name(r: &Response) -> &'static str {
         Response::NotFound(_) => "not-found",
         Response::Busy { .. } => "busy",
         Response::Announcement(_) => "announcement",
+        Response::Recent(_) => "recent announcements",
     }
 }

@@ -63,6 +63,8 @@ pub(super) struct EventLoop {
     pub(super) seen: SeenAnnouncements,
     pub(super) pending_announce: Vec<PendingAnnouncement>,
     pub(super) events: mpsc::Sender<NodeEvent>,
+    /// Asks each newly connected peer for what was announced while this node was away.
+    pub(super) catchup: Option<crate::net::catchup::CatchUp>,
     pub(super) fault: Option<crate::net::config::Fault>,
 }
 
@@ -388,6 +390,9 @@ impl EventLoop {
         let list = self.addrs.entry(peer_id).or_default();
         if !list.contains(&addr) && list.len() < ADDRS_PER_PEER {
             list.push(addr);
+        }
+        if let Some(c) = &mut self.catchup {
+            c.on_connected(peer_id);
         }
     }
 

@@ -150,6 +150,9 @@ impl Node {
             traffic: handle.traffic.clone(),
             seen: Default::default(),
             pending_announce: Vec::new(),
+            catchup: config
+                .catch_up
+                .then(|| crate::net::catchup::CatchUp::new(handle.clone(), ev_tx.clone())),
             events: ev_tx,
             fault: config.fault,
         };
@@ -276,6 +279,7 @@ impl Servers {
             cache: Default::default(),
             budget: Default::default(),
             in_flight: Default::default(),
+            recent_asked: Default::default(),
         };
         let (stop, stop_rx) = watch::channel(false);
         let tasks = vec![

@@ -282,6 +282,9 @@ pub fn requests() -> Vec<Vec<u8>> {
         },
         Request::GetHave(h),
         Request::GetAnnouncement(h),
+        Request::GetRecent {
+            since: 1_700_000_000,
+        },
     ]
     .iter()
     .map(Request::encode)
@@ -309,6 +312,7 @@ pub fn responses() -> Vec<Vec<u8>> {
             retry_after_ms: 1000,
         },
         Response::Announcement(announcements().first().cloned().unwrap_or_default()),
+        Response::Recent(announcements()),
     ]
     .iter()
     .map(Response::encode)
