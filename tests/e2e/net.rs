@@ -706,3 +706,42 @@ fn forged_recent_announcements_are_refused_and_counted_against_the_peer() {
     node.stop();
     liar.stop();
 }
+
+/// Through a hub: a seeding node that fetched the delta from the publisher keeps its publisher's
+/// signed announcement, so a station that connects only to the seeder, after the publication,
+/// catches up from it.
+#[test]
+fn a_station_catches_up_from_a_seeder_that_fetched_the_delta() {
+    let p = publish(1);
+    let publisher = NodeProc::start(p.home.path(), &[]);
+    let hub = tmpdir();
+    let seeder = NodeProc::start(hub.path(), &["--peer", &publisher.addr, "--trust", &p.key]);
+    // Through the running seeder's control socket: its own node fetches.
+    for h in [&p.base, &p.delta] {
+        ok(hub.path(), &["fetch", h]);
+    }
+    // The seeder asks for the announcement after the fetch, in the background.
+    std::thread::sleep(Duration::from_secs(2));
+    publisher.stop();
+    let field = tmpdir();
+    ok(
+        field.path(),
+        &fetch_json_args(&p.base, &seeder.addr, &p.key)[..],
+    );
+    let mut node = NodeProc::start(
+        field.path(),
+        &[
+            "--peer",
+            &seeder.addr,
+            "--trust",
+            &p.key,
+            "--auto-fetch",
+            "fine*",
+        ],
+    );
+    let l = node.wait_for("auto-fetch: ", Duration::from_secs(120));
+    assert!(l.contains("fetched") && l.contains(&p.delta), "{l}");
+    node.stop();
+    assert_object(field.path(), &p.delta, &p.delta_file);
+    seeder.stop();
+}

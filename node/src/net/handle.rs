@@ -115,6 +115,9 @@ pub struct NodeHandle {
     pub(crate) peer_table: Arc<PeerTable>,
     /// One fetch of an object at a time.
     pub(crate) fetching: Arc<crate::net::fetch::once::OneAtATime>,
+    /// The node listens (serves others): it keeps the signed announcement of every object it
+    /// fetches, for the peers that catch up from it (`crate::net::catchup`).
+    pub(crate) serves: bool,
 }
 
 impl std::fmt::Debug for NodeHandle {

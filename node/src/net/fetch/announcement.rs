@@ -1,7 +1,8 @@
-//! After fetching an object whose manifest is too big for gossip: its publisher's signed
-//! announcement, asked of the peers the fetch used and kept beside the manifest, so this node can
+//! After fetching an object: its publisher's signed announcement, asked of the peers the fetch
+//! used and kept beside the manifest. For a manifest too big for gossip it is what lets this node
 //! announce the object in turn (`zdn announce`) though it got it by `zdn fetch HASH`, not by
-//! gossip. Best effort: a peer without one answers NotFound and the next is asked; one that sends
+//! gossip; for any object, what lists it to the peers that catch up from this node
+//! (`crate::net::catchup`; a node that serves others asks for it in the background). Best effort: a peer without one answers NotFound and the next is asked; one that sends
 //! an announcement that does not verify, or names another manifest or publisher, is counted
 //! against (only the publisher can make a valid one).
 
@@ -12,14 +13,10 @@ use zdn_protocol::wire::{Announcement, Request, Response, MAX_ANNOUNCEMENT_LEN};
 use crate::net::fetch::peers::ask;
 use crate::net::handle::NodeHandle;
 use crate::net::peers::Offence;
-use crate::net::swarm::behaviour::MAX_GOSSIP_LEN;
 
 /// Keeps the announcement of `m` (just committed) from the first of `peers` that has it, when the
-/// manifest is over gossip's size and the store has none yet.
+/// store has none yet.
 pub(super) async fn keep_announcement(node: &NodeHandle, m: &SignedManifest, peers: &[PeerId]) {
-    if m.as_bytes().len() <= MAX_GOSSIP_LEN {
-        return;
-    }
     let hash = m.hash();
     if !matches!(
         node.store.call(move |s| s.announcement(&hash)).await,

@@ -31,6 +31,7 @@ use super::peers::{holdings_of, Sources};
 use super::redial::Redialer;
 use super::window::second_of_day;
 use super::{FetchOptions, FetchProgress, FetchReport, PeerReport};
+use crate::net::swarm::behaviour::MAX_GOSSIP_LEN;
 
 /// One object's transfer in progress.
 pub(super) struct Transfer<'a> {
@@ -365,7 +366,14 @@ pub(super) async fn transfer(
         .await?;
     t.pipes.clear();
     t.verify_and_commit().await?;
-    keep_announcement(node, m, &src.peers).await;
+    if m.as_bytes().len() > MAX_GOSSIP_LEN {
+        // Needed to announce it at all: part of the fetch.
+        keep_announcement(node, m, &src.peers).await;
+    } else if node.serves {
+        // For the peers that catch up from this node; the fetch is done without it.
+        let (node, m, peers) = (node.clone(), m.clone(), src.peers.clone());
+        tokio::spawn(async move { keep_announcement(&node, &m, &peers).await });
+    }
     let _ = node.provide(t.hash).await;
     Ok(t.report(&src, &redial, paced))
 }

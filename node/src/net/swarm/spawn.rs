@@ -110,6 +110,7 @@ impl Node {
             control,
             local: *swarm.local_peer_id(),
             store: store.clone(),
+            serves: !config.listen.is_empty(),
             trust: config.trust.clone(),
             tuning: tuning.clone(),
             download_limit: limiter(config.max_download_rate)?,
