@@ -428,7 +428,6 @@ fn write_mixed_file(
     out.write_all(&plan.header_bytes).map_err(io)?;
     let mut bufs = vec![Vec::new(); open.len()];
     let mut scratch = Scratch::default();
-    let mut base_buf = Vec::new();
     for (k, t) in plan.tensors.iter().enumerate() {
         for part in [Part::Main, Part::NewRows] {
             for (d, buf) in open.iter().zip(bufs.iter_mut()) {
@@ -447,7 +446,7 @@ fn write_mixed_file(
             let e = &first.mapped.file.entries[i];
             let b = match part {
                 Part::Main => base
-                    .tensor(&e.name, &mut base_buf)
+                    .tensor(&e.name, scratch.base_buf())
                     .map_err(FolderApplyError::from)?
                     .and_then(|b| base_rows(e, b))
                     .filter(|b| b.shape == e.shape.as_slice()),

@@ -179,6 +179,14 @@ pub(crate) struct Scratch {
     rows: Vec<u8>,
 }
 
+impl Scratch {
+    /// The buffer a base tensor is read into: reused by a caller that reads the base's tensor
+    /// after rebuilding (so the base is held once, not twice).
+    pub(crate) fn base_buf(&mut self) -> &mut Vec<u8> {
+        &mut self.base
+    }
+}
+
 /// Part `part` of tensor `t` rebuilt into `buf`: its entry reconstructed (against the base's
 /// tensor where the encoding needs one) and its exact rows written over it. False (and `buf`
 /// untouched) when the tensor has no such part.
