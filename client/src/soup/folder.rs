@@ -4,7 +4,7 @@
 //! a folder delta's Δᵢ is its reconstruction minus the base, an adapter's its update s·B·A, both
 //! in f32; the sum is [`weighted_sum`] and W is rounded once to the tensor's dtype. Memory: for
 //! the tensor being written, each component's rebuilt tensor, the base's and the output; the f32
-//! arithmetic goes [`MIX_BLOCK`] elements at a time.
+//! arithmetic goes 2^20 elements at a time.
 
 use std::io::Write;
 use std::ops::Range;

@@ -1,7 +1,7 @@
 //! Applying a folder delta: the fine-tune's folder rebuilt from its base — a folder on disk or a
 //! base object in the store, read tensor by tensor — and the delta — a folder on disk or a delta
 //! object in the store. Every check of the format is made before the first byte is written
-//! ([`check_delta`]); the output goes to a temporary folder renamed into place when complete.
+//! (`zdn_protocol::folder::check_delta`); the output goes to a temporary folder renamed into place when complete.
 //! Memory: one reconstructed tensor, plus one base tensor when the base is in the store.
 
 use std::io::Write;
