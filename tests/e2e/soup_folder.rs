@@ -156,6 +156,11 @@ fn folder_deltas_mix_into_a_model_folder_here_and_on_a_fetching_node() {
     };
     assert!(differs(&ta) > 20 && differs(&tb) > 20);
 
+    let shown = ok(&f.home, &["delta", "inspect", &soup]);
+    assert!(
+        shown.contains("mixed exactly into the model folder"),
+        "{shown}"
+    );
     // `zdn apply SOUP` builds the same folder; one component at weight 1 is that component.
     let again = f.root.join("again");
     ok(&f.home, &["apply", &soup, "-o", s(&again)]);

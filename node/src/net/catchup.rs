@@ -2,8 +2,8 @@
 //! manifest is announced (and its history lasts a few heartbeats), so a field station whose link
 //! was down, or that starts later, would never hear of a fine-tune published meanwhile. When a
 //! connection to a peer is established, this node asks it once for the signed announcements of
-//! the manifests made since its last successful catch-up less a day of clock skew (all, up to
-//! [`MAX_RECENT`], the first time): [`Request::GetRecent`]. Each one is decoded and its
+//! the manifests made since its last successful catch-up from that peer less a day of clock skew
+//! (all, up to [`MAX_RECENT`], the first time): [`Request::GetRecent`]. Each one is decoded and its
 //! publisher's signature verified before anything is done with it; a trusted one for an object
 //! not here goes to the program as [`NodeEvent::AnnouncedByHash`], exactly as if it had come by
 //! gossip (the program's auto-fetch rules decide, and a fetch verifies the manifest by hash).
@@ -29,14 +29,16 @@ use crate::net::swarm::spawn::NodeEvent;
 pub const ASK_EVERY: Duration = Duration::from_secs(600);
 /// How far before the last catch-up the next one reaches back: publishers' clocks may be off.
 pub const CLOCK_SKEW_SECS: u64 = 86_400;
+/// Peers remembered (when last asked, when last caught up from).
+const MAX_REMEMBERED: usize = 4096;
 
 /// The catch-up state of a node.
 pub(crate) struct CatchUp {
     node: NodeHandle,
     events: mpsc::Sender<NodeEvent>,
     asked: HashMap<PeerId, Instant>,
-    /// Unix seconds of the start of the last catch-up that got an answer (0: none yet).
-    caught_up_at: Arc<Mutex<u64>>,
+    /// Per peer, unix seconds of the start of the last catch-up it answered (none: ask for all).
+    caught_up_at: Arc<Mutex<HashMap<PeerId, u64>>>,
 }
 
 impl CatchUp {
@@ -60,7 +62,7 @@ impl CatchUp {
         {
             return;
         }
-        if self.asked.len() > 4096 {
+        if self.asked.len() > MAX_REMEMBERED {
             self.asked.retain(|_, t| now.duration_since(*t) < ASK_EVERY);
         }
         self.asked.insert(peer, now);
@@ -83,14 +85,14 @@ async fn ask_peer(
     node: &NodeHandle,
     events: &mpsc::Sender<NodeEvent>,
     peer: PeerId,
-    caught_up_at: &Mutex<u64>,
+    caught_up_at: &Mutex<HashMap<PeerId, u64>>,
 ) {
-    let last = *caught_up_at.lock().unwrap_or_else(|e| e.into_inner());
-    let since = if last == 0 {
-        0
-    } else {
-        last.saturating_sub(CLOCK_SKEW_SECS)
-    };
+    let last = caught_up_at
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&peer)
+        .copied();
+    let since = last.map_or(0, |t| t.saturating_sub(CLOCK_SKEW_SECS));
     let started = unix_now();
     let max = 3 + MAX_RECENT * (2 + MAX_ANNOUNCEMENT_LEN);
     let list = match ask(node, peer, &Request::GetRecent { since }, max).await {
@@ -104,7 +106,14 @@ async fn ask_peer(
     };
     {
         let mut at = caught_up_at.lock().unwrap_or_else(|e| e.into_inner());
-        *at = (*at).max(started);
+        if at.len() > MAX_REMEMBERED {
+            // The oldest half forgotten: those peers are asked for everything next time.
+            let mut times: Vec<u64> = at.values().copied().collect();
+            times.sort_unstable();
+            let cut = times[times.len() / 2];
+            at.retain(|_, t| *t > cut);
+        }
+        at.insert(peer, started);
     }
     for bytes in list {
         let a = match Announcement::decode(&bytes) {

@@ -122,6 +122,10 @@ struct RecipeReport {
     name: Option<String>,
     base: Hash,
     base_present: bool,
+    /// The base is a model folder (known when it is in the store): the soup is mixed exactly into
+    /// the folder, and `bits`/`scale` are not used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    folder: Option<bool>,
     bits: u32,
     scale: String,
     recipe_bytes: usize,
@@ -144,12 +148,14 @@ pub fn inspect_recipe(
     } else {
         None
     };
-    let lookup = |h: &Hash| -> anyhow::Result<Option<String>> {
+    let manifest_of = |h: &Hash| -> anyhow::Result<Option<zdn_protocol::manifest::Manifest>> {
         Ok(match &store {
-            Some(s) => s.manifest(h)?.map(|m| m.manifest.name),
+            Some(s) => s.manifest(h)?.map(|m| m.manifest),
             None => None,
         })
     };
+    let lookup =
+        |h: &Hash| -> anyhow::Result<Option<String>> { Ok(manifest_of(h)?.map(|m| m.name)) };
     let mut components = Vec::with_capacity(recipe.components().len());
     for c in recipe.components() {
         let name = lookup(&c.delta)?;
@@ -166,6 +172,7 @@ pub fn inspect_recipe(
         name: manifest.map(|m| m.manifest.name.clone()),
         base: recipe.base(),
         base_present: lookup(&recipe.base())?.is_some(),
+        folder: manifest_of(&recipe.base())?.map(|m| m.is_folder()),
         bits: recipe.bits(),
         scale: recipe.granularity().to_string(),
         recipe_bytes: bytes.len(),
@@ -175,8 +182,15 @@ pub fn inspect_recipe(
         say!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
+    let how = match report.folder {
+        Some(true) => "mixed exactly into the model folder (`zdn apply`)".to_string(),
+        _ => format!(
+            "re-quantized to {} bit(s), {} scales",
+            report.bits, report.scale
+        ),
+    };
     say!(
-        "soup recipe{}: {} bytes, {} components of base {}{}; re-quantized to {} bit(s), {} scales",
+        "soup recipe{}: {} bytes, {} components of base {}{}; {how}",
         report
             .name
             .as_ref()
@@ -189,8 +203,6 @@ pub fn inspect_recipe(
         } else {
             " (not in this store)"
         },
-        report.bits,
-        report.scale
     );
     for c in &report.components {
         say!(
