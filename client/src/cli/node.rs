@@ -122,6 +122,9 @@ fn merge(a: &mut RunArgs, f: NodeFile) -> anyhow::Result<()> {
     if f.dht == Some(false) {
         a.net.no_dht = true;
     }
+    if f.catch_up == Some(false) {
+        a.no_catch_up = true;
+    }
     Ok(())
 }
 

@@ -9,6 +9,7 @@
 //! external_addresses = ["/ip4/203.0.113.9/tcp/4801"]           # where others can reach us
 //! trusted_publishers = ["<64 hex digits>"]  # besides config.toml's and your own key
 //! auto_fetch = ["minilm-*"]                  # fetch announced deltas whose name matches
+//! catch_up = true                            # ask new peers what was announced while away
 //! max_rate = "1Mbit"                         # each direction (125000, 500k, 2M, 1Mbit)
 //! link_rate = "1Mbit"                        # the site's link: fetch over the paced UDP lane
 //! max_upload_rate = "200k"
@@ -33,6 +34,7 @@ pub struct NodeFile {
     pub external_addresses: Vec<String>,
     pub trusted_publishers: Vec<String>,
     pub auto_fetch: Vec<String>,
+    pub catch_up: Option<bool>,
     pub max_rate: Option<String>,
     pub link_rate: Option<String>,
     pub max_upload_rate: Option<String>,
@@ -68,13 +70,14 @@ mod tests {
         let p = dir.path().join("node.toml");
         std::fs::write(
             &p,
-            "profile = \"field\"\nsync_windows = [\"01:00-05:00\"]\nmax_rate = \"1Mbit\"\nauto_fetch = [\"m*\"]\nbootstrap = [\"/ip4/10.0.0.1/tcp/4801\"]\ndht = false\n",
+            "profile = \"field\"\nsync_windows = [\"01:00-05:00\"]\nmax_rate = \"1Mbit\"\nauto_fetch = [\"m*\"]\ncatch_up = false\nbootstrap = [\"/ip4/10.0.0.1/tcp/4801\"]\ndht = false\n",
         )
         .unwrap();
         let f = NodeFile::load(&p).unwrap();
         assert_eq!(f.profile.as_deref(), Some("field"));
         assert_eq!(f.bootstrap, vec!["/ip4/10.0.0.1/tcp/4801"]);
         assert_eq!(f.dht, Some(false));
+        assert_eq!(f.catch_up, Some(false));
         assert_eq!(f.sync_windows, vec!["01:00-05:00"]);
         std::fs::write(&p, "profil = \"field\"\n").unwrap();
         assert!(NodeFile::load(&p)
