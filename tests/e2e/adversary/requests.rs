@@ -59,8 +59,10 @@ fn item7_cheap_requests_are_budgeted_per_peer_and_subnet() {
     );
     assert_eq!(busy(&one), 600 - have(&one));
     assert_eq!(crowd.len(), 1600);
-    // The subnet's burst, what its rate refilled while the crowd asked, and one in flight each.
-    let allowed = 240 + (40.0 * crowd_took.as_secs_f64()) as usize + 16;
+    // The subnet's burst and what its rate refilled while the crowd asked: every request is
+    // charged to the subnet, the first of a new connection too (the guard enters a connection's
+    // address before its handler exists).
+    let allowed = 240 + (40.0 * crowd_took.as_secs_f64()) as usize;
     assert!(
         have(&crowd) <= allowed,
         "16 identities in one subnet got {} answers in {crowd_took:?}",

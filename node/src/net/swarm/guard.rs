@@ -2,9 +2,10 @@
 //! connections are capped per address, per subnet and in all ([`InboundBook`]) — the first two
 //! before the handshake; connections this node dials are never refused for room, so a node whose
 //! inbound places are all taken still reaches its seeders; a banned peer is refused both ways.
-//! It also keeps the [`PeerTable`] the stream servers read.
+//! It also keeps the [`PeerTable`] the stream servers read, and enters a connection there before
+//! its handler exists: a stream the peer opens at once is classed by its subnet like the rest.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::task::{Context, Poll, Waker};
 
 use libp2p::core::transport::PortUse;
 use libp2p::core::Endpoint;
-use libp2p::swarm::behaviour::{ConnectionClosed, ConnectionEstablished, ListenFailure};
+use libp2p::swarm::behaviour::{ConnectionClosed, DialFailure, ListenFailure};
 use libp2p::swarm::{
     dummy, CloseConnection, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler,
     THandlerInEvent, THandlerOutEvent, ToSwarm,
@@ -36,6 +37,9 @@ pub struct ConnectionGuard {
     traffic: Arc<Traffic>,
     /// Connections to close to make room for a newcomer.
     close: VecDeque<(PeerId, ConnectionId)>,
+    /// Connections entered in the table (peer, dialed by this node), to take out when they end or
+    /// another behaviour refuses them.
+    entered: HashMap<ConnectionId, (PeerId, bool)>,
     waker: Option<Waker>,
 }
 
@@ -52,6 +56,7 @@ impl ConnectionGuard {
             scores,
             traffic,
             close: VecDeque::new(),
+            entered: HashMap::new(),
             waker: None,
         }
     }
@@ -65,6 +70,20 @@ impl ConnectionGuard {
             .connections_refused
             .fetch_add(1, Ordering::Relaxed);
         ConnectionDenied::new(e)
+    }
+
+    /// Enters `id` in the peer table (once).
+    fn enter(&mut self, id: ConnectionId, peer: PeerId, remote: &Multiaddr, dialed: bool) {
+        if self.entered.insert(id, (peer, dialed)).is_none() {
+            self.table.connected(peer, ip_of(remote), dialed);
+        }
+    }
+
+    /// Takes `id` out of the peer table, if it was entered.
+    fn leave(&mut self, id: ConnectionId) {
+        if let Some((peer, dialed)) = self.entered.remove(&id) {
+            self.table.closed(peer, dialed);
+        }
     }
 
     fn check_banned(&self, peer: PeerId) -> Result<(), ConnectionDenied> {
@@ -95,7 +114,7 @@ impl NetworkBehaviour for ConnectionGuard {
         id: ConnectionId,
         peer: PeerId,
         _local: &Multiaddr,
-        _remote: &Multiaddr,
+        remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
         if let Err(e) = self.check_banned(peer) {
             self.book.gone(id);
@@ -113,6 +132,7 @@ impl NetworkBehaviour for ConnectionGuard {
                         w.wake();
                     }
                 }
+                self.enter(id, peer, remote, false);
                 Ok(dummy::ConnectionHandler)
             }
             Err(e) => Err(self.refuse(e)),
@@ -134,36 +154,29 @@ impl NetworkBehaviour for ConnectionGuard {
 
     fn handle_established_outbound_connection(
         &mut self,
-        _id: ConnectionId,
+        id: ConnectionId,
         peer: PeerId,
-        _addr: &Multiaddr,
+        addr: &Multiaddr,
         _role: Endpoint,
         _port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
         self.check_banned(peer)?;
+        self.enter(id, peer, addr, true);
         Ok(dummy::ConnectionHandler)
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
-            FromSwarm::ConnectionEstablished(ConnectionEstablished {
-                peer_id, endpoint, ..
-            }) => {
-                let ip = ip_of(endpoint.get_remote_address());
-                self.table.connected(peer_id, ip, endpoint.is_dialer());
-            }
-            FromSwarm::ConnectionClosed(ConnectionClosed {
-                peer_id,
-                connection_id,
-                endpoint,
-                ..
-            }) => {
+            FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) => {
                 self.book.gone(connection_id);
-                self.table.closed(peer_id, endpoint.is_dialer());
+                self.leave(connection_id);
             }
+            // Refused after this behaviour let it in (by another one): it never started.
             FromSwarm::ListenFailure(ListenFailure { connection_id, .. }) => {
-                self.book.gone(connection_id)
+                self.book.gone(connection_id);
+                self.leave(connection_id);
             }
+            FromSwarm::DialFailure(DialFailure { connection_id, .. }) => self.leave(connection_id),
             _ => {}
         }
     }
