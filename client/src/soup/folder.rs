@@ -27,7 +27,8 @@ use crate::delta::folder::adapter::{
 use crate::delta::folder::apply::{DeltaSource, FolderApplyError, FolderApplyReport};
 use crate::delta::folder::base::{BaseModel, StoreBase};
 use crate::delta::folder::rebuild::{
-    checked_layout, output_entries, rebuild_part, write_side_file, MappedDelta, Part, Scratch,
+    checked_layout, output_entries, part_entry, rebuild_with_base, write_side_file, MappedDelta,
+    Part,
 };
 use crate::fs::object_output::FolderOutput;
 use crate::fs::progress::Progress;
@@ -139,14 +140,14 @@ pub fn build_folder_soup(
 const MIX_BLOCK: usize = 1 << 20;
 
 /// The mixed tensor W = base + Σ wᵢ·Δᵢ (one f32 addition per element, rounded to `dtype`),
-/// computed `MIX_BLOCK` elements (whole rows of `cols`) at a time: `delta(i, range)` is component
-/// i's f32 delta over that element range.
+/// computed `MIX_BLOCK` elements (whole rows of `cols`) at a time: `delta(i, range, base)` is
+/// component i's f32 delta over that element range, whose base values (as f32) are `base`.
 fn mixed(
     name: &str,
     dtype: DType,
     base: &TensorData<'_>,
     weights: &[f64],
-    delta: &mut dyn FnMut(usize, Range<usize>) -> Result<Vec<f32>, FolderSoupError>,
+    delta: &mut dyn FnMut(usize, Range<usize>, &[f32]) -> Result<Vec<f32>, FolderSoupError>,
 ) -> Result<Vec<u8>, FolderSoupError> {
     let size = base.dtype.size().max(1);
     let n = base.bytes.len() / size;
@@ -168,19 +169,19 @@ fn mixed(
     let mut start = 0;
     while start < n {
         let range = start..n.min(start.saturating_add(step));
+        let b = to_f32(
+            base.dtype,
+            &base.bytes[range.start * size..range.end * size],
+        )
+        .ok_or_else(|| bad(format!("the base's {:?} is not a float dtype", base.dtype)))?;
         let deltas = (0..weights.len())
-            .map(|i| delta(i, range.clone()))
+            .map(|i| delta(i, range.clone(), &b))
             .collect::<Result<Vec<_>, _>>()?;
         let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
         let combined = weighted_sum(&refs, weights).map_err(|cause| FolderSoupError::Mix {
             name: name.to_owned(),
             cause,
         })?;
-        let b = to_f32(
-            base.dtype,
-            &base.bytes[range.start * size..range.end * size],
-        )
-        .ok_or_else(|| bad(format!("the base's {:?} is not a float dtype", base.dtype)))?;
         let w: Vec<f32> = b.iter().zip(&combined).map(|(b, d)| b + d).collect();
         out.extend(
             from_f32(dtype, &w).ok_or_else(|| bad(format!("{dtype:?} is not a float dtype")))?,
@@ -214,7 +215,7 @@ impl TensorMerge for AdapterMix<'_> {
             .map(|f| f.factors(name))
             .collect::<Result<Vec<_>, _>>()?;
         let cols = base.shape.get(1).map_or(1, |&c| c.max(1) as usize);
-        let mut delta = |i: usize, range: Range<usize>| {
+        let mut delta = |i: usize, range: Range<usize>, _: &[f32]| {
             Ok(match &lora[i] {
                 Some(lf) => lf.update_rows(range.start / cols, range.len() / cols),
                 None => vec![0f32; range.len()],
@@ -427,31 +428,32 @@ fn write_mixed_file(
     };
     out.write_all(&plan.header_bytes).map_err(io)?;
     let mut bufs = vec![Vec::new(); open.len()];
-    let mut scratch = Scratch::default();
+    let (mut base_buf, mut rows) = (Vec::new(), Vec::new());
     for (k, t) in plan.tensors.iter().enumerate() {
         for part in [Part::Main, Part::NewRows] {
-            for (d, buf) in open.iter().zip(bufs.iter_mut()) {
-                let tp = &d.plans[plan_at].tensors[k];
-                if !rebuild_part(&d.mapped, &d.layout, base, tp, part, buf, &mut scratch)? {
-                    break;
-                }
-            }
-            let i = match part {
-                Part::Main => t.entry,
-                Part::NewRows => match t.rows {
-                    Some(i) => i,
-                    None => continue,
-                },
+            let Some(i) = part_entry(t, part) else {
+                continue;
             };
             let e = &first.mapped.file.entries[i];
+            // The base's rows of the tensor, read once for every component.
             let b = match part {
                 Part::Main => base
-                    .tensor(&e.name, scratch.base_buf())
+                    .tensor(&e.name, &mut base_buf)
                     .map_err(FolderApplyError::from)?
-                    .and_then(|b| base_rows(e, b))
-                    .filter(|b| b.shape == e.shape.as_slice()),
+                    .and_then(|b| base_rows(e, b)),
                 Part::NewRows => None,
             };
+            for (d, buf) in open.iter().zip(bufs.iter_mut()) {
+                let tp = &d.plans[plan_at].tensors[k];
+                if !rebuild_with_base(&d.mapped, &d.layout, tp, part, b.as_ref(), buf, &mut rows)? {
+                    return Err(FolderSoupError::Mismatch {
+                        component: d.hash,
+                        first: first.hash,
+                        problem: format!("{} has no new rows", e.name),
+                    });
+                }
+            }
+            let b = b.filter(|b| b.shape == e.shape.as_slice());
             let bytes = mix_rebuilt(&e.name, e.dtype, b.as_ref(), &bufs, weights)?;
             base.release(&e.name);
             out.write_all(&bytes).map_err(io)?;
@@ -479,7 +481,7 @@ fn mix_rebuilt(
                 problem: "a component rebuilds it with another length than the base's".into(),
             });
         }
-        let mut delta = |i: usize, range: Range<usize>| {
+        let mut delta = |i: usize, range: Range<usize>, base: &[f32]| {
             let part = &rebuilt[i];
             let bytes = part
                 .get(range.start * size..range.end * size)
@@ -488,12 +490,7 @@ fn mix_rebuilt(
                     problem: "a component rebuilds it with another length".into(),
                 })?;
             let w = to_f32(dtype, bytes).unwrap_or_default();
-            let base_part = to_f32(
-                b.dtype,
-                &b.bytes[range.start * base_size..range.end * base_size],
-            )
-            .unwrap_or_default();
-            Ok(w.iter().zip(&base_part).map(|(w, b)| w - b).collect())
+            Ok(w.iter().zip(base).map(|(w, b)| w - b).collect())
         };
         return mixed(name, dtype, b, weights, &mut delta);
     }

@@ -179,11 +179,11 @@ pub(crate) struct Scratch {
     rows: Vec<u8>,
 }
 
-impl Scratch {
-    /// The buffer a base tensor is read into: reused by a caller that reads the base's tensor
-    /// after rebuilding (so the base is held once, not twice).
-    pub(crate) fn base_buf(&mut self) -> &mut Vec<u8> {
-        &mut self.base
+/// The delta entry that holds part `part` of tensor `t`, if the tensor has that part.
+pub(crate) fn part_entry(t: &TensorPlan, part: Part) -> Option<usize> {
+    match part {
+        Part::Main => Some(t.entry),
+        Part::NewRows => t.rows,
     }
 }
 
@@ -199,12 +199,8 @@ pub(crate) fn rebuild_part(
     buf: &mut Vec<u8>,
     scratch: &mut Scratch,
 ) -> Result<bool, FolderApplyError> {
-    let i = match part {
-        Part::Main => t.entry,
-        Part::NewRows => match t.rows {
-            Some(i) => i,
-            None => return Ok(false),
-        },
+    let Some(i) = part_entry(t, part) else {
+        return Ok(false);
     };
     let e = &delta.file.entries[i];
     let b = if part == Part::Main && e.encoding.needs_base() {
@@ -213,12 +209,34 @@ pub(crate) fn rebuild_part(
     } else {
         None
     };
-    delta.reconstruct_into(buf, i, b.as_ref())?;
+    rebuild_with_base(delta, layout, t, part, b.as_ref(), buf, &mut scratch.rows)?;
     base.release(&e.name);
+    Ok(true)
+}
+
+/// [`rebuild_part`] with the base's rows for the tensor already read (`base`: what
+/// [`base_rows`] gives for its entry, `None` for new rows or a tensor the base lacks), for
+/// callers that rebuild one tensor from several deltas and read the base once. `rows` is scratch
+/// for the exact rows.
+pub(crate) fn rebuild_with_base(
+    delta: &MappedDelta<'_>,
+    layout: &FolderDelta,
+    t: &TensorPlan,
+    part: Part,
+    base: Option<&zdn_protocol::bitdelta::TensorData<'_>>,
+    buf: &mut Vec<u8>,
+    rows: &mut Vec<u8>,
+) -> Result<bool, FolderApplyError> {
+    let Some(i) = part_entry(t, part) else {
+        return Ok(false);
+    };
+    let e = &delta.file.entries[i];
+    let base = base.filter(|_| part == Part::Main && e.encoding.needs_base());
+    delta.reconstruct_into(buf, i, base)?;
     if let Some((r, x)) = t.exact.filter(|_| part == Part::Main) {
-        delta.reconstruct_into(&mut scratch.rows, r, None)?;
+        delta.reconstruct_into(rows, r, None)?;
         let indices = &layout.exact_rows[x].indices;
-        if !scatter_rows(buf, &scratch.rows, indices) {
+        if !scatter_rows(buf, rows, indices) {
             return Err(FolderDeltaError::ExactRows(e.name.clone()).into());
         }
     }
