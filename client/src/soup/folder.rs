@@ -136,10 +136,17 @@ pub fn build_folder_soup(
     }
 }
 
+/// Component i's f32 delta over an element range, given the base's values there.
+type ComponentDelta<'a> =
+    dyn FnMut(usize, Range<usize>, &[f32]) -> Result<Vec<f32>, FolderSoupError> + 'a;
+/// Where a mixed tensor's bytes go, block by block.
+type BlockSink<'a> = dyn FnMut(&[u8]) -> Result<(), FolderSoupError> + 'a;
+
 /// Elements mixed at a time (whole rows): what the f32 arrays of a mix hold, per component.
 const MIX_BLOCK: usize = 1 << 20;
 
 /// The mixed tensor W = base + Σ wᵢ·Δᵢ (one f32 addition per element, rounded to `dtype`),
+/// handed to `sink` block by block (the whole tensor is never held),
 /// computed `MIX_BLOCK` elements (whole rows of `cols`) at a time: `delta(i, range, base)` is
 /// component i's f32 delta over that element range, whose base values (as f32) are `base`.
 fn mixed(
@@ -147,8 +154,9 @@ fn mixed(
     dtype: DType,
     base: &TensorData<'_>,
     weights: &[f64],
-    delta: &mut dyn FnMut(usize, Range<usize>, &[f32]) -> Result<Vec<f32>, FolderSoupError>,
-) -> Result<Vec<u8>, FolderSoupError> {
+    delta: &mut ComponentDelta<'_>,
+    sink: &mut BlockSink<'_>,
+) -> Result<(), FolderSoupError> {
     let size = base.dtype.size().max(1);
     let n = base.bytes.len() / size;
     let cols = base
@@ -163,9 +171,6 @@ fn mixed(
         name: name.to_owned(),
         problem,
     };
-    let mut out = Vec::new();
-    out.try_reserve_exact(n.saturating_mul(dtype.size()))
-        .map_err(|_| bad("more memory than this machine can give it".into()))?;
     let mut start = 0;
     while start < n {
         let range = start..n.min(start.saturating_add(step));
@@ -183,12 +188,10 @@ fn mixed(
             cause,
         })?;
         let w: Vec<f32> = b.iter().zip(&combined).map(|(b, d)| b + d).collect();
-        out.extend(
-            from_f32(dtype, &w).ok_or_else(|| bad(format!("{dtype:?} is not a float dtype")))?,
-        );
+        sink(&from_f32(dtype, &w).ok_or_else(|| bad(format!("{dtype:?} is not a float dtype")))?)?;
         start = range.end;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Adapters of the base: every tensor some adapter targets, mixed from the adapters' updates (an
@@ -221,13 +224,22 @@ impl TensorMerge for AdapterMix<'_> {
                 None => vec![0f32; range.len()],
             })
         };
-        *out = mixed(name, base.dtype, base, self.weights, &mut delta).map_err(|e| {
+        out.clear();
+        let mut sink = |block: &[u8]| {
+            out.try_reserve(block.len())
+                .map_err(|_| FolderSoupError::Tensor {
+                    name: name.to_owned(),
+                    problem: "more memory than this machine can give it".into(),
+                })?;
+            out.extend_from_slice(block);
+            Ok(())
+        };
+        mixed(name, base.dtype, base, self.weights, &mut delta, &mut sink).map_err(|e| {
             FolderApplyError::Mix {
                 name: name.to_owned(),
                 problem: e.to_string(),
             }
-        })?;
-        Ok(())
+        })
     }
 }
 
@@ -454,15 +466,15 @@ fn write_mixed_file(
                 }
             }
             let b = b.filter(|b| b.shape == e.shape.as_slice());
-            let bytes = mix_rebuilt(&e.name, e.dtype, b.as_ref(), &bufs, weights)?;
+            let mut sink = |block: &[u8]| Ok(out.write_all(block).map_err(io)?);
+            mix_rebuilt(&e.name, e.dtype, b.as_ref(), &bufs, weights, &mut sink)?;
             base.release(&e.name);
-            out.write_all(&bytes).map_err(io)?;
         }
     }
     Ok(plan.tensors.len())
 }
 
-/// A tensor rebuilt by every component, mixed: a float tensor with a base tensor of its shape
+/// A tensor rebuilt by every component, mixed, handed to `sink`: a float tensor with a base tensor of its shape
 /// from the components' deltas against it; any other (no base, or not a float) must be the same
 /// bytes in every component, and is copied.
 fn mix_rebuilt(
@@ -471,7 +483,8 @@ fn mix_rebuilt(
     base: Option<&TensorData<'_>>,
     rebuilt: &[Vec<u8>],
     weights: &[f64],
-) -> Result<Vec<u8>, FolderSoupError> {
+    sink: &mut BlockSink<'_>,
+) -> Result<(), FolderSoupError> {
     if let Some(b) = base.filter(|b| dtype.is_quantizable() && b.dtype.is_quantizable()) {
         let (size, base_size) = (dtype.size(), b.dtype.size());
         let want = b.bytes.len() / base_size * size;
@@ -492,10 +505,10 @@ fn mix_rebuilt(
             let w = to_f32(dtype, bytes).unwrap_or_default();
             Ok(w.iter().zip(base).map(|(w, b)| w - b).collect())
         };
-        return mixed(name, dtype, b, weights, &mut delta);
+        return mixed(name, dtype, b, weights, &mut delta, sink);
     }
     match rebuilt.split_first() {
-        Some((first, rest)) if rest.iter().all(|r| r == first) => Ok(first.clone()),
+        Some((first, rest)) if rest.iter().all(|r| r == first) => sink(first),
         _ => Err(FolderSoupError::Tensor {
             name: name.to_owned(),
             problem: if base.is_none() {
@@ -512,6 +525,23 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::soup::tensor::target_bytes;
+
+    /// [`super::mix_rebuilt`]'s blocks, gathered.
+    fn mix_rebuilt(
+        name: &str,
+        dtype: DType,
+        base: Option<&TensorData<'_>>,
+        rebuilt: &[Vec<u8>],
+        weights: &[f64],
+    ) -> Result<Vec<u8>, FolderSoupError> {
+        let mut out = Vec::new();
+        let mut sink = |b: &[u8]| {
+            out.extend_from_slice(b);
+            Ok(())
+        };
+        super::mix_rebuilt(name, dtype, base, rebuilt, weights, &mut sink)?;
+        Ok(out)
+    }
 
     /// A tensor of several blocks is mixed as one: the same bytes as the whole-tensor arithmetic.
     #[test]

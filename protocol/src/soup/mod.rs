@@ -199,18 +199,41 @@ pub fn weighted_sum(deltas: &[&[f32]], weights: &[f64]) -> Result<Vec<f32>, Soup
         return Err(SoupError::NonFiniteWeight { index, value });
     }
     check_finite(deltas)?;
-    let mut col = vec![0.0f64; deltas.len()];
     let mut out = Vec::with_capacity(len);
-    for k in 0..len {
-        for ((c, d), &w) in col.iter_mut().zip(deltas).zip(weights) {
-            *c = w * f64::from(d[k]);
-        }
-        col.sort_unstable_by(f64::total_cmp);
-        let v = col.iter().sum::<f64>() as f32;
+    let mut push = |k: usize, v: f64| {
+        let v = v as f32;
         if !v.is_finite() {
             return Err(SoupError::Overflow { index: k });
         }
         out.push(v);
+        Ok(())
+    };
+    match (deltas, weights) {
+        // One or two products: their sum does not depend on their order (IEEE addition is
+        // commutative, and adding the sum's zero start changes no value), so no sort.
+        ([a], &[wa]) => {
+            for (k, &x) in a.iter().enumerate() {
+                push(k, [wa * f64::from(x)].iter().sum::<f64>())?;
+            }
+        }
+        ([a, b], &[wa, wb]) => {
+            for (k, (&x, &y)) in a.iter().zip(b.iter()).enumerate() {
+                push(
+                    k,
+                    [wa * f64::from(x), wb * f64::from(y)].iter().sum::<f64>(),
+                )?;
+            }
+        }
+        _ => {
+            let mut col = vec![0.0f64; deltas.len()];
+            for k in 0..len {
+                for ((c, d), &w) in col.iter_mut().zip(deltas).zip(weights) {
+                    *c = w * f64::from(d[k]);
+                }
+                col.sort_unstable_by(f64::total_cmp);
+                push(k, col.iter().sum::<f64>())?;
+            }
+        }
     }
     Ok(out)
 }

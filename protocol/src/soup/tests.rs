@@ -543,3 +543,48 @@ proptest! {
         prop_assert_eq!(median(&refs(&ragged)), Err(e));
     }
 }
+
+/// The definition of [`weighted_sum`]: products in f64, sorted per coordinate, summed in that
+/// order (the general path, for any count).
+fn weighted_sum_sorted(deltas: &[&[f32]], weights: &[f64]) -> Vec<u32> {
+    let len = deltas.first().map_or(0, |d| d.len());
+    (0..len)
+        .map(|k| {
+            let mut col: Vec<f64> = deltas
+                .iter()
+                .zip(weights)
+                .map(|(d, w)| w * f64::from(d[k]))
+                .collect();
+            col.sort_unstable_by(f64::total_cmp);
+            (col.iter().sum::<f64>() as f32).to_bits()
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// One or two components skip the sort: the same bits as the definition, signed zeros and
+    /// weights of every sign included.
+    #[test]
+    fn weighted_sum_of_one_or_two_is_the_sorted_sum(
+        n in 1usize..=2,
+        len in 0usize..24,
+        vals in prop::collection::vec(
+            prop_oneof![
+                Just(0.0f32), Just(-0.0f32), Just(1.0f32), Just(-1.0f32),
+                -1e30f32..1e30f32, -1e-30f32..1e-30f32,
+            ],
+            48,
+        ),
+        weights in prop::collection::vec(
+            prop_oneof![Just(0.0f64), Just(-0.0f64), Just(1.0f64), -4.0f64..4.0],
+            2,
+        ),
+    ) {
+        let d: Vec<Vec<f32>> = (0..n).map(|i| vals[i * 24..i * 24 + len].to_vec()).collect();
+        let d = refs(&d);
+        let w = &weights[..n];
+        prop_assert_eq!(bits(&weighted_sum(&d, w).unwrap()), weighted_sum_sorted(&d, w));
+    }
+}
