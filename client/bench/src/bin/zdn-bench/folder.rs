@@ -27,6 +27,10 @@ pub(super) struct FolderArgs {
     pub(super) hidden: u64,
     #[arg(long, default_value_t = 11008)]
     intermediate: u64,
+    /// Rows of `k_proj` and `v_proj` (heads × head width): the hidden size without grouped-query
+    /// attention (Llama-2-7B), 1024 for Llama-2-70B's 8 key-value heads of 128.
+    #[arg(long)]
+    kv_dim: Option<u64>,
     #[arg(long, default_value_t = 32000)]
     pub(super) vocab: u64,
     /// Tokens the fine-tune adds (rows of embed_tokens and lm_head).
@@ -94,11 +98,12 @@ pub(super) struct FolderRun {
 /// The tensors of a Llama-2 decoder of `layers` layers and `vocab` rows, in Hugging Face order.
 fn llama_layouts(a: &FolderArgs, vocab: u64) -> Vec<TensorLayout> {
     let (h, i) = (a.hidden, a.intermediate);
+    let kv = a.kv_dim.unwrap_or(h);
     let mut out = vec![("model.embed_tokens.weight".to_string(), vec![vocab, h])];
     for l in 0..a.layers {
         let p = format!("model.layers.{l}");
-        for m in ["q_proj", "k_proj", "v_proj", "o_proj"] {
-            out.push((format!("{p}.self_attn.{m}.weight"), vec![h, h]));
+        for (m, rows) in [("q_proj", h), ("k_proj", kv), ("v_proj", kv), ("o_proj", h)] {
+            out.push((format!("{p}.self_attn.{m}.weight"), vec![rows, h]));
         }
         out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
         out.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
@@ -115,6 +120,15 @@ fn llama_layouts(a: &FolderArgs, vocab: u64) -> Vec<TensorLayout> {
             shape,
         })
         .collect()
+}
+
+/// Bytes of the fine-tune's largest tensor (bf16).
+pub(super) fn largest_tensor_bytes(a: &FolderArgs) -> u64 {
+    llama_layouts(a, a.vocab + a.added_tokens)
+        .iter()
+        .map(|t| t.shape.iter().product::<u64>() * 2)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Writes one tensor's bf16 values: the base's (`variant` 0) from a stream keyed by its name, a
@@ -212,6 +226,8 @@ pub(super) fn write_folder(a: &FolderArgs, dir: &Path, variant: u64) -> Result<(
         "config.json",
         serde_json::json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
             "hidden_size": a.hidden, "intermediate_size": a.intermediate,
+            "num_attention_heads": a.hidden / 128,
+            "num_key_value_heads": a.kv_dim.unwrap_or(a.hidden) / 128,
             "num_hidden_layers": a.layers, "vocab_size": vocab, "torch_dtype": "bfloat16"}),
     )?;
     json(
@@ -496,7 +512,7 @@ pub(super) fn bench_folder(a: &FolderArgs, say: bool) -> Result<FolderReport> {
     prepare(a, &base, &fine, &[&delta, &home, &out1, &out2], say)?;
     let (base_bytes, base_shards) = dir_bytes(&base)?;
     let (finetune_bytes, finetune_shards) = dir_bytes(&fine)?;
-    let largest = (a.vocab + a.added_tokens) * a.hidden * 2;
+    let largest = largest_tensor_bytes(a);
     let goal = 2 * largest + (256 << 20);
     let disk = disk_copy_rate(&base, &a.dir)?;
 

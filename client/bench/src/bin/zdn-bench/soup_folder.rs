@@ -6,14 +6,15 @@
 
 use std::collections::BTreeMap;
 
-use super::folder::{write_folder, FolderArgs};
+use super::folder::{largest_tensor_bytes, write_folder, FolderArgs};
 use super::folder_facts::{folder_facts, FileFacts};
 use super::*;
 
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct SoupFolderReport {
     layers: u32,
-    /// Bytes of the largest tensor (the vocabulary matrices, added rows included).
+    /// Bytes of the largest tensor (at Llama-2 widths the vocabulary matrices, added rows
+    /// included).
     largest_tensor_bytes: u64,
     chunk_size: Option<u32>,
     runs: Vec<SoupRun>,
@@ -183,7 +184,7 @@ fn compare(
     };
     let report = SoupFolderReport {
         layers: a.layers,
-        largest_tensor_bytes: (a.vocab + a.added_tokens) * a.hidden * 2,
+        largest_tensor_bytes: largest_tensor_bytes(a),
         chunk_size: a.chunk_size,
         same_files_as_apply: lens(&fa) == lens(&fs),
         apply_of_the_soup_identical: fs == fg,
