@@ -86,6 +86,35 @@ fn a_folder_is_one_object_through_every_store_command() {
     assert_eq!(again["already_present"], true);
     assert_eq!(again["new_chunks"], 0);
 
+    // A clone's `.git` (LFS objects: the weights again) and a download's `.cache/huggingface`
+    // notes are left out, and said so: the same object.
+    std::fs::create_dir_all(dir.join(".git/lfs/objects/ab")).unwrap();
+    std::fs::write(dir.join(".git/lfs/objects/ab/cd"), vec![7u8; 4096]).unwrap();
+    std::fs::create_dir_all(dir.join(".cache/huggingface/download")).unwrap();
+    std::fs::write(
+        dir.join(".cache/huggingface/download/config.json.metadata"),
+        b"etag\n1733500000.0\n",
+    )
+    .unwrap();
+    let out = zdn(
+        &at(&home, &["add", s(&dir), "--chunk-size", CHUNK, "--json"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("left out .cache/huggingface, .git"),
+        "{stderr}"
+    );
+    assert_eq!(
+        json(&String::from_utf8_lossy(&out.stdout))["hash"],
+        hash.as_str()
+    );
+    std::fs::remove_dir_all(dir.join(".git")).unwrap();
+    std::fs::remove_dir_all(dir.join(".cache")).unwrap();
+
     // ls: one object with its file count; --files lists the members.
     let objects = ls(&home);
     assert_eq!(objects.len(), 1);

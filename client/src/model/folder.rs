@@ -1,6 +1,9 @@
 //! A model folder on disk, read the way zdn stores it (docs/spec/manifest.md "Folders"): every regular file
 //! under the folder, hidden ones included, with its path relative to the folder; empty
-//! sub-folders are not kept. A symbolic link or a special file (device, socket, pipe) anywhere
+//! sub-folders are not kept. Left out, at any depth, as the Hugging Face Hub's upload leaves them
+//! out: `.git` (a clone's history: with Git LFS, a second copy of every weight) and
+//! `.cache/huggingface` (what a `--local-dir` download notes about each file: times and tags that
+//! differ from one download to the next). A symbolic link or a special file (device, socket, pipe) anywhere
 //! inside is refused, never followed: the folder named on the command line may itself be a link.
 //! Files are memory-mapped, not read into memory, and opened without following links.
 
@@ -37,6 +40,19 @@ pub enum ModelFolderError {
 #[derive(Debug)]
 pub struct ModelFolder {
     files: Vec<(String, MappedFile)>,
+    /// Paths left out (see the module documentation), sorted.
+    left_out: Vec<String>,
+}
+
+/// Whether `rel` (a path relative to the folder) is one the walk leaves out: named `.git`, or
+/// `huggingface` inside a folder named `.cache`.
+fn left_out(rel: &str) -> bool {
+    let mut parts = rel.rsplit('/');
+    match (parts.next(), parts.next()) {
+        (Some(".git"), _) => true,
+        (Some("huggingface"), Some(".cache")) => true,
+        _ => false,
+    }
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelFolderError + '_ {
@@ -76,6 +92,7 @@ impl ModelFolder {
     /// Walks `root` and maps every regular file (see the module documentation for what is refused).
     pub fn open(root: &Path) -> Result<Self, ModelFolderError> {
         let mut found: Vec<(String, PathBuf)> = Vec::new();
+        let mut skipped = Vec::new();
         let mut entries = 0usize;
         let mut todo: Vec<(PathBuf, String)> = vec![(root.to_owned(), String::new())];
         while let Some((dir, prefix)) = todo.pop() {
@@ -93,6 +110,10 @@ impl ModelFolder {
                     .into_string()
                     .map_err(|_| ModelFolderError::NotUtf8(path.clone()))?;
                 let rel = format!("{prefix}{name}");
+                if left_out(&rel) {
+                    skipped.push(rel);
+                    continue;
+                }
                 if rel.len() > MAX_PATH_LEN {
                     folder::check_path(&rel).map_err(|problem| ModelFolderError::Path {
                         path: path.clone(),
@@ -128,7 +149,16 @@ impl ModelFolder {
             let f = open_regular(&path)?;
             files.push((rel, MappedFile::from_file(&path, f)?));
         }
-        Ok(ModelFolder { files })
+        skipped.sort_unstable();
+        Ok(ModelFolder {
+            files,
+            left_out: skipped,
+        })
+    }
+
+    /// What the walk left out (`.git`, `.cache/huggingface`, at any depth), sorted.
+    pub fn left_out(&self) -> &[String] {
+        &self.left_out
     }
 
     /// The files as the store takes them: relative path and bytes, in canonical order.
@@ -188,6 +218,63 @@ mod tests {
             ]
         );
         assert_eq!(f.members()[3].bytes, b"x");
+        assert!(f.left_out().is_empty());
+
+        // A clone's history and a download's notes are left out, at any depth; look-alikes kept.
+        for dir in [
+            ".git/lfs/objects",
+            ".cache/huggingface/download",
+            "sub/.git",
+            "sub/.cache/huggingface",
+        ] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+            std::fs::write(root.join(dir).join("f"), b"x").unwrap();
+        }
+        std::fs::write(root.join("sub/deeper/.git"), b"gitdir: elsewhere").unwrap();
+        std::fs::create_dir_all(root.join(".cache/other")).unwrap();
+        std::fs::write(root.join(".cache/other/keep"), b"k").unwrap();
+        std::fs::write(root.join("huggingface"), b"h").unwrap();
+        std::fs::write(root.join("x.git"), b"g").unwrap();
+        let f = ModelFolder::open(root).unwrap();
+        let paths: Vec<&str> = f.members().iter().map(|m| m.path).collect();
+        assert_eq!(
+            paths,
+            [
+                ".cache/other/keep",
+                ".gitattributes",
+                "a-1.safetensors",
+                "b.json",
+                "huggingface",
+                "sub/deeper/x",
+                "x.git"
+            ]
+        );
+        assert_eq!(
+            f.left_out(),
+            [
+                ".cache/huggingface",
+                ".git",
+                "sub/.cache/huggingface",
+                "sub/.git",
+                "sub/deeper/.git"
+            ]
+        );
+        for p in [
+            ".git",
+            ".cache",
+            "sub/.git",
+            "sub/.cache",
+            "sub/deeper/.git",
+            "huggingface",
+            "x.git",
+        ] {
+            let p = root.join(p);
+            if p.is_dir() {
+                std::fs::remove_dir_all(p).unwrap();
+            } else {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
 
         #[cfg(unix)]
         {

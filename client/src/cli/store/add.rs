@@ -88,6 +88,12 @@ fn add_folder(
             a.file.display()
         )
     })?;
+    if !folder.left_out().is_empty() {
+        eprintln!(
+            "left out {} (git's data and download notes, as the Hugging Face Hub's upload leaves them out)",
+            folder.left_out().join(", ")
+        );
+    }
     let store = loc.open(config)?;
     // The folder's own name, also for `.` or a path ending in `/..`.
     let name = std::path::absolute(&a.file)
