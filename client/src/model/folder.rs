@@ -48,11 +48,10 @@ pub struct ModelFolder {
 /// `huggingface` inside a folder named `.cache`.
 fn left_out(rel: &str) -> bool {
     let mut parts = rel.rsplit('/');
-    match (parts.next(), parts.next()) {
-        (Some(".git"), _) => true,
-        (Some("huggingface"), Some(".cache")) => true,
-        _ => false,
-    }
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(".git"), _) | (Some("huggingface"), Some(".cache"))
+    )
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ModelFolderError + '_ {
