@@ -93,10 +93,27 @@ pub fn main() -> ExitCode {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, outermost first, joined by ": " — a cause whose text the message
+/// before it already ends with (an error that shows its source in its own message) is not
+/// repeated.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.is_empty() {
+            text = part;
+        } else if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 /// Runs one command; the exit status on success.
@@ -118,11 +135,34 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
 
 #[cfg(test)]
 mod tests {
+    use super::describe;
     use clap::CommandFactory;
 
     /// clap's own consistency checks (duplicate names, bad defaults) over every subcommand.
     #[test]
     fn cli_is_well_formed() {
         super::Cli::command().debug_assert();
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("not a valid model folder: {0}")]
+        Shown(#[from] std::io::Error),
+    }
+
+    #[test]
+    fn a_cause_shown_in_its_error_is_said_once() {
+        let io = || std::io::Error::other("path \"a\\nb\": contains a control character");
+        let e = anyhow::Error::from(Outer::from(io())).context("adding hx");
+        assert_eq!(
+            describe(&e),
+            "adding hx: not a valid model folder: path \"a\\nb\": contains a control character"
+        );
+        // A cause not in the message before it is kept.
+        let e = anyhow::Error::from(io()).context("reading x");
+        assert_eq!(
+            describe(&e),
+            "reading x: path \"a\\nb\": contains a control character"
+        );
     }
 }
