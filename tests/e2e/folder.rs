@@ -188,6 +188,58 @@ fn a_folder_is_one_object_through_every_store_command() {
     assert_eq!(verify(&home)["chunks_checked"], 0);
 }
 
+/// A snapshot of the Hugging Face cache (files are links into the repository's `blobs/`) is
+/// added as the folder it stands for: the same files as a plain copy, named by its repository.
+#[test]
+fn a_hugging_face_cache_snapshot_is_added_through_its_links() {
+    use std::os::unix::fs::symlink;
+    let t = tmpdir();
+    let dir = base_folder(t.path());
+    let repo = t.path().join("hub/models--org--Llama-tiny");
+    let snap = repo.join("snapshots/0123abcd");
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    for (i, (path, bytes)) in read_tree(&dir).into_iter().enumerate() {
+        let blob = format!("blob{i:03}");
+        std::fs::write(repo.join("blobs").join(&blob), bytes).unwrap();
+        let link = snap.join(&path);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        let up = "../".repeat(path.matches('/').count() + 2);
+        symlink(format!("{up}blobs/{blob}"), &link).unwrap();
+    }
+    let home = t.path().join("home");
+    let plain = add(&home, &dir, &[]);
+    let out = zdn(
+        &at(&home, &["add", s(&snap), "--chunk-size", CHUNK, "--json"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("12 files read through their links"),
+        "{stderr}"
+    );
+    let cached = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(cached["name"], "org/Llama-tiny");
+    // The same files: every chunk already stored by the plain copy, and written back the same.
+    assert_eq!(cached["object_len"], plain["object_len"]);
+    assert_eq!(cached["files"], 12);
+    assert_eq!(cached["new_chunks"], 0);
+    let back = t.path().join("back");
+    ok(&home, &["get", "org/Llama-tiny", "-o", s(&back)]);
+    assert_eq!(read_tree(&back), read_tree(&dir));
+    // A link out of the repository's blobs is refused, and nothing is stored.
+    symlink(dir.join("config.json"), snap.join("extra.json")).unwrap();
+    let e = err(
+        &home,
+        &["add", s(&snap), "--name", "other"],
+        "symbolic link",
+    );
+    assert!(e.contains("extra.json"), "{e}");
+    assert_eq!(ls(&home).len(), 2);
+}
+
 #[test]
 fn a_second_version_stores_only_what_changed() {
     let t = tmpdir();

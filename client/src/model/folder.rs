@@ -3,7 +3,12 @@
 //! sub-folders are not kept. Left out, at any depth, as the Hugging Face Hub's upload leaves them
 //! out: `.git` (a clone's history: with Git LFS, a second copy of every weight) and
 //! `.cache/huggingface` (what a `--local-dir` download notes about each file: times and tags that
-//! differ from one download to the next). A symbolic link or a special file (device, socket, pipe) anywhere
+//! differ from one download to the next).
+//!
+//! A snapshot of the Hugging Face cache (`…/models--ORG--NAME/snapshots/REV`, as
+//! `huggingface_hub` downloads without `--local-dir`) is made of links to the repository's
+//! `blobs/`: inside such a snapshot, and only there, a link whose target resolves to a regular file
+//! in that repository's own `blobs/` is read as the file it points to. Any other link is refused. A symbolic link or a special file (device, socket, pipe) anywhere
 //! inside is refused, never followed: the folder named on the command line may itself be a link.
 //! Files are memory-mapped, not read into memory, and opened without following links.
 
@@ -22,7 +27,7 @@ pub enum ModelFolderError {
         path: PathBuf,
         cause: std::io::Error,
     },
-    #[error("{0} is a symbolic link: zdn stores regular files only and never follows links inside a folder (copy the folder with `cp -rL` to store what the links point to)")]
+    #[error("{0} is a symbolic link: zdn stores regular files only and follows links inside a folder only in a Hugging Face cache snapshot, into its own blobs/ (copy the folder with `cp -rL` to store what the links point to)")]
     Symlink(PathBuf),
     #[error("{0} is not a regular file or folder (a device, socket or pipe)")]
     Special(PathBuf),
@@ -42,6 +47,41 @@ pub struct ModelFolder {
     files: Vec<(String, MappedFile)>,
     /// Paths left out (see the module documentation), sorted.
     left_out: Vec<String>,
+    /// Files read through a link into a Hugging Face cache's blobs.
+    linked: usize,
+}
+
+/// The `blobs/` folder of the Hugging Face cache repository `root` is a snapshot of, if it is one
+/// (`REPO/snapshots/REV`, with `REPO/blobs` a folder), canonical.
+fn cache_blobs(root: &Path) -> Option<PathBuf> {
+    let root = std::fs::canonicalize(root).ok()?;
+    let snapshots = root.parent()?;
+    if snapshots.file_name()? != "snapshots" {
+        return None;
+    }
+    let blobs = snapshots.parent()?.join("blobs");
+    std::fs::symlink_metadata(&blobs)
+        .ok()?
+        .is_dir()
+        .then_some(blobs)
+}
+
+/// The repository id (`ORG/NAME`) of the Hugging Face cache snapshot `root`
+/// (`…/models--ORG--NAME/snapshots/REV`), if it is one: the cache writes `/` as `--`, which a
+/// repository name cannot hold.
+pub fn cache_repo_id(root: &Path) -> Option<String> {
+    cache_blobs(root)?;
+    let root = std::fs::canonicalize(root).ok()?;
+    let repo = root.parent()?.parent()?.file_name()?.to_str()?;
+    let id = repo.strip_prefix("models--")?.replace("--", "/");
+    (!id.is_empty()).then_some(id)
+}
+
+/// Where the link `path` leads, when that is a regular file inside `blobs`.
+fn blob_target(path: &Path, blobs: &Path) -> Option<PathBuf> {
+    let target = std::fs::canonicalize(path).ok()?;
+    let inside = target.parent() == Some(blobs);
+    (inside && std::fs::symlink_metadata(&target).ok()?.is_file()).then_some(target)
 }
 
 /// Whether `rel` (a path relative to the folder) is one the walk leaves out: named `.git`, or
@@ -92,6 +132,8 @@ impl ModelFolder {
     pub fn open(root: &Path) -> Result<Self, ModelFolderError> {
         let mut found: Vec<(String, PathBuf)> = Vec::new();
         let mut skipped = Vec::new();
+        let mut linked = 0usize;
+        let blobs = cache_blobs(root);
         let mut entries = 0usize;
         let mut todo: Vec<(PathBuf, String)> = vec![(root.to_owned(), String::new())];
         while let Some((dir, prefix)) = todo.pop() {
@@ -127,7 +169,13 @@ impl ModelFolder {
                     .map_err(io(&path))?
                     .file_type();
                 if kind.is_symlink() {
-                    return Err(ModelFolderError::Symlink(path));
+                    match blobs.as_deref().and_then(|b| blob_target(&path, b)) {
+                        Some(target) => {
+                            linked += 1;
+                            found.push((rel, target));
+                        }
+                        None => return Err(ModelFolderError::Symlink(path)),
+                    }
                 } else if kind.is_dir() {
                     todo.push((path, format!("{rel}/")));
                 } else if kind.is_file() {
@@ -152,7 +200,13 @@ impl ModelFolder {
         Ok(ModelFolder {
             files,
             left_out: skipped,
+            linked,
         })
+    }
+
+    /// Files read through a link into a Hugging Face cache's `blobs/` (0 outside such a snapshot).
+    pub fn linked(&self) -> usize {
+        self.linked
     }
 
     /// What the walk left out (`.git`, `.cache/huggingface`, at any depth), sorted.
@@ -299,5 +353,62 @@ mod tests {
             std::fs::remove_file(&link).unwrap();
             assert_eq!(paths, ["deeper/x"]);
         }
+    }
+
+    /// A Hugging Face cache snapshot: links into its own repository's blobs are read as the files
+    /// they point to; any other link is refused.
+    #[cfg(unix)]
+    #[test]
+    fn a_cache_snapshot_is_read_through_its_links_into_blobs() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        let repo = d.path().join("hub/models--org--name");
+        let other = d.path().join("hub/models--org--other");
+        for dir in [
+            repo.join("blobs"),
+            repo.join("snapshots/rev1/original"),
+            other.join("blobs"),
+        ] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(repo.join("blobs/aa11"), b"{\"model_type\": \"llama\"}").unwrap();
+        std::fs::write(repo.join("blobs/bb22"), b"params").unwrap();
+        std::fs::write(other.join("blobs/cc33"), b"elsewhere").unwrap();
+        let snap = repo.join("snapshots/rev1");
+        symlink("../../blobs/aa11", snap.join("config.json")).unwrap();
+        symlink("../../../blobs/bb22", snap.join("original/params.json")).unwrap();
+        std::fs::write(snap.join("plain.txt"), b"p").unwrap();
+        let f = ModelFolder::open(&snap).unwrap();
+        let got: Vec<(&str, &[u8])> = f.members().iter().map(|m| (m.path, m.bytes)).collect();
+        assert_eq!(
+            got,
+            [
+                ("config.json", &b"{\"model_type\": \"llama\"}"[..]),
+                ("original/params.json", &b"params"[..]),
+                ("plain.txt", &b"p"[..]),
+            ]
+        );
+        assert_eq!(f.linked(), 2);
+        assert_eq!(cache_repo_id(&snap).as_deref(), Some("org/name"));
+        assert_eq!(cache_repo_id(&repo), None);
+        // Out of the repository's blobs: another repository's, the blobs folder, a file outside.
+        for bad in [
+            other.join("blobs/cc33"),
+            repo.join("blobs"),
+            PathBuf::from("/etc/passwd"),
+        ] {
+            symlink(&bad, snap.join("bad")).unwrap();
+            let e = ModelFolder::open(&snap).unwrap_err();
+            assert!(matches!(e, ModelFolderError::Symlink(_)), "{bad:?}: {e}");
+            std::fs::remove_file(snap.join("bad")).unwrap();
+        }
+        // The same links in a folder that is not a snapshot are refused.
+        let copy = repo.join("not-snapshots/rev1");
+        std::fs::create_dir_all(&copy).unwrap();
+        symlink("../../blobs/aa11", copy.join("config.json")).unwrap();
+        assert!(matches!(
+            ModelFolder::open(&copy).unwrap_err(),
+            ModelFolderError::Symlink(_)
+        ));
     }
 }

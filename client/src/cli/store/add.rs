@@ -18,7 +18,7 @@ use crate::cli::args::Location;
 use crate::cli::output::say;
 use crate::fs::mapped_file::MappedFile;
 use crate::home::config::Config;
-use crate::model::folder::ModelFolder;
+use crate::model::folder::{cache_repo_id, ModelFolder};
 
 pub(super) fn add(loc: &Location, config: &Config, a: AddArgs) -> anyhow::Result<()> {
     let key = load_or_create_key(loc)?;
@@ -94,13 +94,23 @@ fn add_folder(
             folder.left_out().join(", ")
         );
     }
+    if folder.linked() > 0 {
+        eprintln!(
+            "a Hugging Face cache snapshot: {} files read through their links into its blobs/",
+            folder.linked()
+        );
+    }
     let store = loc.open(config)?;
-    // The folder's own name, also for `.` or a path ending in `/..`.
-    let name = std::path::absolute(&a.file)
-        .ok()
-        .and_then(|p| p.components().next_back().map(|c| c.as_os_str().to_owned()))
-        .map(|n| n.to_string_lossy().into_owned())
-        .filter(|n| !n.is_empty() && n != "/")
+    // A cache snapshot's repository id, else the folder's own name, also for `.` or a path
+    // ending in `/..`.
+    let name = cache_repo_id(&a.file)
+        .or_else(|| {
+            std::path::absolute(&a.file)
+                .ok()
+                .and_then(|p| p.components().next_back().map(|c| c.as_os_str().to_owned()))
+                .map(|n| n.to_string_lossy().into_owned())
+                .filter(|n| !n.is_empty() && n != "/")
+        })
         .unwrap_or_else(|| "model".into());
     let (kind, base) = match &a.base {
         Some(b) => (Kind::Delta, Some(store.resolve(b)?)),

@@ -45,10 +45,12 @@ pub enum StoreCommand {
     /// file or tensor is stored once across versions), each compressed with zstd and named by its
     /// BLAKE3; a manifest listing them is signed with your publisher key (created on first use). A
     /// folder (e.g. a Hugging Face model: shards, index, config, tokenizer) is one object: every
-    /// regular file in it, kept byte for byte. Example:
+    /// regular file in it, kept byte for byte, but `.git` and `.cache/huggingface`; a snapshot in
+    /// the Hugging Face cache is read through its links (named ORG/NAME). Example:
     ///
     ///   zdn add base.safetensors --name minilm
     ///   zdn add Llama-2-7b-hf/ --name llama2-7b
+    ///   zdn add ~/.cache/huggingface/hub/models--meta-llama--Llama-2-7b-hf/snapshots/REV/
     ///   zdn add ft.bitdelta --base minilm --name minilm-ft
     ///   zdn add llama2-chat.delta/ --base llama2-7b --name llama2-7b-chat   (a folder delta)
     ///   zdn add my-lora/ --base llama2-7b --name llama2-7b-mylora   (a PEFT LoRA adapter folder)
@@ -147,7 +149,8 @@ pub struct AddArgs {
     /// The base this delta applies to (manifest hash, prefix or name). Required for a .bitdelta.
     #[arg(long)]
     base: Option<String>,
-    /// Name to record and to refer to the object by (default: the file name without extension).
+    /// Name to record and to refer to the object by (default: the file name without extension;
+    /// for a Hugging Face cache snapshot, its repository's ORG/NAME).
     #[arg(long)]
     name: Option<String>,
     /// Version string to record in the manifest.
