@@ -32,6 +32,17 @@ fn add(home: &Path, dir: &Path, extra: &[&str]) -> Value {
     json(&ok(home, &a))
 }
 
+/// `add` of a folder that must succeed: its JSON report and what it said on stderr.
+fn add_saying(home: &Path, dir: &Path) -> (Value, String) {
+    let out = zdn(&at(home, &["add", s(dir), "--chunk-size", CHUNK, "--json"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    (json(&String::from_utf8_lossy(&out.stdout)), stderr)
+}
+
 fn ls(home: &Path) -> Vec<Value> {
     json(&ok(home, &["ls", "--json"]))
         .as_array()
@@ -96,22 +107,12 @@ fn a_folder_is_one_object_through_every_store_command() {
         b"etag\n1733500000.0\n",
     )
     .unwrap();
-    let out = zdn(
-        &at(&home, &["add", s(&dir), "--chunk-size", CHUNK, "--json"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (r, stderr) = add_saying(&home, &dir);
     assert!(
         stderr.contains("left out .cache/huggingface, .git"),
         "{stderr}"
     );
-    assert_eq!(
-        json(&String::from_utf8_lossy(&out.stdout))["hash"],
-        hash.as_str()
-    );
+    assert_eq!(r["hash"], hash.as_str());
     std::fs::remove_dir_all(dir.join(".git")).unwrap();
     std::fs::remove_dir_all(dir.join(".cache")).unwrap();
 
@@ -208,19 +209,11 @@ fn a_hugging_face_cache_snapshot_is_added_through_its_links() {
     }
     let home = t.path().join("home");
     let plain = add(&home, &dir, &[]);
-    let out = zdn(
-        &at(&home, &["add", s(&snap), "--chunk-size", CHUNK, "--json"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (cached, stderr) = add_saying(&home, &snap);
     assert!(
         stderr.contains("12 files read through their links"),
         "{stderr}"
     );
-    let cached = json(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(cached["name"], "org/Llama-tiny");
     // The same files: every chunk already stored by the plain copy, and written back the same.
     assert_eq!(cached["object_len"], plain["object_len"]);
