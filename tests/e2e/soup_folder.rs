@@ -22,12 +22,21 @@ fn add(home: &Path, dir: &Path, extra: &[&str]) -> String {
     json(&ok(home, &a))["hash"].as_str().unwrap().to_string()
 }
 
-/// A fine-tune of the base (`LlamaSpec::small(3)`, seed 1) with `seed` and `changed` tensors.
+/// A fine-tune of the base (`LlamaSpec::small(3)`, seed 1) with `seed` and `changed` tensors,
+/// whose tokenizer marks `<s>` and `</s>` special: their rows of the vocabulary matrices are kept
+/// exactly, so the mix also writes exact rows over rows rebuilt a block at a time.
 fn fine_tune(dir: &Path, seed: u64, changed: &[&str]) {
     let mut spec = LlamaSpec::small(3);
     spec.seed = seed;
     spec.changed = changed.iter().map(|c| c.to_string()).collect();
     spec.write(dir);
+    let path = dir.join("tokenizer.json");
+    let mut tok: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for t in tok["added_tokens"].as_array_mut().unwrap() {
+        t["special"] = serde_json::Value::Bool(true);
+    }
+    std::fs::write(&path, serde_json::to_vec(&tok).unwrap()).unwrap();
 }
 
 fn bf16_to_f32(b: &[u8]) -> Vec<f32> {

@@ -22,8 +22,8 @@ pub use format::{
 pub use lossless::DEFAULT_LEVEL as DEFAULT_ZSTD_LEVEL;
 pub use quantize::{quantize, QuantSpec, QuantizeError, Quantized};
 pub use reconstruct::{
-    check_base_layout, check_inputs, check_output, quantized_block, reconstruct, QuantizedBlock,
-    ReconstructError,
+    check_base_layout, check_inputs, check_output, quantized_block, reconstruct, reconstruct_rows,
+    QuantizedBlock, ReconstructError,
 };
 pub use select::{is_embedding, Choice, EmbeddingPolicy, Selection};
 pub use tensor::TensorData;

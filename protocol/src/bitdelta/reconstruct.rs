@@ -274,12 +274,23 @@ fn reconstruct_quantized(
         scales: &scales,
         packed,
     };
+    apply_quantized(&q, entry, base.dtype, base.bytes, out)
+}
+
+/// `q` applied to `base` (in `base_dtype`) into `out` (in the entry's dtype).
+fn apply_quantized(
+    q: &Quantized<'_>,
+    entry: &IndexEntry,
+    base_dtype: DType,
+    base: &[u8],
+    out: &mut [u8],
+) -> Result<(), ReconstructError> {
     macro_rules! go {
         ($b:ty, $t:ty) => {
-            q.apply::<$b, $t>(base.bytes, out)
+            q.apply::<$b, $t>(base, out)
         };
     }
-    match (base.dtype, entry.dtype) {
+    match (base_dtype, entry.dtype) {
         (DType::F32, DType::F32) => go!(F32, F32),
         (DType::F32, DType::F16) => go!(F32, F16),
         (DType::F32, DType::BF16) => go!(F32, BF16),
@@ -293,7 +304,7 @@ fn reconstruct_quantized(
         _ => {
             return Err(ReconstructError::BaseDtype {
                 name: entry.name.clone(),
-                base: base.dtype,
+                base: base_dtype,
                 target: entry.dtype,
                 encoding: entry.encoding.name(),
             })
@@ -453,6 +464,9 @@ impl Quantized<'_> {
         }
     }
 }
+
+mod rows;
+pub use rows::reconstruct_rows;
 
 #[cfg(test)]
 mod tests;

@@ -533,6 +533,32 @@ pub fn scatter_rows(out: &mut [u8], rows: &[u8], indices: &[u64]) -> bool {
     true
 }
 
+/// [`scatter_rows`] onto a block of a reconstructed tensor that starts at row `first`: the exact
+/// rows whose index lies in the block are written there, the others skipped. `false` when the
+/// lengths disagree.
+pub fn scatter_rows_within(block: &mut [u8], rows: &[u8], indices: &[u64], first: u64) -> bool {
+    let Some(row) = rows.len().checked_div(indices.len()) else {
+        return indices.is_empty();
+    };
+    if row * indices.len() != rows.len() {
+        return false;
+    }
+    if row == 0 {
+        return true;
+    }
+    if !block.len().is_multiple_of(row) {
+        return false;
+    }
+    let end = first.saturating_add((block.len() / row) as u64);
+    for (i, &at) in indices.iter().enumerate() {
+        if (first..end).contains(&at) {
+            let start = (at - first) as usize * row;
+            block[start..start + row].copy_from_slice(&rows[i * row..(i + 1) * row]);
+        }
+    }
+    true
+}
+
 /// A grown tensor's two entries: same dtype and trailing dimensions as the header's tensor, rows
 /// adding up to its leading dimension, the first entry non-empty in rows.
 fn check_grown(

@@ -364,6 +364,36 @@ fn base_rows_are_a_prefix_of_a_bigger_base() {
 }
 
 proptest! {
+    /// Scattered block by block, the exact rows land where scattering the whole tensor puts them.
+    #[test]
+    fn scatter_by_blocks_is_scatter_of_the_whole(
+        n_rows in 1usize..40,
+        row in 1usize..6,
+        picks in proptest::collection::vec(any::<u16>(), 0..20),
+        per_block in 1usize..9,
+    ) {
+        let mut indices: Vec<u64> = picks.iter().map(|&p| u64::from(p) % n_rows as u64).collect();
+        indices.sort_unstable();
+        indices.dedup();
+        let rows: Vec<u8> = (0..indices.len() * row).map(|i| (i % 251) as u8 + 1).collect();
+        let mut whole = vec![0u8; n_rows * row];
+        prop_assert!(scatter_rows(&mut whole, &rows, &indices));
+        let mut blocks = vec![0u8; n_rows * row];
+        for (k, block) in blocks.chunks_mut(per_block * row).enumerate() {
+            prop_assert!(scatter_rows_within(block, &rows, &indices, (k * per_block) as u64));
+        }
+        prop_assert_eq!(blocks, whole);
+        // Rows of another length than the indices say, or a block of part of a row: refused.
+        if indices.len() >= 2 {
+            let mut longer = rows.clone();
+            longer.push(0);
+            prop_assert!(!scatter_rows_within(&mut vec![0u8; row], &longer, &indices, 0));
+        }
+        if row > 1 && !indices.is_empty() {
+            prop_assert!(!scatter_rows_within(&mut vec![0u8; row + 1], &rows, &indices, 0));
+        }
+    }
+
     #[test]
     fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = FolderDelta::parse(&bytes);

@@ -164,6 +164,20 @@ impl<'a> MappedDelta<'a> {
     }
 }
 
+impl MappedDelta<'_> {
+    /// Entry `i`'s block (checked against the file's length by the parser).
+    pub(crate) fn block(&self, i: usize) -> &[u8] {
+        self.file.block(i)
+    }
+
+    /// Drops entry `i`'s block from the resident set, once it has been used.
+    pub(crate) fn release(&self, i: usize) {
+        let e = &self.file.entries[i];
+        self.map
+            .release(e.offset as usize..e.offset.saturating_add(e.length) as usize);
+    }
+}
+
 /// Which part of a tensor's rebuild: its entry (against the base's rows), or the new rows of a
 /// grown tensor (no base).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
