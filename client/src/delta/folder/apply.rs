@@ -17,7 +17,8 @@ use zdn_protocol::Hash;
 
 use super::base::{BaseError, BaseModel};
 use super::rebuild::{
-    checked_layout, output_entries, rebuild_part, write_side_file, MappedDelta, Part, Scratch,
+    checked_layout, output_entries, rebuild_part, write_by_rows, write_side_file, MappedDelta,
+    Part, Scratch,
 };
 use crate::fs::atomic_file::partial_sibling;
 use crate::fs::mapped_file::{MappedFile, OpenError};
@@ -85,6 +86,8 @@ pub enum FolderApplyError {
     BaseShard { path: String, problem: String },
     #[error("mixing tensor {name:?}: {problem}")]
     Mix { name: String, problem: String },
+    #[error("tensor {0:?}: its rows could not be rebuilt a block at a time")]
+    Rows(String),
     #[error("the adapter changes {want} base tensors, {got} were found in the base's shards")]
     Unmerged { want: usize, got: usize },
 }
@@ -312,6 +315,10 @@ fn write_tensors(
     let mut scratch = Scratch::default();
     for t in &plan.tensors {
         for part in [Part::Main, Part::NewRows] {
+            let mut write = |bytes: &[u8]| out.write_all(bytes).map_err(io);
+            if write_by_rows(delta, layout, base, t, part, &mut scratch, &mut write)? {
+                continue;
+            }
             if rebuild_part(delta, layout, base, t, part, &mut buf, &mut scratch)? {
                 out.write_all(&buf).map_err(io)?;
             }

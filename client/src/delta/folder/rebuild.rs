@@ -6,10 +6,10 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use zdn_protocol::bitdelta::{reconstruct, BitDeltaFile};
+use zdn_protocol::bitdelta::{matrix_of, reconstruct, reconstruct_rows, BitDeltaFile};
 use zdn_protocol::folder::delta::{
-    base_rows, scatter_rows, FolderDelta, FolderDeltaError, OutputFile, Source, TensorPlan,
-    LAYOUT_MEMBER, MAX_LAYOUT_LEN,
+    base_rows, scatter_rows, scatter_rows_within, FolderDelta, FolderDeltaError, OutputFile,
+    Source, TensorPlan, LAYOUT_MEMBER, MAX_LAYOUT_LEN,
 };
 use zdn_protocol::folder::patch::{self, MAX_PATCHED_LEN};
 use zdn_protocol::folder::{check_delta, FileEntry, FilePlan};
@@ -191,6 +191,90 @@ pub(crate) enum Part {
 pub(crate) struct Scratch {
     base: Vec<u8>,
     rows: Vec<u8>,
+    block: Vec<u8>,
+}
+
+/// Elements rebuilt at a time when a tensor is written a block of rows at a time.
+const ROWS_BLOCK: u64 = 1 << 20;
+
+/// Part `part` of tensor `t` handed to `write` a block of rows at a time, holding the base's
+/// tensor and one block instead of the whole rebuilt tensor: the main part of a quantized entry
+/// whose rows start on whole bytes of codes, against a base tensor of its shape (a decoder
+/// delta's projections and vocabulary matrices). The same bytes as [`rebuild_part`]'s. False,
+/// nothing written, for any other part, which [`rebuild_part`] rebuilds whole.
+pub(crate) fn write_by_rows(
+    delta: &MappedDelta<'_>,
+    layout: &FolderDelta,
+    base: &dyn BaseModel,
+    t: &TensorPlan,
+    part: Part,
+    scratch: &mut Scratch,
+    write: &mut dyn FnMut(&[u8]) -> Result<(), FolderApplyError>,
+) -> Result<bool, FolderApplyError> {
+    let i = t.entry;
+    let e = &delta.file.entries[i];
+    let (rows, cols) = matrix_of(&e.shape);
+    let whole_bytes = e
+        .encoding
+        .bits()
+        .is_some_and(|bits| cols.saturating_mul(u64::from(bits)).is_multiple_of(8));
+    if part != Part::Main || !whole_bytes || e.shape.len() < 2 || cols == 0 {
+        return Ok(false);
+    }
+    let Scratch {
+        base: base_buf,
+        rows: exact_buf,
+        block,
+    } = scratch;
+    let Some(b) = base
+        .tensor(&e.name, base_buf)?
+        .and_then(|b| base_rows(e, b))
+        .filter(|b| b.shape == e.shape.as_slice() && b.dtype.is_quantizable())
+    else {
+        // Rebuilt whole, where the missing or mismatched base is reported.
+        base.release(&e.name);
+        return Ok(false);
+    };
+    let exact = match t.exact {
+        Some((r, x)) => {
+            delta.reconstruct_into(exact_buf, r, None)?;
+            Some(layout.exact_rows[x].indices.as_slice())
+        }
+        None => None,
+    };
+    let step = (ROWS_BLOCK / cols).max(1);
+    // The base's rows were checked against the entry's shape: these products are its byte length.
+    let (base_row, out_row) = (
+        cols as usize * b.dtype.size(),
+        cols as usize * e.dtype.size(),
+    );
+    let mut r0 = 0u64;
+    while r0 < rows {
+        let r1 = r0.saturating_add(step).min(rows);
+        let n = (r1 - r0) as usize;
+        block.clear();
+        block
+            .try_reserve_exact(n * out_row)
+            .map_err(|_| FolderApplyError::TooLarge {
+                name: e.name.clone(),
+                bytes: (n * out_row) as u64,
+            })?;
+        block.resize(n * out_row, 0);
+        let base_part = &b.bytes[r0 as usize * base_row..r1 as usize * base_row];
+        if !reconstruct_rows(e, delta.block(i), b.dtype, base_part, r0..r1, block)? {
+            return Err(FolderApplyError::Rows(e.name.clone()));
+        }
+        if let Some(indices) = exact {
+            if !scatter_rows_within(block, exact_buf, indices, r0) {
+                return Err(FolderDeltaError::ExactRows(e.name.clone()).into());
+            }
+        }
+        write(block)?;
+        r0 = r1;
+    }
+    base.release(&e.name);
+    delta.release(i);
+    Ok(true)
 }
 
 /// The delta entry that holds part `part` of tensor `t`, if the tensor has that part.
