@@ -273,62 +273,6 @@ mod tests {
         assert_eq!(f.members()[3].bytes, b"x");
         assert!(f.left_out().is_empty());
 
-        // A clone's history and a download's notes are left out, at any depth; look-alikes kept.
-        for dir in [
-            ".git/lfs/objects",
-            ".cache/huggingface/download",
-            "sub/.git",
-            "sub/.cache/huggingface",
-        ] {
-            std::fs::create_dir_all(root.join(dir)).unwrap();
-            std::fs::write(root.join(dir).join("f"), b"x").unwrap();
-        }
-        std::fs::write(root.join("sub/deeper/.git"), b"gitdir: elsewhere").unwrap();
-        std::fs::create_dir_all(root.join(".cache/other")).unwrap();
-        std::fs::write(root.join(".cache/other/keep"), b"k").unwrap();
-        std::fs::write(root.join("huggingface"), b"h").unwrap();
-        std::fs::write(root.join("x.git"), b"g").unwrap();
-        let f = ModelFolder::open(root).unwrap();
-        let paths: Vec<&str> = f.members().iter().map(|m| m.path).collect();
-        assert_eq!(
-            paths,
-            [
-                ".cache/other/keep",
-                ".gitattributes",
-                "a-1.safetensors",
-                "b.json",
-                "huggingface",
-                "sub/deeper/x",
-                "x.git"
-            ]
-        );
-        assert_eq!(
-            f.left_out(),
-            [
-                ".cache/huggingface",
-                ".git",
-                "sub/.cache/huggingface",
-                "sub/.git",
-                "sub/deeper/.git"
-            ]
-        );
-        for p in [
-            ".git",
-            ".cache",
-            "sub/.git",
-            "sub/.cache",
-            "sub/deeper/.git",
-            "huggingface",
-            "x.git",
-        ] {
-            let p = root.join(p);
-            if p.is_dir() {
-                std::fs::remove_dir_all(p).unwrap();
-            } else {
-                std::fs::remove_file(p).unwrap();
-            }
-        }
-
         #[cfg(unix)]
         {
             std::os::unix::fs::symlink("/etc/passwd", root.join("sub/link")).unwrap();
@@ -353,6 +297,52 @@ mod tests {
             std::fs::remove_file(&link).unwrap();
             assert_eq!(paths, ["deeper/x"]);
         }
+    }
+
+    /// A clone's history and a download's notes are left out, at any depth; look-alikes kept.
+    #[test]
+    fn git_and_download_notes_are_left_out() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+        std::fs::write(root.join(".gitattributes"), b"*").unwrap();
+        std::fs::write(root.join("sub/deeper/x"), b"x").unwrap();
+        for dir in [
+            ".git/lfs/objects",
+            ".cache/huggingface/download",
+            "sub/.git",
+            "sub/.cache/huggingface",
+        ] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+            std::fs::write(root.join(dir).join("f"), b"x").unwrap();
+        }
+        std::fs::write(root.join("sub/deeper/.git"), b"gitdir: elsewhere").unwrap();
+        std::fs::create_dir_all(root.join(".cache/other")).unwrap();
+        std::fs::write(root.join(".cache/other/keep"), b"k").unwrap();
+        std::fs::write(root.join("huggingface"), b"h").unwrap();
+        std::fs::write(root.join("x.git"), b"g").unwrap();
+        let f = ModelFolder::open(root).unwrap();
+        let paths: Vec<&str> = f.members().iter().map(|m| m.path).collect();
+        assert_eq!(
+            paths,
+            [
+                ".cache/other/keep",
+                ".gitattributes",
+                "huggingface",
+                "sub/deeper/x",
+                "x.git"
+            ]
+        );
+        assert_eq!(
+            f.left_out(),
+            [
+                ".cache/huggingface",
+                ".git",
+                "sub/.cache/huggingface",
+                "sub/.git",
+                "sub/deeper/.git"
+            ]
+        );
     }
 
     /// A Hugging Face cache snapshot: links into its own repository's blobs are read as the files
