@@ -4,9 +4,12 @@
 //! soups of [`crate::soup::folder`] (several deltas of one base, mixed tensor by tensor).
 
 use std::io::Write;
+use std::ops::Range;
 use std::path::PathBuf;
 
-use zdn_protocol::bitdelta::{matrix_of, reconstruct, reconstruct_rows, BitDeltaFile};
+use zdn_protocol::bitdelta::{
+    matrix_of, reconstruct, reconstruct_rows, BitDeltaFile, IndexEntry, TensorData,
+};
 use zdn_protocol::folder::delta::{
     base_rows, scatter_rows, scatter_rows_within, FolderDelta, FolderDeltaError, OutputFile,
     Source, TensorPlan, LAYOUT_MEMBER, MAX_LAYOUT_LEN,
@@ -197,11 +200,110 @@ pub(crate) struct Scratch {
 /// Elements rebuilt at a time when a tensor is written a block of rows at a time.
 const ROWS_BLOCK: u64 = 1 << 20;
 
-/// Part `part` of tensor `t` handed to `write` a block of rows at a time, holding the base's
-/// tensor and one block instead of the whole rebuilt tensor: the main part of a quantized entry
-/// whose rows start on whole bytes of codes, against a base tensor of its shape (a decoder
-/// delta's projections and vocabulary matrices). The same bytes as [`rebuild_part`]'s. False,
-/// nothing written, for any other part, which [`rebuild_part`] rebuilds whole.
+/// A quantized entry rebuilt a block of rows at a time, so that a caller holds the base's tensor
+/// and one block instead of the whole rebuilt tensor: the main part of a tensor whose entry is
+/// quantized with rows that start on whole bytes of codes, against a base tensor of its shape (a
+/// decoder delta's projections and vocabulary matrices). Its rows are those of [`rebuild_part`].
+pub(crate) struct RowsOf<'a> {
+    delta: &'a MappedDelta<'a>,
+    entry: usize,
+    /// The rows kept exactly, and where they go.
+    exact: Option<(Vec<u8>, &'a [u64])>,
+}
+
+impl<'a> RowsOf<'a> {
+    /// Part `part` of `t` by rows against `base` (the base's rows for its entry), when it can be;
+    /// `None` for any other part, which [`rebuild_part`] rebuilds whole.
+    pub(crate) fn new(
+        delta: &'a MappedDelta<'a>,
+        layout: &'a FolderDelta,
+        t: &TensorPlan,
+        part: Part,
+        base: &TensorData<'_>,
+    ) -> Result<Option<Self>, FolderApplyError> {
+        let e = &delta.file.entries[t.entry];
+        if part != Part::Main
+            || !rows_apart(e)
+            || !base.dtype.is_quantizable()
+            || base.shape != e.shape.as_slice()
+        {
+            return Ok(None);
+        }
+        let exact = match t.exact {
+            Some((r, x)) => {
+                let mut rows = Vec::new();
+                delta.reconstruct_into(&mut rows, r, None)?;
+                Some((rows, layout.exact_rows[x].indices.as_slice()))
+            }
+            None => None,
+        };
+        Ok(Some(RowsOf {
+            delta,
+            entry: t.entry,
+            exact,
+        }))
+    }
+
+    /// Rows `rows` of the rebuilt tensor into `out` (resized to them), from `base`, the base
+    /// tensor given to [`Self::new`]: reconstructed, then the exact rows among them written over.
+    pub(crate) fn rows_into(
+        &self,
+        base: &TensorData<'_>,
+        rows: Range<u64>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FolderApplyError> {
+        let e = &self.delta.file.entries[self.entry];
+        let (_, cols) = matrix_of(&e.shape);
+        // `new` checked the base against the entry's shape: these products are within its length.
+        let (base_row, out_row) = (
+            cols as usize * base.dtype.size(),
+            cols as usize * e.dtype.size(),
+        );
+        let (r0, r1) = (rows.start as usize, rows.end as usize);
+        let len = (r1 - r0) * out_row;
+        out.clear();
+        out.try_reserve_exact(len)
+            .map_err(|_| FolderApplyError::TooLarge {
+                name: e.name.clone(),
+                bytes: len as u64,
+            })?;
+        out.resize(len, 0);
+        let block = self.delta.block(self.entry);
+        let base_part = base
+            .bytes
+            .get(r0 * base_row..r1 * base_row)
+            .ok_or_else(|| FolderApplyError::Rows(e.name.clone()))?;
+        if !reconstruct_rows(e, block, base.dtype, base_part, rows.clone(), out)? {
+            return Err(FolderApplyError::Rows(e.name.clone()));
+        }
+        if let Some((exact, indices)) = &self.exact {
+            if !scatter_rows_within(out, exact, indices, rows.start) {
+                return Err(FolderDeltaError::ExactRows(e.name.clone()).into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the entry's block from the resident set, once the tensor is written.
+    pub(crate) fn release(&self) {
+        self.delta.release(self.entry);
+    }
+}
+
+/// Whether entry `e` can be rebuilt a block of rows at a time: quantized, a matrix, a float, rows
+/// that start on whole bytes of codes.
+fn rows_apart(e: &IndexEntry) -> bool {
+    let (_, cols) = matrix_of(&e.shape);
+    let whole_bytes = e
+        .encoding
+        .bits()
+        .is_some_and(|bits| cols.saturating_mul(u64::from(bits)).is_multiple_of(8));
+    whole_bytes && e.shape.len() >= 2 && cols > 0 && e.dtype.is_quantizable()
+}
+
+/// Part `part` of tensor `t` handed to `write` a block of rows at a time when it can be (see
+/// [`RowsOf`]). False, nothing written, for any other part, which [`rebuild_part`] rebuilds
+/// whole.
 pub(crate) fn write_by_rows(
     delta: &MappedDelta<'_>,
     layout: &FolderDelta,
@@ -211,69 +313,38 @@ pub(crate) fn write_by_rows(
     scratch: &mut Scratch,
     write: &mut dyn FnMut(&[u8]) -> Result<(), FolderApplyError>,
 ) -> Result<bool, FolderApplyError> {
-    let i = t.entry;
-    let e = &delta.file.entries[i];
-    let (rows, cols) = matrix_of(&e.shape);
-    let whole_bytes = e
-        .encoding
-        .bits()
-        .is_some_and(|bits| cols.saturating_mul(u64::from(bits)).is_multiple_of(8));
-    if part != Part::Main || !whole_bytes || e.shape.len() < 2 || cols == 0 {
+    let e = &delta.file.entries[t.entry];
+    if part != Part::Main || !rows_apart(e) {
         return Ok(false);
     }
     let Scratch {
         base: base_buf,
-        rows: exact_buf,
         block,
+        ..
     } = scratch;
     let Some(b) = base
         .tensor(&e.name, base_buf)?
         .and_then(|b| base_rows(e, b))
-        .filter(|b| b.shape == e.shape.as_slice() && b.dtype.is_quantizable())
     else {
         // Rebuilt whole, where the missing or mismatched base is reported.
         base.release(&e.name);
         return Ok(false);
     };
-    let exact = match t.exact {
-        Some((r, x)) => {
-            delta.reconstruct_into(exact_buf, r, None)?;
-            Some(layout.exact_rows[x].indices.as_slice())
-        }
-        None => None,
+    let Some(by_rows) = RowsOf::new(delta, layout, t, part, &b)? else {
+        base.release(&e.name);
+        return Ok(false);
     };
+    let (rows, cols) = matrix_of(&e.shape);
     let step = (ROWS_BLOCK / cols).max(1);
-    // The base's rows were checked against the entry's shape: these products are its byte length.
-    let (base_row, out_row) = (
-        cols as usize * b.dtype.size(),
-        cols as usize * e.dtype.size(),
-    );
     let mut r0 = 0u64;
     while r0 < rows {
         let r1 = r0.saturating_add(step).min(rows);
-        let n = (r1 - r0) as usize;
-        block.clear();
-        block
-            .try_reserve_exact(n * out_row)
-            .map_err(|_| FolderApplyError::TooLarge {
-                name: e.name.clone(),
-                bytes: (n * out_row) as u64,
-            })?;
-        block.resize(n * out_row, 0);
-        let base_part = &b.bytes[r0 as usize * base_row..r1 as usize * base_row];
-        if !reconstruct_rows(e, delta.block(i), b.dtype, base_part, r0..r1, block)? {
-            return Err(FolderApplyError::Rows(e.name.clone()));
-        }
-        if let Some(indices) = exact {
-            if !scatter_rows_within(block, exact_buf, indices, r0) {
-                return Err(FolderDeltaError::ExactRows(e.name.clone()).into());
-            }
-        }
+        by_rows.rows_into(&b, r0..r1, block)?;
         write(block)?;
         r0 = r1;
     }
     base.release(&e.name);
-    delta.release(i);
+    by_rows.release();
     Ok(true)
 }
 

@@ -4,10 +4,8 @@
 use std::io::Write;
 use std::ops::Range;
 
-use zdn_protocol::bitdelta::{reconstruct_rows, BitDeltaFile, TensorData};
-use zdn_protocol::folder::delta::{
-    base_rows, scatter_rows_within, FolderDelta, FolderDeltaError, Source, TensorPlan,
-};
+use zdn_protocol::bitdelta::{BitDeltaFile, TensorData};
+use zdn_protocol::folder::delta::{base_rows, FolderDelta, Source};
 use zdn_protocol::folder::FilePlan;
 use zdn_protocol::{DType, Hash};
 
@@ -16,7 +14,7 @@ use crate::delta::folder::apply::{DeltaSource, FolderApplyError, FolderApplyRepo
 use crate::delta::folder::base::BaseModel;
 use crate::delta::folder::rebuild::{
     checked_layout, output_entries, part_entry, rebuild_with_base, write_side_file, MappedDelta,
-    Part,
+    Part, RowsOf,
 };
 use crate::fs::object_output::FolderOutput;
 use crate::fs::progress::Progress;
@@ -152,57 +150,11 @@ fn same_folder(first: &OpenDelta<'_>, d: &OpenDelta<'_>) -> Result<(), FolderSou
 }
 
 /// One component's rebuilt tensor while it is mixed: rebuilt whole beforehand, or a block of rows
-/// at a time as the mix asks for them — a quantized entry whose rows start on whole bytes of codes
-/// (the projections and vocabulary matrices of a decoder delta), so that the soup holds a block of
-/// it, not the tensor.
+/// at a time as the mix asks for them ([`RowsOf`]), so that the soup holds a block of it, not the
+/// tensor.
 enum Rebuilt<'a> {
     Whole(Vec<u8>),
-    Rows {
-        delta: &'a MappedDelta<'a>,
-        entry: usize,
-        /// The rows kept exactly, and where they go.
-        exact: Option<(Vec<u8>, &'a [u64])>,
-    },
-}
-
-/// Component `d`'s part of tensor `tp` as rows rebuilt on demand, when it can be (see
-/// [`Rebuilt`]): the main part, mixed against a base tensor of its shape, quantized with rows
-/// `cols` elements long that start on whole bytes of codes.
-fn by_rows<'a>(
-    d: &'a OpenDelta<'a>,
-    tp: &TensorPlan,
-    part: Part,
-    base: Option<&TensorData<'_>>,
-    cols: usize,
-) -> Result<Option<Rebuilt<'a>>, FolderSoupError> {
-    let (Part::Main, Some(b)) = (part, base) else {
-        return Ok(None);
-    };
-    let e = &d.mapped.file.entries[tp.entry];
-    let whole_bytes = e
-        .encoding
-        .bits()
-        .is_some_and(|bits| (cols * bits as usize).is_multiple_of(8));
-    if !whole_bytes
-        || !e.dtype.is_quantizable()
-        || !b.dtype.is_quantizable()
-        || b.shape != e.shape.as_slice()
-    {
-        return Ok(None);
-    }
-    let exact = match tp.exact {
-        Some((r, x)) => {
-            let mut rows = Vec::new();
-            d.mapped.reconstruct_into(&mut rows, r, None)?;
-            Some((rows, d.layout.exact_rows[x].indices.as_slice()))
-        }
-        None => None,
-    };
-    Ok(Some(Rebuilt::Rows {
-        delta: &d.mapped,
-        entry: tp.entry,
-        exact,
-    }))
+    Rows(RowsOf<'a>),
 }
 
 /// Writes the `plan_at`-th tensors file: its header, then each tensor mixed from every
@@ -238,12 +190,15 @@ fn write_mixed_file(
                 Part::NewRows => None,
             };
             let mixing = b.filter(|b| b.shape == e.shape.as_slice());
-            let cols = row_elements(&e.shape);
             let mut rebuilt = Vec::with_capacity(open.len());
             for (d, buf) in open.iter().zip(bufs.iter_mut()) {
                 let tp = &d.plans[plan_at].tensors[k];
-                if let Some(r) = by_rows(d, tp, part, mixing.as_ref(), cols)? {
-                    rebuilt.push(r);
+                let by_rows = match &mixing {
+                    Some(b) => RowsOf::new(&d.mapped, &d.layout, tp, part, b)?,
+                    None => None,
+                };
+                if let Some(r) = by_rows {
+                    rebuilt.push(Rebuilt::Rows(r));
                 } else if rebuild_with_base(
                     &d.mapped,
                     &d.layout,
@@ -274,7 +229,7 @@ fn write_mixed_file(
             for (r, buf) in rebuilt.into_iter().zip(bufs.iter_mut()) {
                 match r {
                     Rebuilt::Whole(v) => *buf = v,
-                    Rebuilt::Rows { delta, entry, .. } => delta.release(entry),
+                    Rebuilt::Rows(r) => r.release(),
                 }
             }
             base.release(&e.name);
@@ -314,33 +269,9 @@ fn mix_rebuilt(
                 Rebuilt::Whole(part) => part
                     .get(range.start * size..range.end * size)
                     .ok_or_else(|| bad("a component rebuilds it with another length".into()))?,
-                Rebuilt::Rows {
-                    delta,
-                    entry,
-                    exact,
-                } => {
+                Rebuilt::Rows(r) => {
                     let rows = (range.start / cols) as u64..(range.end / cols) as u64;
-                    let base_part = &b.bytes[range.start * base_size..range.end * base_size];
-                    scratch.clear();
-                    scratch.resize(range.len() * size, 0);
-                    let e = &delta.file.entries[*entry];
-                    let done = reconstruct_rows(
-                        e,
-                        delta.block(*entry),
-                        b.dtype,
-                        base_part,
-                        rows.clone(),
-                        &mut scratch,
-                    )
-                    .map_err(|cause| bad(cause.to_string()))?;
-                    if !done {
-                        return Err(bad("its rows cannot be rebuilt apart".into()));
-                    }
-                    if let Some((exact, indices)) = exact {
-                        if !scatter_rows_within(&mut scratch, exact, indices, rows.start) {
-                            return Err(FolderDeltaError::ExactRows(name.to_owned()).into());
-                        }
-                    }
+                    r.rows_into(b, rows, &mut scratch)?;
                     &scratch
                 }
             };
@@ -353,7 +284,7 @@ fn mix_rebuilt(
         .iter()
         .filter_map(|r| match r {
             Rebuilt::Whole(v) => Some(v),
-            Rebuilt::Rows { .. } => None,
+            Rebuilt::Rows(_) => None,
         })
         .collect();
     match whole.split_first() {

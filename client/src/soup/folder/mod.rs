@@ -219,7 +219,7 @@ impl TensorMerge for AdapterMix<'_> {
             .iter()
             .map(|f| f.factors(name))
             .collect::<Result<Vec<_>, _>>()?;
-        let cols = base.shape.get(1).map_or(1, |&c| c.max(1) as usize);
+        let cols = row_elements(base.shape);
         let mut delta = |i: usize, range: Range<usize>, _: &[f32]| {
             Ok(match &lora[i] {
                 Some(lf) => lf.update_rows(range.start / cols, range.len() / cols),
