@@ -12,6 +12,7 @@ pub mod adapter;
 pub mod architecture;
 pub mod delta;
 pub mod delta_layout;
+pub mod delta_plan;
 pub mod layout;
 pub mod patch;
 pub mod path;

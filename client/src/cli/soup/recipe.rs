@@ -154,11 +154,9 @@ pub fn inspect_recipe(
             None => None,
         })
     };
-    let lookup =
-        |h: &Hash| -> anyhow::Result<Option<String>> { Ok(manifest_of(h)?.map(|m| m.name)) };
     let mut components = Vec::with_capacity(recipe.components().len());
     for c in recipe.components() {
-        let name = lookup(&c.delta)?;
+        let name = manifest_of(&c.delta)?.map(|m| m.name);
         components.push(RecipeComponent {
             delta: c.delta,
             weight: c.weight,
@@ -166,13 +164,15 @@ pub fn inspect_recipe(
             name,
         });
     }
+    // The base's manifest is read once: whether it is here and whether it is a folder.
+    let base_manifest = manifest_of(&recipe.base())?;
     let report = RecipeReport {
         kind: "soup",
         hash: manifest.map(|m| m.hash()),
         name: manifest.map(|m| m.manifest.name.clone()),
         base: recipe.base(),
-        base_present: lookup(&recipe.base())?.is_some(),
-        folder: manifest_of(&recipe.base())?.map(|m| m.is_folder()),
+        base_present: base_manifest.is_some(),
+        folder: base_manifest.as_ref().map(|m| m.is_folder()),
         bits: recipe.bits(),
         scale: recipe.granularity().to_string(),
         recipe_bytes: bytes.len(),
