@@ -316,6 +316,33 @@ fn a_one_bit_folder_delta_goes_through_the_store_and_a_second_node() {
         ],
     );
     assert_eq!(read_tree(&d2), read_tree(&d));
+    // And with the fine-tune an object in the store too (written out beside the output, verified,
+    // and removed after): the same delta again. A delta is not a fine-tune.
+    let fine_hash = add(home, &fine, &[]);
+    let d3 = publisher.path().join("chat3.delta");
+    let chat4 = publisher.path().join("chat4.delta");
+    let encode_args = |fine: &str, out: &Path| -> Vec<String> {
+        let args = ["delta", "encode", "--base", &base_hash, "--finetuned", fine];
+        let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        v.extend(["-o".to_string(), s(out).to_string()]);
+        v
+    };
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    ok(home, &strs(&encode_args(&fine_hash, &d3)));
+    assert_eq!(read_tree(&d3), read_tree(&d));
+    err(
+        home,
+        &strs(&encode_args(&delta_hash, &chat4)),
+        "a fine-tune is a model",
+    );
+    let left: Vec<_> = std::fs::read_dir(publisher.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".zdn-finetuned-") || n == "chat4.delta")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 
     // A second node fetches the delta (and its base) and applies it from its own store.
     let key = ok(home, &["key", "show"]).trim().to_string();

@@ -183,6 +183,31 @@ fn an_adapter_is_an_object_merged_from_the_store_and_from_disk() {
     let from_disk = t.path().join("from-disk");
     zdn_ok(&delta_apply_args(&base, &lora, &from_disk));
     check_merged(&base, &from_disk);
+    // The same adapter with its targets as a regular expression (PEFT's string form) merges the
+    // same bytes; one Python reads but zdn's engine does not is refused, naming it.
+    let regex = t.path().join("lora-regex");
+    let targets = r#"["q_proj", "v_proj"]"#;
+    adapter(
+        &regex,
+        &config("").replace(targets, r#"".*\\.(q_proj|v_proj)""#),
+        None,
+        false,
+    );
+    let by_regex = t.path().join("by-regex");
+    zdn_ok(&delta_apply_args(&base, &regex, &by_regex));
+    assert_eq!(read_tree(&by_regex), read_tree(&from_disk));
+    let lookahead = t.path().join("lora-lookahead");
+    adapter(
+        &lookahead,
+        &config("").replace(targets, r#"".*\\.(?!k_)[qv]_proj""#),
+        None,
+        false,
+    );
+    err(
+        &home,
+        &["add", s(&lookahead), "--base", &base_hash],
+        "(?!k_)",
+    );
 
     // A second node fetches the adapter with its base, and merges it from its own store.
     let key = ok(&home, &["key", "show"]).trim().to_string();

@@ -74,11 +74,12 @@ pub enum Command {
     /// DeltaSoup: mix deltas of one base into a recipe, or aggregate contributed deltas robustly.
     #[command(subcommand)]
     Soup(soup::SoupCommand),
-    /// Measure a delta on a real model: cosine of the delta-applied model's sentence embeddings to
-    /// the fine-tune's on held-out text, with the base's as the floor (BERT encoders on candle).
-    /// For a decoder LLM (config.json model_type llama, …; model folders, possibly sharded):
-    /// next-token KL to the fine-tune, perplexity and special-token agreement on held-out
-    /// conversations.
+    /// Measure a delta on a real model: how close the delta-applied model is to the fine-tune.
+    ///
+    /// A BERT encoder (candle): cosine of the delta-applied model's sentence embeddings to the
+    /// fine-tune's on held-out text, with the base's as the floor. A decoder LLM (config.json
+    /// model_type llama, …; model folders, possibly sharded): next-token KL to the fine-tune,
+    /// perplexity and special-token agreement on held-out conversations.
     ///
     ///   zdn eval --base base/model.safetensors --finetuned ft/model.safetensors \
     ///            --delta ft.bitdelta --corpus lee.cor

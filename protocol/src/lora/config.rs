@@ -18,6 +18,9 @@ pub const MAX_RANK: u32 = 1 << 16;
 /// Most entries accepted in each of `target_modules`, `exclude_modules`, `rank_pattern` and
 /// `alpha_pattern`.
 pub const MAX_PATTERNS: usize = 1 << 14;
+/// Most keys of each of `rank_pattern` and `alpha_pattern` that are regular expressions (each is
+/// compiled; a key that is a module name is not).
+pub const MAX_REGEX_KEYS: usize = 64;
 /// Longest module name, pattern or tensor name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 1024;
 
@@ -430,12 +433,23 @@ fn pattern_map<T>(
             format!("has {} entries; the limit is {MAX_PATTERNS}", map.len()),
         ));
     }
+    let mut regexes = 0usize;
     map.iter()
         .map(|(k, v)| {
             let pattern = ModulePattern::new(k).map_err(|source| ConfigError::Pattern {
                 field: field.to_owned(),
                 source,
             })?;
+            regexes += usize::from(pattern.is_regex());
+            if regexes > MAX_REGEX_KEYS {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "has more than {MAX_REGEX_KEYS} keys that are regular expressions \
+                         (module names are not limited so)"
+                    ),
+                ));
+            }
             Ok((pattern, value_of(&format!("{field}.{k}"), v)?))
         })
         .collect()

@@ -166,9 +166,9 @@ fn bad_values_are_clear_errors() {
         );
     }
     for (field, value) in [
-        ("target_modules", serde_json::json!(".*\\.(q_proj|v_proj)")),
-        ("rank_pattern", serde_json::json!({"^q": 4})),
-        ("exclude_modules", serde_json::json!("lm_.*")),
+        ("target_modules", serde_json::json!("(?!k_proj).*_proj")),
+        ("rank_pattern", serde_json::json!({"[[:alpha:]]_proj": 4})),
+        ("exclude_modules", serde_json::json!("(lm_head")),
     ] {
         assert!(matches!(
             AdapterConfig::parse(&with(field, value)),
@@ -244,6 +244,33 @@ fn per_module_patterns() {
         Err(ConfigError::Ambiguous { .. })
     ));
     assert_eq!(c.rank_for("model.layers.0.self_attn.k_proj").unwrap(), 2);
+}
+
+#[test]
+fn regular_expressions_select_and_key_as_in_peft() {
+    let mut v: Value = serde_json::from_str(LLAMA_CONFIG).unwrap();
+    v["target_modules"] = serde_json::json!(r".*\.(q_proj|v_proj)");
+    v["exclude_modules"] = serde_json::json!(r".*layers\.1\..*");
+    v["rank_pattern"] = serde_json::json!({r"layers\.[02]\.self_attn\.q_proj": 2});
+    let c = AdapterConfig::parse(v.to_string().as_bytes()).unwrap();
+    assert!(c.targets("model.layers.0.self_attn.q_proj"));
+    assert!(c.targets("model.layers.2.self_attn.v_proj"));
+    assert!(!c.targets("model.layers.1.self_attn.q_proj"));
+    assert!(!c.targets("model.layers.0.self_attn.k_proj"));
+    assert_eq!(c.rank_for("model.layers.2.self_attn.q_proj").unwrap(), 2);
+    assert_eq!(
+        c.rank_for("model.layers.12.self_attn.q_proj").unwrap(),
+        c.rank
+    );
+    // Keys that are regular expressions are capped; module names are not.
+    let many: serde_json::Map<String, Value> = (0..=MAX_REGEX_KEYS)
+        .map(|i| (format!("layers\\.{i}\\.q_proj"), serde_json::json!(2)))
+        .collect();
+    v["rank_pattern"] = Value::Object(many);
+    assert!(matches!(
+        AdapterConfig::parse(v.to_string().as_bytes()),
+        Err(ConfigError::Invalid { .. })
+    ));
 }
 
 #[test]

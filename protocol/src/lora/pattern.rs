@@ -1,12 +1,22 @@
 //! Module-name patterns of a PEFT `adapter_config.json` (`target_modules`, `exclude_modules`,
-//! `rank_pattern`, `alpha_pattern`), read exactly as PEFT reads them for the subset zdn accepts.
+//! `rank_pattern`, `alpha_pattern`), read as PEFT reads them: Python regular expressions.
 //!
-//! PEFT treats these strings as Python regular expressions. zdn has no regex engine, so it accepts
-//! only patterns made of ASCII letters, digits, `_` and `.`, where the one regex metacharacter, `.`,
-//! matches any one character but a newline, exactly as in Python. Every other pattern is refused
-//! with [`PatternError`]; none is reinterpreted.
+//! A pattern of ASCII letters, digits, `_` and `.` (the common case: a module name, where `.`
+//! matches any one character but a newline, as in Python) is matched without a regex engine. Any
+//! other pattern is compiled by the `regex` crate (linear time in the name, whatever the pattern;
+//! its compiled size capped), after refusing what that crate would read differently from Python's
+//! `re`: POSIX classes, nested classes and class set operations (`[[:alpha:]]`, `[a[b]]`, `&&`,
+//! `--`, `~~` inside a class). What neither reads the same way is refused with [`PatternError`],
+//! never reinterpreted: Python-only syntax (lookaround, backreferences, `\Z`) fails to compile.
+//! A module name containing a newline matches no pattern (Python's `$` also matches before a final
+//! newline; module names have none).
+
+use regex::{Regex, RegexBuilder};
 
 use super::config::MAX_NAME_LEN;
+
+/// Largest compiled program of one pattern, in bytes (the `regex` crate's size limit).
+pub const MAX_COMPILED_BYTES: usize = 256 << 10;
 
 /// Why a module pattern is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -16,18 +26,82 @@ pub enum PatternError {
     #[error("pattern is {0} bytes; the limit is {MAX_NAME_LEN}")]
     TooLong(usize),
     #[error(
-        "pattern {pattern:?} contains {found:?}: zdn reads module patterns without a regex engine \
-         and accepts only ASCII letters, digits, '_' and '.' (where '.' matches any one character, \
-         as in Python); write the module names out as a list instead"
+        "pattern {pattern:?}: {problem}; zdn reads Python's regular expressions where the Rust \
+         `regex` crate reads them the same way (write the module names out as a list instead)"
     )]
-    Unsupported { pattern: String, found: char },
+    Unsupported { pattern: String, problem: String },
 }
 
-/// A PEFT module-name pattern in zdn's regex subset: literal ASCII letters, digits and `_`, and `.`
-/// matching any one character but a newline.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A PEFT module-name pattern: a module name (letters, digits, `_`, `.` as any character) or a
+/// regular expression.
+#[derive(Debug, Clone)]
 pub struct ModulePattern {
     source: String,
+    /// `None` for a module name; for a regular expression, its full-match and suffix-match forms.
+    compiled: Option<Box<(Regex, Regex)>>,
+}
+
+impl PartialEq for ModulePattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for ModulePattern {}
+
+/// Whether `pattern` is a plain module name (matched without a regex engine).
+fn is_plain(pattern: &str) -> bool {
+    pattern
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.')
+}
+
+/// The first construct inside a character class that the `regex` crate reads differently from
+/// Python (a nested `[`, which also starts a POSIX class, or a set operation `&&`, `--`, `~~`).
+fn class_difference(pattern: &str) -> Option<&'static str> {
+    let b = pattern.as_bytes();
+    let mut i = 0;
+    let mut in_class = false;
+    // Index of the first byte after the class's `[` (and its `^`): a `]` there is literal.
+    let mut class_start = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 1,
+            b'[' if !in_class => {
+                in_class = true;
+                class_start = i + 1 + usize::from(b.get(i + 1) == Some(&b'^'));
+                i = class_start;
+                if b.get(i) == Some(&b']') {
+                    i += 1;
+                }
+                continue;
+            }
+            b'[' => return Some("a '[' inside a character class (a nested or POSIX class)"),
+            b']' if i > class_start => in_class = false,
+            c @ (b'&' | b'-' | b'~') if in_class && b.get(i + 1) == Some(&c) => {
+                return Some("a class set operation ('&&', '--' or '~~')")
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+fn compile(pattern: &str, wrapped: String) -> Result<Regex, PatternError> {
+    RegexBuilder::new(&wrapped)
+        .size_limit(MAX_COMPILED_BYTES)
+        .dfa_size_limit(MAX_COMPILED_BYTES)
+        .build()
+        .map_err(|e| PatternError::Unsupported {
+            pattern: pattern.to_owned(),
+            problem: match e {
+                regex::Error::CompiledTooBig(_) => {
+                    format!("compiles to more than {MAX_COMPILED_BYTES} bytes")
+                }
+                e => format!("not a regular expression zdn reads: {e}"),
+            },
+        })
 }
 
 impl ModulePattern {
@@ -38,17 +112,26 @@ impl ModulePattern {
         if pattern.len() > MAX_NAME_LEN {
             return Err(PatternError::TooLong(pattern.len()));
         }
-        if let Some(found) = pattern
-            .chars()
-            .find(|&c| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
-        {
-            return Err(PatternError::Unsupported {
-                pattern: pattern.to_owned(),
-                found,
+        if is_plain(pattern) {
+            return Ok(ModulePattern {
+                source: pattern.to_owned(),
+                compiled: None,
             });
         }
+        if let Some(problem) = class_difference(pattern) {
+            return Err(PatternError::Unsupported {
+                pattern: pattern.to_owned(),
+                problem: problem.to_owned(),
+            });
+        }
+        // Compiled alone first: only a pattern that parses by itself (its groups balanced) is
+        // wrapped, so the wrapping cannot change what it means.
+        compile(pattern, pattern.to_owned())?;
+        let full = compile(pattern, format!(r"\A(?:{pattern})\z"))?;
+        let suffix = compile(pattern, format!(r"\A(?:.*\.)?(?:{pattern})\z"))?;
         Ok(ModulePattern {
             source: pattern.to_owned(),
+            compiled: Some(Box::new((full, suffix))),
         })
     }
 
@@ -56,35 +139,62 @@ impl ModulePattern {
         &self.source
     }
 
-    /// Python's `re.fullmatch(pattern, name)`: the whole name, one character per pattern byte.
+    /// Whether the pattern needs the regex engine (it is not a plain module name).
+    pub fn is_regex(&self) -> bool {
+        self.compiled.is_some()
+    }
+
+    /// Python's `re.fullmatch(pattern, name)`.
     pub fn full_match(&self, name: &str) -> bool {
-        let mut chars = name.chars();
-        for p in self.source.bytes() {
-            match chars.next() {
-                Some(c) if p == b'.' && c != '\n' => {}
-                Some(c) if c.is_ascii() && c as u8 == p => {}
-                _ => return false,
-            }
+        if name.contains('\n') {
+            return false;
         }
-        chars.next().is_none()
+        match &self.compiled {
+            Some(c) => c.0.is_match(name),
+            None => plain_full_match(&self.source, name),
+        }
     }
 
     /// PEFT's `get_pattern_key` test, `re.match(rf"(.*\.)?({pattern})$", name)`: the pattern matches
-    /// the whole name or a suffix of it that follows a `.`. The pattern has a fixed length in
-    /// characters, so the suffix is the last that many characters.
+    /// the whole name or a suffix of it that follows a `.`.
     pub fn suffix_match(&self, name: &str) -> bool {
-        let len = self.source.len();
-        let count = name.chars().count();
-        let Some(skip) = count.checked_sub(len) else {
+        if name.contains('\n') {
             return false;
+        }
+        let Some(c) = &self.compiled else {
+            return plain_suffix_match(&self.source, name);
         };
-        // `len` ≥ 1, so `skip` < `count` and the character exists.
-        let Some((split, _)) = name.char_indices().nth(skip) else {
-            return false;
-        };
-        let (head, tail) = name.split_at(split);
-        (head.is_empty() || head.ends_with('.')) && self.full_match(tail)
+        c.1.is_match(name)
     }
+}
+
+/// A plain pattern's full match: the whole name, one character per pattern byte.
+fn plain_full_match(pattern: &str, name: &str) -> bool {
+    let mut chars = name.chars();
+    for p in pattern.bytes() {
+        match chars.next() {
+            Some(c) if p == b'.' && c != '\n' => {}
+            Some(c) if c.is_ascii() && c as u8 == p => {}
+            _ => return false,
+        }
+    }
+    chars.next().is_none()
+}
+
+/// A plain pattern has a fixed length in characters, so its suffix match is a full match of the
+/// name's last that many characters, which are the whole name or follow a `.`.
+fn plain_suffix_match(pattern: &str, name: &str) -> bool {
+    let len = pattern.len();
+    let count = name.chars().count();
+    let Some(skip) = count.checked_sub(len) else {
+        return false;
+    };
+    // `len` ≥ 1, so `skip` < `count` and the character exists.
+    let Some((split, _)) = name.char_indices().nth(skip) else {
+        return false;
+    };
+    let (head, tail) = name.split_at(split);
+    (head.is_empty() || head.ends_with('.')) && plain_full_match(pattern, tail)
 }
 
 /// Which modules an adapter targets (or excludes): PEFT's list form (a module matches a name in the
@@ -122,16 +232,22 @@ mod tests {
     }
 
     #[test]
-    fn refuses_regex_syntax() {
+    fn refuses_what_python_reads_differently_or_not_at_all() {
         for bad in [
-            ".*q_proj",
-            "q_proj|v_proj",
-            "(q|v)_proj",
-            "all-linear",
-            "q_proj$",
-            r"layers\.0",
-            "[qv]_proj",
-            "é",
+            "[[:alpha:]]_proj",
+            "[a[b]]_proj",
+            "[a-z&&[^q]]_proj",
+            "[a--b]",
+            "[a~~b]",
+            // Python-only syntax: lookaround, backreferences, \Z.
+            "(?!k_)q_proj",
+            "(?<=attn\\.)q_proj",
+            "(a)\\1",
+            "q_proj\\Z",
+            // Not a regular expression at all, or not balanced by itself.
+            "(q_proj",
+            "q_proj)|(v_proj",
+            "*q",
         ] {
             assert!(
                 matches!(
@@ -146,6 +262,45 @@ mod tests {
             ModulePattern::new(&"a".repeat(MAX_NAME_LEN + 1)),
             Err(PatternError::TooLong(MAX_NAME_LEN + 1))
         );
+        // A pattern that would compile to a huge program is refused, not built.
+        let huge = format!("(?:{}){{1000}}", "[a-z]".repeat(100));
+        assert!(huge.len() <= MAX_NAME_LEN);
+        assert!(matches!(
+            ModulePattern::new(&huge),
+            Err(PatternError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn regular_expressions_match_as_in_python() {
+        // re.fullmatch(r".*\.(q_proj|v_proj)", name), as PEFT uses a string target_modules.
+        let m = p(r".*\.(q_proj|v_proj)");
+        assert!(m.is_regex());
+        assert!(m.full_match("model.layers.0.self_attn.q_proj"));
+        assert!(m.full_match("model.layers.31.self_attn.v_proj"));
+        assert!(!m.full_match("model.layers.0.self_attn.k_proj"));
+        assert!(!m.full_match("model.layers.0.self_attn.q_proj.lora_A"));
+        assert!(!m.full_match("q_proj"));
+        // Alternation binds inside the pattern, not across the anchors.
+        let m = p("q_proj|v_proj");
+        assert!(m.full_match("q_proj") && m.full_match("v_proj"));
+        assert!(!m.full_match("q_projv_proj") && !m.full_match("xq_proj"));
+        let m = p(r"model\.layers\.[0-3]\.self_attn\.[qkv]_proj");
+        assert!(m.full_match("model.layers.2.self_attn.k_proj"));
+        assert!(!m.full_match("model.layers.4.self_attn.k_proj"));
+        assert!(!m.full_match("model_layers.2.self_attn.k_proj"));
+        // A class's literal ']' first, and '-' as a range, as in Python.
+        assert!(p("[]a]_x").full_match("]_x"));
+        assert!(p("[^a-c]_x").full_match("d_x") && !p("[^a-c]_x").full_match("b_x"));
+        // `.` does not match a newline; a name with one matches nothing.
+        assert!(!p("a.*").full_match("a\nb"));
+        assert!(!p("a$").full_match("a\n"));
+        // rank_pattern keys: PEFT's re.match(rf"(.*\.)?({key})$", name).
+        let m = p(r"layers\.(0|1)\.self_attn\.q_proj");
+        assert!(m.suffix_match("model.layers.1.self_attn.q_proj"));
+        assert!(!m.suffix_match("model.layers.11.self_attn.q_proj"));
+        assert!(!m.suffix_match("model.xlayers.1.self_attn.q_proj"));
+        assert!(p("q_proj$").suffix_match("model.layers.0.self_attn.q_proj"));
     }
 
     #[test]
@@ -194,13 +349,33 @@ mod tests {
             name in "[a-c._\n]{0,10}",
         ) {
             let m = p(&pattern);
-            let by_definition = (0..=name.len())
+            // Python's `.*` does not cross a newline, nor does the pattern's `.`.
+            let by_definition = !name.contains('\n') && (0..=name.len())
                 .filter(|&i| name.is_char_boundary(i))
                 .any(|i| {
                     let (head, tail) = name.split_at(i);
                     (head.is_empty() || head.ends_with('.')) && m.full_match(tail)
                 });
             prop_assert_eq!(m.suffix_match(&name), by_definition);
+        }
+
+        /// On plain module names the regex engine and the hand matcher agree.
+        #[test]
+        fn plain_patterns_match_as_the_regex_engine_does(
+            pattern in "[a-c._]{1,5}",
+            name in "[a-c._\né]{0,10}",
+        ) {
+            let plain = p(&pattern);
+            prop_assert!(!plain.is_regex());
+            let regex = ModulePattern {
+                source: pattern.clone(),
+                compiled: Some(Box::new((
+                    compile(&pattern, format!(r"\A(?:{pattern})\z")).unwrap(),
+                    compile(&pattern, format!(r"\A(?:.*\.)?(?:{pattern})\z")).unwrap(),
+                ))),
+            };
+            prop_assert_eq!(plain.full_match(&name), regex.full_match(&name));
+            prop_assert_eq!(plain.suffix_match(&name), regex.suffix_match(&name));
         }
     }
 }

@@ -16,6 +16,10 @@ use crate::delta::encode::{encode, EncodeJob, EncodeReport};
 use crate::delta::folder::base::{LooseBase, StoreBase};
 use crate::delta::folder::encode::{encode_folder, FolderEncodeJob, FolderEncodeReport};
 use crate::delta::folder::selection::Choices;
+use crate::fs::object_output::ObjectOutput;
+use crate::fs::progress::Progress;
+use zdn_node::store::ObjectStore;
+use zdn_protocol::manifest::Kind;
 
 #[derive(Args, Debug)]
 pub struct EncodeArgs {
@@ -25,7 +29,9 @@ pub struct EncodeArgs {
     base: PathBuf,
     /// The fine-tuned model: a safetensors file (same tensor names and shapes as the base), or a
     /// model folder (then the output is a folder delta: tensors paired by name across any two
-    /// shard layouts, vocabulary growth encoded, side files kept exactly).
+    /// shard layouts, vocabulary growth encoded, side files kept exactly); or a base object in
+    /// the store (hash, prefix or name), written out verified next to the output first (it needs
+    /// its size in free disk there) and removed after.
     #[arg(long)]
     finetuned: PathBuf,
     /// Output .bitdelta file; for a fine-tune folder, the folder delta to write (new or empty).
@@ -93,13 +99,29 @@ fn parse_bits_for(s: &str) -> Result<(String, u32), String> {
     Ok((glob.to_owned(), parse_bits(bits)?))
 }
 
-pub fn run(loc: &Location, a: EncodeArgs) -> anyhow::Result<u8> {
+pub fn run(loc: &Location, mut a: EncodeArgs) -> anyhow::Result<u8> {
     if let Some(k) = a.clip {
         anyhow::ensure!(
             k.is_finite() && k > 0.0,
             "--clip must be a positive number of standard deviations, got {k}"
         );
     }
+    // One store, opened once, when the base or the fine-tune is an object in it.
+    let store = if a.base.exists() && a.finetuned.exists() {
+        None
+    } else {
+        Some(loc.open(&loc.config()?)?)
+    };
+    // A fine-tune from the store is written out first; the folder goes when `_written` drops.
+    let _written = match &store {
+        Some(store) if !a.finetuned.exists() => {
+            let (dir, path, name) = finetuned_from_store(store, &a.finetuned, &a.output, !a.json)?;
+            a.finetuned = path;
+            a.name.get_or_insert(name);
+            Some(dir)
+        }
+        _ => None,
+    };
     let job = EncodeJob {
         base: a.base,
         finetuned: a.finetuned,
@@ -145,7 +167,9 @@ pub fn run(loc: &Location, a: EncodeArgs) -> anyhow::Result<u8> {
             encode_folder(&folder, &base)
         } else {
             // Not a path: a base object in the store, read tensor by tensor.
-            let store = loc.open(&loc.config()?)?;
+            let store = store
+                .as_ref()
+                .context("the store was not opened for a base that is not a path")?;
             let hash = store
                 .resolve(&job.base.to_string_lossy())
                 .with_context(|| {
@@ -154,7 +178,7 @@ pub fn run(loc: &Location, a: EncodeArgs) -> anyhow::Result<u8> {
                         job.base.display()
                     )
                 })?;
-            let base = StoreBase::open(&store, &hash)?;
+            let base = StoreBase::open(store, &hash)?;
             encode_folder(&folder, &base)
         }
         .context("delta encode failed")?;
@@ -172,6 +196,51 @@ pub fn run(loc: &Location, a: EncodeArgs) -> anyhow::Result<u8> {
         print_encode(&report);
     }
     Ok(0)
+}
+
+/// `--finetuned OBJ`: the base object `what` names, written (each chunk and the whole object
+/// verified) into a temporary folder beside `output`; the folder, the path of the fine-tune in it
+/// (a model folder, or a file under the object's name) and the object's name.
+fn finetuned_from_store(
+    store: &ObjectStore,
+    what: &std::path::Path,
+    output: &std::path::Path,
+    progress: bool,
+) -> anyhow::Result<(tempfile::TempDir, PathBuf, String)> {
+    let hash = store.resolve(&what.to_string_lossy()).with_context(|| {
+        format!(
+            "--finetuned {}: no such file or folder, nor an object in the store",
+            what.display()
+        )
+    })?;
+    let m = store.require_manifest(&hash)?;
+    anyhow::ensure!(
+        m.manifest.kind == Kind::Base,
+        "--finetuned {}: {hash} is a {} object; a fine-tune is a model (a base object)",
+        what.display(),
+        m.manifest.kind.as_str()
+    );
+    let beside = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix(".zdn-finetuned-")
+        .tempdir_in(&beside)
+        .with_context(|| format!("a temporary folder in {}", beside.display()))?;
+    let path = dir.path().join(if m.manifest.is_folder() {
+        "model"
+    } else {
+        "model.safetensors"
+    });
+    let bar = Progress::new(m.manifest.object_len, "fine-tune", progress);
+    let mut out = ObjectOutput::create(&m.manifest, &path, false)?;
+    store
+        .read_object(&hash, &mut out, &mut |n| bar.inc(n))
+        .with_context(|| format!("reading the fine-tune {hash}"))?;
+    out.commit()?;
+    bar.finish();
+    Ok((dir, path, m.manifest.name))
 }
 
 /// The encode report for people.

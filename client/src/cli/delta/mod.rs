@@ -16,8 +16,7 @@ use crate::device::compute::ComputeDevice;
 
 #[derive(Subcommand, Debug)]
 pub enum DeltaCommand {
-    /// Encode the difference between a base and its fine-tune as a .bitdelta file, or between two
-    /// model folders as a folder delta (docs/spec/folder-delta.md).
+    /// Encode the difference between a base and its fine-tune as a .bitdelta file, or between two model folders as a folder delta (docs/spec/folder-delta.md).
     ///
     /// By default every 2-D weight matrix is stored as signs + one scale per tensor (1 bit/weight);
     /// embedding matrices keep the base's values (see --embeddings); other tensors (norms, biases,
@@ -79,8 +78,9 @@ pub enum DeltaCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Fit a delta's scales so the applied model matches the fine-tune on a calibration corpus
-    /// (BitDelta's scale distillation; signs kept, same size): an encoder's hidden states, or a
+    /// Fit a delta's scales so the applied model matches the fine-tune on a calibration corpus.
+    ///
+    /// BitDelta's scale distillation (signs kept, same size): an encoder's hidden states, or a
     /// decoder LLM's next-token distributions (KL) on chat conversations. Examples:
     ///
     ///   zdn delta calibrate --base base/model.safetensors --finetuned ft/model.safetensors \

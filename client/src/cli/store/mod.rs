@@ -38,8 +38,7 @@ pub enum StoreCommand {
     /// Manage the publisher key that signs your manifests.
     #[command(subcommand)]
     Key(KeyCommand),
-    /// Add a base model (.safetensors, or a model folder), a delta (.bitdelta) or a soup recipe to
-    /// the store; prints its manifest hash.
+    /// Add a base model (.safetensors, or a model folder), a delta (.bitdelta) or a soup recipe to the store; prints its manifest hash.
     ///
     /// The object is split into chunks at file and tensor boundaries (so an unchanged shard, side
     /// file or tensor is stored once across versions), each compressed with zstd and named by its
@@ -56,12 +55,14 @@ pub enum StoreCommand {
     ///   zdn add my-lora/ --base llama2-7b --name llama2-7b-mylora   (a PEFT LoRA adapter folder)
     #[command(verbatim_doc_comment)]
     Add(AddArgs),
-    /// Rebuild a fine-tune from a delta in the store: its base is read from the store too, tensor by
-    /// tensor (no loose copy of either). A folder delta writes the fine-tune's folder (its files,
-    /// shard layout, headers and side files) and a LoRA adapter the base's folder with the adapter
-    /// merged (W + s·B·A, docs/spec/lora.md), into a new or empty folder; a single-file .bitdelta
-    /// writes one safetensors file; a soup of a model folder (`zdn soup mix` of folder deltas or
-    /// adapters) writes the mixed folder, W = W_base + Σ wᵢ·Δᵢ (docs/soup.md). Example:
+    /// Rebuild a fine-tune from a delta in the store, its base read from the store too.
+    ///
+    /// The base is read tensor by tensor (no loose copy of either). A folder delta writes the
+    /// fine-tune's folder (its files, shard layout, headers and side files) and a LoRA adapter the
+    /// base's folder with the adapter merged (W + s·B·A, docs/spec/lora.md), into a new or empty
+    /// folder; a single-file .bitdelta writes one safetensors file; a soup of a model folder
+    /// (`zdn soup mix` of folder deltas or adapters) writes the mixed folder,
+    /// W = W_base + Σ wᵢ·Δᵢ (docs/soup.md). Example:
     ///
     ///   zdn fetch <hash> && zdn apply <hash> -o Llama-2-7b-chat-hf/
     #[command(verbatim_doc_comment)]
@@ -145,6 +146,8 @@ pub enum StoreCommand {
 
 #[derive(Args, Debug)]
 pub struct AddArgs {
+    /// What to add: a .safetensors file or a model folder (a base), a .bitdelta, a folder delta
+    /// or a LoRA adapter folder (a delta: give --base), or a soup recipe.
     file: PathBuf,
     /// The base this delta applies to (manifest hash, prefix or name). Required for a .bitdelta.
     #[arg(long)]
