@@ -2,9 +2,10 @@
 # Makes a real decoder LLM pair for tests and quality numbers, reproducibly, on the CPU: a small
 # Llama-architecture base model pre-trained on Wikipedia text and a full chat fine-tune of it that adds
 # two special tokens and a chat template (recipe: scripts/make_decoder_pair.py; docs/quality.md).
-# Usage: make-decoder-pair.sh DIR   → prints "base DIR/base", "finetuned DIR/finetuned",
-#   "heldout DIR/heldout.jsonl", "calibration DIR/calibration.jsonl" and "reference
-#   DIR/decoder_reference.json" lines (the reference is what tests/vectors/decoder_reference.json holds).
+# Usage: make-decoder-pair.sh DIR   → prints "set NAME" (which recorded set of outputs this is, see
+#   below), "base DIR/base", "finetuned DIR/finetuned", "heldout DIR/heldout.jsonl", "calibration
+#   DIR/calibration.jsonl" and "reference DIR/decoder_reference.json" lines (the reference is what
+#   the committed tests/vectors/decoder_reference*.json of that set holds).
 # Needs python3.11 and PyPI: the pinned packages of decoder-pair-requirements.txt (≈ 6 GB: PyPI's torch
 # for x86-64 Linux is the CUDA build) are installed into DIR/py and removed again once the pair is made
 # (ZDN_KEEP_PYTHON=1 keeps them). About 12 minutes of CPU on one core, install included (much longer
@@ -12,14 +13,18 @@
 # of the outputs.
 #
 # Reproducibility: seeds are fixed, training runs on one thread with deterministic algorithms, and the
-# CPU code paths are pinned to AVX2 (MKL_CBWR, ATEN_CPU_CAPABILITY), so the same packages on any x86-64
-# CPU with AVX2 should give the same bytes. The sha256 below were recorded on an Intel Xeon (AVX-512)
-# with the pinned packages; two runs there (one from an empty DIR) gave identical files. If a fresh
-# run gives other hashes the script fails. Then: if you changed the recipe or the packages on
-# purpose, record the new hashes printed above the failure here and regenerate
-# tests/vectors/decoder_reference.json by copying DIR/decoder_reference.json (tests compare against
-# it); if you changed nothing, the CPU or library computes differently: report it (with `lscpu`),
-# since tests then cannot compare against the committed reference.
+# CPU code paths are pinned to AVX2 (MKL_CBWR, ATEN_CPU_CAPABILITY). That gives the same bytes from
+# run to run on one machine, but not across CPU makers: the same packages gave other weights on an AMD
+# EPYC than on an Intel Xeon (the data files were the same). The sha256 of every output are recorded
+# below once per CPU family they were made on (`expected_xeon`: Intel Xeon with AVX-512, two runs, one
+# from an empty DIR; `expected_epyc`: AMD EPYC with AVX2, two runs); a run must give every output of
+# one recorded set, and prints which ("set NAME"). Each set has its transformers reference committed
+# (tests/vectors/decoder_reference.json for xeon, tests/vectors/decoder_reference-NAME.json for the
+# others); tests compare against the one this pair was made as. If a fresh run matches no set: if you
+# changed the recipe or the packages on purpose, record the new hashes printed above the failure
+# here (replacing every set) and regenerate the committed references by copying
+# DIR/decoder_reference.json; if you changed nothing, this CPU computes differently: record its set
+# as a new one (`expected_NAME`, added to `sets`) with its reference, and say so in docs/quality.md.
 set -euo pipefail
 dir=${1:?usage: make-decoder-pair.sh DIR}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -29,8 +34,9 @@ dir=$(cd "$dir" && pwd)
 exec 9>"$dir/.lock"
 flock 9
 
-# path (relative to DIR) and sha256 of every output.
-expected=(
+# The recorded sets, and for each the path (relative to DIR) and sha256 of every output.
+sets=(xeon epyc)
+expected_xeon=(
   base/config.json 95c5544e9fced137749bad4defeb3bd30565d9592a915d8103076769f0d0f0a1
   base/generation_config.json 9c4ff4c6a91d9913f1dbbaace548a154c29fa9241abe7555c36d8835219566d5
   base/model-00001-of-00003.safetensors a2877354841782d6cbd454c8ae5e703f5aeeec7fcf484fbe309190c8eeaa656e
@@ -57,6 +63,33 @@ expected=(
   calibration.jsonl 505e4cd13e32c3c197fb9cd86e135ec5993ffa1dc7c6a8821bee11d7352a08fb
   decoder_reference.json 60cc319567cfe398a1a7c5f6d0596873aacf132491c0f4312fd883e82321a071
 )
+expected_epyc=(
+  base/config.json 95c5544e9fced137749bad4defeb3bd30565d9592a915d8103076769f0d0f0a1
+  base/generation_config.json 9c4ff4c6a91d9913f1dbbaace548a154c29fa9241abe7555c36d8835219566d5
+  base/model-00001-of-00003.safetensors b384fa3bb8e7cbccc3f661625609d60dfcfd890d6a311ebe5cc136cc46950354
+  base/model-00002-of-00003.safetensors c93e602dd7a40d2ea0c9d18f58c96f9b9a51b8d62370d13c16ad4ab6a0f8d495
+  base/model-00003-of-00003.safetensors 4cccde2ec648bd0ecde081432e33bcdda96fc215ed6ce22cb6c121e7d863f02c
+  base/model.safetensors.index.json 058674e134a4569f46266fc3ef05191d2158225305e75acfe3365740f5779677
+  base/special_tokens_map.json 6e1a2aa52ae51d34303033502b72604a8b921349ab093c9fe6e6c56d90e1ae49
+  base/tokenizer.json 3ac99074364a466c86e9a011d0ce6e37a90967a352cd56ec9121b0c103565b01
+  base/tokenizer_config.json f10e92ee72ed13aa36df2403e66d9c86db8df15424ed22736f62ef1792737597
+  finetuned/config.json c2a40d8bb59dcced001edff44d3e4c9640ec20f2f831362fc97ee6516107c535
+  finetuned/generation_config.json 9c4ff4c6a91d9913f1dbbaace548a154c29fa9241abe7555c36d8835219566d5
+  finetuned/model-00001-of-00005.safetensors b1289595730a734a105ab18280f46f8702046c212967babbc2cfc4df1eb09041
+  finetuned/model-00002-of-00005.safetensors 79710fba09d407f2faf0b54c54f86188df4cd8ed804d4eb11d5e7b5ec752be37
+  finetuned/model-00003-of-00005.safetensors 83373b326a671fd9e0032ee2a0be7a2a5bd834650b1c969d4662cd63b353607f
+  finetuned/model-00004-of-00005.safetensors 8d501186a85ff7bc0ae33234936021103afddb14aac706cbf654156691a74af2
+  finetuned/model-00005-of-00005.safetensors d533275e63731bccfa755b4ed79c5ed14de395098af490ffef5faac6081fd4ec
+  finetuned/model.safetensors.index.json d63c75117d355e99c35cdb638c87067af0ade30269a72df287d08ec22a2452d9
+  finetuned/special_tokens_map.json d81246cf8e9a66424cbb0294aba1bc9ac0186936b0c704fd884fab2258b4bd94
+  finetuned/tokenizer.json e0e2ec55b4edb03e601675f0b1ff9d52dd4e941a2c1f37d8f1f1c6b7f8bfba41
+  finetuned/tokenizer_config.json bd6e7fae340f8bff3f6496d6f59ae1f4cc509ff6900d9da7a6fb33fcd703657f
+  pretrain.txt e550e02497382dc9de746109d3ff2f81b682645cb49678cfdfdb91069e4ef368
+  finetune.jsonl 9b640e32c269bd88dac62062e3511b6485fe27d6f60a5d35e638838b15d5bd7c
+  heldout.jsonl c4e2155ba1dd50445728133abff6776d8b873299f6e9bb9cf87a7bb6e64375d0
+  calibration.jsonl 505e4cd13e32c3c197fb9cd86e135ec5993ffa1dc7c6a8821bee11d7352a08fb
+  decoder_reference.json 1552ba92dbbb6462cf08c116c2fa3109f3055f11b6fbfc869f6ba95f51a5a409
+)
 
 outputs() {
   (cd "$dir" && find base finetuned -type f | LC_ALL=C sort
@@ -64,16 +97,29 @@ outputs() {
    echo decoder_reference.json)
 }
 
-check() {  # fails unless every recorded output exists with its sha256
-  [ ${#expected[@]} -gt 0 ] || return 1
-  local i
-  for ((i = 0; i < ${#expected[@]}; i += 2)); do
-    [ -f "$dir/${expected[i]}" ] || return 1
-    [ "$(sha256sum "$dir/${expected[i]}" | cut -d' ' -f1)" = "${expected[i + 1]}" ] || return 1
+check() {  # fails unless every output of one recorded set exists with its sha256; sets $matched
+  local name i ok
+  for name in "${sets[@]}"; do
+    local -n want="expected_$name"
+    [ ${#want[@]} -gt 0 ] || continue
+    ok=1
+    for ((i = 0; i < ${#want[@]}; i += 2)); do
+      if [ ! -f "$dir/${want[i]}" ] ||
+        [ "$(sha256sum "$dir/${want[i]}" | cut -d' ' -f1)" != "${want[i + 1]}" ]; then
+        ok=0
+        break
+      fi
+    done
+    if [ $ok = 1 ]; then
+      matched=$name
+      return 0
+    fi
   done
+  return 1
 }
 
 print_paths() {
+  echo "set $matched"
   echo "base $dir/base"
   echo "finetuned $dir/finetuned"
   echo "heldout $dir/heldout.jsonl"
@@ -127,12 +173,11 @@ echo "make-decoder-pair: made in $(($(date +%s) - start)) s; sha256 of the outpu
 while read -r f; do
   echo "  $f $(sha256sum "$dir/$f" | cut -d' ' -f1)" >&2
 done < <(outputs)
-if [ ${#expected[@]} -eq 0 ]; then
-  echo "make-decoder-pair: no sha256 recorded in $0 yet: record the values above" >&2
-elif ! check; then
-  echo "make-decoder-pair: the outputs differ from the sha256 recorded in $0; see its header for what to do" >&2
+if ! check; then
+  echo "make-decoder-pair: the outputs match none of the sets of sha256 recorded in $0 (${sets[*]}); see its header for what to do" >&2
   exit 1
 fi
+echo "make-decoder-pair: the outputs are recorded set $matched" >&2
 [ "${ZDN_KEEP_PYTHON:-0}" = 1 ] || rm -rf "$py"
 touch "$dir/pair.done"
 print_paths

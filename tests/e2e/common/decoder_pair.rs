@@ -13,13 +13,17 @@ use zdn_test_support::require::{decoder_pair_dir, require, Need};
 
 #[derive(Debug, Clone)]
 pub struct DecoderPair {
+    /// Which recorded set of outputs the script made (the same recipe gives other weights on
+    /// other CPU families; scripts/make-decoder-pair.sh records each).
+    pub set: String,
     /// Model folders (sharded: 3 and 5 files).
     pub base: PathBuf,
     pub finetuned: PathBuf,
     /// Held-out and calibration conversations (JSON lines).
     pub heldout: PathBuf,
     pub calibration: PathBuf,
-    /// What transformers computed on this pair (tests/vectors/decoder_reference.json holds a copy).
+    /// What transformers computed on this pair (tests/vectors/decoder_reference*.json of its set
+    /// holds a copy).
     pub reference: PathBuf,
 }
 
@@ -62,6 +66,7 @@ fn make_or_find(pair: &OnceLock<DecoderPair>) -> DecoderPair {
             )
         };
         DecoderPair {
+            set: get("set").to_string_lossy().into_owned(),
             base: get("base"),
             finetuned: get("finetuned"),
             heldout: get("heldout"),
