@@ -200,7 +200,7 @@ pub fn run(loc: &Location, mut a: EncodeArgs) -> anyhow::Result<u8> {
 
 /// `--finetuned OBJ`: the base object `what` names, written (each chunk and the whole object
 /// verified) into a temporary folder beside `output`; the folder, the path of the fine-tune in it
-/// (a model folder, or a file under the object's name) and the object's name.
+/// (`model/` for a model folder, `model.safetensors` for a file) and the object's name.
 fn finetuned_from_store(
     store: &ObjectStore,
     what: &std::path::Path,
