@@ -34,47 +34,50 @@ pub fn decoder_pair(test: &str) -> Option<DecoderPair> {
     if !require(Need::DecoderPair, test) {
         return None;
     }
-    static PAIR: OnceLock<DecoderPair> = OnceLock::new();
-    Some(make_or_find(&PAIR))
+    // The outcome is kept, a failure too: the tests after the first do not each spend the
+    // script's minutes to fail the same way.
+    static PAIR: OnceLock<Result<DecoderPair, String>> = OnceLock::new();
+    match PAIR.get_or_init(make_or_find) {
+        Ok(pair) => Some(pair.clone()),
+        Err(why) => panic!("{why}"),
+    }
 }
 
-fn make_or_find(pair: &OnceLock<DecoderPair>) -> DecoderPair {
-    pair.get_or_init(|| {
-        let script = format!(
-            "{}/../scripts/make-decoder-pair.sh",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg(decoder_pair_dir())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "scripts/make-decoder-pair.sh could not make the decoder pair (it needs python3.11 and \
-             PyPI; see its header):\n{}",
+fn make_or_find() -> Result<DecoderPair, String> {
+    let script = format!(
+        "{}/../scripts/make-decoder-pair.sh",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(decoder_pair_dir())
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(format!(
+            "scripts/make-decoder-pair.sh could not make the decoder pair (it needs \
+             python3.11 and PyPI; see its header):\n{}",
             String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        let get = |k: &str| {
-            PathBuf::from(
-                stdout
-                    .lines()
-                    .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(' ')))
-                    .unwrap_or_else(|| panic!("make-decoder-pair.sh printed no {k} line: {stdout}"))
-                    .trim(),
-            )
-        };
-        DecoderPair {
-            set: get("set").to_string_lossy().into_owned(),
-            base: get("base"),
-            finetuned: get("finetuned"),
-            heldout: get("heldout"),
-            calibration: get("calibration"),
-            reference: get("reference"),
-        }
+        ));
+    }
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let get = |k: &str| {
+        PathBuf::from(
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(' ')))
+                .unwrap_or_else(|| panic!("make-decoder-pair.sh printed no {k} line: {stdout}"))
+                .trim(),
+        )
+    };
+    Ok(DecoderPair {
+        set: get("set").to_string_lossy().into_owned(),
+        base: get("base"),
+        finetuned: get("finetuned"),
+        heldout: get("heldout"),
+        calibration: get("calibration"),
+        reference: get("reference"),
     })
-    .clone()
 }
 
 /// Copies a model folder into `out` with its shards merged into one `model.safetensors` (same
