@@ -11,6 +11,8 @@ use zdn::decoder::folder::FolderWeights;
 use zdn_protocol::safetensors::{encode_header, TensorLayout};
 use zdn_test_support::require::{decoder_pair_dir, require, Need};
 
+use super::printed;
+
 #[derive(Debug, Clone)]
 pub struct DecoderPair {
     /// Which recorded set of outputs the script made (the same recipe gives other weights on
@@ -62,21 +64,16 @@ fn make_or_find() -> Result<DecoderPair, String> {
     }
     let stdout = String::from_utf8(out.stdout).unwrap();
     let get = |k: &str| {
-        PathBuf::from(
-            stdout
-                .lines()
-                .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(' ')))
-                .unwrap_or_else(|| panic!("make-decoder-pair.sh printed no {k} line: {stdout}"))
-                .trim(),
-        )
+        printed(&stdout, k)
+            .unwrap_or_else(|| panic!("make-decoder-pair.sh printed no {k} line: {stdout}"))
     };
     Ok(DecoderPair {
-        set: get("set").to_string_lossy().into_owned(),
-        base: get("base"),
-        finetuned: get("finetuned"),
-        heldout: get("heldout"),
-        calibration: get("calibration"),
-        reference: get("reference"),
+        set: get("set").to_string(),
+        base: get("base").into(),
+        finetuned: get("finetuned").into(),
+        heldout: get("heldout").into(),
+        calibration: get("calibration").into(),
+        reference: get("reference").into(),
     })
 }
 

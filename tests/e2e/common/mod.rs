@@ -128,6 +128,14 @@ fn minilm_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("minilm"))
 }
 
+/// The value a script printed on its `KEY value` line, trimmed.
+pub fn printed<'a>(stdout: &'a str, key: &str) -> Option<&'a str> {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' ')))
+        .map(str::trim)
+}
+
 /// Runs an (idempotent) install script of scripts/ on `dir`; returns the paths it prints after `keys`.
 fn install(script: &str, dir: &Path, keys: [&str; 2]) -> (PathBuf, PathBuf) {
     let path = format!("{}/../scripts/{script}", env!("CARGO_MANIFEST_DIR"));
@@ -140,11 +148,7 @@ fn install(script: &str, dir: &Path, keys: [&str; 2]) -> (PathBuf, PathBuf) {
     let stdout = String::from_utf8(out.stdout).unwrap();
     let get = |k: &str| {
         PathBuf::from(
-            stdout
-                .lines()
-                .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(' ')))
-                .unwrap()
-                .trim(),
+            printed(&stdout, k).unwrap_or_else(|| panic!("{script} printed no {k} line: {stdout}")),
         )
     };
     (get(keys[0]), get(keys[1]))
