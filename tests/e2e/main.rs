@@ -2,6 +2,7 @@
 //! the way a user would. One test binary, so candle, libp2p and rocksdb are linked once.
 //!
 //! - `delta`, `store`, `soup`, `soup_store`: the offline commands and the store;
+//! - `interrupt`: Ctrl-C and other signals while a command writes (its temporaries removed);
 //! - `net`, `kad`, `paced`: nodes, fetches, gossip, the DHT, the paced lane;
 //! - `lan`: mDNS on a real LAN segment (network namespaces; root);
 //! - `adversary`: hostile peers against a real node;
@@ -18,6 +19,7 @@ mod decoder_calibrate;
 mod delta;
 mod folder;
 mod folder_delta;
+mod interrupt;
 mod kad;
 mod lan;
 mod local;

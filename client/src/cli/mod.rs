@@ -120,6 +120,18 @@ fn describe(e: &anyhow::Error) -> String {
 /// Runs one command; the exit status on success.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     let loc = &cli.location;
+    // Commands that write files remove their partial outputs when interrupted; the network's
+    // commands handle Ctrl-C themselves (a fetch says where it stopped, a node shuts down).
+    if !matches!(
+        cli.command,
+        Command::Node(_)
+            | Command::Fetch(_)
+            | Command::Status { .. }
+            | Command::Peers { .. }
+            | Command::Announce { .. }
+    ) {
+        crate::fs::partial::remove_on_interrupt();
+    }
     match cli.command {
         Command::Store(c) => store::run(loc, c),
         Command::Node(c) => node::run_node(loc, c),

@@ -1,9 +1,12 @@
 //! `AtomicFile`: an output written to a temporary file beside its destination and renamed into place
-//! only when complete, so a failure or a kill never leaves a half-written output under the real name.
+//! only when complete, so a failure or a kill never leaves a half-written output under the real name
+//! (and an interrupt leaves no temporary file either: [`crate::fs::partial`]).
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+use crate::fs::partial::Partial;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AtomicFileError {
@@ -24,7 +27,7 @@ pub enum AtomicFileError {
 #[derive(Debug)]
 pub struct AtomicFile {
     path: PathBuf,
-    writer: BufWriter<tempfile::NamedTempFile>,
+    writer: BufWriter<Partial<tempfile::NamedTempFile>>,
 }
 
 /// Where an output's temporary sibling goes and how its name starts: `.<name>.…partial` in the
@@ -54,7 +57,7 @@ impl AtomicFile {
             })?;
         Ok(AtomicFile {
             path: path.to_owned(),
-            writer: BufWriter::with_capacity(1 << 20, tmp),
+            writer: BufWriter::with_capacity(1 << 20, Partial::new(tmp)),
         })
     }
 
@@ -90,7 +93,8 @@ impl AtomicFile {
         };
         let tmp = self.writer.into_inner().map_err(|e| werr(e.into_error()))?;
         tmp.as_file().sync_all().map_err(werr)?;
-        tmp.persist(&path).map_err(|e| werr(e.error))?;
+        tmp.settle(|t| t.persist(&path))
+            .map_err(|e| werr(e.error))?;
         if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             // Make the rename itself durable; not all filesystems allow fsync on a directory.
             if let Ok(d) = File::open(dir) {

@@ -15,6 +15,7 @@ use zdn_protocol::folder::{check_path, FileEntry};
 use zdn_protocol::manifest::{Manifest, SignedManifest};
 
 use crate::fs::atomic_file::{partial_sibling, AtomicFile, AtomicFileError};
+use crate::fs::partial::Partial;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectOutputError {
@@ -115,7 +116,7 @@ impl Write for ObjectOutput {
 pub struct FolderOutput {
     dest: PathBuf,
     force: bool,
-    tmp: tempfile::TempDir,
+    tmp: Partial<tempfile::TempDir>,
     files: Vec<FileEntry>,
     /// The member being written (index into `files`) and the bytes it still needs.
     next: usize,
@@ -139,7 +140,7 @@ fn is_empty_dir(p: &Path) -> Result<bool, ObjectOutputError> {
 pub(crate) fn staging_folder(
     dest: &Path,
     force: bool,
-) -> Result<tempfile::TempDir, ObjectOutputError> {
+) -> Result<Partial<tempfile::TempDir>, ObjectOutputError> {
     match std::fs::symlink_metadata(dest) {
         Ok(meta) if meta.is_dir() => {
             if !force && !is_empty_dir(dest)? {
@@ -158,6 +159,7 @@ pub(crate) fn staging_folder(
         .prefix(&prefix)
         .suffix(".partial")
         .tempdir_in(&parent)
+        .map(Partial::new)
         .map_err(io(&parent))
 }
 
@@ -237,48 +239,56 @@ impl FolderOutput {
             }
         }
         let exists = std::fs::symlink_metadata(&self.dest).is_ok();
-        if !exists || is_empty_dir(&self.dest)? {
-            // rename(2) replaces an empty folder.
-            let tmp = self.tmp.keep();
-            std::fs::rename(&tmp, &self.dest).map_err(io(&self.dest))?;
-        } else if self.force {
-            self.move_members()?;
-        } else {
+        let whole = !exists || is_empty_dir(&self.dest)?;
+        if !whole && !self.force {
             return Err(ObjectOutputError::NotEmpty(self.dest.clone()));
         }
-        let parent = self.dest.parent().filter(|p| !p.as_os_str().is_empty());
+        let FolderOutput {
+            dest, tmp, files, ..
+        } = self;
+        tmp.settle(|tmp| {
+            if whole {
+                // rename(2) replaces an empty folder.
+                std::fs::rename(tmp.path(), &dest).map_err(io(&dest))?;
+                let _ = tmp.keep();
+                Ok(())
+            } else {
+                move_members(tmp.path(), &dest, &files)
+            }
+        })?;
+        let parent = dest.parent().filter(|p| !p.as_os_str().is_empty());
         if let Some(Ok(d)) = parent.map(File::open) {
             let _ = d.sync_all();
         }
         Ok(())
     }
+}
 
-    /// `--force` into a non-empty folder: each member renamed to its place, after checking that
-    /// every folder on the way is a real folder inside the destination (not a link).
-    fn move_members(&self) -> Result<(), ObjectOutputError> {
-        for f in &self.files {
-            let mut at = self.dest.clone();
-            let mut parts = f.path.split('/').peekable();
-            while let Some(part) = parts.next() {
-                if parts.peek().is_none() {
-                    break;
-                }
-                at.push(part);
-                match std::fs::symlink_metadata(&at) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => return Err(ObjectOutputError::Link(at)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        std::fs::create_dir(&at).map_err(io(&at))?;
-                    }
-                    Err(e) => return Err(io(&at)(e)),
-                }
+/// `--force` into a non-empty folder: each member renamed from `tmp` to its place, after checking
+/// that every folder on the way is a real folder inside the destination (not a link).
+fn move_members(tmp: &Path, dest: &Path, files: &[FileEntry]) -> Result<(), ObjectOutputError> {
+    for f in files {
+        let mut at = dest.to_path_buf();
+        let mut parts = f.path.split('/').peekable();
+        while let Some(part) = parts.next() {
+            if parts.peek().is_none() {
+                break;
             }
-            let from = self.tmp.path().join(&f.path);
-            let to = self.dest.join(&f.path);
-            std::fs::rename(&from, &to).map_err(io(&to))?;
+            at.push(part);
+            match std::fs::symlink_metadata(&at) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(ObjectOutputError::Link(at)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir(&at).map_err(io(&at))?;
+                }
+                Err(e) => return Err(io(&at)(e)),
+            }
         }
-        Ok(())
+        let from = tmp.join(&f.path);
+        let to = dest.join(&f.path);
+        std::fs::rename(&from, &to).map_err(io(&to))?;
     }
+    Ok(())
 }
 
 impl Write for FolderOutput {

@@ -12,6 +12,7 @@ use zdn_protocol::manifest::Kind;
 use zdn_protocol::soup::Recipe;
 use zdn_protocol::Hash;
 
+use crate::fs::partial::Partial;
 use crate::soup::combine::{combine, CombineError, CombineInput, CombineJob, CombineReport};
 use crate::soup::method::Method;
 
@@ -103,6 +104,7 @@ pub fn build(
     let tmp = tempfile::Builder::new()
         .prefix(".zdn-soup.")
         .tempdir_in(&dir)
+        .map(Partial::new)
         .map_err(|cause| SoupBuildError::TempDir {
             dir: dir.clone(),
             cause,

@@ -17,6 +17,7 @@ use crate::delta::folder::base::{LooseBase, StoreBase};
 use crate::delta::folder::encode::{encode_folder, FolderEncodeJob, FolderEncodeReport};
 use crate::delta::folder::selection::Choices;
 use crate::fs::object_output::ObjectOutput;
+use crate::fs::partial::Partial;
 use crate::fs::progress::Progress;
 use zdn_node::store::ObjectStore;
 use zdn_protocol::manifest::Kind;
@@ -206,7 +207,7 @@ fn finetuned_from_store(
     what: &std::path::Path,
     output: &std::path::Path,
     progress: bool,
-) -> anyhow::Result<(tempfile::TempDir, PathBuf, String)> {
+) -> anyhow::Result<(Partial<tempfile::TempDir>, PathBuf, String)> {
     let hash = store.resolve(&what.to_string_lossy()).with_context(|| {
         format!(
             "--finetuned {}: no such file or folder, nor an object in the store",
@@ -227,6 +228,7 @@ fn finetuned_from_store(
     let dir = tempfile::Builder::new()
         .prefix(".zdn-finetuned-")
         .tempdir_in(&beside)
+        .map(Partial::new)
         .with_context(|| format!("a temporary folder in {}", beside.display()))?;
     let path = dir.path().join(if m.manifest.is_folder() {
         "model"

@@ -13,6 +13,7 @@ use zdn_protocol::Hash;
 
 use crate::cli::args::Location;
 use crate::cli::output::say;
+use crate::fs::partial::Partial;
 
 #[derive(Debug, serde::Serialize)]
 struct RecipeApplyReport {
@@ -56,6 +57,7 @@ pub fn apply_recipe(
     let tmp = tempfile::Builder::new()
         .prefix(".zdn-soup-apply.")
         .tempdir_in(&dir)
+        .map(Partial::new)
         .with_context(|| format!("creating a temporary directory in {}", dir.display()))?;
     let soup_file = tmp.path().join("soup.bitdelta");
     let built = build(

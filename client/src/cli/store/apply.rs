@@ -14,6 +14,7 @@ use crate::delta::folder::adapter::{apply_adapter, AdapterSource};
 use crate::delta::folder::apply::{apply_file_delta, apply_folder, DeltaSource, FolderApplyReport};
 use crate::delta::folder::base::StoreBase;
 use crate::fs::mapped_file::MappedFile;
+use crate::fs::partial::Partial;
 use crate::home::config::Config;
 use crate::soup::build::load_recipe;
 use crate::soup::folder::build_folder_soup;
@@ -50,7 +51,7 @@ pub(super) fn apply(
         .with_context(|| format!("the delta's base {base_hash} (fetch it, or add it, first)"))?;
     let r = if !m.manifest.is_folder() && m.manifest.kind == Kind::Delta {
         // A single-file .bitdelta: the fine-tune as one safetensors file.
-        let mut tmp = tempfile::NamedTempFile::new()?;
+        let mut tmp = Partial::new(tempfile::NamedTempFile::new()?);
         store.read_object(&hash, tmp.as_file_mut(), &mut |_| {})?;
         let map = MappedFile::open(tmp.path())?;
         apply_file_delta(&map, &base, output)

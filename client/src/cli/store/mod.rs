@@ -17,6 +17,7 @@ use zdn_protocol::Hash;
 
 use crate::cli::args::Location;
 use crate::cli::output::say;
+use crate::fs::partial::Partial;
 use crate::home::config::Config;
 use crate::home::publisher_key;
 
@@ -287,13 +288,13 @@ pub fn object_to_temp(
     loc: &Location,
     what: &str,
 ) -> anyhow::Result<(
-    tempfile::NamedTempFile,
+    Partial<tempfile::NamedTempFile>,
     zdn_protocol::manifest::SignedManifest,
 )> {
     let config = loc.config()?;
     let store = loc.open(&config)?;
     let hash = store.resolve(what)?;
-    let mut tmp = tempfile::NamedTempFile::new()?;
+    let mut tmp = Partial::new(tempfile::NamedTempFile::new()?);
     let m = store.require_manifest(&hash)?;
     // A folder delta's tensors are its `delta.bitdelta` member.
     let member = zdn_protocol::folder::delta::DELTA_MEMBER;

@@ -22,6 +22,7 @@ use super::apply::{member_to_temp, FolderApplyError, FolderApplyReport};
 use super::base::BaseModel;
 use crate::fs::mapped_file::MappedFile;
 use crate::fs::object_output::FolderOutput;
+use crate::fs::partial::Partial;
 use crate::fs::progress::Progress;
 use crate::model::folder::ModelFolder;
 
@@ -34,7 +35,7 @@ pub struct AdapterSource {
     config: Vec<u8>,
     weights: MappedFile,
     /// The store's copy of the weights, removed on drop.
-    _tmp: Option<tempfile::NamedTempFile>,
+    _tmp: Option<Partial<tempfile::NamedTempFile>>,
 }
 
 impl AdapterSource {

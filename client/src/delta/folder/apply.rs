@@ -23,6 +23,7 @@ use super::rebuild::{
 use crate::fs::atomic_file::partial_sibling;
 use crate::fs::mapped_file::{MappedFile, OpenError};
 use crate::fs::object_output::{FolderOutput, ObjectOutputError};
+use crate::fs::partial::Partial;
 use crate::fs::progress::Progress;
 use crate::model::folder::{ModelFolder, ModelFolderError};
 
@@ -107,7 +108,7 @@ pub struct StoredDelta<'s> {
     store: &'s ObjectStore,
     manifest: SignedManifest,
     bitdelta: MappedFile,
-    _tmp: tempfile::NamedTempFile,
+    _tmp: Partial<tempfile::NamedTempFile>,
 }
 
 impl std::fmt::Debug for StoredDelta<'_> {
@@ -220,7 +221,7 @@ pub(super) fn member_to_temp(
     m: &SignedManifest,
     member: &str,
     output: &Path,
-) -> Result<(tempfile::NamedTempFile, MappedFile), FolderApplyError> {
+) -> Result<(Partial<tempfile::NamedTempFile>, MappedFile), FolderApplyError> {
     let (dir, prefix) = partial_sibling(output);
     let io = |cause| FolderApplyError::Io {
         path: dir.clone(),
@@ -230,6 +231,7 @@ pub(super) fn member_to_temp(
         .prefix(&prefix)
         .suffix(".member.partial")
         .tempfile_in(&dir)
+        .map(Partial::new)
         .map_err(io)?;
     {
         let mut w = std::io::BufWriter::new(tmp.as_file_mut());

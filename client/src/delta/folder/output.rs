@@ -9,6 +9,7 @@ use zdn_protocol::folder::{check_path, Member};
 
 use crate::fs::atomic_file::AtomicFile;
 use crate::fs::object_output::staging_folder;
+use crate::fs::partial::Partial;
 use crate::model::folder::{ModelFolder, ModelFolderError};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +40,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> OutputDirError + '_ {
 #[derive(Debug)]
 pub struct OutputDir {
     dest: PathBuf,
-    tmp: tempfile::TempDir,
+    tmp: Partial<tempfile::TempDir>,
 }
 
 impl OutputDir {
@@ -91,9 +92,12 @@ impl OutputDir {
             .iter()
             .map(|(_, m)| m.len() as u64)
             .sum();
-        let tmp = self.tmp.keep();
-        // rename(2) replaces an empty folder.
-        std::fs::rename(&tmp, &self.dest).map_err(io(&self.dest))?;
-        Ok(size)
+        let dest = self.dest;
+        self.tmp.settle(|tmp| {
+            // rename(2) replaces an empty folder.
+            std::fs::rename(tmp.path(), &dest).map_err(io(&dest))?;
+            let _ = tmp.keep();
+            Ok(size)
+        })
     }
 }
