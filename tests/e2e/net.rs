@@ -649,6 +649,8 @@ fn a_station_connecting_after_a_publication_catches_up_and_auto_fetches() {
             "fine*",
         ],
     );
+    let l = node.wait_for("caught up from", Duration::from_secs(60));
+    assert!(l.ends_with("announcements made since ever"), "{l}");
     let l = node.wait_for("announced", Duration::from_secs(60));
     assert!(
         l.starts_with("announced by hash delta") && l.contains(&p.delta),
@@ -658,7 +660,40 @@ fn a_station_connecting_after_a_publication_catches_up_and_auto_fetches() {
     assert!(l.contains("fetched") && l.contains(&p.delta), "{l}");
     node.stop();
     assert_object(field.path(), &p.delta, &p.delta_file);
+
+    // Restarted, the station asks only for what was made since its last catch-up (less a day of
+    // clock skew): when that was is kept in its store. The publisher answers a node once a
+    // minute and says when it may ask again: the station asks once more then.
+    let caught_up_before = unix_now();
+    let mut node = NodeProc::start(
+        field.path(),
+        &[
+            "--peer",
+            &publisher.addr,
+            "--trust",
+            &p.key,
+            "--auto-fetch",
+            "fine*",
+        ],
+    );
+    let l = node.wait_for("caught up from", Duration::from_secs(150));
+    let since: u64 = l
+        .rsplit_once("since unix time ")
+        .and_then(|(_, t)| t.parse().ok())
+        .unwrap_or_else(|| panic!("asked for everything again: {l}"));
+    assert!(
+        since <= caught_up_before - 86_400 && since + 86_400 + 600 >= caught_up_before,
+        "since {since}, restarted at {caught_up_before}: {l}"
+    );
+    node.stop();
     publisher.stop();
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// A peer whose list of recent announcements holds one its publisher did not sign is penalised

@@ -127,6 +127,20 @@ impl NodeService {
                     let _ = self.log.send(format!("banned {peer}: {reason}"));
                     continue;
                 }
+                NodeEvent::CaughtUp {
+                    peer,
+                    since,
+                    announcements,
+                } => {
+                    let since = match since {
+                        0 => "ever".to_string(),
+                        t => format!("unix time {t}"),
+                    };
+                    let _ = self.log.send(format!(
+                        "caught up from {peer}: {announcements} announcements made since {since}"
+                    ));
+                    continue;
+                }
                 NodeEvent::Provided { hash } => {
                     let _ = self.log.send(format!("provided {hash} in the DHT"));
                     continue;

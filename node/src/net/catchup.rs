@@ -3,7 +3,8 @@
 //! was down, or that starts later, would never hear of a fine-tune published meanwhile. When a
 //! connection to a peer is established, this node asks it once for the signed announcements of
 //! the manifests made since its last successful catch-up from that peer less a day of clock skew
-//! (all, up to [`MAX_RECENT`], the first time): [`Request::GetRecent`]. Each one is decoded and its
+//! (all, up to [`MAX_RECENT`], the first time): [`Request::GetRecent`]. When that was is kept in
+//! the store, so a restarted node does not ask for everything again. Each one is decoded and its
 //! publisher's signature verified before anything is done with it; a trusted one for an object
 //! not here goes to the program as [`NodeEvent::AnnouncedByHash`], exactly as if it had come by
 //! gossip (the program's auto-fetch rules decide, and a fetch verifies the manifest by hash).
@@ -13,7 +14,6 @@
 //! reconnect, usually the few made in the last day.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libp2p::PeerId;
@@ -29,7 +29,10 @@ use crate::net::swarm::spawn::NodeEvent;
 pub const ASK_EVERY: Duration = Duration::from_secs(600);
 /// How far before the last catch-up the next one reaches back: publishers' clocks may be off.
 pub const CLOCK_SKEW_SECS: u64 = 86_400;
-/// Peers remembered (when last asked, when last caught up from).
+/// A busy peer is asked once more after the time it says, within these bounds.
+const BUSY_WAIT_MIN: Duration = Duration::from_secs(1);
+const BUSY_WAIT_MAX: Duration = Duration::from_secs(120);
+/// Peers remembered (when last asked; when last caught up from is kept by the store).
 const MAX_REMEMBERED: usize = 4096;
 
 /// The catch-up state of a node.
@@ -37,8 +40,6 @@ pub(crate) struct CatchUp {
     node: NodeHandle,
     events: mpsc::Sender<NodeEvent>,
     asked: HashMap<PeerId, Instant>,
-    /// Per peer, unix seconds of the start of the last catch-up it answered (none: ask for all).
-    caught_up_at: Arc<Mutex<HashMap<PeerId, u64>>>,
 }
 
 impl CatchUp {
@@ -47,7 +48,6 @@ impl CatchUp {
             node,
             events,
             asked: HashMap::new(),
-            caught_up_at: Arc::default(),
         }
     }
 
@@ -66,12 +66,8 @@ impl CatchUp {
             self.asked.retain(|_, t| now.duration_since(*t) < ASK_EVERY);
         }
         self.asked.insert(peer, now);
-        let (node, events, at) = (
-            self.node.clone(),
-            self.events.clone(),
-            self.caught_up_at.clone(),
-        );
-        tokio::spawn(async move { ask_peer(&node, &events, peer, &at).await });
+        let (node, events) = (self.node.clone(), self.events.clone());
+        tokio::spawn(async move { ask_peer(&node, &events, peer).await });
     }
 }
 
@@ -81,39 +77,52 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-async fn ask_peer(
-    node: &NodeHandle,
-    events: &mpsc::Sender<NodeEvent>,
-    peer: PeerId,
-    caught_up_at: &Mutex<HashMap<PeerId, u64>>,
-) {
-    let last = caught_up_at
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&peer)
-        .copied();
+async fn ask_peer(node: &NodeHandle, events: &mpsc::Sender<NodeEvent>, peer: PeerId) {
+    let id = peer.to_bytes();
+    let last = {
+        let id = id.clone();
+        // A store that cannot say: ask for everything (the answer is capped).
+        node.store
+            .call(move |s| s.caught_up_at(&id))
+            .await
+            .ok()
+            .flatten()
+    };
     let since = last.map_or(0, |t| t.saturating_sub(CLOCK_SKEW_SECS));
     let started = unix_now();
     let max = 3 + MAX_RECENT * (2 + MAX_ANNOUNCEMENT_LEN);
-    let list = match ask(node, peer, &Request::GetRecent { since }, max).await {
-        Ok(Response::Recent(list)) => list,
-        // Busy after its retries, or gone, or a zdn that does not know the request: next time.
-        Ok(Response::Busy { .. }) | Err(_) => return,
-        Ok(_) => {
-            node.penalise(peer, Offence::WrongAnswer).await;
-            return;
+    let request = Request::GetRecent { since };
+    let mut waited = false;
+    let list = loop {
+        match ask(node, peer, &request, max).await {
+            Ok(Response::Recent(list)) => break list,
+            // A peer answers each node once a minute (this node restarted since it last asked,
+            // say): once more, when it says.
+            Ok(Response::Busy { retry_after_ms }) if !waited => {
+                waited = true;
+                let wait = Duration::from_millis(retry_after_ms.into());
+                tokio::time::sleep(wait.clamp(BUSY_WAIT_MIN, BUSY_WAIT_MAX)).await;
+            }
+            // Busy again, or gone, or a zdn that does not know the request: next time.
+            Ok(Response::Busy { .. }) | Err(_) => return,
+            Ok(_) => {
+                node.penalise(peer, Offence::WrongAnswer).await;
+                return;
+            }
         }
     };
-    {
-        let mut at = caught_up_at.lock().unwrap_or_else(|e| e.into_inner());
-        if at.len() > MAX_REMEMBERED {
-            // The oldest half forgotten: those peers are asked for everything next time.
-            let mut times: Vec<u64> = at.values().copied().collect();
-            times.sort_unstable();
-            let cut = times[times.len() / 2];
-            at.retain(|_, t| *t > cut);
-        }
-        at.insert(peer, started);
+    // Not kept: the next catch-up asks for the same again.
+    let _ = node
+        .store
+        .call(move |s| s.set_caught_up_at(&id, started))
+        .await;
+    let caught_up = NodeEvent::CaughtUp {
+        peer,
+        since,
+        announcements: list.len(),
+    };
+    if events.send(caught_up).await.is_err() {
+        return;
     }
     for bytes in list {
         let a = match Announcement::decode(&bytes) {

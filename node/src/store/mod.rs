@@ -1,5 +1,6 @@
-//! The content-addressed store: chunks, signed manifests, refs (names and pins) and partial-download
-//! state, on rocksdb ([`RocksBackend`]) or in memory for tests ([`MemoryBackend`]).
+//! The content-addressed store: chunks, signed manifests, refs (names and pins), partial-download
+//! state and when each peer was last caught up from, on rocksdb ([`RocksBackend`]) or in memory
+//! for tests ([`MemoryBackend`]).
 //!
 //! Crash safety rests on one ordering rule: an object's chunks are written first, then its manifest in
 //! a single synced batch. A manifest is what makes an object visible, so a crash at any point leaves
@@ -10,6 +11,7 @@ mod actor;
 mod announcements;
 mod backend;
 mod batched;
+mod catch_up;
 mod compress;
 mod dependencies;
 mod error;

@@ -214,12 +214,16 @@ impl NodeProc {
     /// Waits for a stdout line starting with `prefix`; panics after `timeout`.
     pub fn wait_for(&mut self, prefix: &str, timeout: Duration) -> String {
         let end = Instant::now() + timeout;
+        let mut seen = Vec::new();
         loop {
             let left = end.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(l) if l.starts_with(prefix) => return l,
-                Ok(_) => {}
-                Err(_) => panic!("no line starting with {prefix:?} within {timeout:?}"),
+                Ok(l) => seen.push(l),
+                Err(_) => panic!(
+                    "no line starting with {prefix:?} within {timeout:?}; it said:\n{}",
+                    seen.join("\n")
+                ),
             }
         }
     }

@@ -230,21 +230,30 @@ impl ChunkServer {
     /// The newest signed announcements from `since` (at most [`MAX_RECENT`]): budgeted like a
     /// manifest request, and answered once per [`RECENT_EVERY`] per peer (`Busy` otherwise).
     async fn answer_recent(&self, stream: &mut Stream, asker: &Asker, since: u64) -> bool {
-        let again = {
+        // How long until this peer may ask again; zero: now (and from now, RECENT_EVERY).
+        let wait = {
             let now = Instant::now();
             let mut asked = self.recent_asked.lock().unwrap_or_else(|e| e.into_inner());
             if asked.len() > MAX_STREAMS {
                 asked.retain(|_, t| now.duration_since(*t) < RECENT_EVERY);
             }
-            let again = asked
-                .get(&asker.peer)
-                .is_some_and(|t| now.duration_since(*t) < RECENT_EVERY);
-            if !again {
+            let wait = asked.get(&asker.peer).map_or(Duration::ZERO, |t| {
+                RECENT_EVERY.saturating_sub(now.duration_since(*t))
+            });
+            if wait.is_zero() {
                 asked.insert(asker.peer, now);
             }
-            again
+            wait
         };
-        if again || !self.within_budget(asker) {
+        if !wait.is_zero() {
+            // Said exactly: a node that restarted within the minute asks again then.
+            self.traffic.requests_busy.fetch_add(1, Ordering::Relaxed);
+            let busy = Response::Busy {
+                retry_after_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+            };
+            return self.reply(stream, busy).await;
+        }
+        if !self.within_budget(asker) {
             return self.busy(stream).await;
         }
         let found = self

@@ -49,6 +49,13 @@ pub enum NodeEvent {
         announcement: Box<Announcement>,
         from: PeerId,
     },
+    /// A peer answered a catch-up: the announcements it listed of manifests made since `since`
+    /// (unix seconds; 0: all it keeps), before they were checked.
+    CaughtUp {
+        peer: PeerId,
+        since: u64,
+        announcements: usize,
+    },
     /// A peer was disconnected and is refused from now on (invalid announcements).
     Banned { peer: PeerId, reason: String },
     /// This node's provider record for an object reached the DHT.
