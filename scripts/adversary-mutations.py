@@ -43,6 +43,17 @@ MUTATIONS = [
     ("item7-subnet-budget", "node/src/net/chunk/budget.rs",
      "                rate: SUBNET_REQUESTS,", "                rate: (4000, 24000),",
      "adversary::requests::item7_cheap_requests_are_budgeted_per_peer_and_subnet"),
+    # A key's providers as libp2p's MemoryStore keeps them: the first 20, whoever they are.
+    ("item8-fair-providers-per-key", "node/src/net/swarm/providers.rs",
+     "        if mine >= MAX_PER_KEY_SUBNET {\n            return None;\n        }\n"
+     "        if list.len() < MAX_PER_KEY {\n            return Some(None);\n        }\n",
+     "        if list.len() < MAX_PER_KEY {\n            return Some(None);\n        }\n"
+     "        if mine < MAX_PER_KEY {\n            return None;\n        }\n",
+     "adversary::dht::item8_a_flood_of_provider_records_crowds_out_no_one"),
+    ("amplification-linger", "node/src/net/paced/server.rs",
+     "    if end != EndReason::Complete {\n        return;\n    }",
+     "    if end != EndReason::Complete || true {\n        return;\n    }",
+     "adversary::amplification::late_copies_of_done_reach_an_open_port_and_get_no_answer"),
 ]
 
 

@@ -25,9 +25,9 @@ fn provided<'a>(node: &mut NodeProc, hashes: &[&'a str], within: Duration) -> Ve
 /// Before the publisher A joins, an attacker gives the bootstrap node B (a DHT server with an empty
 /// store) 20 provider records for the delta from 20 fresh identities in one subnet — a key holds
 /// 20 — and floods it with 36 864 records of random keys from 72 identities in 18 subnets. Then A
-/// publishes its records through B, and C, which knows only B, fetches the delta: B's records
-/// lead it to A (and, for the missing base first, too). Then B itself fetches the objects and
-/// announces them in the DHT.
+/// publishes its records through B — B lists A among the delta's providers, asked directly — and
+/// C, which knows only B, fetches the delta: B's records lead it to A (and, for the missing base
+/// first, too). Then B itself fetches the objects and announces them in the DHT.
 ///
 /// The old code kept the first 16 384 keys and the first 20 providers of a key, its own records
 /// counted with everyone's: A's records were refused (the delta's key was full of sybils, the
@@ -72,6 +72,16 @@ fn item8_a_flood_of_provider_records_crowds_out_no_one() {
     let missing = provided(&mut a, &[&p.base, &p.delta], Duration::from_secs(60));
     assert!(missing.is_empty(), "A did not publish {missing:?}");
     let a_id = a.addr.rsplit('/').next().unwrap().to_string();
+    // B itself lists A among the delta's providers (C could also find A by walking the DHT to A).
+    let listed = rt().block_on(async {
+        let asker = Hostile::connect(&b.addr).await.unwrap();
+        asker.providers_of(*delta.as_bytes()).await.unwrap()
+    });
+    assert!(
+        listed.iter().any(|p| p.to_string() == a_id),
+        "B lists {} providers of the delta, not A",
+        listed.len()
+    );
     let c = tmpdir();
     let (code, out, err) = run(
         c.path(),
