@@ -571,6 +571,46 @@ fn seeder_killed_and_restarted_mid_transfer_is_redialed_and_the_fetch_completes(
     seeder.stop();
 }
 
+/// A field station's fetch that starts while its seeder cannot be reached (the link is down)
+/// keeps dialing it, says so, and completes once the seeder is back; with the default profile
+/// the same fetch fails at once.
+#[test]
+fn a_field_fetch_started_while_its_seeder_is_down_waits_for_it() {
+    let p = publish(1);
+    let seeder = NodeProc::start(p.home.path(), &[]);
+    let addr = seeder.addr.clone();
+    let listen = addr.split("/p2p/").next().unwrap().to_string();
+    seeder.stop();
+
+    let field = tmpdir();
+    let t0 = Instant::now();
+    let (code, _, err) = run(field.path(), &fetch_json_args(&p.base, &addr, &p.key));
+    assert_ne!(code, 0, "the default profile fails at once");
+    assert!(err.contains("Connection refused"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+
+    let mut args = fetch_json_args(&p.base, &addr, &p.key).to_vec();
+    args.extend(["--profile", "field"]);
+    let fetch = spawn_zdn(&at(field.path(), &args));
+    std::thread::sleep(Duration::from_secs(5));
+    let mut fetch = fetch;
+    assert!(
+        fetch.try_wait().unwrap().is_none(),
+        "the field fetch gave up while its seeder was down"
+    );
+    // Same home (same peer id), same port.
+    let seeder = NodeProc::start_on(p.home.path(), &listen, &[]);
+    let out = wait_with_deadline(fetch, Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no peer reachable (dialing"),
+        "said why it waited: {stderr}"
+    );
+    assert_object(field.path(), &p.base, &p.base_file);
+    seeder.stop();
+}
+
 /// Three site devices' nodes fetch from one station's node at once, round after round, each round
 /// with fresh homes (new identities, new ports): every fetch succeeds at once, no request is asked
 /// twice, no inbound stream is dropped at the station. Before: libp2p-stream handed inbound streams

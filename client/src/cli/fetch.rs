@@ -51,7 +51,17 @@ fn bar(json: bool) -> ProgressBar {
 fn show_progress(b: &ProgressBar, p: &zdn_node::net::FetchProgress) {
     b.set_length(p.total_bytes);
     b.set_position(p.done_bytes);
-    if p.waiting_for_window_s > 0 {
+    if p.waiting_for_peers_s > 0 {
+        let msg = format!(
+            "no peer reachable ({}); dialing again in {} s",
+            p.dial_problem, p.waiting_for_peers_s
+        );
+        // Said once per try also where no bar is drawn (a log, a cron job).
+        if b.is_hidden() {
+            eprintln!("zdn fetch: {msg}");
+        }
+        b.set_message(msg);
+    } else if p.waiting_for_window_s > 0 {
         b.set_message(format!(
             "{} waiting {} s for the next sync window",
             p.name, p.waiting_for_window_s

@@ -62,6 +62,10 @@ pub struct Tuning {
     /// before it gives up on it. What arrived is in the store either way; this decides whether
     /// one `zdn fetch` rides the outage out or stops (exit status 4) for a later run to resume.
     pub outage_patience: Duration,
+    /// How long a fetch whose given peers all fail to dial (and no other peer is connected) keeps
+    /// dialing them, with the re-dial's back-off, before it fails: a station's link may be down
+    /// when its fetch starts. Zero: it fails at once (a wrong address says so at once).
+    pub dial_patience: Duration,
 }
 
 /// Kademlia settings (see `dht.rs` and docs/network.md). Every periodic timer is here, so the
@@ -121,6 +125,7 @@ impl Profile {
                 redial_first_wait: Duration::from_secs(1),
                 redial_max_wait: Duration::from_secs(15),
                 outage_patience: Duration::from_secs(60),
+                dial_patience: Duration::ZERO,
             },
             Profile::Field | Profile::Edge => Tuning {
                 idle_connection_timeout: Duration::from_secs(300),
@@ -165,6 +170,12 @@ impl Profile {
                     Duration::from_secs(45 * 60)
                 } else {
                     Duration::from_secs(10 * 60)
+                },
+                // The link may be down when a station's fetch starts, as well as during it.
+                dial_patience: if self == Profile::Field {
+                    Duration::from_secs(45 * 60)
+                } else {
+                    Duration::ZERO
                 },
             },
         }
@@ -214,7 +225,14 @@ mod tests {
         assert!(t.redial_max_wait <= Duration::from_secs(60));
         for p in [Profile::Edge, Profile::Datacenter] {
             assert!(p.tuning().outage_patience < t.outage_patience, "{p:?}");
+            assert_eq!(
+                p.tuning().dial_patience,
+                Duration::ZERO,
+                "{p:?}: fails at once"
+            );
         }
+        // One that starts during an outage waits for it as long.
+        assert_eq!(t.dial_patience, t.outage_patience);
     }
 
     #[test]

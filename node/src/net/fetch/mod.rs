@@ -68,6 +68,13 @@ pub struct FetchProgress {
     /// Seconds until the next sync window opens; 0 while transferring.
     #[serde(default)]
     pub waiting_for_window_s: u32,
+    /// Seconds until the given peers, none of which could be dialed, are dialed again (the field
+    /// profile's link may be down when a fetch starts); 0 otherwise.
+    #[serde(default)]
+    pub waiting_for_peers_s: u32,
+    /// Why the last dial failed, while `waiting_for_peers_s` is not 0.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dial_problem: String,
 }
 
 /// One peer's part in a transfer.
@@ -179,7 +186,7 @@ async fn fetch_object(
         })
     })
     .await;
-    let mut src = Sources::connect(node, &opts.peers).await?;
+    let mut src = Sources::connect(node, &opts.peers, progress).await?;
     let m = match obtain_manifest(node, hash, &src.peers).await {
         // Nobody here has it (or nobody is here): ask the DHT who does.
         Err(FetchError::NotFound { .. }) => {

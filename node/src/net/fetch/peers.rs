@@ -11,6 +11,8 @@ use zdn_protocol::Hash;
 
 use crate::net::error::{FetchError, NetError};
 use crate::net::fetch::manifest::answer_name;
+use crate::net::fetch::redial::Backoff;
+use crate::net::fetch::FetchProgress;
 use crate::net::frame::{FrameError, FrameIo};
 use crate::net::handle::{NodeHandle, CHUNK_STREAM};
 use crate::net::peers::Offence;
@@ -26,8 +28,38 @@ pub(super) struct Sources {
 }
 
 impl Sources {
-    /// Dials the given peers and adds those already connected.
-    pub async fn connect(node: &NodeHandle, addrs: &[Multiaddr]) -> Result<Self, FetchError> {
+    /// Dials the given peers and adds those already connected. When none of them could be
+    /// dialed and no peer is connected, dials them again with the re-dial's back-off for the
+    /// profile's dial patience (a field station's link may be down when its fetch starts),
+    /// saying so through `progress`.
+    pub async fn connect(
+        node: &NodeHandle,
+        addrs: &[Multiaddr],
+        progress: &mut (dyn FnMut(&FetchProgress) + Send),
+    ) -> Result<Self, FetchError> {
+        let give_up = Instant::now() + node.tuning.dial_patience;
+        let mut backoff = Backoff::new(&node.tuning);
+        loop {
+            let src = Sources::dial(node, addrs).await?;
+            let Some(problem) = src.dial_error.as_ref().filter(|_| src.peers.is_empty()) else {
+                return Ok(src);
+            };
+            let now = Instant::now();
+            if now >= give_up {
+                return Ok(src);
+            }
+            let wait = backoff.next_wait().min(give_up - now);
+            progress(&FetchProgress {
+                waiting_for_peers_s: wait.as_secs().max(1) as u32,
+                dial_problem: problem.to_string(),
+                ..Default::default()
+            });
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One try of [`Sources::connect`].
+    async fn dial(node: &NodeHandle, addrs: &[Multiaddr]) -> Result<Self, FetchError> {
         let mut peers = Vec::new();
         let mut dial_error = None;
         for a in addrs {

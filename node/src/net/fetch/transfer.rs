@@ -138,6 +138,7 @@ impl<'a> Transfer<'a> {
             received_bytes,
             peers: self.sched.peer_count(),
             waiting_for_window_s,
+            ..Default::default()
         }
     }
 

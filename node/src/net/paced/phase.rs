@@ -132,6 +132,7 @@ impl LanePhase<'_> {
             received_bytes: self.received.load(Ordering::Relaxed),
             peers,
             waiting_for_window_s,
+            ..Default::default()
         }
     }
 
