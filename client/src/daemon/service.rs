@@ -132,12 +132,12 @@ impl NodeService {
                     since,
                     announcements,
                 } => {
-                    let since = match since {
-                        0 => "ever".to_string(),
-                        t => format!("unix time {t}"),
+                    let which = match since {
+                        0 => "all it keeps".to_string(),
+                        t => format!("made since unix time {t}"),
                     };
                     let _ = self.log.send(format!(
-                        "caught up from {peer}: {announcements} announcements made since {since}"
+                        "caught up from {peer}: {announcements} announcements ({which})"
                     ));
                     continue;
                 }

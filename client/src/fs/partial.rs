@@ -131,21 +131,21 @@ pub fn remove_on_interrupt() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
-            return;
-        };
+        // The handler is registered by the thread that acts on it: if the thread cannot start,
+        // nothing is registered and the signals keep their default action.
+        let (registered, wait) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("zdn-interrupt".into())
             .spawn(move || {
-                if let Some(sig) = signals.forever().next() {
+                let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]);
+                let _ = registered.send(());
+                if let Some(sig) = signals.ok().and_then(|mut s| s.forever().next()) {
                     interrupted(sig);
                 }
             });
-        // Without the thread nobody would end the process on a signal: put the defaults back.
-        if spawned.is_err() {
-            for s in [SIGINT, SIGTERM, SIGHUP] {
-                let _ = signal_hook::low_level::emulate_default_handler(s);
-            }
+        if spawned.is_ok() {
+            // From the return on, an interrupt is caught.
+            let _ = wait.recv();
         }
     });
 }
