@@ -4,6 +4,7 @@
 //! that must not hurt a node. The DHT: tests/cli_kad.rs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -768,6 +769,69 @@ fn forged_recent_announcements_are_refused_and_counted_against_the_peer() {
         .any(|o| o["hash"] == p.delta.as_str()));
     node.stop();
     liar.stop();
+}
+
+/// Whether the station's node (home `field`) is connected to `peer` now.
+fn connected_to(field: &Path, peer: &str) -> bool {
+    json(&ok(field, &["peers", "--json"]))
+        .as_array()
+        .is_some_and(|a| a.iter().any(|x| x["peer"] == peer))
+}
+
+/// A field station whose hub is down when the station starts (its satellite link still
+/// acquiring, say) keeps dialing it: once the hub is up the station connects, catches up and
+/// auto-fetches what was published meanwhile. Its connection lost later (the hub restarted),
+/// it connects again by itself.
+#[test]
+fn a_station_started_while_its_hub_is_down_connects_when_the_hub_comes_up() {
+    let p = publish(2);
+    let hub = NodeProc::start(p.home.path(), &[]);
+    let (hub_addr, hub_id) = (
+        hub.addr.clone(),
+        hub.addr.rsplit('/').next().unwrap().to_string(),
+    );
+    let listen = hub_addr.split("/p2p/").next().unwrap().to_string();
+    let field = tmpdir();
+    ok(
+        field.path(),
+        &fetch_json_args(&p.base, &hub_addr, &p.key)[..],
+    );
+    hub.stop();
+
+    let station_args = [
+        "--profile",
+        "field",
+        "--peer",
+        &hub_addr,
+        "--trust",
+        &p.key,
+        "--auto-fetch",
+        "fine*",
+    ];
+    let mut station = NodeProc::start(field.path(), &station_args);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!connected_to(field.path(), &hub_id));
+    // Same home (same peer id), same port.
+    let hub = NodeProc::start_on(p.home.path(), &listen, &[]);
+    let l = station.wait_for("auto-fetch: ", Duration::from_secs(120));
+    assert!(l.contains("fetched") && l.contains(&p.delta), "{l}");
+
+    // The hub goes away and comes back: the station connects again without being told.
+    hub.stop();
+    let end = Instant::now() + Duration::from_secs(60);
+    while connected_to(field.path(), &hub_id) {
+        assert!(Instant::now() < end, "still connected to a stopped hub");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let hub = NodeProc::start_on(p.home.path(), &listen, &[]);
+    let end = Instant::now() + Duration::from_secs(120);
+    while !connected_to(field.path(), &hub_id) {
+        assert!(Instant::now() < end, "not connected again within 120 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    station.stop();
+    hub.stop();
+    assert_object(field.path(), &p.delta, &p.delta_file);
 }
 
 /// Through a hub: a seeding node that fetched the delta from the publisher keeps its publisher's

@@ -33,7 +33,7 @@ impl ObjectStore {
     }
 
     /// Notes that `peer` answered a catch-up started at `at` (unix seconds); forgets the oldest
-    /// half of the peers when more than [`MAX_MARKS`] are kept.
+    /// half of the peers when more than `MAX_MARKS` (4096) are kept.
     pub fn set_caught_up_at(&self, peer: &[u8], at: u64) -> Result<(), StoreError> {
         if peer.len() > MAX_PEER_LEN {
             return Ok(());

@@ -25,6 +25,7 @@ use crate::store::TrustPolicy;
 
 use super::behaviour::{NodeBehaviour, NodeBehaviourEvent, MAX_GOSSIP_LEN};
 use super::dht::{Dht, DhtNews};
+use super::kept::KeptPeers;
 use super::seen::{Seen, SeenAnnouncements};
 use super::spawn::NodeEvent;
 
@@ -65,6 +66,8 @@ pub(super) struct EventLoop {
     pub(super) events: mpsc::Sender<NodeEvent>,
     /// Asks each newly connected peer for what was announced while this node was away.
     pub(super) catchup: Option<crate::net::catchup::CatchUp>,
+    /// The configured peers, dialed again whenever they are not connected.
+    pub(super) kept: KeptPeers,
     pub(super) fault: Option<crate::net::config::Fault>,
 }
 
@@ -85,7 +88,10 @@ impl EventLoop {
                     None => break,
                 },
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
-                _ = retry.tick(), if !self.pending_announce.is_empty() => self.retry_announcements(),
+                _ = retry.tick(), if !self.pending_announce.is_empty() || !self.kept.is_empty() => {
+                    self.retry_announcements();
+                    self.dial_kept();
+                }
             }
         }
         // Close connections politely so peers see a clean end rather than a timeout.
@@ -312,6 +318,7 @@ impl EventLoop {
             } => {
                 self.addrs.remove(&peer_id);
                 self.rtts.remove(&peer_id);
+                self.kept.lost(&peer_id, Instant::now());
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
@@ -371,6 +378,7 @@ impl EventLoop {
         connection_id: ConnectionId,
         endpoint: &libp2p::core::ConnectedPoint,
     ) {
+        self.kept.connected(&peer_id);
         if let Some((_, reply)) = self.pending_dials.remove(&connection_id) {
             let _ = reply.send(Ok(peer_id));
         }
@@ -398,6 +406,19 @@ impl EventLoop {
 
     /// A dial failed: its caller, and those waiting for the peer if it is not connected otherwise,
     /// hear why.
+    /// Dials the configured peers whose next try is due (not a banned one).
+    fn dial_kept(&mut self) {
+        for (peer, addr) in self.kept.due(Instant::now()) {
+            if self.scores.is_banned(&peer) || self.swarm.is_connected(&peer) {
+                continue;
+            }
+            // A dial that cannot even start counts as failed: tried again after the next wait.
+            if self.swarm.dial(new_port_dial(peer, addr)).is_err() {
+                self.kept.lost(&peer, Instant::now());
+            }
+        }
+    }
+
     fn on_dial_failed(
         &mut self,
         connection_id: ConnectionId,
@@ -406,6 +427,7 @@ impl EventLoop {
     ) {
         if let Some(p) = peer_id {
             if !self.swarm.is_connected(&p) {
+                self.kept.lost(&p, Instant::now());
                 for (addr, reply) in self.waiting_for_peer.remove(&p).unwrap_or_default() {
                     let _ = reply.send(Err(NetError::Dial {
                         addr,

@@ -6,6 +6,7 @@ pub(crate) mod dht;
 pub(crate) mod event_loop;
 pub(crate) mod guard;
 pub(crate) mod inbound;
+pub(crate) mod kept;
 pub(crate) mod providers;
 pub(crate) mod seen;
 pub(crate) mod spawn;

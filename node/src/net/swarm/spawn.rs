@@ -161,6 +161,7 @@ impl Node {
             catchup: config
                 .catch_up
                 .then(|| crate::net::catchup::CatchUp::new(handle.clone(), ev_tx.clone())),
+            kept: super::kept::KeptPeers::new(&config.peers, &tuning),
             events: ev_tx,
             fault: config.fault,
         };
