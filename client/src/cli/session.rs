@@ -19,7 +19,9 @@ use crate::home::node_key::node_key;
 
 #[derive(Args, Debug)]
 pub struct NetArgs {
-    /// A peer to connect to (multiaddr, ideally ending in /p2p/<peer id>); repeatable.
+    /// A peer to connect to (multiaddr, ideally ending in /p2p/<peer id>); repeatable. A running
+    /// node (`node run`) dials one ending in /p2p/<id> again whenever it is not connected; with
+    /// the field profile a fetch that cannot reach any keeps trying for 45 minutes.
     #[arg(long = "peer", value_name = "MULTIADDR")]
     pub peers: Vec<Multiaddr>,
     /// A DHT entry point (multiaddr ending in /p2p/<peer id>): objects no connected peer has
