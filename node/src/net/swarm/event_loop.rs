@@ -406,15 +406,18 @@ impl EventLoop {
 
     /// A dial failed: its caller, and those waiting for the peer if it is not connected otherwise,
     /// hear why.
-    /// Dials the configured peers whose next try is due (not a banned one).
+    /// Dials the configured peers whose next try is due. A banned one is not dialed but looked
+    /// at again after the next wait (a ban may end).
     fn dial_kept(&mut self) {
-        for (peer, addr) in self.kept.due(Instant::now()) {
-            if self.scores.is_banned(&peer) || self.swarm.is_connected(&peer) {
-                continue;
-            }
-            // A dial that cannot even start counts as failed: tried again after the next wait.
-            if self.swarm.dial(new_port_dial(peer, addr)).is_err() {
-                self.kept.lost(&peer, Instant::now());
+        let now = Instant::now();
+        for (peer, addr) in self.kept.due(now) {
+            if self.swarm.is_connected(&peer) {
+                self.kept.connected(&peer);
+            } else if self.scores.is_banned(&peer)
+                // A dial that cannot even start counts as failed: tried again after the next wait.
+                || self.swarm.dial(new_port_dial(peer, addr)).is_err()
+            {
+                self.kept.lost(&peer, now);
             }
         }
     }

@@ -4,8 +4,9 @@
 //! in an outage, would hear of nothing until it was restarted. So each configured peer that is
 //! not connected is dialed again with the re-dial's back-off (the profile's first wait, doubling
 //! to its maximum: at most one dial a minute on a field station), from the first wait again once
-//! it is connected. A banned peer is not dialed (the event loop checks). Addresses without a peer
-//! id are dialed once at start only: which connection is theirs cannot be told.
+//! it is connected. A banned peer is not dialed while banned (the event loop looks again after
+//! each wait). Addresses without a peer id are dialed once at start only: which connection is
+//! theirs cannot be told.
 
 use std::collections::HashMap;
 
