@@ -4,6 +4,7 @@
 //! - `delta`, `store`, `soup`, `soup_store`: the offline commands and the store;
 //! - `interrupt`: Ctrl-C and other signals while a command writes (its temporaries removed);
 //! - `net`, `kad`, `paced`: nodes, fetches, gossip, the DHT, the paced lane;
+//! - `station`: a station's link to its hub (kept connected, outages at start, the catch-up);
 //! - `lan`: mDNS on a real LAN segment (network namespaces; root);
 //! - `adversary`: hostile peers against a real node;
 //! - `minilm_pair`, `quality`: the real MiniLM pair from PyPI (installed on first use);
@@ -31,4 +32,5 @@ mod quality;
 mod soup;
 mod soup_folder;
 mod soup_store;
+mod station;
 mod store;
