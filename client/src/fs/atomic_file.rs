@@ -47,17 +47,19 @@ pub(crate) fn partial_sibling(path: &Path) -> (PathBuf, String) {
 impl AtomicFile {
     pub fn create(path: &Path) -> Result<Self, AtomicFileError> {
         let (dir, prefix) = partial_sibling(path);
-        let tmp = tempfile::Builder::new()
-            .prefix(&prefix)
-            .suffix(".partial")
-            .tempfile_in(&dir)
-            .map_err(|cause| AtomicFileError::Create {
-                path: path.to_owned(),
-                cause,
-            })?;
+        let tmp = Partial::create(|| {
+            tempfile::Builder::new()
+                .prefix(&prefix)
+                .suffix(".partial")
+                .tempfile_in(&dir)
+        })
+        .map_err(|cause| AtomicFileError::Create {
+            path: path.to_owned(),
+            cause,
+        })?;
         Ok(AtomicFile {
             path: path.to_owned(),
-            writer: BufWriter::with_capacity(1 << 20, Partial::new(tmp)),
+            writer: BufWriter::with_capacity(1 << 20, tmp),
         })
     }
 

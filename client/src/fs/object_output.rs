@@ -155,12 +155,13 @@ pub(crate) fn staging_folder(
         Err(e) => return Err(io(dest)(e)),
     }
     let (parent, prefix) = partial_sibling(dest);
-    tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(".partial")
-        .tempdir_in(&parent)
-        .map(Partial::new)
-        .map_err(io(&parent))
+    Partial::create(|| {
+        tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(".partial")
+            .tempdir_in(&parent)
+    })
+    .map_err(io(&parent))
 }
 
 impl FolderOutput {

@@ -11,7 +11,10 @@
 //! The rename that turns a temporary into the output runs inside [`Partial::settle`], under the
 //! same lock the handler takes: an interrupt either comes first (the temporary is removed and the
 //! rename never runs) or waits for the rename to finish (the output is whole; nothing is listed
-//! any more). An output is never half removed under its real name.
+//! any more). An output is never half removed under its real name. A temporary is made and
+//! listed under that lock too ([`Partial::create`]): an interrupt never finds one that exists
+//! but is not listed yet (the e2e test, which stops the command the moment its temporary
+//! appears, once caught exactly that).
 
 use std::collections::BTreeMap;
 use std::ops::{Deref, DerefMut};
@@ -71,15 +74,19 @@ impl Drop for Entry {
 }
 
 impl<T: TempPath> Partial<T> {
-    pub fn new(inner: T) -> Self {
+    /// Makes the temporary (`make`: a `tempfile` builder's call) and lists it, both under the
+    /// list's lock: an interrupt comes before the temporary exists or after it is listed, never
+    /// in between (where it would be left behind).
+    pub fn create<E>(make: impl FnOnce() -> Result<T, E>) -> Result<Self, E> {
         let mut l = listed();
+        let inner = make()?;
         let id = l.next;
         l.next += 1;
         l.paths.insert(id, inner.path().to_owned());
-        Partial {
+        Ok(Partial {
             inner,
             entry: Entry(id),
-        }
+        })
     }
 
     /// Runs `f` (the rename into place, say) with the temporary, so that an interrupt comes
@@ -198,14 +205,14 @@ mod tests {
 
     #[test]
     fn listed_while_alive_and_gone_after() {
-        let d = Partial::new(tempfile::tempdir().unwrap());
+        let d = Partial::create(tempfile::tempdir).unwrap();
         let p = d.path().to_owned();
         assert!(is_listed(&p));
         drop(d);
         assert!(!is_listed(&p));
         assert!(!p.exists());
 
-        let f = Partial::new(tempfile::NamedTempFile::new().unwrap());
+        let f = Partial::create(tempfile::NamedTempFile::new).unwrap();
         let p = f.path().to_owned();
         assert!(is_listed(&p));
         let dest = p.with_extension("kept");

@@ -101,14 +101,15 @@ pub fn build(
     job: &BuildJob,
 ) -> Result<CombineReport, SoupBuildError> {
     let dir = output_dir(&job.output);
-    let tmp = tempfile::Builder::new()
-        .prefix(".zdn-soup.")
-        .tempdir_in(&dir)
-        .map(Partial::new)
-        .map_err(|cause| SoupBuildError::TempDir {
-            dir: dir.clone(),
-            cause,
-        })?;
+    let tmp = Partial::create(|| {
+        tempfile::Builder::new()
+            .prefix(".zdn-soup.")
+            .tempdir_in(&dir)
+    })
+    .map_err(|cause| SoupBuildError::TempDir {
+        dir: dir.clone(),
+        cause,
+    })?;
     let base = match &job.base_file {
         Some(p) => p.clone(),
         None => {

@@ -225,11 +225,12 @@ fn finetuned_from_store(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let dir = tempfile::Builder::new()
-        .prefix(".zdn-finetuned-")
-        .tempdir_in(&beside)
-        .map(Partial::new)
-        .with_context(|| format!("a temporary folder in {}", beside.display()))?;
+    let dir = Partial::create(|| {
+        tempfile::Builder::new()
+            .prefix(".zdn-finetuned-")
+            .tempdir_in(&beside)
+    })
+    .with_context(|| format!("a temporary folder in {}", beside.display()))?;
     let path = dir.path().join(if m.manifest.is_folder() {
         "model"
     } else {

@@ -54,11 +54,12 @@ pub fn apply_recipe(
         "--delta {object}: soup {hash} mixes deltas of a model folder; `zdn apply {object} -o DIR` writes it"
     );
     let dir = output_dir(&output);
-    let tmp = tempfile::Builder::new()
-        .prefix(".zdn-soup-apply.")
-        .tempdir_in(&dir)
-        .map(Partial::new)
-        .with_context(|| format!("creating a temporary directory in {}", dir.display()))?;
+    let tmp = Partial::create(|| {
+        tempfile::Builder::new()
+            .prefix(".zdn-soup-apply.")
+            .tempdir_in(&dir)
+    })
+    .with_context(|| format!("creating a temporary directory in {}", dir.display()))?;
     let soup_file = tmp.path().join("soup.bitdelta");
     let built = build(
         &store,

@@ -51,7 +51,7 @@ pub(super) fn apply(
         .with_context(|| format!("the delta's base {base_hash} (fetch it, or add it, first)"))?;
     let r = if !m.manifest.is_folder() && m.manifest.kind == Kind::Delta {
         // A single-file .bitdelta: the fine-tune as one safetensors file.
-        let mut tmp = Partial::new(tempfile::NamedTempFile::new()?);
+        let mut tmp = Partial::create(tempfile::NamedTempFile::new)?;
         store.read_object(&hash, tmp.as_file_mut(), &mut |_| {})?;
         let map = MappedFile::open(tmp.path())?;
         apply_file_delta(&map, &base, output)

@@ -294,7 +294,7 @@ pub fn object_to_temp(
     let config = loc.config()?;
     let store = loc.open(&config)?;
     let hash = store.resolve(what)?;
-    let mut tmp = Partial::new(tempfile::NamedTempFile::new()?);
+    let mut tmp = Partial::create(tempfile::NamedTempFile::new)?;
     let m = store.require_manifest(&hash)?;
     // A folder delta's tensors are its `delta.bitdelta` member.
     let member = zdn_protocol::folder::delta::DELTA_MEMBER;

@@ -227,12 +227,13 @@ pub(super) fn member_to_temp(
         path: dir.clone(),
         cause,
     };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(".member.partial")
-        .tempfile_in(&dir)
-        .map(Partial::new)
-        .map_err(io)?;
+    let mut tmp = Partial::create(|| {
+        tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(".member.partial")
+            .tempfile_in(&dir)
+    })
+    .map_err(io)?;
     {
         let mut w = std::io::BufWriter::new(tmp.as_file_mut());
         store.read_member(m, member, &mut w)?;
