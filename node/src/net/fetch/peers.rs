@@ -44,11 +44,9 @@ impl Sources {
             let Some(problem) = src.dial_error.as_ref().filter(|_| src.peers.is_empty()) else {
                 return Ok(src);
             };
-            let now = Instant::now();
-            if now >= give_up {
+            let Some(wait) = backoff.next_wait_before(give_up) else {
                 return Ok(src);
-            }
-            let wait = backoff.next_wait().min(give_up - now);
+            };
             progress(&FetchProgress {
                 waiting_for_peers_s: wait.as_secs().max(1) as u32,
                 dial_problem: problem.to_string(),

@@ -99,7 +99,8 @@ impl Redialer {
 
 /// The waits between tries to reach a peer that went away or silent: the profile's first wait,
 /// doubling up to its maximum (a failed dial costs bytes on a metered link), from the first again
-/// once the peer answers. Shared by the re-dial of a lost peer and the paced lane's silent peer.
+/// once the peer answers. Shared by the re-dial of a lost peer, the paced lane's silent peer, a
+/// fetch whose peers cannot be dialed yet and the configured peers a node keeps connected.
 #[derive(Debug, Clone)]
 pub(crate) struct Backoff {
     first: Duration,
@@ -123,6 +124,13 @@ impl Backoff {
         w
     }
 
+    /// The wait before the next try when tries end at `give_up`: the next wait, cut short at
+    /// `give_up`; `None` once it has passed.
+    pub fn next_wait_before(&mut self, give_up: tokio::time::Instant) -> Option<Duration> {
+        let left = give_up.checked_duration_since(tokio::time::Instant::now())?;
+        (!left.is_zero()).then(|| self.next_wait().min(left))
+    }
+
     /// The wait the next try would take, without taking it.
     pub fn peek(&self) -> Duration {
         self.next
@@ -138,12 +146,8 @@ impl Backoff {
 async fn redial(node: NodeHandle, peer: PeerId, object: Hash, have_max: usize) -> Back {
     let give_up = tokio::time::Instant::now() + node.tuning.outage_patience;
     let mut backoff = Backoff::new(&node.tuning);
-    loop {
-        let now = tokio::time::Instant::now();
-        if now >= give_up {
-            break;
-        }
-        tokio::time::sleep(backoff.next_wait().min(give_up - now)).await;
+    while let Some(wait) = backoff.next_wait_before(give_up) {
+        tokio::time::sleep(wait).await;
         if node.redial(peer).await.is_err() {
             continue;
         }
@@ -176,5 +180,14 @@ mod tests {
         assert_eq!(b.peek(), t.redial_max_wait);
         b.reset();
         assert_eq!(b.next_wait(), first);
+
+        // Within a deadline: the wait cut short at it, none once it has passed.
+        b.reset();
+        let now = tokio::time::Instant::now();
+        assert_eq!(b.next_wait_before(now), None);
+        let far = now + Duration::from_secs(3600);
+        assert_eq!(b.next_wait_before(far), Some(first));
+        let near = tokio::time::Instant::now() + first / 4;
+        assert!(b.next_wait_before(near).is_some_and(|w| w <= first / 4));
     }
 }

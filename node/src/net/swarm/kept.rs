@@ -10,12 +10,13 @@
 
 use std::collections::HashMap;
 
-use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use tokio::time::Instant;
 
 use crate::net::fetch::redial::Backoff;
 use crate::net::profile::Tuning;
+
+use super::event_loop::peer_of;
 
 #[derive(Debug)]
 struct Kept {
@@ -37,10 +38,7 @@ impl KeptPeers {
     pub fn new(addrs: &[Multiaddr], tuning: &Tuning) -> Self {
         let mut peers = HashMap::new();
         for a in addrs {
-            let Some(p) = a.iter().find_map(|p| match p {
-                Protocol::P2p(id) => Some(id),
-                _ => None,
-            }) else {
+            let Some(p) = peer_of(a) else {
                 continue;
             };
             peers.entry(p).or_insert_with(|| Kept {
